@@ -1,0 +1,1 @@
+//! Shared helpers for ringfence benchmarks (host-side sink/source/echo servers).

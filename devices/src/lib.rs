@@ -1,0 +1,1 @@
+//! Virtio devices for ringfence (design §5).

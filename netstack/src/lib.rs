@@ -1,0 +1,1 @@
+//! Zero-copy userspace netstack (design §6).

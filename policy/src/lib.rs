@@ -1,0 +1,1 @@
+//! Network policy for ringfence sandboxes (design §7).
