@@ -1,0 +1,70 @@
+//! The scenarios that need no network: `hello`, `exit:N`, `spin:N`,
+//! `cpl0spin:N`.
+
+use alloc::format;
+
+use super::{usage_error, Context, Outcome};
+use crate::clock::rdtsc;
+use crate::cmdline::parse_u64;
+
+/// `hello`: the runtime came up; report the clock.
+pub fn hello(ctx: &Context<'_>) -> Outcome {
+    let (heap_start, heap_end) = crate::heap::bounds();
+    let json = ctx
+        .json("hello", true)
+        .u64("start_info_version", u64::from(ctx.start_info_version))
+        .u64("heap_bytes", (heap_end - heap_start) as u64);
+    Outcome { json, status: 0 }
+}
+
+/// `exit:N`: exit with status N.
+pub fn exit_with(ctx: &Context<'_>, arg: Option<&str>) -> Outcome {
+    match arg.and_then(parse_u64).and_then(|v| u32::try_from(v).ok()) {
+        Some(status) => Outcome {
+            json: ctx.json("exit", true).u64("status", u64::from(status)),
+            status,
+        },
+        None => usage_error(
+            ctx,
+            "exit",
+            format!("exit needs a 32-bit status, as exit:N; got {arg:?}"),
+        ),
+    }
+}
+
+/// `spin:N` / `cpl0spin:N`: N turns of a `dec; jnz` loop at CPL3 or CPL0.
+pub fn spin(ctx: &Context<'_>, arg: Option<&str>, cpl0: bool) -> Outcome {
+    let name = if cpl0 { "cpl0spin" } else { "spin" };
+    let Some(iterations) = arg.and_then(parse_u64) else {
+        return usage_error(
+            ctx,
+            name,
+            format!("{name} needs an iteration count, as {name}:N; got {arg:?}"),
+        );
+    };
+    let start = rdtsc();
+    if cpl0 {
+        crate::idt::cpl0_spin(iterations);
+    } else {
+        cpl3_spin(iterations);
+    }
+    let cycles = rdtsc() - start;
+    let json = ctx
+        .json(name, true)
+        .u64("iterations", iterations)
+        .u64("cycles", cycles)
+        .u64("ns", ctx.clock.ticks_to_ns(cycles));
+    Outcome { json, status: 0 }
+}
+
+/// The CPL3 twin of `boot::cpl0_spin_entry`: the same two instructions.
+fn cpl3_spin(iterations: u64) {
+    // SAFETY: a register-only loop; rcx is declared clobbered.
+    unsafe {
+        core::arch::asm!(
+            "test rcx, rcx", "jz 3f", "2:", "dec rcx", "jnz 2b", "3:",
+            inout("rcx") iterations => _,
+            options(nomem, nostack)
+        )
+    };
+}
