@@ -1,1 +1,22 @@
-//! ringfence VMM library.
+//! ringfence: a minimal KVM microVM monitor for sandboxes.
+//!
+//! The library builds and runs a VM from a typed [`config::VmConfig`]; the `ringfence` binary
+//! is a thin CLI over it. Raw KVM calls live in [`kvm`]; boot protocols in [`boot`]; port I/O
+//! devices (serial, exit port, i8042) in [`io`]; the vCPU run loop in [`vcpu`]; the VM's life
+//! cycle in [`vm`].
+
+pub mod boot;
+pub mod config;
+pub mod doctor;
+pub mod exit;
+pub mod io;
+pub mod kvm;
+pub mod layout;
+pub mod probe_image;
+pub mod signals;
+pub mod vcpu;
+pub mod vm;
+
+pub use config::{Console, VmConfig};
+pub use exit::VmExit;
+pub use vm::{Vm, VmError};

@@ -1,1 +1,155 @@
-fn main() {}
+//! The `ringfence` command: `run` boots a guest and exits with its status; `doctor` says what
+//! this host can do.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use ringfence::config::{parse_timeout, Console, VmConfig, DEFAULT_MEM_MIB};
+use ringfence::exit::STATUS_VMM_ERROR;
+use ringfence::{doctor, probe_image, Vm};
+
+/// A minimal KVM microVM monitor for sandboxes.
+#[derive(Parser)]
+#[command(name = "ringfence", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Boot a guest, print its serial console, and exit with the guest's status.
+    ///
+    /// The exit status is the value the guest wrote to the exit port (0xf4), or:
+    /// 124 if --timeout expired, 125 if ringfence itself failed (bad input, KVM error),
+    /// 126 if the guest crashed (triple fault, halt with interrupts off), 128+N on signal N.
+    ///
+    /// Examples:
+    ///   ringfence run                                   # the built probe guest, "hello"
+    ///   ringfence run -- probe.scenario=spin:100000000  # probe with a scenario
+    ///   ringfence run --kernel vmlinux --initrd initrd.cpio.gz --cmdline "console=ttyS0" --mem 256 --vcpus 2
+    #[command(verbatim_doc_comment)]
+    Run(RunArgs),
+    /// Check /dev/kvm, io_uring, tun, namespaces, and measure whether guest kernels run at
+    /// full speed on this host.
+    Doctor {
+        /// Print the report as one JSON object.
+        #[arg(long)]
+        json: bool,
+        /// Skip the guest CPU speed measurement (about a second).
+        #[arg(long)]
+        no_measure: bool,
+    },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Kernel to boot: a PVH ELF (vmlinux, the probe guest) or a bzImage. Default: the probe
+    /// guest built by `cargo xtask` (or $RINGFENCE_PROBE).
+    #[arg(long, value_name = "FILE")]
+    kernel: Option<PathBuf>,
+    /// Initial ramdisk.
+    #[arg(long, value_name = "FILE")]
+    initrd: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long, value_name = "STRING", default_value = "")]
+    cmdline: String,
+    /// Guest memory in MiB.
+    #[arg(long, value_name = "MiB", default_value_t = DEFAULT_MEM_MIB)]
+    mem: u64,
+    /// Number of vCPUs.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    vcpus: u32,
+    /// Write the guest's serial output to FILE instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    console: Option<PathBuf>,
+    /// Stop the guest after SECS seconds (exit status 124).
+    #[arg(long, value_name = "SECS")]
+    timeout: Option<String>,
+    /// Extra kernel command-line words (for the probe guest: probe.scenario=... and friends).
+    #[arg(last = true, value_name = "ARGS")]
+    args: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(args) => match run(args) {
+            Ok(code) => ExitCode::from(code),
+            Err(msg) => {
+                eprintln!("ringfence: error: {msg}");
+                ExitCode::from(STATUS_VMM_ERROR as u8)
+            }
+        },
+        Command::Doctor { json, no_measure } => {
+            let report = doctor::run(!no_measure);
+            if json {
+                println!("{}", report.to_json());
+            } else {
+                println!("{report}");
+            }
+            if report.has_failures() {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+    }
+}
+
+fn run(args: RunArgs) -> Result<u8, String> {
+    let (kernel, is_probe) = match args.kernel {
+        Some(k) => (k, false),
+        None => match probe_image::find() {
+            Ok(p) => (p, true),
+            Err(looked) => {
+                let places: Vec<String> = looked.iter().map(|p| p.display().to_string()).collect();
+                return Err(format!(
+                    "no --kernel given and the probe guest is not built (looked in: {}); run `cargo xtask demo` to build it, or pass --kernel FILE",
+                    places.join(", ")
+                ));
+            }
+        },
+    };
+    let mut cmdline = args.cmdline.clone();
+    for word in &args.args {
+        if !cmdline.is_empty() {
+            cmdline.push(' ');
+        }
+        cmdline.push_str(word);
+    }
+    if is_probe && !cmdline.contains("probe.scenario=") {
+        cmdline.push_str(" probe.scenario=hello");
+    }
+    let vcpus = u8::try_from(args.vcpus).unwrap_or(u8::MAX);
+    if u32::from(vcpus) != args.vcpus {
+        return Err(format!(
+            "--vcpus {} is more than {} (ringfence's limit)",
+            args.vcpus,
+            ringfence::config::MAX_VCPUS
+        ));
+    }
+    let timeout = args
+        .timeout
+        .as_deref()
+        .map(parse_timeout)
+        .transpose()
+        .map_err(|e| e.to_string())?;
+    let mut config = VmConfig::new(kernel);
+    config.initrd = args.initrd;
+    config.cmdline = cmdline.trim().to_string();
+    config.mem_mib = args.mem;
+    config.vcpus = vcpus;
+    config.timeout = timeout;
+    config.pass_tsc_khz = is_probe || config.cmdline.contains("probe.");
+    config.console = match args.console {
+        Some(p) => Console::File(p),
+        None => Console::Stdout,
+    };
+    let exit = Vm::new(config).run().map_err(|e| e.to_string())?;
+    if exit.is_abnormal() {
+        eprintln!("ringfence: {exit}");
+    }
+    Ok(exit.status() as u8)
+}
