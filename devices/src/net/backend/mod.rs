@@ -1,0 +1,143 @@
+//! The boundary between the virtio-net device and whatever carries its frames.
+//!
+//! A [`NetBackend`] receives TX frames as scatter lists into guest memory (the device never
+//! copies them) and writes RX frames straight into guest buffers. It tells the device worker
+//! which file descriptors to poll ([`FdInterest`]) and when it next needs a timer; the worker
+//! polls them in its io_uring ring and calls back [`NetBackend::on_fd_ready`] /
+//! [`NetBackend::on_timer`]. Implementations: [`tap::TapBackend`] (kernel tap device,
+//! IFF_VNET_HDR), [`loopback::LoopbackBackend`] (in-memory, for tests and benchmarks); the
+//! netstack adapter (`user`) implements the same trait.
+//!
+//! Backends must never block: `send`/`recv` return [`BackendError::WouldBlock`] or `Ok(None)`
+//! instead.
+
+pub mod loopback;
+pub mod tap;
+
+use std::io::{IoSlice, IoSliceMut};
+use std::os::fd::RawFd;
+use std::time::Instant;
+
+use super::header::VirtioNetHdr;
+
+/// One frame the guest sent.
+#[derive(Debug)]
+pub struct TxFrame<'a> {
+    /// The 12-byte virtio-net header followed by the Ethernet frame, in guest memory (for
+    /// backends that pass the header through, like a tap with IFF_VNET_HDR).
+    pub with_header: &'a [IoSlice<'a>],
+    /// The Ethernet frame alone, in guest memory.
+    pub frame: &'a [IoSlice<'a>],
+    /// Length of `frame` in bytes.
+    pub frame_len: usize,
+    /// The virtio-net header, parsed from a copy (checksum/GSO requests).
+    pub header: VirtioNetHdr,
+}
+
+/// Guest RX buffers offered for one frame.
+#[derive(Debug)]
+pub struct RxBuf<'a> {
+    /// Room for the 12-byte header followed by the frame (for backends that write the header
+    /// themselves).
+    pub with_header: &'a mut [IoSliceMut<'a>],
+    /// Room for the frame alone (the device writes the header).
+    pub frame: &'a mut [IoSliceMut<'a>],
+    /// Capacity of `frame` in bytes.
+    pub frame_capacity: usize,
+}
+
+/// What a backend wrote into an [`RxBuf`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RxFrame {
+    /// The backend wrote a virtio-net header and the frame into `with_header`; `len` counts
+    /// both. The device fills in `num_buffers`.
+    WithHeader {
+        /// Bytes written, header included.
+        len: usize,
+    },
+    /// The backend wrote only the frame into `frame`; the device writes `header` in front.
+    Frame {
+        /// Frame bytes written.
+        len: usize,
+        /// Checksum/GSO information for the guest.
+        header: VirtioNetHdr,
+    },
+}
+
+/// A file descriptor the backend wants polled, identified by a backend-chosen token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FdInterest {
+    /// The descriptor.
+    pub fd: RawFd,
+    /// Passed back in [`NetBackend::on_fd_ready`]; must be below 2^48.
+    pub token: u64,
+    /// Wake when readable.
+    pub readable: bool,
+    /// Wake when writable.
+    pub writable: bool,
+}
+
+/// Why a backend could not move a frame.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The backend is full (or empty) right now; try again after its fd is ready.
+    #[error("backend would block")]
+    WouldBlock,
+    /// An I/O error on the backend's descriptor.
+    #[error("{backend}: {op} failed: {source}")]
+    Io {
+        /// Backend name (e.g. the tap interface).
+        backend: String,
+        /// Operation (readv, writev, ioctl name).
+        op: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The backend cannot be configured for the features the guest negotiated.
+    #[error("{backend}: {what}")]
+    Config {
+        /// Backend name.
+        backend: String,
+        /// What failed and what to do.
+        what: String,
+    },
+}
+
+/// Carries frames between the virtio-net device and the outside world.
+pub trait NetBackend: Send {
+    /// Human-readable name for logs and errors (e.g. `tap:rf0`).
+    fn name(&self) -> &str;
+
+    /// Called when the guest activates the device, with the negotiated feature bits, so the
+    /// backend can match its offloads (e.g. TUNSETOFFLOAD) to what the guest accepts.
+    fn activate(&mut self, features: u64) -> Result<(), BackendError> {
+        let _ = features;
+        Ok(())
+    }
+
+    /// Sends one guest frame. The iovecs are only valid during the call.
+    fn send(&mut self, frame: &TxFrame<'_>) -> Result<(), BackendError>;
+
+    /// Writes at most one frame into `buf`. `Ok(None)` means no frame is ready now.
+    fn recv(&mut self, buf: RxBuf<'_>) -> Result<Option<RxFrame>, BackendError>;
+
+    /// Fills `out` with the descriptors to poll now. `rx_space` says whether the guest has
+    /// RX buffers posted; a backend whose readable fd only means "frame for the guest" should
+    /// not ask for readability without space (backpressure stays in the kernel).
+    fn interests(&mut self, rx_space: bool, out: &mut Vec<FdInterest>);
+
+    /// A polled descriptor became ready.
+    fn on_fd_ready(&mut self, token: u64, readable: bool, writable: bool) {
+        let _ = (token, readable, writable);
+    }
+
+    /// When the backend next needs [`on_timer`](Self::on_timer), if ever.
+    fn next_deadline(&self) -> Option<Instant> {
+        None
+    }
+
+    /// The deadline from [`next_deadline`](Self::next_deadline) passed.
+    fn on_timer(&mut self, now: Instant) {
+        let _ = now;
+    }
+}

@@ -1,0 +1,262 @@
+//! The [`Net`] device: what the guest negotiates with (features, config space) and the
+//! lifecycle of its worker thread (spawned on activation, stopped and joined on reset or
+//! drop). The datapath itself lives in `worker.rs`.
+
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::backend::NetBackend;
+use super::features::*;
+use super::metrics::NetMetrics;
+use super::pcap::{PcapError, PcapSink};
+use super::worker::{NetWorker, WorkerParts};
+use crate::event_loop::EventLoop;
+use crate::virtio::{ActivateContext, ActivateError, VirtioDevice, TYPE_NET, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
+
+/// Default size of each queue.
+pub const DEFAULT_QUEUE_SIZE: u16 = 256;
+/// Default adaptive-polling window after the last activity (design §3 item 4).
+pub const DEFAULT_POLL_WINDOW: Duration = Duration::from_micros(100);
+/// Config space status bit: link up.
+const VIRTIO_NET_S_LINK_UP: u16 = 1;
+
+/// Static configuration of one virtio-net device.
+#[derive(Debug, Clone)]
+pub struct NetConfig {
+    /// The guest's MAC address.
+    pub mac: [u8; 6],
+    /// Size of the RX and TX queues (a power of two up to 32768).
+    pub queue_size: u16,
+    /// How long the worker keeps polling the rings after activity before it re-enables
+    /// notifications and sleeps. Zero disables polling.
+    pub poll_window: Duration,
+    /// Capture every frame, both directions, into this pcap file.
+    pub pcap: Option<PathBuf>,
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        Self {
+            mac: [0x52, 0x54, 0x00, 0x12, 0x34, 0x56],
+            queue_size: DEFAULT_QUEUE_SIZE,
+            poll_window: DEFAULT_POLL_WINDOW,
+            pcap: None,
+        }
+    }
+}
+
+/// Why a [`Net`] device could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// The pcap file could not be created.
+    #[error(transparent)]
+    Pcap(#[from] PcapError),
+    /// The queue size is not a power of two in 2..=32768.
+    #[error("invalid virtio-net queue size {0}: use a power of two between 2 and 32768")]
+    QueueSize(u16),
+}
+
+struct Running {
+    stop: EventFd,
+    handle: JoinHandle<WorkerParts>,
+}
+
+/// A virtio-net device in front of a [`NetBackend`].
+pub struct Net {
+    config: NetConfig,
+    queue_sizes: [u16; 2],
+    avail_features: u64,
+    acked_features: u64,
+    config_space: [u8; 10],
+    metrics: Arc<NetMetrics>,
+    idle: Option<WorkerParts>,
+    running: Option<Running>,
+}
+
+impl std::fmt::Debug for Net {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Net")
+            .field("config", &self.config)
+            .field("acked_features", &self.acked_features)
+            .field("running", &self.running.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Net {
+    /// Creates a device; opens the pcap file now if one is configured.
+    pub fn new(config: NetConfig, backend: Box<dyn NetBackend>) -> Result<Self, NetError> {
+        let qs = config.queue_size;
+        if qs < 2 || !qs.is_power_of_two() || qs > 32768 {
+            return Err(NetError::QueueSize(qs));
+        }
+        let pcap = match &config.pcap {
+            Some(p) => Some(PcapSink::create(p)?),
+            None => None,
+        };
+        let avail_features = [
+            VIRTIO_F_VERSION_1,
+            VIRTIO_RING_F_EVENT_IDX,
+            VIRTIO_NET_F_CSUM,
+            VIRTIO_NET_F_GUEST_CSUM,
+            VIRTIO_NET_F_MAC,
+            VIRTIO_NET_F_GUEST_TSO4,
+            VIRTIO_NET_F_GUEST_TSO6,
+            VIRTIO_NET_F_HOST_TSO4,
+            VIRTIO_NET_F_HOST_TSO6,
+            VIRTIO_NET_F_MRG_RXBUF,
+            VIRTIO_NET_F_STATUS,
+        ]
+        .iter()
+        .fold(0u64, |acc, bit| acc | (1u64 << bit));
+        let mut config_space = [0u8; 10];
+        config_space[..6].copy_from_slice(&config.mac);
+        config_space[6..8].copy_from_slice(&VIRTIO_NET_S_LINK_UP.to_le_bytes());
+        config_space[8..10].copy_from_slice(&1u16.to_le_bytes());
+        Ok(Self {
+            queue_sizes: [qs, qs],
+            config,
+            avail_features,
+            acked_features: 0,
+            config_space,
+            metrics: Arc::new(NetMetrics::default()),
+            idle: Some(WorkerParts { backend, pcap }),
+            running: None,
+        })
+    }
+
+    /// The device's counters (shared with its worker).
+    pub fn metrics(&self) -> Arc<NetMetrics> {
+        self.metrics.clone()
+    }
+
+    fn stop_worker(&mut self) {
+        if let Some(run) = self.running.take() {
+            if let Err(e) = run.stop.write(1) {
+                tracing::error!(error = %e, "virtio-net: cannot signal the worker to stop");
+            }
+            match run.handle.join() {
+                Ok(parts) => self.idle = Some(parts),
+                Err(_) => tracing::error!("virtio-net: worker thread panicked; backend lost"),
+            }
+        }
+    }
+}
+
+impl VirtioDevice for Net {
+    fn device_type(&self) -> u32 {
+        TYPE_NET
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &self.queue_sizes
+    }
+
+    fn avail_features(&self) -> u64 {
+        self.avail_features
+    }
+
+    fn ack_features(&mut self, features: u64) {
+        self.acked_features = features & self.avail_features;
+    }
+
+    fn acked_features(&self) -> u64 {
+        self.acked_features
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        data.fill(0);
+        let Ok(start) = usize::try_from(offset) else {
+            return;
+        };
+        if start >= self.config_space.len() {
+            return;
+        }
+        let end = start.saturating_add(data.len()).min(self.config_space.len());
+        data[..end - start].copy_from_slice(&self.config_space[start..end]);
+    }
+
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        // All virtio-net config fields we expose are read-only for the driver.
+        tracing::debug!(offset, len = data.len(), "virtio-net: ignored config write");
+    }
+
+    fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
+        if self.running.is_some() {
+            return Err(ActivateError::AlreadyActive);
+        }
+        if ctx.queues.len() != 2 || ctx.queue_evts.len() != 2 {
+            return Err(ActivateError::QueueCount {
+                expected: 2,
+                got: ctx.queues.len(),
+            });
+        }
+        let mut parts = self
+            .idle
+            .take()
+            .ok_or_else(|| ActivateError::Start("the backend was lost when a previous worker panicked".into()))?;
+        if let Err(e) = parts.backend.activate(ctx.acked_features) {
+            self.idle = Some(parts);
+            return Err(ActivateError::Start(e.to_string()));
+        }
+        let setup = || -> Result<(EventFd, EventLoop), String> {
+            let stop = EventFd::new(EFD_NONBLOCK).map_err(|e| format!("cannot create stop eventfd: {e}"))?;
+            let lp = EventLoop::new(64).map_err(|e| e.to_string())?;
+            Ok((stop, lp))
+        };
+        let (stop, lp) = match setup() {
+            Ok(v) => v,
+            Err(e) => {
+                self.idle = Some(parts);
+                return Err(ActivateError::Start(e));
+            }
+        };
+        let worker_stop = match stop.try_clone() {
+            Ok(s) => s,
+            Err(e) => {
+                self.idle = Some(parts);
+                return Err(ActivateError::Start(format!("cannot duplicate stop eventfd: {e}")));
+            }
+        };
+        let metrics = self.metrics.clone();
+        let poll_window = self.config.poll_window;
+        let spawn = std::thread::Builder::new()
+            .name("rf-virtio-net".into())
+            .spawn(move || {
+                let stop_fd = worker_stop.as_raw_fd();
+                let worker = NetWorker::new(ctx, parts, metrics, poll_window, lp);
+                let parts = worker.run(stop_fd);
+                drop(worker_stop);
+                parts
+            });
+        match spawn {
+            Ok(handle) => {
+                self.running = Some(Running { stop, handle });
+                Ok(())
+            }
+            Err(e) => Err(ActivateError::Start(format!(
+                "cannot spawn the virtio-net worker thread: {e}; the backend is lost, recreate the device"
+            ))),
+        }
+    }
+
+    fn reset(&mut self) {
+        self.stop_worker();
+        self.acked_features = 0;
+    }
+
+    fn is_activated(&self) -> bool {
+        self.running.is_some()
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        self.stop_worker();
+    }
+}

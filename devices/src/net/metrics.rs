@@ -1,0 +1,133 @@
+//! Per-device counters (plain atomics, read by tests, the VMM and benchmarks).
+//!
+//! Every frame or chain the device drops is counted exactly once, by reason. Counters only
+//! grow; `Relaxed` ordering is enough because nothing synchronises on them.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Why a descriptor chain was rejected (returned to the used ring with length 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MalformedReason {
+    /// The avail ring named a head index outside the queue, or the head descriptor could not
+    /// be read.
+    BadHead,
+    /// The chain ended on a descriptor with NEXT set: a loop, a `next` outside the queue or an
+    /// unreadable descriptor cut it short.
+    Truncated,
+    /// More descriptors (or memory segments) than the device accepts in one chain.
+    TooManyDescriptors,
+    /// A buffer lies (partly) outside guest memory.
+    OutOfMemory,
+    /// A device-writable buffer on TX, or a device-readable one on RX.
+    WrongDirection,
+    /// Fewer bytes than the 12-byte virtio-net header.
+    HeaderTooShort,
+    /// More bytes than the device accepts for one frame.
+    TooLong,
+    /// A TX frame shorter than an Ethernet header.
+    FrameTooShort,
+}
+
+impl MalformedReason {
+    /// All reasons, in counter order.
+    pub const ALL: [MalformedReason; 8] = [
+        MalformedReason::BadHead,
+        MalformedReason::Truncated,
+        MalformedReason::TooManyDescriptors,
+        MalformedReason::OutOfMemory,
+        MalformedReason::WrongDirection,
+        MalformedReason::HeaderTooShort,
+        MalformedReason::TooLong,
+        MalformedReason::FrameTooShort,
+    ];
+
+    /// Short name used in logs and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            MalformedReason::BadHead => "bad_head",
+            MalformedReason::Truncated => "truncated",
+            MalformedReason::TooManyDescriptors => "too_many_descriptors",
+            MalformedReason::OutOfMemory => "out_of_memory",
+            MalformedReason::WrongDirection => "wrong_direction",
+            MalformedReason::HeaderTooShort => "header_too_short",
+            MalformedReason::TooLong => "too_long",
+            MalformedReason::FrameTooShort => "frame_too_short",
+        }
+    }
+}
+
+/// Malformed-chain counters for one queue, one per [`MalformedReason`].
+#[derive(Debug, Default)]
+pub struct MalformedCounters {
+    counts: [AtomicU64; 8],
+}
+
+impl MalformedCounters {
+    /// Counts one chain dropped for `reason`.
+    pub fn inc(&self, reason: MalformedReason) {
+        self.counts[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Chains dropped for `reason`.
+    pub fn get(&self, reason: MalformedReason) -> u64 {
+        self.counts[reason as usize].load(Ordering::Relaxed)
+    }
+
+    /// Chains dropped for any reason.
+    pub fn total(&self) -> u64 {
+        self.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+}
+
+/// Counters of one virtio-net device.
+#[derive(Debug, Default)]
+pub struct NetMetrics {
+    /// Frames handed to the backend.
+    pub tx_frames: AtomicU64,
+    /// Ethernet bytes (without virtio header) handed to the backend.
+    pub tx_bytes: AtomicU64,
+    /// TX chains dropped as malformed, by reason.
+    pub tx_malformed: MalformedCounters,
+    /// TX frames the backend refused because it was full (EAGAIN).
+    pub tx_dropped_backend_busy: AtomicU64,
+    /// TX frames the backend failed to send (other errors).
+    pub tx_dropped_backend_error: AtomicU64,
+    /// Kicks received on the TX queue.
+    pub tx_kicks: AtomicU64,
+    /// Frames delivered to the guest.
+    pub rx_frames: AtomicU64,
+    /// Ethernet bytes (without virtio header) delivered to the guest.
+    pub rx_bytes: AtomicU64,
+    /// RX chains dropped as malformed, by reason.
+    pub rx_malformed: MalformedCounters,
+    /// Frames a backend had to discard because the guest posted no (or too small) buffers.
+    pub rx_dropped_no_buffer: AtomicU64,
+    /// Frames longer than the guest buffers they were written into (cut at the buffer end).
+    pub rx_truncated: AtomicU64,
+    /// Receive errors reported by the backend.
+    pub rx_backend_errors: AtomicU64,
+    /// Kicks received on the RX queue.
+    pub rx_kicks: AtomicU64,
+    /// Interrupts raised (used-buffer notifications).
+    pub interrupts: AtomicU64,
+    /// Batches completed without an interrupt because the driver suppressed it.
+    pub interrupts_suppressed: AtomicU64,
+    /// Used rings the device could not write (bad queue addresses).
+    pub used_ring_errors: AtomicU64,
+    /// Frames that could not be written to the pcap file.
+    pub pcap_errors: AtomicU64,
+    /// Event-loop iterations (one `io_uring_enter` or poll round each).
+    pub loop_iterations: AtomicU64,
+}
+
+impl NetMetrics {
+    /// Adds `n` to `counter`.
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Reads `counter`.
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}

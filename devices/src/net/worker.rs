@@ -1,0 +1,377 @@
+//! The virtio-net worker thread: TX and RX batches driven by the io_uring loop.
+//!
+//! One iteration (see `event_loop.rs` for the waiting side):
+//! 1. handle completions: kicks, backend descriptors, the stop signal, the backend's timer;
+//! 2. TX: take every available chain, validate it in place, hand the frame to the backend as
+//!    iovecs over guest memory, return the chain with length 0; one used-ring publication;
+//! 3. RX: take every available RX chain, and while the backend has frames and the guest has
+//!    room, let the backend write each frame straight into the chains; one used-ring
+//!    publication;
+//! 4. at most one interrupt for the iteration, only if the driver asked for it;
+//! 5. if there was work in the last `poll_window`, poll again without sleeping and with
+//!    guest notifications left suppressed; otherwise re-enable notifications (re-checking
+//!    the rings to close the race) and block.
+//!
+//! The worker never panics on guest input: every malformed chain is returned with length 0
+//! and counted; a used ring it cannot write stops the worker until the driver resets the
+//! device.
+
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+use super::backend::{BackendError, FdInterest, NetBackend, RxBuf, RxFrame, TxFrame};
+use super::features::{VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_MRG_RXBUF};
+use super::header::VNET_HDR_LEN;
+use super::metrics::NetMetrics;
+use super::pcap::PcapSink;
+use super::queue_io::{TxChain, MAX_FRAME_LEN};
+use super::rx_buffers::RxBuffers;
+use super::{RX_QUEUE, TX_QUEUE};
+use crate::event_loop::{Event, EventLoop, EventLoopError};
+use crate::virtio::interrupt::INT_USED_RING;
+use crate::virtio::used_ring::UsedBatch;
+use crate::virtio::{ActivateContext, Interrupt};
+
+/// Largest standard frame: Ethernet + VLAN header + 1500 bytes of payload.
+const STD_FRAME_LEN: usize = 1518;
+/// Most RX frames per iteration before TX gets another turn.
+const RX_BUDGET: usize = 256;
+
+/// What survives a worker: handed back to the device on stop so it can be activated again.
+pub(crate) struct WorkerParts {
+    pub backend: Box<dyn NetBackend>,
+    pub pcap: Option<PcapSink>,
+}
+
+/// State of one running virtio-net worker.
+pub(crate) struct NetWorker {
+    mem: GuestMemoryMmap,
+    rx: Queue,
+    tx: Queue,
+    queue_evts: Vec<EventFd>,
+    interrupt: Arc<Interrupt>,
+    parts: WorkerParts,
+    metrics: Arc<NetMetrics>,
+    mrg_rxbuf: bool,
+    max_rx_len: usize,
+    rx_bufs: RxBuffers,
+    tx_chain: TxChain,
+    rx_used: UsedBatch,
+    tx_used: UsedBatch,
+    poll_window: Duration,
+    lp: EventLoop,
+    interests: Vec<FdInterest>,
+    events: Vec<Event>,
+    notifications_on: bool,
+    pcap_dirty: bool,
+    rx_ring_drained: bool,
+}
+
+impl NetWorker {
+    pub(crate) fn new(
+        ctx: ActivateContext,
+        parts: WorkerParts,
+        metrics: Arc<NetMetrics>,
+        poll_window: Duration,
+        lp: EventLoop,
+    ) -> Self {
+        let mut queues = ctx.queues.into_iter();
+        // The device checked there are exactly two queues before spawning us.
+        let rx = queues.next().unwrap_or_default();
+        let tx = queues.next().unwrap_or_default();
+        let has = |bit: u32| ctx.acked_features & (1u64 << bit) != 0;
+        let max_rx_len = if has(VIRTIO_NET_F_GUEST_TSO4) || has(VIRTIO_NET_F_GUEST_TSO6) {
+            VNET_HDR_LEN + MAX_FRAME_LEN
+        } else {
+            VNET_HDR_LEN + STD_FRAME_LEN
+        };
+        let rx_size = usize::from(rx.size());
+        let tx_size = usize::from(tx.size());
+        Self {
+            mem: ctx.mem,
+            rx,
+            tx,
+            queue_evts: ctx.queue_evts,
+            interrupt: ctx.interrupt,
+            parts,
+            metrics,
+            mrg_rxbuf: has(VIRTIO_NET_F_MRG_RXBUF),
+            max_rx_len,
+            rx_bufs: RxBuffers::new(rx_size),
+            tx_chain: TxChain::new(),
+            rx_used: UsedBatch::with_capacity(rx_size),
+            tx_used: UsedBatch::with_capacity(tx_size),
+            poll_window,
+            lp,
+            interests: Vec::with_capacity(8),
+            events: Vec::with_capacity(16),
+            notifications_on: true,
+            pcap_dirty: false,
+            rx_ring_drained: false,
+        }
+    }
+
+    /// Runs until the stop eventfd fires or the loop fails; returns the backend and pcap sink.
+    pub(crate) fn run(mut self, stop_fd: RawFd) -> WorkerParts {
+        if let Err(e) = self.run_inner(stop_fd) {
+            tracing::error!(error = %e, backend = self.parts.backend.name(), "virtio-net worker stopped");
+        }
+        if let Some(p) = self.parts.pcap.as_mut() {
+            if let Err(e) = p.flush() {
+                tracing::warn!(error = %e, "virtio-net: pcap flush failed");
+            }
+        }
+        self.parts
+    }
+
+    fn run_inner(&mut self, stop_fd: RawFd) -> Result<(), EventLoopError> {
+        let rx_idx = self.lp.add_eventfd(self.queue_evts[RX_QUEUE].as_raw_fd())?;
+        let tx_idx = self.lp.add_eventfd(self.queue_evts[TX_QUEUE].as_raw_fd())?;
+        let stop_idx = self.lp.add_eventfd(stop_fd)?;
+        let mut last_activity: Option<Instant> = None;
+        // Work may have been queued before activation (drivers fill RX first).
+        let mut pending = true;
+        loop {
+            let now = Instant::now();
+            let polling = pending || last_activity.is_some_and(|t| now.duration_since(t) < self.poll_window);
+            let mut timeout = if polling {
+                Some(Duration::ZERO)
+            } else {
+                if self.pcap_dirty {
+                    self.flush_pcap();
+                }
+                if self.enable_notifications() {
+                    Some(Duration::ZERO)
+                } else {
+                    None
+                }
+            };
+            if let Some(deadline) = self.parts.backend.next_deadline() {
+                let d = deadline.saturating_duration_since(now);
+                timeout = Some(timeout.map_or(d, |t| t.min(d)));
+            }
+            self.arm_backend()?;
+            self.lp.wait(timeout, &mut self.events)?;
+            NetMetrics::add(&self.metrics.loop_iterations, 1);
+
+            let mut events = std::mem::take(&mut self.events);
+            for ev in events.drain(..) {
+                match ev {
+                    Event::Eventfd(i) if i == stop_idx => return Ok(()),
+                    Event::Eventfd(i) if i == rx_idx => NetMetrics::add(&self.metrics.rx_kicks, 1),
+                    Event::Eventfd(i) if i == tx_idx => NetMetrics::add(&self.metrics.tx_kicks, 1),
+                    Event::Eventfd(_) => {}
+                    Event::Fd {
+                        token,
+                        readable,
+                        writable,
+                    } => self.parts.backend.on_fd_ready(token, readable, writable),
+                }
+            }
+            self.events = events;
+            if let Some(deadline) = self.parts.backend.next_deadline() {
+                let now = Instant::now();
+                if deadline <= now {
+                    self.parts.backend.on_timer(now);
+                }
+            }
+
+            if self.notifications_on {
+                self.disable_notifications();
+            }
+            let (tx_work, tx_irq) = self.process_tx();
+            let (rx_work, rx_irq) = self.process_rx();
+            if tx_irq || rx_irq {
+                self.interrupt.set_status(INT_USED_RING);
+                self.lp.signal_eventfd(self.interrupt.eventfd().as_raw_fd())?;
+                NetMetrics::add(&self.metrics.interrupts, 1);
+            }
+            pending = false;
+            if tx_work || rx_work {
+                last_activity = Some(Instant::now());
+            }
+        }
+    }
+
+    /// Arms polls for the descriptors the backend wants now.
+    fn arm_backend(&mut self) -> Result<(), EventLoopError> {
+        self.interests.clear();
+        let rx_space = !self.rx_bufs.is_empty();
+        self.parts.backend.interests(rx_space, &mut self.interests);
+        for i in 0..self.interests.len() {
+            self.lp.arm_fd(self.interests[i])?;
+        }
+        Ok(())
+    }
+
+    /// Re-enables guest notifications on both queues; true if work arrived meanwhile.
+    fn enable_notifications(&mut self) -> bool {
+        self.notifications_on = true;
+        let mut pending = false;
+        for q in [&mut self.tx, &mut self.rx] {
+            match q.enable_notification(&self.mem) {
+                Ok(more) => pending |= more,
+                Err(_) => NetMetrics::add(&self.metrics.used_ring_errors, 1),
+            }
+        }
+        pending
+    }
+
+    /// Suppresses guest notifications while the worker is busy polling.
+    fn disable_notifications(&mut self) {
+        self.notifications_on = false;
+        for q in [&mut self.tx, &mut self.rx] {
+            if q.disable_notification(&self.mem).is_err() {
+                NetMetrics::add(&self.metrics.used_ring_errors, 1);
+            }
+        }
+    }
+
+    fn flush_pcap(&mut self) {
+        self.pcap_dirty = false;
+        if let Some(p) = self.parts.pcap.as_mut() {
+            if p.flush().is_err() {
+                NetMetrics::add(&self.metrics.pcap_errors, 1);
+            }
+        }
+    }
+
+    /// Publishes a used batch; returns whether an interrupt is wanted.
+    fn publish(queue: &mut Queue, used: &mut UsedBatch, mem: &GuestMemoryMmap, metrics: &NetMetrics) -> bool {
+        if used.is_empty() {
+            return false;
+        }
+        match used.flush(queue, mem) {
+            Ok(true) => true,
+            Ok(false) => {
+                NetMetrics::add(&metrics.interrupts_suppressed, 1);
+                false
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "virtio-net: cannot publish used ring");
+                NetMetrics::add(&metrics.used_ring_errors, 1);
+                false
+            }
+        }
+    }
+
+    /// Sends every available TX chain; returns (did work, wants interrupt).
+    fn process_tx(&mut self) -> (bool, bool) {
+        let budget = usize::from(self.tx.size());
+        let mut done = 0;
+        while done < budget {
+            let Some(chain) = self.tx.pop_descriptor_chain(&self.mem) else {
+                break;
+            };
+            done += 1;
+            match self.tx_chain.load(chain, &self.mem) {
+                Err(reason) => {
+                    self.metrics.tx_malformed.inc(reason);
+                    tracing::debug!(reason = reason.name(), head = self.tx_chain.head, "virtio-net: dropped TX chain");
+                }
+                Ok(()) => {
+                    let c = &self.tx_chain;
+                    let frame_len = c.frame.len();
+                    if let Some(p) = self.parts.pcap.as_mut() {
+                        if p.record(&c.full, VNET_HDR_LEN, frame_len).is_err() {
+                            NetMetrics::add(&self.metrics.pcap_errors, 1);
+                        }
+                        self.pcap_dirty = true;
+                    }
+                    let frame = TxFrame {
+                        with_header: c.full.as_io_slices(),
+                        frame: c.frame.as_io_slices(),
+                        frame_len,
+                        header: c.header,
+                    };
+                    match self.parts.backend.send(&frame) {
+                        Ok(()) => {
+                            NetMetrics::add(&self.metrics.tx_frames, 1);
+                            NetMetrics::add(&self.metrics.tx_bytes, frame_len as u64);
+                        }
+                        Err(BackendError::WouldBlock) => NetMetrics::add(&self.metrics.tx_dropped_backend_busy, 1),
+                        Err(e) => {
+                            tracing::debug!(error = %e, "virtio-net: TX frame dropped");
+                            NetMetrics::add(&self.metrics.tx_dropped_backend_error, 1);
+                        }
+                    }
+                }
+            }
+            self.tx_used.push(self.tx_chain.head, 0);
+        }
+        let irq = Self::publish(&mut self.tx, &mut self.tx_used, &self.mem, &self.metrics);
+        (done > 0, irq)
+    }
+
+    /// Moves frames from the backend into guest RX chains; returns (did work, wants interrupt).
+    fn process_rx(&mut self) -> (bool, bool) {
+        let mut work = false;
+        let mut frames = 0;
+        loop {
+            let before = self.rx_bufs.len();
+            self.rx_ring_drained = self
+                .rx_bufs
+                .refill(&mut self.rx, &self.mem, &mut self.rx_used, &self.metrics);
+            work |= self.rx_bufs.len() != before || !self.rx_used.is_empty();
+            if frames >= RX_BUDGET || self.rx_bufs.is_empty() {
+                break;
+            }
+            // With merged buffers, wait for room for a largest frame unless the guest has
+            // posted all it is going to post for now.
+            if self.mrg_rxbuf && self.rx_bufs.total_room() < self.max_rx_len && !self.rx_ring_drained {
+                break;
+            }
+            if !self.rx_bufs.assemble(self.mrg_rxbuf, self.max_rx_len) {
+                break;
+            }
+            let frame_capacity = self.rx_bufs.frame.len();
+            let rx = &mut self.rx_bufs;
+            let buf = RxBuf {
+                with_header: rx.full.as_io_slices_mut(),
+                frame: rx.frame.as_io_slices_mut(),
+                frame_capacity,
+            };
+            let written = match self.parts.backend.recv(buf) {
+                Ok(None) | Err(BackendError::WouldBlock) => break,
+                Err(e) => {
+                    tracing::debug!(error = %e, "virtio-net: backend receive failed");
+                    NetMetrics::add(&self.metrics.rx_backend_errors, 1);
+                    break;
+                }
+                Ok(Some(RxFrame::WithHeader { len })) => {
+                    if len < VNET_HDR_LEN {
+                        NetMetrics::add(&self.metrics.rx_backend_errors, 1);
+                        continue;
+                    }
+                    len.min(self.rx_bufs.full.len())
+                }
+                Ok(Some(RxFrame::Frame { len, header })) => {
+                    if len > frame_capacity {
+                        NetMetrics::add(&self.metrics.rx_truncated, 1);
+                    }
+                    self.rx_bufs.full.write_at(0, &header.to_bytes());
+                    VNET_HDR_LEN + len.min(frame_capacity)
+                }
+            };
+            let frame_len = written - VNET_HDR_LEN;
+            if let Some(p) = self.parts.pcap.as_mut() {
+                if p.record(&self.rx_bufs.full, VNET_HDR_LEN, frame_len).is_err() {
+                    NetMetrics::add(&self.metrics.pcap_errors, 1);
+                }
+                self.pcap_dirty = true;
+            }
+            self.rx_bufs.complete(written, &mut self.rx_used);
+            NetMetrics::add(&self.metrics.rx_frames, 1);
+            NetMetrics::add(&self.metrics.rx_bytes, frame_len as u64);
+            frames += 1;
+            work = true;
+        }
+        let irq = Self::publish(&mut self.rx, &mut self.rx_used, &self.mem, &self.metrics);
+        (work, irq)
+    }
+}
