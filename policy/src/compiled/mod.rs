@@ -1,0 +1,368 @@
+//! The compiled evaluator the netstack calls on every new flow, DNS query and DNS answer.
+//!
+//! A policy of `n` rules compiles to bitsets over rule indices (see `bitset`):
+//! - destination by address: an IPv4 and an IPv6 multibit trie (`trie`) whose leaves carry the
+//!   set of rules whose CIDR, group or `*` covers the leaf;
+//! - destination by name: a reversed-label trie (`domain`);
+//! - protocol × direction: 8 precomputed sets; port: up to 256 port classes (`ports`).
+//!
+//! A decision is the lowest rule index in `(address ∪ name) ∩ protocol/direction ∩ port`,
+//! i.e. the first matching rule, found by ANDing summary words first. A decision never
+//! allocates, never locks and never fails. A `CompiledPolicy` is immutable and `Send + Sync`;
+//! swapping policies at runtime is the owner's job (e.g. `ArcSwap<CompiledPolicy>`).
+
+mod bitset;
+mod domain;
+mod ports;
+mod trie;
+
+use std::net::IpAddr;
+
+use crate::cidr::{canonical_ip, key_of};
+use crate::domain_name::{normalize_into, MAX_NAME_LEN};
+use crate::error::PolicyError;
+use crate::groups::{group_prefixes, Group, GroupSet, GroupTable};
+use crate::model::{
+    Action, Decision, DecisionCause, Destination, Direction, FlowQuery, Policy, PolicyContext,
+    PortRange, Protocol, Rule, ALL_PROTOCOLS,
+};
+
+use bitset::{SetArena, SetArenaBuilder, SetId, EMPTY, FULL};
+use domain::{DomainTrie, DomainTrieBuilder};
+use ports::PortClasses;
+use trie::{Prefix, PrefixTrie, Tag, TagSet};
+
+/// Most rules a policy may have (memory grows with rules × distinct destinations).
+pub const MAX_RULES: usize = 65_536;
+
+/// Sizes of the compiled structures, for logs and benchmarks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompiledStats {
+    /// Number of rules.
+    pub rules: usize,
+    /// Distinct rule sets stored.
+    pub sets: usize,
+    /// Nodes in the IPv4 trie (256 entries each).
+    pub v4_nodes: usize,
+    /// Nodes in the IPv6 trie (256 entries each).
+    pub v6_nodes: usize,
+    /// Nodes in the name trie.
+    pub domain_nodes: usize,
+    /// Port classes.
+    pub port_classes: usize,
+    /// Approximate heap bytes of the sets and tries.
+    pub bytes: usize,
+}
+
+/// A policy compiled for fast first-match decisions. Build it with [`Policy::compile`].
+#[derive(Debug, Clone)]
+pub struct CompiledPolicy {
+    policy: Policy,
+    groups: GroupTable,
+    arena: SetArena,
+    v4: PrefixTrie,
+    v6: PrefixTrie,
+    domains: DomainTrie,
+    ports: PortClasses,
+    /// `[direction][protocol]` → rules with that direction and protocol.
+    proto_dir: [[SetId; 4]; 2],
+    /// Rules whose destination is `*`.
+    any_dest: SetId,
+    /// Rules that can decide a DNS question (egress; allow, or deny without conditions).
+    dns_relevant: SetId,
+    /// Per rule: its port ranges (empty = all), indexing `port_ranges`.
+    rule_ports: Vec<(u32, u32)>,
+    port_ranges: Vec<PortRange>,
+    actions: Vec<Action>,
+    dns_fallback: Decision,
+}
+
+fn leaf_rules(tags: &TagSet, group_rules: &[Vec<u32>; 7]) -> Vec<u32> {
+    let groups = GroupSet::resolve(GroupSet::from_bits(tags.groups));
+    let mut rules = tags.rules.clone();
+    for g in groups.iter() {
+        rules.extend_from_slice(&group_rules[g as usize]);
+    }
+    rules
+}
+
+impl Policy {
+    /// Compiles the policy for a sandbox (its `host` addresses come from `ctx`).
+    pub fn compile(&self, ctx: &PolicyContext) -> Result<CompiledPolicy, PolicyError> {
+        CompiledPolicy::new(self, ctx)
+    }
+}
+
+impl CompiledPolicy {
+    /// Compiles `policy` for the sandbox described by `ctx`.
+    pub fn new(policy: &Policy, ctx: &PolicyContext) -> Result<Self, PolicyError> {
+        let rules = &policy.rules;
+        if rules.len() > MAX_RULES {
+            return Err(PolicyError::TooManyRules {
+                count: rules.len(),
+                max: MAX_RULES,
+            });
+        }
+        let groups = GroupTable::new(&ctx.host_addrs);
+        let mut arena = SetArenaBuilder::new(rules.len());
+
+        let mut any_dest = Vec::new();
+        let mut group_rules: [Vec<u32>; 7] = Default::default();
+        let mut v4: Vec<Prefix> = Vec::new();
+        let mut v6: Vec<Prefix> = Vec::new();
+        let mut names = DomainTrieBuilder::new();
+        for (i, rule) in rules.iter().enumerate() {
+            let i = i as u32;
+            match rule.destination() {
+                Destination::Any => any_dest.push(i),
+                Destination::Group(g) => group_rules[*g as usize].push(i),
+                Destination::Cidr(c) => {
+                    let p = (c.key(), c.len(), Tag::Rule(i));
+                    if c.addr().is_ipv4() {
+                        v4.push(p);
+                    } else {
+                        v6.push(p);
+                    }
+                }
+                Destination::Domain(d) => names.add_exact(d.as_str(), i),
+                Destination::Suffix(d) => names.add_suffix(d.as_str(), i),
+            }
+        }
+        for (cidr, g) in group_prefixes() {
+            let p = (cidr.key(), cidr.len(), Tag::Group(g.bit()));
+            if cidr.addr().is_ipv4() {
+                v4.push(p);
+            } else {
+                v6.push(p);
+            }
+        }
+        for h in groups.host_addrs() {
+            let full = if h.is_ipv4() { 32 } else { 128 };
+            let p = (key_of(*h), full, Tag::Group(Group::Host.bit()));
+            if h.is_ipv4() {
+                v4.push(p);
+            } else {
+                v6.push(p);
+            }
+        }
+
+        let mut leaf_of = |tags: &TagSet| {
+            let mut r = leaf_rules(tags, &group_rules);
+            r.extend_from_slice(&any_dest);
+            arena.intern_rules(r)
+        };
+        let v4 = PrefixTrie::build(v4, &mut leaf_of);
+        let v6 = PrefixTrie::build(v6, &mut leaf_of);
+        let domains = names.finish(&mut arena);
+        let ports = PortClasses::build(rules, &mut arena);
+
+        let mut proto_dir = [[EMPTY; 4]; 2];
+        for (d, dir) in [Direction::Egress, Direction::Ingress]
+            .into_iter()
+            .enumerate()
+        {
+            for proto in ALL_PROTOCOLS {
+                let set = rules.iter().enumerate().filter_map(|(i, r)| {
+                    (r.direction().covers(dir) && r.protocols().matches(proto)).then_some(i as u32)
+                });
+                proto_dir[d][proto as usize] = arena.intern_rules(set);
+            }
+        }
+        let any_dest_set = arena.intern_rules(any_dest.iter().copied());
+        let dns_relevant = arena.intern_rules(rules.iter().enumerate().filter_map(|(i, r)| {
+            (r.direction().covers(Direction::Egress)
+                && (r.action() == Action::Allow || r.is_unconditional()))
+            .then_some(i as u32)
+        }));
+
+        let mut rule_ports = Vec::with_capacity(rules.len());
+        let mut port_ranges = Vec::new();
+        for r in rules {
+            rule_ports.push((port_ranges.len() as u32, r.ports().len() as u32));
+            port_ranges.extend_from_slice(r.ports());
+        }
+        let dns_fallback = if policy.default_egress == Action::Deny && policy.allows_names() {
+            Decision {
+                action: Action::Deny,
+                rule: None,
+                cause: DecisionCause::DnsNameNotAllowed,
+            }
+        } else {
+            Decision {
+                action: Action::Allow,
+                rule: None,
+                cause: DecisionCause::Default,
+            }
+        };
+        Ok(Self {
+            policy: policy.clone(),
+            groups,
+            arena: arena.finish(),
+            v4,
+            v6,
+            domains,
+            ports,
+            proto_dir,
+            any_dest: any_dest_set,
+            dns_relevant,
+            rule_ports,
+            port_ranges,
+            actions: rules.iter().map(Rule::action).collect(),
+            dns_fallback,
+        })
+    }
+
+    /// The policy this was compiled from.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// Rule number `index` (as reported in [`Decision::rule`]), for logging.
+    pub fn rule(&self, index: usize) -> Option<&Rule> {
+        self.policy.rules.get(index)
+    }
+
+    /// The groups `ip` belongs to in this sandbox (for rebind protection and logs).
+    pub fn groups_of(&self, ip: IpAddr) -> GroupSet {
+        self.groups.groups_of(ip)
+    }
+
+    /// Sizes of the compiled structures.
+    pub fn stats(&self) -> CompiledStats {
+        let trie_bytes = (self.v4.node_count() + self.v6.node_count()) * 256 * 4;
+        CompiledStats {
+            rules: self.actions.len(),
+            sets: self.arena.len(),
+            v4_nodes: self.v4.node_count(),
+            v6_nodes: self.v6.node_count(),
+            domain_nodes: self.domains.node_count(),
+            port_classes: self.ports.len(),
+            bytes: self.arena.bytes() + trie_bytes + self.domains.node_count() * 64,
+        }
+    }
+
+    #[inline]
+    fn address_set(&self, ip: IpAddr) -> SetId {
+        match ip {
+            IpAddr::V4(_) => self.v4.lookup(key_of(ip)),
+            IpAddr::V6(_) => self.v6.lookup(key_of(ip)),
+        }
+    }
+
+    #[inline]
+    fn name_set(&self, name: Option<&str>, buf: &mut [u8; MAX_NAME_LEN + 1]) -> SetId {
+        match name.and_then(|n| normalize_into(n, buf)) {
+            Some(n) => self.domains.lookup(n),
+            None => EMPTY,
+        }
+    }
+
+    #[inline]
+    fn ports_admit(&self, rule: usize, protocol: Protocol, port: u16) -> bool {
+        let (start, len) = self.rule_ports[rule];
+        len == 0
+            || (protocol.has_ports()
+                && self.port_ranges[start as usize..(start + len) as usize]
+                    .iter()
+                    .any(|r| r.contains(port)))
+    }
+
+    fn by_rule(&self, rule: usize) -> Decision {
+        Decision {
+            action: self.actions[rule],
+            rule: Some(rule),
+            cause: DecisionCause::Rule,
+        }
+    }
+
+    /// Decides a new flow: the first rule (in policy order) whose direction, destination (by
+    /// address, or by the name attributed to it), protocol and port match; else the
+    /// direction's default.
+    #[inline]
+    pub fn decide(&self, q: &FlowQuery<'_>) -> Decision {
+        let ip = canonical_ip(q.dst);
+        let by_addr = self.address_set(ip);
+        let mut buf = [0u8; MAX_NAME_LEN + 1];
+        let by_name = self.name_set(q.domain, &mut buf);
+        let dir = match q.direction {
+            Direction::Egress => 0,
+            Direction::Ingress => 1,
+        };
+        let proto_dir = self.proto_dir[dir][q.protocol as usize];
+        let by_port = if q.protocol.has_ports() {
+            self.ports.set_for(q.port)
+        } else {
+            self.ports.portless()
+        };
+        let hit = self
+            .arena
+            .first_match(by_addr, by_name, proto_dir, by_port, |r| {
+                self.ports_admit(r, q.protocol, q.port)
+            });
+        match hit {
+            Some(r) => self.by_rule(r),
+            None => Decision {
+                action: self.policy.default_for(q.direction),
+                rule: None,
+                cause: DecisionCause::Default,
+            },
+        }
+    }
+
+    /// Decides whether a DNS query for `name` may go upstream (design §7). The first egress
+    /// rule that is `*` or names `name`, and is an allow or an unconditional deny, decides.
+    /// Otherwise: refused ([`DecisionCause::DnsNameNotAllowed`]) when egress defaults to deny
+    /// and some allow rule names a domain, allowed in every other case.
+    pub fn decide_dns_query(&self, name: &str) -> Decision {
+        let mut buf = [0u8; MAX_NAME_LEN + 1];
+        let by_name = self.name_set(Some(name), &mut buf);
+        match self
+            .arena
+            .first_match(by_name, self.any_dest, self.dns_relevant, FULL, |_| true)
+        {
+            Some(r) => self.by_rule(r),
+            None => self.dns_fallback,
+        }
+    }
+
+    /// Decides whether a DNS answer mapping `name` to `addr` may reach the guest (rebind
+    /// protection). Addresses outside private, loopback, link-local, metadata and host pass.
+    /// Otherwise the first egress rule matching `addr` or `name` that is an allow or an
+    /// unconditional deny decides; with none, the egress default does (deny is reported as
+    /// [`DecisionCause::RebindProtection`]).
+    pub fn check_dns_answer(&self, name: &str, addr: IpAddr) -> Decision {
+        let ip = canonical_ip(addr);
+        if !self
+            .groups
+            .groups_of(ip)
+            .intersects(GroupSet::REBIND_PROTECTED)
+        {
+            return Decision {
+                action: Action::Allow,
+                rule: None,
+                cause: DecisionCause::Default,
+            };
+        }
+        let mut buf = [0u8; MAX_NAME_LEN + 1];
+        let by_name = self.name_set(Some(name), &mut buf);
+        let by_addr = self.address_set(ip);
+        match self
+            .arena
+            .first_match(by_addr, by_name, self.dns_relevant, FULL, |_| true)
+        {
+            Some(r) => self.by_rule(r),
+            None => match self.policy.default_egress {
+                Action::Allow => Decision {
+                    action: Action::Allow,
+                    rule: None,
+                    cause: DecisionCause::Default,
+                },
+                Action::Deny => Decision {
+                    action: Action::Deny,
+                    rule: None,
+                    cause: DecisionCause::RebindProtection,
+                },
+            },
+        }
+    }
+}
