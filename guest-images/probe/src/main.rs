@@ -17,11 +17,13 @@ mod exit;
 mod heap;
 mod idt;
 mod json;
+mod net;
 mod port;
 mod rt;
 mod scenarios;
 mod serial;
 mod start_info;
+mod virtio;
 
 use alloc::format;
 

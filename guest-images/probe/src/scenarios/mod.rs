@@ -4,6 +4,10 @@
 //! error line and status 2.
 
 mod basic;
+mod datagram;
+mod net_common;
+mod resolve;
+mod tcp;
 
 use alloc::format;
 use alloc::string::String;
@@ -70,10 +74,21 @@ pub fn run(ctx: &Context<'_>) -> Outcome {
         "exit" => basic::exit_with(ctx, arg),
         "spin" => basic::spin(ctx, arg, false),
         "cpl0spin" => basic::spin(ctx, arg, true),
+        "ping" => datagram::ping(ctx),
+        "udp-echo" => datagram::udp_echo(ctx),
+        "tcp-send" => tcp::send(ctx),
+        "tcp-recv" => tcp::recv(ctx),
+        "tcp-rr" => tcp::rr(ctx),
+        "connect" => tcp::connect_only(ctx),
+        "serve" => tcp::serve(ctx),
+        "resolve" => resolve::resolve(ctx),
         _ => usage_error(
             ctx,
             name,
-            format!("unknown scenario {name:?}; known: hello, exit:N, spin:N, cpl0spin:N"),
+            format!(
+                "unknown scenario {name:?}; known: hello, exit:N, spin:N, cpl0spin:N, ping, udp-echo, \
+                 tcp-send, tcp-recv, tcp-rr, connect, serve, resolve"
+            ),
         ),
     }
 }

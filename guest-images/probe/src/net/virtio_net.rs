@@ -1,0 +1,333 @@
+//! The polled virtio-net driver and its smoltcp `phy::Device` face.
+//!
+//! Buffers: every RX and TX descriptor owns one fixed 2 KiB buffer (the
+//! 12-byte `virtio_net_hdr_v1` plus a 1514-byte Ethernet frame fit; no GSO is
+//! negotiated, so frames never need more). smoltcp reads received frames in
+//! place and writes outgoing frames in place: no copies in the driver.
+//!
+//! Features: VERSION_1, MAC, MRG_RXBUF (a frame spanning several buffers is
+//! reassembled into a scratch buffer), EVENT_IDX. CSUM/GUEST_CSUM are left
+//! off: smoltcp computes and verifies every checksum itself, which keeps
+//! results correct whatever the device does.
+//!
+//! The RX ring is kept full (a buffer goes back as soon as smoltcp consumed
+//! it). Kicks happen only in [`VirtioNet::flush`], once per poll batch, and
+//! only when the queue's notification suppression asks for one.
+
+use alloc::vec;
+use alloc::vec::Vec;
+
+use smoltcp::phy::{self, DeviceCapabilities, Medium};
+use smoltcp::time::Instant;
+
+use crate::virtio::mmio::{MmioError, MmioTransport};
+use crate::virtio::queue::{QueueAllocError, SplitQueue, F_EVENT_IDX};
+
+/// virtio device id of a network card.
+pub const DEVICE_ID_NET: u32 = 1;
+const F_MAC: u64 = 1 << 5;
+const F_MRG_RXBUF: u64 = 1 << 15;
+const RX_QUEUE: u16 = 0;
+const TX_QUEUE: u16 = 1;
+/// `virtio_net_hdr_v1` length (VERSION_1 always uses the 12-byte header).
+const HDR_LEN: usize = 12;
+const BUF_LEN: usize = 2048;
+/// Largest Ethernet frame without FCS.
+const MAX_FRAME: usize = 1514;
+/// Most buffers one merged frame may span.
+const MAX_MERGED: u16 = 16;
+
+/// Why the device could not be brought up.
+#[derive(Debug)]
+pub enum NetDeviceError {
+    /// Transport-level failure.
+    Mmio(MmioError),
+    /// Queue memory could not be allocated.
+    Alloc(QueueAllocError),
+}
+
+impl core::fmt::Display for NetDeviceError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            NetDeviceError::Mmio(e) => write!(f, "{e}"),
+            NetDeviceError::Alloc(e) => write!(f, "cannot allocate {} bytes of virtqueue memory", e.bytes),
+        }
+    }
+}
+
+/// Counters tests and results read.
+#[derive(Default, Clone, Copy, Debug)]
+pub struct NetStats {
+    /// Frames handed to smoltcp.
+    pub rx_frames: u64,
+    /// Frames sent.
+    pub tx_frames: u64,
+    /// Notifications written to QueueNotify.
+    pub kicks: u64,
+    /// Received entries dropped as malformed (shorter than the header, or a
+    /// broken merged chain).
+    pub rx_dropped: u64,
+}
+
+/// The receive half: queue 0 and its buffers.
+pub struct RxHalf {
+    queue: SplitQueue,
+    bufs: Vec<u8>,
+    merged: bool,
+    scratch: Vec<u8>,
+    stats_frames: u64,
+    dropped: u64,
+}
+
+/// The transmit half: queue 1, its buffers and free descriptor ids.
+pub struct TxHalf {
+    queue: SplitQueue,
+    bufs: Vec<u8>,
+    free: Vec<u16>,
+    frames: u64,
+}
+
+/// A live virtio-net device.
+pub struct VirtioNet {
+    transport: MmioTransport,
+    rx: RxHalf,
+    tx: TxHalf,
+    mac: [u8; 6],
+    features: u64,
+    kicks: u64,
+}
+
+impl VirtioNet {
+    /// Brings up the network device behind `transport`.
+    pub fn new(transport: MmioTransport) -> Result<VirtioNet, NetDeviceError> {
+        let features = transport
+            .begin_init(F_MAC | F_MRG_RXBUF | F_EVENT_IDX)
+            .map_err(NetDeviceError::Mmio)?;
+        let event_idx = features & F_EVENT_IDX != 0;
+        let rxq = SplitQueue::new(transport.queue_max(RX_QUEUE), event_idx).map_err(NetDeviceError::Alloc)?;
+        let txq = SplitQueue::new(transport.queue_max(TX_QUEUE), event_idx).map_err(NetDeviceError::Alloc)?;
+        transport.setup_queue(RX_QUEUE, &rxq).map_err(NetDeviceError::Mmio)?;
+        transport.setup_queue(TX_QUEUE, &txq).map_err(NetDeviceError::Mmio)?;
+        let mac = if features & F_MAC != 0 {
+            core::array::from_fn(|i| transport.config_u8(i as u64))
+        } else {
+            // Locally administered unicast address derived from the TSC.
+            let t = crate::clock::rdtsc().to_le_bytes();
+            [0x02, 0x52, t[0], t[1], t[2], t[3]]
+        };
+        let rx_n = usize::from(rxq.size());
+        let tx_n = usize::from(txq.size());
+        let mut dev = VirtioNet {
+            transport,
+            rx: RxHalf {
+                queue: rxq,
+                bufs: vec![0; rx_n * BUF_LEN],
+                merged: features & F_MRG_RXBUF != 0,
+                scratch: Vec::with_capacity(MAX_FRAME),
+                stats_frames: 0,
+                dropped: 0,
+            },
+            tx: TxHalf { queue: txq, bufs: vec![0; tx_n * BUF_LEN], free: (0..tx_n as u16).rev().collect(), frames: 0 },
+            mac,
+            features,
+            kicks: 0,
+        };
+        dev.transport.finish_init();
+        for id in 0..rx_n as u16 {
+            dev.rx.recycle(id);
+        }
+        dev.flush();
+        Ok(dev)
+    }
+
+    /// The MAC address.
+    pub fn mac(&self) -> [u8; 6] {
+        self.mac
+    }
+
+    /// The negotiated feature bits.
+    pub fn features(&self) -> u64 {
+        self.features
+    }
+
+    /// Base address of the transport.
+    pub fn base(&self) -> u64 {
+        self.transport.base()
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> NetStats {
+        NetStats { rx_frames: self.rx.stats_frames, tx_frames: self.tx.frames, kicks: self.kicks, rx_dropped: self.rx.dropped }
+    }
+
+    /// Ends a batch: reclaims sent buffers and kicks each queue at most once,
+    /// and only if the device asked to be notified.
+    pub fn flush(&mut self) {
+        self.tx.reclaim();
+        if self.tx.queue.needs_notify() {
+            self.transport.notify(TX_QUEUE);
+            self.kicks += 1;
+        }
+        if self.rx.queue.needs_notify() {
+            self.transport.notify(RX_QUEUE);
+            self.kicks += 1;
+        }
+    }
+}
+
+impl RxHalf {
+    fn buf_addr(&self, id: u16) -> u64 {
+        self.bufs.as_ptr() as u64 + u64::from(id) * BUF_LEN as u64
+    }
+
+    fn recycle(&mut self, id: u16) {
+        let addr = self.buf_addr(id);
+        self.queue.push(id, addr, BUF_LEN as u32, true);
+    }
+
+    fn slice(&self, id: u16, len: u32) -> &[u8] {
+        buf_slice(&self.bufs, id, len)
+    }
+
+    /// Takes the next complete frame: `Some((id, frame_len))` for a frame in
+    /// buffer `id` (at offset HDR_LEN), or `Some((u16::MAX, len))` for a
+    /// merged frame assembled in `scratch`.
+    fn next_frame(&mut self) -> Option<(u16, usize)> {
+        loop {
+            let (id, len) = self.queue.pop_used()?;
+            if (len as usize) < HDR_LEN || len as usize > BUF_LEN {
+                self.dropped += 1;
+                self.recycle(id);
+                continue;
+            }
+            let hdr = self.slice(id, len);
+            let num_buffers = if self.merged { u16::from_le_bytes([hdr[10], hdr[11]]) } else { 1 };
+            if num_buffers <= 1 {
+                return Some((id, len as usize - HDR_LEN));
+            }
+            if num_buffers > MAX_MERGED {
+                self.dropped += 1;
+                self.recycle(id);
+                continue;
+            }
+            self.scratch.clear();
+            self.scratch.extend_from_slice(&buf_slice(&self.bufs, id, len)[HDR_LEN..]);
+            self.recycle(id);
+            let mut complete = true;
+            for _ in 1..num_buffers {
+                match self.queue.pop_used() {
+                    Some((more, more_len)) => {
+                        let part = buf_slice(&self.bufs, more, more_len);
+                        self.scratch.extend_from_slice(part);
+                        self.recycle(more);
+                    }
+                    None => {
+                        complete = false;
+                        break;
+                    }
+                }
+            }
+            if complete {
+                return Some((u16::MAX, self.scratch.len()));
+            }
+            self.dropped += 1;
+        }
+    }
+}
+
+/// Bytes `0..len` (clamped) of buffer `id`.
+fn buf_slice(bufs: &[u8], id: u16, len: u32) -> &[u8] {
+    let start = usize::from(id) * BUF_LEN;
+    let len = (len as usize).min(BUF_LEN);
+    &bufs[start..start + len]
+}
+
+impl TxHalf {
+    fn reclaim(&mut self) {
+        while let Some((id, _)) = self.queue.pop_used() {
+            self.free.push(id);
+        }
+    }
+}
+
+/// A received frame lent to smoltcp; its buffer goes back to the ring after use.
+pub struct NetRxToken<'a> {
+    rx: &'a mut RxHalf,
+    id: u16,
+    len: usize,
+}
+
+/// Room for one outgoing frame.
+pub struct NetTxToken<'a> {
+    tx: &'a mut TxHalf,
+}
+
+impl phy::RxToken for NetRxToken<'_> {
+    fn consume<R, F>(self, f: F) -> R
+    where
+        F: FnOnce(&[u8]) -> R,
+    {
+        if self.id == u16::MAX {
+            self.rx.stats_frames += 1;
+            return f(&self.rx.scratch[..self.len]);
+        }
+        let start = usize::from(self.id) * BUF_LEN + HDR_LEN;
+        let r = f(&self.rx.bufs[start..start + self.len]);
+        self.rx.stats_frames += 1;
+        self.rx.recycle(self.id);
+        r
+    }
+}
+
+impl phy::TxToken for NetTxToken<'_> {
+    fn consume<R, F>(self, len: usize, f: F) -> R
+    where
+        F: FnOnce(&mut [u8]) -> R,
+    {
+        let len = len.min(BUF_LEN - HDR_LEN);
+        // `transmit`/`receive` only hand out a token when a descriptor is free.
+        let id = self.tx.free.pop().unwrap_or(0);
+        let start = usize::from(id) * BUF_LEN;
+        let buf = &mut self.tx.bufs[start..start + HDR_LEN + len];
+        buf[..HDR_LEN].fill(0);
+        let r = f(&mut buf[HDR_LEN..]);
+        let addr = self.tx.bufs.as_ptr() as u64 + start as u64;
+        self.tx.queue.push(id, addr, (HDR_LEN + len) as u32, false);
+        self.tx.frames += 1;
+        r
+    }
+}
+
+impl phy::Device for VirtioNet {
+    type RxToken<'a> = NetRxToken<'a>;
+    type TxToken<'a> = NetTxToken<'a>;
+
+    fn receive(&mut self, _timestamp: Instant) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
+        self.tx.reclaim();
+        if self.tx.free.is_empty() {
+            // smoltcp may answer a frame right away; without TX room, leave the
+            // frame queued until sends complete.
+            return None;
+        }
+        let (id, len) = self.rx.next_frame()?;
+        Some((NetRxToken { rx: &mut self.rx, id, len }, NetTxToken { tx: &mut self.tx }))
+    }
+
+    fn transmit(&mut self, _timestamp: Instant) -> Option<Self::TxToken<'_>> {
+        if self.tx.free.is_empty() {
+            self.tx.reclaim();
+        }
+        if self.tx.free.is_empty() {
+            return None;
+        }
+        Some(NetTxToken { tx: &mut self.tx })
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        let mut caps = DeviceCapabilities::default();
+        caps.medium = Medium::Ethernet;
+        caps.max_transmission_unit = MAX_FRAME;
+        caps.max_burst_size = None;
+        caps
+    }
+}

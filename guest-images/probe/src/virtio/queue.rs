@@ -1,0 +1,192 @@
+//! A split virtqueue (virtio 1.2 §2.7), driver side, polled.
+//!
+//! The probe keeps a fixed buffer per descriptor, so every chain is one
+//! descriptor whose id names its buffer. The rings live in one zeroed,
+//! page-aligned allocation that is never freed while the device may use it
+//! (queues live as long as the probe).
+//!
+//! Notifications: with VIRTIO_F_EVENT_IDX the driver kicks only when the new
+//! available index passes the device's `avail_event` (§2.7.10); without it,
+//! only when the device has not set VIRTQ_USED_F_NO_NOTIFY. Kicks are decided
+//! once per batch by [`SplitQueue::needs_notify`]. Interrupts are suppressed
+//! (`used_event` kept behind the used index, or VIRTQ_AVAIL_F_NO_INTERRUPT),
+//! because the probe polls with IF=0.
+
+use alloc::alloc::{alloc_zeroed, Layout};
+use core::ptr::{read_volatile, write_volatile};
+use core::sync::atomic::{fence, Ordering};
+
+/// Descriptor flag: the device writes this buffer.
+const DESC_F_WRITE: u16 = 2;
+/// Avail flag: do not interrupt (ignored by the device under EVENT_IDX).
+const AVAIL_F_NO_INTERRUPT: u16 = 1;
+/// Used flag: do not notify (ignored by the driver under EVENT_IDX).
+const USED_F_NO_NOTIFY: u16 = 1;
+
+/// Feature bit: VIRTIO_F_EVENT_IDX.
+pub const F_EVENT_IDX: u64 = 1 << 29;
+
+/// Largest queue the probe sets up.
+pub const MAX_QUEUE_SIZE: u16 = 256;
+
+/// Why a queue could not be created.
+#[derive(Debug)]
+pub struct QueueAllocError {
+    /// Bytes requested.
+    pub bytes: usize,
+}
+
+/// One split virtqueue.
+pub struct SplitQueue {
+    size: u16,
+    desc: *mut u8,
+    avail: *mut u8,
+    used: *mut u8,
+    /// Next available index to publish.
+    avail_idx: u16,
+    /// Next used index to consume.
+    last_used: u16,
+    /// Available index at the last notification decision.
+    notified_idx: u16,
+    event_idx: bool,
+}
+
+/// `(v - event - 1) < (v - old)` from the spec: did `event` fall in (old, v]?
+fn need_event(event: u16, new: u16, old: u16) -> bool {
+    new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
+}
+
+impl SplitQueue {
+    /// Allocates a queue of `size` entries (rounded down to a power of two,
+    /// at most [`MAX_QUEUE_SIZE`]); `event_idx` says if EVENT_IDX was negotiated.
+    pub fn new(size: u16, event_idx: bool) -> Result<SplitQueue, QueueAllocError> {
+        let size = size.min(MAX_QUEUE_SIZE);
+        let size = if size == 0 { 0 } else { 1u16 << (15 - size.leading_zeros()) };
+        let n = usize::from(size);
+        let avail_off = 16 * n;
+        let used_off = (avail_off + 6 + 2 * n + 4095) & !4095;
+        let bytes = used_off + 6 + 8 * n;
+        let layout = Layout::from_size_align(bytes, 4096).map_err(|_| QueueAllocError { bytes })?;
+        if size == 0 {
+            return Err(QueueAllocError { bytes: 0 });
+        }
+        // SAFETY: layout has non-zero size.
+        let mem = unsafe { alloc_zeroed(layout) };
+        if mem.is_null() {
+            return Err(QueueAllocError { bytes });
+        }
+        // SAFETY: both offsets are inside the `bytes`-long allocation.
+        let (avail, used) = unsafe { (mem.add(avail_off), mem.add(used_off)) };
+        let q = SplitQueue {
+            size,
+            desc: mem,
+            avail,
+            used,
+            avail_idx: 0,
+            last_used: 0,
+            notified_idx: 0,
+            event_idx,
+        };
+        q.suppress_interrupts();
+        Ok(q)
+    }
+
+    /// Number of entries.
+    pub fn size(&self) -> u16 {
+        self.size
+    }
+
+    /// Guest-physical addresses of the descriptor table, available ring and
+    /// used ring (identity-mapped).
+    pub fn addresses(&self) -> (u64, u64, u64) {
+        (self.desc as u64, self.avail as u64, self.used as u64)
+    }
+
+    fn write_u16(base: *mut u8, offset: usize, v: u16) {
+        // SAFETY: callers pass offsets inside the ring they name, which lies in
+        // the queue allocation.
+        unsafe { write_volatile(base.add(offset) as *mut u16, v) }
+    }
+
+    fn read_u16(base: *mut u8, offset: usize) -> u16 {
+        // SAFETY: as for `write_u16`.
+        unsafe { read_volatile(base.add(offset) as *const u16) }
+    }
+
+    fn suppress_interrupts(&self) {
+        if self.event_idx {
+            // used_event sits after the avail ring; keep it just behind.
+            Self::write_u16(self.avail, 4 + 2 * usize::from(self.size), self.last_used.wrapping_sub(1));
+        } else {
+            Self::write_u16(self.avail, 0, AVAIL_F_NO_INTERRUPT);
+        }
+    }
+
+    /// Makes descriptor `id` (buffer `addr`, `len` bytes) available; the
+    /// device writes it if `device_writes`. The caller owns the id/buffer
+    /// pairing and never offers an id twice before it comes back used.
+    pub fn push(&mut self, id: u16, addr: u64, len: u32, device_writes: bool) {
+        let i = usize::from(id % self.size);
+        let flags = if device_writes { DESC_F_WRITE } else { 0 };
+        // SAFETY: i < size, so the 16-byte descriptor is inside the table.
+        unsafe {
+            let d = self.desc.add(16 * i);
+            write_volatile(d as *mut u64, addr);
+            write_volatile(d.add(8) as *mut u32, len);
+            write_volatile(d.add(12) as *mut u16, flags);
+            write_volatile(d.add(14) as *mut u16, 0);
+        }
+        let slot = usize::from(self.avail_idx % self.size);
+        Self::write_u16(self.avail, 4 + 2 * slot, id % self.size);
+        self.avail_idx = self.avail_idx.wrapping_add(1);
+        // The descriptor and ring entry must be visible before the index.
+        fence(Ordering::Release);
+        Self::write_u16(self.avail, 2, self.avail_idx);
+    }
+
+    /// Takes the next used entry: `(descriptor id, bytes written)`. Entries
+    /// naming an id outside the table are skipped (a device bug must not make
+    /// the probe index out of bounds).
+    pub fn pop_used(&mut self) -> Option<(u16, u32)> {
+        loop {
+            let used_idx = Self::read_u16(self.used, 2);
+            if used_idx == self.last_used {
+                return None;
+            }
+            fence(Ordering::Acquire);
+            let slot = usize::from(self.last_used % self.size);
+            // SAFETY: slot < size, so the 8-byte element is inside the used ring.
+            let (id, len) = unsafe {
+                let e = self.used.add(4 + 8 * slot);
+                (read_volatile(e as *const u32), read_volatile(e.add(4) as *const u32))
+            };
+            self.last_used = self.last_used.wrapping_add(1);
+            self.suppress_interrupts();
+            if let Ok(id) = u16::try_from(id) {
+                if id < self.size {
+                    return Some((id, len));
+                }
+            }
+        }
+    }
+
+    /// Whether the device must be notified of buffers published since the
+    /// last call (at most one kick per batch).
+    pub fn needs_notify(&mut self) -> bool {
+        let new = self.avail_idx;
+        let old = self.notified_idx;
+        if new == old {
+            return false;
+        }
+        self.notified_idx = new;
+        // The index store must be globally visible before we read the
+        // device's suppression state (the device reads them in the other order).
+        fence(Ordering::SeqCst);
+        if self.event_idx {
+            let avail_event = Self::read_u16(self.used, 4 + 8 * usize::from(self.size));
+            need_event(avail_event, new, old)
+        } else {
+            Self::read_u16(self.used, 0) & USED_F_NO_NOTIFY == 0
+        }
+    }
+}
