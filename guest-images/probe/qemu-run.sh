@@ -3,7 +3,8 @@
 # Usage: qemu-run.sh [--net] [--elf FILE] [--] PROBE-ARGS...
 #   PROBE-ARGS become the kernel command line, e.g. probe.scenario=hello
 #   --net     adds a slirp virtio-net device (-netdev user); extra QEMU
-#             options can be passed in QEMU_EXTRA (word-split).
+#             options can be passed in QEMU_EXTRA (word-split), extra
+#             -netdev user options in QEMU_NETDEV_OPTS (e.g. hostfwd=tcp:127.0.0.1:7100-:8080).
 # Exit status is QEMU's: (V << 1) | 1 for a probe exit status V.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -12,7 +13,7 @@ net=()
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --net) net=(-global virtio-mmio.force-legacy=false
-                    -netdev user,id=n0 -device virtio-net-device,netdev=n0); shift ;;
+                    -netdev user,id=n0${QEMU_NETDEV_OPTS:+,$QEMU_NETDEV_OPTS} -device virtio-net-device,netdev=n0); shift ;;
         --elf) elf="$2"; shift 2 ;;
         --) shift; break ;;
         *) break ;;

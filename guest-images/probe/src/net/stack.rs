@@ -11,7 +11,7 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::iface::{Config, Interface, PollResult, SocketHandle, SocketSet};
 use smoltcp::socket::{dhcpv4, dns};
 use smoltcp::time::Instant;
 use smoltcp::wire::{DnsQueryType, EthernetAddress, HardwareAddress, IpAddress, IpCidr};
@@ -21,6 +21,9 @@ use crate::clock::{rdtsc, Clock};
 use crate::cmdline::Cmdline;
 use crate::virtio::mmio::MmioTransport;
 use crate::virtio::candidate_windows;
+
+/// Most egress passes per poll (bounds the frames sent per kick).
+const EGRESS_BATCH: usize = 64;
 
 /// A network failure, phrased for the JSON `error` field.
 #[derive(Debug)]
@@ -139,10 +142,18 @@ impl Stack {
         Instant::from_micros(us as i64)
     }
 
-    /// One poll: process received frames, run socket timers, send, kick.
+    /// One poll: process received frames, run socket timers, send as much
+    /// as the sockets have ready (smoltcp emits one segment per socket per
+    /// egress pass, so passes repeat up to `EGRESS_BATCH` times), then kick
+    /// once for the whole batch.
     pub fn poll(&mut self) {
         let now = self.now();
         self.iface.poll(now, &mut self.dev, &mut self.sockets);
+        for _ in 1..EGRESS_BATCH {
+            if matches!(self.iface.poll_egress(now, &mut self.dev, &mut self.sockets), PollResult::None) {
+                break;
+            }
+        }
         self.dev.flush();
     }
 
