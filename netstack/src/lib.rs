@@ -1,1 +1,52 @@
-//! Zero-copy userspace netstack (design §6).
+//! Zero-copy userspace netstack (design §6): the `--net user` backend of ringfence.
+//!
+//! The guest speaks Ethernet; the host speaks sockets. This crate translates between the
+//! two without a TCP/IP stack in the middle:
+//!
+//! * ARP, NDP, DHCPv4 and router advertisements are answered locally: the guest gets a
+//!   /30 out of an IPv4 pool (network .0, gateway .1, guest .2) and a /64 for SLAAC.
+//! * Each guest TCP connection or UDP 4-tuple becomes a host socket, opened only if the
+//!   [`FlowGate`] (the compiled policy) allows it. The gateway address and the host alias
+//!   name reach the host's loopback.
+//! * Payload is never copied by us: guest TX buffers are passed to `sendmsg()` as iovecs,
+//!   and host data is received straight into guest RX buffers behind headers we build
+//!   (see [`tcp`](crate) module docs for ACK and window rules).
+//! * DNS queries to the gateway are intercepted: the host alias is answered locally,
+//!   denied names get REFUSED, others are relayed to the upstream resolver.
+//!
+//! The device loop drives a [`Netstack`] with guest frames, readiness of the host fds it
+//! is told to watch ([`Netstack::take_interest_changes`]) and timers. Host sockets are
+//! non-blocking and used with plain syscalls, one per operation; batching happens in
+//! the device loop. Everything runs on the device thread; there are no locks.
+
+mod arp;
+mod checksum;
+mod config;
+mod core;
+mod dhcp;
+mod dns;
+mod error;
+mod flow_table;
+mod frame;
+mod gate;
+mod icmp;
+mod ipaddr;
+mod metrics;
+mod ndp;
+mod ping;
+mod publish;
+mod stack;
+mod sys;
+mod tcp;
+mod udp;
+
+#[cfg(feature = "testkit")]
+pub mod testkit;
+
+pub use crate::config::{Limits, NetConfig, PortProto, PublishedPort};
+pub use crate::core::{FdInterest, InterestOp, RxGso, RxMeta, TxMeta};
+pub use crate::error::NetError;
+pub use crate::gate::{AllowAll, Direction, FlowGate, FlowInfo, FlowProto, Verdict};
+pub use crate::metrics::NetMetrics;
+pub use crate::stack::Netstack;
+pub use crate::sys::poll;

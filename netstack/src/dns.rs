@@ -1,0 +1,204 @@
+//! DNS interception for queries to the gateway (RFC 1035 message format).
+//!
+//! Owns the minimal parsing we need: the first question of a query (to answer the host
+//! alias locally and to ask the flow gate), local answers (alias, REFUSED, SERVFAIL),
+//! and reading A/AAAA records out of upstream answers so later connections can be
+//! attributed to the domain they were resolved from. Never follows compression loops
+//! (pointer hops are bounded) and never reads past the message.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// DNS header length.
+const HDR: usize = 12;
+/// Record type A.
+pub(crate) const TYPE_A: u16 = 1;
+/// Record type AAAA.
+pub(crate) const TYPE_AAAA: u16 = 28;
+/// RCODE SERVFAIL.
+pub(crate) const RCODE_SERVFAIL: u8 = 2;
+/// RCODE REFUSED.
+pub(crate) const RCODE_REFUSED: u8 = 5;
+/// TTL of local answers.
+const LOCAL_TTL: u32 = 60;
+
+/// The first question of a query.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Query {
+    pub id: u16,
+    /// Lower-case, dot-separated, no trailing dot.
+    pub name: String,
+    pub qtype: u16,
+    /// Offset just past the question (QTYPE and QCLASS included).
+    pub question_end: usize,
+}
+
+/// Reads a (possibly compressed) name at `off`; returns it and the offset after it in
+/// the original position.
+fn read_name(msg: &[u8], mut off: usize) -> Option<(String, usize)> {
+    let mut name = String::new();
+    let mut end = None;
+    let mut hops = 0;
+    loop {
+        let len = *msg.get(off)? as usize;
+        if len & 0xc0 == 0xc0 {
+            let lo = *msg.get(off + 1)? as usize;
+            end.get_or_insert(off + 2);
+            hops += 1;
+            if hops > 16 {
+                return None;
+            }
+            off = ((len & 0x3f) << 8) | lo;
+            continue;
+        }
+        if len & 0xc0 != 0 {
+            return None;
+        }
+        if len == 0 {
+            end.get_or_insert(off + 1);
+            break;
+        }
+        let label = msg.get(off + 1..off + 1 + len)?;
+        if !name.is_empty() {
+            name.push('.');
+        }
+        for &b in label {
+            name.push(char::from(b.to_ascii_lowercase()));
+        }
+        if name.len() > 255 {
+            return None;
+        }
+        off += 1 + len;
+    }
+    Some((name, end?))
+}
+
+/// Parses the first question of a standard query.
+pub(crate) fn parse_query(msg: &[u8]) -> Option<Query> {
+    if msg.len() < HDR {
+        return None;
+    }
+    let id = u16::from_be_bytes([msg[0], msg[1]]);
+    let flags = u16::from_be_bytes([msg[2], msg[3]]);
+    let qdcount = u16::from_be_bytes([msg[4], msg[5]]);
+    if flags & 0x8000 != 0 || qdcount == 0 {
+        return None;
+    }
+    let (name, off) = read_name(msg, HDR)?;
+    let q = msg.get(off..off + 4)?;
+    Some(Query {
+        id,
+        name,
+        qtype: u16::from_be_bytes([q[0], q[1]]),
+        question_end: off + 4,
+    })
+}
+
+/// Builds a response to `query` (the original message) with `rcode` and the given
+/// addresses as answers of the query's type.
+pub(crate) fn local_answer(query: &[u8], q: &Query, rcode: u8, answers: &[IpAddr]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(q.question_end + 28 * answers.len());
+    out.extend_from_slice(&q.id.to_be_bytes());
+    // QR=1, opcode 0, AA=1, RD copied, RA=1.
+    let rd = query.get(2).map_or(0, |f| f & 0x01);
+    out.push(0x84 | rd);
+    out.push(0x80 | (rcode & 0x0f));
+    out.extend_from_slice(&1u16.to_be_bytes());
+    out.extend_from_slice(&(answers.len() as u16).to_be_bytes());
+    out.extend_from_slice(&[0, 0, 0, 0]);
+    out.extend_from_slice(&query[HDR..q.question_end]);
+    for a in answers {
+        out.extend_from_slice(&[0xc0, HDR as u8]);
+        let (ty, data): (u16, Vec<u8>) = match a {
+            IpAddr::V4(v) => (TYPE_A, v.octets().to_vec()),
+            IpAddr::V6(v) => (TYPE_AAAA, v.octets().to_vec()),
+        };
+        out.extend_from_slice(&ty.to_be_bytes());
+        out.extend_from_slice(&1u16.to_be_bytes());
+        out.extend_from_slice(&LOCAL_TTL.to_be_bytes());
+        out.extend_from_slice(&(data.len() as u16).to_be_bytes());
+        out.extend_from_slice(&data);
+    }
+    out
+}
+
+/// A/AAAA addresses in an answer, with the name that was asked for.
+pub(crate) fn answer_addresses(msg: &[u8]) -> Option<(String, Vec<IpAddr>)> {
+    if msg.len() < HDR || msg[2] & 0x80 == 0 {
+        return None;
+    }
+    let qdcount = u16::from_be_bytes([msg[4], msg[5]]);
+    let ancount = u16::from_be_bytes([msg[6], msg[7]]);
+    if qdcount != 1 {
+        return None;
+    }
+    let (qname, mut off) = read_name(msg, HDR)?;
+    off += 4;
+    let mut addrs = Vec::new();
+    for _ in 0..ancount.min(64) {
+        let (_, o) = read_name(msg, off)?;
+        let rr = msg.get(o..o + 10)?;
+        let ty = u16::from_be_bytes([rr[0], rr[1]]);
+        let rdlen = usize::from(u16::from_be_bytes([rr[8], rr[9]]));
+        let data = msg.get(o + 10..o + 10 + rdlen)?;
+        match (ty, rdlen) {
+            (TYPE_A, 4) => addrs.push(IpAddr::V4(Ipv4Addr::new(
+                data[0], data[1], data[2], data[3],
+            ))),
+            (TYPE_AAAA, 16) => {
+                let mut b = [0u8; 16];
+                b.copy_from_slice(data);
+                addrs.push(IpAddr::V6(Ipv6Addr::from(b)));
+            }
+            _ => {}
+        }
+        off = o + 10 + rdlen;
+    }
+    Some((qname, addrs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A query for `name` with type `qtype`.
+    pub(crate) fn query(id: u16, name: &str, qtype: u16) -> Vec<u8> {
+        let mut m = vec![0u8; 12];
+        m[0..2].copy_from_slice(&id.to_be_bytes());
+        m[2] = 0x01;
+        m[5] = 1;
+        for l in name.split('.') {
+            m.push(l.len() as u8);
+            m.extend_from_slice(l.as_bytes());
+        }
+        m.push(0);
+        m.extend_from_slice(&qtype.to_be_bytes());
+        m.extend_from_slice(&1u16.to_be_bytes());
+        m
+    }
+
+    #[test]
+    fn query_roundtrip_through_local_answer() {
+        let m = query(0x1234, "Host.RingFence.Internal", TYPE_A);
+        let q = parse_query(&m).unwrap();
+        assert_eq!(q.name, "host.ringfence.internal");
+        assert_eq!(q.qtype, TYPE_A);
+        let ip: IpAddr = "172.16.0.1".parse().unwrap();
+        let a = local_answer(&m, &q, 0, &[ip]);
+        assert_eq!(&a[0..2], &[0x12, 0x34]);
+        let (name, addrs) = answer_addresses(&a).unwrap();
+        assert_eq!(name, "host.ringfence.internal");
+        assert_eq!(addrs, vec![ip]);
+    }
+
+    #[test]
+    fn compression_loops_and_truncation_are_rejected() {
+        let mut m = query(1, "a.b", TYPE_A);
+        // Replace the name with a pointer to itself.
+        m.truncate(12);
+        m.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1]);
+        assert!(parse_query(&m).is_none());
+        assert!(parse_query(&[0u8; 5]).is_none());
+        let m = query(1, "example.com", TYPE_A);
+        assert!(parse_query(&m[..m.len() - 2]).is_none());
+    }
+}

@@ -1,0 +1,92 @@
+//! The flow gate: the question the netstack asks before opening any new flow.
+//!
+//! Owns the trait the policy engine is bound to ([`FlowGate`]) and an allow-all
+//! implementation. The netstack asks once per new flow (TCP SYN, first UDP datagram of
+//! a 4-tuple, ICMP echo flow, accepted published connection) and per DNS query name;
+//! it never caches a verdict across flows.
+
+use std::net::IpAddr;
+
+/// Direction of a flow relative to the guest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// Opened by the guest.
+    Egress,
+    /// Opened towards the guest (published ports).
+    Ingress,
+}
+
+/// Transport of a flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlowProto {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+    /// ICMPv4 echo.
+    Icmpv4,
+    /// ICMPv6 echo.
+    Icmpv6,
+}
+
+/// What the gate is asked about.
+#[derive(Clone, Copy, Debug)]
+pub struct FlowInfo<'a> {
+    /// Who opened it.
+    pub direction: Direction,
+    /// Transport.
+    pub proto: FlowProto,
+    /// Destination as the guest addressed it (egress) or the guest's own address (ingress).
+    pub dst: IpAddr,
+    /// Destination port (0 for ICMP).
+    pub port: u16,
+    /// Domain the destination address was learned from through our DNS, if any.
+    pub domain: Option<&'a str>,
+    /// Whether the destination is the gateway / host alias (reaches host loopback).
+    pub to_host: bool,
+}
+
+/// The gate's answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    /// Open the flow?
+    pub allow: bool,
+    /// Index of the rule that decided, if a rule (not a default) did.
+    pub rule: Option<usize>,
+}
+
+impl Verdict {
+    /// Allowed by default (no rule).
+    pub const ALLOW: Verdict = Verdict {
+        allow: true,
+        rule: None,
+    };
+    /// Denied by default (no rule).
+    pub const DENY: Verdict = Verdict {
+        allow: false,
+        rule: None,
+    };
+}
+
+/// Decides whether new flows and DNS queries may proceed. Implemented by the VMM on top of
+/// the compiled policy; must be cheap (called on the packet path).
+pub trait FlowGate: Send {
+    /// Verdict for a new flow.
+    fn decide(&self, flow: &FlowInfo<'_>) -> Verdict;
+    /// Verdict for a DNS query for `name` (lower-case, no trailing dot); a deny is answered
+    /// locally with REFUSED and never forwarded.
+    fn decide_dns(&self, name: &str) -> Verdict {
+        let _ = name;
+        Verdict::ALLOW
+    }
+}
+
+/// Gate that allows everything (the default until a policy is bound).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AllowAll;
+
+impl FlowGate for AllowAll {
+    fn decide(&self, _flow: &FlowInfo<'_>) -> Verdict {
+        Verdict::ALLOW
+    }
+}

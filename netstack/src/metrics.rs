@@ -1,0 +1,65 @@
+//! Plain counters of what the netstack did and why it dropped things.
+//!
+//! Owns no logic: the rest of the crate bumps fields, tests and the VMM read them.
+
+/// Counters for one VM's netstack. Monotonic; never reset.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NetMetrics {
+    /// Frames received from the guest (any kind).
+    pub guest_frames: u64,
+    /// ARP frames from the guest.
+    pub arp_frames: u64,
+    /// DHCP messages from the guest.
+    pub dhcp_frames: u64,
+    /// ICMP/ICMPv6 (incl. NDP) frames from the guest.
+    pub icmp_frames: u64,
+    /// TCP segments from the guest.
+    pub tcp_frames: u64,
+    /// UDP datagrams from the guest (incl. DNS and DHCP).
+    pub udp_frames: u64,
+    /// DNS queries from the guest.
+    pub dns_queries: u64,
+    /// Frames delivered to the guest.
+    pub frames_to_guest: u64,
+
+    /// Dropped: shorter than its headers say, or a length field is inconsistent.
+    pub drop_malformed: u64,
+    /// Dropped: an ethertype / IP protocol / message type we do not handle.
+    pub drop_unsupported: u64,
+    /// Dropped: not addressed to us or from an address the guest does not own.
+    pub drop_foreign: u64,
+    /// Dropped: guest TCP segment outside the expected sequence window.
+    pub drop_out_of_window: u64,
+    /// Dropped: guest payload the host socket did not accept (the guest retransmits).
+    pub drop_host_busy: u64,
+    /// Dropped: frame had more scatter segments than we send in one call.
+    pub drop_too_fragmented: u64,
+    /// Dropped: a datagram from the host did not fit the guest's RX buffers.
+    pub drop_too_big: u64,
+    /// Dropped: ICMP echo to a non-gateway destination with no ping or raw socket available.
+    pub drop_icmp_no_socket: u64,
+    /// Dropped: host socket error while sending (other than "would block").
+    pub drop_host_error: u64,
+
+    /// Flows (TCP connections, UDP/ICMP flows) opened.
+    pub flows_opened: u64,
+    /// Flows refused by the flow gate (policy).
+    pub flows_denied: u64,
+    /// Flows refused because a limit was reached.
+    pub flows_over_limit: u64,
+    /// Flows closed (any reason).
+    pub flows_closed: u64,
+    /// TCP host connects that failed or timed out.
+    pub connect_failures: u64,
+    /// RSTs sent to the guest.
+    pub rst_to_guest: u64,
+    /// TCP segments retransmitted to the guest.
+    pub retransmits: u64,
+    /// Connections accepted on published ports.
+    pub published_accepts: u64,
+
+    /// Payload bytes from the guest accepted by host sockets.
+    pub bytes_guest_to_host: u64,
+    /// Payload bytes delivered to the guest (retransmissions included).
+    pub bytes_host_to_guest: u64,
+}

@@ -1,0 +1,55 @@
+//! Port publishing: host listeners whose accepted connections are opened into the guest.
+//!
+//! Owns the listening sockets. Each accepted connection becomes a TCP flow in state
+//! `SynSent`: we send a SYN to the guest from the gateway address (source port = the
+//! host peer's port when free) and the guest's SYN-ACK completes it; from then on it is
+//! an ordinary translated connection. Bind failures surface from `Netstack::new`.
+
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, OwnedFd};
+
+use crate::config::{PortProto, PublishedPort};
+use crate::error::NetError;
+use crate::sys::{self, SockKind};
+
+/// One published-port listener.
+pub(crate) struct Listener {
+    pub fd: OwnedFd,
+    pub port: PublishedPort,
+    /// Address actually bound (resolves port 0).
+    pub local: SocketAddr,
+}
+
+/// Binds and listens on every published port.
+pub(crate) fn bind_all(ports: &[PublishedPort]) -> Result<Vec<Listener>, NetError> {
+    let mut out = Vec::with_capacity(ports.len());
+    for p in ports {
+        if p.proto == PortProto::Udp {
+            return Err(NetError::InvalidConfig {
+                what: "published port protocol",
+                value: format!("{}/udp -> {}", p.bind, p.guest_port),
+                hint: "only TCP ports can be published in this version",
+            });
+        }
+        let err = |source| NetError::PublishBind {
+            bind: p.bind,
+            guest_port: p.guest_port,
+            proto: "tcp",
+            source,
+        };
+        let fd = sys::socket(p.bind.is_ipv6(), SockKind::Stream).map_err(err)?;
+        sys::set_reuseaddr(fd.as_fd()).map_err(err)?;
+        if p.bind.is_ipv6() {
+            sys::set_v6only(fd.as_fd()).map_err(err)?;
+        }
+        sys::bind(fd.as_fd(), &p.bind).map_err(err)?;
+        sys::listen(fd.as_fd(), 128).map_err(err)?;
+        let local = sys::local_addr(fd.as_fd()).map_err(err)?;
+        out.push(Listener {
+            fd,
+            port: p.clone(),
+            local,
+        });
+    }
+    Ok(out)
+}

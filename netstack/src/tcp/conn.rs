@@ -1,0 +1,408 @@
+//! State of one translated TCP connection, the parsed guest segment, and the segment
+//! header writer. Owns sequence-number bookkeeping; does no socket I/O except the two
+//! queries that derive our advertised window.
+
+use std::io::IoSliceMut;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use smoltcp::phy::ChecksumCapabilities;
+use smoltcp::wire::{IpProtocol, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber};
+
+use crate::checksum::Checksum;
+use crate::core::Core;
+use crate::flow_table::FlowKey;
+use crate::frame::build::{checksum_range, emit_eth_ip, scatter};
+use crate::frame::parse::{Drop, IpInfo};
+use crate::frame::GuestFrame;
+use crate::ipaddr::sip;
+use crate::sys;
+
+/// First retransmission timeout (the guest is one memory copy away; RFC 6298's 1 s floor
+/// is meant for real networks).
+pub(crate) const RTO_INITIAL: Duration = Duration::from_millis(200);
+/// Upper bound of the doubled retransmission timeout.
+pub(crate) const RTO_MAX: Duration = Duration::from_secs(10);
+/// Window-scale shift we announce when the guest announces one (max window 8 MiB).
+const OUR_WSCALE: u8 = 7;
+
+/// Connection state, from our point of view.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum TcpState {
+    /// Guest SYN received; host `connect()` in progress.
+    Connecting,
+    /// Host connected; SYN-ACK sent to the guest, waiting for its ACK.
+    SynAckSent,
+    /// Published port: host connection accepted, our SYN sent to the guest.
+    SynSent,
+    /// Data flows both ways (until the FINs).
+    Established,
+}
+
+/// One TCP connection translated between the guest and a host socket.
+pub(crate) struct TcpConn {
+    pub key: FlowKey,
+    pub fd: OwnedFd,
+    pub state: TcpState,
+    /// Next sequence number expected from the guest (everything before went to the host).
+    pub rcv_nxt: u32,
+    /// The guest's FIN was consumed and the host socket's write side shut down.
+    pub guest_fin: bool,
+    /// Our initial sequence number towards the guest.
+    pub isn: u32,
+    /// Oldest byte sent to the guest and not yet acknowledged.
+    pub snd_una: u32,
+    /// Next sequence number we send to the guest.
+    pub snd_nxt: u32,
+    /// The guest's receive window in bytes (already scaled).
+    pub guest_wnd: u32,
+    pub guest_wscale: u8,
+    /// Our window-scale shift (0 if the guest did not offer scaling).
+    pub our_wscale: u8,
+    pub guest_mss: u16,
+    /// The host peer closed its side (a peek returned 0).
+    pub host_eof: bool,
+    pub fin_sent: bool,
+    pub fin_acked: bool,
+    /// The host socket may have unread data (cleared when a peek would block).
+    pub host_readable: bool,
+    /// We advertised a short window and wait for the host socket to drain.
+    pub want_write: bool,
+    pub ack_pending: bool,
+    /// A SYN or SYN-ACK must be (re)sent.
+    pub syn_pending: bool,
+    pub dup_acks: u8,
+    pub rto: Duration,
+    pub rto_at: Option<Instant>,
+    pub retries: u32,
+    pub last_activity: Instant,
+    pub connect_deadline: Option<Instant>,
+    /// Interest currently registered with the event loop (read, write).
+    pub registered: (bool, bool),
+    /// Already on the core's ready list.
+    pub queued: bool,
+    /// `SO_PEEK_OFF` works on this socket.
+    pub peek_off: bool,
+}
+
+impl TcpConn {
+    /// A connection in `state` with everything else at its starting value.
+    pub(crate) fn new(key: FlowKey, fd: OwnedFd, state: TcpState, isn: u32, now: Instant) -> Self {
+        TcpConn {
+            key,
+            fd,
+            state,
+            rcv_nxt: 0,
+            guest_fin: false,
+            isn,
+            snd_una: isn,
+            snd_nxt: isn,
+            guest_wnd: 0,
+            guest_wscale: 0,
+            our_wscale: 0,
+            guest_mss: 536,
+            host_eof: false,
+            fin_sent: false,
+            fin_acked: false,
+            host_readable: false,
+            want_write: false,
+            ack_pending: false,
+            syn_pending: false,
+            dup_acks: 0,
+            rto: RTO_INITIAL,
+            rto_at: None,
+            retries: 0,
+            last_activity: now,
+            connect_deadline: None,
+            registered: (false, false),
+            queued: false,
+            peek_off: false,
+        }
+    }
+
+    /// Records the options of the guest's SYN / SYN-ACK.
+    pub(crate) fn take_guest_options(&mut self, seg: &Segment, mtu: u16) {
+        let ip_overhead: u16 = if self.key.guest.is_ipv6() { 60 } else { 40 };
+        let default_mss = if self.key.guest.is_ipv6() { 1220 } else { 536 };
+        self.guest_mss = seg
+            .mss
+            .unwrap_or(default_mss)
+            .clamp(64, mtu.saturating_sub(ip_overhead));
+        match seg.wscale {
+            Some(ws) => {
+                self.guest_wscale = ws.min(14);
+                self.our_wscale = OUR_WSCALE;
+            }
+            None => {
+                self.guest_wscale = 0;
+                self.our_wscale = 0;
+            }
+        }
+        // RFC 7323 §2.2: the window in a SYN is never scaled.
+        self.guest_wnd = u32::from(seg.window);
+    }
+
+    /// Payload bytes sent to the guest and not yet acknowledged.
+    pub(crate) fn data_in_flight(&self) -> u32 {
+        let fin = u32::from(self.fin_sent && !self.fin_acked);
+        self.snd_nxt.wrapping_sub(self.snd_una).saturating_sub(fin)
+    }
+
+    /// How much more we may send within the guest's window.
+    pub(crate) fn window_avail(&self) -> u32 {
+        self.guest_wnd
+            .saturating_sub(self.snd_nxt.wrapping_sub(self.snd_una))
+    }
+
+    /// Events the host fd must be watched for (read, write).
+    pub(crate) fn desired_interest(&self) -> (bool, bool) {
+        match self.state {
+            TcpState::Connecting => (false, true),
+            TcpState::SynSent | TcpState::SynAckSent => (false, false),
+            TcpState::Established => (
+                !self.host_eof && !self.host_readable && self.window_avail() > 0,
+                self.want_write && !self.guest_fin,
+            ),
+        }
+    }
+
+    /// Whether [`super::next_frame`] has something to emit.
+    pub(crate) fn wants_output(&self) -> bool {
+        if self.syn_pending || self.ack_pending {
+            return true;
+        }
+        self.state == TcpState::Established
+            && ((self.host_readable && !self.host_eof && self.window_avail() > 0)
+                || (self.host_eof && !self.fin_sent))
+    }
+
+    /// The window we advertise (field value, already shifted) and remember whether it
+    /// is short enough that we must watch the host socket for writability.
+    pub(crate) fn advertised_window(&mut self) -> u16 {
+        let fd = self.fd.as_fd();
+        let free = match (sys::send_buffer_size(fd), sys::send_queue_len(fd)) {
+            (Ok(buf), Ok(queued)) => (buf / 2).saturating_sub(queued),
+            _ => 0,
+        };
+        let max = 65535u32 << self.our_wscale;
+        let wnd = free.min(max);
+        if wnd < u32::from(self.guest_mss) * 2 {
+            self.want_write = true;
+        }
+        (wnd >> self.our_wscale) as u16
+    }
+
+    /// The window for a SYN / SYN-ACK, which is never scaled (RFC 7323 §2.2).
+    pub(crate) fn advertised_window_unscaled(&mut self) -> u16 {
+        let shift = std::mem::replace(&mut self.our_wscale, 0);
+        let w = self.advertised_window();
+        self.our_wscale = shift;
+        w
+    }
+
+    /// Rewinds sending to the oldest unacknowledged byte (retransmission).
+    pub(crate) fn rewind(&mut self) {
+        if self.snd_nxt == self.snd_una {
+            return;
+        }
+        self.snd_nxt = self.snd_una;
+        if self.fin_sent && !self.fin_acked {
+            self.fin_sent = false;
+        }
+        if self.peek_off {
+            // A failure leaves the old offset; the next peek then skips bytes and the
+            // guest's ACKs will show a hole, which times out into a reset at worst.
+            let _ = sys::set_peek_off(self.fd.as_fd(), 0);
+        }
+        self.host_readable = true;
+        self.dup_acks = 0;
+    }
+
+    /// Endpoint addresses of segments to the guest (remote -> guest).
+    pub(crate) fn guest_bound(&self) -> (SocketAddr, SocketAddr) {
+        (self.key.remote, self.key.guest)
+    }
+}
+
+/// A TCP segment from the guest, parsed from the header copy.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Segment {
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub seq: u32,
+    pub ack: Option<u32>,
+    pub syn: bool,
+    pub fin: bool,
+    pub rst: bool,
+    pub window: u16,
+    pub mss: Option<u16>,
+    pub wscale: Option<u8>,
+    /// Offset of the payload in the frame.
+    pub payload_off: usize,
+    pub payload_len: usize,
+}
+
+impl Segment {
+    /// Parses the TCP header at `ip.l4_off` (checksum not verified: guest memory is not a
+    /// lossy medium, and with NEEDS_CSUM the field is only partial anyway).
+    pub(crate) fn parse(frame: &GuestFrame<'_, '_>, ip: &IpInfo) -> Result<Self, Drop> {
+        let hdr = frame.header();
+        if ip.l4_len < 20 || ip.l4_off + 20 > hdr.len() {
+            return Err(Drop::Malformed);
+        }
+        let view = TcpPacket::new_unchecked(&hdr[ip.l4_off..]);
+        let doff = usize::from(view.header_len());
+        if doff < 20 || doff > ip.l4_len || ip.l4_off + doff > hdr.len() {
+            return Err(Drop::Malformed);
+        }
+        let pkt = TcpPacket::new_unchecked(&hdr[ip.l4_off..ip.l4_off + doff]);
+        let repr = TcpRepr::parse(
+            &pkt,
+            &sip(ip.src),
+            &sip(ip.dst),
+            &ChecksumCapabilities::ignored(),
+        )
+        .map_err(|_| Drop::Malformed)?;
+        Ok(Segment {
+            src_port: repr.src_port,
+            dst_port: repr.dst_port,
+            seq: repr.seq_number.0 as u32,
+            ack: repr.ack_number.map(|a| a.0 as u32),
+            syn: repr.control == TcpControl::Syn,
+            fin: repr.control == TcpControl::Fin,
+            rst: repr.control == TcpControl::Rst,
+            window: repr.window_len,
+            mss: repr.max_seg_size,
+            wscale: repr.window_scale,
+            payload_off: ip.l4_off + doff,
+            payload_len: ip.l4_len - doff,
+        })
+    }
+
+    /// Sequence space the segment occupies (payload + SYN + FIN).
+    pub(crate) fn seq_len(&self) -> u32 {
+        self.payload_len as u32 + u32::from(self.syn) + u32::from(self.fin)
+    }
+}
+
+/// Flags and options of a segment we build.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Header {
+    pub control: TcpControl,
+    pub seq: u32,
+    pub ack: Option<u32>,
+    pub window: u16,
+    /// Options of a SYN / SYN-ACK: (our MSS, our window scale if any).
+    pub syn_opts: Option<(u16, Option<u8>)>,
+}
+
+/// Largest Ethernet + IP + TCP header we build.
+pub(crate) const MAX_HDR: usize = 14 + 40 + 60;
+
+/// Writes Ethernet/IP/TCP headers for a segment whose `payload_len` bytes are already in
+/// `bufs` right behind the headers; returns the header length.
+pub(crate) fn write_header(
+    core: &Core,
+    from: SocketAddr,
+    to: SocketAddr,
+    h: &Header,
+    bufs: &mut [IoSliceMut<'_>],
+    payload_len: usize,
+) -> usize {
+    let mut hdr = [0u8; MAX_HDR];
+    let n = build_header(core, from, to, h, payload_len, &mut hdr);
+    if core.cfg.rx_checksum {
+        let ip_len = crate::frame::build::eth_ip_len(&from.ip());
+        let mut ck = Checksum::new();
+        ck.add_pseudo(
+            &from.ip(),
+            &to.ip(),
+            6,
+            (n - ip_len + payload_len) as u32,
+        );
+        ck.add(&hdr[ip_len..n]);
+        checksum_range(&mut ck, bufs, n, payload_len);
+        hdr[ip_len + 16..ip_len + 18].copy_from_slice(&ck.finish().to_be_bytes());
+    }
+    scatter(bufs, 0, &hdr[..n]);
+    n
+}
+
+/// Builds the headers into `hdr` with the TCP checksum field zero; returns their length.
+fn build_header(
+    core: &Core,
+    from: SocketAddr,
+    to: SocketAddr,
+    h: &Header,
+    payload_len: usize,
+    hdr: &mut [u8; MAX_HDR],
+) -> usize {
+    let repr = TcpRepr {
+        src_port: from.port(),
+        dst_port: to.port(),
+        control: h.control,
+        seq_number: TcpSeqNumber(h.seq as i32),
+        ack_number: h.ack.map(|a| TcpSeqNumber(a as i32)),
+        window_len: h.window,
+        window_scale: h.syn_opts.and_then(|o| o.1),
+        max_seg_size: h.syn_opts.map(|o| o.0),
+        sack_permitted: false,
+        sack_ranges: [None; 3],
+        timestamp: None,
+        payload: &[],
+    };
+    let tcp_len = repr.header_len();
+    let ep = core.to_guest(from.ip(), to.ip());
+    let ip_len = emit_eth_ip(hdr, &ep, IpProtocol::Tcp, tcp_len + payload_len);
+    repr.emit(
+        &mut TcpPacket::new_unchecked(&mut hdr[ip_len..ip_len + tcp_len]),
+        &sip(from.ip()),
+        &sip(to.ip()),
+        &ChecksumCapabilities::ignored(),
+    );
+    ip_len + tcp_len
+}
+
+/// Queues a payload-less segment (final ACK, RST) as a control frame.
+pub(crate) fn push_segment(core: &mut Core, from: SocketAddr, to: SocketAddr, h: &Header) {
+    let mut hdr = [0u8; MAX_HDR];
+    let n = build_header(core, from, to, h, 0, &mut hdr);
+    let ip_len = crate::frame::build::eth_ip_len(&from.ip());
+    let mut ck = Checksum::new();
+    ck.add_pseudo(&from.ip(), &to.ip(), 6, (n - ip_len) as u32);
+    ck.add(&hdr[ip_len..n]);
+    hdr[ip_len + 16..ip_len + 18].copy_from_slice(&ck.finish().to_be_bytes());
+    core.push_raw(n, |buf| buf.copy_from_slice(&hdr[..n]));
+}
+
+/// Queues a RST answering guest segment `seg` that matches no flow (RFC 793 p.36 / 9293
+/// §3.10.7.1): if it carried an ACK, the RST takes that as its sequence number; otherwise
+/// it acknowledges everything the segment occupied.
+pub(crate) fn push_rst_for(core: &mut Core, ip: &IpInfo, seg: &Segment) {
+    let from = SocketAddr::new(ip.dst, seg.dst_port);
+    let to = SocketAddr::new(ip.src, seg.src_port);
+    let h = match seg.ack {
+        Some(ack) => Header {
+            control: TcpControl::Rst,
+            seq: ack,
+            ack: None,
+            window: 0,
+            syn_opts: None,
+        },
+        None => Header {
+            control: TcpControl::Rst,
+            seq: 0,
+            ack: Some(seg.seq.wrapping_add(seg.seq_len())),
+            window: 0,
+            syn_opts: None,
+        },
+    };
+    core.metrics.rst_to_guest += 1;
+    push_segment(core, from, to, &h);
+}
+
+/// Address family helper for callers that only have an IP.
+pub(crate) fn is_v6(ip: &IpAddr) -> bool {
+    ip.is_ipv6()
+}

@@ -1,0 +1,216 @@
+//! Segments from the guest: opening the host connection for a SYN, completing
+//! handshakes, processing ACKs (dropping acknowledged bytes from the host socket) and
+//! writing payload to the host socket straight from guest memory.
+
+use std::io::{self, IoSlice};
+use std::net::SocketAddr;
+use std::os::fd::AsFd;
+use std::time::Instant;
+
+use super::conn::{Segment, TcpConn, TcpState, RTO_INITIAL};
+use super::After;
+use crate::core::Core;
+use crate::flow_table::FlowKey;
+use crate::frame::{GuestFrame, MAX_SEGS};
+use crate::sys::{self, SockKind};
+
+/// Signed distance from `b` to `a` in sequence space.
+fn seq_diff(a: u32, b: u32) -> i32 {
+    a.wrapping_sub(b) as i32
+}
+
+/// Starts the host connect for a guest SYN (gate and limits already passed).
+pub(crate) fn open_from_guest(
+    core: &Core,
+    key: FlowKey,
+    seg: &Segment,
+    isn: u32,
+    now: Instant,
+) -> io::Result<TcpConn> {
+    let target = SocketAddr::new(core.addrs.host_target(key.remote.ip()), key.remote.port());
+    let fd = sys::socket(target.is_ipv6(), SockKind::Stream)?;
+    sys::connect(fd.as_fd(), &target)?;
+    let mut conn = TcpConn::new(key, fd, TcpState::Connecting, isn, now);
+    conn.rcv_nxt = seg.seq.wrapping_add(1);
+    conn.take_guest_options(seg, core.cfg.mtu);
+    conn.connect_deadline = Some(now + core.cfg.limits.connect_timeout);
+    Ok(conn)
+}
+
+/// Handles one guest segment for an existing connection.
+pub(crate) fn on_guest_segment(
+    core: &mut Core,
+    conn: &mut TcpConn,
+    frame: &GuestFrame<'_, '_>,
+    seg: &Segment,
+    now: Instant,
+) -> After {
+    conn.last_activity = now;
+    if seg.rst {
+        return if rst_acceptable(conn, seg) {
+            After::GuestReset
+        } else {
+            After::Keep
+        };
+    }
+    match conn.state {
+        TcpState::Connecting => return After::Keep,
+        TcpState::SynSent => {
+            if seg.syn && seg.ack == Some(conn.isn.wrapping_add(1)) {
+                conn.rcv_nxt = seg.seq.wrapping_add(1);
+                conn.take_guest_options(seg, core.cfg.mtu);
+                establish(conn, conn.isn.wrapping_add(1));
+                conn.ack_pending = true;
+            }
+            return After::Keep;
+        }
+        TcpState::SynAckSent => {
+            if seg.syn {
+                // Our SYN-ACK was lost or is late: send it again.
+                conn.syn_pending = true;
+                return After::Keep;
+            }
+            match seg.ack {
+                Some(a) if a == conn.isn.wrapping_add(1) => establish(conn, a),
+                _ => return After::Keep,
+            }
+        }
+        TcpState::Established => {
+            if seg.syn {
+                // RFC 5961 §4: answer a SYN in a synchronized state with a challenge ACK.
+                conn.ack_pending = true;
+                return After::Keep;
+            }
+        }
+    }
+    if let Some(ack) = seg.ack {
+        on_ack(core, conn, seg, ack, now);
+    }
+    if deliver(core, conn, frame, seg).is_err() {
+        return After::Reset;
+    }
+    if seg.fin {
+        let fin_seq = seg.seq.wrapping_add(seg.payload_len as u32);
+        if !conn.guest_fin && fin_seq == conn.rcv_nxt {
+            // Everything before the FIN reached the host socket: pass the FIN on.
+            let _ = sys::shutdown_write(conn.fd.as_fd());
+            conn.rcv_nxt = conn.rcv_nxt.wrapping_add(1);
+            conn.guest_fin = true;
+        }
+        conn.ack_pending = true;
+    }
+    if conn.guest_fin && conn.fin_acked {
+        return After::Close;
+    }
+    After::Keep
+}
+
+fn establish(conn: &mut TcpConn, una: u32) {
+    conn.state = TcpState::Established;
+    conn.snd_una = una;
+    conn.snd_nxt = una;
+    conn.rto_at = None;
+    conn.retries = 0;
+    conn.rto = RTO_INITIAL;
+    conn.peek_off = sys::set_peek_off(conn.fd.as_fd(), 0).is_ok();
+    // The host may already have sent data: try a peek.
+    conn.host_readable = true;
+}
+
+/// RFC 5961 §3: only a RST inside the receive window (or, before we know the guest's
+/// sequence numbers, one that acknowledges our SYN) is honoured.
+fn rst_acceptable(conn: &TcpConn, seg: &Segment) -> bool {
+    match conn.state {
+        TcpState::SynSent => seg.ack == Some(conn.isn.wrapping_add(1)),
+        _ => {
+            let d = seq_diff(seg.seq, conn.rcv_nxt);
+            (-1..=(1 << 30)).contains(&d)
+        }
+    }
+}
+
+fn on_ack(core: &mut Core, conn: &mut TcpConn, seg: &Segment, ack: u32, now: Instant) {
+    let acked = ack.wrapping_sub(conn.snd_una);
+    let outstanding = conn.snd_nxt.wrapping_sub(conn.snd_una);
+    if acked > outstanding {
+        if (acked as i32) > 0 {
+            // Acknowledges something we never sent: re-synchronize the guest.
+            conn.ack_pending = true;
+        }
+        return;
+    }
+    let new_wnd = u32::from(seg.window) << conn.guest_wscale;
+    if acked > 0 {
+        let mut data = acked;
+        if conn.fin_sent && ack == conn.snd_nxt {
+            conn.fin_acked = true;
+            data -= 1;
+        }
+        if data > 0 {
+            // Frees the acknowledged bytes in the kernel without copying them.
+            if sys::discard(conn.fd.as_fd(), data as usize).is_err() {
+                core.metrics.drop_host_error += 1;
+            }
+        }
+        conn.snd_una = ack;
+        conn.dup_acks = 0;
+        conn.retries = 0;
+        conn.rto = RTO_INITIAL;
+        conn.rto_at = (conn.snd_nxt != conn.snd_una).then(|| now + conn.rto);
+    } else if outstanding > 0 && seg.payload_len == 0 && !seg.fin && new_wnd == conn.guest_wnd {
+        conn.dup_acks = conn.dup_acks.saturating_add(1);
+        if conn.dup_acks == 3 {
+            core.metrics.retransmits += 1;
+            conn.rewind();
+        }
+    }
+    conn.guest_wnd = new_wnd;
+}
+
+/// Writes the segment's new payload to the host socket from guest memory.
+fn deliver(
+    core: &mut Core,
+    conn: &mut TcpConn,
+    frame: &GuestFrame<'_, '_>,
+    seg: &Segment,
+) -> Result<(), io::Error> {
+    if seg.payload_len == 0 {
+        return Ok(());
+    }
+    let d = seq_diff(seg.seq, conn.rcv_nxt);
+    if d > 0 {
+        // A hole before this segment: drop it and send a duplicate ACK so the guest
+        // retransmits the missing bytes (we never buffer out-of-order data).
+        core.metrics.drop_out_of_window += 1;
+        conn.ack_pending = true;
+        return Ok(());
+    }
+    let skip = d.unsigned_abs() as usize;
+    conn.ack_pending = true;
+    if skip >= seg.payload_len || conn.guest_fin {
+        return Ok(());
+    }
+    let len = seg.payload_len - skip;
+    let mut iov = [IoSlice::new(&[]); MAX_SEGS];
+    let Some(n) = frame.payload_iovecs(seg.payload_off + skip, len, &mut iov) else {
+        core.metrics.drop_too_fragmented += 1;
+        return Ok(());
+    };
+    match sys::send_vectored(conn.fd.as_fd(), &iov[..n], None) {
+        Ok(sent) => {
+            conn.rcv_nxt = conn.rcv_nxt.wrapping_add(sent as u32);
+            core.metrics.bytes_guest_to_host += sent as u64;
+            if sent < len {
+                core.metrics.drop_host_busy += 1;
+                conn.want_write = true;
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            core.metrics.drop_host_busy += 1;
+            conn.want_write = true;
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}

@@ -1,0 +1,267 @@
+//! Host side of a TCP connection: readiness of the host socket, timers, and building the
+//! next segment for the guest (SYN/SYN-ACK, data peeked straight into guest buffers, FIN,
+//! pure ACK).
+
+use std::io::{self, IoSliceMut};
+use std::os::fd::AsFd;
+use std::time::Instant;
+
+use smoltcp::wire::TcpControl;
+
+use super::conn::{write_header, Header, TcpConn, TcpState, MAX_HDR, RTO_MAX};
+use super::After;
+use crate::core::{Core, RxGso, RxMeta};
+use crate::frame::build::{capacity, eth_ip_len, tail_iovecs};
+use crate::frame::MAX_SEGS;
+use crate::sys;
+
+/// Result of asking a connection for its next frame.
+pub(crate) enum Produced {
+    /// A frame of this length was written into the buffers.
+    Frame(usize, RxMeta),
+    /// Nothing to send now.
+    Idle,
+    /// The host socket failed: reset the flow.
+    Reset,
+}
+
+/// Reacts to readiness of the host socket.
+pub(crate) fn on_ready(
+    core: &mut Core,
+    conn: &mut TcpConn,
+    readable: bool,
+    writable: bool,
+    now: Instant,
+) -> After {
+    conn.last_activity = now;
+    match conn.state {
+        TcpState::Connecting => {
+            if !(readable || writable) {
+                return After::Keep;
+            }
+            match sys::take_error(conn.fd.as_fd()) {
+                Ok(0) => {
+                    let _ = sys::set_nodelay(conn.fd.as_fd());
+                    conn.state = TcpState::SynAckSent;
+                    conn.syn_pending = true;
+                    conn.connect_deadline = None;
+                    After::Keep
+                }
+                _ => {
+                    core.metrics.connect_failures += 1;
+                    After::Reset
+                }
+            }
+        }
+        TcpState::SynSent | TcpState::SynAckSent => After::Keep,
+        TcpState::Established => {
+            if readable {
+                conn.host_readable = true;
+            }
+            if writable && conn.want_write {
+                conn.want_write = false;
+                // The host socket drained: tell the guest about the reopened window.
+                conn.ack_pending = true;
+            }
+            After::Keep
+        }
+    }
+}
+
+/// Fires due timers: connect timeout, retransmission, idle timeout.
+pub(crate) fn on_timer(core: &mut Core, conn: &mut TcpConn, now: Instant) -> After {
+    if conn.connect_deadline.is_some_and(|d| d <= now) {
+        core.metrics.connect_failures += 1;
+        return After::Reset;
+    }
+    if now.saturating_duration_since(conn.last_activity) >= core.cfg.limits.tcp_idle_timeout {
+        return After::Reset;
+    }
+    if conn.rto_at.is_some_and(|d| d <= now) {
+        conn.retries += 1;
+        if conn.retries > core.cfg.limits.max_retransmits {
+            return After::Reset;
+        }
+        core.metrics.retransmits += 1;
+        match conn.state {
+            TcpState::SynSent | TcpState::SynAckSent => conn.syn_pending = true,
+            TcpState::Established => conn.rewind(),
+            TcpState::Connecting => {}
+        }
+        conn.rto = (conn.rto * 2).min(RTO_MAX);
+        conn.rto_at = Some(now + conn.rto);
+    }
+    After::Keep
+}
+
+/// Earliest instant [`on_timer`] has work for this connection.
+pub(crate) fn deadline(core: &Core, conn: &TcpConn) -> Instant {
+    let mut d = conn.last_activity + core.cfg.limits.tcp_idle_timeout;
+    for t in [conn.connect_deadline, conn.rto_at].into_iter().flatten() {
+        d = d.min(t);
+    }
+    d
+}
+
+/// Builds the next segment for the guest into `bufs`.
+pub(crate) fn next_frame(
+    core: &mut Core,
+    conn: &mut TcpConn,
+    bufs: &mut [IoSliceMut<'_>],
+    now: Instant,
+) -> Produced {
+    if capacity(bufs) < MAX_HDR {
+        return Produced::Idle;
+    }
+    let (from, to) = conn.guest_bound();
+    if conn.syn_pending {
+        conn.syn_pending = false;
+        let mss = core.cfg.mtu - if to.is_ipv6() { 60 } else { 40 };
+        let wscale = (conn.our_wscale > 0).then_some(conn.our_wscale);
+        let window = conn.advertised_window_unscaled();
+        let (control, ack) = match conn.state {
+            TcpState::SynSent => (TcpControl::Syn, None),
+            _ => (TcpControl::Syn, Some(conn.rcv_nxt)),
+        };
+        let h = Header {
+            control,
+            seq: conn.isn,
+            ack,
+            window,
+            syn_opts: Some((mss, wscale)),
+        };
+        conn.snd_nxt = conn.isn.wrapping_add(1);
+        conn.rto_at = Some(now + conn.rto);
+        let n = write_header(core, from, to, &h, bufs, 0);
+        return frame(n, None);
+    }
+    if conn.state != TcpState::Established {
+        return Produced::Idle;
+    }
+    if conn.host_readable && !conn.host_eof && conn.window_avail() > 0 {
+        match peek_data(core, conn, bufs, now) {
+            Ok(Some(p)) => return p,
+            Ok(None) => {}
+            Err(_) => return Produced::Reset,
+        }
+    }
+    if conn.host_eof && !conn.fin_sent {
+        let window = conn.advertised_window();
+        let h = Header {
+            control: TcpControl::Fin,
+            seq: conn.snd_nxt,
+            ack: Some(conn.rcv_nxt),
+            window,
+            syn_opts: None,
+        };
+        conn.snd_nxt = conn.snd_nxt.wrapping_add(1);
+        conn.fin_sent = true;
+        conn.ack_pending = false;
+        conn.rto_at.get_or_insert(now + conn.rto);
+        let n = write_header(core, from, to, &h, bufs, 0);
+        return frame(n, None);
+    }
+    if conn.ack_pending {
+        conn.ack_pending = false;
+        let window = conn.advertised_window();
+        let h = Header {
+            control: TcpControl::None,
+            seq: conn.snd_nxt,
+            ack: Some(conn.rcv_nxt),
+            window,
+            syn_opts: None,
+        };
+        let n = write_header(core, from, to, &h, bufs, 0);
+        return frame(n, None);
+    }
+    Produced::Idle
+}
+
+fn frame(n: usize, gso: Option<RxGso>) -> Produced {
+    Produced::Frame(
+        n,
+        RxMeta {
+            csum_valid: true,
+            gso,
+        },
+    )
+}
+
+/// Peeks the next bytes of the host stream into the guest buffers behind the headers.
+/// `Ok(None)`: nothing to send (would block, or EOF noted in `conn.host_eof`).
+fn peek_data(
+    core: &mut Core,
+    conn: &mut TcpConn,
+    bufs: &mut [IoSliceMut<'_>],
+    now: Instant,
+) -> io::Result<Option<Produced>> {
+    let (from, to) = conn.guest_bound();
+    let hdr_len = eth_ip_len(&from.ip()) + 20;
+    let one_mtu = usize::from(core.cfg.mtu) + 14;
+    let seg_limit = if core.cfg.max_rx_frame > one_mtu {
+        core.cfg.max_rx_frame - hdr_len
+    } else {
+        usize::from(conn.guest_mss)
+    };
+    let room = core.cfg.max_rx_frame.min(capacity(bufs)) - hdr_len;
+    let mut max = (conn.window_avail() as usize).min(room).min(seg_limit);
+    let in_flight = conn.data_in_flight() as usize;
+    if !conn.peek_off {
+        // Without SO_PEEK_OFF every peek re-reads the in-flight bytes into a discard
+        // buffer; cap the in-flight amount to keep that bounded.
+        const FALLBACK_MAX_IN_FLIGHT: usize = 256 * 1024;
+        max = max.min(FALLBACK_MAX_IN_FLIGHT.saturating_sub(in_flight));
+    }
+    if max == 0 {
+        return Ok(None);
+    }
+    let got = {
+        let mut iov: [IoSliceMut<'_>; MAX_SEGS + 1] =
+            std::array::from_fn(|_| IoSliceMut::new(&mut []));
+        let mut scratch = Vec::new();
+        let first = if conn.peek_off {
+            0
+        } else {
+            scratch.resize(in_flight, 0u8);
+            iov[0] = IoSliceMut::new(&mut scratch);
+            1
+        };
+        let n = tail_iovecs(bufs, hdr_len, max, &mut iov[first..]);
+        match sys::recv_vectored(conn.fd.as_fd(), &mut iov[..first + n], true) {
+            Ok(r) => Ok(r.len.saturating_sub(if conn.peek_off { 0 } else { in_flight })),
+            Err(e) => Err(e),
+        }
+    };
+    match got {
+        Ok(0) => {
+            conn.host_eof = true;
+            Ok(None)
+        }
+        Ok(len) => {
+            let window = conn.advertised_window();
+            let h = Header {
+                control: TcpControl::Psh,
+                seq: conn.snd_nxt,
+                ack: Some(conn.rcv_nxt),
+                window,
+                syn_opts: None,
+            };
+            let n = write_header(core, from, to, &h, bufs, len);
+            conn.snd_nxt = conn.snd_nxt.wrapping_add(len as u32);
+            conn.ack_pending = false;
+            conn.rto_at.get_or_insert(now + conn.rto);
+            core.metrics.bytes_host_to_guest += len as u64;
+            let gso = (len > usize::from(conn.guest_mss)).then(|| RxGso {
+                ipv6: from.is_ipv6(),
+                segment_size: conn.guest_mss,
+                l4_offset: eth_ip_len(&from.ip()) as u16,
+            });
+            Ok(Some(frame(n + len, gso)))
+        }
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            conn.host_readable = false;
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}

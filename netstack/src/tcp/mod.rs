@@ -1,0 +1,120 @@
+//! TCP by L2<->L4 translation (design §6): there is no TCP stack in the middle.
+//!
+//! # Data path
+//!
+//! A guest SYN is judged by the flow gate, then opens a non-blocking `connect()` to the
+//! real destination (the gateway address maps to host loopback). Only when the kernel
+//! says the connect finished do we answer the guest with a SYN-ACK; a refused, denied or
+//! timed-out connect becomes a RST. From then on the host kernel's socket *is* the
+//! connection; we only translate sequence numbers, flags and windows.
+//!
+//! **Guest -> host.** The TCP payload of a guest frame is passed to `sendmsg()` as iovecs
+//! that point straight into the guest's TX buffers: zero copies in userspace, one copy
+//! by the kernel into its socket buffer. We acknowledge to the guest exactly the bytes
+//! `sendmsg()` accepted; whatever it did not take is dropped and the guest retransmits
+//! it (counted as `drop_host_busy`). Out-of-order guest segments are dropped and answered
+//! with a duplicate ACK, so the guest's fast retransmit fills the hole; we never buffer.
+//! The window we advertise is the free space of the host socket's send buffer
+//! (half of `SO_SNDBUF`, the part the kernel grants to payload, minus `SIOCOUTQ`); when it
+//! is exhausted we advertise zero, watch the socket for writability and send a window
+//! update when it drains. ACKs to the guest are coalesced: a segment only marks the flow
+//! "ACK pending", and one ACK per flow goes out when the device asks for RX frames
+//! (normally right after it processed a whole TX batch), unless data to the guest carries
+//! it first.
+//!
+//! **Host -> guest.** When the host socket is readable and the guest's window is open,
+//! `recvmsg(MSG_PEEK)` reads the next bytes straight into the guest's RX buffers behind
+//! the Ethernet/IP/TCP headers we build (again zero userspace copies; the kernel copies
+//! once from its socket buffer). The data stays queued in the host socket until the
+//! guest ACKs it: `SO_PEEK_OFF` makes each peek continue where the last one ended, and
+//! an ACK from the guest drops the acknowledged bytes with `recv(MSG_TRUNC)` and a NULL
+//! buffer, which frees them without copying (the alternative, reading into a scratch
+//! buffer, would cost one extra copy per byte; MSG_TRUNC costs nothing but is Linux-only).
+//! A retransmission (timeout or three duplicate ACKs) simply rewinds the peek offset to
+//! zero. If the kernel lacks `SO_PEEK_OFF` for TCP (before 6.10), each peek instead
+//! starts with a discard iovec covering the bytes already in flight: correct, but it
+//! copies in-flight bytes again per segment, so the in-flight amount is then capped.
+//! We respect the guest's advertised window (scaled by its window-scale option) and its
+//! MSS, or send larger segments flagged as GSO when the device negotiated GUEST_TSO.
+//!
+//! **Copies per payload byte:** guest->host 1 (kernel, into the socket), host->guest 1
+//! (kernel, out of the socket into guest memory). Headers are built on our stack and
+//! copied into the guest buffer (54-74 bytes per segment).
+//!
+//! **Closing.** A guest FIN becomes `shutdown(SHUT_WR)` once all data before it was
+//! accepted; a host EOF (peek returns 0) becomes a FIN to the guest after all queued
+//! data. The flow is forgotten when both FINs are acknowledged (the guest keeps its
+//! own TIME_WAIT). A guest RST closes the host socket with `SO_LINGER{0}` so the peer sees
+//! a RST; a host RST or error becomes a RST to the guest. Idle flows are reset after
+//! [`crate::Limits::tcp_idle_timeout`].
+
+mod conn;
+mod guest;
+mod host;
+
+pub(crate) use conn::{push_rst_for, Segment, TcpConn, TcpState};
+pub(crate) use host::deadline;
+pub(crate) use guest::{on_guest_segment, open_from_guest};
+pub(crate) use host::{next_frame, on_ready, on_timer, Produced};
+
+use crate::core::{Core, InterestOp};
+use std::os::fd::AsRawFd;
+
+/// What the caller must do with a flow after an event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum After {
+    /// Keep it.
+    Keep,
+    /// Both sides closed cleanly: forget it.
+    Close,
+    /// Abort: RST to the guest and to the host peer, then forget it.
+    Reset,
+    /// The guest reset it: RST to the host peer only, then forget it.
+    GuestReset,
+}
+
+/// Brings the flow's fd interest and ready-list membership up to date.
+pub(crate) fn sync(core: &mut Core, token: u64, conn: &mut TcpConn) {
+    let want = conn.desired_interest();
+    if want != conn.registered {
+        core.interest(
+            InterestOp::Modify,
+            conn.fd.as_raw_fd(),
+            token,
+            want.0,
+            want.1,
+        );
+        conn.registered = want;
+    }
+    if !conn.queued && conn.wants_output() {
+        conn.queued = true;
+        core.ready.push_back(token);
+    }
+}
+
+/// Queues the ACK of the guest's FIN for a flow that is being forgotten.
+pub(crate) fn push_final_ack(core: &mut Core, conn: &TcpConn) {
+    let (from, to) = conn.guest_bound();
+    let h = conn::Header {
+        control: smoltcp::wire::TcpControl::None,
+        seq: conn.snd_nxt,
+        ack: Some(conn.rcv_nxt),
+        window: 0,
+        syn_opts: None,
+    };
+    conn::push_segment(core, from, to, &h);
+}
+
+/// Queues a RST|ACK that aborts the guest side of `conn`.
+pub(crate) fn push_rst_to_guest(core: &mut Core, conn: &TcpConn) {
+    let (from, to) = conn.guest_bound();
+    let h = conn::Header {
+        control: smoltcp::wire::TcpControl::Rst,
+        seq: conn.snd_nxt,
+        ack: Some(conn.rcv_nxt),
+        window: 0,
+        syn_opts: None,
+    };
+    core.metrics.rst_to_guest += 1;
+    conn::push_segment(core, from, to, &h);
+}

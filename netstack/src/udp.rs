@@ -1,0 +1,167 @@
+//! UDP flows: one connected host socket per guest 4-tuple, closed after an idle timeout.
+//!
+//! Guest datagrams go to the host socket with `sendmsg()` straight from guest memory;
+//! host datagrams are received with `recvmsg()` straight into the guest's RX buffers
+//! behind the Ethernet/IP/UDP headers we build (one kernel copy each way, none by us).
+//! A datagram larger than the guest's buffers (MSG_TRUNC) is dropped and counted.
+//! DNS flows (guest -> gateway:53) are ordinary UDP flows whose host socket talks to the
+//! upstream resolver; [`crate::dns`] decides which queries get there.
+
+use std::io::{self, IoSlice, IoSliceMut};
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::Instant;
+
+use smoltcp::wire::IpProtocol;
+
+use crate::checksum::Checksum;
+use crate::core::{Core, RxMeta};
+use crate::flow_table::FlowKey;
+use crate::frame::build::{capacity, checksum_range, emit_eth_ip, eth_ip_len, scatter, tail_iovecs};
+use crate::frame::{GuestFrame, MAX_SEGS};
+use crate::sys::{self, SockKind};
+
+/// One UDP flow.
+pub(crate) struct UdpFlow {
+    pub key: FlowKey,
+    pub fd: OwnedFd,
+    /// Where the host socket is connected (real destination, loopback, or DNS upstream).
+    pub host_dst: SocketAddr,
+    pub last_activity: Instant,
+    /// The host socket may hold a datagram.
+    pub host_readable: bool,
+    /// Read interest registered with the event loop.
+    pub registered: bool,
+    pub queued: bool,
+    /// Replies are DNS answers from the upstream resolver.
+    pub dns: bool,
+}
+
+impl UdpFlow {
+    /// Opens the host socket for a new flow.
+    pub(crate) fn open(key: FlowKey, host_dst: SocketAddr, now: Instant) -> io::Result<Self> {
+        let fd = sys::socket(host_dst.is_ipv6(), SockKind::Datagram)?;
+        sys::connect(fd.as_fd(), &host_dst)?;
+        Ok(UdpFlow {
+            key,
+            fd,
+            host_dst,
+            last_activity: now,
+            host_readable: false,
+            registered: false,
+            queued: false,
+            dns: false,
+        })
+    }
+
+    /// Sends `len` payload bytes at `off` of the guest frame to the host.
+    pub(crate) fn send_from_guest(
+        &mut self,
+        core: &mut Core,
+        frame: &GuestFrame<'_, '_>,
+        off: usize,
+        len: usize,
+        now: Instant,
+    ) {
+        self.last_activity = now;
+        let mut iov = [IoSlice::new(&[]); MAX_SEGS];
+        let Some(n) = frame.payload_iovecs(off, len, &mut iov) else {
+            core.metrics.drop_too_fragmented += 1;
+            return;
+        };
+        match sys::send_vectored(self.fd.as_fd(), &iov[..n], None) {
+            Ok(sent) => core.metrics.bytes_guest_to_host += sent as u64,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => core.metrics.drop_host_busy += 1,
+            Err(_) => core.metrics.drop_host_error += 1,
+        }
+    }
+
+    /// Whether [`next_frame`](Self::next_frame) may produce something.
+    pub(crate) fn wants_output(&self) -> bool {
+        self.host_readable
+    }
+
+    /// Receives the next host datagram into `bufs` behind our headers. Returns the frame
+    /// length, or `None` if nothing is pending. The payload (for DNS attribution) is
+    /// returned as its offset in the frame.
+    pub(crate) fn next_frame(
+        &mut self,
+        core: &mut Core,
+        bufs: &mut [IoSliceMut<'_>],
+        now: Instant,
+    ) -> Option<(usize, RxMeta, usize)> {
+        let from = self.key.remote;
+        let to = self.key.guest;
+        let hdr_len = eth_ip_len(&from.ip()) + 8;
+        let room = core.cfg.max_rx_frame.min(capacity(bufs));
+        if room < hdr_len {
+            return None;
+        }
+        // A few truncated datagrams in a row are skipped; more wait for the next call.
+        for _ in 0..8 {
+            let res = {
+                let mut iov: [IoSliceMut<'_>; MAX_SEGS] =
+                    std::array::from_fn(|_| IoSliceMut::new(&mut []));
+                let n = tail_iovecs(bufs, hdr_len, room - hdr_len, &mut iov);
+                sys::recv_vectored(self.fd.as_fd(), &mut iov[..n], false)
+            };
+            match res {
+                Ok(r) if r.truncated => {
+                    core.metrics.drop_too_big += 1;
+                    continue;
+                }
+                Ok(r) => {
+                    self.last_activity = now;
+                    let len = r.len;
+                    write_udp_header(core, from, to, bufs, len);
+                    core.metrics.bytes_host_to_guest += len as u64;
+                    let meta = RxMeta {
+                        csum_valid: true,
+                        gso: None,
+                    };
+                    return Some((hdr_len + len, meta, hdr_len));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.host_readable = false;
+                    return None;
+                }
+                Err(_) => {
+                    // ICMP errors (e.g. port unreachable) surface here; nothing to deliver.
+                    core.metrics.drop_host_error += 1;
+                    return None;
+                }
+            }
+        }
+        None
+    }
+}
+
+/// Writes Ethernet/IP/UDP headers for `len` payload bytes already in `bufs`.
+pub(crate) fn write_udp_header(
+    core: &Core,
+    from: SocketAddr,
+    to: SocketAddr,
+    bufs: &mut [IoSliceMut<'_>],
+    len: usize,
+) {
+    let mut hdr = [0u8; 14 + 40 + 8];
+    let ep = core.to_guest(from.ip(), to.ip());
+    let ip_len = emit_eth_ip(&mut hdr, &ep, IpProtocol::Udp, 8 + len);
+    let udp_len = (8 + len) as u16;
+    hdr[ip_len..ip_len + 2].copy_from_slice(&from.port().to_be_bytes());
+    hdr[ip_len + 2..ip_len + 4].copy_from_slice(&to.port().to_be_bytes());
+    hdr[ip_len + 4..ip_len + 6].copy_from_slice(&udp_len.to_be_bytes());
+    if core.cfg.rx_checksum {
+        let mut ck = Checksum::new();
+        ck.add_pseudo(&from.ip(), &to.ip(), 17, u32::from(udp_len));
+        ck.add(&hdr[ip_len..ip_len + 8]);
+        checksum_range(&mut ck, bufs, ip_len + 8, len);
+        let mut c = ck.finish();
+        if c == 0 {
+            // RFC 768: a computed zero is sent as all ones.
+            c = 0xffff;
+        }
+        hdr[ip_len + 6..ip_len + 8].copy_from_slice(&c.to_be_bytes());
+    }
+    scatter(bufs, 0, &hdr[..ip_len + 8]);
+}

@@ -1,0 +1,60 @@
+//! Helpers shared by the datapath tests.
+
+use std::time::Duration;
+
+use netstack::testkit::Harness;
+use netstack::NetConfig;
+use smoltcp::iface::SocketHandle;
+use smoltcp::socket::tcp;
+use smoltcp::wire::{IpAddress, IpEndpoint};
+
+/// Default test config with a fake upstream resolver (tests that need DNS set their own).
+pub fn cfg() -> NetConfig {
+    NetConfig {
+        dns_upstreams: vec!["127.0.0.1:9".parse().unwrap()],
+        ..NetConfig::default()
+    }
+}
+
+/// Adds a smoltcp TCP socket with generous buffers.
+pub fn tcp_socket(h: &mut Harness, buf: usize) -> SocketHandle {
+    let rx = tcp::SocketBuffer::new(vec![0; buf]);
+    let tx = tcp::SocketBuffer::new(vec![0; buf]);
+    h.sockets.add(tcp::Socket::new(rx, tx))
+}
+
+/// Connects a guest TCP socket to the gateway's `port` (reaches host 127.0.0.1:port).
+pub fn connect_gateway(h: &mut Harness, s: SocketHandle, port: u16, local_port: u16) {
+    let gw = h.gateway();
+    let cx = h.iface.context();
+    h.sockets
+        .get_mut::<tcp::Socket>(s)
+        .connect(
+            cx,
+            IpEndpoint::new(IpAddress::Ipv4(gw), port),
+            local_port,
+        )
+        .unwrap();
+}
+
+/// Steps until the guest socket is established (true) or closed/time out (false).
+pub fn wait_established(h: &mut Harness, s: SocketHandle) -> bool {
+    h.run_until(100_000, Duration::from_secs(10), |h| {
+        let st = h.sockets.get::<tcp::Socket>(s).state();
+        st == tcp::State::Established || st == tcp::State::Closed
+    });
+    h.sockets.get::<tcp::Socket>(s).state() == tcp::State::Established
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn pattern(len: usize, seed: u32) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(2654435761).max(1);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}

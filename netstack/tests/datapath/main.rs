@@ -1,0 +1,7 @@
+//! In-process datapath tests: smoltcp plays the guest, real host sockets on loopback.
+//! Each test builds a [`Harness`] and drives it with bounded loops.
+
+mod basic;
+mod common;
+mod tcp;
+mod udp;

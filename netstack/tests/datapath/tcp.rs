@@ -1,0 +1,112 @@
+//! TCP translation against real loopback servers.
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::time::Duration;
+
+use netstack::testkit::Harness;
+use sha2::{Digest, Sha256};
+use smoltcp::socket::tcp;
+
+use crate::common::{cfg, connect_gateway, pattern, tcp_socket, wait_established};
+
+#[test]
+fn handshake_and_bulk_guest_to_host() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let total = 8 << 20;
+    let server = std::thread::spawn(move || {
+        let (mut c, _) = l.accept().unwrap();
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; 65536];
+        let mut n = 0usize;
+        loop {
+            let r = c.read(&mut buf).unwrap();
+            if r == 0 {
+                break;
+            }
+            hasher.update(&buf[..r]);
+            n += r;
+        }
+        (n, hasher.finalize().to_vec())
+    });
+    let mut h = Harness::new(cfg());
+    let s = tcp_socket(&mut h, 256 * 1024);
+    connect_gateway(&mut h, s, port, 40000);
+    assert!(wait_established(&mut h, s), "handshake did not complete");
+    let data = pattern(total, 1);
+    let mut sent = 0usize;
+    let ok = h.run_until(2_000_000, Duration::from_secs(120), |h| {
+        let sock = h.sockets.get_mut::<tcp::Socket>(s);
+        if sent < total && sock.can_send() {
+            sent += sock.send_slice(&data[sent..]).unwrap();
+        }
+        if sent == total && sock.state() == tcp::State::Established {
+            sock.close();
+        }
+        sent == total && !sock.is_open() || sock.state() == tcp::State::TimeWait
+            || sock.state() == tcp::State::FinWait2
+    });
+    assert!(ok, "guest could not push all data: sent {sent}");
+    let (n, digest) = server.join().unwrap();
+    assert_eq!(n, total);
+    assert_eq!(digest, Sha256::digest(&data).to_vec());
+    let m = h.ns.metrics();
+    assert_eq!(m.bytes_guest_to_host, total as u64);
+}
+
+#[test]
+fn bulk_host_to_guest_then_host_close() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let total = 8 << 20;
+    let data = pattern(total, 2);
+    let expect = Sha256::digest(&data).to_vec();
+    let server = std::thread::spawn(move || {
+        let (mut c, _) = l.accept().unwrap();
+        c.write_all(&data).unwrap();
+        // Dropping `c` sends the FIN.
+    });
+    let mut h = Harness::new(cfg());
+    let s = tcp_socket(&mut h, 256 * 1024);
+    connect_gateway(&mut h, s, port, 40001);
+    assert!(wait_established(&mut h, s));
+    let mut hasher = Sha256::new();
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 65536];
+    let ok = h.run_until(2_000_000, Duration::from_secs(120), |h| {
+        let sock = h.sockets.get_mut::<tcp::Socket>(s);
+        while sock.can_recv() {
+            let n = sock.recv_slice(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            got += n;
+        }
+        got == total && sock.state() == tcp::State::CloseWait
+    });
+    assert!(ok, "received {got} of {total}; state {}", h.sockets.get::<tcp::Socket>(s).state());
+    assert_eq!(hasher.finalize().to_vec(), expect);
+    server.join().unwrap();
+    // Guest closes its side too: the flow must disappear.
+    h.sockets.get_mut::<tcp::Socket>(s).close();
+    let gone = h.run_until(100_000, Duration::from_secs(10), |h| h.ns.flow_count() == 0);
+    assert!(gone, "flow not forgotten after both FINs");
+}
+
+#[test]
+fn connect_refused_gives_guest_rst() {
+    // Bind then drop to find a port nobody listens on.
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut h = Harness::new(cfg());
+    let s = tcp_socket(&mut h, 4096);
+    connect_gateway(&mut h, s, port, 40002);
+    let closed = h.run_until(100_000, Duration::from_secs(10), |h| {
+        h.sockets.get::<tcp::Socket>(s).state() == tcp::State::Closed
+    });
+    assert!(closed, "guest socket not reset");
+    assert_eq!(h.ns.metrics().connect_failures, 1);
+    assert!(h.ns.metrics().rst_to_guest >= 1);
+    assert_eq!(h.ns.flow_count(), 0);
+}

@@ -1,0 +1,1 @@
+//! UDP flows and DNS interception.
