@@ -1,0 +1,27 @@
+//! Where the harness puts rings and buffers in its guest memory.
+
+use vm_memory::GuestAddress;
+
+/// Guest memory size of the harness.
+pub const MEM_SIZE: usize = 48 << 20;
+/// Bytes per descriptor slot buffer: room for a largest frame plus header.
+pub const SLOT_SIZE: u64 = 0x11000;
+/// Largest queue size the layout supports.
+pub const MAX_QUEUE: u16 = 256;
+
+/// Rings of queue `q`: descriptor table, avail ring, used ring.
+pub fn rings(q: u16) -> (GuestAddress, GuestAddress, GuestAddress) {
+    let base = 0x1_0000 + u64::from(q) * 0x1_0000;
+    (
+        GuestAddress(base),
+        GuestAddress(base + 0x1000 * 4),
+        GuestAddress(base + 0x1000 * 8),
+    )
+}
+
+/// Buffer of descriptor `d` in queue `q`.
+pub fn slot(q: u16, d: u16) -> GuestAddress {
+    // Slots start at 1 MiB; queue 1's follow queue 0's. 2 x 256 x 68 KiB = 34 MiB.
+    let per_queue = u64::from(MAX_QUEUE) * SLOT_SIZE;
+    GuestAddress(0x10_0000 + u64::from(q) * per_queue + u64::from(d) * SLOT_SIZE)
+}
