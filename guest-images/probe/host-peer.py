@@ -10,14 +10,19 @@
   host-peer.py dns PORT SECS        tiny DNS server: A probe.test -> 192.0.2.10, any other name
                                     NXDOMAIN (under slirp use port 53 and probe.dns=10.0.2.2)
 
-Binds 127.0.0.1 only; prints one JSON line. Under QEMU slirp the guest reaches
+Binds 127.0.0.1 (or $PEER_BIND inside a test's own netns); prints one JSON line. Under QEMU slirp the guest reaches
 it as 10.0.2.2:PORT.
 """
 import hashlib
 import json
 import socket
 import sys
+import os
 import time
+
+# Address the servers bind (loopback unless a test inside its own network
+# namespace sets PEER_BIND).
+BIND = os.environ.get("PEER_BIND", "127.0.0.1")
 
 
 def parse_size(s):
@@ -28,7 +33,7 @@ def parse_size(s):
 def listen(port):
     srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.bind(("127.0.0.1", port))
+    srv.bind((BIND, port))
     srv.listen(8)
     srv.settimeout(60)
     return srv
@@ -90,7 +95,7 @@ def echo(port, conns):
 
 def udp_echo(port, secs):
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind(("127.0.0.1", port))
+    s.bind((BIND, port))
     s.settimeout(0.2)
     n, end = 0, time.monotonic() + secs
     while time.monotonic() < end:
@@ -104,7 +109,7 @@ def udp_echo(port, secs):
 
 
 def client(port, data):
-    s = socket.create_connection(("127.0.0.1", port), timeout=30)
+    s = socket.create_connection((BIND, port), timeout=30)
     s.sendall(data.encode())
     s.shutdown(socket.SHUT_WR)
     got = b""
@@ -118,7 +123,7 @@ def client(port, data):
 
 def dns(port, secs):
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind(("127.0.0.1", port))
+    s.bind((BIND, port))
     s.settimeout(0.2)
     n, end = 0, time.monotonic() + secs
     while time.monotonic() < end:

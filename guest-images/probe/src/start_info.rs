@@ -4,6 +4,7 @@
 //! the command line bounded, and only the memory-map entries below 4 GiB
 //! (what the boot page tables map) are used.
 
+use core::cell::UnsafeCell;
 use core::ptr::read_unaligned;
 
 /// `hvm_start_info.magic` ("xEn3" with bit 7 of 'E' set).
@@ -121,19 +122,34 @@ impl StartInfo {
     }
 }
 
+/// The command line, copied out of VMM-chosen memory before the heap (which
+/// may cover that memory) is set up.
+struct CmdlineCopy(UnsafeCell<[u8; MAX_CMDLINE]>);
+
+// SAFETY: written once by `read_cmdline` before anything reads it; the probe
+// is single-threaded.
+unsafe impl Sync for CmdlineCopy {}
+
+static CMDLINE_COPY: CmdlineCopy = CmdlineCopy(UnsafeCell::new([0; MAX_CMDLINE]));
+
 fn read_cmdline(paddr: u64) -> &'static str {
     if !mapped(paddr, 1) {
         return "";
     }
     let max = (MAPPED_LIMIT - paddr).min(MAX_CMDLINE as u64) as usize;
+    // SAFETY: called once, from `StartInfo::parse`, before any reader exists.
+    let copy = unsafe { &mut *CMDLINE_COPY.0.get() };
     let mut len = 0;
-    // SAFETY: every byte read is below paddr + max, inside the mapped range.
-    while len < max && unsafe { *((paddr as usize + len) as *const u8) } != 0 {
+    while len < max {
+        // SAFETY: paddr + len is below paddr + max, inside the mapped range.
+        let b = unsafe { *((paddr as usize + len) as *const u8) };
+        if b == 0 {
+            break;
+        }
+        copy[len] = b;
         len += 1;
     }
-    // SAFETY: paddr..paddr+len is mapped, and the VMM does not change the
-    // command line after boot, so a 'static borrow is sound for the probe.
-    let bytes = unsafe { core::slice::from_raw_parts(paddr as *const u8, len) };
+    let bytes: &'static [u8] = &copy[..len];
     match core::str::from_utf8(bytes) {
         Ok(s) => s,
         // Keep the valid prefix rather than dropping the whole line.

@@ -19,8 +19,8 @@ use smoltcp::wire::{DnsQueryType, EthernetAddress, HardwareAddress, IpAddress, I
 use super::virtio_net::{VirtioNet, DEVICE_ID_NET};
 use crate::clock::{rdtsc, Clock};
 use crate::cmdline::Cmdline;
-use crate::virtio::mmio::MmioTransport;
 use crate::virtio::candidate_windows;
+use crate::virtio::mmio::MmioTransport;
 
 /// Most egress passes per poll (bounds the frames sent per kick).
 const EGRESS_BATCH: usize = 64;
@@ -110,7 +110,11 @@ pub struct Stack {
 }
 
 fn parse_ip(key: &'static str, value: &str) -> Result<IpAddress, NetError> {
-    value.parse().map_err(|_| NetError::BadArg { key, value: value.into(), expected: "an IPv4 or IPv6 address" })
+    value.parse().map_err(|_| NetError::BadArg {
+        key,
+        value: value.into(),
+        expected: "an IPv4 or IPv6 address",
+    })
 }
 
 impl Stack {
@@ -133,7 +137,14 @@ impl Stack {
         let mut config = Config::new(HardwareAddress::Ethernet(EthernetAddress(dev.mac())));
         config.random_seed = epoch ^ 0x9e37_79b9_7f4a_7c15;
         let iface = Interface::new(config, &mut dev, Instant::from_micros(0));
-        Ok(Stack { dev, iface, sockets: SocketSet::new(Vec::new()), clock, epoch, dns: Vec::new() })
+        Ok(Stack {
+            dev,
+            iface,
+            sockets: SocketSet::new(Vec::new()),
+            clock,
+            epoch,
+            dns: Vec::new(),
+        })
     }
 
     /// smoltcp time: microseconds since the stack was opened.
@@ -150,7 +161,11 @@ impl Stack {
         let now = self.now();
         self.iface.poll(now, &mut self.dev, &mut self.sockets);
         for _ in 1..EGRESS_BATCH {
-            if matches!(self.iface.poll_egress(now, &mut self.dev, &mut self.sockets), PollResult::None) {
+            if matches!(
+                self.iface
+                    .poll_egress(now, &mut self.dev, &mut self.sockets),
+                PollResult::None
+            ) {
                 break;
             }
         }
@@ -158,7 +173,11 @@ impl Stack {
     }
 
     /// Polls until `done` returns `Some` or the TSC passes `deadline`.
-    pub fn poll_until<T>(&mut self, deadline: u64, mut done: impl FnMut(&mut Stack) -> Option<T>) -> Option<T> {
+    pub fn poll_until<T>(
+        &mut self,
+        deadline: u64,
+        mut done: impl FnMut(&mut Stack) -> Option<T>,
+    ) -> Option<T> {
         loop {
             self.poll();
             if let Some(v) = done(self) {
@@ -171,15 +190,25 @@ impl Stack {
     }
 
     /// Configures the address statically or through DHCP.
-    pub fn configure(&mut self, cmdline: &Cmdline<'_>, timeout_ms: u64) -> Result<AddressInfo, NetError> {
+    pub fn configure(
+        &mut self,
+        cmdline: &Cmdline<'_>,
+        timeout_ms: u64,
+    ) -> Result<AddressInfo, NetError> {
         if let Some(ip) = cmdline.get("probe.ip") {
             let cidr: IpCidr = ip.parse().map_err(|_| NetError::BadArg {
                 key: "probe.ip",
                 value: ip.into(),
                 expected: "an address with prefix length, e.g. 10.0.2.15/24",
             })?;
-            let gateway = cmdline.get("probe.gw").map(|g| parse_ip("probe.gw", g)).transpose()?;
-            let dns = cmdline.get("probe.dns").map(|d| parse_ip("probe.dns", d)).transpose()?;
+            let gateway = cmdline
+                .get("probe.gw")
+                .map(|g| parse_ip("probe.gw", g))
+                .transpose()?;
+            let dns = cmdline
+                .get("probe.dns")
+                .map(|d| parse_ip("probe.dns", d))
+                .transpose()?;
             self.iface.update_ip_addrs(|addrs| {
                 let _ = addrs.push(cidr);
             });
@@ -193,7 +222,12 @@ impl Stack {
                 None => {}
             }
             self.dns = dns.into_iter().collect();
-            return Ok(AddressInfo { cidr, gateway, dns: self.dns.clone(), method: "static" });
+            return Ok(AddressInfo {
+                cidr,
+                gateway,
+                dns: self.dns.clone(),
+                method: "static",
+            });
         }
         self.dhcp(cmdline, timeout_ms)
     }
@@ -201,9 +235,13 @@ impl Stack {
     fn dhcp(&mut self, cmdline: &Cmdline<'_>, timeout_ms: u64) -> Result<AddressInfo, NetError> {
         let handle = self.sockets.add(dhcpv4::Socket::new());
         let deadline = self.clock.deadline_ms(timeout_ms);
-        let lease = self.poll_until(deadline, |s| match s.sockets.get_mut::<dhcpv4::Socket>(handle).poll() {
-            Some(dhcpv4::Event::Configured(c)) => Some((c.address, c.router, c.dns_servers.clone())),
-            _ => None,
+        let lease = self.poll_until(deadline, |s| {
+            match s.sockets.get_mut::<dhcpv4::Socket>(handle).poll() {
+                Some(dhcpv4::Event::Configured(c)) => {
+                    Some((c.address, c.router, c.dns_servers.clone()))
+                }
+                _ => None,
+            }
         });
         // The lease outlives the scenario; the socket is no longer needed.
         self.sockets.remove(handle);
@@ -246,14 +284,22 @@ impl Stack {
             let query = match socket.start_query(self.iface.context(), name, qtype) {
                 Ok(q) => q,
                 Err(e) => {
-                    result = Err(NetError::Other(format!("DNS query for {name:?} not started: {e}")));
+                    result = Err(NetError::Other(format!(
+                        "DNS query for {name:?} not started: {e}"
+                    )));
                     break;
                 }
             };
-            let answer = self.poll_until(deadline, |s| match s.sockets.get_mut::<dns::Socket>(handle).get_query_result(query) {
-                Ok(addrs) => Some(Ok(addrs)),
-                Err(dns::GetQueryResultError::Pending) => None,
-                Err(dns::GetQueryResultError::Failed) => Some(Err(())),
+            let answer = self.poll_until(deadline, |s| {
+                match s
+                    .sockets
+                    .get_mut::<dns::Socket>(handle)
+                    .get_query_result(query)
+                {
+                    Ok(addrs) => Some(Ok(addrs)),
+                    Err(dns::GetQueryResultError::Pending) => None,
+                    Err(dns::GetQueryResultError::Failed) => Some(Err(())),
+                }
             });
             match answer {
                 Some(Ok(addrs)) if !addrs.is_empty() => {
@@ -262,8 +308,13 @@ impl Stack {
                 }
                 Some(_) => {}
                 None => {
-                    self.sockets.get_mut::<dns::Socket>(handle).cancel_query(query);
-                    result = Err(NetError::ResolveTimeout { name: name.into(), ms: timeout_ms });
+                    self.sockets
+                        .get_mut::<dns::Socket>(handle)
+                        .cancel_query(query);
+                    result = Err(NetError::ResolveTimeout {
+                        name: name.into(),
+                        ms: timeout_ms,
+                    });
                     break;
                 }
             }

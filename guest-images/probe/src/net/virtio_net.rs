@@ -50,7 +50,9 @@ impl core::fmt::Display for NetDeviceError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             NetDeviceError::Mmio(e) => write!(f, "{e}"),
-            NetDeviceError::Alloc(e) => write!(f, "cannot allocate {} bytes of virtqueue memory", e.bytes),
+            NetDeviceError::Alloc(e) => {
+                write!(f, "cannot allocate {} bytes of virtqueue memory", e.bytes)
+            }
         }
     }
 }
@@ -104,10 +106,16 @@ impl VirtioNet {
             .begin_init(F_MAC | F_MRG_RXBUF | F_EVENT_IDX)
             .map_err(NetDeviceError::Mmio)?;
         let event_idx = features & F_EVENT_IDX != 0;
-        let rxq = SplitQueue::new(transport.queue_max(RX_QUEUE), event_idx).map_err(NetDeviceError::Alloc)?;
-        let txq = SplitQueue::new(transport.queue_max(TX_QUEUE), event_idx).map_err(NetDeviceError::Alloc)?;
-        transport.setup_queue(RX_QUEUE, &rxq).map_err(NetDeviceError::Mmio)?;
-        transport.setup_queue(TX_QUEUE, &txq).map_err(NetDeviceError::Mmio)?;
+        let rxq = SplitQueue::new(transport.queue_max(RX_QUEUE), event_idx)
+            .map_err(NetDeviceError::Alloc)?;
+        let txq = SplitQueue::new(transport.queue_max(TX_QUEUE), event_idx)
+            .map_err(NetDeviceError::Alloc)?;
+        transport
+            .setup_queue(RX_QUEUE, &rxq)
+            .map_err(NetDeviceError::Mmio)?;
+        transport
+            .setup_queue(TX_QUEUE, &txq)
+            .map_err(NetDeviceError::Mmio)?;
         let mac = if features & F_MAC != 0 {
             core::array::from_fn(|i| transport.config_u8(i as u64))
         } else {
@@ -127,7 +135,12 @@ impl VirtioNet {
                 stats_frames: 0,
                 dropped: 0,
             },
-            tx: TxHalf { queue: txq, bufs: vec![0; tx_n * BUF_LEN], free: (0..tx_n as u16).rev().collect(), frames: 0 },
+            tx: TxHalf {
+                queue: txq,
+                bufs: vec![0; tx_n * BUF_LEN],
+                free: (0..tx_n as u16).rev().collect(),
+                frames: 0,
+            },
             mac,
             features,
             kicks: 0,
@@ -157,7 +170,12 @@ impl VirtioNet {
 
     /// Counters so far.
     pub fn stats(&self) -> NetStats {
-        NetStats { rx_frames: self.rx.stats_frames, tx_frames: self.tx.frames, kicks: self.kicks, rx_dropped: self.rx.dropped }
+        NetStats {
+            rx_frames: self.rx.stats_frames,
+            tx_frames: self.tx.frames,
+            kicks: self.kicks,
+            rx_dropped: self.rx.dropped,
+        }
     }
 
     /// Ends a batch: reclaims sent buffers and kicks each queue at most once,
@@ -201,7 +219,11 @@ impl RxHalf {
                 continue;
             }
             let hdr = self.slice(id, len);
-            let num_buffers = if self.merged { u16::from_le_bytes([hdr[10], hdr[11]]) } else { 1 };
+            let num_buffers = if self.merged {
+                u16::from_le_bytes([hdr[10], hdr[11]])
+            } else {
+                1
+            };
             if num_buffers <= 1 {
                 return Some((id, len as usize - HDR_LEN));
             }
@@ -211,7 +233,8 @@ impl RxHalf {
                 continue;
             }
             self.scratch.clear();
-            self.scratch.extend_from_slice(&buf_slice(&self.bufs, id, len)[HDR_LEN..]);
+            self.scratch
+                .extend_from_slice(&buf_slice(&self.bufs, id, len)[HDR_LEN..]);
             self.recycle(id);
             let mut complete = true;
             for _ in 1..num_buffers {
@@ -310,7 +333,14 @@ impl phy::Device for VirtioNet {
             return None;
         }
         let (id, len) = self.rx.next_frame()?;
-        Some((NetRxToken { rx: &mut self.rx, id, len }, NetTxToken { tx: &mut self.tx }))
+        Some((
+            NetRxToken {
+                rx: &mut self.rx,
+                id,
+                len,
+            },
+            NetTxToken { tx: &mut self.tx },
+        ))
     }
 
     fn transmit(&mut self, _timestamp: Instant) -> Option<Self::TxToken<'_>> {

@@ -8,11 +8,11 @@ use alloc::vec::Vec;
 
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::socket::{icmp, udp};
-use smoltcp::wire::{IpAddress, Icmpv4Packet, Icmpv4Repr};
+use smoltcp::wire::{Icmpv4Packet, Icmpv4Repr, IpAddress};
 
 use super::net_common::{
-    bring_up, count, ephemeral_port, failure, json, peer_endpoint, peer_host, percentiles_us, NetRun,
-    DEFAULT_TIMEOUT_MS, STATUS_FAILED,
+    bring_up, count, ephemeral_port, failure, json, peer_endpoint, peer_host, percentiles_us,
+    NetRun, DEFAULT_TIMEOUT_MS, STATUS_FAILED,
 };
 use super::{Context, Outcome};
 use crate::clock::rdtsc;
@@ -22,7 +22,14 @@ use crate::net::NetError;
 const PER_PROBE_MS: u64 = 1000;
 const PAYLOAD: usize = 56;
 
-fn finish(ctx: &Context<'_>, name: &str, run: &NetRun, peer: &str, sent: u64, mut rtts: Vec<u64>) -> Outcome {
+fn finish(
+    ctx: &Context<'_>,
+    name: &str,
+    run: &NetRun,
+    peer: &str,
+    sent: u64,
+    mut rtts: Vec<u64>,
+) -> Outcome {
     let received = rtts.len() as u64;
     let (p50, p99) = percentiles_us(&mut rtts);
     let ok = received == sent;
@@ -32,7 +39,10 @@ fn finish(ctx: &Context<'_>, name: &str, run: &NetRun, peer: &str, sent: u64, mu
         .u64("received", received)
         .f64("p50_us", p50, 1)
         .f64("p99_us", p99, 1);
-    Outcome { json, status: if ok { 0 } else { STATUS_FAILED } }
+    Outcome {
+        json,
+        status: if ok { 0 } else { STATUS_FAILED },
+    }
 }
 
 /// `ping probe.peer=IP [probe.count=N]`.
@@ -51,7 +61,9 @@ fn ping_inner(ctx: &Context<'_>, run: &mut NetRun) -> Result<Outcome, NetError> 
     let n = count(ctx, 10)?;
     let peer = peer_host(run, ctx)?;
     let IpAddress::Ipv4(_) = peer else {
-        return Err(NetError::Other(format!("ping supports IPv4 peers only; got {peer}")));
+        return Err(NetError::Other(format!(
+            "ping supports IPv4 peers only; got {peer}"
+        )));
     };
     let rx = icmp::PacketBuffer::new(vec![icmp::PacketMetadata::EMPTY; 8], vec![0; 4096]);
     let tx = icmp::PacketBuffer::new(vec![icmp::PacketMetadata::EMPTY; 8], vec![0; 4096]);
@@ -67,7 +79,11 @@ fn ping_inner(ctx: &Context<'_>, run: &mut NetRun) -> Result<Outcome, NetError> 
     let mut rtts = Vec::new();
     for seq in 0..n {
         let seq_no = seq as u16;
-        let repr = Icmpv4Repr::EchoRequest { ident, seq_no, data: &payload };
+        let repr = Icmpv4Repr::EchoRequest {
+            ident,
+            seq_no,
+            data: &payload,
+        };
         let t0 = rdtsc();
         {
             let socket = run.stack.sockets.get_mut::<icmp::Socket>(handle);
@@ -76,15 +92,25 @@ fn ping_inner(ctx: &Context<'_>, run: &mut NetRun) -> Result<Outcome, NetError> 
                 .map_err(|e| NetError::Other(format!("ICMP send: {e}")))?;
             repr.emit(&mut Icmpv4Packet::new_unchecked(buf), &checksums);
         }
-        let deadline = run.stack.clock.deadline_ms(PER_PROBE_MS.min(run.timeout_ms));
+        let deadline = run
+            .stack
+            .clock
+            .deadline_ms(PER_PROBE_MS.min(run.timeout_ms));
         let got = run.stack.poll_until(deadline, |s| {
             let socket = s.sockets.get_mut::<icmp::Socket>(handle);
             while let Ok((data, from)) = socket.recv() {
                 if from != peer {
                     continue;
                 }
-                let Ok(packet) = Icmpv4Packet::new_checked(data) else { continue };
-                if let Ok(Icmpv4Repr::EchoReply { ident: i, seq_no: sq, .. }) = Icmpv4Repr::parse(&packet, &checksums) {
+                let Ok(packet) = Icmpv4Packet::new_checked(data) else {
+                    continue;
+                };
+                if let Ok(Icmpv4Repr::EchoReply {
+                    ident: i,
+                    seq_no: sq,
+                    ..
+                }) = Icmpv4Repr::parse(&packet, &checksums)
+                {
                     if i == ident && sq == seq_no {
                         return Some(rdtsc());
                     }
@@ -133,7 +159,10 @@ fn udp_inner(ctx: &Context<'_>, run: &mut NetRun) -> Result<Outcome, NetError> {
             .get_mut::<udp::Socket>(handle)
             .send_slice(&msg, peer)
             .map_err(|e| NetError::Other(format!("UDP send to {peer}: {e}")))?;
-        let deadline = run.stack.clock.deadline_ms(PER_PROBE_MS.min(run.timeout_ms));
+        let deadline = run
+            .stack
+            .clock
+            .deadline_ms(PER_PROBE_MS.min(run.timeout_ms));
         let got = run.stack.poll_until(deadline, |s| {
             let socket = s.sockets.get_mut::<udp::Socket>(handle);
             while let Ok((data, meta)) = socket.recv() {

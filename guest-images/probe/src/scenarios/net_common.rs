@@ -62,7 +62,11 @@ pub fn bring_up(ctx: &Context<'_>, default_timeout_ms: u64) -> Result<NetRun, Ne
     let timeout_ms = timeout_ms(ctx, default_timeout_ms)?;
     let mut stack = Stack::open(&ctx.cmdline, ctx.clock)?;
     let addr = stack.configure(&ctx.cmdline, timeout_ms.max(DEFAULT_TIMEOUT_MS))?;
-    Ok(NetRun { stack, addr, timeout_ms })
+    Ok(NetRun {
+        stack,
+        addr,
+        timeout_ms,
+    })
 }
 
 /// `HOST:PORT`, `[V6]:PORT`; HOST may be a name (resolved through DNS).
@@ -72,9 +76,16 @@ pub fn peer_endpoint(run: &mut NetRun, ctx: &Context<'_>) -> Result<IpEndpoint, 
         value: String::new(),
         expected: "HOST:PORT",
     })?;
-    let bad = || NetError::BadArg { key: "probe.peer", value: spec.into(), expected: "HOST:PORT or [IPV6]:PORT" };
+    let bad = || NetError::BadArg {
+        key: "probe.peer",
+        value: spec.into(),
+        expected: "HOST:PORT or [IPV6]:PORT",
+    };
     let (host, port) = spec.rsplit_once(':').ok_or_else(bad)?;
-    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
     let port: u16 = port.parse().ok().filter(|&p| p != 0).ok_or_else(bad)?;
     if host.is_empty() {
         return Err(bad());
@@ -121,14 +132,20 @@ pub fn json(ctx: &Context<'_>, name: &str, ok: bool, run: Option<&NetRun>) -> Js
             .str("addr_method", run.addr.method)
             .str(
                 "mac",
-                &format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]),
+                &format!(
+                    "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+                    mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]
+                ),
             )
             .u64("rx_frames", stats.rx_frames)
             .u64("tx_frames", stats.tx_frames)
             .u64("kicks", stats.kicks)
             .u64("rx_dropped", stats.rx_dropped)
             .str("virtio_base", &format!("{:#x}", run.stack.dev.base()))
-            .str("virtio_features", &format!("{:#x}", run.stack.dev.features()));
+            .str(
+                "virtio_features",
+                &format!("{:#x}", run.stack.dev.features()),
+            );
         let dns = ip_strings(&run.addr.dns);
         j = j.str_array("dns", dns.iter().map(String::as_str));
         if let Some(gw) = &run.addr.gateway {
@@ -145,7 +162,10 @@ pub fn failure(ctx: &Context<'_>, name: &str, run: Option<&NetRun>, err: &NetErr
         NetError::DhcpTimeout { .. } | NetError::ResolveTimeout { .. } => STATUS_TIMEOUT,
         _ => STATUS_FAILED,
     };
-    Outcome { json: json(ctx, name, false, run).str("error", &format!("{err}")), status }
+    Outcome {
+        json: json(ctx, name, false, run).str("error", &format!("{err}")),
+        status,
+    }
 }
 
 /// p50 and p99 of `samples` (ns), in µs.

@@ -11,7 +11,11 @@ use crate::net::NetError;
 /// Runs the scenario.
 pub fn resolve(ctx: &Context<'_>) -> Outcome {
     let Some(name) = ctx.cmdline.get("probe.name") else {
-        let err = NetError::BadArg { key: "probe.name", value: String::new(), expected: "a host name" };
+        let err = NetError::BadArg {
+            key: "probe.name",
+            value: String::new(),
+            expected: "a host name",
+        };
         return failure(ctx, "resolve", None, &err);
     };
     let mut run = match bring_up(ctx, DEFAULT_TIMEOUT_MS) {
@@ -25,7 +29,11 @@ pub fn resolve(ctx: &Context<'_>) -> Outcome {
             let json = json(ctx, "resolve", true, Some(&run))
                 .str("name", name)
                 .str_array("addresses", strings.iter().map(String::as_str))
-                .f64("resolve_us", ctx.clock.ticks_to_ns(rdtsc() - t0) as f64 / 1000.0, 1);
+                .f64(
+                    "resolve_us",
+                    ctx.clock.ticks_to_ns(rdtsc() - t0) as f64 / 1000.0,
+                    1,
+                );
             Outcome { json, status: 0 }
         }
         Err(e) => {

@@ -15,8 +15,8 @@ use smoltcp::socket::tcp::{self, State};
 use smoltcp::wire::IpEndpoint;
 
 use super::net_common::{
-    bring_up, count, ephemeral_port, failure, json, peer_endpoint, percentiles_us, seconds, NetRun, DEFAULT_TIMEOUT_MS,
-    STATUS_FAILED, STATUS_TIMEOUT,
+    bring_up, count, ephemeral_port, failure, json, peer_endpoint, percentiles_us, seconds, NetRun,
+    DEFAULT_TIMEOUT_MS, STATUS_FAILED, STATUS_TIMEOUT,
 };
 use super::{Context, Outcome};
 use crate::clock::rdtsc;
@@ -32,7 +32,10 @@ const CONNECT_DEFAULT_TIMEOUT_MS: u64 = 3000;
 const PATTERN_REPEATS: usize = 261;
 
 fn new_socket(buf: usize) -> tcp::Socket<'static> {
-    tcp::Socket::new(tcp::SocketBuffer::new(vec![0; buf]), tcp::SocketBuffer::new(vec![0; buf]))
+    tcp::Socket::new(
+        tcp::SocketBuffer::new(vec![0; buf]),
+        tcp::SocketBuffer::new(vec![0; buf]),
+    )
 }
 
 /// How a connection attempt ended.
@@ -54,9 +57,11 @@ fn connect(run: &mut NetRun, peer: IpEndpoint, buf: usize) -> Result<ConnectResu
         .connect(cx, peer, local)
         .map_err(|e| NetError::Other(format!("connect to {peer} not started: {e}")))?;
     let deadline = run.stack.clock.deadline_ms(run.timeout_ms);
-    let state = run.stack.poll_until(deadline, |s| match s.sockets.get::<tcp::Socket>(handle).state() {
-        State::SynSent | State::SynReceived => None,
-        other => Some(other),
+    let state = run.stack.poll_until(deadline, |s| {
+        match s.sockets.get::<tcp::Socket>(handle).state() {
+            State::SynSent | State::SynReceived => None,
+            other => Some(other),
+        }
     });
     Ok(match state {
         Some(State::Established) => ConnectResult::Open(handle, rdtsc()),
@@ -68,8 +73,13 @@ fn connect(run: &mut NetRun, peer: IpEndpoint, buf: usize) -> Result<ConnectResu
 fn open(run: &mut NetRun, peer: IpEndpoint, buf: usize) -> Result<(SocketHandle, u64), NetError> {
     match connect(run, peer, buf)? {
         ConnectResult::Open(h, t) => Ok((h, t)),
-        ConnectResult::Refused => Err(NetError::Other(format!("connection to {peer} refused or reset"))),
-        ConnectResult::TimedOut => Err(NetError::Other(format!("connection to {peer} timed out after {} ms", run.timeout_ms))),
+        ConnectResult::Refused => Err(NetError::Other(format!(
+            "connection to {peer} refused or reset"
+        ))),
+        ConnectResult::TimedOut => Err(NetError::Other(format!(
+            "connection to {peer} timed out after {} ms",
+            run.timeout_ms
+        ))),
     }
 }
 
@@ -82,7 +92,10 @@ fn drive(
     mut step: impl FnMut(&mut tcp::Socket<'static>, &mut u64) -> Result<bool, NetError>,
     handle: SocketHandle,
 ) -> Result<(), NetError> {
-    let idle = run.stack.clock.ns_to_ticks(run.timeout_ms.saturating_mul(1_000_000));
+    let idle = run
+        .stack
+        .clock
+        .ns_to_ticks(run.timeout_ms.saturating_mul(1_000_000));
     let mut last_progress = rdtsc();
     let mut progress = 0u64;
     loop {
@@ -96,7 +109,10 @@ fn drive(
         if progress != before {
             last_progress = now;
         } else if now - last_progress > idle {
-            return Err(NetError::Other(format!("{what}: no progress for {} ms", run.timeout_ms)));
+            return Err(NetError::Other(format!(
+                "{what}: no progress for {} ms",
+                run.timeout_ms
+            )));
         }
     }
 }
@@ -131,7 +147,9 @@ pub fn send(ctx: &Context<'_>) -> Outcome {
     with_run(ctx, "tcp-send", DEFAULT_TIMEOUT_MS, |run| {
         let peer = peer_endpoint(run, ctx)?;
         let (handle, start) = open(run, peer, BUF_BYTES)?;
-        let pattern: Vec<u8> = (0..251 * PATTERN_REPEATS).map(|i| (i % 251) as u8).collect();
+        let pattern: Vec<u8> = (0..251 * PATTERN_REPEATS)
+            .map(|i| (i % 251) as u8)
+            .collect();
         let mut sent = 0u64;
         let mut closing = false;
         let mut last_queued = usize::MAX;
@@ -142,9 +160,9 @@ pub fn send(ctx: &Context<'_>) -> Outcome {
                 while sent < total && socket.can_send() {
                     let off = (sent % 251) as usize;
                     let want = (total - sent).min((pattern.len() - off) as u64) as usize;
-                    let n = socket
-                        .send_slice(&pattern[off..off + want])
-                        .map_err(|e| NetError::Other(format!("send failed after {sent} bytes: {e}")))?;
+                    let n = socket.send_slice(&pattern[off..off + want]).map_err(|e| {
+                        NetError::Other(format!("send failed after {sent} bytes: {e}"))
+                    })?;
                     if n == 0 {
                         break;
                     }
@@ -162,7 +180,11 @@ pub fn send(ctx: &Context<'_>) -> Outcome {
                     *progress += 1;
                 }
                 // Our FIN acknowledged means every byte was acknowledged.
-                Ok(closing && matches!(socket.state(), State::FinWait2 | State::TimeWait | State::Closed))
+                Ok(closing
+                    && matches!(
+                        socket.state(),
+                        State::FinWait2 | State::TimeWait | State::Closed
+                    ))
             },
             handle,
         )?;
@@ -193,7 +215,9 @@ pub fn recv(ctx: &Context<'_>) -> Outcome {
                             hasher.update(&*buf);
                             (buf.len(), buf.len())
                         })
-                        .map_err(|e| NetError::Other(format!("recv failed after {received} bytes: {e}")))?;
+                        .map_err(|e| {
+                            NetError::Other(format!("recv failed after {received} bytes: {e}"))
+                        })?;
                     if n == 0 {
                         break;
                     }
@@ -214,7 +238,11 @@ pub fn recv(ctx: &Context<'_>) -> Outcome {
         // Let our FIN go out; the result does not depend on it.
         let deadline = run.stack.clock.deadline_ms(200);
         run.stack.poll_until(deadline, |s| {
-            matches!(s.sockets.get::<tcp::Socket>(handle).state(), State::Closed | State::TimeWait).then_some(())
+            matches!(
+                s.sockets.get::<tcp::Socket>(handle).state(),
+                State::Closed | State::TimeWait
+            )
+            .then_some(())
         });
         let json = json(ctx, "tcp-recv", true, Some(run))
             .str("peer", &format!("{peer}"))
@@ -232,7 +260,10 @@ pub fn rr(ctx: &Context<'_>) -> Outcome {
         let n = count(ctx, 1000)?;
         let peer = peer_endpoint(run, ctx)?;
         let (handle, _) = open(run, peer, 64 * 1024)?;
-        run.stack.sockets.get_mut::<tcp::Socket>(handle).set_ack_delay(None);
+        run.stack
+            .sockets
+            .get_mut::<tcp::Socket>(handle)
+            .set_ack_delay(None);
         let mut samples = Vec::with_capacity(n as usize);
         for i in 0..n {
             let t0 = rdtsc();
@@ -255,13 +286,24 @@ pub fn rr(ctx: &Context<'_>) -> Outcome {
             });
             match got {
                 Some(Ok(())) => samples.push(ctx.clock.ticks_to_ns(rdtsc() - t0)),
-                Some(Err(())) => return Err(NetError::Other(format!("peer closed after {i} of {n} responses"))),
-                None => return Err(NetError::Other(format!("response {i} timed out after {} ms", run.timeout_ms))),
+                Some(Err(())) => {
+                    return Err(NetError::Other(format!(
+                        "peer closed after {i} of {n} responses"
+                    )))
+                }
+                None => {
+                    return Err(NetError::Other(format!(
+                        "response {i} timed out after {} ms",
+                        run.timeout_ms
+                    )))
+                }
             }
         }
         run.stack.sockets.get_mut::<tcp::Socket>(handle).close();
         let deadline = run.stack.clock.deadline_ms(200);
-        run.stack.poll_until(deadline, |s| (!s.sockets.get::<tcp::Socket>(handle).is_active()).then_some(()));
+        run.stack.poll_until(deadline, |s| {
+            (!s.sockets.get::<tcp::Socket>(handle).is_active()).then_some(())
+        });
         let (p50, p99) = percentiles_us(&mut samples);
         let json = json(ctx, "tcp-rr", true, Some(run))
             .str("peer", &format!("{peer}"))
@@ -289,7 +331,11 @@ pub fn connect_only(ctx: &Context<'_>) -> Outcome {
         let json = json(ctx, "connect", status == 0, Some(run))
             .str("peer", &format!("{peer}"))
             .str("result", result)
-            .f64("connect_us", ctx.clock.ticks_to_ns(rdtsc() - t0) as f64 / 1000.0, 1);
+            .f64(
+                "connect_us",
+                ctx.clock.ticks_to_ns(rdtsc() - t0) as f64 / 1000.0,
+                1,
+            );
         Ok(Outcome { json, status })
     })
 }
@@ -297,8 +343,16 @@ pub fn connect_only(ctx: &Context<'_>) -> Outcome {
 /// `serve probe.port=P [probe.conns=N]`: echo each connection until EOF.
 pub fn serve(ctx: &Context<'_>) -> Outcome {
     let port_arg = ctx.cmdline.get("probe.port");
-    let Some(port) = port_arg.and_then(parse_u64).and_then(|p| u16::try_from(p).ok()).filter(|&p| p != 0) else {
-        let err = NetError::BadArg { key: "probe.port", value: port_arg.unwrap_or("").into(), expected: "a TCP port 1..65535" };
+    let Some(port) = port_arg
+        .and_then(parse_u64)
+        .and_then(|p| u16::try_from(p).ok())
+        .filter(|&p| p != 0)
+    else {
+        let err = NetError::BadArg {
+            key: "probe.port",
+            value: port_arg.unwrap_or("").into(),
+            expected: "a TCP port 1..65535",
+        };
         return failure(ctx, "serve", None, &err);
     };
     let conns_arg = ctx.cmdline.get("probe.conns");
@@ -306,7 +360,11 @@ pub fn serve(ctx: &Context<'_>) -> Outcome {
         None => 1,
         Some(Some(n)) if n > 0 => n,
         Some(_) => {
-            let err = NetError::BadArg { key: "probe.conns", value: conns_arg.unwrap_or("").into(), expected: "a positive integer" };
+            let err = NetError::BadArg {
+                key: "probe.conns",
+                value: conns_arg.unwrap_or("").into(),
+                expected: "a positive integer",
+            };
             return failure(ctx, "serve", None, &err);
         }
     };
@@ -347,7 +405,9 @@ pub fn serve(ctx: &Context<'_>) -> Outcome {
                         *progress += n as u64;
                     }
                     if !pending.is_empty() && socket.can_send() {
-                        let n = socket.send_slice(&pending).map_err(|e| NetError::Other(format!("send: {e}")))?;
+                        let n = socket
+                            .send_slice(&pending)
+                            .map_err(|e| NetError::Other(format!("send: {e}")))?;
                         pending.drain(..n);
                         echoed += n as u64;
                         *progress += n as u64;
@@ -361,7 +421,10 @@ pub fn serve(ctx: &Context<'_>) -> Outcome {
             )?;
             run.stack.sockets.remove(handle);
         }
-        let json = json(ctx, "serve", true, Some(run)).u64("port", u64::from(port)).u64("conns", conns).u64("bytes", echoed);
+        let json = json(ctx, "serve", true, Some(run))
+            .u64("port", u64::from(port))
+            .u64("conns", conns)
+            .u64("bytes", echoed);
         Ok(Outcome { json, status: 0 })
     })
 }

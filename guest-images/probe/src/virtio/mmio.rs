@@ -153,10 +153,16 @@ impl MmioTransport {
         self.write(DRIVER_FEATURES, features as u32);
         self.write(DRIVER_FEATURES_SEL, 1);
         self.write(DRIVER_FEATURES, (features >> 32) as u32);
-        self.write(STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK);
+        self.write(
+            STATUS,
+            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK,
+        );
         if self.read(STATUS) & STATUS_FEATURES_OK == 0 {
             self.write(STATUS, STATUS_FAILED);
-            return Err(MmioError::FeaturesRejected { base: self.base, features });
+            return Err(MmioError::FeaturesRejected {
+                base: self.base,
+                features,
+            });
         }
         Ok(features)
     }
@@ -171,7 +177,10 @@ impl MmioTransport {
     pub fn setup_queue(&self, index: u16, queue: &SplitQueue) -> Result<(), MmioError> {
         self.write(QUEUE_SEL, u32::from(index));
         if self.read(QUEUE_READY) != 0 || self.read(QUEUE_NUM_MAX) == 0 {
-            return Err(MmioError::QueueUnavailable { base: self.base, queue: index });
+            return Err(MmioError::QueueUnavailable {
+                base: self.base,
+                queue: index,
+            });
         }
         let (desc, driver, device) = queue.addresses();
         self.write(QUEUE_NUM, u32::from(queue.size()));
@@ -187,7 +196,10 @@ impl MmioTransport {
 
     /// Sets DRIVER_OK: the device is live.
     pub fn finish_init(&self) {
-        self.write(STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
+        self.write(
+            STATUS,
+            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK,
+        );
     }
 
     /// Tells the device that queue `index` has new available buffers.

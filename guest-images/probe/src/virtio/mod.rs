@@ -33,17 +33,26 @@ pub struct MmioWindow {
 pub fn parse_device_token(value: &str) -> Option<MmioWindow> {
     let (size, rest) = value.split_once('@')?;
     let base = rest.split(':').next()?;
-    Some(MmioWindow { base: parse_u64(base)?, size: parse_size(size)? })
+    Some(MmioWindow {
+        base: parse_u64(base)?,
+        size: parse_size(size)?,
+    })
 }
 
 /// Candidate transports: every `virtio_mmio.device=` token on the command
 /// line, or, if there is none, QEMU microvm's transport window.
 pub fn candidate_windows(cmdline: &Cmdline<'_>) -> Vec<MmioWindow> {
-    let listed: Vec<MmioWindow> = cmdline.all("virtio_mmio.device").filter_map(parse_device_token).collect();
+    let listed: Vec<MmioWindow> = cmdline
+        .all("virtio_mmio.device")
+        .filter_map(parse_device_token)
+        .collect();
     if !listed.is_empty() {
         return listed;
     }
     (0..MICROVM_SLOTS)
-        .map(|i| MmioWindow { base: MICROVM_BASE + i * MICROVM_STRIDE, size: MICROVM_STRIDE })
+        .map(|i| MmioWindow {
+            base: MICROVM_BASE + i * MICROVM_STRIDE,
+            size: MICROVM_STRIDE,
+        })
         .collect()
 }

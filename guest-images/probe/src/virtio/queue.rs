@@ -61,7 +61,11 @@ impl SplitQueue {
     /// at most [`MAX_QUEUE_SIZE`]); `event_idx` says if EVENT_IDX was negotiated.
     pub fn new(size: u16, event_idx: bool) -> Result<SplitQueue, QueueAllocError> {
         let size = size.min(MAX_QUEUE_SIZE);
-        let size = if size == 0 { 0 } else { 1u16 << (15 - size.leading_zeros()) };
+        let size = if size == 0 {
+            0
+        } else {
+            1u16 << (15 - size.leading_zeros())
+        };
         let n = usize::from(size);
         let avail_off = 16 * n;
         let used_off = (avail_off + 6 + 2 * n + 4095) & !4095;
@@ -116,7 +120,11 @@ impl SplitQueue {
     fn suppress_interrupts(&self) {
         if self.event_idx {
             // used_event sits after the avail ring; keep it just behind.
-            Self::write_u16(self.avail, 4 + 2 * usize::from(self.size), self.last_used.wrapping_sub(1));
+            Self::write_u16(
+                self.avail,
+                4 + 2 * usize::from(self.size),
+                self.last_used.wrapping_sub(1),
+            );
         } else {
             Self::write_u16(self.avail, 0, AVAIL_F_NO_INTERRUPT);
         }
@@ -158,7 +166,10 @@ impl SplitQueue {
             // SAFETY: slot < size, so the 8-byte element is inside the used ring.
             let (id, len) = unsafe {
                 let e = self.used.add(4 + 8 * slot);
-                (read_volatile(e as *const u32), read_volatile(e.add(4) as *const u32))
+                (
+                    read_volatile(e as *const u32),
+                    read_volatile(e.add(4) as *const u32),
+                )
             };
             self.last_used = self.last_used.wrapping_add(1);
             self.suppress_interrupts();
