@@ -25,6 +25,37 @@ const LOADED_HIGH: u8 = 1;
 /// `loadflags`: heap_end_ptr is valid.
 const CAN_USE_HEAP: u8 = 0x80;
 
+/// File offset of `setup_sects` (the setup header starts at 0x1f1).
+const SETUP_SECTS_OFFSET: usize = 0x1f1;
+/// File offset of `syssize` (size of the protected-mode part in 16-byte paragraphs).
+const SYSSIZE_OFFSET: usize = 0x1f4;
+
+/// Checks that a bzImage of `file_len` bytes, whose first bytes are `head` (at least 0x1f8
+/// bytes), holds all the setup sectors and protected-mode code its header declares, so a cut-off
+/// download is refused before boot instead of crashing the guest.
+pub fn check_file_size(head: &[u8], file_len: u64) -> Result<(), BootError> {
+    let (Some(&sects), Some(sys)) = (
+        head.get(SETUP_SECTS_OFFSET),
+        head.get(SYSSIZE_OFFSET..SYSSIZE_OFFSET + 4),
+    ) else {
+        return Err(BootError::BzImage(format!(
+            "the file is truncated: {file_len} bytes end inside the setup header"
+        )));
+    };
+    // A setup_sects of 0 means 4 (boot protocol, "setup_sects").
+    let setup_len = (u64::from(if sects == 0 { 4 } else { sects }) + 1) * 512;
+    let mut syssize = [0u8; 4];
+    syssize.copy_from_slice(sys);
+    let protected_len = u64::from(u32::from_le_bytes(syssize)) * 16;
+    let needed = setup_len + protected_len;
+    if file_len < needed {
+        return Err(BootError::BzImage(format!(
+            "the file is truncated: {file_len} bytes, but its header declares {setup_len} bytes of setup and {protected_len} bytes of kernel ({needed} in all); rebuild or re-download it"
+        )));
+    }
+    Ok(())
+}
+
 /// Checks that `hdr` describes a kernel we can enter through the 64-bit protocol.
 pub fn check_header(hdr: &setup_header) -> Result<(), BootError> {
     let magic = hdr.header;
@@ -89,4 +120,30 @@ pub fn write_zero_page(
         mem,
     )
     .map_err(|e| BootError::BootParams(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(sects: u8, syssize: u32) -> Vec<u8> {
+        let mut h = vec![0u8; 0x206];
+        h[SETUP_SECTS_OFFSET] = sects;
+        h[SYSSIZE_OFFSET..SYSSIZE_OFFSET + 4].copy_from_slice(&syssize.to_le_bytes());
+        h
+    }
+
+    #[test]
+    fn truncated_files_are_refused_with_the_sizes() {
+        let h = head(1, 0x40);
+        assert!(check_file_size(&h, 1024 + 0x400).is_ok());
+        let err = check_file_size(&h, 1024 + 0x3ff).unwrap_err().to_string();
+        assert!(
+            err.contains("truncated") && err.contains("2047 bytes"),
+            "{err}"
+        );
+        // setup_sects 0 means 4 sectors.
+        assert!(check_file_size(&head(0, 0), 5 * 512 - 1).is_err());
+        assert!(check_file_size(&h[..0x1f2], 4096).is_err());
+    }
 }

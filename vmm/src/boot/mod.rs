@@ -126,6 +126,20 @@ fn read_up_to(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
     Ok(filled)
 }
 
+/// Refuses a bzImage shorter than its setup header declares (see
+/// [`bzimage::check_file_size`]), rewinding the file afterwards.
+fn check_bzimage_size(file: &mut File, path: &Path) -> Result<(), BootError> {
+    let read_err = |source| BootError::KernelFile {
+        path: path.to_path_buf(),
+        source,
+    };
+    let len = file.metadata().map_err(read_err)?.len();
+    let mut head = [0u8; 0x206];
+    let n = read_up_to(file, &mut head).map_err(read_err)?;
+    file.seek(SeekFrom::Start(0)).map_err(read_err)?;
+    bzimage::check_file_size(&head[..n], len)
+}
+
 /// What the boot step hands to the vCPU setup.
 #[derive(Clone, Copy, Debug)]
 pub struct LoadedKernel {
@@ -171,6 +185,7 @@ pub fn load_kernel(
             Elf::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START))).map_err(load_err)?
         }
         KernelFormat::BzImage => {
+            check_bzimage_size(&mut file, kernel)?;
             BzImage::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START)))
                 .map_err(load_err)?
         }
