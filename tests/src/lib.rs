@@ -1,1 +1,11 @@
-//! End-to-end tests of ringfence: see `tests/tests/`.
+//! End-to-end tests of ringfence: shared helpers for the test files in `tests/tests/`.
+//!
+//! - [`asm`], [`images`] and [`conformance`] build tiny guest kernels at test time (no
+//!   assembler needed) that check the boot protocols from inside the guest;
+//! - [`harness`] finds the `ringfence` binary, detects whether KVM is usable, and runs guests
+//!   through the real CLI.
+
+pub mod asm;
+pub mod conformance;
+pub mod harness;
+pub mod images;
