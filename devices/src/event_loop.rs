@@ -113,7 +113,8 @@ impl std::fmt::Debug for EventLoop {
 impl EventLoop {
     /// Creates a ring with `entries` submission slots.
     pub fn new(entries: u32) -> Result<Self, EventLoopError> {
-        let ring = IoUring::new(entries).map_err(|source| EventLoopError::Setup { entries, source })?;
+        let ring =
+            IoUring::new(entries).map_err(|source| EventLoopError::Setup { entries, source })?;
         if !ring.params().is_feature_ext_arg() {
             return Err(EventLoopError::NoExtArg);
         }
@@ -192,7 +193,11 @@ impl EventLoop {
     /// Submits what is queued and waits for completions: `None` blocks until at least one,
     /// `Some(d)` waits at most `d` (`Some(ZERO)` never blocks and, with nothing queued, makes
     /// no syscall). Appends what happened to `events`.
-    pub fn wait(&mut self, timeout: Option<Duration>, events: &mut Vec<Event>) -> Result<(), EventLoopError> {
+    pub fn wait(
+        &mut self,
+        timeout: Option<Duration>,
+        events: &mut Vec<Event>,
+    ) -> Result<(), EventLoopError> {
         let queued = !self.ring.submission().is_empty();
         let ready = !self.ring.completion().is_empty();
         let result = match timeout {
@@ -337,7 +342,10 @@ mod tests {
         lp.arm_fd(interest).unwrap();
         c.write(1).unwrap();
         lp.wait(Some(Duration::from_secs(5)), &mut ev).unwrap();
-        let fd_events: Vec<_> = ev.iter().filter(|e| matches!(e, Event::Fd { .. })).collect();
+        let fd_events: Vec<_> = ev
+            .iter()
+            .filter(|e| matches!(e, Event::Fd { .. }))
+            .collect();
         assert_eq!(
             fd_events,
             vec![&Event::Fd {

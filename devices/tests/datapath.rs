@@ -10,7 +10,9 @@ use devices::net::header::{VirtioNetHdr, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET
 use devices::net::{NetConfig, NetMetrics, RX_QUEUE, TX_QUEUE};
 use devices::testing::{NetDriver, NetHarness};
 use devices::virtio::mmio::regs;
-use devices::virtio::{STATUS_DRIVER_OK, STATUS_FEATURES_OK, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
+use devices::virtio::{
+    STATUS_DRIVER_OK, STATUS_FEATURES_OK, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
+};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -87,7 +89,10 @@ fn rx_frame_lands_in_guest_buffer_with_header() {
     assert_eq!(got[0].0.num_buffers, 1);
     assert_eq!(get(&h.metrics.rx_frames), 1);
     assert_eq!(get(&h.metrics.rx_bytes), 700);
-    assert!(h.driver.interrupts >= 1, "the driver was interrupted for the RX frame");
+    assert!(
+        h.driver.interrupts >= 1,
+        "the driver was interrupted for the RX frame"
+    );
 }
 
 #[test]
@@ -98,7 +103,11 @@ fn rx_waits_for_buffers_then_delivers() {
     }
     std::thread::sleep(Duration::from_millis(20));
     assert_eq!(get(&h.metrics.rx_frames), 0);
-    assert_eq!(h.backend.pending_to_guest(), 5, "frames stay in the backend without buffers");
+    assert_eq!(
+        h.backend.pending_to_guest(),
+        5,
+        "frames stay in the backend without buffers"
+    );
     h.driver.post_rx(16, 2048).unwrap();
     let got = h.driver.recv_frames(5, T).unwrap();
     for (i, (_, f)) in got.iter().enumerate() {
@@ -147,7 +156,8 @@ fn works_with_no_optional_features() {
 
 #[test]
 fn feature_negotiation_refuses_legacy_drivers_and_masks_unknown_bits() {
-    let (backend, _h) = devices::net::backend::loopback::LoopbackBackend::new(LoopbackMode::Discard).unwrap();
+    let (backend, _h) =
+        devices::net::backend::loopback::LoopbackBackend::new(LoopbackMode::Discard).unwrap();
     let net = devices::net::Net::new(NetConfig::default(), Box::new(backend)).unwrap();
     // A driver that does not accept VERSION_1 is refused at FEATURES_OK.
     let err = NetDriver::new(Box::new(net), bit(VIRTIO_NET_F_MAC)).unwrap_err();
@@ -178,8 +188,10 @@ fn feature_negotiation_refuses_legacy_drivers_and_masks_unknown_bits() {
 
 #[test]
 fn config_space_has_mac_and_link_status() {
-    let mut cfg = NetConfig::default();
-    cfg.mac = [2, 4, 6, 8, 10, 12];
+    let cfg = NetConfig {
+        mac: [2, 4, 6, 8, 10, 12],
+        ..NetConfig::default()
+    };
     let mut h = NetHarness::new(LoopbackMode::Discard, cfg, u64::MAX).unwrap();
     let t = h.driver.transport();
     let mut mac = [0u8; 6];
@@ -196,7 +208,9 @@ fn config_space_has_mac_and_link_status() {
 #[test]
 fn reset_stops_worker_and_device_works_after_reinit() {
     let mut h = NetHarness::with_defaults().unwrap();
-    h.driver.send(&VirtioNetHdr::default(), &frame(100, 1)).unwrap();
+    h.driver
+        .send(&VirtioNetHdr::default(), &frame(100, 1))
+        .unwrap();
     h.driver.wait_used(TX_QUEUE, 1, T).unwrap();
     assert!(h.driver.transport().device().is_activated());
     h.driver.write_reg(regs::STATUS, 0);
@@ -204,7 +218,9 @@ fn reset_stops_worker_and_device_works_after_reinit() {
     assert_eq!(h.driver.read_reg(regs::STATUS), 0);
     assert_eq!(h.driver.transport().device().acked_features(), 0);
     h.driver.reset_and_reinit(u64::MAX).unwrap();
-    h.driver.send(&VirtioNetHdr::default(), &frame(200, 2)).unwrap();
+    h.driver
+        .send(&VirtioNetHdr::default(), &frame(200, 2))
+        .unwrap();
     h.driver.wait_used(TX_QUEUE, 1, T).unwrap();
     let sent = h.backend.take_sent();
     assert_eq!(sent.len(), 2);
@@ -222,8 +238,10 @@ fn shutdown_joins_worker() {
 
 #[test]
 fn queue_notify_register_write_kicks_the_queue() {
-    let mut cfg = NetConfig::default();
-    cfg.poll_window = Duration::ZERO;
+    let cfg = NetConfig {
+        poll_window: Duration::ZERO,
+        ..NetConfig::default()
+    };
     let mut h = NetHarness::new(LoopbackMode::Capture, cfg, u64::MAX).unwrap();
     // Let the worker go idle (notifications on), then add a chain and kick via MMIO.
     std::thread::sleep(Duration::from_millis(20));
@@ -254,15 +272,19 @@ fn bad_register_accesses_are_ignored_and_counted() {
     assert_eq!(t.bad_accesses() - before, 6);
     assert_ne!(t.status() & STATUS_DRIVER_OK, 0, "device still running");
     assert_ne!(t.status() & STATUS_FEATURES_OK, 0);
-    h.driver.send(&VirtioNetHdr::default(), &frame(64, 0)).unwrap();
+    h.driver
+        .send(&VirtioNetHdr::default(), &frame(64, 0))
+        .unwrap();
     h.driver.wait_used(TX_QUEUE, 1, T).unwrap();
 }
 
 #[test]
 fn back_to_back_tx_needs_few_kicks() {
     // Generous poll window so the test does not depend on scheduling.
-    let mut cfg = NetConfig::default();
-    cfg.poll_window = Duration::from_millis(50);
+    let cfg = NetConfig {
+        poll_window: Duration::from_millis(50),
+        ..NetConfig::default()
+    };
     let mut h = NetHarness::new(LoopbackMode::Discard, cfg, u64::MAX).unwrap();
     let n = 200u64;
     let f = frame(64, 0);
@@ -309,14 +331,22 @@ fn event_idx_suppresses_interrupts_until_used_event() {
     h.driver.set_used_event(TX_QUEUE, 9);
     h.driver.set_used_event(RX_QUEUE, 1000);
     for i in 0..5 {
-        h.driver.send(&VirtioNetHdr::default(), &frame(64, i)).unwrap();
+        h.driver
+            .send(&VirtioNetHdr::default(), &frame(64, i))
+            .unwrap();
         assert_eq!(h.backend.wait_sent(u64::from(i) + 1, T), u64::from(i) + 1);
     }
     std::thread::sleep(Duration::from_millis(20));
-    assert_eq!(get(&h.metrics.interrupts), 0, "no interrupt before used_event");
+    assert_eq!(
+        get(&h.metrics.interrupts),
+        0,
+        "no interrupt before used_event"
+    );
     assert!(get(&h.metrics.interrupts_suppressed) >= 1);
     for i in 5..10 {
-        h.driver.send(&VirtioNetHdr::default(), &frame(64, i)).unwrap();
+        h.driver
+            .send(&VirtioNetHdr::default(), &frame(64, i))
+            .unwrap();
     }
     assert_eq!(h.backend.wait_sent(10, T), 10);
     let mut fired = false;
@@ -335,8 +365,10 @@ fn pcap_captures_both_directions() {
     let dir = std::env::temp_dir().join(format!("rf-devices-pcap-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("cap.pcap");
-    let mut cfg = NetConfig::default();
-    cfg.pcap = Some(path.clone());
+    let cfg = NetConfig {
+        pcap: Some(path.clone()),
+        ..NetConfig::default()
+    };
     let mut h = NetHarness::new(LoopbackMode::Capture, cfg, u64::MAX).unwrap();
     let tx = frame(300, 1);
     let rx = frame(400, 2);
@@ -360,12 +392,18 @@ fn pcap_captures_both_directions() {
 
 #[test]
 fn pcap_unwritable_path_fails_at_construction() {
-    let (backend, _h) = devices::net::backend::loopback::LoopbackBackend::new(LoopbackMode::Discard).unwrap();
-    let mut cfg = NetConfig::default();
-    cfg.pcap = Some("/nonexistent-dir-rf/x.pcap".into());
+    let (backend, _h) =
+        devices::net::backend::loopback::LoopbackBackend::new(LoopbackMode::Discard).unwrap();
+    let cfg = NetConfig {
+        pcap: Some("/nonexistent-dir-rf/x.pcap".into()),
+        ..NetConfig::default()
+    };
     let err = devices::net::Net::new(cfg, Box::new(backend)).unwrap_err();
     let msg = err.to_string();
-    assert!(msg.contains("/nonexistent-dir-rf/x.pcap") && msg.contains("writable"), "{msg}");
+    assert!(
+        msg.contains("/nonexistent-dir-rf/x.pcap") && msg.contains("writable"),
+        "{msg}"
+    );
 }
 
 #[test]

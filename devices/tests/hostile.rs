@@ -31,7 +31,11 @@ fn tx_desc(h: &NetHarness, slot: u16, data: &[u8], flags: u16, next: u16) -> Raw
 
 /// Sends `descs` at `indices` on TX, expects it dropped for `reason`, then checks a good
 /// frame still goes through.
-fn expect_tx_drop(indices: &[u16], build: impl FnOnce(&NetHarness) -> Vec<RawDesc>, reason: MalformedReason) {
+fn expect_tx_drop(
+    indices: &[u16],
+    build: impl FnOnce(&NetHarness) -> Vec<RawDesc>,
+    reason: MalformedReason,
+) {
     let mut h = NetHarness::with_defaults().unwrap();
     let descs = build(&h);
     let head = h.driver.add_raw_chain(TX_QUEUE, indices, &descs, None);
@@ -39,11 +43,18 @@ fn expect_tx_drop(indices: &[u16], build: impl FnOnce(&NetHarness) -> Vec<RawDes
     let used = h.driver.wait_used(TX_QUEUE, 1, T).unwrap();
     assert_eq!(used[0].id, u32::from(head));
     assert_eq!(used[0].len, 0);
-    assert_eq!(h.metrics.tx_malformed.get(reason), 1, "reason {}", reason.name());
+    assert_eq!(
+        h.metrics.tx_malformed.get(reason),
+        1,
+        "reason {}",
+        reason.name()
+    );
     assert_eq!(h.metrics.tx_malformed.total(), 1);
     assert_eq!(h.backend.sent_count(), 0);
     // Still working.
-    h.driver.send(&VirtioNetHdr::default(), &frame(100)).unwrap();
+    h.driver
+        .send(&VirtioNetHdr::default(), &frame(100))
+        .unwrap();
     h.driver.wait_used(TX_QUEUE, 1, T).unwrap();
     assert_eq!(h.backend.sent_count(), 1);
     assert_eq!(h.metrics.tx_frames.load(Ordering::Relaxed), 1);
@@ -60,7 +71,12 @@ fn tx_cycle_is_truncated() {
     let p = good_payload();
     expect_tx_drop(
         &[200, 201],
-        |h| vec![tx_desc(h, 200, &p[..20], VRING_DESC_F_NEXT, 201), tx_desc(h, 201, &p[20..], VRING_DESC_F_NEXT, 200)],
+        |h| {
+            vec![
+                tx_desc(h, 200, &p[..20], VRING_DESC_F_NEXT, 201),
+                tx_desc(h, 201, &p[20..], VRING_DESC_F_NEXT, 200),
+            ]
+        },
         MalformedReason::TooManyDescriptors,
     );
 }
@@ -128,12 +144,20 @@ fn tx_zero_length_chain() {
 
 #[test]
 fn tx_header_shorter_than_12_bytes() {
-    expect_tx_drop(&[241], |h| vec![tx_desc(h, 241, &[0u8; 11], 0, 0)], MalformedReason::HeaderTooShort);
+    expect_tx_drop(
+        &[241],
+        |h| vec![tx_desc(h, 241, &[0u8; 11], 0, 0)],
+        MalformedReason::HeaderTooShort,
+    );
 }
 
 #[test]
 fn tx_frame_shorter_than_ethernet_header() {
-    expect_tx_drop(&[242], |h| vec![tx_desc(h, 242, &[0u8; 20], 0, 0)], MalformedReason::FrameTooShort);
+    expect_tx_drop(
+        &[242],
+        |h| vec![tx_desc(h, 242, &[0u8; 20], 0, 0)],
+        MalformedReason::FrameTooShort,
+    );
 }
 
 #[test]
@@ -152,7 +176,12 @@ fn tx_overlong_chain_is_too_long() {
     let big = vec![0u8; 40 * 1024];
     expect_tx_drop(
         &[250, 251],
-        |h| vec![tx_desc(h, 250, &big, VRING_DESC_F_NEXT, 251), tx_desc(h, 251, &big, 0, 0)],
+        |h| {
+            vec![
+                tx_desc(h, 250, &big, VRING_DESC_F_NEXT, 251),
+                tx_desc(h, 251, &big, 0, 0),
+            ]
+        },
         MalformedReason::TooLong,
     );
 }
@@ -169,7 +198,13 @@ fn tx_too_many_descriptors() {
                 .map(|(i, &d)| {
                     let last = i + 1 == idx.len();
                     let data: &[u8] = if i == 0 { &p } else { &p[..1] };
-                    tx_desc(h, d, data, if last { 0 } else { VRING_DESC_F_NEXT }, if last { 0 } else { d + 1 })
+                    tx_desc(
+                        h,
+                        d,
+                        data,
+                        if last { 0 } else { VRING_DESC_F_NEXT },
+                        if last { 0 } else { d + 1 },
+                    )
                 })
                 .collect()
         },
@@ -191,7 +226,9 @@ fn tx_head_outside_queue_is_counted_and_skipped() {
         std::thread::sleep(Duration::from_millis(2));
     }
     assert_eq!(h.metrics.tx_malformed.get(MalformedReason::BadHead), 1);
-    h.driver.send(&VirtioNetHdr::default(), &frame(100)).unwrap();
+    h.driver
+        .send(&VirtioNetHdr::default(), &frame(100))
+        .unwrap();
     assert_eq!(h.backend.wait_sent(1, T), 1);
 }
 
@@ -213,7 +250,10 @@ fn rx_read_only_buffer_is_wrong_direction() {
     h.driver.kick_always(RX_QUEUE);
     let used = h.driver.wait_used(RX_QUEUE, 1, T).unwrap();
     assert_eq!((used[0].id, used[0].len), (u32::from(head), 0));
-    assert_eq!(h.metrics.rx_malformed.get(MalformedReason::WrongDirection), 1);
+    assert_eq!(
+        h.metrics.rx_malformed.get(MalformedReason::WrongDirection),
+        1
+    );
     // A good buffer afterwards receives frames.
     h.driver.post_rx(2, 2048).unwrap();
     h.backend.inject(&frame(90));
@@ -238,7 +278,10 @@ fn rx_buffer_shorter_than_header() {
     );
     h.driver.kick_always(RX_QUEUE);
     h.driver.wait_used(RX_QUEUE, 1, T).unwrap();
-    assert_eq!(h.metrics.rx_malformed.get(MalformedReason::HeaderTooShort), 1);
+    assert_eq!(
+        h.metrics.rx_malformed.get(MalformedReason::HeaderTooShort),
+        1
+    );
 }
 
 #[test]

@@ -16,7 +16,10 @@ use super::metrics::NetMetrics;
 use super::pcap::{PcapError, PcapSink};
 use super::worker::{NetWorker, WorkerParts};
 use crate::event_loop::EventLoop;
-use crate::virtio::{ActivateContext, ActivateError, VirtioDevice, TYPE_NET, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
+use crate::virtio::{
+    ActivateContext, ActivateError, VirtioDevice, TYPE_NET, VIRTIO_F_VERSION_1,
+    VIRTIO_RING_F_EVENT_IDX,
+};
 
 /// Default size of each queue.
 pub const DEFAULT_QUEUE_SIZE: u16 = 256;
@@ -177,7 +180,9 @@ impl VirtioDevice for Net {
         if start >= self.config_space.len() {
             return;
         }
-        let end = start.saturating_add(data.len()).min(self.config_space.len());
+        let end = start
+            .saturating_add(data.len())
+            .min(self.config_space.len());
         data[..end - start].copy_from_slice(&self.config_space[start..end]);
     }
 
@@ -196,16 +201,16 @@ impl VirtioDevice for Net {
                 got: ctx.queues.len(),
             });
         }
-        let mut parts = self
-            .idle
-            .take()
-            .ok_or_else(|| ActivateError::Start("the backend was lost when a previous worker panicked".into()))?;
+        let mut parts = self.idle.take().ok_or_else(|| {
+            ActivateError::Start("the backend was lost when a previous worker panicked".into())
+        })?;
         if let Err(e) = parts.backend.activate(ctx.acked_features) {
             self.idle = Some(parts);
             return Err(ActivateError::Start(e.to_string()));
         }
         let setup = || -> Result<(EventFd, EventLoop), String> {
-            let stop = EventFd::new(EFD_NONBLOCK).map_err(|e| format!("cannot create stop eventfd: {e}"))?;
+            let stop = EventFd::new(EFD_NONBLOCK)
+                .map_err(|e| format!("cannot create stop eventfd: {e}"))?;
             let lp = EventLoop::new(64).map_err(|e| e.to_string())?;
             Ok((stop, lp))
         };
@@ -220,7 +225,9 @@ impl VirtioDevice for Net {
             Ok(s) => s,
             Err(e) => {
                 self.idle = Some(parts);
-                return Err(ActivateError::Start(format!("cannot duplicate stop eventfd: {e}")));
+                return Err(ActivateError::Start(format!(
+                    "cannot duplicate stop eventfd: {e}"
+                )));
             }
         };
         let metrics = self.metrics.clone();

@@ -24,7 +24,9 @@ const SNAPLEN: u32 = 262_144;
 #[derive(Debug, thiserror::Error)]
 pub enum PcapError {
     /// The file could not be created.
-    #[error("cannot create pcap file {path}: {source}; check that the directory exists and is writable")]
+    #[error(
+        "cannot create pcap file {path}: {source}; check that the directory exists and is writable"
+    )]
     Create {
         /// Requested path.
         path: PathBuf,
@@ -74,7 +76,9 @@ pub struct PcapSink {
 
 impl std::fmt::Debug for PcapSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PcapSink").field("path", &self.path).finish_non_exhaustive()
+        f.debug_struct("PcapSink")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
     }
 }
 
@@ -93,10 +97,11 @@ impl PcapSink {
             ..PcapHeader::default()
         };
         let file = SharedFile(Arc::new(Mutex::new(BufWriter::new(file))));
-        let writer = PcapWriter::with_header(file.clone(), header).map_err(|e| PcapError::Write {
-            path: path.to_owned(),
-            detail: e.to_string(),
-        })?;
+        let writer =
+            PcapWriter::with_header(file.clone(), header).map_err(|e| PcapError::Write {
+                path: path.to_owned(),
+                detail: e.to_string(),
+            })?;
         Ok(Self {
             path: path.to_owned(),
             file,
@@ -110,12 +115,17 @@ impl PcapSink {
         self.scratch.resize(len, 0);
         let got = frame.read_at(offset, &mut self.scratch);
         self.scratch.truncate(got);
-        let ts = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let ts = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
         let packet = PcapPacket::new(ts, got as u32, &self.scratch);
-        self.writer.write_packet(&packet).map(|_| ()).map_err(|e| PcapError::Write {
-            path: self.path.clone(),
-            detail: e.to_string(),
-        })
+        self.writer
+            .write_packet(&packet)
+            .map(|_| ())
+            .map_err(|e| PcapError::Write {
+                path: self.path.clone(),
+                detail: e.to_string(),
+            })
     }
 
     /// Writes buffered packets to the file (the worker calls this when it goes idle or stops).

@@ -126,7 +126,11 @@ impl TxChain {
     }
 
     /// Validates `chain` and loads it into `self`. On error `self.head` still names the chain.
-    pub fn load<M>(&mut self, chain: DescriptorChain<M>, mem: &GuestMemoryMmap) -> Result<(), MalformedReason>
+    pub fn load<M>(
+        &mut self,
+        chain: DescriptorChain<M>,
+        mem: &GuestMemoryMmap,
+    ) -> Result<(), MalformedReason>
     where
         M: Deref,
         M::Target: GuestMemory,
@@ -168,7 +172,11 @@ impl RxChain {
 
     /// Validates `chain` and loads it into `self`. Bytes beyond the header plus the largest
     /// frame are ignored (never written). On error `self.head` still names the chain.
-    pub fn load<M>(&mut self, chain: DescriptorChain<M>, mem: &GuestMemoryMmap) -> Result<(), MalformedReason>
+    pub fn load<M>(
+        &mut self,
+        chain: DescriptorChain<M>,
+        mem: &GuestMemoryMmap,
+    ) -> Result<(), MalformedReason>
     where
         M: Deref,
         M::Target: GuestMemory,

@@ -63,7 +63,13 @@ impl RxBuffers {
 
     /// Takes every available chain from `queue`, validating each; malformed ones go to `used`
     /// with length 0 and are counted. Returns true if the avail ring was emptied.
-    pub fn refill(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap, used: &mut UsedBatch, metrics: &NetMetrics) -> bool {
+    pub fn refill(
+        &mut self,
+        queue: &mut Queue,
+        mem: &GuestMemoryMmap,
+        used: &mut UsedBatch,
+        metrics: &NetMetrics,
+    ) -> bool {
         while self.ready.len() < self.capacity {
             let Some(chain) = queue.pop_descriptor_chain(mem) else {
                 return true;
@@ -125,4 +131,3 @@ impl RxBuffers {
         buffers
     }
 }
-

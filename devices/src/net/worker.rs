@@ -138,7 +138,8 @@ impl NetWorker {
         let mut pending = true;
         loop {
             let now = Instant::now();
-            let polling = pending || last_activity.is_some_and(|t| now.duration_since(t) < self.poll_window);
+            let polling =
+                pending || last_activity.is_some_and(|t| now.duration_since(t) < self.poll_window);
             let mut timeout = if polling {
                 Some(Duration::ZERO)
             } else {
@@ -188,7 +189,8 @@ impl NetWorker {
             let (rx_work, rx_irq) = self.process_rx();
             if tx_irq || rx_irq {
                 self.interrupt.set_status(INT_USED_RING);
-                self.lp.signal_eventfd(self.interrupt.eventfd().as_raw_fd())?;
+                self.lp
+                    .signal_eventfd(self.interrupt.eventfd().as_raw_fd())?;
                 NetMetrics::add(&self.metrics.interrupts, 1);
             }
             pending = false;
@@ -242,7 +244,12 @@ impl NetWorker {
     }
 
     /// Publishes a used batch; returns whether an interrupt is wanted.
-    fn publish(queue: &mut Queue, used: &mut UsedBatch, mem: &GuestMemoryMmap, metrics: &NetMetrics) -> bool {
+    fn publish(
+        queue: &mut Queue,
+        used: &mut UsedBatch,
+        mem: &GuestMemoryMmap,
+        metrics: &NetMetrics,
+    ) -> bool {
         if used.is_empty() {
             return false;
         }
@@ -272,7 +279,11 @@ impl NetWorker {
             match self.tx_chain.load(chain, &self.mem) {
                 Err(reason) => {
                     self.metrics.tx_malformed.inc(reason);
-                    tracing::debug!(reason = reason.name(), head = self.tx_chain.head, "virtio-net: dropped TX chain");
+                    tracing::debug!(
+                        reason = reason.name(),
+                        head = self.tx_chain.head,
+                        "virtio-net: dropped TX chain"
+                    );
                 }
                 Ok(()) => {
                     let c = &self.tx_chain;
@@ -294,7 +305,9 @@ impl NetWorker {
                             NetMetrics::add(&self.metrics.tx_frames, 1);
                             NetMetrics::add(&self.metrics.tx_bytes, frame_len as u64);
                         }
-                        Err(BackendError::WouldBlock) => NetMetrics::add(&self.metrics.tx_dropped_backend_busy, 1),
+                        Err(BackendError::WouldBlock) => {
+                            NetMetrics::add(&self.metrics.tx_dropped_backend_busy, 1)
+                        }
                         Err(e) => {
                             tracing::debug!(error = %e, "virtio-net: TX frame dropped");
                             NetMetrics::add(&self.metrics.tx_dropped_backend_error, 1);
@@ -314,16 +327,19 @@ impl NetWorker {
         let mut frames = 0;
         loop {
             let before = self.rx_bufs.len();
-            self.rx_ring_drained = self
-                .rx_bufs
-                .refill(&mut self.rx, &self.mem, &mut self.rx_used, &self.metrics);
+            self.rx_ring_drained =
+                self.rx_bufs
+                    .refill(&mut self.rx, &self.mem, &mut self.rx_used, &self.metrics);
             work |= self.rx_bufs.len() != before || !self.rx_used.is_empty();
             if frames >= RX_BUDGET || self.rx_bufs.is_empty() {
                 break;
             }
             // With merged buffers, wait for room for a largest frame unless the guest has
             // posted all it is going to post for now.
-            if self.mrg_rxbuf && self.rx_bufs.total_room() < self.max_rx_len && !self.rx_ring_drained {
+            if self.mrg_rxbuf
+                && self.rx_bufs.total_room() < self.max_rx_len
+                && !self.rx_ring_drained
+            {
                 break;
             }
             if !self.rx_bufs.assemble(self.mrg_rxbuf, self.max_rx_len) {
@@ -360,7 +376,9 @@ impl NetWorker {
             };
             let frame_len = written - VNET_HDR_LEN;
             if let Some(p) = self.parts.pcap.as_mut() {
-                if p.record(&self.rx_bufs.full, VNET_HDR_LEN, frame_len).is_err() {
+                if p.record(&self.rx_bufs.full, VNET_HDR_LEN, frame_len)
+                    .is_err()
+                {
                     NetMetrics::add(&self.metrics.pcap_errors, 1);
                 }
                 self.pcap_dirty = true;

@@ -15,7 +15,8 @@ use crate::net::{RX_QUEUE, TX_QUEUE};
 use crate::virtio::interrupt::INT_USED_RING;
 use crate::virtio::mmio::{regs, MmioTransport};
 use crate::virtio::{
-    VirtioDevice, STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FEATURES_OK, VIRTIO_RING_F_EVENT_IDX,
+    VirtioDevice, STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FEATURES_OK,
+    VIRTIO_RING_F_EVENT_IDX,
 };
 
 /// Descriptor flag: the chain continues at `next`.
@@ -136,7 +137,8 @@ impl NetDriver {
     pub fn new(device: Box<dyn VirtioDevice>, driver_features: u64) -> Result<Self, HarnessError> {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE)])
             .map_err(|e| HarnessError::Setup(format!("guest memory: {e}")))?;
-        let transport = MmioTransport::new(mem.clone(), device).map_err(|e| HarnessError::Setup(e.to_string()))?;
+        let transport = MmioTransport::new(mem.clone(), device)
+            .map_err(|e| HarnessError::Setup(e.to_string()))?;
         let mut d = Self {
             mem,
             transport,
@@ -254,22 +256,35 @@ impl NetDriver {
         b[8..12].copy_from_slice(&d.len.to_le_bytes());
         b[12..14].copy_from_slice(&d.flags.to_le_bytes());
         b[14..16].copy_from_slice(&d.next.to_le_bytes());
-        let _ = self.mem.write_slice(&b, base.unchecked_add(u64::from(index) * 16));
+        let _ = self
+            .mem
+            .write_slice(&b, base.unchecked_add(u64::from(index) * 16));
     }
 
     /// Puts `head` on the avail ring (not yet kicked).
     pub fn publish(&mut self, q: usize, head: u16) {
         let mem = self.mem.clone();
         let dq = self.queue(q);
-        let slot_addr = dq.avail.unchecked_add(4 + 2 * u64::from(dq.avail_idx.0 % dq.size));
+        let slot_addr = dq
+            .avail
+            .unchecked_add(4 + 2 * u64::from(dq.avail_idx.0 % dq.size));
         let _ = mem.write_obj(head.to_le(), slot_addr);
         dq.avail_idx += Wrapping(1);
-        let _ = mem.store(dq.avail_idx.0.to_le(), dq.avail.unchecked_add(2), Ordering::Release);
+        let _ = mem.store(
+            dq.avail_idx.0.to_le(),
+            dq.avail.unchecked_add(2),
+            Ordering::Release,
+        );
     }
 
     /// Places a chain of driver buffers (one slot per part, `write` = device-writable) on
     /// queue `q`. Returns the head index.
-    pub fn add_chain(&mut self, q: usize, parts: &[&[u8]], write_lens: &[u32]) -> Result<u16, HarnessError> {
+    pub fn add_chain(
+        &mut self,
+        q: usize,
+        parts: &[&[u8]],
+        write_lens: &[u32],
+    ) -> Result<u16, HarnessError> {
         let n = parts.len() + write_lens.len();
         let qi = self.queue(q).index;
         if n == 0 || self.queue(q).free.len() < n {
@@ -287,7 +302,16 @@ impl NetDriver {
             let last = i + 1 == n;
             let next = if last { 0 } else { idxs[i + 1] };
             let flags = flags | if last { 0 } else { VRING_DESC_F_NEXT };
-            self.write_desc(q, d, RawDesc { addr: addr.0, len, flags, next });
+            self.write_desc(
+                q,
+                d,
+                RawDesc {
+                    addr: addr.0,
+                    len,
+                    flags,
+                    next,
+                },
+            );
         }
         let head = idxs[0];
         self.queue(q).chains.insert(head, idxs);
@@ -298,7 +322,13 @@ impl NetDriver {
     /// Places a raw (possibly hostile) chain: `descs[i]` goes to table index `indices[i]`;
     /// the head is `indices[0]` (or `head` if given). The indices are taken out of the free
     /// list while the chain is in flight.
-    pub fn add_raw_chain(&mut self, q: usize, indices: &[u16], descs: &[RawDesc], head: Option<u16>) -> u16 {
+    pub fn add_raw_chain(
+        &mut self,
+        q: usize,
+        indices: &[u16],
+        descs: &[RawDesc],
+        head: Option<u16>,
+    ) -> u16 {
         for (&i, &d) in indices.iter().zip(descs) {
             self.write_desc(q, i, d);
         }
@@ -344,13 +374,19 @@ impl NetDriver {
         let dq = self.queue(q);
         if event_idx {
             let ev: u16 = mem
-                .load(dq.used.unchecked_add(4 + 8 * u64::from(dq.size)), Ordering::Acquire)
+                .load(
+                    dq.used.unchecked_add(4 + 8 * u64::from(dq.size)),
+                    Ordering::Acquire,
+                )
                 .map(u16::from_le)
                 .unwrap_or(0);
             let new = dq.avail_idx;
             (new - Wrapping(ev) - Wrapping(1)) < (new - Wrapping(old))
         } else {
-            let flags: u16 = mem.load(dq.used, Ordering::Acquire).map(u16::from_le).unwrap_or(0);
+            let flags: u16 = mem
+                .load(dq.used, Ordering::Acquire)
+                .map(u16::from_le)
+                .unwrap_or(0);
             flags & VRING_USED_F_NO_NOTIFY == 0
         }
     }
@@ -389,14 +425,20 @@ impl NetDriver {
     pub fn used_idx(&mut self, q: usize) -> u16 {
         let mem = self.mem.clone();
         let dq = self.queue(q);
-        mem.load(dq.used.unchecked_add(2), Ordering::Acquire).map(u16::from_le).unwrap_or(0)
+        mem.load(dq.used.unchecked_add(2), Ordering::Acquire)
+            .map(u16::from_le)
+            .unwrap_or(0)
     }
 
     /// Sets `used_event` of queue `q` (EVENT_IDX): interrupt once the used index passes it.
     pub fn set_used_event(&mut self, q: usize, v: u16) {
         let mem = self.mem.clone();
         let dq = self.queue(q);
-        let _ = mem.store(v.to_le(), dq.avail.unchecked_add(4 + 2 * u64::from(dq.size)), Ordering::Release);
+        let _ = mem.store(
+            v.to_le(),
+            dq.avail.unchecked_add(4 + 2 * u64::from(dq.size)),
+            Ordering::Release,
+        );
     }
 
     /// Takes all new used elements of queue `q` and frees their descriptors.
@@ -406,7 +448,9 @@ impl NetDriver {
         let dq = self.queue(q);
         let mut out = Vec::new();
         while dq.last_used != idx {
-            let a = dq.used.unchecked_add(4 + 8 * u64::from(dq.last_used.0 % dq.size));
+            let a = dq
+                .used
+                .unchecked_add(4 + 8 * u64::from(dq.last_used.0 % dq.size));
             let mut b = [0u8; 8];
             let _ = mem.read_slice(&mut b, a);
             let e = UsedElem {
@@ -443,7 +487,12 @@ impl NetDriver {
     }
 
     /// Waits until at least `n` used elements arrived on queue `q` (reset with each call).
-    pub fn wait_used(&mut self, q: usize, n: usize, timeout: Duration) -> Result<Vec<UsedElem>, HarnessError> {
+    pub fn wait_used(
+        &mut self,
+        q: usize,
+        n: usize,
+        timeout: Duration,
+    ) -> Result<Vec<UsedElem>, HarnessError> {
         let deadline = Instant::now() + timeout;
         let mut got = Vec::new();
         loop {
@@ -475,7 +524,11 @@ impl NetDriver {
 
     /// Waits for `n` frames on RX (posted with [`post_rx`](Self::post_rx)); merges
     /// MRG_RXBUF spans using `num_buffers`. Returns (header, frame) pairs.
-    pub fn recv_frames(&mut self, n: usize, timeout: Duration) -> Result<Vec<(VirtioNetHdr, Vec<u8>)>, HarnessError> {
+    pub fn recv_frames(
+        &mut self,
+        n: usize,
+        timeout: Duration,
+    ) -> Result<Vec<(VirtioNetHdr, Vec<u8>)>, HarnessError> {
         let deadline = Instant::now() + timeout;
         let mut frames = Vec::new();
         loop {

@@ -13,7 +13,9 @@
 mod driver;
 mod layout;
 
-pub use driver::{DriverQueue, HarnessError, NetDriver, RawDesc, UsedElem, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+pub use driver::{
+    DriverQueue, HarnessError, NetDriver, RawDesc, UsedElem, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
+};
 pub use layout::{MEM_SIZE, SLOT_SIZE};
 
 use std::sync::Arc;
@@ -35,9 +37,15 @@ pub struct NetHarness {
 impl NetHarness {
     /// Builds the device with `config`, negotiates `driver_features` (masked to what the
     /// device offers) and brings it to DRIVER_OK.
-    pub fn new(mode: LoopbackMode, config: NetConfig, driver_features: u64) -> Result<Self, HarnessError> {
-        let (backend, handle) = LoopbackBackend::new(mode).map_err(|e| HarnessError::Setup(e.to_string()))?;
-        let net = Net::new(config, Box::new(backend)).map_err(|e| HarnessError::Setup(e.to_string()))?;
+    pub fn new(
+        mode: LoopbackMode,
+        config: NetConfig,
+        driver_features: u64,
+    ) -> Result<Self, HarnessError> {
+        let (backend, handle) =
+            LoopbackBackend::new(mode).map_err(|e| HarnessError::Setup(e.to_string()))?;
+        let net =
+            Net::new(config, Box::new(backend)).map_err(|e| HarnessError::Setup(e.to_string()))?;
         let metrics = net.metrics();
         let driver = NetDriver::new(Box::new(net), driver_features)?;
         Ok(Self {

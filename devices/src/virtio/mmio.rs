@@ -140,7 +140,8 @@ impl QueueConfig {
         let mut q = Queue::new(self.max_size).ok()?;
         q.try_set_size(self.size).ok()?;
         q.try_set_desc_table_address(GuestAddress(self.desc)).ok()?;
-        q.try_set_avail_ring_address(GuestAddress(self.avail)).ok()?;
+        q.try_set_avail_ring_address(GuestAddress(self.avail))
+            .ok()?;
         q.try_set_used_ring_address(GuestAddress(self.used)).ok()?;
         q.set_event_idx(event_idx);
         q.set_ready(true);
@@ -312,13 +313,17 @@ impl MmioTransport {
         };
         let v = u32::from_le_bytes(bytes);
         let features_open = self.status & STATUS_FEATURES_OK == 0;
-        let queues_open = self.status & STATUS_FEATURES_OK != 0 && self.status & STATUS_DRIVER_OK == 0;
+        let queues_open =
+            self.status & STATUS_FEATURES_OK != 0 && self.status & STATUS_DRIVER_OK == 0;
         match offset {
             regs::DEVICE_FEATURES_SEL => self.device_features_select = v,
             regs::DRIVER_FEATURES_SEL => self.driver_features_select = v,
             regs::DRIVER_FEATURES if features_open => match self.driver_features_select {
                 0 => self.driver_features = (self.driver_features & !0xffff_ffff) | u64::from(v),
-                1 => self.driver_features = (self.driver_features & 0xffff_ffff) | (u64::from(v) << 32),
+                1 => {
+                    self.driver_features =
+                        (self.driver_features & 0xffff_ffff) | (u64::from(v) << 32)
+                }
                 _ => self.bad(),
             },
             regs::QUEUE_SEL => self.queue_select = v,
@@ -426,7 +431,10 @@ impl MmioTransport {
             match cfg.build(&self.mem, event_idx) {
                 Some(q) => queues.push(q),
                 None => {
-                    tracing::warn!(?cfg, "virtio-mmio: queue configuration invalid for guest memory");
+                    tracing::warn!(
+                        ?cfg,
+                        "virtio-mmio: queue configuration invalid for guest memory"
+                    );
                     return false;
                 }
             }

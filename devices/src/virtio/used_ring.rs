@@ -23,7 +23,9 @@ const VRING_AVAIL_F_NO_INTERRUPT: u16 = 1;
 #[derive(Debug, thiserror::Error)]
 pub enum UsedRingError {
     /// The used ring (or avail ring's event field) is outside guest memory.
-    #[error("used ring at {addr:#x} is not in guest memory; the driver programmed a bad queue address")]
+    #[error(
+        "used ring at {addr:#x} is not in guest memory; the driver programmed a bad queue address"
+    )]
     BadAddress {
         /// Guest address that failed.
         addr: u64,
@@ -64,7 +66,11 @@ impl UsedBatch {
     ///
     /// Elements whose head index is out of range for the queue are skipped (they can only
     /// come from a bug; chains are taken from the queue itself).
-    pub fn flush(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) -> Result<bool, UsedRingError> {
+    pub fn flush(
+        &mut self,
+        queue: &mut Queue,
+        mem: &GuestMemoryMmap,
+    ) -> Result<bool, UsedRingError> {
         if self.entries.is_empty() {
             return Ok(false);
         }

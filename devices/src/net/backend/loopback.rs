@@ -147,7 +147,10 @@ impl NetBackend for LoopbackBackend {
             LoopbackMode::Discard => {}
             LoopbackMode::Capture => {
                 let bytes = gather(frame.frame, frame.frame_len);
-                self.shared.lock().from_guest.push_back((frame.header, bytes));
+                self.shared
+                    .lock()
+                    .from_guest
+                    .push_back((frame.header, bytes));
             }
             LoopbackMode::Echo => {
                 let bytes = gather(frame.frame, frame.frame_len);

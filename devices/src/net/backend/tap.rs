@@ -76,7 +76,7 @@ pub enum TapError {
 #[derive(Debug)]
 pub struct TapBackend {
     fd: OwnedFd,
-    name: String,
+    ifname: String,
     label: String,
     /// Set when poll said readable, cleared on EAGAIN: avoids a failing `readv` per loop.
     readable: bool,
@@ -118,9 +118,11 @@ impl TapBackend {
         if raw < 0 {
             let err = io::Error::last_os_error();
             return Err(match err.raw_os_error() {
-                Some(libc::ENOENT) | Some(libc::ENODEV) | Some(libc::ENXIO) => TapError::NoTunDevice {
-                    name: name.to_owned(),
-                },
+                Some(libc::ENOENT) | Some(libc::ENODEV) | Some(libc::ENXIO) => {
+                    TapError::NoTunDevice {
+                        name: name.to_owned(),
+                    }
+                }
                 _ => ioctl_err(name, "open /dev/net/tun", err),
             });
         }
@@ -141,29 +143,55 @@ impl TapBackend {
         }
         let hdr_len: libc::c_int = super::super::header::VNET_HDR_LEN as libc::c_int;
         // SAFETY: TUNSETVNETHDRSZ reads one `int` through the pointer, which is valid.
-        if unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETVNETHDRSZ, &hdr_len as *const libc::c_int) } < 0 {
-            return Err(ioctl_err(name, "TUNSETVNETHDRSZ", io::Error::last_os_error()));
+        if unsafe {
+            libc::ioctl(
+                fd.as_raw_fd(),
+                TUNSETVNETHDRSZ,
+                &hdr_len as *const libc::c_int,
+            )
+        } < 0
+        {
+            return Err(ioctl_err(
+                name,
+                "TUNSETVNETHDRSZ",
+                io::Error::last_os_error(),
+            ));
         }
-        let end = req.name.iter().position(|&b| b == 0).unwrap_or(libc::IFNAMSIZ);
+        let end = req
+            .name
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(libc::IFNAMSIZ);
         let actual = String::from_utf8_lossy(&req.name[..end]).into_owned();
         Ok(Self {
             fd,
             label: format!("tap:{actual}"),
-            name: actual,
+            ifname: actual,
             readable: true,
         })
     }
 
     /// The interface name the kernel attached.
     pub fn if_name(&self) -> &str {
-        &self.name
+        &self.ifname
     }
 
     /// Sets the offloads the kernel may use on frames it sends to us (= to the guest).
     pub fn set_offload(&self, flags: libc::c_uint) -> Result<(), TapError> {
         // SAFETY: TUNSETOFFLOAD takes the flags by value as the ioctl argument.
-        if unsafe { libc::ioctl(self.fd.as_raw_fd(), TUNSETOFFLOAD, libc::c_ulong::from(flags)) } < 0 {
-            return Err(ioctl_err(&self.name, "TUNSETOFFLOAD", io::Error::last_os_error()));
+        if unsafe {
+            libc::ioctl(
+                self.fd.as_raw_fd(),
+                TUNSETOFFLOAD,
+                libc::c_ulong::from(flags),
+            )
+        } < 0
+        {
+            return Err(ioctl_err(
+                &self.ifname,
+                "TUNSETOFFLOAD",
+                io::Error::last_os_error(),
+            ));
         }
         Ok(())
     }
@@ -210,7 +238,13 @@ impl NetBackend for TapBackend {
         let iov = frame.with_header;
         // SAFETY: `IoSlice` is ABI compatible with `iovec`; every slice is valid for reads
         // during this call; writev reads at most their total length.
-        let n = unsafe { libc::writev(self.fd.as_raw_fd(), iov.as_ptr().cast(), iov.len() as libc::c_int) };
+        let n = unsafe {
+            libc::writev(
+                self.fd.as_raw_fd(),
+                iov.as_ptr().cast(),
+                iov.len() as libc::c_int,
+            )
+        };
         if n < 0 {
             let err = io::Error::last_os_error();
             if err.kind() == io::ErrorKind::WouldBlock {
@@ -228,7 +262,13 @@ impl NetBackend for TapBackend {
         let iov = buf.with_header;
         // SAFETY: `IoSliceMut` is ABI compatible with `iovec`; every slice is valid for
         // writes during this call (guest RX buffers owned by the device until used).
-        let n = unsafe { libc::readv(self.fd.as_raw_fd(), iov.as_ptr().cast(), iov.len() as libc::c_int) };
+        let n = unsafe {
+            libc::readv(
+                self.fd.as_raw_fd(),
+                iov.as_ptr().cast(),
+                iov.len() as libc::c_int,
+            )
+        };
         if n < 0 {
             let err = io::Error::last_os_error();
             if err.kind() == io::ErrorKind::WouldBlock {
