@@ -70,7 +70,8 @@ fn setup(what: &'static str) -> impl FnOnce(std::io::Error) -> VmError {
     move |source| VmError::Setup { what, source }
 }
 
-/// How often a running VM's vCPUs are kicked to check for a dead halt.
+/// How often a running VM's vCPUs are kicked to check for a dead halt (and partial console
+/// lines are written out).
 const HALT_CHECK_INTERVAL: Duration = Duration::from_millis(500);
 /// How long stopping may take before the VMM gives up on a vCPU thread.
 const STOP_GRACE: Duration = Duration::from_secs(2);
@@ -111,8 +112,10 @@ impl Vm {
             flags: KVM_PIT_SPEAKER_DUMMY,
             ..Default::default()
         };
-        vm.create_pit2(pit)
-            .map_err(KvmError::ioctl("KVM_CREATE_PIT2"))?;
+        if cfg.legacy_pit {
+            vm.create_pit2(pit)
+                .map_err(KvmError::ioctl("KVM_CREATE_PIT2"))?;
+        }
 
         let mem_bytes = cfg.mem_mib << 20;
         let mem = create_memory(&vm, mem_bytes, cfg.mem_mib)?;
@@ -166,7 +169,7 @@ impl Vm {
             }
         }
 
-        let exit = wait_for_exit(&shared, &threads, cfg.timeout, started);
+        let exit = wait_for_exit(&shared, &bus, &threads, cfg.timeout, started);
         let exit = stop_vcpus(&shared, threads, exit);
         bus.flush_console();
         drop(mem);
@@ -222,6 +225,7 @@ fn create_memory(vm: &VmFd, mem_bytes: u64, mib: u64) -> Result<GuestMemoryMmap,
 /// Blocks until a vCPU reports an exit, a stop signal arrives, or the timeout expires.
 fn wait_for_exit(
     shared: &VmShared,
+    bus: &IoBus,
     threads: &[JoinHandle<()>],
     timeout: Option<Duration>,
     started: Instant,
@@ -243,6 +247,7 @@ fn wait_for_exit(
             }
         }
         if now >= next_halt_check {
+            bus.flush_console();
             kick(threads);
             next_halt_check = now + HALT_CHECK_INTERVAL;
         }

@@ -1,0 +1,372 @@
+//! End-to-end: the probe guest booted by the real `ringfence` binary on KVM — ready line, JSON
+//! result, exit statuses, vCPUs, console file, timeout, signals, bad input — and the same ELF
+//! under QEMU microvm.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn ringfence_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("RINGFENCE_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    exe.parent()
+        .and_then(|d| d.parent())
+        .map(|d| d.join("ringfence"))
+        .expect("target dir")
+}
+
+/// The probe ELF and a usable /dev/kvm, or the reason the test must skip.
+fn setup() -> Result<PathBuf, String> {
+    if std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_err()
+    {
+        return Err("/dev/kvm is missing or not accessible".into());
+    }
+    if !ringfence_bin().is_file() {
+        return Err(format!(
+            "{} not built (run `cargo xtask test`)",
+            ringfence_bin().display()
+        ));
+    }
+    match std::env::var_os("RINGFENCE_PROBE").map(PathBuf::from) {
+        Some(p) if p.is_file() => Ok(p),
+        _ => {
+            Err("RINGFENCE_PROBE does not name a built probe guest (run `cargo xtask test`)".into())
+        }
+    }
+}
+
+macro_rules! probe_or_skip {
+    () => {
+        match setup() {
+            Ok(p) => p,
+            Err(why) => {
+                println!("SKIPPED: {why}");
+                return;
+            }
+        }
+    };
+}
+
+fn ringfence(args: &[&str]) -> Output {
+    Command::new(ringfence_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run ringfence")
+}
+
+fn run_probe(probe: &std::path::Path, extra: &[&str], words: &[&str]) -> Output {
+    let mut args = vec!["run", "--kernel", probe.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    args.push("--");
+    args.extend_from_slice(words);
+    ringfence(&args)
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The probe's JSON result line.
+fn result_json(o: &Output) -> serde_json::Value {
+    let out = stdout(o);
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("{\"scenario\":"))
+        .unwrap_or_else(|| panic!("no JSON result line in:\n{out}\nstderr:\n{}", stderr(o)));
+    serde_json::from_str(line).expect("valid JSON")
+}
+
+#[test]
+fn hello_prints_ready_and_result_and_exits_zero() {
+    let probe = probe_or_skip!();
+    let o = run_probe(&probe, &[], &["probe.scenario=hello"]);
+    assert_eq!(o.status.code(), Some(0), "stderr: {}", stderr(&o));
+    assert!(stdout(&o)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .starts_with("probe: ready tsc="));
+    let j = result_json(&o);
+    assert_eq!(j["scenario"], "hello");
+    assert_eq!(j["ok"], true);
+    // ringfence hands the probe KVM's TSC rate on the command line.
+    assert_eq!(j["tsc_source"], "cmdline");
+    assert!(j["tsc_khz"].as_u64().unwrap_or(0) > 100_000);
+    assert!(
+        stderr(&o).is_empty(),
+        "a clean exit prints nothing on stderr: {}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn guest_exit_status_becomes_ringfence_status() {
+    let probe = probe_or_skip!();
+    for code in [0, 7, 42, 255] {
+        let o = run_probe(&probe, &[], &[&format!("probe.scenario=exit:{code}")]);
+        assert_eq!(o.status.code(), Some(code), "exit:{code}: {}", stderr(&o));
+    }
+}
+
+#[test]
+fn spin_runs_in_user_mode_and_reports_cycles() {
+    let probe = probe_or_skip!();
+    let o = run_probe(&probe, &[], &["probe.scenario=spin:10000000"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let j = result_json(&o);
+    assert_eq!(j["iterations"], 10_000_000);
+    assert!(j["cycles"].as_u64().unwrap_or(0) > 0);
+}
+
+#[test]
+fn two_vcpus_and_large_memory_boot() {
+    let probe = probe_or_skip!();
+    let o = run_probe(
+        &probe,
+        &["--vcpus", "2", "--mem", "1024"],
+        &["probe.scenario=hello"],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(result_json(&o)["ok"], true);
+}
+
+#[test]
+fn console_file_receives_the_serial_output() {
+    let probe = probe_or_skip!();
+    let path = std::env::temp_dir().join(format!("ringfence-console-{}.log", std::process::id()));
+    let o = run_probe(
+        &probe,
+        &["--console", path.to_str().unwrap()],
+        &["probe.scenario=hello"],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let text = std::fs::read_to_string(&path).expect("console file");
+    let _ = std::fs::remove_file(&path);
+    assert!(text.contains("probe: ready"), "{text}");
+    assert!(text.contains("\"scenario\":\"hello\""), "{text}");
+    assert!(!stdout(&o).contains("probe: ready"));
+}
+
+#[test]
+fn timeout_stops_a_guest_that_never_exits() {
+    let probe = probe_or_skip!();
+    let t = Instant::now();
+    let o = run_probe(
+        &probe,
+        &["--timeout", "0.5"],
+        &["probe.scenario=spin:1000000000000000"],
+    );
+    assert_eq!(o.status.code(), Some(124), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("did not exit within 0.5 s"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "stopping must not hang"
+    );
+}
+
+#[test]
+fn sigint_stops_the_vm_cleanly() {
+    let probe = probe_or_skip!();
+    let mut child = Command::new(ringfence_bin())
+        .args(["run", "--kernel", probe.to_str().unwrap(), "--"])
+        .arg("probe.scenario=spin:1000000000000000")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    // Wait for the ready line so the VM is surely running.
+    let mut out = child.stdout.take().unwrap();
+    let mut buf = [0u8; 64];
+    let mut seen = Vec::new();
+    let start = Instant::now();
+    while !String::from_utf8_lossy(&seen).contains("probe: ready") {
+        assert!(start.elapsed() < Duration::from_secs(10), "no ready line");
+        let n = out.read(&mut buf).expect("read");
+        assert!(n > 0, "stdout closed early");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    // SAFETY: the pid is our live child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ringfence did not stop on SIGINT"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(130));
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(err.contains("stopped by signal 2"), "{err}");
+}
+
+#[test]
+fn bad_input_gives_one_clear_line_and_a_nonzero_exit() {
+    let probe = probe_or_skip!();
+    let probe = probe.to_str().unwrap();
+    let text_file =
+        std::env::temp_dir().join(format!("ringfence-notakernel-{}", std::process::id()));
+    std::fs::write(&text_file, "#!/bin/sh\necho not a kernel\n").unwrap();
+    let tf = text_file.to_str().unwrap();
+    let cases: &[(&[&str], i32, &str)] = &[
+        (
+            &["run", "--kernel", "/nonexistent/vmlinux"],
+            125,
+            "cannot read kernel /nonexistent/vmlinux",
+        ),
+        (
+            &["run", "--kernel", tf],
+            125,
+            "neither a PVH ELF kernel nor a bzImage",
+        ),
+        (
+            &["run", "--kernel", probe, "--mem", "0"],
+            125,
+            "--mem must be at least 1 MiB",
+        ),
+        (
+            &["run", "--kernel", probe, "--mem", "100000000"],
+            125,
+            "is more than",
+        ),
+        (
+            &["run", "--kernel", probe, "--vcpus", "0"],
+            125,
+            "--vcpus must be at least 1",
+        ),
+        (
+            &["run", "--kernel", probe, "--vcpus", "300"],
+            125,
+            "--vcpus 300 is more than",
+        ),
+        (
+            &["run", "--kernel", probe, "--timeout", "soon"],
+            125,
+            "--timeout must be a positive number",
+        ),
+        (
+            &[
+                "run",
+                "--kernel",
+                probe,
+                "--console",
+                "/nonexistent/dir/log",
+            ],
+            125,
+            "cannot open console file",
+        ),
+        (
+            &["run", "--bogus-flag"],
+            2,
+            "unexpected argument '--bogus-flag'",
+        ),
+        (&["run", "--mem", "lots"], 2, "invalid value 'lots'"),
+    ];
+    for (args, code, needle) in cases {
+        let o = ringfence(args);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(*code), "{args:?}: {err}");
+        assert!(
+            err.contains(needle),
+            "{args:?}: expected {needle:?} in {err:?}"
+        );
+        assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+        if *code == 125 {
+            assert_eq!(
+                err.trim().lines().count(),
+                1,
+                "{args:?}: one line, got {err:?}"
+            );
+            assert!(err.starts_with("ringfence: error: "), "{err}");
+        }
+    }
+    let _ = std::fs::remove_file(&text_file);
+}
+
+#[test]
+fn without_kernel_the_built_probe_boots() {
+    let _probe = probe_or_skip!();
+    let o = ringfence(&["run"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(result_json(&o)["scenario"], "hello");
+}
+
+#[test]
+fn doctor_reports_kvm_and_a_speed_verdict() {
+    let _probe = probe_or_skip!();
+    let o = ringfence(&["doctor", "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let j: serde_json::Value = serde_json::from_str(stdout(&o).trim()).expect("json");
+    let mode = j["guest_kernel_mode"].as_str().unwrap_or("");
+    assert!(mode == "emulated" || mode == "native", "{j}");
+    assert!(j["speeds"]["cpl3_ns_per_iter"].as_f64().unwrap_or(0.0) > 0.0);
+    assert!(j["checks"]
+        .as_array()
+        .map(|a| a.len() >= 5)
+        .unwrap_or(false));
+}
+
+#[test]
+fn the_same_elf_boots_under_qemu_microvm() {
+    let probe = probe_or_skip!();
+    let have_qemu = Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !have_qemu {
+        println!("SKIPPED: qemu-system-x86_64 is not installed (cargo xtask test installs it)");
+        return;
+    }
+    let o = Command::new("qemu-system-x86_64")
+        .args([
+            "-M",
+            "microvm",
+            "-enable-kvm",
+            "-cpu",
+            "host,-arch-capabilities",
+            "-m",
+            "128",
+        ])
+        .args([
+            "-nodefaults",
+            "-no-user-config",
+            "-nographic",
+            "-serial",
+            "stdio",
+        ])
+        .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=4", "-kernel"])
+        .arg(&probe)
+        .args(["-append", "probe.scenario=exit:3"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run qemu");
+    // isa-debug-exit: status (3 << 1) | 1.
+    assert_eq!(o.status.code(), Some(7), "{}", stderr(&o));
+    assert_eq!(result_json(&o)["status"], 3);
+}

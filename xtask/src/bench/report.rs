@@ -1,0 +1,183 @@
+//! Benchmark results: statistics over repetitions, and the `report.json` / `report.md` files.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde_json::json;
+
+/// One metric of one system over several repetitions.
+#[derive(Clone, Debug)]
+pub struct Metric {
+    /// System name (`ringfence`, `qemu-microvm`, ...).
+    pub system: String,
+    /// Metric name (`boot_exit_ms`, ...).
+    pub metric: String,
+    /// Unit.
+    pub unit: String,
+    /// Every repetition's value.
+    pub samples: Vec<f64>,
+    /// Whether smaller is better (for ratios and charts).
+    pub lower_is_better: bool,
+}
+
+impl Metric {
+    fn sorted(&self) -> Vec<f64> {
+        let mut v = self.samples.clone();
+        v.sort_by(|a, b| a.total_cmp(b));
+        v
+    }
+
+    /// The q-quantile (nearest rank).
+    pub fn quantile(&self, q: f64) -> f64 {
+        let v = self.sorted();
+        if v.is_empty() {
+            return f64::NAN;
+        }
+        let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
+        v[rank - 1]
+    }
+
+    /// The median.
+    pub fn median(&self) -> f64 {
+        self.quantile(0.5)
+    }
+}
+
+/// Everything one `cargo xtask bench` run measured.
+#[derive(Default)]
+pub struct Report {
+    /// All metrics, in the order measured.
+    pub metrics: Vec<Metric>,
+    /// Host facts.
+    pub host: serde_json::Value,
+    /// Notes printed under the table (method, caveats).
+    pub notes: Vec<String>,
+}
+
+impl Report {
+    /// The JSON form: `{"results":[{"system","metric","value","unit",...}], "host", "date"}`.
+    pub fn to_json(&self, date: &str) -> serde_json::Value {
+        let results: Vec<_> = self
+            .metrics
+            .iter()
+            .map(|m| {
+                json!({
+                    "system": m.system,
+                    "metric": m.metric,
+                    "value": m.median(),
+                    "unit": m.unit,
+                    "p90": m.quantile(0.9),
+                    "min": m.quantile(0.0),
+                    "max": m.quantile(1.0),
+                    "runs": m.samples.len(),
+                })
+            })
+            .collect();
+        json!({"results": results, "host": self.host, "date": date, "notes": self.notes})
+    }
+
+    /// The Markdown form: one table per metric with median, p90, spread and the ratio to
+    /// `baseline`.
+    pub fn to_markdown(&self, date: &str, baseline: &str) -> String {
+        let mut md = String::new();
+        let _ = writeln!(md, "# ringfence benchmark report\n");
+        let _ = writeln!(md, "Date: {date}  ");
+        let _ = writeln!(md, "Host: {}\n", self.host);
+        let _ = writeln!(
+            md,
+            "| metric | system | median | p90 | min–max | runs | vs {baseline} |"
+        );
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|");
+        for m in &self.metrics {
+            let base = self
+                .metrics
+                .iter()
+                .find(|b| b.metric == m.metric && b.system == baseline)
+                .map(Metric::median);
+            let ratio = match base {
+                Some(b) if b > 0.0 => format!(
+                    "{:.2}x ({} is better)",
+                    m.median() / b,
+                    if m.lower_is_better { "lower" } else { "higher" }
+                ),
+                _ => "–".into(),
+            };
+            let _ = writeln!(
+                md,
+                "| {} | {} | {:.2} {} | {:.2} | {:.2}–{:.2} | {} | {} |",
+                m.metric,
+                m.system,
+                m.median(),
+                m.unit,
+                m.quantile(0.9),
+                m.quantile(0.0),
+                m.quantile(1.0),
+                m.samples.len(),
+                ratio
+            );
+        }
+        for n in &self.notes {
+            let _ = writeln!(md, "\n{n}");
+        }
+        md
+    }
+
+    /// Writes `report.json` and `report.md` into `dir`.
+    pub fn write(&self, dir: &Path, baseline: &str) -> Result<()> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let date = today();
+        std::fs::write(
+            dir.join("report.json"),
+            serde_json::to_string_pretty(&self.to_json(&date))?,
+        )?;
+        std::fs::write(dir.join("report.md"), self.to_markdown(&date, baseline))?;
+        Ok(())
+    }
+}
+
+/// Today's date (UTC) as YYYY-MM-DD, from the system clock.
+pub fn today() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let days = (secs / 86_400) as i64;
+    // Civil-from-days (proleptic Gregorian), after Howard Hinnant's published algorithm.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_use_nearest_rank() {
+        let m = Metric {
+            system: "s".into(),
+            metric: "m".into(),
+            unit: "ms".into(),
+            samples: vec![5.0, 1.0, 3.0, 2.0, 4.0],
+            lower_is_better: true,
+        };
+        assert_eq!(m.median(), 3.0);
+        assert_eq!(m.quantile(0.9), 5.0);
+        assert_eq!(m.quantile(0.0), 1.0);
+    }
+
+    #[test]
+    fn date_has_the_iso_shape() {
+        let d = today();
+        assert_eq!(d.len(), 10);
+        assert!(d.starts_with("20"));
+    }
+}

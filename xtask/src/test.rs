@@ -1,0 +1,65 @@
+//! `cargo xtask test`: the whole check CI runs — formatting, clippy, the probe guest build, and
+//! every unit, property, in-process and KVM test.
+
+use anyhow::Result;
+
+use crate::util::{cargo, done, run, step, target_dir, workspace_root};
+use crate::{deps, probe};
+
+/// Runs every check; `args` may contain `--no-lint` and test-name filters after `--`.
+pub fn run_all(args: &[String]) -> Result<()> {
+    let started = std::time::Instant::now();
+    let no_lint = args.iter().any(|a| a == "--no-lint");
+    let filters: Vec<&String> = args.iter().skip_while(|a| *a != "--").skip(1).collect();
+    let root = workspace_root();
+
+    deps::ensure_all(&[deps::TEST_PACKAGES])?;
+
+    if !no_lint {
+        let t = step("cargo fmt --check (workspace and probe guest)");
+        run(cargo().current_dir(&root).args(["fmt", "--all", "--check"]))?;
+        run(cargo()
+            .current_dir(probe::source_dir())
+            .args(["fmt", "--check"]))?;
+        done(t);
+
+        let t = step("cargo clippy --workspace --all-targets -- -D warnings");
+        run(cargo().current_dir(&root).args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--quiet",
+            "--",
+            "-D",
+            "warnings",
+        ]))?;
+        done(t);
+    }
+
+    let probe_elf = probe::build()?;
+
+    let t = step("cargo build --workspace --bins");
+    run(cargo()
+        .current_dir(&root)
+        .args(["build", "--workspace", "--bins", "--quiet"]))?;
+    done(t);
+
+    let t =
+        step("cargo test --workspace (unit, property, in-process, KVM and boot-protocol tests)");
+    let mut cmd = cargo();
+    cmd.current_dir(&root)
+        .args(["test", "--workspace"])
+        .env("RINGFENCE_PROBE", &probe_elf)
+        .env("RINGFENCE_BIN", target_dir().join("debug/ringfence"));
+    if !filters.is_empty() {
+        cmd.arg("--").args(filters);
+    }
+    run(&mut cmd)?;
+    done(t);
+
+    println!(
+        "\nall checks passed in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
