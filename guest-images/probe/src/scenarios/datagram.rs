@@ -11,8 +11,8 @@ use smoltcp::socket::{icmp, udp};
 use smoltcp::wire::{Icmpv4Packet, Icmpv4Repr, IpAddress};
 
 use super::net_common::{
-    bring_up, count, ephemeral_port, failure, json, peer_endpoint, peer_host, percentiles_us,
-    NetRun, DEFAULT_TIMEOUT_MS, STATUS_FAILED,
+    bring_up, count, endpoint_string, ephemeral_port, failure, json, peer_endpoint, peer_host,
+    percentiles_us, NetRun, DEFAULT_TIMEOUT_MS, STATUS_FAILED,
 };
 use super::{Context, Outcome};
 use crate::clock::rdtsc;
@@ -176,5 +176,12 @@ fn udp_inner(ctx: &Context<'_>, run: &mut NetRun) -> Result<Outcome, NetError> {
             rtts.push(ctx.clock.ticks_to_ns(t1 - t0));
         }
     }
-    Ok(finish(ctx, "udp-echo", run, &format!("{peer}"), n, rtts))
+    Ok(finish(
+        ctx,
+        "udp-echo",
+        run,
+        &endpoint_string(&peer),
+        n,
+        rtts,
+    ))
 }

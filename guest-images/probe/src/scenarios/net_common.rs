@@ -183,6 +183,14 @@ pub fn seconds(ctx: &Context<'_>, ticks: u64) -> f64 {
     ctx.clock.ticks_to_ns(ticks) as f64 / 1e9
 }
 
+/// `ADDR:PORT`, with IPv6 addresses in brackets.
+pub fn endpoint_string(ep: &IpEndpoint) -> String {
+    match ep.addr {
+        IpAddress::Ipv4(a) => format!("{a}:{}", ep.port),
+        IpAddress::Ipv6(a) => format!("[{a}]:{}", ep.port),
+    }
+}
+
 /// Addresses as strings, for JSON arrays.
 pub fn ip_strings(addrs: &[IpAddress]) -> Vec<String> {
     addrs.iter().map(ip_string).collect()

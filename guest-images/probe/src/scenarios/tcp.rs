@@ -15,8 +15,8 @@ use smoltcp::socket::tcp::{self, State};
 use smoltcp::wire::IpEndpoint;
 
 use super::net_common::{
-    bring_up, count, ephemeral_port, failure, json, peer_endpoint, percentiles_us, seconds, NetRun,
-    DEFAULT_TIMEOUT_MS, STATUS_FAILED, STATUS_TIMEOUT,
+    bring_up, count, endpoint_string, ephemeral_port, failure, json, peer_endpoint, percentiles_us,
+    seconds, NetRun, DEFAULT_TIMEOUT_MS, STATUS_FAILED, STATUS_TIMEOUT,
 };
 use super::{Context, Outcome};
 use crate::clock::rdtsc;
@@ -190,7 +190,7 @@ pub fn send(ctx: &Context<'_>) -> Outcome {
         )?;
         let secs = seconds(ctx, rdtsc() - start);
         let json = json(ctx, "tcp-send", true, Some(run))
-            .str("peer", &format!("{peer}"))
+            .str("peer", &endpoint_string(&peer))
             .u64("bytes", sent)
             .f64("seconds", secs, 6)
             .f64("gbps", sent as f64 * 8.0 / secs / 1e9, 3);
@@ -245,7 +245,7 @@ pub fn recv(ctx: &Context<'_>) -> Outcome {
             .then_some(())
         });
         let json = json(ctx, "tcp-recv", true, Some(run))
-            .str("peer", &format!("{peer}"))
+            .str("peer", &endpoint_string(&peer))
             .u64("bytes", received)
             .f64("seconds", secs, 6)
             .f64("gbps", received as f64 * 8.0 / secs / 1e9, 3)
@@ -306,7 +306,7 @@ pub fn rr(ctx: &Context<'_>) -> Outcome {
         });
         let (p50, p99) = percentiles_us(&mut samples);
         let json = json(ctx, "tcp-rr", true, Some(run))
-            .str("peer", &format!("{peer}"))
+            .str("peer", &endpoint_string(&peer))
             .u64("count", samples.len() as u64)
             .f64("p50_us", p50, 1)
             .f64("p99_us", p99, 1);
@@ -329,7 +329,7 @@ pub fn connect_only(ctx: &Context<'_>) -> Outcome {
             ConnectResult::TimedOut => ("timeout", STATUS_TIMEOUT),
         };
         let json = json(ctx, "connect", status == 0, Some(run))
-            .str("peer", &format!("{peer}"))
+            .str("peer", &endpoint_string(&peer))
             .str("result", result)
             .f64(
                 "connect_us",
