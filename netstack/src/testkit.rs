@@ -95,6 +95,10 @@ pub struct Harness {
     pub wire: Wire,
     /// Optional fault injection on guest -> netstack frames.
     pub fault: Option<FaultHook>,
+    /// Optional fault injection on netstack -> guest frames (`Hold` acts as `Pass`).
+    pub fault_to_guest: Option<FaultHook>,
+    /// Optional observer of netstack -> guest frames.
+    pub observe: Option<Box<dyn FnMut(&[u8])>>,
     held: Option<Vec<u8>>,
     fds: HashMap<u64, (RawFd, bool, bool)>,
     start: Instant,
@@ -139,6 +143,8 @@ impl Harness {
             sockets: SocketSet::new(Vec::new()),
             wire,
             fault: None,
+            fault_to_guest: None,
+            observe: None,
             held: None,
             fds: HashMap::new(),
             start,
@@ -232,6 +238,14 @@ impl Harness {
                 break;
             };
             self.frames.1 += 1;
+            if let Some(obs) = self.observe.as_mut() {
+                obs(&self.rx[..n]);
+            }
+            if let Some(hook) = self.fault_to_guest.as_mut() {
+                if hook(&self.rx[..n]) == Fault::Drop {
+                    continue;
+                }
+            }
             self.wire.to_guest.push_back(self.rx[..n].to_vec());
         }
     }

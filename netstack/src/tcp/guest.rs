@@ -7,7 +7,9 @@ use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::time::Instant;
 
-use super::conn::{Segment, TcpConn, TcpState, RTO_INITIAL};
+use smoltcp::wire::TcpControl;
+
+use super::conn::{push_segment, Header, Segment, TcpConn, TcpState, RTO_INITIAL};
 use super::After;
 use crate::core::Core;
 use crate::flow_table::FlowKey;
@@ -181,8 +183,10 @@ fn deliver(
     if d > 0 {
         // A hole before this segment: drop it and send a duplicate ACK so the guest
         // retransmits the missing bytes (we never buffer out-of-order data).
+        // The duplicate ACK goes out at once, not coalesced: the guest's fast
+        // retransmit counts them (RFC 5681 §3.2).
         core.metrics.drop_out_of_window += 1;
-        conn.ack_pending = true;
+        push_dup_ack(core, conn);
         return Ok(());
     }
     let skip = d.unsigned_abs() as usize;
@@ -213,4 +217,17 @@ fn deliver(
         }
         Err(e) => Err(e),
     }
+}
+
+/// Queues an immediate ACK for `rcv_nxt` (duplicate ACK after a hole).
+fn push_dup_ack(core: &mut Core, conn: &mut TcpConn) {
+    let (from, to) = conn.guest_bound();
+    let h = Header {
+        control: TcpControl::None,
+        seq: conn.snd_nxt,
+        ack: Some(conn.rcv_nxt),
+        window: conn.advertised_window(),
+        syn_opts: None,
+    };
+    push_segment(core, from, to, &h);
 }

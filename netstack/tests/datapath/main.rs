@@ -4,4 +4,5 @@
 mod basic;
 mod common;
 mod tcp;
+mod tcp_edge;
 mod udp;
