@@ -53,3 +53,44 @@ pub fn parse_size(s: &str) -> Option<u64> {
     };
     parse_u64(digits)?.checked_mul(1u64 << shift)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn last_value_wins_and_unknown_tokens_are_ignored() {
+        let c = Cmdline::new("console=ttyS0 probe.scenario=hello  noflag probe.scenario=spin:5 ");
+        assert_eq!(c.get("probe.scenario"), Some("spin:5"));
+        assert_eq!(c.get("console"), Some("ttyS0"));
+        assert_eq!(c.get("noflag"), None);
+        assert_eq!(c.get("probe.peer"), None);
+        let all: Vec<&str> = c.all("probe.scenario").collect();
+        assert_eq!(all, ["hello", "spin:5"]);
+    }
+
+    #[test]
+    fn values_may_contain_equals_and_colons() {
+        let c = Cmdline::new("virtio_mmio.device=4K@0xd0000000:5 a=b=c");
+        assert_eq!(c.get("virtio_mmio.device"), Some("4K@0xd0000000:5"));
+        assert_eq!(c.get("a"), Some("b=c"));
+    }
+
+    #[test]
+    fn numbers_and_sizes() {
+        assert_eq!(parse_u64("42"), Some(42));
+        assert_eq!(parse_u64("0xd0000000"), Some(0xd000_0000));
+        assert_eq!(parse_u64("-1"), None);
+        assert_eq!(parse_u64(""), None);
+        assert_eq!(parse_size("1K"), Some(1024));
+        assert_eq!(parse_size("3m"), Some(3 << 20));
+        assert_eq!(parse_size("1G"), Some(1 << 30));
+        assert_eq!(parse_size("100"), Some(100));
+        assert_eq!(parse_size("G"), None);
+        assert_eq!(
+            parse_size("99999999999999G"),
+            None,
+            "overflow must not wrap"
+        );
+    }
+}

@@ -33,26 +33,58 @@ pub struct ProbeHeap {
 // the allocator, so the state is never accessed concurrently.
 unsafe impl Sync for ProbeHeap {}
 
-#[global_allocator]
-static HEAP: ProbeHeap = ProbeHeap {
-    state: UnsafeCell::new(HeapState {
-        next: 0,
-        end: 0,
-        free: [0; CLASSES],
-    }),
-};
+#[cfg_attr(not(test), global_allocator)]
+static HEAP: ProbeHeap = ProbeHeap::empty();
 
 /// Heap bounds, for reporting.
 pub fn bounds() -> (usize, usize) {
-    // SAFETY: single-threaded; see `Sync` impl.
-    let s = unsafe { &*HEAP.state.get() };
-    (s.next, s.end)
+    HEAP.bounds()
 }
 
-/// Hands the allocator its memory: the largest RAM range (or the part of one)
-/// above `image_end`. Without a memory map, `fallback_len` bytes after the
-/// image are assumed to be RAM.
+impl ProbeHeap {
+    /// An allocator with no memory yet (every allocation fails).
+    pub const fn empty() -> ProbeHeap {
+        ProbeHeap {
+            state: UnsafeCell::new(HeapState {
+                next: 0,
+                end: 0,
+                free: [0; CLASSES],
+            }),
+        }
+    }
+
+    /// Remaining bump range `(next, end)`.
+    pub fn bounds(&self) -> (usize, usize) {
+        // SAFETY: single-threaded; see `Sync` impl.
+        let s = unsafe { &*self.state.get() };
+        (s.next, s.end)
+    }
+
+    /// Hands the allocator the memory `start..end`.
+    ///
+    /// # Safety
+    /// The range must be RAM the probe owns exclusively from now on, and this
+    /// must be called before the first allocation.
+    pub unsafe fn set_region(&self, start: usize, end: usize) {
+        // SAFETY: per the contract, no allocation is live; single-threaded.
+        let s = unsafe { &mut *self.state.get() };
+        s.next = start;
+        s.end = end;
+    }
+}
+
+/// Hands the allocator its memory: see [`pick_region`].
 pub fn init(ram: &[Option<RamRange>], image_end: u64, fallback_len: u64) {
+    let region = pick_region(ram, image_end, fallback_len);
+    // SAFETY: `region` is RAM from the VMM's map above the image (nothing else
+    // lives there once start_info has been copied out), and this runs before
+    // the first allocation.
+    unsafe { HEAP.set_region(region.start as usize, region.end as usize) };
+}
+
+/// The largest RAM range (or the part of one) above `image_end`; without a
+/// memory map, `fallback_len` bytes after the image are assumed to be RAM.
+pub fn pick_region(ram: &[Option<RamRange>], image_end: u64, fallback_len: u64) -> RamRange {
     let mut best = RamRange { start: 0, end: 0 };
     for r in ram.iter().flatten() {
         let start = r.start.max(image_end);
@@ -66,10 +98,7 @@ pub fn init(ram: &[Option<RamRange>], image_end: u64, fallback_len: u64) {
             end: image_end + fallback_len,
         };
     }
-    // SAFETY: called once before any allocation; single-threaded.
-    let s = unsafe { &mut *HEAP.state.get() };
-    s.next = best.start as usize;
-    s.end = best.end as usize;
+    best
 }
 
 fn class_of(layout: &Layout) -> Option<usize> {
@@ -131,5 +160,74 @@ unsafe impl GlobalAlloc for ProbeHeap {
             *(ptr as *mut usize) = s.free[class];
             s.free[class] = ptr as usize;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn heap_over(region: &mut [u8]) -> ProbeHeap {
+        let heap = ProbeHeap::empty();
+        let start = region.as_mut_ptr() as usize;
+        // SAFETY: the test owns `region` for the heap's lifetime.
+        unsafe { heap.set_region(start, start + region.len()) };
+        heap
+    }
+
+    #[test]
+    fn blocks_are_aligned_disjoint_and_reused() {
+        let mut region = vec![0u8; 1 << 20];
+        let heap = heap_over(&mut region);
+        let small = Layout::from_size_align(24, 8).unwrap();
+        let page = Layout::from_size_align(5000, 4096).unwrap();
+        // SAFETY: layouts are non-zero; blocks are freed with their layouts.
+        unsafe {
+            let a = heap.alloc(small);
+            let b = heap.alloc(small);
+            let p = heap.alloc(page);
+            assert!(!a.is_null() && !b.is_null() && !p.is_null());
+            assert!(
+                (b as usize).abs_diff(a as usize) >= 32,
+                "32-byte class blocks overlap"
+            );
+            assert_eq!(p as usize % 4096, 0);
+            heap.dealloc(a, small);
+            assert_eq!(
+                heap.alloc(small),
+                a,
+                "freed block of the same class is reused"
+            );
+            heap.dealloc(p, page);
+            assert_eq!(heap.alloc(page), p);
+        }
+    }
+
+    #[test]
+    fn exhaustion_returns_null() {
+        let mut region = vec![0u8; 8192];
+        let heap = heap_over(&mut region);
+        let big = Layout::from_size_align(16384, 8).unwrap();
+        // SAFETY: non-zero layout.
+        assert!(unsafe { heap.alloc(big) }.is_null());
+    }
+
+    #[test]
+    fn region_is_largest_ram_above_image() {
+        let ram = [
+            Some(RamRange {
+                start: 0,
+                end: 0x9fc00,
+            }),
+            Some(RamRange {
+                start: 0x100000,
+                end: 0x800_0000,
+            }),
+            None,
+        ];
+        let r = pick_region(&ram, 0x300000, 1 << 24);
+        assert_eq!((r.start, r.end), (0x300000, 0x800_0000));
+        let r = pick_region(&[], 0x300000, 1 << 24);
+        assert_eq!((r.start, r.end), (0x300000, 0x300000 + (1 << 24)));
     }
 }

@@ -98,3 +98,31 @@ fn push_escaped(buf: &mut String, s: &str) {
     }
     buf.push('"');
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_per_rfc8259() {
+        let mut s = String::new();
+        push_escaped(&mut s, "a\"b\\c\nd\u{1}é");
+        assert_eq!(s, "\"a\\\"b\\\\c\\nd\\u0001é\"");
+    }
+
+    #[test]
+    fn line_shape() {
+        let mut line = JsonLine::new("hello")
+            .bool("ok", true)
+            .u64("n", 7)
+            .f64("x", 1.25, 2);
+        line = line.str_array("a", ["p", "q"]);
+        line.buf.push('}');
+        assert_eq!(
+            line.buf,
+            "{\"scenario\":\"hello\",\"ok\":true,\"n\":7,\"x\":1.25,\"a\":[\"p\",\"q\"]}"
+        );
+        let nan = JsonLine::new("s").f64("x", f64::NAN, 1);
+        assert!(nan.buf.ends_with("\"x\":null"));
+    }
+}

@@ -16,7 +16,11 @@ const MAX_MEMMAP: usize = 64;
 /// Memory-map type of usable RAM.
 const MEMMAP_RAM: u32 = 1;
 /// Highest address the boot page tables map.
+#[cfg(not(test))]
 const MAPPED_LIMIT: u64 = 1 << 32;
+/// Host unit tests build start_info blocks in ordinary (high) memory.
+#[cfg(test)]
+const MAPPED_LIMIT: u64 = 1 << 63;
 
 /// Why the start_info block could not be used.
 #[derive(Debug)]
@@ -154,5 +158,63 @@ fn read_cmdline(paddr: u64) -> &'static str {
         Ok(s) => s,
         // Keep the valid prefix rather than dropping the whole line.
         Err(e) => core::str::from_utf8(&bytes[..e.valid_up_to()]).unwrap_or(""),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put<T: Copy>(buf: &mut [u8], off: usize, v: T) {
+        // SAFETY: tests keep off + size_of::<T>() inside buf.
+        unsafe { core::ptr::write_unaligned(buf.as_mut_ptr().add(off) as *mut T, v) }
+    }
+
+    #[test]
+    fn parses_a_version_1_block_with_memmap_and_cmdline() {
+        let cmdline = b"probe.scenario=hello probe.tsc_khz=1000\0".to_vec();
+        let mut map = vec![0u8; 3 * 24];
+        for (i, (addr, size, kind)) in [
+            (0u64, 0x9fc00u64, 1u32),
+            (0x100000, 0x7f00000, 1),
+            (0xfeb00000, 0x1000, 2),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            put(&mut map, i * 24, addr);
+            put(&mut map, i * 24 + 8, size);
+            put(&mut map, i * 24 + 16, kind);
+        }
+        let mut block = vec![0u8; 56];
+        put(&mut block, 0, MAGIC);
+        put(&mut block, 4, 1u32);
+        put(&mut block, 24, cmdline.as_ptr() as u64);
+        put(&mut block, 40, map.as_ptr() as u64);
+        put(&mut block, 48, 3u32);
+        let info = StartInfo::parse(block.as_ptr() as u64).unwrap();
+        assert_eq!(info.cmdline, "probe.scenario=hello probe.tsc_khz=1000");
+        assert_eq!(info.version, 1);
+        let ram: Vec<(u64, u64)> = info
+            .ram
+            .iter()
+            .flatten()
+            .map(|r| (r.start, r.end))
+            .collect();
+        assert_eq!(
+            ram,
+            [(0, 0x9fc00), (0x100000, 0x8000000)],
+            "only type-1 entries are RAM"
+        );
+
+        put(&mut block, 0, 0x1234_5678u32);
+        assert!(matches!(
+            StartInfo::parse(block.as_ptr() as u64),
+            Err(StartInfoError::BadMagic(0x1234_5678))
+        ));
+        assert!(matches!(
+            StartInfo::parse(0),
+            Err(StartInfoError::BadAddress(0))
+        ));
     }
 }

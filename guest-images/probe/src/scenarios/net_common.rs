@@ -195,3 +195,25 @@ pub fn endpoint_string(ep: &IpEndpoint) -> String {
 pub fn ip_strings(addrs: &[IpAddress]) -> Vec<String> {
     addrs.iter().map(ip_string).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_are_nearest_rank_in_microseconds() {
+        let mut v: Vec<u64> = (1..=100).rev().map(|i| i * 1000).collect();
+        assert_eq!(percentiles_us(&mut v), (50.0, 99.0));
+        let mut one = [7000];
+        assert_eq!(percentiles_us(&mut one), (7.0, 7.0));
+        assert_eq!(percentiles_us(&mut []), (0.0, 0.0));
+    }
+
+    #[test]
+    fn ipv6_endpoints_are_bracketed() {
+        let v4 = IpEndpoint::new("10.0.2.2".parse().unwrap(), 80);
+        let v6 = IpEndpoint::new("2001:db8::1".parse().unwrap(), 7010);
+        assert_eq!(endpoint_string(&v4), "10.0.2.2:80");
+        assert_eq!(endpoint_string(&v6), "[2001:db8::1]:7010");
+    }
+}

@@ -56,3 +56,32 @@ pub fn candidate_windows(cmdline: &Cmdline<'_>) -> Vec<MmioWindow> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_tokens_use_linux_syntax() {
+        let w = parse_device_token("4K@0xd0000000:5").unwrap();
+        assert_eq!((w.base, w.size), (0xd000_0000, 4096));
+        let w = parse_device_token("512@0xfeb02e00:12:3").unwrap();
+        assert_eq!((w.base, w.size), (0xfeb0_2e00, 512));
+        assert!(parse_device_token("0xd0000000:5").is_none());
+        assert!(parse_device_token("4K@zz:5").is_none());
+    }
+
+    #[test]
+    fn command_line_windows_replace_the_microvm_scan() {
+        let c =
+            Cmdline::new("virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6");
+        let w = candidate_windows(&c);
+        assert_eq!(
+            w.iter().map(|w| w.base).collect::<Vec<_>>(),
+            [0xd000_0000, 0xd000_1000]
+        );
+        let w = candidate_windows(&Cmdline::new(""));
+        assert_eq!(w.len(), MICROVM_SLOTS as usize);
+        assert_eq!(w[1].base, MICROVM_BASE + MICROVM_STRIDE);
+    }
+}

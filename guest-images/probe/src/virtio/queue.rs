@@ -201,3 +201,160 @@ impl SplitQueue {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Plays the device: reads the avail ring and writes the used ring.
+    struct FakeDevice {
+        last_avail: u16,
+        used_idx: u16,
+    }
+
+    impl FakeDevice {
+        fn take_avail(&mut self, q: &SplitQueue) -> Option<(u16, u64, u32, u16)> {
+            let n = usize::from(q.size);
+            let avail_idx = SplitQueue::read_u16(q.avail, 2);
+            if avail_idx == self.last_avail {
+                return None;
+            }
+            let id = SplitQueue::read_u16(q.avail, 4 + 2 * usize::from(self.last_avail % q.size));
+            self.last_avail = self.last_avail.wrapping_add(1);
+            assert!(usize::from(id) < n);
+            // SAFETY: id < size, inside the descriptor table.
+            let (addr, len, flags) = unsafe {
+                let d = q.desc.add(16 * usize::from(id));
+                (
+                    read_volatile(d as *const u64),
+                    read_volatile(d.add(8) as *const u32),
+                    read_volatile(d.add(12) as *const u16),
+                )
+            };
+            Some((id, addr, len, flags))
+        }
+
+        fn complete(&mut self, q: &SplitQueue, id: u32, len: u32) {
+            let slot = usize::from(self.used_idx % q.size);
+            // SAFETY: slot < size, inside the used ring.
+            unsafe {
+                let e = q.used.add(4 + 8 * slot);
+                write_volatile(e as *mut u32, id);
+                write_volatile(e.add(4) as *mut u32, len);
+            }
+            self.used_idx = self.used_idx.wrapping_add(1);
+            SplitQueue::write_u16(q.used, 2, self.used_idx);
+        }
+
+        fn set_avail_event(&self, q: &SplitQueue, v: u16) {
+            SplitQueue::write_u16(q.used, 4 + 8 * usize::from(q.size), v);
+        }
+    }
+
+    #[test]
+    fn need_event_matches_the_spec_formula() {
+        assert!(need_event(0, 1, 0));
+        assert!(!need_event(5, 3, 0));
+        assert!(need_event(2, 3, 0));
+        assert!(need_event(65535, 1, 65534), "wraps around");
+        assert!(!need_event(0, 0, 0));
+    }
+
+    #[test]
+    fn size_is_a_power_of_two_up_to_the_cap() {
+        assert_eq!(SplitQueue::new(1024, true).unwrap().size(), MAX_QUEUE_SIZE);
+        assert_eq!(SplitQueue::new(100, true).unwrap().size(), 64);
+        assert!(SplitQueue::new(0, true).is_err());
+    }
+
+    #[test]
+    fn buffers_round_trip_across_index_wraparound() {
+        let mut q = SplitQueue::new(8, true).unwrap();
+        let mut dev = FakeDevice {
+            last_avail: 0,
+            used_idx: 0,
+        };
+        for round in 0..70_000u32 {
+            let id = (round % 8) as u16;
+            q.push(id, 0x1000 + u64::from(id), 100 + round % 7, id.is_multiple_of(2));
+            let (got, addr, len, flags) = dev.take_avail(&q).unwrap();
+            assert_eq!(
+                (got, addr, len),
+                (id, 0x1000 + u64::from(id), 100 + round % 7)
+            );
+            assert_eq!(flags, if id.is_multiple_of(2) { DESC_F_WRITE } else { 0 });
+            dev.complete(&q, u32::from(id), 60);
+            assert_eq!(q.pop_used(), Some((id, 60)));
+            assert_eq!(q.pop_used(), None);
+        }
+    }
+
+    #[test]
+    fn out_of_range_used_ids_are_skipped() {
+        let mut q = SplitQueue::new(4, true).unwrap();
+        let mut dev = FakeDevice {
+            last_avail: 0,
+            used_idx: 0,
+        };
+        dev.complete(&q, 99, 10);
+        dev.complete(&q, 1 << 20, 10);
+        dev.complete(&q, 2, 10);
+        assert_eq!(q.pop_used(), Some((2, 10)));
+        assert_eq!(q.pop_used(), None);
+    }
+
+    #[test]
+    fn one_kick_per_batch_and_only_when_asked() {
+        let mut q = SplitQueue::new(16, true).unwrap();
+        let mut dev = FakeDevice {
+            last_avail: 0,
+            used_idx: 0,
+        };
+        // The device wants a kick when index 0 is passed (initial state).
+        for id in 0..5 {
+            q.push(id, 0, 64, false);
+        }
+        assert!(q.needs_notify(), "first batch kicks");
+        assert!(!q.needs_notify(), "nothing new: no kick");
+        // Device is busy polling: it moved avail_event far ahead.
+        while dev.take_avail(&q).is_some() {}
+        dev.set_avail_event(&q, 100);
+        q.push(5, 0, 64, false);
+        assert!(!q.needs_notify(), "device asked not to be kicked yet");
+        // Device went idle, asking for a kick at the next buffer.
+        dev.set_avail_event(&q, 6);
+        q.push(6, 0, 64, false);
+        q.push(7, 0, 64, false);
+        assert!(q.needs_notify(), "idle device is kicked once for the batch");
+    }
+
+    #[test]
+    fn without_event_idx_the_no_notify_flag_decides() {
+        let mut q = SplitQueue::new(8, false).unwrap();
+        assert_eq!(SplitQueue::read_u16(q.avail, 0), AVAIL_F_NO_INTERRUPT);
+        SplitQueue::write_u16(q.used, 0, USED_F_NO_NOTIFY);
+        q.push(0, 0, 64, false);
+        assert!(!q.needs_notify());
+        SplitQueue::write_u16(q.used, 0, 0);
+        q.push(1, 0, 64, false);
+        assert!(q.needs_notify());
+    }
+
+    #[test]
+    fn used_event_stays_behind_so_the_device_never_interrupts() {
+        let mut q = SplitQueue::new(8, true).unwrap();
+        let mut dev = FakeDevice {
+            last_avail: 0,
+            used_idx: 0,
+        };
+        for id in 0..3 {
+            q.push(id, 0, 64, true);
+            dev.take_avail(&q);
+            let old = dev.used_idx;
+            dev.complete(&q, u32::from(id), 1);
+            let used_event = SplitQueue::read_u16(q.avail, 4 + 2 * 8);
+            assert!(!need_event(used_event, dev.used_idx, old));
+            q.pop_used();
+        }
+    }
+}
