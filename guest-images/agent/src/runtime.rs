@@ -1,0 +1,296 @@
+//! The PID-1-only layer: mounts, console, network ioctls, running the command, reaping, and
+//! reporting its status through the exit port before powering off.
+//!
+//! Everything here needs to be PID 1 in a guest (mount, ioperm, reboot); the decisions it
+//! executes come from the pure modules ([`crate::cmdline`], [`crate::netplan`],
+//! [`crate::status`]). Failures are printed on the console with what to do, then reported as
+//! [`status::AGENT_FAILURE`]; nothing here panics on input.
+
+use std::ffi::{CString, OsString};
+use std::io::{self, Write};
+use std::net::Ipv4Addr;
+use std::os::unix::ffi::OsStringExt;
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
+use crate::cmdline::{self, AgentConfig};
+use crate::netplan::{self, NetStep};
+use crate::status::{self, Outcome};
+
+/// The PATH commands see.
+const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Runs the guest: set up, run the command, report, power off. Never returns.
+pub fn run_as_init() -> ! {
+    mount_filesystems();
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let has_eth0 = std::path::Path::new("/sys/class/net/eth0").exists();
+    let config = match cmdline::parse(&cmdline, has_eth0) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ringfence-agent: {e}");
+            report(status::AGENT_FAILURE);
+        }
+    };
+    for step in netplan::plan(&config.net, &config.dns) {
+        if let Err(e) = execute(&step) {
+            eprintln!("ringfence-agent: network step {step:?} failed: {e}");
+            report(status::AGENT_FAILURE);
+        }
+    }
+    let code = status::encode(run_command(&config));
+    report(code);
+}
+
+fn mount(source: &str, target: &str, fstype: &str) {
+    let _ = std::fs::create_dir_all(target);
+    let (Ok(s), Ok(t), Ok(f)) = (
+        CString::new(source),
+        CString::new(target),
+        CString::new(fstype),
+    ) else {
+        return;
+    };
+    // SAFETY: all three are valid NUL-terminated strings that outlive the call; data is null.
+    let rc = unsafe { libc::mount(s.as_ptr(), t.as_ptr(), f.as_ptr(), 0, std::ptr::null()) };
+    if rc != 0 {
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EBUSY) {
+            eprintln!("ringfence-agent: mount {fstype} on {target}: {err}");
+        }
+    }
+}
+
+fn mount_filesystems() {
+    mount("proc", "/proc", "proc");
+    mount("sysfs", "/sys", "sysfs");
+    mount("devtmpfs", "/dev", "devtmpfs");
+    mount("tmpfs", "/tmp", "tmpfs");
+    mount("tmpfs", "/run", "tmpfs");
+}
+
+/// Runs the command with the console as stdio, reaping every orphan until it ends.
+fn run_command(config: &AgentConfig) -> Outcome {
+    let argv: Vec<OsString> = match &config.argv {
+        Some(a) => a.iter().map(|s| OsString::from_vec(s.clone())).collect(),
+        None => vec![OsString::from("/bin/sh")],
+    };
+    let Some((prog, args)) = argv.split_first() else {
+        return Outcome::SpawnFailed(libc::ENOENT);
+    };
+    let mut cmd = Command::new(prog);
+    cmd.args(args)
+        .env("PATH", PATH)
+        .env("HOME", "/root")
+        .env("TERM", "linux")
+        .current_dir(OsString::from_vec(config.cwd.clone()));
+    for (k, v) in &config.env {
+        cmd.env(OsString::from_vec(k.clone()), OsString::from_vec(v.clone()));
+    }
+    // The command gets its own session so a shell can use the console as its terminal.
+    // SAFETY: setsid and ioctl are async-signal-safe and touch no state of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            // Best effort: make the console (stdin) the session's controlling terminal.
+            libc::ioctl(0, libc::TIOCSCTTY, 0);
+            Ok(())
+        });
+    }
+    let child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ringfence-agent: cannot run {prog:?}: {e}");
+            return Outcome::SpawnFailed(e.raw_os_error().unwrap_or(libc::ENOENT));
+        }
+    };
+    let pid = child.id() as libc::pid_t;
+    loop {
+        let mut raw = 0;
+        // SAFETY: `raw` is a valid out-pointer; waiting for any child is what PID 1 must do.
+        let got = unsafe { libc::waitpid(-1, &mut raw, 0) };
+        if got == pid {
+            return status::from_wait_status(raw);
+        }
+        if got < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            return Outcome::Exited(i32::from(status::AGENT_FAILURE));
+        }
+    }
+}
+
+/// Writes `code` to the exit port, then powers off if the VMM did not stop us. Never returns.
+pub fn report(code: u8) -> ! {
+    let _ = io::stdout().flush();
+    let _ = io::stderr().flush();
+    // SAFETY: sync has no preconditions.
+    unsafe { libc::sync() };
+    // SAFETY: ioperm only changes this process's I/O permission bitmap.
+    let allowed = unsafe { libc::ioperm(libc::c_ulong::from(status::EXIT_PORT), 4, 1) } == 0;
+    if allowed {
+        let value = u32::from(code);
+        // SAFETY: ioperm granted access to ports 0xf4..0xf8; a 32-bit `out` there only
+        // reaches the VMM's exit device.
+        unsafe {
+            std::arch::asm!("out dx, eax", in("dx") status::EXIT_PORT, in("eax") value,
+                options(nomem, nostack, preserves_flags));
+        }
+    }
+    eprintln!("ringfence-agent: command status {code}; powering off");
+    // SAFETY: reboot with RB_POWER_OFF is the documented way for init to end the system.
+    unsafe { libc::reboot(libc::RB_POWER_OFF) };
+    loop {
+        // SAFETY: pause has no preconditions; PID 1 must never exit.
+        unsafe { libc::pause() };
+    }
+}
+
+fn execute(step: &NetStep) -> io::Result<()> {
+    match step {
+        NetStep::LinkUp(iface) => with_socket(|s| link_up(s, iface)),
+        NetStep::SetAddr {
+            iface,
+            addr,
+            netmask,
+        } => with_socket(|s| {
+            set_addr(s, iface, libc::SIOCSIFADDR, *addr)?;
+            set_addr(s, iface, libc::SIOCSIFNETMASK, *netmask)
+        }),
+        NetStep::DefaultRoute(gw) => with_socket(|s| default_route(s, *gw)),
+        NetStep::Dhcp { argv, .. } => {
+            let (prog, args) = argv
+                .split_first()
+                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty argv"))?;
+            let st = Command::new(prog).args(args).env("PATH", PATH).status()?;
+            if st.success() {
+                Ok(())
+            } else {
+                Err(io::Error::other(format!(
+                    "{prog} got no lease ({st}); pass ringfence.ip=A.B.C.D/N for a static address or ringfence.net=none"
+                )))
+            }
+        }
+        NetStep::ResolvConf(text) => std::fs::write("/etc/resolv.conf", text),
+    }
+}
+
+/// An AF_INET datagram socket for interface ioctls, closed after `f`.
+fn with_socket<T>(f: impl FnOnce(libc::c_int) -> io::Result<T>) -> io::Result<T> {
+    // SAFETY: plain socket creation; the fd is closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let r = f(fd);
+    // SAFETY: fd is ours and not used after this.
+    unsafe { libc::close(fd) };
+    r
+}
+
+fn ifreq(iface: &str) -> io::Result<libc::ifreq> {
+    // SAFETY: ifreq is plain data (arrays and a union of plain data); all-zero is valid.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    if iface.len() >= req.ifr_name.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("interface name {iface:?} is too long"),
+        ));
+    }
+    for (dst, src) in req.ifr_name.iter_mut().zip(iface.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    Ok(req)
+}
+
+fn ioctl_checked(
+    fd: libc::c_int,
+    request: libc::c_ulong,
+    arg: *mut libc::c_void,
+) -> io::Result<()> {
+    // SAFETY: callers pass a pointer to a live struct of the type `request` expects.
+    if unsafe { libc::ioctl(fd, request, arg) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn link_up(fd: libc::c_int, iface: &str) -> io::Result<()> {
+    let mut req = ifreq(iface)?;
+    ioctl_checked(
+        fd,
+        libc::SIOCGIFFLAGS,
+        (&mut req as *mut libc::ifreq).cast(),
+    )?;
+    // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
+    let flags = unsafe { req.ifr_ifru.ifru_flags };
+    req.ifr_ifru.ifru_flags = flags | (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+    ioctl_checked(
+        fd,
+        libc::SIOCSIFFLAGS,
+        (&mut req as *mut libc::ifreq).cast(),
+    )
+}
+
+fn sockaddr_in(addr: Ipv4Addr) -> libc::sockaddr {
+    let sin = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(addr).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: sockaddr_in and sockaddr have the same size (16 bytes) and sockaddr has no
+    // invalid bit patterns.
+    unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(sin) }
+}
+
+fn set_addr(
+    fd: libc::c_int,
+    iface: &str,
+    request: libc::c_ulong,
+    addr: Ipv4Addr,
+) -> io::Result<()> {
+    let mut req = ifreq(iface)?;
+    req.ifr_ifru.ifru_addr = sockaddr_in(addr);
+    ioctl_checked(fd, request, (&mut req as *mut libc::ifreq).cast())
+}
+
+/// The kernel's `struct rtentry` (include/uapi/linux/route.h), absent from the libc crate.
+#[repr(C)]
+struct RtEntry {
+    rt_pad1: libc::c_ulong,
+    rt_dst: libc::sockaddr,
+    rt_gateway: libc::sockaddr,
+    rt_genmask: libc::sockaddr,
+    rt_flags: libc::c_ushort,
+    rt_pad2: libc::c_short,
+    rt_pad3: libc::c_ulong,
+    rt_pad4: *mut libc::c_void,
+    rt_metric: libc::c_short,
+    rt_dev: *mut libc::c_char,
+    rt_mtu: libc::c_ulong,
+    rt_window: libc::c_ulong,
+    rt_irtt: libc::c_ushort,
+}
+
+const RTF_UP: libc::c_ushort = 0x0001;
+const RTF_GATEWAY: libc::c_ushort = 0x0002;
+
+fn default_route(fd: libc::c_int, gw: Ipv4Addr) -> io::Result<()> {
+    let mut rt = RtEntry {
+        rt_pad1: 0,
+        rt_dst: sockaddr_in(Ipv4Addr::UNSPECIFIED),
+        rt_gateway: sockaddr_in(gw),
+        rt_genmask: sockaddr_in(Ipv4Addr::UNSPECIFIED),
+        rt_flags: RTF_UP | RTF_GATEWAY,
+        rt_pad2: 0,
+        rt_pad3: 0,
+        rt_pad4: std::ptr::null_mut(),
+        rt_metric: 0,
+        rt_dev: std::ptr::null_mut(),
+        rt_mtu: 0,
+        rt_window: 0,
+        rt_irtt: 0,
+    };
+    ioctl_checked(fd, libc::SIOCADDRT, (&mut rt as *mut RtEntry).cast())
+}
