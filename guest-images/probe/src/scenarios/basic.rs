@@ -58,6 +58,39 @@ pub fn spin(ctx: &Context<'_>, arg: Option<&str>, cpl0: bool) -> Outcome {
     Outcome { json, status: 0 }
 }
 
+/// `fault:KIND`: crash on purpose, to test crash reporting. `ud` (#UD),
+/// `gp` (`hlt` at CPL3), `pf` (read above the mapped 4 GiB) end in the CPL0
+/// reporter (status 0x7e); `panic` ends in the panic handler (0x7d).
+pub fn fault(ctx: &Context<'_>, arg: Option<&str>) -> Outcome {
+    crate::println!("probe: fault:{} requested", arg.unwrap_or(""));
+    match arg {
+        #[cfg(not(test))]
+        Some("ud") => {
+            // SAFETY: deliberately raises #UD (rax is not the cpl0spin magic);
+            // the exception handler ends the VM.
+            unsafe { core::arch::asm!("xor eax, eax", "ud2", out("rax") _) };
+        }
+        #[cfg(not(test))]
+        Some("gp") => {
+            // SAFETY: hlt at CPL3 raises #GP; the handler ends the VM.
+            unsafe { core::arch::asm!("hlt") };
+        }
+        #[cfg(not(test))]
+        Some("pf") => {
+            // SAFETY: deliberately reads an unmapped address (only the low
+            // 4 GiB are mapped) to raise #PF; the handler ends the VM.
+            unsafe { core::ptr::read_volatile(0x1_0000_0000_0usize as *const u8) };
+        }
+        Some("panic") => panic!("fault:panic requested on the command line"),
+        _ => {}
+    }
+    usage_error(
+        ctx,
+        "fault",
+        format!("fault needs ud, gp, pf or panic, as fault:KIND; got {arg:?}"),
+    )
+}
+
 /// The CPL3 twin of the CPL0 loop in `boot` (`exception_common`): the same
 /// `dec; jnz` pair.
 fn cpl3_spin(iterations: u64) {

@@ -74,6 +74,7 @@ pub fn run(ctx: &Context<'_>) -> Outcome {
         "exit" => basic::exit_with(ctx, arg),
         "spin" => basic::spin(ctx, arg, false),
         "cpl0spin" => basic::spin(ctx, arg, true),
+        "fault" => basic::fault(ctx, arg),
         "ping" => datagram::ping(ctx),
         "udp-echo" => datagram::udp_echo(ctx),
         "tcp-send" => tcp::send(ctx),
@@ -86,7 +87,7 @@ pub fn run(ctx: &Context<'_>) -> Outcome {
             ctx,
             name,
             format!(
-                "unknown scenario {name:?}; known: hello, exit:N, spin:N, cpl0spin:N, ping, udp-echo, \
+                "unknown scenario {name:?}; known: hello, exit:N, spin:N, cpl0spin:N, fault:KIND, ping, udp-echo, \
                  tcp-send, tcp-recv, tcp-rr, connect, serve, resolve"
             ),
         ),
