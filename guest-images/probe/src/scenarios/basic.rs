@@ -59,7 +59,7 @@ pub fn spin(ctx: &Context<'_>, arg: Option<&str>, cpl0: bool) -> Outcome {
 }
 
 /// `fault:KIND`: crash on purpose, to test crash reporting. `ud` (#UD),
-/// `gp` (`hlt` at CPL3), `pf` (read above the mapped 4 GiB) end in the CPL0
+/// `gp` (`hlt` at CPL3), `pf` (read the first byte above the mapped 4 GiB) end in the CPL0
 /// reporter (status 0x7e); `panic` ends in the panic handler (0x7d).
 pub fn fault(ctx: &Context<'_>, arg: Option<&str>) -> Outcome {
     crate::println!("probe: fault:{} requested", arg.unwrap_or(""));
@@ -79,7 +79,7 @@ pub fn fault(ctx: &Context<'_>, arg: Option<&str>) -> Outcome {
         Some("pf") => {
             // SAFETY: deliberately reads an unmapped address (only the low
             // 4 GiB are mapped) to raise #PF; the handler ends the VM.
-            unsafe { core::ptr::read_volatile(0x1_0000_0000_0usize as *const u8) };
+            unsafe { core::ptr::read_volatile(0x1_0000_0000usize as *const u8) };
         }
         Some("panic") => panic!("fault:panic requested on the command line"),
         _ => {}
