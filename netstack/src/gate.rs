@@ -36,9 +36,10 @@ pub struct FlowInfo<'a> {
     pub direction: Direction,
     /// Transport.
     pub proto: FlowProto,
-    /// Destination as the guest addressed it (egress) or the guest's own address (ingress).
+    /// The address outside the sandbox: the destination as the guest addressed it
+    /// (egress; the gateway address for the host alias), or the connecting peer (ingress).
     pub dst: IpAddr,
-    /// Destination port (0 for ICMP).
+    /// Destination port for egress, the published guest port for ingress (0 for ICMP).
     pub port: u16,
     /// Domain the destination address was learned from through our DNS, if any.
     pub domain: Option<&'a str>,
@@ -79,6 +80,12 @@ pub trait FlowGate: Send {
         let _ = name;
         Verdict::ALLOW
     }
+    /// Verdict for an address in a DNS answer for `name` (rebind protection). A deny drops
+    /// the whole answer before the guest sees it.
+    fn check_dns_answer(&self, name: &str, addr: IpAddr) -> Verdict {
+        let _ = (name, addr);
+        Verdict::ALLOW
+    }
 }
 
 /// Gate that allows everything (the default until a policy is bound).
@@ -88,5 +95,55 @@ pub struct AllowAll;
 impl FlowGate for AllowAll {
     fn decide(&self, _flow: &FlowInfo<'_>) -> Verdict {
         Verdict::ALLOW
+    }
+}
+
+fn verdict(d: policy::Decision) -> Verdict {
+    Verdict {
+        allow: d.is_allowed(),
+        rule: d.rule,
+    }
+}
+
+/// The compiled policy is the production gate (design §7).
+impl FlowGate for policy::CompiledPolicy {
+    fn decide(&self, flow: &FlowInfo<'_>) -> Verdict {
+        let q = policy::FlowQuery {
+            direction: match flow.direction {
+                Direction::Egress => policy::Direction::Egress,
+                Direction::Ingress => policy::Direction::Ingress,
+            },
+            dst: flow.dst,
+            domain: flow.domain,
+            protocol: match flow.proto {
+                FlowProto::Tcp => policy::Protocol::Tcp,
+                FlowProto::Udp => policy::Protocol::Udp,
+                FlowProto::Icmpv4 => policy::Protocol::Icmpv4,
+                FlowProto::Icmpv6 => policy::Protocol::Icmpv6,
+            },
+            port: flow.port,
+        };
+        verdict(policy::CompiledPolicy::decide(self, &q))
+    }
+
+    fn decide_dns(&self, name: &str) -> Verdict {
+        verdict(self.decide_dns_query(name))
+    }
+
+    fn check_dns_answer(&self, name: &str, addr: IpAddr) -> Verdict {
+        verdict(policy::CompiledPolicy::check_dns_answer(self, name, addr))
+    }
+}
+
+/// A shared gate (e.g. one policy for several VMs).
+impl<G: FlowGate + Sync + ?Sized> FlowGate for std::sync::Arc<G> {
+    fn decide(&self, flow: &FlowInfo<'_>) -> Verdict {
+        (**self).decide(flow)
+    }
+    fn decide_dns(&self, name: &str) -> Verdict {
+        (**self).decide_dns(name)
+    }
+    fn check_dns_answer(&self, name: &str, addr: IpAddr) -> Verdict {
+        (**self).check_dns_answer(name, addr)
     }
 }

@@ -38,6 +38,8 @@ pub struct NetMetrics {
     pub drop_too_big: u64,
     /// Dropped: ICMP echo to a non-gateway destination with no ping or raw socket available.
     pub drop_icmp_no_socket: u64,
+    /// Dropped: a DNS answer the gate refused (rebind protection).
+    pub drop_dns_rebind: u64,
     /// Dropped: host socket error while sending (other than "would block").
     pub drop_host_error: u64,
 

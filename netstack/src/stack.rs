@@ -92,9 +92,47 @@ impl Netstack {
         })
     }
 
-    /// Replaces the flow gate (policy swap). Existing flows are not re-judged here.
-    pub fn set_gate(&mut self, gate: Box<dyn FlowGate>) {
+    /// Replaces the flow gate (policy swap, design §7) and re-judges every live flow:
+    /// TCP flows the new gate denies are reset both ways, UDP flows are closed.
+    /// Returns how many flows were cut.
+    pub fn set_gate(&mut self, gate: Box<dyn FlowGate>) -> usize {
         self.gate = gate;
+        let tokens: Vec<u64> = self.flows.tokens().collect();
+        let mut cut = 0;
+        for token in tokens {
+            let (info_dir, proto, dst, port, is_tcp) = match self.flows.get_mut(token) {
+                Some(Flow::Tcp(c)) => match c.ingress_peer {
+                    Some(peer) => (Direction::Ingress, FlowProto::Tcp, peer.ip(), c.key.guest.port(), true),
+                    None => (Direction::Egress, FlowProto::Tcp, c.key.remote.ip(), c.key.remote.port(), true),
+                },
+                Some(Flow::Udp(u)) => {
+                    if u.dns {
+                        continue;
+                    }
+                    (Direction::Egress, FlowProto::Udp, u.key.remote.ip(), u.key.remote.port(), false)
+                }
+                None => continue,
+            };
+            if self.gate.decide(&self.flow_info(info_dir, proto, dst, port)).allow {
+                continue;
+            }
+            cut += 1;
+            self.core.metrics.flows_denied += 1;
+            if is_tcp {
+                self.finish_tcp(token, After::Reset);
+            } else {
+                self.close_udp(token);
+            }
+        }
+        cut
+    }
+
+    fn close_udp(&mut self, token: u64) {
+        if let Some(Flow::Udp(u)) = self.flows.remove(token) {
+            self.core.metrics.flows_closed += 1;
+            self.core
+                .interest(InterestOp::Remove, u.fd.as_raw_fd(), token, false, false);
+        }
     }
 
     /// Published ports with the host address each one actually listens on.
@@ -515,8 +553,10 @@ impl Netstack {
                     sync_udp(&mut self.core, token, flow);
                     match r {
                         Some((n, meta, payload_off)) => {
-                            if dns {
-                                self.learn_dns(bufs, payload_off, n - payload_off);
+                            if dns && !self.learn_dns(bufs, payload_off, n - payload_off) {
+                                // Rebind protection: the guest never sees this answer.
+                                self.core.metrics.drop_dns_rebind += 1;
+                                continue;
                             }
                             Some((n, meta))
                         }
@@ -532,8 +572,9 @@ impl Netstack {
         None
     }
 
-    /// Records A/AAAA answers relayed to the guest so later flows carry the domain.
-    fn learn_dns(&mut self, bufs: &[IoSliceMut<'_>], off: usize, len: usize) {
+    /// Checks an upstream DNS answer against the gate (rebind protection) and records its
+    /// A/AAAA addresses so later flows carry the domain. Returns false to drop it.
+    fn learn_dns(&mut self, bufs: &[IoSliceMut<'_>], off: usize, len: usize) -> bool {
         let mut msg = std::mem::take(&mut self.scratch);
         msg.clear();
         let mut pos = 0usize;
@@ -545,15 +586,22 @@ impl Netstack {
             }
             msg.extend_from_slice(&b[off.max(a) - a..(off + len).min(e) - a]);
         }
+        let mut ok = true;
         if let Some((name, addrs)) = dns::answer_addresses(&msg) {
-            if self.dns_names.len() + addrs.len() > MAX_DNS_NAMES {
-                self.dns_names.clear();
-            }
-            for a in addrs {
-                self.dns_names.insert(a, name.clone());
+            ok = addrs
+                .iter()
+                .all(|a| self.gate.check_dns_answer(&name, *a).allow);
+            if ok {
+                if self.dns_names.len() + addrs.len() > MAX_DNS_NAMES {
+                    self.dns_names.clear();
+                }
+                for a in addrs {
+                    self.dns_names.insert(a, name.clone());
+                }
             }
         }
         self.scratch = msg;
+        ok
     }
 
     /// Whether [`next_guest_frame`](Self::next_guest_frame) may have something (it can
@@ -601,7 +649,7 @@ impl Netstack {
             };
             self.core.metrics.published_accepts += 1;
             let guest = SocketAddr::new(IpAddr::V4(self.core.addrs.guest4), guest_port);
-            let info = self.flow_info(Direction::Ingress, FlowProto::Tcp, guest.ip(), guest_port);
+            let info = self.flow_info(Direction::Ingress, FlowProto::Tcp, peer.ip(), guest_port);
             if !self.gate.decide(&info).allow {
                 self.core.metrics.flows_denied += 1;
                 let _ = sys::set_linger_zero(fd.as_fd());
@@ -627,6 +675,7 @@ impl Netstack {
             }
             let isn = self.isn(&key);
             let mut conn = TcpConn::new(key, fd, TcpState::SynSent, isn, now);
+            conn.ingress_peer = Some(peer);
             let _ = sys::set_nodelay(conn.fd.as_fd());
             conn.our_wscale = 7;
             conn.syn_pending = true;
@@ -658,11 +707,7 @@ impl Netstack {
                     if now.saturating_duration_since(u.last_activity)
                         >= self.core.cfg.limits.udp_idle_timeout
                     {
-                        if let Some(Flow::Udp(u)) = self.flows.remove(token) {
-                            self.core.metrics.flows_closed += 1;
-                            self.core
-                                .interest(InterestOp::Remove, u.fd.as_raw_fd(), token, false, false);
-                        }
+                        self.close_udp(token);
                     }
                 }
                 None => {}

@@ -119,6 +119,13 @@ impl Harness {
         h
     }
 
+    /// A configured guest whose netstack asks `gate` about flows.
+    pub fn with_gate(cfg: NetConfig, gate: Box<dyn crate::FlowGate>) -> Self {
+        let mut h = Self::new(cfg);
+        h.ns.set_gate(gate);
+        h
+    }
+
     /// A guest with no address (for DHCP tests).
     pub fn unconfigured(cfg: NetConfig) -> Self {
         let mac = EthernetAddress(cfg.guest_mac);

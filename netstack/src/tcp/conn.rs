@@ -84,6 +84,8 @@ pub(crate) struct TcpConn {
     pub queued: bool,
     /// `SO_PEEK_OFF` works on this socket.
     pub peek_off: bool,
+    /// For published-port connections: the host peer that connected (ingress).
+    pub ingress_peer: Option<SocketAddr>,
 }
 
 impl TcpConn {
@@ -118,6 +120,7 @@ impl TcpConn {
             registered: (false, false),
             queued: false,
             peek_off: false,
+            ingress_peer: None,
         }
     }
 

@@ -1,0 +1,101 @@
+//! The compiled policy as the flow gate: denied flows get a RST, DNS names are refused
+//! locally, and swapping in a stricter policy cuts live flows.
+
+use std::io::Read;
+use std::net::{IpAddr, TcpListener, UdpSocket};
+use std::time::Duration;
+
+use netstack::testkit::Harness;
+use netstack::NetConfig;
+use policy::{parse_rules, Action, CompiledPolicy, Policy, PolicyContext};
+use smoltcp::socket::{tcp, udp};
+use smoltcp::wire::{IpAddress, IpEndpoint};
+
+use crate::common::{cfg, connect_gateway, tcp_socket, wait_established};
+
+fn compiled(rules: &str, default_egress: Action) -> Box<CompiledPolicy> {
+    let (_, gw) = Harness::new(cfg()).ns.ipv4_addresses();
+    let ctx = PolicyContext {
+        host_addrs: vec![IpAddr::V4(gw)],
+    };
+    let p = Policy::new(default_egress, Action::Allow, parse_rules(rules).unwrap());
+    Box::new(CompiledPolicy::new(&p, &ctx).unwrap())
+}
+
+#[test]
+fn denied_port_gets_rst_allowed_port_connects() {
+    let allowed = TcpListener::bind("127.0.0.1:0").unwrap();
+    let denied = TcpListener::bind("127.0.0.1:0").unwrap();
+    let (pa, pd) = (
+        allowed.local_addr().unwrap().port(),
+        denied.local_addr().unwrap().port(),
+    );
+    let rules = format!("allow@host:tcp:{pa}");
+    let mut h = Harness::with_gate(cfg(), compiled(&rules, Action::Deny));
+    let s1 = tcp_socket(&mut h, 4096);
+    connect_gateway(&mut h, s1, pd, 43000);
+    assert!(!wait_established(&mut h, s1), "denied flow must not connect");
+    assert_eq!(h.ns.metrics().flows_denied, 1);
+    let s2 = tcp_socket(&mut h, 4096);
+    connect_gateway(&mut h, s2, pa, 43001);
+    assert!(wait_established(&mut h, s2));
+    denied.set_nonblocking(true).unwrap();
+    assert!(denied.accept().is_err(), "no host connection for the denied flow");
+}
+
+#[test]
+fn dns_name_not_allowed_is_refused_locally() {
+    let resolver = UdpSocket::bind("127.0.0.1:0").unwrap();
+    resolver.set_nonblocking(true).unwrap();
+    let cfg = NetConfig {
+        dns_upstreams: vec![resolver.local_addr().unwrap()],
+        ..cfg()
+    };
+    let mut h = Harness::with_gate(cfg, compiled("allow@.example.com:tcp:443", Action::Deny));
+    let rx = udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 4], vec![0; 4096]);
+    let tx = udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 4], vec![0; 4096]);
+    let s = h.sockets.add(udp::Socket::new(rx, tx));
+    h.sockets.get_mut::<udp::Socket>(s).bind(5555).unwrap();
+    let mut q = vec![0xab, 0xcd, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for l in ["secret-data", "evil", "test"] {
+        q.push(l.len() as u8);
+        q.extend_from_slice(l.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    let dns = IpEndpoint::new(IpAddress::Ipv4(h.gateway()), 53);
+    h.sockets.get_mut::<udp::Socket>(s).send_slice(&q, dns).unwrap();
+    let mut answer = None;
+    h.run_until(10_000, Duration::from_secs(5), |h| {
+        if let Ok((d, _)) = h.sockets.get_mut::<udp::Socket>(s).recv() {
+            answer = Some(d.to_vec());
+        }
+        answer.is_some()
+    });
+    let a = answer.expect("no local answer");
+    assert_eq!(a[3] & 0x0f, 5, "REFUSED");
+    let mut buf = [0u8; 512];
+    assert!(resolver.recv_from(&mut buf).is_err(), "query leaked upstream");
+}
+
+#[test]
+fn stricter_policy_cuts_live_flow() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        let (mut c, _) = l.accept().unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut b = [0u8; 8];
+        c.read(&mut b).map_err(|e| e.kind())
+    });
+    let mut h = Harness::with_gate(cfg(), compiled("allow@host:tcp", Action::Deny));
+    let s = tcp_socket(&mut h, 4096);
+    connect_gateway(&mut h, s, port, 43002);
+    assert!(wait_established(&mut h, s));
+    let cut = h.ns.set_gate(compiled("deny@host", Action::Deny));
+    assert_eq!(cut, 1);
+    let closed = h.run_until(10_000, Duration::from_secs(5), |h| {
+        h.sockets.get::<tcp::Socket>(s).state() == tcp::State::Closed
+    });
+    assert!(closed);
+    assert_eq!(server.join().unwrap(), Err(std::io::ErrorKind::ConnectionReset));
+}
