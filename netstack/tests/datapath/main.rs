@@ -3,6 +3,7 @@
 
 mod basic;
 mod common;
+mod ipv6;
 mod policy;
 mod tcp;
 mod tcp_edge;
