@@ -105,6 +105,8 @@ pub struct Stack {
     pub sockets: SocketSet<'static>,
     /// The TSC clock.
     pub clock: Clock,
+    /// Calls to [`Stack::poll`] so far.
+    pub polls: u64,
     epoch: u64,
     dns: Vec<IpAddress>,
 }
@@ -142,6 +144,7 @@ impl Stack {
             iface,
             sockets: SocketSet::new(Vec::new()),
             clock,
+            polls: 0,
             epoch,
             dns: Vec::new(),
         })
@@ -158,6 +161,7 @@ impl Stack {
     /// egress pass, so passes repeat up to `EGRESS_BATCH` times), then kick
     /// once for the whole batch.
     pub fn poll(&mut self) {
+        self.polls += 1;
         let now = self.now();
         self.iface.poll(now, &mut self.dev, &mut self.sockets);
         for _ in 1..EGRESS_BATCH {

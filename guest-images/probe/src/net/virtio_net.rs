@@ -69,6 +69,8 @@ pub struct NetStats {
     /// Received entries dropped as malformed (shorter than the header, or a
     /// broken merged chain).
     pub rx_dropped: u64,
+    /// Times smoltcp wanted to send but every TX descriptor was in flight.
+    pub tx_ring_full: u64,
 }
 
 /// The receive half: queue 0 and its buffers.
@@ -87,6 +89,7 @@ pub struct TxHalf {
     bufs: Vec<u8>,
     free: Vec<u16>,
     frames: u64,
+    ring_full: u64,
 }
 
 /// A live virtio-net device.
@@ -140,6 +143,7 @@ impl VirtioNet {
                 bufs: vec![0; tx_n * BUF_LEN],
                 free: (0..tx_n as u16).rev().collect(),
                 frames: 0,
+                ring_full: 0,
             },
             mac,
             features,
@@ -175,6 +179,7 @@ impl VirtioNet {
             tx_frames: self.tx.frames,
             kicks: self.kicks,
             rx_dropped: self.rx.dropped,
+            tx_ring_full: self.tx.ring_full,
         }
     }
 
@@ -348,6 +353,7 @@ impl phy::Device for VirtioNet {
             self.tx.reclaim();
         }
         if self.tx.free.is_empty() {
+            self.tx.ring_full += 1;
             return None;
         }
         Some(NetTxToken { tx: &mut self.tx })

@@ -141,6 +141,8 @@ pub fn json(ctx: &Context<'_>, name: &str, ok: bool, run: Option<&NetRun>) -> Js
             .u64("tx_frames", stats.tx_frames)
             .u64("kicks", stats.kicks)
             .u64("rx_dropped", stats.rx_dropped)
+            .u64("tx_ring_full", stats.tx_ring_full)
+            .u64("polls", run.stack.polls)
             .str("virtio_base", &format!("{:#x}", run.stack.dev.base()))
             .str(
                 "virtio_features",
