@@ -3,9 +3,11 @@
 //! - [`asm`], [`images`] and [`conformance`] build tiny guest kernels at test time (no
 //!   assembler needed) that check the boot protocols from inside the guest;
 //! - [`harness`] finds the `ringfence` binary, detects whether KVM is usable, and runs guests
-//!   through the real CLI.
+//!   through the real CLI;
+//! - [`linux_image`] finds the image `cargo xtask image` built and boots it under QEMU TCG.
 
 pub mod asm;
 pub mod conformance;
 pub mod harness;
 pub mod images;
+pub mod linux_image;
