@@ -125,7 +125,6 @@ pub(crate) struct Addressing {
     pub gateway4: Ipv4Addr,
     pub guest4: Ipv4Addr,
     pub netmask4: Ipv4Addr,
-    pub broadcast4: Ipv4Addr,
     /// The /64 announced by RA.
     pub prefix6: Ipv6Addr,
     /// Global gateway address (prefix::1).
@@ -183,7 +182,6 @@ impl Addressing {
             gateway4: Ipv4Addr::from(net + 1),
             guest4: Ipv4Addr::from(net + 2),
             netmask4: Ipv4Addr::new(255, 255, 255, 252),
-            broadcast4: Ipv4Addr::from(net + 3),
             prefix6: Ipv6Addr::from(prefix),
             gateway6: Ipv6Addr::from(prefix | 1),
             gateway6_ll: Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1),
@@ -234,7 +232,6 @@ mod tests {
         let a = Addressing::derive(&NetConfig::default()).unwrap();
         assert_eq!(a.gateway4, Ipv4Addr::new(172, 16, 0, 1));
         assert_eq!(a.guest4, Ipv4Addr::new(172, 16, 0, 2));
-        assert_eq!(a.broadcast4, Ipv4Addr::new(172, 16, 0, 3));
         assert_eq!(a.prefix6, "fd42:6d73:62::".parse::<Ipv6Addr>().unwrap());
         assert_eq!(a.gateway6, "fd42:6d73:62::1".parse::<Ipv6Addr>().unwrap());
     }

@@ -21,12 +21,10 @@ pub(crate) const ICMP_TAG: u64 = 1 << 62;
 pub(crate) enum KeyProto {
     Tcp,
     Udp,
-    Icmp,
 }
 
 /// A flow as the guest sees it: its own endpoint and the remote endpoint it talks to
-/// (the original destination, or the gateway for published ports). For ICMP the ports
-/// carry the echo identifier.
+/// (the original destination, or the gateway for published ports).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct FlowKey {
     pub proto: KeyProto,
@@ -93,15 +91,6 @@ impl FlowTable {
     /// Token of the flow with `key`.
     pub(crate) fn lookup(&self, key: &FlowKey) -> Option<u64> {
         self.map.get(key).copied()
-    }
-
-    /// Reserves the token the next [`insert`](Self::insert) will return, so a flow can
-    /// register its fd under it before being inserted.
-    pub(crate) fn next_token(&self) -> u64 {
-        match self.free.last() {
-            Some(&i) => token(i, self.slots[i as usize].generation),
-            None => token(self.slots.len() as u32, 0),
-        }
     }
 
     /// Inserts a flow; returns its token, or gives the flow back if the table is full.

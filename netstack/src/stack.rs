@@ -18,12 +18,13 @@ use smoltcp::wire::IpProtocol;
 use crate::config::{Addressing, NetConfig, PublishedPort};
 use crate::core::{Core, FdInterest, InterestOp, RxMeta, TxMeta};
 use crate::error::NetError;
-use crate::flow_table::{Flow, FlowKey, FlowTable, KeyProto, LISTENER_TAG};
+use crate::flow_table::{Flow, FlowKey, FlowTable, KeyProto, ICMP_TAG, LISTENER_TAG};
 use crate::frame::build::{capacity, scatter};
 use crate::frame::parse::{parse_l3, Drop, IpInfo, L3};
 use crate::frame::GuestFrame;
 use crate::gate::{AllowAll, Direction, FlowGate, FlowInfo, FlowProto};
 use crate::metrics::NetMetrics;
+use crate::ping::PingRelay;
 use crate::publish::{self, Listener};
 use crate::tcp::{self, After, Produced, Segment, TcpConn, TcpState};
 use crate::udp::UdpFlow;
@@ -46,6 +47,7 @@ pub struct Netstack {
     isn_key: std::collections::hash_map::RandomState,
     epoch: Instant,
     scratch: Vec<u8>,
+    ping: PingRelay,
 }
 
 impl Netstack {
@@ -68,7 +70,6 @@ impl Netstack {
         if upstreams.is_empty() {
             tracing::warn!("no DNS upstream configured or found in /etc/resolv.conf: guest DNS queries will get SERVFAIL");
         }
-        crate::ping::log_capability_once();
         let mut core = Core::new(cfg.clone(), addrs);
         for (i, l) in listeners.iter().enumerate() {
             core.interest(
@@ -89,6 +90,7 @@ impl Netstack {
             isn_key: Default::default(),
             epoch: Instant::now(),
             scratch: Vec::new(),
+            ping: PingRelay::new(),
         })
     }
 
@@ -226,16 +228,29 @@ impl Netstack {
                 } else if ip.proto == IpProtocol::Icmp {
                     if self.source_ok(ip) {
                         if let Some(echo) = icmp::handle_v4(&mut self.core, ip, &msg) {
-                            crate::ping::relay_echo(&mut self.core, ip, &echo);
+                            self.relay_echo(ip, FlowProto::Icmpv4, &echo, now);
                         }
                     }
                 } else if let Some(echo) = icmp::handle_v6(&mut self.core, ip, &msg) {
-                    crate::ping::relay_echo(&mut self.core, ip, &echo);
+                    self.relay_echo(ip, FlowProto::Icmpv6, &echo, now);
                 }
                 self.scratch = msg;
             }
             _ => self.core.metrics.drop_unsupported += 1,
         }
+    }
+
+    fn relay_echo(&mut self, ip: &IpInfo, proto: FlowProto, echo: &icmp::ForeignEcho<'_>, now: Instant) {
+        if !ipaddr::is_unicast_destination(&ip.dst) {
+            self.core.metrics.drop_unsupported += 1;
+            return;
+        }
+        if !self.gate.decide(&self.flow_info(Direction::Egress, proto, ip.dst, 0)).allow {
+            self.core.metrics.flows_denied += 1;
+            return;
+        }
+        self.ping
+            .send(&mut self.core, ip.src, ip.dst, echo.ident, echo.seq_no, echo.data, now);
     }
 
     fn flow_info<'a>(&'a self, dir: Direction, proto: FlowProto, dst: IpAddr, port: u16) -> FlowInfo<'a> {
@@ -621,6 +636,9 @@ impl Netstack {
             let idx = (token & !LISTENER_TAG) as usize;
             return self.accept_published(idx, now);
         }
+        if token & ICMP_TAG != 0 {
+            return self.ping.on_ready(&mut self.core, token & !ICMP_TAG);
+        }
         match self.flows.get_mut(token) {
             Some(Flow::Tcp(conn)) => {
                 let after = tcp::on_ready(&mut self.core, conn, readable, writable, now);
@@ -685,17 +703,21 @@ impl Netstack {
 
     /// Earliest instant at which [`on_timer`](Self::on_timer) has work.
     pub fn next_deadline(&self) -> Option<Instant> {
+        let idle = self.core.cfg.limits.udp_idle_timeout;
         self.flows
             .iter()
             .map(|f| match f {
                 Flow::Tcp(c) => tcp::deadline(&self.core, c),
-                Flow::Udp(u) => u.last_activity + self.core.cfg.limits.udp_idle_timeout,
+                Flow::Udp(u) => u.last_activity + idle,
             })
+            .chain(self.ping.deadline(idle))
             .min()
     }
 
     /// Runs timers due at `now`: connect/idle timeouts, retransmissions.
     pub fn on_timer(&mut self, now: Instant) {
+        let idle = self.core.cfg.limits.udp_idle_timeout;
+        self.ping.expire(&mut self.core, now, idle);
         let tokens: Vec<u64> = self.flows.tokens().collect();
         for token in tokens {
             match self.flows.get_mut(token) {

@@ -7,7 +7,7 @@
 
 use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::{size_of, zeroed};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 /// `SO_PEEK_OFF` (socket(7)); the value is the same on every Linux architecture we target.
@@ -400,17 +400,4 @@ pub fn poll(fds: &mut [libc::pollfd], timeout_ms: i32) -> io::Result<usize> {
     // SAFETY: `fds` is a valid, exclusively borrowed array of pollfd of the given length.
     cvt(unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) })
         .map(|n| n as usize)
-}
-
-/// Whether this process has CAP_NET_RAW (probed by opening a raw ICMP socket).
-pub(crate) fn raw_icmp_socket(v6: bool) -> io::Result<OwnedFd> {
-    socket(v6, SockKind::RawIcmp)
-}
-
-/// The unspecified address of the family of `ip`.
-pub(crate) fn unspecified_like(ip: &IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
-    }
 }

@@ -25,8 +25,6 @@ use crate::sys::{self, SockKind};
 pub(crate) struct UdpFlow {
     pub key: FlowKey,
     pub fd: OwnedFd,
-    /// Where the host socket is connected (real destination, loopback, or DNS upstream).
-    pub host_dst: SocketAddr,
     pub last_activity: Instant,
     /// The host socket may hold a datagram.
     pub host_readable: bool,
@@ -38,14 +36,14 @@ pub(crate) struct UdpFlow {
 }
 
 impl UdpFlow {
-    /// Opens the host socket for a new flow.
+    /// Opens the host socket for a new flow, connected to `host_dst` (the real
+    /// destination, host loopback for the gateway, or the DNS upstream).
     pub(crate) fn open(key: FlowKey, host_dst: SocketAddr, now: Instant) -> io::Result<Self> {
         let fd = sys::socket(host_dst.is_ipv6(), SockKind::Datagram)?;
         sys::connect(fd.as_fd(), &host_dst)?;
         Ok(UdpFlow {
             key,
             fd,
-            host_dst,
             last_activity: now,
             host_readable: false,
             registered: false,

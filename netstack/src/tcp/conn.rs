@@ -3,7 +3,7 @@
 //! queries that derive our advertised window.
 
 use std::io::IoSliceMut;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
 
@@ -403,9 +403,4 @@ pub(crate) fn push_rst_for(core: &mut Core, ip: &IpInfo, seg: &Segment) {
     };
     core.metrics.rst_to_guest += 1;
     push_segment(core, from, to, &h);
-}
-
-/// Address family helper for callers that only have an IP.
-pub(crate) fn is_v6(ip: &IpAddr) -> bool {
-    ip.is_ipv6()
 }

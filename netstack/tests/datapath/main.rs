@@ -4,6 +4,7 @@
 mod basic;
 mod common;
 mod ipv6;
+mod netns;
 mod policy;
 mod tcp;
 mod tcp_edge;

@@ -17,6 +17,9 @@ use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, Ipv4Add
 
 use crate::{InterestOp, NetConfig, Netstack, TxMeta};
 
+mod synthetic;
+pub use synthetic::SyntheticTcp;
+
 /// What the fault hook does with a frame the guest sent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fault {
