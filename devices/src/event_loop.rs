@@ -11,9 +11,12 @@
 //!   counter with one non-blocking `read`. Kicks are rare by design (see below), so that read
 //!   is not on the per-packet path.
 //! * **Backend descriptors** (the tap fd; the netstack's host sockets) are polled with one-shot
-//!   polls that the worker re-arms only while it still wants them — e.g. the tap is polled for
-//!   readability only while the guest has RX buffers posted, so backpressure stays in the
-//!   kernel instead of in a queue of ours.
+//!   polls. Before each wait the worker passes the backend's current wishes to
+//!   [`EventLoop::sync_fds`], which arms what is wanted and not armed and cancels what is
+//!   armed and no longer wanted (a closed socket, or the tap while the guest has no RX
+//!   buffers, so backpressure stays in the kernel instead of in a queue of ours). Each armed
+//!   poll has its own slot, so a token or descriptor number reused by the backend can never
+//!   be confused with a stale poll.
 //! * **Interrupts** to the guest are eventfd writes (KVM's irqfd). They are queued as `Write`
 //!   submissions from a static 8-byte value and go out with the next `io_uring_enter`, so
 //!   raising an interrupt costs no extra syscall.
@@ -39,6 +42,7 @@
 //! This module never dereferences guest memory and submits no operation that writes into a
 //! buffer of ours, so dropping the ring with operations in flight is safe.
 
+use std::collections::HashMap;
 use std::io;
 use std::os::fd::RawFd;
 use std::time::Duration;
@@ -54,9 +58,8 @@ const TAG_SHIFT: u32 = 56;
 const TAG_EVENTFD: u64 = 1;
 const TAG_FD: u64 = 2;
 const TAG_SIGNAL: u64 = 3;
-const POLL_READ_BIT: u64 = 1 << 48;
-const POLL_WRITE_BIT: u64 = 1 << 49;
-const TOKEN_MASK: u64 = (1 << 48) - 1;
+const TAG_CANCEL: u64 = 4;
+const INDEX_MASK: u64 = (1 << TAG_SHIFT) - 1;
 
 /// Something the worker must react to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,11 +97,32 @@ pub enum EventLoopError {
     Enter(io::Error),
 }
 
+/// What a backend poll waits for; identifies an armed poll.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct PollKey {
+    token: u64,
+    fd: RawFd,
+    readable: bool,
+    writable: bool,
+}
+
+/// One armed backend poll (a slot of [`EventLoop::polls`]).
+#[derive(Debug, Clone, Copy)]
+struct ArmedPoll {
+    key: PollKey,
+    /// Seen in the current `sync_fds` round.
+    wanted: bool,
+    /// A cancel was submitted; its completion reports nothing.
+    cancelling: bool,
+}
+
 /// One worker's ring plus the bookkeeping of what is armed on it.
 pub struct EventLoop {
     ring: IoUring,
     eventfds: Vec<RawFd>,
-    armed: Vec<u64>,
+    polls: Vec<Option<ArmedPoll>>,
+    free_slots: Vec<usize>,
+    armed: HashMap<PollKey, usize>,
 }
 
 impl std::fmt::Debug for EventLoop {
@@ -121,7 +145,9 @@ impl EventLoop {
         Ok(Self {
             ring,
             eventfds: Vec::new(),
-            armed: Vec::new(),
+            polls: Vec::new(),
+            free_slots: Vec::new(),
+            armed: HashMap::new(),
         })
     }
 
@@ -156,30 +182,72 @@ impl EventLoop {
         self.push(sqe)
     }
 
-    /// Arms a one-shot poll for a backend descriptor unless the same poll is already armed.
-    pub fn arm_fd(&mut self, interest: FdInterest) -> Result<(), EventLoopError> {
-        if !interest.readable && !interest.writable {
-            return Ok(());
+    /// Makes the armed backend polls match `wanted`: arms a one-shot poll for each wanted
+    /// (token, fd, events) not armed yet and cancels armed ones no longer wanted.
+    pub fn sync_fds(&mut self, wanted: &[FdInterest]) -> Result<(), EventLoopError> {
+        for w in wanted {
+            if !w.readable && !w.writable {
+                continue;
+            }
+            let key = PollKey {
+                token: w.token,
+                fd: w.fd,
+                readable: w.readable,
+                writable: w.writable,
+            };
+            if let Some(&slot) = self.armed.get(&key) {
+                if let Some(Some(p)) = self.polls.get_mut(slot) {
+                    p.wanted = true;
+                }
+                continue;
+            }
+            let slot = match self.free_slots.pop() {
+                Some(i) => i,
+                None => {
+                    self.polls.push(None);
+                    self.polls.len() - 1
+                }
+            };
+            let mut mask = 0u32;
+            if w.readable {
+                mask |= libc::POLLIN as u32;
+            }
+            if w.writable {
+                mask |= libc::POLLOUT as u32;
+            }
+            let sqe = opcode::PollAdd::new(types::Fd(w.fd), mask)
+                .build()
+                .user_data((TAG_FD << TAG_SHIFT) | slot as u64);
+            self.push(sqe)?;
+            self.polls[slot] = Some(ArmedPoll {
+                key,
+                wanted: true,
+                cancelling: false,
+            });
+            self.armed.insert(key, slot);
         }
-        let mut key = (TAG_FD << TAG_SHIFT) | (interest.token & TOKEN_MASK);
-        let mut mask = 0u32;
-        if interest.readable {
-            key |= POLL_READ_BIT;
-            mask |= libc::POLLIN as u32;
+        for slot in 0..self.polls.len() {
+            let Some(p) = self.polls[slot].as_mut() else {
+                continue;
+            };
+            if p.wanted || p.cancelling {
+                p.wanted = false;
+                continue;
+            }
+            p.cancelling = true;
+            let key = p.key;
+            self.armed.remove(&key);
+            let sqe = opcode::PollRemove::new((TAG_FD << TAG_SHIFT) | slot as u64)
+                .build()
+                .user_data(TAG_CANCEL << TAG_SHIFT);
+            self.push(sqe)?;
         }
-        if interest.writable {
-            key |= POLL_WRITE_BIT;
-            mask |= libc::POLLOUT as u32;
-        }
-        if self.armed.contains(&key) {
-            return Ok(());
-        }
-        let sqe = opcode::PollAdd::new(types::Fd(interest.fd), mask)
-            .build()
-            .user_data(key);
-        self.push(sqe)?;
-        self.armed.push(key);
         Ok(())
+    }
+
+    /// Number of backend polls currently armed (not being cancelled).
+    pub fn armed_fds(&self) -> usize {
+        self.armed.len()
     }
 
     /// Queues an eventfd write of 1 (e.g. an irqfd); it is submitted with the next wait.
@@ -240,7 +308,7 @@ impl EventLoop {
                 let tag = data >> TAG_SHIFT;
                 match tag {
                     TAG_EVENTFD => {
-                        let index = (data & TOKEN_MASK) as usize;
+                        let index = (data & INDEX_MASK) as usize;
                         if let Some(&fd) = self.eventfds.get(index) {
                             drain_eventfd(fd);
                             if cqe.result() >= 0 {
@@ -252,15 +320,23 @@ impl EventLoop {
                         }
                     }
                     TAG_FD => {
-                        self.armed.retain(|&k| k != data);
+                        let slot = (data & INDEX_MASK) as usize;
+                        let Some(p) = self.polls.get_mut(slot).and_then(Option::take) else {
+                            continue;
+                        };
+                        self.free_slots.push(slot);
+                        if p.cancelling {
+                            continue;
+                        }
+                        self.armed.remove(&p.key);
                         let res = cqe.result();
                         let hup = (libc::POLLERR | libc::POLLHUP) as i32;
                         let readable = res < 0 || res & (libc::POLLIN as i32 | hup) != 0;
                         let writable = res < 0 || res & (libc::POLLOUT as i32 | hup) != 0;
                         events.push(Event::Fd {
-                            token: data & TOKEN_MASK,
-                            readable: readable && data & POLL_READ_BIT != 0,
-                            writable: writable && data & POLL_WRITE_BIT != 0,
+                            token: p.key.token,
+                            readable: readable && p.key.readable,
+                            writable: writable && p.key.writable,
                         });
                     }
                     _ => {
@@ -338,8 +414,9 @@ mod tests {
             readable: true,
             writable: false,
         };
-        lp.arm_fd(interest).unwrap();
-        lp.arm_fd(interest).unwrap();
+        lp.sync_fds(&[interest]).unwrap();
+        lp.sync_fds(&[interest]).unwrap();
+        assert_eq!(lp.armed_fds(), 1);
         c.write(1).unwrap();
         lp.wait(Some(Duration::from_secs(5)), &mut ev).unwrap();
         let fd_events: Vec<_> = ev
@@ -350,6 +427,36 @@ mod tests {
             fd_events,
             vec![&Event::Fd {
                 token: 42,
+                readable: true,
+                writable: false
+            }]
+        );
+        assert_eq!(lp.armed_fds(), 0);
+
+        // An unwanted poll is cancelled and reports nothing; the descriptor number and token
+        // can then be reused for a new poll.
+        ev.clear();
+        let d = EventFd::new(EFD_NONBLOCK).unwrap();
+        let other = FdInterest {
+            fd: d.as_raw_fd(),
+            token: 7,
+            readable: true,
+            writable: false,
+        };
+        lp.sync_fds(&[other]).unwrap();
+        lp.wait(Some(Duration::ZERO), &mut ev).unwrap();
+        lp.sync_fds(&[]).unwrap();
+        assert_eq!(lp.armed_fds(), 0);
+        lp.wait(Some(Duration::from_millis(20)), &mut ev).unwrap();
+        d.write(1).unwrap();
+        lp.wait(Some(Duration::from_millis(20)), &mut ev).unwrap();
+        assert!(ev.is_empty(), "cancelled poll reported {ev:?}");
+        lp.sync_fds(&[other]).unwrap();
+        lp.wait(Some(Duration::from_secs(5)), &mut ev).unwrap();
+        assert_eq!(
+            ev,
+            vec![Event::Fd {
+                token: 7,
                 readable: true,
                 writable: false
             }]

@@ -205,10 +205,7 @@ impl NetWorker {
         self.interests.clear();
         let rx_space = !self.rx_bufs.is_empty();
         self.parts.backend.interests(rx_space, &mut self.interests);
-        for i in 0..self.interests.len() {
-            self.lp.arm_fd(self.interests[i])?;
-        }
-        Ok(())
+        self.lp.sync_fds(&self.interests)
     }
 
     /// Re-enables guest notifications on both queues; true if work arrived meanwhile.

@@ -24,6 +24,8 @@ pub const VRING_DESC_F_NEXT: u16 = 1;
 /// Descriptor flag: the buffer is device-writable.
 pub const VRING_DESC_F_WRITE: u16 = 2;
 const VRING_USED_F_NO_NOTIFY: u16 = 1;
+/// How long waits spin on the used ring before sleeping on the irq eventfd.
+const SPIN: Duration = Duration::from_micros(200);
 
 /// What went wrong in the harness.
 #[derive(Debug, thiserror::Error)]
@@ -466,6 +468,22 @@ impl NetDriver {
         out
     }
 
+    /// Spins (like a polling guest, e.g. the probe) for up to `spin` until the used index of
+    /// queue `q` moves past what the driver has seen; true if it did.
+    pub fn spin_for_used(&mut self, q: usize, spin: Duration) -> bool {
+        let start = Instant::now();
+        loop {
+            let seen = self.queue(q).last_used.0;
+            if self.used_idx(q) != seen {
+                return true;
+            }
+            if start.elapsed() >= spin {
+                return false;
+            }
+            std::hint::spin_loop();
+        }
+    }
+
     /// Waits (bounded) for the irq eventfd; acks InterruptStatus when it fires.
     pub fn wait_irq(&mut self, timeout: Duration) -> bool {
         let fd = self.transport.irq_evt().as_raw_fd();
@@ -511,7 +529,9 @@ impl NetDriver {
                     timeout,
                 });
             }
-            self.wait_irq((deadline - now).min(Duration::from_millis(2)));
+            if !self.spin_for_used(q, SPIN) {
+                self.wait_irq((deadline - now).min(Duration::from_millis(2)));
+            }
         }
     }
 
@@ -572,7 +592,10 @@ impl NetDriver {
                 let last = self.rx.last_used.0;
                 self.set_used_event(RX_QUEUE, last);
             }
-            let new = self.take_used(RX_QUEUE);
+            let mut new = self.take_used(RX_QUEUE);
+            if new.is_empty() && self.spin_for_used(RX_QUEUE, SPIN) {
+                new = self.take_used(RX_QUEUE);
+            }
             if new.is_empty() {
                 self.wait_irq((deadline - now).min(Duration::from_millis(2)));
             }

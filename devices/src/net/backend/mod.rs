@@ -69,7 +69,7 @@ pub enum RxFrame {
 pub struct FdInterest {
     /// The descriptor.
     pub fd: RawFd,
-    /// Passed back in [`NetBackend::on_fd_ready`]; must be below 2^48.
+    /// Passed back in [`NetBackend::on_fd_ready`].
     pub token: u64,
     /// Wake when readable.
     pub readable: bool,
@@ -121,9 +121,11 @@ pub trait NetBackend: Send {
     /// Writes at most one frame into `buf`. `Ok(None)` means no frame is ready now.
     fn recv(&mut self, buf: RxBuf<'_>) -> Result<Option<RxFrame>, BackendError>;
 
-    /// Fills `out` with the descriptors to poll now. `rx_space` says whether the guest has
-    /// RX buffers posted; a backend whose readable fd only means "frame for the guest" should
-    /// not ask for readability without space (backpressure stays in the kernel).
+    /// Fills `out` with every descriptor to poll now (the full current set, not changes:
+    /// polls armed earlier and missing from the set are cancelled). `rx_space` says whether
+    /// the guest has RX buffers posted; a backend whose readable fd only means "frame for the
+    /// guest" should not ask for readability without space (backpressure stays in the
+    /// kernel). A ready descriptor is reported once; list it again to keep polling it.
     fn interests(&mut self, rx_space: bool, out: &mut Vec<FdInterest>);
 
     /// A polled descriptor became ready.
