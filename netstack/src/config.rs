@@ -151,7 +151,8 @@ impl Addressing {
         };
         let net = (u32::from(pool4) & mask) + cfg.ipv4_index * 4;
         let (pool6, plen6) = cfg.ipv6_pool;
-        if plen6 > 64 || (plen6 < 64 && u64::from(cfg.ipv6_index) >= 1u64 << (64 - plen6).min(63))
+        if plen6 > 64
+            || (plen6 < 64 && u64::from(cfg.ipv6_index) >= 1u64 << (64 - plen6).min(63))
             || (plen6 == 64 && cfg.ipv6_index != 0)
         {
             return Err(NetError::Ipv6PoolTooSmall {

@@ -55,8 +55,7 @@ pub(crate) fn handle(core: &mut Core, payload: &[u8]) {
         kind: OPT_MTU,
         data: &mtu,
     }];
-    let mut dns: heapless::Vec<Ipv4Addr, 3> =
-        heapless::Vec::new(); // capacity = smoltcp's MAX_DNS_SERVER_COUNT
+    let mut dns: heapless::Vec<Ipv4Addr, 3> = heapless::Vec::new(); // capacity = smoltcp's MAX_DNS_SERVER_COUNT
     if !nak {
         let _ = dns.push(a.gateway4);
     }

@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 
 use smoltcp::phy::ChecksumCapabilities;
-use smoltcp::wire::{IpProtocol, Icmpv4Packet, Icmpv4Repr, Icmpv6Packet, Icmpv6Repr};
+use smoltcp::wire::{Icmpv4Packet, Icmpv4Repr, Icmpv6Packet, Icmpv6Repr, IpProtocol};
 
 use crate::core::Core;
 use crate::frame::parse::IpInfo;
@@ -18,7 +18,11 @@ pub(crate) struct ForeignEcho<'m> {
 }
 
 /// Handles an ICMPv4 message (`msg` = whole ICMP message).
-pub(crate) fn handle_v4<'m>(core: &mut Core, ip: &IpInfo, msg: &'m [u8]) -> Option<ForeignEcho<'m>> {
+pub(crate) fn handle_v4<'m>(
+    core: &mut Core,
+    ip: &IpInfo,
+    msg: &'m [u8],
+) -> Option<ForeignEcho<'m>> {
     core.metrics.icmp_frames += 1;
     let Ok(pkt) = Icmpv4Packet::new_checked(msg) else {
         core.metrics.drop_malformed += 1;
@@ -60,7 +64,11 @@ pub(crate) fn handle_v4<'m>(core: &mut Core, ip: &IpInfo, msg: &'m [u8]) -> Opti
 }
 
 /// Handles an ICMPv6 message (`msg` = whole ICMPv6 message).
-pub(crate) fn handle_v6<'m>(core: &mut Core, ip: &IpInfo, msg: &'m [u8]) -> Option<ForeignEcho<'m>> {
+pub(crate) fn handle_v6<'m>(
+    core: &mut Core,
+    ip: &IpInfo,
+    msg: &'m [u8],
+) -> Option<ForeignEcho<'m>> {
     core.metrics.icmp_frames += 1;
     let (IpAddr::V6(src), IpAddr::V6(dst)) = (ip.src, ip.dst) else {
         return None;

@@ -17,11 +17,12 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use smoltcp::phy::ChecksumCapabilities;
-use smoltcp::wire::{IpProtocol, Icmpv4Packet, Icmpv4Repr, Icmpv6Packet, Icmpv6Repr};
+use smoltcp::wire::{Icmpv4Packet, Icmpv4Repr, Icmpv6Packet, Icmpv6Repr, IpProtocol};
 
 use crate::checksum::Checksum;
 use crate::core::{Core, InterestOp};
 use crate::flow_table::ICMP_TAG;
+use crate::icmp::ForeignEcho;
 use crate::sys::{self, SockKind};
 
 /// How this process can send ICMP echo.
@@ -40,7 +41,9 @@ static LOGGED: OnceLock<PingMode> = OnceLock::new();
 
 /// Whether the current process's group may open ping sockets, from the sysctl text.
 fn group_allowed(range: &str, gid: u32) -> bool {
-    let mut it = range.split_whitespace().filter_map(|v| v.parse::<u64>().ok());
+    let mut it = range
+        .split_whitespace()
+        .filter_map(|v| v.parse::<u64>().ok());
     match (it.next(), it.next()) {
         (Some(lo), Some(hi)) => lo <= u64::from(gid) && u64::from(gid) <= hi,
         _ => false,
@@ -142,17 +145,16 @@ impl PingRelay {
         core: &mut Core,
         guest: IpAddr,
         dst: IpAddr,
-        ident: u16,
-        seq_no: u16,
-        data: &[u8],
+        echo: &ForeignEcho<'_>,
         now: Instant,
     ) {
         let pending = Pending {
             guest,
             dst,
-            guest_ident: ident,
+            guest_ident: echo.ident,
             last: now,
         };
+        let (seq_no, data) = (echo.seq_no, echo.data);
         let sent = match self.mode {
             PingMode::Unavailable => false,
             PingMode::Datagram => self.send_datagram(core, pending, seq_no, data),
@@ -200,14 +202,22 @@ impl PingRelay {
             let Ok(fd) = sys::socket(v6, SockKind::RawIcmp) else {
                 return false;
             };
-            core.interest(InterestOp::Add, fd.as_raw_fd(), ICMP_TAG | fam as u64, true, false);
+            core.interest(
+                InterestOp::Add,
+                fd.as_raw_fd(),
+                ICMP_TAG | fam as u64,
+                true,
+                false,
+            );
             self.raw[fam] = Some(fd);
         }
         // Reuse the host identifier of this flow, or take the next free one.
         let existing = self
             .idents
             .iter()
-            .find(|(k, v)| k.0 == v6 && v.guest == p.guest && v.dst == p.dst && v.guest_ident == p.guest_ident)
+            .find(|(k, v)| {
+                k.0 == v6 && v.guest == p.guest && v.dst == p.dst && v.guest_ident == p.guest_ident
+            })
             .map(|(k, _)| k.1);
         let host_ident = match existing {
             Some(i) => i,
@@ -309,7 +319,13 @@ impl PingRelay {
             if let Some(s) = self.sockets.remove(&t) {
                 let p = s.pending;
                 self.by_flow.remove(&(p.guest, p.dst, p.guest_ident));
-                core.interest(InterestOp::Remove, s.fd.as_raw_fd(), ICMP_TAG | t, false, false);
+                core.interest(
+                    InterestOp::Remove,
+                    s.fd.as_raw_fd(),
+                    ICMP_TAG | t,
+                    false,
+                    false,
+                );
                 core.metrics.flows_closed += 1;
             }
         }

@@ -57,13 +57,8 @@ pub(crate) fn socket(v6: bool, kind: SockKind) -> io::Result<OwnedFd> {
         SockKind::RawIcmp => (libc::SOCK_RAW, icmp),
     };
     // SAFETY: plain syscall with integer arguments; the returned fd is checked before use.
-    let fd = cvt(unsafe {
-        libc::socket(
-            domain,
-            ty | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            proto,
-        )
-    })?;
+    let fd =
+        cvt(unsafe { libc::socket(domain, ty | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, proto) })?;
     // SAFETY: `fd` was just returned by socket(2) and is owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
@@ -118,7 +113,10 @@ fn from_raw(raw: &libc::sockaddr_storage) -> Option<SocketAddr> {
             // SAFETY: the family says the storage holds a sockaddr_in; storage is aligned for it.
             let sin = unsafe { &*(raw as *const _ as *const libc::sockaddr_in) };
             let ip = Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes());
-            Some(SocketAddr::V4(SocketAddrV4::new(ip, u16::from_be(sin.sin_port))))
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                ip,
+                u16::from_be(sin.sin_port),
+            )))
         }
         libc::AF_INET6 => {
             // SAFETY: the family says the storage holds a sockaddr_in6; storage is aligned for it.
@@ -194,7 +192,8 @@ pub(crate) fn accept(fd: BorrowedFd<'_>) -> io::Result<(OwnedFd, SocketAddr)> {
     })?;
     // SAFETY: `new` was just returned by accept4 and is owned by nobody else.
     let owned = unsafe { OwnedFd::from_raw_fd(new) };
-    let peer = from_raw(&storage).ok_or_else(|| io::Error::from_raw_os_error(libc::EAFNOSUPPORT))?;
+    let peer =
+        from_raw(&storage).ok_or_else(|| io::Error::from_raw_os_error(libc::EAFNOSUPPORT))?;
     Ok((owned, peer))
 }
 
@@ -298,7 +297,13 @@ pub(crate) fn send_buffer_size(fd: BorrowedFd<'_>) -> io::Result<u32> {
 pub(crate) fn send_queue_len(fd: BorrowedFd<'_>) -> io::Result<u32> {
     let mut value: libc::c_int = 0;
     // SAFETY: TIOCOUTQ (== SIOCOUTQ) writes one c_int through the pointer, which is live.
-    cvt(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCOUTQ, &mut value as *mut libc::c_int) })?;
+    cvt(unsafe {
+        libc::ioctl(
+            fd.as_raw_fd(),
+            libc::TIOCOUTQ,
+            &mut value as *mut libc::c_int,
+        )
+    })?;
     Ok(value.max(0) as u32)
 }
 

@@ -17,7 +17,9 @@ use smoltcp::wire::IpProtocol;
 use crate::checksum::Checksum;
 use crate::core::{Core, RxMeta};
 use crate::flow_table::FlowKey;
-use crate::frame::build::{capacity, checksum_range, emit_eth_ip, eth_ip_len, scatter, tail_iovecs};
+use crate::frame::build::{
+    capacity, checksum_range, emit_eth_ip, eth_ip_len, max_frame, scatter, tail_iovecs,
+};
 use crate::frame::{GuestFrame, MAX_SEGS};
 use crate::sys::{self, SockKind};
 
@@ -91,7 +93,13 @@ impl UdpFlow {
         let from = self.key.remote;
         let to = self.key.guest;
         let hdr_len = eth_ip_len(&from.ip()) + 8;
-        let room = core.cfg.max_rx_frame.min(capacity(bufs));
+        // The UDP length field is 16 bits too.
+        let room = core
+            .cfg
+            .max_rx_frame
+            .min(capacity(bufs))
+            .min(max_frame(&from.ip()))
+            .min(eth_ip_len(&from.ip()) + 65535);
         if room < hdr_len {
             return None;
         }

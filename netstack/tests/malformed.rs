@@ -52,8 +52,7 @@ fn valid_syn() -> Vec<u8> {
     ];
     f.extend_from_slice(&ip);
     let tcp = [
-        0x9c, 0x40, 0, 9, 0, 0, 0, 1, 0, 0, 0, 0, 0x60, 0x02, 0xff, 0xff, 0, 0, 0, 0, 2, 4, 5,
-        0xb4,
+        0x9c, 0x40, 0, 9, 0, 0, 0, 1, 0, 0, 0, 0, 0x60, 0x02, 0xff, 0xff, 0, 0, 0, 0, 2, 4, 5, 0xb4,
     ];
     f.extend_from_slice(&tcp);
     f
@@ -64,7 +63,11 @@ fn truncated_headers_are_counted() {
     let mut n = ns();
     let syn = valid_syn();
     for len in [0, 5, 13, 14, 20, 33, 34, 40, 53] {
-        n.handle_guest_frame(&[IoSlice::new(&syn[..len])], TxMeta::default(), Instant::now());
+        n.handle_guest_frame(
+            &[IoSlice::new(&syn[..len])],
+            TxMeta::default(),
+            Instant::now(),
+        );
     }
     drain(&mut n);
     let m = n.metrics();

@@ -23,6 +23,15 @@ pub(crate) struct Endpoints {
     pub dst: IpAddr,
 }
 
+/// Largest Ethernet frame whose IP length fields can describe it (IPv4 total length and
+/// IPv6 payload length are 16 bits).
+pub(crate) fn max_frame(ip: &IpAddr) -> usize {
+    match ip {
+        IpAddr::V4(_) => 14 + 65535,
+        IpAddr::V6(_) => 14 + 40 + 65535,
+    }
+}
+
 /// Ethernet + IP header length for the family of `ip`.
 pub(crate) fn eth_ip_len(ip: &IpAddr) -> usize {
     match ip {
@@ -33,7 +42,12 @@ pub(crate) fn eth_ip_len(ip: &IpAddr) -> usize {
 
 /// Writes Ethernet and IP headers for an L4 payload of `l4_len` bytes; returns their length.
 /// `buf` must hold at least [`eth_ip_len`] bytes.
-pub(crate) fn emit_eth_ip(buf: &mut [u8], ep: &Endpoints, proto: IpProtocol, l4_len: usize) -> usize {
+pub(crate) fn emit_eth_ip(
+    buf: &mut [u8],
+    ep: &Endpoints,
+    proto: IpProtocol,
+    l4_len: usize,
+) -> usize {
     let hlen = eth_ip_len(&ep.src);
     let ethertype = match ep.src {
         IpAddr::V4(_) => EthernetProtocol::Ipv4,

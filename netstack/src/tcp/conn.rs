@@ -318,12 +318,7 @@ pub(crate) fn write_header(
     if core.cfg.rx_checksum {
         let ip_len = crate::frame::build::eth_ip_len(&from.ip());
         let mut ck = Checksum::new();
-        ck.add_pseudo(
-            &from.ip(),
-            &to.ip(),
-            6,
-            (n - ip_len + payload_len) as u32,
-        );
+        ck.add_pseudo(&from.ip(), &to.ip(), 6, (n - ip_len + payload_len) as u32);
         ck.add(&hdr[ip_len..n]);
         checksum_range(&mut ck, bufs, n, payload_len);
         hdr[ip_len + 16..ip_len + 18].copy_from_slice(&ck.finish().to_be_bytes());

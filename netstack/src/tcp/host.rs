@@ -11,7 +11,7 @@ use smoltcp::wire::TcpControl;
 use super::conn::{write_header, Header, TcpConn, TcpState, MAX_HDR, RTO_MAX};
 use super::After;
 use crate::core::{Core, RxGso, RxMeta};
-use crate::frame::build::{capacity, eth_ip_len, tail_iovecs};
+use crate::frame::build::{capacity, eth_ip_len, max_frame, tail_iovecs};
 use crate::frame::MAX_SEGS;
 use crate::sys;
 
@@ -203,7 +203,12 @@ fn peek_data(
     } else {
         usize::from(conn.guest_mss)
     };
-    let room = core.cfg.max_rx_frame.min(capacity(bufs)) - hdr_len;
+    let room = core
+        .cfg
+        .max_rx_frame
+        .min(capacity(bufs))
+        .min(max_frame(&from.ip()))
+        - hdr_len;
     let mut max = (conn.window_avail() as usize).min(room).min(seg_limit);
     let in_flight = conn.data_in_flight() as usize;
     if !conn.peek_off {
@@ -228,7 +233,9 @@ fn peek_data(
         };
         let n = tail_iovecs(bufs, hdr_len, max, &mut iov[first..]);
         match sys::recv_vectored(conn.fd.as_fd(), &mut iov[..first + n], true) {
-            Ok(r) => Ok(r.len.saturating_sub(if conn.peek_off { 0 } else { in_flight })),
+            Ok(r) => Ok(r
+                .len
+                .saturating_sub(if conn.peek_off { 0 } else { in_flight })),
             Err(e) => Err(e),
         }
     };

@@ -53,8 +53,8 @@ mod guest;
 mod host;
 
 pub(crate) use conn::{push_rst_for, Segment, TcpConn, TcpState};
-pub(crate) use host::deadline;
 pub(crate) use guest::{on_guest_segment, open_from_guest};
+pub(crate) use host::deadline;
 pub(crate) use host::{next_frame, on_ready, on_timer, Produced};
 
 use crate::core::{Core, InterestOp};

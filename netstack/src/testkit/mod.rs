@@ -83,6 +83,9 @@ impl Device for Wire {
     }
 }
 
+/// Observer of frames to the guest.
+pub type FrameObserver = Box<dyn FnMut(&[u8])>;
+
 /// Guest fault hook: decides per frame whether it reaches the netstack.
 pub type FaultHook = Box<dyn FnMut(&[u8]) -> Fault>;
 
@@ -101,7 +104,7 @@ pub struct Harness {
     /// Optional fault injection on netstack -> guest frames (`Hold` acts as `Pass`).
     pub fault_to_guest: Option<FaultHook>,
     /// Optional observer of netstack -> guest frames.
-    pub observe: Option<Box<dyn FnMut(&[u8])>>,
+    pub observe: Option<FrameObserver>,
     held: Option<Vec<u8>>,
     fds: HashMap<u64, (RawFd, bool, bool)>,
     start: Instant,

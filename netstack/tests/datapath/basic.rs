@@ -21,7 +21,10 @@ fn dhcp_lease_is_the_first_slash30() {
         got.is_some()
     });
     let (addr, router, dns) = got.expect("no DHCP lease within the step budget");
-    assert_eq!(addr, "172.16.0.2/30".parse::<smoltcp::wire::Ipv4Cidr>().unwrap());
+    assert_eq!(
+        addr,
+        "172.16.0.2/30".parse::<smoltcp::wire::Ipv4Cidr>().unwrap()
+    );
     assert_eq!(router, Some(Ipv4Address::new(172, 16, 0, 1)));
     assert_eq!(dns, vec![Ipv4Address::new(172, 16, 0, 1)]);
     assert!(h.ns.metrics().dhcp_frames >= 2, "discover + request");
@@ -70,7 +73,13 @@ fn ping_gateway_gets_echo_reply_after_arp() {
         reply.is_some()
     });
     let (ident, seq_no, data, from) = reply.expect("no echo reply");
-    assert_eq!((ident, seq_no, &data[..], from), (0x4242, 7, &b"ringfence"[..], gw));
-    assert!(h.ns.metrics().arp_frames >= 1, "guest resolved the gateway by ARP");
+    assert_eq!(
+        (ident, seq_no, &data[..], from),
+        (0x4242, 7, &b"ringfence"[..], gw)
+    );
+    assert!(
+        h.ns.metrics().arp_frames >= 1,
+        "guest resolved the gateway by ARP"
+    );
     let _ = IpCidr::new(gw, 30);
 }

@@ -29,11 +29,7 @@ pub fn connect_gateway(h: &mut Harness, s: SocketHandle, port: u16, local_port: 
     let cx = h.iface.context();
     h.sockets
         .get_mut::<tcp::Socket>(s)
-        .connect(
-            cx,
-            IpEndpoint::new(IpAddress::Ipv4(gw), port),
-            local_port,
-        )
+        .connect(cx, IpEndpoint::new(IpAddress::Ipv4(gw), port), local_port)
         .unwrap();
 }
 

@@ -10,14 +10,18 @@ use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::socket::tcp;
 use smoltcp::wire::{
     EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, Icmpv6Packet, Icmpv6Repr,
-    IpAddress, IpCidr, IpEndpoint, IpProtocol, Ipv6Packet, Ipv6Repr, NdiscRepr,
-    RawHardwareAddress,
+    IpAddress, IpCidr, IpEndpoint, IpProtocol, Ipv6Packet, Ipv6Repr, NdiscRepr, RawHardwareAddress,
 };
 
 use crate::common::{cfg, tcp_socket};
 
 /// Builds an ICMPv6 frame from the guest.
-fn icmpv6_frame(src: Ipv6Addr, dst: Ipv6Addr, dst_mac: EthernetAddress, repr: &Icmpv6Repr<'_>) -> Vec<u8> {
+fn icmpv6_frame(
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    dst_mac: EthernetAddress,
+    repr: &Icmpv6Repr<'_>,
+) -> Vec<u8> {
     let mac = EthernetAddress(cfg().guest_mac);
     let len = repr.buffer_len();
     let mut f = vec![0u8; 14 + 40 + len];
@@ -35,14 +39,21 @@ fn icmpv6_frame(src: Ipv6Addr, dst: Ipv6Addr, dst_mac: EthernetAddress, repr: &I
         hop_limit: 255,
     }
     .emit(&mut Ipv6Packet::new_unchecked(&mut f[14..54]));
-    repr.emit(&src, &dst, &mut Icmpv6Packet::new_unchecked(&mut f[54..]), &ChecksumCapabilities::default());
+    repr.emit(
+        &src,
+        &dst,
+        &mut Icmpv6Packet::new_unchecked(&mut f[54..]),
+        &ChecksumCapabilities::default(),
+    );
     f
 }
 
 fn one_reply(ns: &mut Netstack) -> Vec<u8> {
     let mut buf = vec![0u8; 2048];
     let mut b = [IoSliceMut::new(&mut buf)];
-    let (n, _) = ns.next_guest_frame(&mut b, Instant::now()).expect("no reply");
+    let (n, _) = ns
+        .next_guest_frame(&mut b, Instant::now())
+        .expect("no reply");
     buf[..n].to_vec()
 }
 
@@ -53,7 +64,12 @@ fn router_solicitation_gets_prefix_for_slaac() {
     let rs = Icmpv6Repr::Ndisc(NdiscRepr::RouterSolicit {
         lladdr: Some(RawHardwareAddress::from(EthernetAddress(cfg().guest_mac))),
     });
-    let f = icmpv6_frame(ll, "ff02::2".parse().unwrap(), EthernetAddress([0x33, 0x33, 0, 0, 0, 2]), &rs);
+    let f = icmpv6_frame(
+        ll,
+        "ff02::2".parse().unwrap(),
+        EthernetAddress([0x33, 0x33, 0, 0, 0, 2]),
+        &rs,
+    );
     ns.handle_guest_frame(&[IoSlice::new(&f)], TxMeta::default(), Instant::now());
     let r = one_reply(&mut ns);
     let eth = EthernetFrame::new_checked(&r[..]).unwrap();
@@ -61,8 +77,19 @@ fn router_solicitation_gets_prefix_for_slaac() {
     assert_eq!(ip.src_addr(), "fe80::1".parse::<Ipv6Addr>().unwrap());
     assert_eq!(ip.dst_addr(), ll);
     let icmp = Icmpv6Packet::new_checked(ip.payload()).unwrap();
-    let repr = Icmpv6Repr::parse(&ip.src_addr(), &ip.dst_addr(), &icmp, &ChecksumCapabilities::default()).unwrap();
-    let Icmpv6Repr::Ndisc(NdiscRepr::RouterAdvert { prefix_info: Some(p), mtu, .. }) = repr else {
+    let repr = Icmpv6Repr::parse(
+        &ip.src_addr(),
+        &ip.dst_addr(),
+        &icmp,
+        &ChecksumCapabilities::default(),
+    )
+    .unwrap();
+    let Icmpv6Repr::Ndisc(NdiscRepr::RouterAdvert {
+        prefix_info: Some(p),
+        mtu,
+        ..
+    }) = repr
+    else {
         panic!("not an RA: {repr:?}");
     };
     assert_eq!(p.prefix, "fd42:6d73:62::".parse::<Ipv6Addr>().unwrap());
@@ -79,17 +106,35 @@ fn neighbor_solicitation_for_gateway_is_answered() {
         target_addr: gw,
         lladdr: Some(RawHardwareAddress::from(EthernetAddress(cfg().guest_mac))),
     });
-    let f = icmpv6_frame(me, "ff02::1:ff00:1".parse().unwrap(), EthernetAddress([0x33, 0x33, 0xff, 0, 0, 1]), &ns_repr);
+    let f = icmpv6_frame(
+        me,
+        "ff02::1:ff00:1".parse().unwrap(),
+        EthernetAddress([0x33, 0x33, 0xff, 0, 0, 1]),
+        &ns_repr,
+    );
     ns.handle_guest_frame(&[IoSlice::new(&f)], TxMeta::default(), Instant::now());
     let r = one_reply(&mut ns);
     let eth = EthernetFrame::new_checked(&r[..]).unwrap();
     let ip = Ipv6Packet::new_checked(eth.payload()).unwrap();
     let icmp = Icmpv6Packet::new_checked(ip.payload()).unwrap();
-    let repr = Icmpv6Repr::parse(&ip.src_addr(), &ip.dst_addr(), &icmp, &ChecksumCapabilities::default()).unwrap();
+    let repr = Icmpv6Repr::parse(
+        &ip.src_addr(),
+        &ip.dst_addr(),
+        &icmp,
+        &ChecksumCapabilities::default(),
+    )
+    .unwrap();
     match repr {
-        Icmpv6Repr::Ndisc(NdiscRepr::NeighborAdvert { target_addr, lladdr, .. }) => {
+        Icmpv6Repr::Ndisc(NdiscRepr::NeighborAdvert {
+            target_addr,
+            lladdr,
+            ..
+        }) => {
             assert_eq!(target_addr, gw);
-            assert_eq!(lladdr, Some(RawHardwareAddress::from(EthernetAddress(cfg().gateway_mac))));
+            assert_eq!(
+                lladdr,
+                Some(RawHardwareAddress::from(EthernetAddress(cfg().gateway_mac)))
+            );
         }
         other => panic!("not an NA: {other:?}"),
     }
@@ -138,7 +183,12 @@ fn tcp_over_ipv6_reaches_host_loopback() {
         }
         echo.len() == 5
     });
-    assert!(ok, "state {} metrics {:?}", h.sockets.get::<tcp::Socket>(s).state(), h.ns.metrics());
+    assert!(
+        ok,
+        "state {} metrics {:?}",
+        h.sockets.get::<tcp::Socket>(s).state(),
+        h.ns.metrics()
+    );
     assert_eq!(echo, b"six!!");
     server.join().unwrap();
 }

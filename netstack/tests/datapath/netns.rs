@@ -37,7 +37,11 @@ fn ip(args: &[&str]) -> bool {
 /// Creates a namespace with 192.0.2.1/24 on its loopback and moves this thread into it.
 /// `ping_sockets` opens net.ipv4.ping_group_range inside it (it is per namespace).
 fn enter_netns(ping_sockets: bool) -> Option<Netns> {
-    let name = format!("rf-netstack-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+    let name = format!(
+        "rf-netstack-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
     if !ip(&["netns", "add", &name]) {
         println!("SKIPPED: cannot create a network namespace (need root and iproute2)");
         return None;
@@ -48,7 +52,14 @@ fn enter_netns(ping_sockets: bool) -> Option<Netns> {
     assert!(ok, "configuring netns {name} failed");
     if ping_sockets {
         let st = Command::new("ip")
-            .args(["netns", "exec", &name, "sysctl", "-qw", "net.ipv4.ping_group_range=0 2147483647"])
+            .args([
+                "netns",
+                "exec",
+                &name,
+                "sysctl",
+                "-qw",
+                "net.ipv4.ping_group_range=0 2147483647",
+            ])
             .status()
             .unwrap();
         assert!(st.success());
@@ -64,7 +75,10 @@ fn ping(h: &mut Harness, dst: Ipv4Address) -> bool {
     let rx = icmp::PacketBuffer::new(vec![icmp::PacketMetadata::EMPTY; 4], vec![0; 1024]);
     let tx = icmp::PacketBuffer::new(vec![icmp::PacketMetadata::EMPTY; 4], vec![0; 1024]);
     let s = h.sockets.add(icmp::Socket::new(rx, tx));
-    h.sockets.get_mut::<icmp::Socket>(s).bind(icmp::Endpoint::Ident(0x77)).unwrap();
+    h.sockets
+        .get_mut::<icmp::Socket>(s)
+        .bind(icmp::Endpoint::Ident(0x77))
+        .unwrap();
     let req = Icmpv4Repr::EchoRequest {
         ident: 0x77,
         seq_no: 3,
@@ -81,10 +95,16 @@ fn ping(h: &mut Harness, dst: Ipv4Address) -> bool {
         let sock = h.sockets.get_mut::<icmp::Socket>(s);
         if let Ok((data, from)) = sock.recv() {
             let pkt = Icmpv4Packet::new_checked(data).unwrap();
-            if let Ok(Icmpv4Repr::EchoReply { ident, seq_no, data }) =
-                Icmpv4Repr::parse(&pkt, &Default::default())
+            if let Ok(Icmpv4Repr::EchoReply {
+                ident,
+                seq_no,
+                data,
+            }) = Icmpv4Repr::parse(&pkt, &Default::default())
             {
-                ok = ident == 0x77 && seq_no == 3 && data == b"test-net" && from == IpAddress::Ipv4(dst);
+                ok = ident == 0x77
+                    && seq_no == 3
+                    && data == b"test-net"
+                    && from == IpAddress::Ipv4(dst);
             }
         }
         ok
@@ -96,20 +116,32 @@ fn ping(h: &mut Harness, dst: Ipv4Address) -> bool {
 fn ping_test_net_host_through_ping_sockets() {
     let Some(_ns) = enter_netns(true) else { return };
     let mut h = Harness::new(cfg());
-    assert!(ping(&mut h, Ipv4Address::new(192, 0, 2, 1)), "metrics {:?}", h.ns.metrics());
+    assert!(
+        ping(&mut h, Ipv4Address::new(192, 0, 2, 1)),
+        "metrics {:?}",
+        h.ns.metrics()
+    );
     assert_eq!(h.ns.metrics().drop_icmp_no_socket, 0);
 }
 
 #[test]
 fn ping_test_net_host_through_raw_fallback() {
-    let Some(_ns) = enter_netns(false) else { return };
+    let Some(_ns) = enter_netns(false) else {
+        return;
+    };
     let mut h = Harness::new(cfg());
-    assert!(ping(&mut h, Ipv4Address::new(192, 0, 2, 1)), "metrics {:?}", h.ns.metrics());
+    assert!(
+        ping(&mut h, Ipv4Address::new(192, 0, 2, 1)),
+        "metrics {:?}",
+        h.ns.metrics()
+    );
 }
 
 #[test]
 fn tcp_to_test_net_server() {
-    let Some(_ns) = enter_netns(false) else { return };
+    let Some(_ns) = enter_netns(false) else {
+        return;
+    };
     let l = TcpListener::bind("192.0.2.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
     let server = std::thread::spawn(move || {
@@ -124,7 +156,11 @@ fn tcp_to_test_net_server() {
     let cx = h.iface.context();
     h.sockets
         .get_mut::<tcp::Socket>(s)
-        .connect(cx, IpEndpoint::new(IpAddress::Ipv4(Ipv4Address::new(192, 0, 2, 1)), port), 46000)
+        .connect(
+            cx,
+            IpEndpoint::new(IpAddress::Ipv4(Ipv4Address::new(192, 0, 2, 1)), port),
+            46000,
+        )
         .unwrap();
     assert!(wait_established(&mut h, s));
     let mut got = Vec::new();
@@ -138,7 +174,10 @@ fn tcp_to_test_net_server() {
         got.len() == 12
     });
     assert_eq!(got, b"public hello");
-    h.sockets.get_mut::<tcp::Socket>(s).send_slice(b"bye").unwrap();
+    h.sockets
+        .get_mut::<tcp::Socket>(s)
+        .send_slice(b"bye")
+        .unwrap();
     h.sockets.get_mut::<tcp::Socket>(s).close();
     h.run_until(10_000, Duration::from_secs(5), |h| h.ns.flow_count() == 0);
     let (_peer, b) = server.join().unwrap();

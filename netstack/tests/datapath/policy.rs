@@ -34,13 +34,19 @@ fn denied_port_gets_rst_allowed_port_connects() {
     let mut h = Harness::with_gate(cfg(), compiled(&rules, Action::Deny));
     let s1 = tcp_socket(&mut h, 4096);
     connect_gateway(&mut h, s1, pd, 43000);
-    assert!(!wait_established(&mut h, s1), "denied flow must not connect");
+    assert!(
+        !wait_established(&mut h, s1),
+        "denied flow must not connect"
+    );
     assert_eq!(h.ns.metrics().flows_denied, 1);
     let s2 = tcp_socket(&mut h, 4096);
     connect_gateway(&mut h, s2, pa, 43001);
     assert!(wait_established(&mut h, s2));
     denied.set_nonblocking(true).unwrap();
-    assert!(denied.accept().is_err(), "no host connection for the denied flow");
+    assert!(
+        denied.accept().is_err(),
+        "no host connection for the denied flow"
+    );
 }
 
 #[test]
@@ -63,7 +69,10 @@ fn dns_name_not_allowed_is_refused_locally() {
     }
     q.extend_from_slice(&[0, 0, 1, 0, 1]);
     let dns = IpEndpoint::new(IpAddress::Ipv4(h.gateway()), 53);
-    h.sockets.get_mut::<udp::Socket>(s).send_slice(&q, dns).unwrap();
+    h.sockets
+        .get_mut::<udp::Socket>(s)
+        .send_slice(&q, dns)
+        .unwrap();
     let mut answer = None;
     h.run_until(10_000, Duration::from_secs(5), |h| {
         if let Ok((d, _)) = h.sockets.get_mut::<udp::Socket>(s).recv() {
@@ -74,7 +83,10 @@ fn dns_name_not_allowed_is_refused_locally() {
     let a = answer.expect("no local answer");
     assert_eq!(a[3] & 0x0f, 5, "REFUSED");
     let mut buf = [0u8; 512];
-    assert!(resolver.recv_from(&mut buf).is_err(), "query leaked upstream");
+    assert!(
+        resolver.recv_from(&mut buf).is_err(),
+        "query leaked upstream"
+    );
 }
 
 #[test]
@@ -97,5 +109,8 @@ fn stricter_policy_cuts_live_flow() {
         h.sockets.get::<tcp::Socket>(s).state() == tcp::State::Closed
     });
     assert!(closed);
-    assert_eq!(server.join().unwrap(), Err(std::io::ErrorKind::ConnectionReset));
+    assert_eq!(
+        server.join().unwrap(),
+        Err(std::io::ErrorKind::ConnectionReset)
+    );
 }

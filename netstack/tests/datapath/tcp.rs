@@ -14,7 +14,7 @@ use crate::common::{cfg, connect_gateway, pattern, tcp_socket, wait_established}
 fn handshake_and_bulk_guest_to_host() {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
-    let total = 8 << 20;
+    let total = 32 << 20;
     let server = std::thread::spawn(move || {
         let (mut c, _) = l.accept().unwrap();
         let mut hasher = Sha256::new();
@@ -44,7 +44,8 @@ fn handshake_and_bulk_guest_to_host() {
         if sent == total && sock.state() == tcp::State::Established {
             sock.close();
         }
-        sent == total && !sock.is_open() || sock.state() == tcp::State::TimeWait
+        sent == total && !sock.is_open()
+            || sock.state() == tcp::State::TimeWait
             || sock.state() == tcp::State::FinWait2
     });
     assert!(ok, "guest could not push all data: sent {sent}");
@@ -59,7 +60,7 @@ fn handshake_and_bulk_guest_to_host() {
 fn bulk_host_to_guest_then_host_close() {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
-    let total = 8 << 20;
+    let total = 32 << 20;
     let data = pattern(total, 2);
     let expect = Sha256::digest(&data).to_vec();
     let server = std::thread::spawn(move || {
@@ -86,7 +87,11 @@ fn bulk_host_to_guest_then_host_close() {
         }
         got == total && sock.state() == tcp::State::CloseWait
     });
-    assert!(ok, "received {got} of {total}; state {}", h.sockets.get::<tcp::Socket>(s).state());
+    assert!(
+        ok,
+        "received {got} of {total}; state {}",
+        h.sockets.get::<tcp::Socket>(s).state()
+    );
     assert_eq!(hasher.finalize().to_vec(), expect);
     server.join().unwrap();
     // Guest closes its side too: the flow must disappear.
@@ -98,7 +103,11 @@ fn bulk_host_to_guest_then_host_close() {
 #[test]
 fn connect_refused_gives_guest_rst() {
     // Bind then drop to find a port nobody listens on.
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut h = Harness::new(cfg());
     let s = tcp_socket(&mut h, 4096);
     connect_gateway(&mut h, s, port, 40002);
@@ -109,4 +118,52 @@ fn connect_refused_gives_guest_rst() {
     assert_eq!(h.ns.metrics().connect_failures, 1);
     assert!(h.ns.metrics().rst_to_guest >= 1);
     assert_eq!(h.ns.flow_count(), 0);
+}
+
+/// With GUEST_TSO the device accepts 64 KiB frames: the netstack sends large segments
+/// flagged as GSO instead of MSS-sized ones.
+#[test]
+fn large_frames_when_device_allows_them() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let total = 4 << 20;
+    let data = pattern(total, 9);
+    let expect = Sha256::digest(&data).to_vec();
+    let server = std::thread::spawn(move || {
+        let (mut c, _) = l.accept().unwrap();
+        c.write_all(&data).unwrap();
+    });
+    let cfg = netstack::NetConfig {
+        max_rx_frame: 65550,
+        ..cfg()
+    };
+    let mut h = Harness::new(cfg);
+    // The smoltcp guest takes whatever arrives (its own MTU only limits what it sends).
+    h.wire.mtu = 65535;
+    let big = std::rc::Rc::new(std::cell::Cell::new(0usize));
+    let big2 = big.clone();
+    h.observe = Some(Box::new(move |f| {
+        if f.len() > 1514 {
+            big2.set(big2.get() + 1);
+        }
+    }));
+    let s = tcp_socket(&mut h, 256 * 1024);
+    connect_gateway(&mut h, s, port, 40003);
+    assert!(wait_established(&mut h, s));
+    let mut hasher = Sha256::new();
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 65536];
+    let ok = h.run_until(1_000_000, Duration::from_secs(60), |h| {
+        let sock = h.sockets.get_mut::<tcp::Socket>(s);
+        while sock.can_recv() {
+            let n = sock.recv_slice(&mut buf).unwrap();
+            hasher.update(&buf[..n]);
+            got += n;
+        }
+        got == total
+    });
+    assert!(ok, "received {got}");
+    assert_eq!(hasher.finalize().to_vec(), expect);
+    assert!(big.get() > 0, "no frame larger than one MTU was produced");
+    server.join().unwrap();
 }

@@ -35,7 +35,8 @@ fn guest_half_close_then_host_answers() {
         let (mut c, _) = l.accept().unwrap();
         let mut req = Vec::new();
         c.read_to_end(&mut req).unwrap();
-        c.write_all(format!("got {}", req.len()).as_bytes()).unwrap();
+        c.write_all(format!("got {}", req.len()).as_bytes())
+            .unwrap();
         c.shutdown(Shutdown::Write).unwrap();
         req
     });
@@ -44,7 +45,10 @@ fn guest_half_close_then_host_answers() {
     connect_gateway(&mut h, s, port, 41000);
     assert!(wait_established(&mut h, s));
     let req = pattern(10_000, 3);
-    h.sockets.get_mut::<tcp::Socket>(s).send_slice(&req).unwrap();
+    h.sockets
+        .get_mut::<tcp::Socket>(s)
+        .send_slice(&req)
+        .unwrap();
     h.sockets.get_mut::<tcp::Socket>(s).close();
     let mut answer = Vec::new();
     let ok = h.run_until(100_000, Duration::from_secs(10), |h| {
@@ -69,9 +73,8 @@ fn host_reset_reaches_guest() {
     let server = std::thread::spawn(move || {
         let (c, _) = l.accept().unwrap();
         // SO_LINGER 0 + close = RST.
-        let s2 = socket2_linger_zero(&c);
+        linger_zero(&c);
         drop(c);
-        s2
     });
     let mut h = Harness::new(cfg());
     let s = tcp_socket(&mut h, 4096);
@@ -81,12 +84,16 @@ fn host_reset_reaches_guest() {
     let closed = h.run_until(100_000, Duration::from_secs(10), |h| {
         h.sockets.get::<tcp::Socket>(s).state() == tcp::State::Closed
     });
-    assert!(closed, "guest state {}", h.sockets.get::<tcp::Socket>(s).state());
+    assert!(
+        closed,
+        "guest state {}",
+        h.sockets.get::<tcp::Socket>(s).state()
+    );
     assert!(h.ns.metrics().rst_to_guest >= 1);
     assert_eq!(h.ns.flow_count(), 0);
 }
 
-fn socket2_linger_zero(c: &std::net::TcpStream) {
+fn linger_zero(c: &std::net::TcpStream) {
     use std::os::fd::AsRawFd;
     let lg = libc::linger {
         l_onoff: 1,
@@ -172,7 +179,10 @@ fn zero_window_then_resume() {
 /// Uploads 1 MiB through `fault`. The guest -> netstack path never loses frames in
 /// production (a virtio queue), so the tests inject single faults: we do not buffer
 /// out-of-order data and rely on the guest's retransmission.
-fn lossy_upload(fault: impl FnMut(&[u8]) -> Fault + 'static, local_port: u16) -> netstack::NetMetrics {
+fn lossy_upload(
+    fault: impl FnMut(&[u8]) -> Fault + 'static,
+    local_port: u16,
+) -> netstack::NetMetrics {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
     let total = 1 << 20;
@@ -193,7 +203,12 @@ fn lossy_upload(fault: impl FnMut(&[u8]) -> Fault + 'static, local_port: u16) ->
             let eth = EthernetFrame::new_checked(f).unwrap();
             let ip = Ipv4Packet::new_checked(eth.payload()).unwrap();
             let t = TcpPacket::new_checked(ip.payload()).unwrap();
-            eprintln!("to guest: ack {} win {} len {}", t.ack_number(), t.window_len(), t.payload().len());
+            eprintln!(
+                "to guest: ack {} win {} len {}",
+                t.ack_number(),
+                t.window_len(),
+                t.payload().len()
+            );
         }));
     }
     let mut sent = 0;
@@ -239,7 +254,10 @@ fn lost_guest_segments_are_retransmitted() {
         },
         41004,
     );
-    assert!(m.drop_out_of_window > 0, "later segments arrived after a hole");
+    assert!(
+        m.drop_out_of_window > 0,
+        "later segments arrived after a hole"
+    );
 }
 
 #[test]
@@ -279,7 +297,10 @@ fn thousand_short_connections() {
         connect_gateway(&mut h, s, port, 20000 + i as u16);
         assert!(wait_established(&mut h, s), "connection {i}");
         let msg = (i as u32).to_be_bytes();
-        h.sockets.get_mut::<tcp::Socket>(s).send_slice(&msg).unwrap();
+        h.sockets
+            .get_mut::<tcp::Socket>(s)
+            .send_slice(&msg)
+            .unwrap();
         let mut echo = Vec::new();
         let ok = h.run_until(10_000, Duration::from_secs(10), |h| {
             let sock = h.sockets.get_mut::<tcp::Socket>(s);
@@ -331,16 +352,25 @@ fn connection_limit_refuses_new_flows_only() {
     }
     let extra = tcp_socket(&mut h, 4096);
     connect_gateway(&mut h, extra, port, 42010);
-    assert!(!wait_established(&mut h, extra), "4th connection must be refused");
+    assert!(
+        !wait_established(&mut h, extra),
+        "4th connection must be refused"
+    );
     assert_eq!(h.ns.metrics().flows_over_limit, 1);
     // The first three still work.
     for &s in &socks {
-        assert_eq!(h.sockets.get::<tcp::Socket>(s).state(), tcp::State::Established);
+        assert_eq!(
+            h.sockets.get::<tcp::Socket>(s).state(),
+            tcp::State::Established
+        );
         assert!(h.sockets.get_mut::<tcp::Socket>(s).send_slice(b"x").is_ok());
     }
     h.run_until(1000, Duration::from_secs(1), |_| false);
     for &s in &socks {
-        assert_eq!(h.sockets.get::<tcp::Socket>(s).state(), tcp::State::Established);
+        assert_eq!(
+            h.sockets.get::<tcp::Socket>(s).state(),
+            tcp::State::Established
+        );
     }
     drop(keep);
 }

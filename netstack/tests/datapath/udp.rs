@@ -20,8 +20,16 @@ fn udp_socket(h: &mut Harness, port: u16) -> smoltcp::iface::SocketHandle {
 }
 
 /// Sends `msg` from the guest to `to` and waits for one datagram back.
-fn udp_roundtrip(h: &mut Harness, s: smoltcp::iface::SocketHandle, to: IpEndpoint, msg: &[u8]) -> Option<(Vec<u8>, IpEndpoint)> {
-    h.sockets.get_mut::<udp::Socket>(s).send_slice(msg, to).unwrap();
+fn udp_roundtrip(
+    h: &mut Harness,
+    s: smoltcp::iface::SocketHandle,
+    to: IpEndpoint,
+    msg: &[u8],
+) -> Option<(Vec<u8>, IpEndpoint)> {
+    h.sockets
+        .get_mut::<udp::Socket>(s)
+        .send_slice(msg, to)
+        .unwrap();
     let mut got = None;
     h.run_until(20_000, Duration::from_secs(5), |h| {
         let sock = h.sockets.get_mut::<udp::Socket>(s);
@@ -73,7 +81,8 @@ fn dns_host_alias_is_answered_locally() {
     let mut h = Harness::new(cfg());
     let s = udp_socket(&mut h, 5353);
     let dns = IpEndpoint::new(IpAddress::Ipv4(h.gateway()), 53);
-    let (answer, _) = udp_roundtrip(&mut h, s, dns, &dns_query("host.ringfence.internal")).expect("no answer");
+    let (answer, _) =
+        udp_roundtrip(&mut h, s, dns, &dns_query("host.ringfence.internal")).expect("no answer");
     assert_eq!(&answer[0..2], &[0x12, 0x34]);
     assert_eq!(answer[3] & 0x0f, 0, "NOERROR");
     assert_eq!(u16::from_be_bytes([answer[6], answer[7]]), 1, "one answer");
@@ -105,7 +114,11 @@ fn dns_forwarded_to_loopback_resolver() {
     let dns = IpEndpoint::new(IpAddress::Ipv4(h.gateway()), 53);
     let q = dns_query("example.test");
     let (answer, from) = udp_roundtrip(&mut h, s, dns, &q).expect("no answer");
-    assert_eq!(t.join().unwrap(), q, "resolver got the guest's query verbatim");
+    assert_eq!(
+        t.join().unwrap(),
+        q,
+        "resolver got the guest's query verbatim"
+    );
     assert_eq!(from, dns, "answer appears to come from the gateway");
     assert_eq!(&answer[answer.len() - 4..], &[192, 0, 2, 7]);
     assert_eq!(h.ns.metrics().dns_queries, 1);
@@ -143,11 +156,22 @@ fn published_port_reaches_guest_listener() {
         }
         sock.state() == tcp::State::CloseWait
     });
-    assert!(ok, "guest saw {:?}", h.sockets.get::<tcp::Socket>(s).state());
+    assert!(
+        ok,
+        "guest saw {:?}",
+        h.sockets.get::<tcp::Socket>(s).state()
+    );
     assert_eq!(got, b"hello guest");
     let peer = h.sockets.get::<tcp::Socket>(s).remote_endpoint().unwrap();
-    assert_eq!(peer.addr, IpAddress::Ipv4(h.gateway()), "connection comes from the gateway");
-    h.sockets.get_mut::<tcp::Socket>(s).send_slice(b"hello host").unwrap();
+    assert_eq!(
+        peer.addr,
+        IpAddress::Ipv4(h.gateway()),
+        "connection comes from the gateway"
+    );
+    h.sockets
+        .get_mut::<tcp::Socket>(s)
+        .send_slice(b"hello host")
+        .unwrap();
     h.sockets.get_mut::<tcp::Socket>(s).close();
     let done = h.run_until(100_000, Duration::from_secs(10), |h| h.ns.flow_count() == 0);
     assert!(done);
@@ -173,4 +197,50 @@ fn publish_bind_conflict_names_the_port() {
     };
     assert!(err.contains(&addr.to_string()), "{err}");
     assert!(err.contains("guest port 80"), "{err}");
+}
+
+#[test]
+fn flow_table_overflow_refuses_new_flows_only() {
+    let server = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = server.local_addr().unwrap().port();
+    server
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let t = std::thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        let mut seen = 0;
+        while let Ok((n, from)) = server.recv_from(&mut buf) {
+            seen += 1;
+            server.send_to(&buf[..n], from).unwrap();
+            if &buf[..n] == b"again" {
+                break;
+            }
+        }
+        seen
+    });
+    let cfg = NetConfig {
+        limits: netstack::Limits {
+            max_flows: 4,
+            ..netstack::Limits::default()
+        },
+        ..cfg()
+    };
+    let mut h = Harness::new(cfg);
+    let gw = IpEndpoint::new(IpAddress::Ipv4(h.gateway()), port);
+    let socks: Vec<_> = (0..6).map(|i| udp_socket(&mut h, 6000 + i)).collect();
+    for (i, &s) in socks.iter().enumerate() {
+        let got = udp_roundtrip(&mut h, s, gw, &[i as u8; 8]);
+        if i < 4 {
+            assert_eq!(got.map(|g| g.0), Some(vec![i as u8; 8]), "flow {i}");
+        } else {
+            assert!(got.is_none(), "flow {i} must be refused");
+        }
+    }
+    assert_eq!(h.ns.flow_count(), 4);
+    assert_eq!(h.ns.metrics().flows_over_limit, 2);
+    // The existing flows keep working.
+    let got = udp_roundtrip(&mut h, socks[0], gw, b"again");
+    assert_eq!(got.map(|g| g.0), Some(b"again".to_vec()));
+    drop(h);
+    assert_eq!(t.join().unwrap(), 5);
 }

@@ -1,0 +1,274 @@
+//! Flow lifecycle on the netstack level: inserting and closing flows, policy swaps that
+//! re-judge live flows, accepting published-port connections, DNS answer bookkeeping.
+
+use super::*;
+
+impl Netstack {
+    /// Replaces the flow gate (policy swap, design §7) and re-judges every live flow:
+    /// TCP flows the new gate denies are reset both ways, UDP flows are closed.
+    /// Returns how many flows were cut.
+    pub fn set_gate(&mut self, gate: Box<dyn FlowGate>) -> usize {
+        self.gate = gate;
+        let tokens: Vec<u64> = self.flows.tokens().collect();
+        let mut cut = 0;
+        for token in tokens {
+            let (info_dir, proto, dst, port, is_tcp) = match self.flows.get_mut(token) {
+                Some(Flow::Tcp(c)) => match c.ingress_peer {
+                    Some(peer) => (
+                        Direction::Ingress,
+                        FlowProto::Tcp,
+                        peer.ip(),
+                        c.key.guest.port(),
+                        true,
+                    ),
+                    None => (
+                        Direction::Egress,
+                        FlowProto::Tcp,
+                        c.key.remote.ip(),
+                        c.key.remote.port(),
+                        true,
+                    ),
+                },
+                Some(Flow::Udp(u)) => {
+                    if u.dns {
+                        continue;
+                    }
+                    (
+                        Direction::Egress,
+                        FlowProto::Udp,
+                        u.key.remote.ip(),
+                        u.key.remote.port(),
+                        false,
+                    )
+                }
+                None => continue,
+            };
+            if self
+                .gate
+                .decide(&self.flow_info(info_dir, proto, dst, port))
+                .allow
+            {
+                continue;
+            }
+            cut += 1;
+            self.core.metrics.flows_denied += 1;
+            if is_tcp {
+                self.finish_tcp(token, After::Reset);
+            } else {
+                self.close_udp(token);
+            }
+        }
+        cut
+    }
+
+    pub(super) fn close_udp(&mut self, token: u64) {
+        if let Some(Flow::Udp(u)) = self.flows.remove(token) {
+            self.core.metrics.flows_closed += 1;
+            self.core
+                .interest(InterestOp::Remove, u.fd.as_raw_fd(), token, false, false);
+        }
+    }
+
+    pub(super) fn insert_tcp(&mut self, conn: TcpConn) {
+        let fd = conn.fd.as_raw_fd();
+        match self.flows.insert(Flow::Tcp(Box::new(conn))) {
+            Ok(token) => {
+                self.core.metrics.flows_opened += 1;
+                self.core.interest(InterestOp::Add, fd, token, false, false);
+                self.finish_tcp(token, After::Keep);
+            }
+            Err(_) => self.core.metrics.flows_over_limit += 1,
+        }
+    }
+
+    /// Applies the outcome of a TCP event: resync interest, or close/reset the flow.
+    pub(super) fn finish_tcp(&mut self, token: u64, after: After) {
+        if after == After::Keep {
+            if let Some(Flow::Tcp(conn)) = self.flows.get_mut(token) {
+                tcp::sync(&mut self.core, token, conn);
+            }
+            return;
+        }
+        let Some(Flow::Tcp(conn)) = self.flows.remove(token) else {
+            return;
+        };
+        self.core.metrics.flows_closed += 1;
+        self.core
+            .interest(InterestOp::Remove, conn.fd.as_raw_fd(), token, false, false);
+        match after {
+            After::Close => {
+                if conn.ack_pending {
+                    tcp::push_final_ack(&mut self.core, &conn);
+                }
+            }
+            After::Reset => {
+                let _ = sys::set_linger_zero(conn.fd.as_fd());
+                tcp::push_rst_to_guest(&mut self.core, &conn);
+            }
+            After::GuestReset => {
+                let _ = sys::set_linger_zero(conn.fd.as_fd());
+            }
+            After::Keep => {}
+        }
+        // `conn` (and its socket) is dropped here.
+    }
+
+    pub(super) fn open_udp(
+        &mut self,
+        key: FlowKey,
+        host_dst: SocketAddr,
+        dns: bool,
+        now: Instant,
+    ) -> Option<u64> {
+        if !self.flows.has_room() {
+            self.core.metrics.flows_over_limit += 1;
+            return None;
+        }
+        if !dns {
+            let info = self.flow_info(
+                Direction::Egress,
+                FlowProto::Udp,
+                key.remote.ip(),
+                key.remote.port(),
+            );
+            if !self.gate.decide(&info).allow {
+                self.core.metrics.flows_denied += 1;
+                return None;
+            }
+        }
+        let mut flow = match UdpFlow::open(key, host_dst, now) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::debug!(dst = %host_dst, error = %e, "cannot open host UDP socket");
+                self.core.metrics.drop_host_error += 1;
+                return None;
+            }
+        };
+        flow.dns = dns;
+        flow.registered = true;
+        let fd = flow.fd.as_raw_fd();
+        match self.flows.insert(Flow::Udp(flow)) {
+            Ok(t) => {
+                self.core.metrics.flows_opened += 1;
+                self.core.interest(InterestOp::Add, fd, t, true, false);
+                Some(t)
+            }
+            Err(_) => {
+                self.core.metrics.flows_over_limit += 1;
+                None
+            }
+        }
+    }
+
+    /// Checks an upstream DNS answer against the gate (rebind protection) and records its
+    /// A/AAAA addresses so later flows carry the domain. Returns false to drop it.
+    pub(super) fn learn_dns(&mut self, bufs: &[IoSliceMut<'_>], off: usize, len: usize) -> bool {
+        let mut msg = std::mem::take(&mut self.scratch);
+        msg.clear();
+        let mut pos = 0usize;
+        for b in bufs {
+            let (a, e) = (pos, pos + b.len());
+            pos = e;
+            if e <= off || a >= off + len {
+                continue;
+            }
+            msg.extend_from_slice(&b[off.max(a) - a..(off + len).min(e) - a]);
+        }
+        let mut ok = true;
+        if let Some((name, addrs)) = dns::answer_addresses(&msg) {
+            ok = addrs
+                .iter()
+                .all(|a| self.gate.check_dns_answer(&name, *a).allow);
+            if ok {
+                if self.dns_names.len() + addrs.len() > MAX_DNS_NAMES {
+                    self.dns_names.clear();
+                }
+                for a in addrs {
+                    self.dns_names.insert(a, name.clone());
+                }
+            }
+        }
+        self.scratch = msg;
+        ok
+    }
+
+    pub(super) fn accept_published(&mut self, idx: usize, now: Instant) {
+        // Bounded: at most this many accepts per readiness event.
+        for _ in 0..64 {
+            let Some(l) = self.listeners.get(idx) else {
+                return;
+            };
+            let guest_port = l.port.guest_port;
+            let (fd, peer) = match sys::accept(l.fd.as_fd()) {
+                Ok(v) => v,
+                Err(_) => return,
+            };
+            self.core.metrics.published_accepts += 1;
+            let guest = SocketAddr::new(IpAddr::V4(self.core.addrs.guest4), guest_port);
+            let info = self.flow_info(Direction::Ingress, FlowProto::Tcp, peer.ip(), guest_port);
+            if !self.gate.decide(&info).allow {
+                self.core.metrics.flows_denied += 1;
+                let _ = sys::set_linger_zero(fd.as_fd());
+                continue;
+            }
+            if self.flows.tcp_len() >= self.core.cfg.limits.max_tcp_connections
+                || !self.flows.has_room()
+            {
+                self.core.metrics.flows_over_limit += 1;
+                let _ = sys::set_linger_zero(fd.as_fd());
+                continue;
+            }
+            let gw = IpAddr::V4(self.core.addrs.gateway4);
+            let mut key = FlowKey {
+                proto: KeyProto::Tcp,
+                guest,
+                remote: SocketAddr::new(gw, peer.port()),
+            };
+            let mut port = peer.port();
+            let mut tries = 0;
+            while self.flows.lookup(&key).is_some() && tries < 64 {
+                port = port.wrapping_add(1).max(1024);
+                key.remote.set_port(port);
+                tries += 1;
+            }
+            let isn = self.isn(&key);
+            let mut conn = TcpConn::new(key, fd, TcpState::SynSent, isn, now);
+            conn.ingress_peer = Some(peer);
+            let _ = sys::set_nodelay(conn.fd.as_fd());
+            conn.our_wscale = 7;
+            conn.syn_pending = true;
+            self.insert_tcp(conn);
+        }
+    }
+}
+
+pub(super) fn sync_udp(core: &mut Core, token: u64, flow: &mut UdpFlow) {
+    let want = !flow.host_readable;
+    if want != flow.registered {
+        core.interest(InterestOp::Modify, flow.fd.as_raw_fd(), token, want, false);
+        flow.registered = want;
+    }
+    if flow.wants_output() && !flow.queued {
+        flow.queued = true;
+        core.ready.push_back(token);
+    }
+}
+
+/// Queues a UDP datagram built by us (DNS answers) for the guest.
+pub(super) fn push_udp_ctrl(core: &mut Core, from: SocketAddr, to: SocketAddr, payload: &[u8]) {
+    let ep = core.to_guest(from.ip(), to.ip());
+    let udp = smoltcp::wire::UdpRepr {
+        src_port: from.port(),
+        dst_port: to.port(),
+    };
+    core.push_ctrl(&ep, IpProtocol::Udp, 8 + payload.len(), |buf| {
+        udp.emit(
+            &mut smoltcp::wire::UdpPacket::new_unchecked(buf),
+            &ipaddr::sip(from.ip()),
+            &ipaddr::sip(to.ip()),
+            payload.len(),
+            |p| p.copy_from_slice(payload),
+            &smoltcp::phy::ChecksumCapabilities::default(),
+        );
+    });
+}
