@@ -1,1 +1,4 @@
-//! Shared helpers for ringfence benchmarks (host-side sink/source/echo servers).
+//! Shared pieces of the ringfence benchmarks: the host-side traffic peers ([`peer`]) used by
+//! `cargo xtask bench` and the network tests, the same for every system under test.
+
+pub mod peer;

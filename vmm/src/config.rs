@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::io::serial::ConsoleSink;
 use crate::layout::MAX_MEM_MIB;
+use crate::net::NetSettings;
 
 /// Default guest memory in MiB.
 pub const DEFAULT_MEM_MIB: u64 = 128;
@@ -57,6 +58,8 @@ pub struct VmConfig {
     /// Create the in-kernel i8254 PIT. Linux guests may calibrate against it; the probe guest
     /// does not need it, and on nested hosts its teardown adds ~10 ms to every VM exit.
     pub legacy_pit: bool,
+    /// Guest networking.
+    pub net: NetSettings,
 }
 
 impl VmConfig {
@@ -72,6 +75,7 @@ impl VmConfig {
             timeout: None,
             pass_tsc_khz: false,
             legacy_pit: true,
+            net: NetSettings::default(),
         }
     }
 }

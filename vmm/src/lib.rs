@@ -12,6 +12,7 @@ pub mod exit;
 pub mod io;
 pub mod kvm;
 pub mod layout;
+pub mod net;
 pub mod probe_image;
 pub mod signals;
 pub mod vcpu;

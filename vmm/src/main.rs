@@ -30,7 +30,7 @@ enum Command {
     ///   ringfence run -- probe.scenario=spin:100000000  # probe with a scenario
     ///   ringfence run --kernel vmlinux --initrd initrd.cpio.gz --cmdline "console=ttyS0" --mem 256 --vcpus 2
     #[command(verbatim_doc_comment)]
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Check /dev/kvm, io_uring, tun, namespaces, and measure whether guest kernels run at
     /// full speed on this host.
     Doctor {
@@ -67,6 +67,16 @@ struct RunArgs {
     /// Stop the guest after SECS seconds (exit status 124).
     #[arg(long, value_name = "SECS")]
     timeout: Option<String>,
+    /// Guest network: `user` (userspace netstack, no root), `tap:IFNAME` (kernel tap,
+    /// created if missing), or `none`.
+    #[arg(long, value_name = "user|tap:IF|none", default_value = "none")]
+    net: ringfence::net::NetBackendSpec,
+    /// Record every frame the guest sends and receives into FILE (pcap).
+    #[arg(long, value_name = "FILE")]
+    pcap: Option<PathBuf>,
+    /// The guest's MAC address (default: random, locally administered).
+    #[arg(long, value_name = "MAC", value_parser = parse_mac)]
+    mac: Option<[u8; 6]>,
     /// Do not create the legacy i8254 PIT (the built-in probe guest never needs it; on nested
     /// hosts its teardown costs ~10 ms per VM).
     #[arg(long)]
@@ -79,7 +89,7 @@ struct RunArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run(args) => match run(args) {
+        Command::Run(args) => match run(*args) {
             Ok(code) => ExitCode::from(code),
             Err(msg) => {
                 eprintln!("ringfence: error: {msg}");
@@ -152,9 +162,36 @@ fn run(args: RunArgs) -> Result<u8, String> {
         Some(p) => Console::File(p),
         None => Console::Stdout,
     };
+    config.net = ringfence::net::NetSettings {
+        backend: args.net,
+        pcap: args.pcap,
+        mac: args.mac,
+    };
+    if config.net.pcap.is_some() && config.net.backend == ringfence::net::NetBackendSpec::None {
+        return Err("--pcap needs a network device: add --net user or --net tap:IFNAME".into());
+    }
     let exit = Vm::new(config).run().map_err(|e| e.to_string())?;
     if exit.is_abnormal() {
         eprintln!("ringfence: {exit}");
     }
     Ok(exit.status() as u8)
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff`.
+fn parse_mac(text: &str) -> Result<[u8; 6], String> {
+    let parts: Vec<&str> = text.split(':').collect();
+    let bad = || format!("bad MAC {text:?}: expected six hex bytes like 02:00:00:00:00:01");
+    if parts.len() != 6 {
+        return Err(bad());
+    }
+    let mut mac = [0u8; 6];
+    for (slot, part) in mac.iter_mut().zip(parts) {
+        *slot = u8::from_str_radix(part, 16).map_err(|_| bad())?;
+    }
+    if mac[0] & 1 == 1 {
+        return Err(format!(
+            "bad MAC {text:?}: a multicast address cannot be a NIC's"
+        ));
+    }
+    Ok(mac)
 }

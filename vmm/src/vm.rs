@@ -55,6 +55,9 @@ pub enum VmError {
         #[source]
         source: std::io::Error,
     },
+    /// The network device could not be set up.
+    #[error(transparent)]
+    Net(#[from] crate::net::NetSetupError),
     /// A thread, eventfd or signal handler could not be set up.
     #[error("cannot set up {what}: {source}")]
     Setup {
@@ -99,6 +102,7 @@ impl Vm {
             host.max_vcpus(),
         )?;
         let sink = open_console(cfg.console)?;
+        let net_backend = crate::net::prepare(&cfg.net)?;
 
         let vm = host
             .kvm()
@@ -130,7 +134,16 @@ impl Vm {
             kvm::lapic::set_lint(&fd)?;
             vcpus.push(fd);
         }
+        let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(setup("serial irqfd"))?;
+        vm.register_irqfd(&serial_irq, SERIAL_IRQ)
+            .map_err(KvmError::ioctl("KVM_IRQFD (serial)"))?;
+        let mut bus = IoBus::new(SerialConsole::new(serial_irq, sink));
         let mut cmdline_text = cfg.cmdline.clone();
+        if let Some(backend) = net_backend {
+            let dev = crate::net::attach(&vm, &mem, 0, backend, &cfg.net)?;
+            bus.add_mmio(dev.base, layout::VIRTIO_MMIO_WINDOW, dev.device);
+            cmdline_text = format!("{} {}", dev.cmdline, cmdline_text);
+        }
         if cfg.pass_tsc_khz && !cmdline_text.contains("probe.tsc_khz=") {
             if let Some(khz) = vcpus.first().and_then(|v| v.get_tsc_khz().ok()) {
                 cmdline_text.push_str(&format!(" probe.tsc_khz={khz}"));
@@ -148,10 +161,7 @@ impl Vm {
             regs::set_entry_state(bsp, &mem, loaded.entry)?;
         }
 
-        let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(setup("serial irqfd"))?;
-        vm.register_irqfd(&serial_irq, SERIAL_IRQ)
-            .map_err(KvmError::ioctl("KVM_IRQFD (serial)"))?;
-        let bus = Arc::new(IoBus::new(SerialConsole::new(serial_irq, sink)));
+        let bus = Arc::new(bus);
         let shared = Arc::new(VmShared::new().map_err(setup("exit eventfd"))?);
 
         signals::install_vcpu_kick_handler().map_err(setup("vCPU kick signal handler"))?;
@@ -172,6 +182,9 @@ impl Vm {
         let exit = wait_for_exit(&shared, &bus, &threads, cfg.timeout, started);
         let exit = stop_vcpus(&shared, threads, exit);
         bus.flush_console();
+        // The vCPU threads are joined: dropping the bus stops the device workers (flushing
+        // pcap files) while guest memory is still mapped.
+        drop(bus);
         drop(mem);
         Ok(exit)
     }

@@ -1,0 +1,87 @@
+//! `rf-peer`: the host-side peer of the benchmarks and network tests.
+//!
+//! ```text
+//! rf-peer sink    ADDR [--conns N] [--timeout S]       read each connection to EOF
+//! rf-peer source  ADDR BYTES [--conns N] [--timeout S] send BYTES of the pattern i % 251
+//! rf-peer echo    ADDR [--conns N] [--timeout S]       echo each connection until EOF
+//! rf-peer udp-echo ADDR [--max N] [--timeout S]        echo datagrams until idle
+//! ```
+//! Prints `listening ADDR` once bound, then one JSON line per connection.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use benches::peer;
+
+fn main() -> ExitCode {
+    match run(std::env::args().skip(1).collect()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rf-peer: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn flag(args: &[String], name: &str, default: u64) -> Result<u64, String> {
+    match args.iter().position(|a| a == name) {
+        Some(i) => args
+            .get(i + 1)
+            .and_then(|v| v.parse().ok())
+            .ok_or(format!("{name} needs a number")),
+        None => Ok(default),
+    }
+}
+
+fn run(args: Vec<String>) -> Result<(), String> {
+    let mode = args
+        .first()
+        .ok_or("usage: rf-peer sink|source|echo|udp-echo ADDR ...")?;
+    let addr: SocketAddr = args
+        .get(1)
+        .ok_or("missing ADDR (e.g. 127.0.0.1:5201)")?
+        .parse()
+        .map_err(|e| format!("bad ADDR: {e}"))?;
+    let conns = flag(&args, "--conns", 1)?;
+    let timeout = Duration::from_secs(flag(&args, "--timeout", 60)?);
+    if mode == "udp-echo" {
+        let sock = UdpSocket::bind(addr).map_err(|e| format!("cannot bind {addr}: {e}"))?;
+        println!(
+            "listening {}",
+            sock.local_addr().map_err(|e| e.to_string())?
+        );
+        let n = peer::udp_echo(&sock, timeout, flag(&args, "--max", u64::MAX)?)
+            .map_err(|e| e.to_string())?;
+        println!("{{\"role\":\"udp-echo\",\"datagrams\":{n}}}");
+        return Ok(());
+    }
+    let listener = peer::listen(addr).map_err(|e| e.to_string())?;
+    println!(
+        "listening {}",
+        listener.local_addr().map_err(|e| e.to_string())?
+    );
+    for _ in 0..conns {
+        let t = match mode.as_str() {
+            "sink" => peer::sink_one(&listener, timeout),
+            "source" => {
+                let bytes: u64 = args
+                    .get(2)
+                    .and_then(|b| b.parse().ok())
+                    .ok_or("source needs BYTES")?;
+                peer::source_one(&listener, bytes, timeout)
+            }
+            "echo" => peer::echo_one(&listener, timeout),
+            other => return Err(format!("unknown mode {other:?}")),
+        }
+        .map_err(|e| e.to_string())?;
+        println!(
+            "{{\"role\":\"{mode}\",\"bytes\":{},\"seconds\":{:.6},\"gbps\":{:.3},\"pattern_ok\":{}}}",
+            t.bytes,
+            t.seconds,
+            t.gbps(),
+            t.pattern_ok
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,228 @@
+//! Guest networking as the VMM sees it: which backend (`--net`), and the virtio-net device on a
+//! virtio-mmio window wired to KVM (ioeventfd per queue, irqfd per device) and announced on the
+//! kernel command line the way Linux reads it (`virtio_mmio.device=4K@BASE:IRQ`).
+
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use devices::net::backend::tap::TapBackend;
+use devices::net::backend::NetBackend;
+use devices::net::{Net, NetConfig};
+use devices::virtio::mmio::MmioTransport;
+use kvm_ioctls::{IoEventAddress, VmFd};
+use vm_memory::GuestMemoryMmap;
+
+use crate::io::MmioDevice;
+use crate::kvm::KvmError;
+use crate::layout::{virtio_mmio_base, VIRTIO_IRQ_BASE, VIRTIO_MMIO_WINDOW};
+
+/// Offset of QueueNotify in a virtio-mmio window.
+const QUEUE_NOTIFY_OFFSET: u64 = 0x50;
+
+/// The `--net` choice.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NetBackendSpec {
+    /// No network device.
+    None,
+    /// The userspace netstack (no tap, no root).
+    User,
+    /// A tap interface (created if missing), kernel datapath.
+    Tap(String),
+}
+
+impl FromStr for NetBackendSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "none" => Ok(NetBackendSpec::None),
+            "user" => Ok(NetBackendSpec::User),
+            _ => match s.strip_prefix("tap:") {
+                Some(name) if !name.is_empty() && name.len() < 16 => {
+                    Ok(NetBackendSpec::Tap(name.to_string()))
+                }
+                Some(_) => Err(format!(
+                    "bad --net {s:?}: a tap name must have 1 to 15 characters, e.g. tap:rf0"
+                )),
+                None => Err(format!(
+                    "bad --net {s:?}: expected user, none or tap:IFNAME"
+                )),
+            },
+        }
+    }
+}
+
+/// Network settings of a VM.
+#[derive(Clone, Debug)]
+pub struct NetSettings {
+    /// Which backend.
+    pub backend: NetBackendSpec,
+    /// Record every frame into this pcap file.
+    pub pcap: Option<PathBuf>,
+    /// The guest's MAC address (a random locally administered one when `None`).
+    pub mac: Option<[u8; 6]>,
+}
+
+impl Default for NetSettings {
+    fn default() -> Self {
+        NetSettings {
+            backend: NetBackendSpec::None,
+            pcap: None,
+            mac: None,
+        }
+    }
+}
+
+/// Errors setting up the network device.
+#[derive(Debug, thiserror::Error)]
+pub enum NetSetupError {
+    /// The tap could not be opened.
+    #[error("--net tap:{name}: {reason}")]
+    Tap {
+        /// Interface name.
+        name: String,
+        /// What failed and what to do.
+        reason: String,
+    },
+    /// The device could not be created (pcap file, queue size).
+    #[error("virtio-net: {0}")]
+    Device(String),
+    /// The `user` backend is not available in this build.
+    #[error("--net user: {0}")]
+    User(String),
+    /// Registering eventfds with KVM failed.
+    #[error(transparent)]
+    Kvm(#[from] KvmError),
+}
+
+/// Adapts a virtio-mmio transport to the VMM's MMIO bus.
+struct TransportOnBus(MmioTransport);
+
+impl MmioDevice for TransportOnBus {
+    fn mmio_read(&mut self, offset: u64, data: &mut [u8]) {
+        self.0.read(offset, data);
+    }
+
+    fn mmio_write(&mut self, offset: u64, data: &[u8]) {
+        self.0.write(offset, data);
+    }
+}
+
+/// A network device ready to be placed on the bus.
+pub struct AttachedNet {
+    /// Guest-physical base of the window.
+    pub base: u64,
+    /// The device, as the bus takes it.
+    pub device: Box<dyn MmioDevice>,
+    /// The command-line word that announces it to the guest.
+    pub cmdline: String,
+}
+
+/// A random locally administered unicast MAC.
+pub fn random_mac() -> [u8; 6] {
+    let mut mac = [0u8; 6];
+    // SAFETY: getrandom writes at most `mac.len()` bytes into the valid buffer `mac`.
+    let n = unsafe { libc::getrandom(mac.as_mut_ptr().cast(), mac.len(), 0) };
+    if n != mac.len() as isize {
+        let pid = std::process::id().to_le_bytes();
+        mac[2..6].copy_from_slice(&pid);
+    }
+    mac[0] = (mac[0] & 0xfe) | 0x02;
+    mac
+}
+
+fn open_backend(spec: &NetBackendSpec) -> Result<Box<dyn NetBackend>, NetSetupError> {
+    match spec {
+        NetBackendSpec::Tap(name) => TapBackend::open(name)
+            .map(|t| Box::new(t) as Box<dyn NetBackend>)
+            .map_err(|e| NetSetupError::Tap {
+                name: name.clone(),
+                reason: e.to_string(),
+            }),
+        NetBackendSpec::User => Err(NetSetupError::User(
+            "the userspace netstack backend is not wired into this build yet; use --net tap:IFNAME or --net none".into(),
+        )),
+        NetBackendSpec::None => Err(NetSetupError::Device("no backend".into())),
+    }
+}
+
+/// Opens the backend before anything else is created, so a bad `--net` fails fast.
+pub fn prepare(settings: &NetSettings) -> Result<Option<Box<dyn NetBackend>>, NetSetupError> {
+    if settings.backend == NetBackendSpec::None {
+        return Ok(None);
+    }
+    open_backend(&settings.backend).map(Some)
+}
+
+/// Creates virtio-net device `index` over `backend`, wires its eventfds into `vm`.
+pub fn attach(
+    vm: &VmFd,
+    mem: &GuestMemoryMmap,
+    index: u32,
+    backend: Box<dyn NetBackend>,
+    settings: &NetSettings,
+) -> Result<AttachedNet, NetSetupError> {
+    let config = NetConfig {
+        mac: settings.mac.unwrap_or_else(random_mac),
+        pcap: settings.pcap.clone(),
+        ..Default::default()
+    };
+    let net = Net::new(config, backend).map_err(|e| NetSetupError::Device(e.to_string()))?;
+    let transport = MmioTransport::new(mem.clone(), Box::new(net))
+        .map_err(|e| NetSetupError::Device(e.to_string()))?;
+    let base = virtio_mmio_base(index);
+    let irq = VIRTIO_IRQ_BASE + index;
+    for (queue, evt) in transport.queue_notify_evts().iter().enumerate() {
+        vm.register_ioevent(
+            evt,
+            &IoEventAddress::Mmio(base + QUEUE_NOTIFY_OFFSET),
+            queue as u32,
+        )
+        .map_err(KvmError::ioctl("KVM_IOEVENTFD (virtio-net queue notify)"))?;
+    }
+    vm.register_irqfd(transport.irq_evt(), irq)
+        .map_err(KvmError::ioctl("KVM_IRQFD (virtio-net)"))?;
+    Ok(AttachedNet {
+        base,
+        device: Box::new(TransportOnBus(transport)),
+        cmdline: format!(
+            "virtio_mmio.device={}K@{base:#x}:{irq}",
+            VIRTIO_MMIO_WINDOW / 1024
+        ),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn net_specs_parse_or_explain() {
+        assert_eq!(
+            "user".parse::<NetBackendSpec>().unwrap(),
+            NetBackendSpec::User
+        );
+        assert_eq!(
+            "none".parse::<NetBackendSpec>().unwrap(),
+            NetBackendSpec::None
+        );
+        assert_eq!(
+            "tap:rf0".parse::<NetBackendSpec>().unwrap(),
+            NetBackendSpec::Tap("rf0".into())
+        );
+        assert!("tap:"
+            .parse::<NetBackendSpec>()
+            .unwrap_err()
+            .contains("1 to 15"));
+        assert!("bridge"
+            .parse::<NetBackendSpec>()
+            .unwrap_err()
+            .contains("expected user"));
+    }
+
+    #[test]
+    fn random_macs_are_local_unicast() {
+        let m = random_mac();
+        assert_eq!(m[0] & 0x03, 0x02);
+    }
+}
