@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
-use super::bitset::{SetArenaBuilder, SetId, EMPTY};
+use super::candidates::{CandidateRef, NO_CANDIDATES};
 
 /// A fast hasher for short byte strings (labels).
 #[derive(Default, Clone, Copy)]
@@ -40,8 +40,8 @@ type Children = HashMap<Box<[u8]>, u32, BuildHasherDefault<LabelHasher>>;
 #[derive(Debug, Clone, Default)]
 struct Node {
     children: Children,
-    suffix: SetId,
-    exact: SetId,
+    suffix: CandidateRef,
+    exact: CandidateRef,
 }
 
 /// The compiled name trie.
@@ -92,15 +92,16 @@ impl DomainTrieBuilder {
         self.nodes[n].1.push(rule);
     }
 
-    /// Interns each node's sets (inherited suffix rules, plus exact rules for `exact`).
-    pub(crate) fn finish(self, arena: &mut SetArenaBuilder) -> DomainTrie {
+    /// Interns each node's sets (inherited suffix rules, plus exact rules for `exact`) through
+    /// `intern`.
+    pub(crate) fn finish(self, intern: &mut dyn FnMut(Vec<u32>) -> CandidateRef) -> DomainTrie {
         let mut nodes: Vec<Node> = Vec::with_capacity(self.nodes.len());
         let mut parts = Vec::with_capacity(self.nodes.len());
         for (children, suffix, exact) in self.nodes {
             nodes.push(Node {
                 children,
-                suffix: EMPTY,
-                exact: EMPTY,
+                suffix: NO_CANDIDATES,
+                exact: NO_CANDIDATES,
             });
             parts.push((suffix, exact));
         }
@@ -108,15 +109,11 @@ impl DomainTrieBuilder {
         let mut stack: Vec<(usize, Vec<u32>)> = vec![(0, Vec::new())];
         while let Some((n, mut inherited)) = stack.pop() {
             inherited.extend_from_slice(&parts[n].0);
-            let suffix = if n == 0 {
-                EMPTY
+            let (suffix, exact) = if n == 0 {
+                (NO_CANDIDATES, NO_CANDIDATES)
             } else {
-                arena.intern_rules(inherited.iter().copied())
-            };
-            let exact = if n == 0 {
-                EMPTY
-            } else {
-                arena.intern_rules(inherited.iter().chain(&parts[n].1).copied())
+                let exact: Vec<u32> = inherited.iter().chain(&parts[n].1).copied().collect();
+                (intern(inherited.clone()), intern(exact))
             };
             nodes[n].suffix = suffix;
             nodes[n].exact = exact;
@@ -129,9 +126,9 @@ impl DomainTrieBuilder {
 }
 
 impl DomainTrie {
-    /// The set of rules a normalised name matches.
+    /// The candidate rules a normalised name matches.
     #[inline]
-    pub(crate) fn lookup(&self, name: &[u8]) -> SetId {
+    pub(crate) fn lookup(&self, name: &[u8]) -> CandidateRef {
         let mut node = &self.nodes[0];
         for label in name.rsplit(|b| *b == b'.') {
             match node.children.get(label) {
@@ -154,34 +151,26 @@ mod tests {
 
     #[test]
     fn exact_and_suffix_sets() {
-        let mut arena = SetArenaBuilder::new(8);
+        let mut lists: Vec<Vec<u32>> = Vec::new();
         let mut b = DomainTrieBuilder::new();
         b.add_suffix("example.com", 0);
         b.add_exact("api.example.com", 1);
         b.add_suffix("api.example.com", 2);
         b.add_exact("example.com", 3);
-        let trie = b.finish(&mut arena);
-        let a = arena.finish();
-        let first = |name: &str| {
-            let id = trie.lookup(name.as_bytes());
-            let mut all = Vec::new();
-            a.first_match(
-                id,
-                EMPTY,
-                super::super::bitset::FULL,
-                super::super::bitset::FULL,
-                |r| {
-                    all.push(r);
-                    false
-                },
-            );
-            all
+        let trie = b.finish(&mut |mut rules| {
+            rules.sort_unstable();
+            lists.push(rules);
+            lists.len() as u32
+        });
+        let all = |name: &str| match trie.lookup(name.as_bytes()) {
+            NO_CANDIDATES => Vec::new(),
+            id => lists[id as usize - 1].clone(),
         };
-        assert_eq!(first("example.com"), vec![0, 3]);
-        assert_eq!(first("www.example.com"), vec![0]);
-        assert_eq!(first("api.example.com"), vec![0, 1, 2]);
-        assert_eq!(first("v1.api.example.com"), vec![0, 2]);
-        assert_eq!(first("com"), Vec::<usize>::new());
-        assert_eq!(first("example.org"), Vec::<usize>::new());
+        assert_eq!(all("example.com"), vec![0, 3]);
+        assert_eq!(all("www.example.com"), vec![0]);
+        assert_eq!(all("api.example.com"), vec![0, 1, 2]);
+        assert_eq!(all("v1.api.example.com"), vec![0, 2]);
+        assert_eq!(all("com"), Vec::<u32>::new());
+        assert_eq!(all("example.org"), Vec::<u32>::new());
     }
 }

@@ -1,17 +1,22 @@
 //! The compiled evaluator the netstack calls on every new flow, DNS query and DNS answer.
 //!
-//! A policy of `n` rules compiles to bitsets over rule indices (see `bitset`):
+//! A policy of `n` rules compiles to:
 //! - destination by address: an IPv4 and an IPv6 multibit trie (`trie`) whose leaves carry the
-//!   set of rules whose CIDR, group or `*` covers the leaf;
-//! - destination by name: a reversed-label trie (`domain`);
-//! - protocol × direction: 8 precomputed sets; port: up to 256 port classes (`ports`).
+//!   candidate set of rules whose CIDR, group or `*` covers the leaf;
+//! - destination by name: a reversed-label trie (`domain`) with a candidate set per node;
+//! - protocol × direction: 8 bitsets; port: up to 256 port-class bitsets (`ports`);
+//! - per rule, a small record (direction/protocol mask, ports) to confirm a candidate.
 //!
-//! A decision is the lowest rule index in `(address ∪ name) ∩ protocol/direction ∩ port`,
-//! i.e. the first matching rule, found by ANDing summary words first. A decision never
-//! allocates, never locks and never fails. A `CompiledPolicy` is immutable and `Send + Sync`;
+//! Candidate sets (`candidates`) are short sorted lists when few rules cover a destination and
+//! bitsets (`bitset`) otherwise. A decision is the lowest rule index in
+//! `(address ∪ name) ∩ protocol/direction ∩ port`, i.e. the first matching rule: the lowest
+//! admitted candidate of the address set and of the name set, whichever is lower. Lists are
+//! scanned in order with an early exit; bitsets are ANDed word by word after their summary
+//! words. A decision never allocates, never locks and never fails. A `CompiledPolicy` is immutable and `Send + Sync`;
 //! swapping policies at runtime is the owner's job (e.g. `ArcSwap<CompiledPolicy>`).
 
 mod bitset;
+mod candidates;
 mod domain;
 mod ports;
 mod trie;
@@ -28,6 +33,7 @@ use crate::model::{
 };
 
 use bitset::{SetArena, SetArenaBuilder, SetId, EMPTY, FULL};
+use candidates::{CandidateRef, CandidateStore, CandidateStoreBuilder, NO_CANDIDATES};
 use domain::{DomainTrie, DomainTrieBuilder};
 use ports::PortClasses;
 use trie::{Prefix, PrefixTrie, Tag, TagSet};
@@ -40,8 +46,12 @@ pub const MAX_RULES: usize = 65_536;
 pub struct CompiledStats {
     /// Number of rules.
     pub rules: usize,
-    /// Distinct rule sets stored.
+    /// Distinct rule bitsets stored (large candidate sets and filters).
     pub sets: usize,
+    /// Distinct short candidate lists, and their total length.
+    pub lists: (usize, usize),
+    /// Candidate sets (trie leaves, name nodes) too large for a list, stored as bitsets.
+    pub dense_candidates: usize,
     /// Nodes in the IPv4 trie (256 entries each).
     pub v4_nodes: usize,
     /// Nodes in the IPv6 trie (256 entries each).
@@ -60,21 +70,42 @@ pub struct CompiledPolicy {
     policy: Policy,
     groups: GroupTable,
     arena: SetArena,
+    candidates: CandidateStore,
     v4: PrefixTrie,
     v6: PrefixTrie,
     domains: DomainTrie,
     ports: PortClasses,
     /// `[direction][protocol]` → rules with that direction and protocol.
     proto_dir: [[SetId; 4]; 2],
-    /// Rules whose destination is `*`.
-    any_dest: SetId,
     /// Rules that can decide a DNS question (egress; allow, or deny without conditions).
     dns_relevant: SetId,
-    /// Per rule: its port ranges (empty = all), indexing `port_ranges`.
-    rule_ports: Vec<(u32, u32)>,
+    /// The first `*` rule that can decide a DNS question.
+    first_any_dns: Option<usize>,
+    /// Per rule: what confirms a candidate.
+    meta: Vec<RuleMeta>,
     port_ranges: Vec<PortRange>,
-    actions: Vec<Action>,
     dns_fallback: Decision,
+}
+
+/// What the evaluator checks on a candidate rule.
+#[derive(Debug, Clone, Copy)]
+struct RuleMeta {
+    /// Bit `4 * direction + protocol` is set when the rule admits that combination.
+    proto_dir: u8,
+    /// The rule can decide a DNS question.
+    dns_relevant: bool,
+    action: Action,
+    /// The rule's port ranges in `port_ranges` (`len == 0`: all ports).
+    ports_start: u32,
+    ports_len: u32,
+}
+
+fn proto_dir_bit(direction: Direction, protocol: Protocol) -> u8 {
+    let d = match direction {
+        Direction::Egress => 0,
+        Direction::Ingress => 4,
+    };
+    1 << (d + protocol as u8)
 }
 
 fn leaf_rules(tags: &TagSet, group_rules: &[Vec<u32>; 7]) -> Vec<u32> {
@@ -146,14 +177,15 @@ impl CompiledPolicy {
             }
         }
 
+        let mut store = CandidateStoreBuilder::new();
         let mut leaf_of = |tags: &TagSet| {
             let mut r = leaf_rules(tags, &group_rules);
             r.extend_from_slice(&any_dest);
-            arena.intern_rules(r)
+            store.intern(r, &mut arena)
         };
         let v4 = PrefixTrie::build(v4, &mut leaf_of);
         let v6 = PrefixTrie::build(v6, &mut leaf_of);
-        let domains = names.finish(&mut arena);
+        let domains = names.finish(&mut |r| store.intern(r, &mut arena));
         let ports = PortClasses::build(rules, &mut arena);
 
         let mut proto_dir = [[EMPTY; 4]; 2];
@@ -168,17 +200,39 @@ impl CompiledPolicy {
                 proto_dir[d][proto as usize] = arena.intern_rules(set);
             }
         }
-        let any_dest_set = arena.intern_rules(any_dest.iter().copied());
-        let dns_relevant = arena.intern_rules(rules.iter().enumerate().filter_map(|(i, r)| {
-            (r.direction().covers(Direction::Egress)
-                && (r.action() == Action::Allow || r.is_unconditional()))
-            .then_some(i as u32)
-        }));
+        let is_dns_relevant = |r: &Rule| {
+            r.direction().covers(Direction::Egress)
+                && (r.action() == Action::Allow || r.is_unconditional())
+        };
+        let dns_relevant = arena.intern_rules(
+            rules
+                .iter()
+                .enumerate()
+                .filter_map(|(i, r)| is_dns_relevant(r).then_some(i as u32)),
+        );
+        let first_any_dns = any_dest
+            .iter()
+            .map(|i| *i as usize)
+            .find(|i| is_dns_relevant(&rules[*i]));
 
-        let mut rule_ports = Vec::with_capacity(rules.len());
+        let mut meta = Vec::with_capacity(rules.len());
         let mut port_ranges = Vec::new();
         for r in rules {
-            rule_ports.push((port_ranges.len() as u32, r.ports().len() as u32));
+            let mut proto_dir = 0u8;
+            for dir in [Direction::Egress, Direction::Ingress] {
+                for proto in ALL_PROTOCOLS {
+                    if r.direction().covers(dir) && r.protocols().matches(proto) {
+                        proto_dir |= proto_dir_bit(dir, proto);
+                    }
+                }
+            }
+            meta.push(RuleMeta {
+                proto_dir,
+                dns_relevant: is_dns_relevant(r),
+                action: r.action(),
+                ports_start: port_ranges.len() as u32,
+                ports_len: r.ports().len() as u32,
+            });
             port_ranges.extend_from_slice(r.ports());
         }
         let dns_fallback = if policy.default_egress == Action::Deny && policy.allows_names() {
@@ -198,16 +252,16 @@ impl CompiledPolicy {
             policy: policy.clone(),
             groups,
             arena: arena.finish(),
+            candidates: store.finish(),
             v4,
             v6,
             domains,
             ports,
             proto_dir,
-            any_dest: any_dest_set,
             dns_relevant,
-            rule_ports,
+            first_any_dns,
+            meta,
             port_ranges,
-            actions: rules.iter().map(Rule::action).collect(),
             dns_fallback,
         })
     }
@@ -230,19 +284,27 @@ impl CompiledPolicy {
     /// Sizes of the compiled structures.
     pub fn stats(&self) -> CompiledStats {
         let trie_bytes = (self.v4.node_count() + self.v6.node_count()) * 256 * 4;
+        let lists = self.candidates.size();
         CompiledStats {
-            rules: self.actions.len(),
+            rules: self.meta.len(),
             sets: self.arena.len(),
+            lists,
+            dense_candidates: self.candidates.dense(),
             v4_nodes: self.v4.node_count(),
             v6_nodes: self.v6.node_count(),
             domain_nodes: self.domains.node_count(),
             port_classes: self.ports.len(),
-            bytes: self.arena.bytes() + trie_bytes + self.domains.node_count() * 64,
+            bytes: self.arena.bytes()
+                + trie_bytes
+                + self.domains.node_count() * 64
+                + lists.0 * 8
+                + lists.1 * 4
+                + self.meta.len() * std::mem::size_of::<RuleMeta>(),
         }
     }
 
     #[inline]
-    fn address_set(&self, ip: IpAddr) -> SetId {
+    fn address_candidates(&self, ip: IpAddr) -> CandidateRef {
         match ip {
             IpAddr::V4(_) => self.v4.lookup(key_of(ip)),
             IpAddr::V6(_) => self.v6.lookup(key_of(ip)),
@@ -250,26 +312,52 @@ impl CompiledPolicy {
     }
 
     #[inline]
-    fn name_set(&self, name: Option<&str>, buf: &mut [u8; MAX_NAME_LEN + 1]) -> SetId {
-        match name.and_then(|n| normalize_into(n, buf)) {
+    fn name_candidates(&self, name: &str) -> CandidateRef {
+        let mut buf = [0u8; MAX_NAME_LEN + 1];
+        match normalize_into(name, &mut buf) {
             Some(n) => self.domains.lookup(n),
-            None => EMPTY,
+            None => NO_CANDIDATES,
         }
     }
 
     #[inline]
-    fn ports_admit(&self, rule: usize, protocol: Protocol, port: u16) -> bool {
-        let (start, len) = self.rule_ports[rule];
-        len == 0
+    fn ports_admit(&self, m: &RuleMeta, protocol: Protocol, port: u16) -> bool {
+        m.ports_len == 0
             || (protocol.has_ports()
-                && self.port_ranges[start as usize..(start + len) as usize]
+                && self.port_ranges
+                    [m.ports_start as usize..(m.ports_start + m.ports_len) as usize]
                     .iter()
                     .any(|r| r.contains(port)))
     }
 
+    /// The lower of the first admitted candidate by address and by name.
+    #[inline]
+    fn first_of(
+        &self,
+        by_addr: CandidateRef,
+        by_name: CandidateRef,
+        f1: SetId,
+        f2: SetId,
+        accept: impl Fn(usize) -> bool,
+    ) -> Option<usize> {
+        let a = self
+            .candidates
+            .first(&self.arena, by_addr, f1, f2, &accept);
+        if by_name == NO_CANDIDATES {
+            return a;
+        }
+        let n = self
+            .candidates
+            .first(&self.arena, by_name, f1, f2, &accept);
+        match (a, n) {
+            (Some(a), Some(n)) => Some(a.min(n)),
+            (a, n) => a.or(n),
+        }
+    }
+
     fn by_rule(&self, rule: usize) -> Decision {
         Decision {
-            action: self.actions[rule],
+            action: self.meta[rule].action,
             rule: Some(rule),
             cause: DecisionCause::Rule,
         }
@@ -281,9 +369,11 @@ impl CompiledPolicy {
     #[inline]
     pub fn decide(&self, q: &FlowQuery<'_>) -> Decision {
         let ip = canonical_ip(q.dst);
-        let by_addr = self.address_set(ip);
-        let mut buf = [0u8; MAX_NAME_LEN + 1];
-        let by_name = self.name_set(q.domain, &mut buf);
+        let by_addr = self.address_candidates(ip);
+        let by_name = match q.domain {
+            Some(name) => self.name_candidates(name),
+            None => NO_CANDIDATES,
+        };
         let dir = match q.direction {
             Direction::Egress => 0,
             Direction::Ingress => 1,
@@ -294,11 +384,11 @@ impl CompiledPolicy {
         } else {
             self.ports.portless()
         };
-        let hit = self
-            .arena
-            .first_match(by_addr, by_name, proto_dir, by_port, |r| {
-                self.ports_admit(r, q.protocol, q.port)
-            });
+        let bit = proto_dir_bit(q.direction, q.protocol);
+        let hit = self.first_of(by_addr, by_name, proto_dir, by_port, |r| {
+            let m = &self.meta[r];
+            m.proto_dir & bit != 0 && self.ports_admit(m, q.protocol, q.port)
+        });
         match hit {
             Some(r) => self.by_rule(r),
             None => Decision {
@@ -314,12 +404,17 @@ impl CompiledPolicy {
     /// Otherwise: refused ([`DecisionCause::DnsNameNotAllowed`]) when egress defaults to deny
     /// and some allow rule names a domain, allowed in every other case.
     pub fn decide_dns_query(&self, name: &str) -> Decision {
-        let mut buf = [0u8; MAX_NAME_LEN + 1];
-        let by_name = self.name_set(Some(name), &mut buf);
-        match self
-            .arena
-            .first_match(by_name, self.any_dest, self.dns_relevant, FULL, |_| true)
-        {
+        let by_name = self.name_candidates(name);
+        let named = self
+            .candidates
+            .first(&self.arena, by_name, self.dns_relevant, FULL, |r| {
+                self.meta[r].dns_relevant
+            });
+        let first = match (named, self.first_any_dns) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        match first {
             Some(r) => self.by_rule(r),
             None => self.dns_fallback,
         }
@@ -343,13 +438,11 @@ impl CompiledPolicy {
                 cause: DecisionCause::Default,
             };
         }
-        let mut buf = [0u8; MAX_NAME_LEN + 1];
-        let by_name = self.name_set(Some(name), &mut buf);
-        let by_addr = self.address_set(ip);
-        match self
-            .arena
-            .first_match(by_addr, by_name, self.dns_relevant, FULL, |_| true)
-        {
+        let by_name = self.name_candidates(name);
+        let by_addr = self.address_candidates(ip);
+        match self.first_of(by_addr, by_name, self.dns_relevant, FULL, |r| {
+            self.meta[r].dns_relevant
+        }) {
             Some(r) => self.by_rule(r),
             None => match self.policy.default_egress {
                 Action::Allow => Decision {

@@ -2,7 +2,7 @@
 //! for IPv4 and once for IPv6. Keys are left-aligned in a `u128` (IPv4 in the top 32 bits), so
 //! one implementation serves both families.
 //!
-//! Every node has 256 entries; an entry is either a leaf (the id of the set of rules whose
+//! Every node has 256 entries; an entry is either a leaf (the candidate set of rules whose
 //! destination covers every address under it, including group and `*` rules) or the index of a
 //! child node. Prefixes whose length is not a multiple of 8 are expanded over the entries they
 //! cover (controlled prefix expansion). A lookup is at most 4 (IPv4) or 16 (IPv6) dependent
@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 
-use super::bitset::{SetId, EMPTY};
+use super::candidates::{CandidateRef, NO_CANDIDATES};
 
 const LEAF: u32 = 1 << 31;
 const STRIDE: u32 = 8;
@@ -63,8 +63,8 @@ fn slot(key: u128, depth: u32) -> usize {
 
 struct Builder<'f> {
     nodes: Vec<[u32; 256]>,
-    leaf_of: &'f mut dyn FnMut(&TagSet) -> SetId,
-    cache: HashMap<TagSet, SetId>,
+    leaf_of: &'f mut dyn FnMut(&TagSet) -> CandidateRef,
+    cache: HashMap<TagSet, CandidateRef>,
 }
 
 impl Builder<'_> {
@@ -126,7 +126,7 @@ impl PrefixTrie {
     /// (it is called once per distinct tag set).
     pub(crate) fn build(
         mut prefixes: Vec<Prefix>,
-        leaf_of: &mut dyn FnMut(&TagSet) -> SetId,
+        leaf_of: &mut dyn FnMut(&TagSet) -> CandidateRef,
     ) -> Self {
         prefixes.sort_by_key(|p| (p.0, p.1));
         // Zero-length prefixes cover everything: they are inherited by the root.
@@ -143,7 +143,7 @@ impl PrefixTrie {
 
     /// The set id of the leaf covering `key`.
     #[inline]
-    pub(crate) fn lookup(&self, key: u128) -> SetId {
+    pub(crate) fn lookup(&self, key: u128) -> CandidateRef {
         let mut node = 0usize;
         let mut depth = 0u32;
         while depth < 128 {
@@ -154,7 +154,7 @@ impl PrefixTrie {
             node = entry as usize;
             depth += STRIDE;
         }
-        EMPTY
+        NO_CANDIDATES
     }
 
     /// Number of nodes.
@@ -184,7 +184,7 @@ mod tests {
         let mut seen: Vec<TagSet> = Vec::new();
         let mut leaf_of = |t: &TagSet| {
             seen.push(t.clone());
-            (seen.len() - 1) as SetId
+            (seen.len() - 1) as CandidateRef
         };
         let trie = PrefixTrie::build(prefixes, &mut leaf_of);
         let at = |k| seen[trie.lookup(k) as usize].clone();
