@@ -143,7 +143,7 @@ exception_common:
     iretq
 4:  movq %rsp, %rdi
     andq $-16, %rsp
-    call exception_report           /* never returns: prints and exits 0x7e */
+    call exception_report           /* never returns: prints and exits 0x71 */
 1:  jmp 1b
 
     .section .data.boot_pagetables, "aw"

@@ -8,9 +8,9 @@ use crate::port::outl;
 const EXIT_PORT: u16 = 0xf4;
 
 /// Exit status for a panic in the probe's CPL3 code.
-pub const STATUS_PANIC: u32 = 0x7d;
+pub const STATUS_PANIC: u32 = 0x70;
 /// Exit status for a CPU exception caught by the CPL0 handlers.
-pub const STATUS_EXCEPTION: u32 = 0x7e;
+pub const STATUS_EXCEPTION: u32 = 0x71;
 /// Exit status used when the scenario is missing, unknown or malformed.
 pub const STATUS_USAGE: u32 = 2;
 

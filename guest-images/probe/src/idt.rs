@@ -3,7 +3,7 @@
 //!
 //! Vectors 0..32 go to `boot::exception_stubs`, which call
 //! [`exception_report`] at CPL0 to print the vector, RIP and error code and
-//! exit with status 0x7e, so a crash is reported rather than triple-faulting.
+//! exit with status 0x71, so a crash is reported rather than triple-faulting.
 //! A `ud2` with `rax` = `CPL0_SPIN_MAGIC` is the gate to the CPL0 spin loop
 //! used by `cpl0spin` (software interrupts raise #UD on this host).
 

@@ -60,7 +60,7 @@ pub fn spin(ctx: &Context<'_>, arg: Option<&str>, cpl0: bool) -> Outcome {
 
 /// `fault:KIND`: crash on purpose, to test crash reporting. `ud` (#UD),
 /// `gp` (`hlt` at CPL3), `pf` (read the first byte above the mapped 4 GiB) end in the CPL0
-/// reporter (status 0x7e); `panic` ends in the panic handler (0x7d).
+/// reporter (status 0x71); `panic` ends in the panic handler (0x70).
 pub fn fault(ctx: &Context<'_>, arg: Option<&str>) -> Outcome {
     crate::println!("probe: fault:{} requested", arg.unwrap_or(""));
     match arg {
