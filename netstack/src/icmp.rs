@@ -5,7 +5,10 @@
 use std::net::IpAddr;
 
 use smoltcp::phy::ChecksumCapabilities;
-use smoltcp::wire::{Icmpv4Packet, Icmpv4Repr, Icmpv6Packet, Icmpv6Repr, IpProtocol};
+use smoltcp::wire::{
+    Icmpv4DstUnreachable, Icmpv4Packet, Icmpv4Repr, Icmpv6DstUnreachable, Icmpv6Packet, Icmpv6Repr,
+    IpProtocol, Ipv4Repr, Ipv6Repr,
+};
 
 use crate::core::Core;
 use crate::frame::parse::IpInfo;
@@ -129,4 +132,50 @@ pub(crate) fn push_v6(
             &ChecksumCapabilities::default(),
         );
     });
+}
+
+/// Queues "communication administratively prohibited" for a guest packet whose flow was
+/// refused (policy or limits), quoting its IP header and first 8 payload bytes
+/// (RFC 792; RFC 4443 §3.1), so the guest fails fast instead of timing out.
+pub(crate) fn push_prohibited(core: &mut Core, ip: &IpInfo, l4_head: &[u8]) {
+    let quote = &l4_head[..l4_head.len().min(8)];
+    match (ip.src, ip.dst) {
+        (IpAddr::V4(src), IpAddr::V4(dst)) => {
+            let repr = Icmpv4Repr::DstUnreachable {
+                reason: Icmpv4DstUnreachable::CommProhibited,
+                header: Ipv4Repr {
+                    src_addr: src,
+                    dst_addr: dst,
+                    next_header: ip.proto,
+                    payload_len: ip.l4_len,
+                    hop_limit: 64,
+                },
+                data: quote,
+            };
+            let gw = IpAddr::V4(core.addrs.gateway4);
+            let ep = core.to_guest(gw, ip.src);
+            core.push_ctrl(&ep, IpProtocol::Icmp, repr.buffer_len(), |buf| {
+                repr.emit(
+                    &mut Icmpv4Packet::new_unchecked(buf),
+                    &ChecksumCapabilities::default(),
+                );
+            });
+        }
+        (IpAddr::V6(src), IpAddr::V6(dst)) => {
+            let repr = Icmpv6Repr::DstUnreachable {
+                reason: Icmpv6DstUnreachable::AdminProhibit,
+                header: Ipv6Repr {
+                    src_addr: src,
+                    dst_addr: dst,
+                    next_header: ip.proto,
+                    payload_len: ip.l4_len,
+                    hop_limit: 64,
+                },
+                data: quote,
+            };
+            let gw = core.addrs.gateway6;
+            push_v6(core, gw, src, &repr);
+        }
+        _ => {}
+    }
 }

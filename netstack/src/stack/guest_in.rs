@@ -134,6 +134,12 @@ impl Netstack {
             self.core.metrics.drop_unsupported += 1;
             return;
         }
+        if seg.dst_port == 53 && self.core.addrs.is_gateway(&ip.dst) {
+            // DNS over TCP is not intercepted yet; passing it to host port 53 would bypass
+            // the per-name checks, so it is refused (resolvers then stay on UDP).
+            self.core.metrics.flows_denied += 1;
+            return tcp::push_rst_for(&mut self.core, ip, seg);
+        }
         if self.flows.tcp_len() >= self.core.cfg.limits.max_tcp_connections
             || !self.flows.has_room()
         {
@@ -213,7 +219,10 @@ impl Netstack {
             Some(t) => t,
             None => match self.open_udp(key, host_dst, is_dns, now) {
                 Some(t) => t,
-                None => return,
+                None => {
+                    let head = &f.header()[ip.l4_off..ip.l4_off + 8];
+                    return icmp::push_prohibited(&mut self.core, ip, head);
+                }
             },
         };
         if let Some(Flow::Udp(flow)) = self.flows.get_mut(token) {

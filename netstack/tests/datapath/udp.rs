@@ -226,6 +226,14 @@ fn flow_table_overflow_refuses_new_flows_only() {
         ..cfg()
     };
     let mut h = Harness::new(cfg);
+    // Count "communication administratively prohibited" (ICMP 3/13) sent to the guest.
+    let prohibited = std::rc::Rc::new(std::cell::Cell::new(0));
+    let p2 = prohibited.clone();
+    h.observe = Some(Box::new(move |f| {
+        if f.len() > 36 && f[12..14] == [8, 0] && f[23] == 1 && f[34] == 3 && f[35] == 13 {
+            p2.set(p2.get() + 1);
+        }
+    }));
     let gw = IpEndpoint::new(IpAddress::Ipv4(h.gateway()), port);
     let socks: Vec<_> = (0..6).map(|i| udp_socket(&mut h, 6000 + i)).collect();
     for (i, &s) in socks.iter().enumerate() {
@@ -238,6 +246,11 @@ fn flow_table_overflow_refuses_new_flows_only() {
     }
     assert_eq!(h.ns.flow_count(), 4);
     assert_eq!(h.ns.metrics().flows_over_limit, 2);
+    assert_eq!(
+        prohibited.get(),
+        2,
+        "each refused datagram gets an ICMP unreachable"
+    );
     // The existing flows keep working.
     let got = udp_roundtrip(&mut h, socks[0], gw, b"again");
     assert_eq!(got.map(|g| g.0), Some(b"again".to_vec()));
