@@ -52,9 +52,9 @@ pub struct CompiledStats {
     pub lists: (usize, usize),
     /// Candidate sets (trie leaves, name nodes) too large for a list, stored as bitsets.
     pub dense_candidates: usize,
-    /// Nodes in the IPv4 trie (256 entries each).
+    /// Nodes in the IPv4 trie.
     pub v4_nodes: usize,
-    /// Nodes in the IPv6 trie (256 entries each).
+    /// Nodes in the IPv6 trie.
     pub v6_nodes: usize,
     /// Nodes in the name trie.
     pub domain_nodes: usize,
@@ -283,7 +283,7 @@ impl CompiledPolicy {
 
     /// Sizes of the compiled structures.
     pub fn stats(&self) -> CompiledStats {
-        let trie_bytes = (self.v4.node_count() + self.v6.node_count()) * 256 * 4;
+        let trie_bytes = self.v4.bytes() + self.v6.bytes();
         let lists = self.candidates.size();
         CompiledStats {
             rules: self.meta.len(),

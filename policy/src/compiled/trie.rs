@@ -3,10 +3,13 @@
 //! one implementation serves both families.
 //!
 //! Every node has 256 entries; an entry is either a leaf (the candidate set of rules whose
-//! destination covers every address under it, including group and `*` rules) or the index of a
-//! child node. Prefixes whose length is not a multiple of 8 are expanded over the entries they
-//! cover (controlled prefix expansion). A lookup is at most 4 (IPv4) or 16 (IPv6) dependent
-//! loads and never allocates.
+//! destination covers every address under it, including group and `*` rules) or a child node.
+//! Prefixes whose length is not a multiple of 8 are expanded over the entries they cover
+//! (controlled prefix expansion). After building, each node is run-length compressed: runs of
+//! equal entries are stored once, as `[runs, start_0..start_n, entry_0..entry_n]` in one flat
+//! `u32` array, and a lookup binary-searches the (usually 1 to 5) run starts. That keeps a
+//! 10 000-rule trie in a few hundred kilobytes instead of megabytes, so lookups stay in cache.
+//! A lookup visits at most 4 (IPv4) or 16 (IPv6) nodes and never allocates.
 
 use std::collections::HashMap;
 
@@ -51,10 +54,45 @@ impl TagSet {
 /// A prefix to insert: left-aligned key (host bits clear), length, tag.
 pub(crate) type Prefix = (u128, u8, Tag);
 
-/// The trie.
+/// The trie, run-length compressed (see the module doc).
 #[derive(Debug, Clone)]
 pub(crate) struct PrefixTrie {
-    nodes: Vec<[u32; 256]>,
+    /// Node blocks; child entries hold the offset of the child's block.
+    blob: Vec<u32>,
+    nodes: usize,
+}
+
+/// Compresses expanded nodes into blocks; node 0 stays at offset 0.
+fn compress(nodes: &[[u32; 256]]) -> Vec<u32> {
+    let runs = |n: &[u32; 256]| {
+        let mut out: Vec<(u32, u32)> = Vec::new();
+        for (slot, e) in n.iter().enumerate() {
+            if out.last().map(|r| r.1) != Some(*e) {
+                out.push((slot as u32, *e));
+            }
+        }
+        out
+    };
+    let all: Vec<Vec<(u32, u32)>> = nodes.iter().map(runs).collect();
+    let mut offsets = Vec::with_capacity(all.len());
+    let mut next = 0u32;
+    for r in &all {
+        offsets.push(next);
+        next += 1 + 2 * r.len() as u32;
+    }
+    let mut blob = Vec::with_capacity(next as usize);
+    for r in &all {
+        blob.push(r.len() as u32);
+        blob.extend(r.iter().map(|(start, _)| *start));
+        blob.extend(r.iter().map(|(_, e)| {
+            if e & LEAF != 0 {
+                *e
+            } else {
+                offsets[*e as usize]
+            }
+        }));
+    }
+    blob
 }
 
 fn slot(key: u128, depth: u32) -> usize {
@@ -138,7 +176,10 @@ impl PrefixTrie {
             cache: HashMap::new(),
         };
         b.node(&prefixes, 0, &root_tags);
-        Self { nodes: b.nodes }
+        Self {
+            blob: compress(&b.nodes),
+            nodes: b.nodes.len(),
+        }
     }
 
     /// The set id of the leaf covering `key`.
@@ -147,7 +188,12 @@ impl PrefixTrie {
         let mut node = 0usize;
         let mut depth = 0u32;
         while depth < 128 {
-            let entry = self.nodes[node][slot(key, depth)];
+            let s = slot(key, depth) as u32;
+            let runs = self.blob[node] as usize;
+            let starts = &self.blob[node + 1..node + 1 + runs];
+            // starts[0] == 0, so at least one start is <= s.
+            let run = starts.partition_point(|start| *start <= s) - 1;
+            let entry = self.blob[node + 1 + runs + run];
             if entry & LEAF != 0 {
                 return entry & !LEAF;
             }
@@ -159,7 +205,12 @@ impl PrefixTrie {
 
     /// Number of nodes.
     pub(crate) fn node_count(&self) -> usize {
-        self.nodes.len()
+        self.nodes
+    }
+
+    /// Bytes of the compressed node blocks.
+    pub(crate) fn bytes(&self) -> usize {
+        self.blob.len() * 4
     }
 }
 
