@@ -10,7 +10,7 @@
 //!   name reach the host's loopback.
 //! * Payload is never copied by us: guest TX buffers are passed to `sendmsg()` as iovecs,
 //!   and host data is received straight into guest RX buffers behind headers we build
-//!   (see [`tcp`](crate) module docs for ACK and window rules).
+//!   (the `tcp` module documentation explains copies, ACKs and windows in detail).
 //! * DNS queries to the gateway are intercepted: the host alias is answered locally,
 //!   denied names get REFUSED, others are relayed to the upstream resolver.
 //!

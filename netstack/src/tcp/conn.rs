@@ -213,6 +213,9 @@ impl TcpConn {
         if self.fin_sent && !self.fin_acked {
             self.fin_sent = false;
         }
+        // Data before the EOF must go out again first; the peek that reaches the end
+        // of the stream will report the EOF again.
+        self.host_eof = false;
         if self.peek_off {
             // A failure leaves the old offset; the next peek then skips bytes and the
             // guest's ACKs will show a hole, which times out into a reset at worst.
