@@ -1,0 +1,216 @@
+//! Helpers shared by the end-to-end test files: locating the binaries and the probe guest,
+//! deciding whether a test must skip, and throwaway network namespaces with a tap inside.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// `target/<profile>/` of the running test binary.
+fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    exe.parent()
+        .and_then(|d| d.parent())
+        .map(Path::to_path_buf)
+        .expect("target dir")
+}
+
+/// The `ringfence` binary under test.
+pub fn ringfence_bin() -> PathBuf {
+    std::env::var_os("RINGFENCE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| bin_dir().join("ringfence"))
+}
+
+/// The host-side traffic peer (`benches/src/bin/rf-peer.rs`).
+pub fn peer_bin() -> PathBuf {
+    let beside = ringfence_bin().with_file_name("rf-peer");
+    if beside.is_file() {
+        beside
+    } else {
+        bin_dir().join("rf-peer")
+    }
+}
+
+/// The probe ELF and a usable /dev/kvm, or the reason the test must skip.
+pub fn kvm_and_probe() -> Result<PathBuf, String> {
+    if std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_err()
+    {
+        return Err("/dev/kvm is missing or not accessible".into());
+    }
+    if !ringfence_bin().is_file() {
+        return Err(format!(
+            "{} not built (run `cargo xtask test`)",
+            ringfence_bin().display()
+        ));
+    }
+    match std::env::var_os("RINGFENCE_PROBE").map(PathBuf::from) {
+        Some(p) if p.is_file() => Ok(p),
+        _ => {
+            Err("RINGFENCE_PROBE does not name a built probe guest (run `cargo xtask test`)".into())
+        }
+    }
+}
+
+/// Like [`kvm_and_probe`], plus root, `ip`, /dev/net/tun and the peer binary.
+pub fn netns_ready() -> Result<PathBuf, String> {
+    let probe = kvm_and_probe()?;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err("network namespace tests need root".into());
+    }
+    if std::fs::metadata("/dev/net/tun").is_err() {
+        return Err("/dev/net/tun is missing".into());
+    }
+    if Command::new("ip").arg("-V").output().is_err() {
+        return Err("the `ip` tool (iproute2) is not installed".into());
+    }
+    if !peer_bin().is_file() {
+        return Err(format!(
+            "{} not built (run `cargo xtask test`)",
+            peer_bin().display()
+        ));
+    }
+    Ok(probe)
+}
+
+/// Skips the test (printing `SKIPPED: why`) unless `$check` succeeds.
+#[macro_export]
+macro_rules! require {
+    ($check:expr) => {
+        match $check {
+            Ok(v) => v,
+            Err(why) => {
+                println!("SKIPPED: {why}");
+                return;
+            }
+        }
+    };
+}
+
+/// Stdout as text.
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Stderr as text.
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The probe's JSON result line.
+pub fn result_json(o: &Output) -> serde_json::Value {
+    let out = stdout(o);
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("{\"scenario\":"))
+        .unwrap_or_else(|| panic!("no JSON result line in:\n{out}\nstderr:\n{}", stderr(o)));
+    serde_json::from_str(line).expect("valid JSON")
+}
+
+static NS_COUNTER: AtomicU32 = AtomicU32::new(0);
+
+fn ip(args: &[&str]) {
+    let o = Command::new("ip").args(args).output().expect("run ip");
+    assert!(o.status.success(), "ip {args:?}: {}", stderr(&o));
+}
+
+/// A network namespace with a persistent tap `rft0` at 192.0.2.1/24, removed on drop.
+pub struct TapNetns {
+    /// Namespace name.
+    pub name: String,
+    /// Tap interface name inside it.
+    pub tap: String,
+}
+
+impl TapNetns {
+    /// Creates the namespace and the tap (vnet_hdr, up, 192.0.2.1/24 and 2001:db8::1/64).
+    pub fn new() -> Self {
+        let name = format!(
+            "rf-t{}-{}",
+            std::process::id(),
+            NS_COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        ip(&["netns", "add", &name]);
+        let ns = TapNetns {
+            name,
+            tap: "rft0".into(),
+        };
+        ip(&["-n", &ns.name, "link", "set", "lo", "up"]);
+        ip(&[
+            "-n", &ns.name, "tuntap", "add", &ns.tap, "mode", "tap", "vnet_hdr",
+        ]);
+        ip(&[
+            "-n",
+            &ns.name,
+            "addr",
+            "add",
+            "192.0.2.1/24",
+            "dev",
+            &ns.tap,
+        ]);
+        ip(&["-n", &ns.name, "link", "set", &ns.tap, "up"]);
+        ns
+    }
+
+    /// A command that runs `program` inside the namespace.
+    pub fn command(&self, program: &Path) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name]).arg(program);
+        c
+    }
+
+    /// Starts `rf-peer ARGS` inside the namespace and waits for its `listening` line.
+    pub fn peer(&self, args: &[&str]) -> Child {
+        use std::io::{BufRead, BufReader};
+        let mut child = self
+            .command(&peer_bin())
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn rf-peer");
+        let out = child.stdout.as_mut().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(out).read_line(&mut line).expect("read peer");
+        assert!(line.starts_with("listening"), "rf-peer said {line:?}");
+        child
+    }
+
+    /// Runs the probe under ringfence inside the namespace with `--net tap:rft0`.
+    pub fn run_probe(&self, probe: &Path, extra: &[&str], words: &[&str]) -> Output {
+        let mut c = self.command(&ringfence_bin());
+        c.args(["run", "--kernel"])
+            .arg(probe)
+            .args(["--net", &format!("tap:{}", self.tap), "--timeout", "120"])
+            .args(extra)
+            .arg("--")
+            .args(["probe.ip=192.0.2.2/24", "probe.gw=192.0.2.1"])
+            .args(words)
+            .stdin(Stdio::null());
+        c.output().expect("run ringfence")
+    }
+}
+
+impl Drop for TapNetns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+/// The peer's last JSON line (after it exits).
+pub fn peer_result(child: Child) -> serde_json::Value {
+    let o = child.wait_with_output().expect("wait rf-peer");
+    let out = stdout(&o);
+    let line = out.lines().last().unwrap_or("");
+    serde_json::from_str(line)
+        .unwrap_or_else(|_| panic!("rf-peer output {out:?}, stderr {}", stderr(&o)))
+}
