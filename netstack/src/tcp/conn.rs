@@ -24,6 +24,10 @@ use crate::sys;
 pub(crate) const RTO_INITIAL: Duration = Duration::from_millis(200);
 /// Upper bound of the doubled retransmission timeout.
 pub(crate) const RTO_MAX: Duration = Duration::from_secs(10);
+/// How often (in window computations) `SO_SNDBUF` is re-read.
+const SNDBUF_REFRESH: u32 = 32;
+/// How many data segments reuse the last computed window.
+const DATA_WND_REFRESH: u32 = 16;
 /// Window-scale shift we announce when the guest announces one (max window 8 MiB).
 const OUR_WSCALE: u8 = 7;
 
@@ -86,6 +90,12 @@ pub(crate) struct TcpConn {
     pub peek_off: bool,
     /// For published-port connections: the host peer that connected (ingress).
     pub ingress_peer: Option<SocketAddr>,
+    /// Cached `SO_SNDBUF` and how many window computations used it.
+    pub sndbuf: u32,
+    pub wnd_calls: u32,
+    /// Last advertised window field and data segments sent with it since.
+    pub last_wnd: u16,
+    pub data_since_wnd: u32,
 }
 
 impl TcpConn {
@@ -121,6 +131,10 @@ impl TcpConn {
             queued: false,
             peek_off: false,
             ingress_peer: None,
+            sndbuf: 0,
+            wnd_calls: 0,
+            last_wnd: 0,
+            data_since_wnd: u32::MAX / 2,
         }
     }
 
@@ -182,18 +196,39 @@ impl TcpConn {
 
     /// The window we advertise (field value, already shifted) and remember whether it
     /// is short enough that we must watch the host socket for writability.
+    ///
+    /// Costs one `SIOCOUTQ` ioctl; `SO_SNDBUF` (which the kernel autotunes) is re-read
+    /// every [`SNDBUF_REFRESH`] calls.
     pub(crate) fn advertised_window(&mut self) -> u16 {
         let fd = self.fd.as_fd();
-        let free = match (sys::send_buffer_size(fd), sys::send_queue_len(fd)) {
-            (Ok(buf), Ok(queued)) => (buf / 2).saturating_sub(queued),
-            _ => 0,
+        if self.wnd_calls % SNDBUF_REFRESH == 0 {
+            self.sndbuf = sys::send_buffer_size(fd).unwrap_or(0);
+        }
+        self.wnd_calls = self.wnd_calls.wrapping_add(1);
+        let free = match sys::send_queue_len(fd) {
+            Ok(queued) => (self.sndbuf / 2).saturating_sub(queued),
+            Err(_) => 0,
         };
         let max = 65535u32 << self.our_wscale;
         let wnd = free.min(max);
         if wnd < u32::from(self.guest_mss) * 2 {
             self.want_write = true;
         }
-        (wnd >> self.our_wscale) as u16
+        self.last_wnd = (wnd >> self.our_wscale) as u16;
+        self.data_since_wnd = 0;
+        self.last_wnd
+    }
+
+    /// The window for a data segment to the guest: the last computed value, refreshed
+    /// every [`DATA_WND_REFRESH`] segments. Bulk host->guest traffic then costs no extra
+    /// syscalls per segment; the guest->host direction gets exact windows from the pure
+    /// ACKs, which always recompute.
+    pub(crate) fn data_window(&mut self) -> u16 {
+        self.data_since_wnd += 1;
+        if self.data_since_wnd > DATA_WND_REFRESH {
+            return self.advertised_window();
+        }
+        self.last_wnd
     }
 
     /// The window for a SYN / SYN-ACK, which is never scaled (RFC 7323 §2.2).

@@ -245,7 +245,7 @@ fn peek_data(
             Ok(None)
         }
         Ok(len) => {
-            let window = conn.advertised_window();
+            let window = conn.data_window();
             let h = Header {
                 control: TcpControl::Psh,
                 seq: conn.snd_nxt,
