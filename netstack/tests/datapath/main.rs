@@ -8,4 +8,5 @@ mod netns;
 mod policy;
 mod tcp;
 mod tcp_edge;
+mod timers;
 mod udp;

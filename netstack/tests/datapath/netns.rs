@@ -18,7 +18,7 @@ use crate::common::{cfg, tcp_socket, wait_established};
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
 /// Deletes the namespace name when dropped (the thread's reference keeps it alive).
-struct Netns(String);
+pub struct Netns(String);
 
 impl Drop for Netns {
     fn drop(&mut self) {
@@ -36,7 +36,7 @@ fn ip(args: &[&str]) -> bool {
 
 /// Creates a namespace with 192.0.2.1/24 on its loopback and moves this thread into it.
 /// `ping_sockets` opens net.ipv4.ping_group_range inside it (it is per namespace).
-fn enter_netns(ping_sockets: bool) -> Option<Netns> {
+pub fn enter_netns(ping_sockets: bool) -> Option<Netns> {
     let name = format!(
         "rf-netstack-{}-{}",
         std::process::id(),
