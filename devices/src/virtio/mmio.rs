@@ -488,3 +488,9 @@ impl Drop for MmioTransport {
         self.device.reset();
     }
 }
+
+// The VMM calls the transport from vCPU threads; it must be movable between threads.
+const _: () = {
+    const fn assert_send<T: Send>() {}
+    assert_send::<MmioTransport>();
+};
