@@ -2,55 +2,17 @@
 //! result, exit statuses, vCPUs, console file, timeout, signals, bad input — and the same ELF
 //! under QEMU microvm.
 
+mod common;
+
 use std::io::Read;
-use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-fn ringfence_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("RINGFENCE_BIN") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().expect("current_exe");
-    exe.parent()
-        .and_then(|d| d.parent())
-        .map(|d| d.join("ringfence"))
-        .expect("target dir")
-}
-
-/// The probe ELF and a usable /dev/kvm, or the reason the test must skip.
-fn setup() -> Result<PathBuf, String> {
-    if std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_err()
-    {
-        return Err("/dev/kvm is missing or not accessible".into());
-    }
-    if !ringfence_bin().is_file() {
-        return Err(format!(
-            "{} not built (run `cargo xtask test`)",
-            ringfence_bin().display()
-        ));
-    }
-    match std::env::var_os("RINGFENCE_PROBE").map(PathBuf::from) {
-        Some(p) if p.is_file() => Ok(p),
-        _ => {
-            Err("RINGFENCE_PROBE does not name a built probe guest (run `cargo xtask test`)".into())
-        }
-    }
-}
+use common::*;
 
 macro_rules! probe_or_skip {
     () => {
-        match setup() {
-            Ok(p) => p,
-            Err(why) => {
-                println!("SKIPPED: {why}");
-                return;
-            }
-        }
+        require!(kvm_and_probe())
     };
 }
 
@@ -68,24 +30,6 @@ fn run_probe(probe: &std::path::Path, extra: &[&str], words: &[&str]) -> Output 
     args.push("--");
     args.extend_from_slice(words);
     ringfence(&args)
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// The probe's JSON result line.
-fn result_json(o: &Output) -> serde_json::Value {
-    let out = stdout(o);
-    let line = out
-        .lines()
-        .find(|l| l.starts_with("{\"scenario\":"))
-        .unwrap_or_else(|| panic!("no JSON result line in:\n{out}\nstderr:\n{}", stderr(o)));
-    serde_json::from_str(line).expect("valid JSON")
 }
 
 #[test]
@@ -118,6 +62,17 @@ fn guest_exit_status_becomes_ringfence_status() {
         let o = run_probe(&probe, &[], &[&format!("probe.scenario=exit:{code}")]);
         assert_eq!(o.status.code(), Some(code), "exit:{code}: {}", stderr(&o));
     }
+}
+
+#[test]
+fn guest_crashes_are_reported_with_their_own_status() {
+    let probe = probe_or_skip!();
+    // A CPU exception is caught by the probe's CPL0 handler: it prints the vector and exits
+    // with 0x71; a Rust panic exits with 0x70. Neither collides with ringfence's 124-126.
+    let o = run_probe(&probe, &[], &["probe.scenario=fault:ud"]);
+    assert_eq!(o.status.code(), Some(0x71), "{}", stdout(&o));
+    let o = run_probe(&probe, &[], &["probe.scenario=fault:panic"]);
+    assert_eq!(o.status.code(), Some(0x70), "{}", stdout(&o));
 }
 
 #[test]

@@ -328,7 +328,9 @@ fn build_kernel(
         )?;
         done(t);
     }
-    let out = kernel_dir.with_extension("build");
+    // One out-of-tree build directory per source version: a fragment change rebuilds only
+    // what the new configuration touches.
+    let out = cache.join(format!("linux-build-{version}"));
     std::fs::create_dir_all(&out)?;
     let make = |args: &[&str]| -> Command {
         let mut c = Command::new("nice");

@@ -23,6 +23,8 @@ pub struct RunSample {
     pub status: i32,
     /// Every line the process printed on stdout.
     pub stdout: Vec<String>,
+    /// CPU times of the process (and of `also_sample`) when the result line appeared.
+    pub cpu_at_result: Option<(super::procstat::CpuTimes, Option<super::procstat::CpuTimes>)>,
 }
 
 impl RunSample {
@@ -34,6 +36,17 @@ impl RunSample {
 
 /// Spawns `cmd`, watches stdout for `ready_marker`, and reaps it with rusage.
 pub fn run_measured(cmd: &mut Command, ready_marker: &str, limit: Duration) -> Result<RunSample> {
+    run_measured_with(cmd, ready_marker, limit, None)
+}
+
+/// Like [`run_measured`], and when the probe's JSON result line appears, samples the CPU
+/// times of the process and of `also_sample` (a helper such as passt).
+pub fn run_measured_with(
+    cmd: &mut Command,
+    ready_marker: &str,
+    limit: Duration,
+    also_sample: Option<u32>,
+) -> Result<RunSample> {
     cmd.stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .stdin(Stdio::null());
@@ -44,16 +57,22 @@ pub fn run_measured(cmd: &mut Command, ready_marker: &str, limit: Duration) -> R
     let stdout = child.stdout.take().context("no stdout pipe")?;
     let marker = ready_marker.to_string();
     let (tx, rx) = mpsc::channel();
+    let child_pid = child.id();
     let reader = std::thread::spawn(move || {
         let mut lines = Vec::new();
         let mut ready = None;
+        let mut cpu = None;
         for line in BufReader::new(stdout).lines().map_while(|l| l.ok()) {
             if ready.is_none() && line.contains(&marker) {
                 ready = Some(start.elapsed());
             }
+            if cpu.is_none() && line.starts_with("{\"scenario\":") {
+                cpu = super::procstat::read(child_pid)
+                    .map(|c| (c, also_sample.and_then(super::procstat::read)));
+            }
             lines.push(line);
         }
-        let _ = tx.send((ready, lines));
+        let _ = tx.send((ready, lines, cpu));
     });
     let pid = child.id() as libc::pid_t;
     let watchdog_done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -84,7 +103,7 @@ pub fn run_measured(cmd: &mut Command, ready_marker: &str, limit: Duration) -> R
         bail!("wait4 failed: {}", std::io::Error::last_os_error());
     }
     let _ = reader.join();
-    let (ready, stdout) = rx.recv().unwrap_or((None, Vec::new()));
+    let (ready, stdout, cpu_at_result) = rx.recv().unwrap_or((None, Vec::new(), None));
     let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, (t.tv_usec as u32) * 1000);
     // std's Child would try to reap again on wait(); we never call it, and dropping it is fine.
     drop(child);
@@ -95,5 +114,6 @@ pub fn run_measured(cmd: &mut Command, ready_marker: &str, limit: Duration) -> R
         max_rss_kib: usage.ru_maxrss as u64,
         status,
         stdout,
+        cpu_at_result,
     })
 }

@@ -3,7 +3,11 @@
 
 mod boot;
 mod measure;
+mod net;
+mod netns;
+mod procstat;
 mod report;
+mod svg;
 
 use anyhow::{bail, Result};
 
@@ -27,11 +31,15 @@ pub fn run(args: &[String]) -> Result<()> {
                     .ok_or_else(|| anyhow::anyhow!("--runs needs a positive number"))?;
             }
             "boot" => suites.push("boot"),
-            other => bail!("unknown bench option {other:?} (try: boot, --quick, --runs N)"),
+            "net" => suites.push("net"),
+            "--linux" => bail!("{}", linux_refusal()),
+            other => {
+                bail!("unknown bench option {other:?} (try: boot, net, --quick, --runs N, --linux)")
+            }
         }
     }
     if suites.is_empty() {
-        suites.push("boot");
+        suites = vec!["boot", "net"];
     }
     deps::ensure_all(&[deps::TEST_PACKAGES, deps::BENCH_PACKAGES])?;
     let t = step("building ringfence (release)");
@@ -45,6 +53,7 @@ pub fn run(args: &[String]) -> Result<()> {
     done(t);
     let probe_elf = probe::build()?;
     let bin = target_dir().join("release/ringfence");
+    let peer_bin = target_dir().join("release/rf-peer");
 
     let mut report = report::Report {
         host: host_facts(),
@@ -59,12 +68,42 @@ pub fn run(args: &[String]) -> Result<()> {
             boot::run(&bin, &probe_elf, runs, &mut report)?;
             done(t);
         }
+        if suite == "net" {
+            run_net(&bin, &probe_elf, &peer_bin, quick, &mut report)?;
+        }
     }
     let dir = target_dir().join("bench");
     report.write(&dir, "qemu-microvm")?;
+    if let Some(svg) = svg::grouped_bars(
+        &report,
+        "TCP throughput, probe guest (higher is better)",
+        &["tcp_g2h_gbps", "tcp_h2g_gbps"],
+        "Gbit/s",
+    ) {
+        std::fs::write(dir.join("throughput.svg"), svg)?;
+    }
+    if let Some(svg) = svg::grouped_bars(
+        &report,
+        "1-byte TCP ping-pong (lower is better)",
+        &["rr_p50_us", "rr_p99_us"],
+        "µs",
+    ) {
+        std::fs::write(dir.join("latency.svg"), svg)?;
+    }
+    if let Some(svg) = svg::grouped_bars(
+        &report,
+        "Boot, process start to exit (lower is better)",
+        &["boot_ready_ms", "boot_exit_ms"],
+        "ms",
+    ) {
+        std::fs::write(dir.join("boot.svg"), svg)?;
+    }
     let md = std::fs::read_to_string(dir.join("report.md"))?;
     println!("\n{md}");
-    println!("written: {}/report.json, report.md", dir.display());
+    println!(
+        "written: {}/report.json, report.md and *.svg charts",
+        dir.display()
+    );
     Ok(())
 }
 
@@ -86,4 +125,115 @@ fn host_facts() -> serde_json::Value {
         .map(|n| n.get())
         .unwrap_or(0);
     serde_json::json!({"cpu": cpu, "cores": cores, "kernel": kernel})
+}
+
+/// Why `--linux` cannot run here, in doctor's words.
+fn linux_refusal() -> String {
+    let bin = target_dir().join("release/ringfence");
+    let verdict = std::process::Command::new(&bin)
+        .args(["doctor", "--json"])
+        .output()
+        .ok()
+        .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok())
+        .map(|v| {
+            (
+                v["guest_kernel_mode"].as_str() == Some("native"),
+                v["linux_verdict"].as_str().unwrap_or("").to_string(),
+            )
+        });
+    match verdict {
+        Some((true, _)) => "--linux: this host runs guest kernels at full speed, but the Linux benchmark (iperf3/sockperf in the guest) is not implemented yet".into(),
+        Some((false, why)) => format!("--linux needs a host where guest kernels run at full speed: {why} (see `ringfence doctor`)"),
+        None => format!("--linux: cannot ask `{} doctor --json`; build ringfence first", bin.display()),
+    }
+}
+
+/// The network suite: every system that works here, in one namespace.
+fn run_net(
+    bin: &std::path::Path,
+    probe: &std::path::Path,
+    peer: &std::path::Path,
+    quick: bool,
+    report: &mut report::Report,
+) -> Result<()> {
+    if !crate::util::is_root() {
+        println!("    SKIPPED net suite: it needs root for its network namespace and taps");
+        report
+            .notes
+            .push("Network suite skipped: not running as root.".into());
+        return Ok(());
+    }
+    let reps = if quick { 2 } else { 5 };
+    let bytes: u64 = if quick { 64 << 20 } else { 256 << 20 };
+    let ns = netns::BenchNetns::create()?;
+    let warm = measure::run_measured(
+        &mut boot::ringfence_cmd(bin, probe, "probe.scenario=hello"),
+        "probe: ready",
+        std::time::Duration::from_secs(30),
+    )?;
+    let tsc_khz = warm.stdout.iter().find_map(|l| {
+        serde_json::from_str::<serde_json::Value>(l)
+            .ok()?
+            .get("tsc_khz")?
+            .as_u64()
+    });
+    let harness = net::NetBench {
+        ringfence: bin,
+        probe,
+        peer,
+        tsc_khz,
+        bytes,
+        rr_count: if quick { 2000 } else { 10000 },
+    };
+    let mut systems = Vec::new();
+    if user_backend_available(bin) {
+        systems.push(net::System::RingfenceUser);
+    } else {
+        report.notes.push(
+            "ringfence-user: not measured — `--net user` is not available in this build.".into(),
+        );
+    }
+    systems.extend([net::System::RingfenceTap, net::System::QemuTap]);
+    if crate::util::have("passt") {
+        systems.push(net::System::QemuPasst);
+    }
+    systems.push(net::System::QemuUser);
+    let t = step(&format!(
+        "net: {} systems x {reps} repetitions, {} MiB each way + ping-pong (about {} s)",
+        systems.len(),
+        bytes >> 20,
+        systems.len() * reps * if quick { 8 } else { 20 }
+    ));
+    for system in systems {
+        if let Err(e) = harness.run_system(&ns, system, reps, report) {
+            println!("\n    {}: failed: {e:#}", system.name());
+            report
+                .notes
+                .push(format!("{}: not measured — {e:#}", system.name()));
+        }
+    }
+    done(t);
+    report.notes.push(format!(
+        "Network: the probe guest (128 MiB, 1 vCPU) per system in a private namespace; {reps} repetitions of: tcp-send and tcp-recv of {} MiB (throughput measured by the host-side rf-peer, pattern checked), and {} 1-byte TCP round trips (p50/p99 measured in the guest with its TSC). \
+cpu_s_per_gb = host CPU seconds (user+system minus guest time from /proc/PID/stat, VMM plus helper such as passt) per GB moved; rss_mib = VMM peak RSS plus helper. \
+Multi-flow (4-flow) throughput is not measured yet: the probe opens one connection per scenario.",
+        bytes >> 20, harness.rr_count
+    ));
+    Ok(())
+}
+
+fn user_backend_available(bin: &std::path::Path) -> bool {
+    std::process::Command::new(bin)
+        .args([
+            "run",
+            "--net",
+            "user",
+            "--timeout",
+            "20",
+            "--",
+            "probe.scenario=hello",
+        ])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
 }

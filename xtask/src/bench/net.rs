@@ -1,0 +1,387 @@
+//! Network benchmark: the probe guest's TCP throughput both ways, 1-byte ping-pong latency,
+//! host CPU per GB and RSS, for every system that works here, in one run:
+//!
+//! | system | guest ↔ host path |
+//! |---|---|
+//! | `ringfence-user` | ringfence virtio-net → userspace netstack → host sockets |
+//! | `ringfence-tap` | ringfence virtio-net → tap (kernel) |
+//! | `qemu-tap` | QEMU microvm virtio-net (userspace, no vhost-net here) → tap |
+//! | `qemu-passt` | QEMU microvm virtio-net → passt over a stream socket |
+//! | `qemu-user` | QEMU microvm virtio-net → slirp |
+//!
+//! Everything runs inside a namespace the harness creates; the peers are our own `rf-peer`
+//! (the same for every system), on the tap address for tap systems and on the namespace's
+//! 127.0.0.1 for the user-mode systems, which reach it through their gateway address.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use super::boot::{qemu_cmd, GUEST_MEM_MIB};
+use super::measure::{run_measured_with, RunSample};
+use super::netns::{BenchNetns, TAP_GUEST, TAP_HOST};
+use super::report::{Metric, Report};
+
+/// Time limit for one guest run.
+const RUN_LIMIT: Duration = Duration::from_secs(180);
+
+/// One system under test.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum System {
+    /// ringfence with the userspace netstack.
+    RingfenceUser,
+    /// ringfence on a tap.
+    RingfenceTap,
+    /// QEMU microvm on a tap.
+    QemuTap,
+    /// QEMU microvm with passt.
+    QemuPasst,
+    /// QEMU microvm with slirp.
+    QemuUser,
+}
+
+impl System {
+    /// The name used in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            System::RingfenceUser => "ringfence-user",
+            System::RingfenceTap => "ringfence-tap",
+            System::QemuTap => "qemu-tap",
+            System::QemuPasst => "qemu-passt",
+            System::QemuUser => "qemu-user",
+        }
+    }
+
+    fn uses_tap(self) -> bool {
+        matches!(self, System::RingfenceTap | System::QemuTap)
+    }
+
+    /// Where the host-side peer listens.
+    fn peer_bind(self) -> &'static str {
+        if self.uses_tap() {
+            TAP_HOST
+        } else {
+            "127.0.0.1"
+        }
+    }
+
+    /// The address the guest dials to reach the peer.
+    fn peer_from_guest(self) -> &'static str {
+        match self {
+            System::RingfenceTap | System::QemuTap => TAP_HOST,
+            // The netstack's gateway (first /30 of 172.16.0.0/12) reaches host loopback.
+            System::RingfenceUser => "172.16.0.1",
+            // passt maps the (copied) default gateway to the host.
+            System::QemuPasst => "198.51.100.254",
+            System::QemuUser => "10.0.2.2",
+        }
+    }
+
+    /// Addressing words for the probe: static on a tap, DHCP otherwise.
+    fn addressing(self) -> Vec<String> {
+        if self.uses_tap() {
+            vec![
+                format!("probe.ip={TAP_GUEST}/24"),
+                format!("probe.gw={TAP_HOST}"),
+            ]
+        } else {
+            Vec::new()
+        }
+    }
+}
+
+/// What the harness needs to start guests and peers.
+pub struct NetBench<'a> {
+    /// The ringfence binary.
+    pub ringfence: &'a Path,
+    /// The probe ELF.
+    pub probe: &'a Path,
+    /// The rf-peer binary.
+    pub peer: &'a Path,
+    /// The probe's TSC rate (so every system uses the same clock).
+    pub tsc_khz: Option<u64>,
+    /// Bytes per bulk transfer.
+    pub bytes: u64,
+    /// Ping-pong round trips per run.
+    pub rr_count: u32,
+}
+
+/// One guest run with a possible helper process (passt).
+struct GuestRun {
+    sample: RunSample,
+    helper_rss_kib: u64,
+}
+
+impl NetBench<'_> {
+    fn vm_command(
+        &self,
+        ns: &BenchNetns,
+        system: System,
+        words: &[String],
+        socket: &Path,
+    ) -> Command {
+        let mut cmdline: Vec<String> = system.addressing();
+        cmdline.extend_from_slice(words);
+        if let Some(k) = self.tsc_khz {
+            cmdline.push(format!("probe.tsc_khz={k}"));
+        }
+        let cmdline = cmdline.join(" ");
+        match system {
+            System::RingfenceUser | System::RingfenceTap => {
+                let mut c = ns.command(self.ringfence);
+                c.arg("run")
+                    .arg("--kernel")
+                    .arg(self.probe)
+                    .args(["--mem", &GUEST_MEM_MIB.to_string(), "--no-pit"])
+                    .args(["--timeout", "170"])
+                    .arg("--net")
+                    .arg(if system == System::RingfenceTap {
+                        "tap:rfb0"
+                    } else {
+                        "user"
+                    })
+                    .args(["--cmdline", &cmdline]);
+                c
+            }
+            System::QemuTap | System::QemuPasst | System::QemuUser => {
+                let netdev = match system {
+                    System::QemuTap => {
+                        "tap,id=n0,ifname=rfb0,script=no,downscript=no,vhost=off".to_string()
+                    }
+                    System::QemuPasst => format!(
+                        "stream,id=n0,server=off,addr.type=unix,addr.path={}",
+                        socket.display()
+                    ),
+                    _ => "user,id=n0".to_string(),
+                };
+                let extra = [
+                    "-global",
+                    "virtio-mmio.force-legacy=false",
+                    "-netdev",
+                    netdev.as_str(),
+                    "-device",
+                    "virtio-net-device,netdev=n0",
+                ];
+                let inner = qemu_cmd(self.probe, &cmdline, &extra);
+                let mut c = ns.command(inner.get_program());
+                c.args(inner.get_args());
+                c
+            }
+        }
+    }
+
+    /// Starts passt for one QEMU run.
+    fn start_passt(&self, ns: &BenchNetns, socket: &Path) -> Result<Child> {
+        let _ = std::fs::remove_file(socket);
+        let child = ns
+            .command("passt")
+            .args(["--foreground", "--quiet", "--one-off", "--socket"])
+            .arg(socket)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("starting passt")?;
+        for _ in 0..200 {
+            if socket.exists() {
+                return Ok(child);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        bail!("passt did not create {}", socket.display())
+    }
+
+    fn run_guest(&self, ns: &BenchNetns, system: System, words: &[String]) -> Result<GuestRun> {
+        let socket = PathBuf::from(format!("/tmp/rf-bench-passt-{}.sock", std::process::id()));
+        let passt = if system == System::QemuPasst {
+            Some(self.start_passt(ns, &socket)?)
+        } else {
+            None
+        };
+        let mut cmd = self.vm_command(ns, system, words, &socket);
+        let sample = run_measured_with(
+            &mut cmd,
+            "probe: ready",
+            RUN_LIMIT,
+            passt.as_ref().map(Child::id),
+        );
+        let mut helper_rss_kib = 0;
+        if let Some(mut p) = passt {
+            let pid = p.id();
+            helper_rss_kib = std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .ok()
+                .and_then(|s| {
+                    s.lines()
+                        .find(|l| l.starts_with("VmHWM:"))
+                        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+                })
+                .unwrap_or(0);
+            let _ = p.kill();
+            let _ = p.wait();
+        }
+        let _ = std::fs::remove_file(&socket);
+        Ok(GuestRun {
+            sample: sample?,
+            helper_rss_kib,
+        })
+    }
+
+    fn result(run: &GuestRun, system: System) -> Result<serde_json::Value> {
+        let line = run
+            .sample
+            .stdout
+            .iter()
+            .find(|l| l.starts_with("{\"scenario\":"))
+            .with_context(|| {
+                format!(
+                    "{}: no probe result (exit {:?}); output:\n{}",
+                    system.name(),
+                    run.sample.code(),
+                    run.sample.stdout.join("\n")
+                )
+            })?;
+        let v: serde_json::Value = serde_json::from_str(line)?;
+        if v["ok"] != true {
+            bail!("{}: probe reported failure: {line}", system.name());
+        }
+        Ok(v)
+    }
+
+    fn peer_result(child: Child) -> Result<serde_json::Value> {
+        let o = child.wait_with_output()?;
+        let text = String::from_utf8_lossy(&o.stdout);
+        let line = text.lines().last().unwrap_or("");
+        serde_json::from_str(line).with_context(|| format!("rf-peer said {text:?}"))
+    }
+
+    /// Runs every repetition for `system` and appends its metrics.
+    pub fn run_system(
+        &self,
+        ns: &BenchNetns,
+        system: System,
+        reps: usize,
+        report: &mut Report,
+    ) -> Result<()> {
+        let mut g2h = Vec::new();
+        let mut h2g = Vec::new();
+        let mut p50 = Vec::new();
+        let mut p99 = Vec::new();
+        let mut cpu_per_gb = Vec::new();
+        let mut rss = Vec::new();
+        let bind = system.peer_bind();
+        let dial = system.peer_from_guest();
+        for rep in 0..reps {
+            print!("\r    {:<15} repetition {}/{reps}", system.name(), rep + 1);
+            let _ = std::io::Write::flush(&mut std::io::stdout());
+            let limit = "150";
+            // guest -> host
+            let peer = ns.peer(
+                self.peer,
+                &["sink", &format!("{bind}:5101"), "--timeout", limit],
+            )?;
+            let run = self.run_guest(
+                ns,
+                system,
+                &[
+                    "probe.scenario=tcp-send".into(),
+                    format!("probe.peer={dial}:5101"),
+                    format!("probe.bytes={}", self.bytes),
+                ],
+            )?;
+            Self::result(&run, system)?;
+            let sink = Self::peer_result(peer)?;
+            if sink["bytes"] != self.bytes || sink["pattern_ok"] != true {
+                bail!(
+                    "{}: sink got {sink} (expected {} intact bytes)",
+                    system.name(),
+                    self.bytes
+                );
+            }
+            g2h.push(sink["gbps"].as_f64().unwrap_or(0.0));
+            let mut host_cpu = cpu_of(&run);
+            rss.push((run.sample.max_rss_kib + run.helper_rss_kib) as f64 / 1024.0);
+
+            // host -> guest
+            let peer = ns.peer(
+                self.peer,
+                &[
+                    "source",
+                    &format!("{bind}:5102"),
+                    &self.bytes.to_string(),
+                    "--timeout",
+                    limit,
+                ],
+            )?;
+            let run = self.run_guest(
+                ns,
+                system,
+                &[
+                    "probe.scenario=tcp-recv".into(),
+                    format!("probe.peer={dial}:5102"),
+                ],
+            )?;
+            let r = Self::result(&run, system)?;
+            if r["bytes"] != self.bytes {
+                bail!(
+                    "{}: guest received {} of {} bytes",
+                    system.name(),
+                    r["bytes"],
+                    self.bytes
+                );
+            }
+            let src = Self::peer_result(peer)?;
+            h2g.push(src["gbps"].as_f64().unwrap_or(0.0));
+            host_cpu += cpu_of(&run);
+            cpu_per_gb.push(host_cpu / (2.0 * self.bytes as f64 / 1e9));
+
+            // 1-byte ping-pong
+            let peer = ns.peer(
+                self.peer,
+                &["echo", &format!("{bind}:5103"), "--timeout", limit],
+            )?;
+            let run = self.run_guest(
+                ns,
+                system,
+                &[
+                    "probe.scenario=tcp-rr".into(),
+                    format!("probe.peer={dial}:5103"),
+                    format!("probe.count={}", self.rr_count),
+                ],
+            )?;
+            let r = Self::result(&run, system)?;
+            Self::peer_result(peer)?;
+            p50.push(r["p50_us"].as_f64().unwrap_or(f64::NAN));
+            p99.push(r["p99_us"].as_f64().unwrap_or(f64::NAN));
+        }
+        println!();
+        let metric = |name: &str, unit: &str, samples: Vec<f64>, lower: bool| Metric {
+            system: system.name().into(),
+            metric: name.into(),
+            unit: unit.into(),
+            samples,
+            lower_is_better: lower,
+        };
+        report
+            .metrics
+            .push(metric("tcp_g2h_gbps", "Gbit/s", g2h, false));
+        report
+            .metrics
+            .push(metric("tcp_h2g_gbps", "Gbit/s", h2g, false));
+        report.metrics.push(metric("rr_p50_us", "µs", p50, true));
+        report.metrics.push(metric("rr_p99_us", "µs", p99, true));
+        report
+            .metrics
+            .push(metric("cpu_s_per_gb", "s/GB", cpu_per_gb, true));
+        report.metrics.push(metric("rss_mib", "MiB", rss, true));
+        Ok(())
+    }
+}
+
+/// Host CPU seconds of the VMM (guest execution excluded) plus its helper, at the result line.
+fn cpu_of(run: &GuestRun) -> f64 {
+    match run.sample.cpu_at_result {
+        Some((vmm, helper)) => vmm.host() + helper.map(|h| h.host()).unwrap_or(0.0),
+        None => run.sample.cpu.as_secs_f64(),
+    }
+}
