@@ -303,6 +303,34 @@ fn rx_buffer_outside_memory() {
     assert_eq!(h.metrics.rx_malformed.get(MalformedReason::OutOfMemory), 1);
 }
 
+#[test]
+fn impossible_avail_index_breaks_the_queue_without_spinning() {
+    let cfg = NetConfig {
+        poll_window: Duration::ZERO,
+        ..NetConfig::default()
+    };
+    let mut h = NetHarness::new(LoopbackMode::Capture, cfg, u64::MAX).unwrap();
+    h.driver.set_avail_idx(TX_QUEUE, 1000);
+    h.driver.kick_always(TX_QUEUE);
+    for _ in 0..1000 {
+        if h.metrics.queues_broken.load(Ordering::Relaxed) == 1 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(h.metrics.queues_broken.load(Ordering::Relaxed), 1);
+    // The worker is asleep, not spinning on the broken queue: a spinning loop would run
+    // hundreds of thousands of iterations in this time.
+    let before = h.metrics.loop_iterations.load(Ordering::Relaxed);
+    std::thread::sleep(Duration::from_millis(100));
+    let iterations = h.metrics.loop_iterations.load(Ordering::Relaxed) - before;
+    assert!(iterations < 1000, "{iterations} loop iterations while idle");
+    // A reset brings the queue back.
+    h.driver.reset_and_reinit(u64::MAX).unwrap();
+    h.driver.send(&VirtioNetHdr::default(), &frame(80)).unwrap();
+    assert_eq!(h.backend.wait_sent(1, T), 1);
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 48, .. ProptestConfig::default() })]
 

@@ -114,6 +114,9 @@ pub struct NetMetrics {
     pub interrupts_suppressed: AtomicU64,
     /// Used rings the device could not write (bad queue addresses).
     pub used_ring_errors: AtomicU64,
+    /// Queues the device stopped serving until reset because the driver published an avail
+    /// index more than a queue size ahead (virtio 1.2 §2.7.13.3).
+    pub queues_broken: AtomicU64,
     /// Frames that could not be written to the pcap file.
     pub pcap_errors: AtomicU64,
     /// Event-loop iterations (one `io_uring_enter` or poll round each).

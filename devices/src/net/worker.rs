@@ -17,6 +17,7 @@
 //! device.
 
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -68,6 +69,9 @@ pub(crate) struct NetWorker {
     interests: Vec<FdInterest>,
     events: Vec<Event>,
     notifications_on: bool,
+    /// Per queue (RX, TX): the driver corrupted the avail index; the queue is ignored until
+    /// the driver resets the device (otherwise the worker would spin on it forever).
+    broken: [bool; 2],
     pcap_dirty: bool,
     rx_ring_drained: bool,
 }
@@ -111,6 +115,7 @@ impl NetWorker {
             interests: Vec::with_capacity(8),
             events: Vec::with_capacity(16),
             notifications_on: true,
+            broken: [false; 2],
             pcap_dirty: false,
             rx_ring_drained: false,
         }
@@ -212,13 +217,38 @@ impl NetWorker {
     fn enable_notifications(&mut self) -> bool {
         self.notifications_on = true;
         let mut pending = false;
-        for q in [&mut self.tx, &mut self.rx] {
+        for (q, broken) in [
+            (&mut self.rx, self.broken[RX_QUEUE]),
+            (&mut self.tx, self.broken[TX_QUEUE]),
+        ] {
+            if broken {
+                continue;
+            }
             match q.enable_notification(&self.mem) {
                 Ok(more) => pending |= more,
                 Err(_) => NetMetrics::add(&self.metrics.used_ring_errors, 1),
             }
         }
         pending
+    }
+
+    /// Called when a queue yields no chain: if the driver's avail index is more than a queue
+    /// size ahead of ours, the queue is corrupt; mark it broken so we stop polling it.
+    fn check_avail(queue: &Queue, mem: &GuestMemoryMmap, broken: &mut bool, metrics: &NetMetrics) {
+        let Ok(idx) = queue.avail_idx(mem, Ordering::Acquire) else {
+            return;
+        };
+        let ahead = idx.0.wrapping_sub(queue.next_avail());
+        if ahead > queue.size() {
+            *broken = true;
+            NetMetrics::add(&metrics.queues_broken, 1);
+            tracing::warn!(
+                avail_idx = idx.0,
+                next_avail = queue.next_avail(),
+                size = queue.size(),
+                "virtio-net: driver published an impossible avail index; queue ignored until reset"
+            );
+        }
     }
 
     /// Suppresses guest notifications while the worker is busy polling.
@@ -266,10 +296,19 @@ impl NetWorker {
 
     /// Sends every available TX chain; returns (did work, wants interrupt).
     fn process_tx(&mut self) -> (bool, bool) {
+        if self.broken[TX_QUEUE] {
+            return (false, false);
+        }
         let budget = usize::from(self.tx.size());
         let mut done = 0;
         while done < budget {
             let Some(chain) = self.tx.pop_descriptor_chain(&self.mem) else {
+                Self::check_avail(
+                    &self.tx,
+                    &self.mem,
+                    &mut self.broken[TX_QUEUE],
+                    &self.metrics,
+                );
                 break;
             };
             done += 1;
@@ -320,6 +359,9 @@ impl NetWorker {
 
     /// Moves frames from the backend into guest RX chains; returns (did work, wants interrupt).
     fn process_rx(&mut self) -> (bool, bool) {
+        if self.broken[RX_QUEUE] {
+            return (false, false);
+        }
         let mut work = false;
         let mut frames = 0;
         loop {

@@ -279,6 +279,14 @@ impl NetDriver {
         );
     }
 
+    /// Overwrites the avail index of queue `q` (hostile drivers).
+    pub fn set_avail_idx(&mut self, q: usize, v: u16) {
+        let mem = self.mem.clone();
+        let dq = self.queue(q);
+        dq.avail_idx = Wrapping(v);
+        let _ = mem.store(v.to_le(), dq.avail.unchecked_add(2), Ordering::Release);
+    }
+
     /// Places a chain of driver buffers (one slot per part, `write` = device-writable) on
     /// queue `q`. Returns the head index.
     pub fn add_chain(
