@@ -35,6 +35,9 @@ pub(crate) struct UdpFlow {
     pub queued: bool,
     /// Replies are DNS answers from the upstream resolver.
     pub dns: bool,
+    /// Published UDP port: `fd` is a duplicate of the listener socket and guest datagrams
+    /// go to this peer. Such a flow never registers its fd (the listener reads).
+    pub peer: Option<SocketAddr>,
 }
 
 impl UdpFlow {
@@ -51,7 +54,27 @@ impl UdpFlow {
             registered: false,
             queued: false,
             dns: false,
+            peer: None,
         })
+    }
+
+    /// A flow for `peer` of a published UDP port, answering through `listener_fd`.
+    pub(crate) fn published(
+        key: FlowKey,
+        listener_fd: OwnedFd,
+        peer: SocketAddr,
+        now: Instant,
+    ) -> Self {
+        UdpFlow {
+            key,
+            fd: listener_fd,
+            last_activity: now,
+            host_readable: false,
+            registered: false,
+            queued: false,
+            dns: false,
+            peer: Some(peer),
+        }
     }
 
     /// Sends `len` payload bytes at `off` of the guest frame to the host.
@@ -69,7 +92,7 @@ impl UdpFlow {
             core.metrics.drop_too_fragmented += 1;
             return;
         };
-        match sys::send_vectored(self.fd.as_fd(), &iov[..n], None) {
+        match sys::send_vectored(self.fd.as_fd(), &iov[..n], self.peer.as_ref()) {
             Ok(sent) => core.metrics.bytes_guest_to_host += sent as u64,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => core.metrics.drop_host_busy += 1,
             Err(_) => core.metrics.drop_host_error += 1,
@@ -78,7 +101,7 @@ impl UdpFlow {
 
     /// Whether [`next_frame`](Self::next_frame) may produce something.
     pub(crate) fn wants_output(&self) -> bool {
-        self.host_readable
+        self.host_readable && self.peer.is_none()
     }
 
     /// Receives the next host datagram into `bufs` behind our headers. Returns the frame

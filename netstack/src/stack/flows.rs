@@ -64,8 +64,10 @@ impl Netstack {
     pub(super) fn close_udp(&mut self, token: u64) {
         if let Some(Flow::Udp(u)) = self.flows.remove(token) {
             self.core.metrics.flows_closed += 1;
-            self.core
-                .interest(InterestOp::Remove, u.fd.as_raw_fd(), token, false, false);
+            if u.peer.is_none() {
+                self.core
+                    .interest(InterestOp::Remove, u.fd.as_raw_fd(), token, false, false);
+            }
         }
     }
 
@@ -192,7 +194,143 @@ impl Netstack {
         ok
     }
 
+    /// A published UDP listener became readable: queue it for the next RX call.
+    pub(super) fn published_udp_ready(&mut self, idx: usize) {
+        let Some(l) = self.listeners.get_mut(idx) else {
+            return;
+        };
+        l.readable = true;
+        self.core.interest(
+            InterestOp::Modify,
+            l.fd.as_raw_fd(),
+            LISTENER_TAG | idx as u64,
+            false,
+            false,
+        );
+        if !l.queued {
+            l.queued = true;
+            self.core.ready.push_back(LISTENER_TAG | idx as u64);
+        }
+    }
+
+    /// Receives the next datagram of published UDP port `idx` straight into the guest
+    /// buffers, opening a flow for a new peer (ingress gate and limits first).
+    pub(super) fn published_udp_frame(
+        &mut self,
+        idx: usize,
+        bufs: &mut [IoSliceMut<'_>],
+        now: Instant,
+    ) -> Option<(usize, RxMeta)> {
+        let gw = SocketAddr::new(IpAddr::V4(self.core.addrs.gateway4), 0);
+        let hdr_len = crate::frame::build::eth_ip_len(&gw.ip()) + 8;
+        let room = self
+            .core
+            .cfg
+            .max_rx_frame
+            .min(capacity(bufs))
+            .min(14 + 20 + 65535);
+        let token = LISTENER_TAG | idx as u64;
+        if let Some(l) = self.listeners.get_mut(idx) {
+            l.queued = false;
+        }
+        if room < hdr_len {
+            return None;
+        }
+        // Bounded: refused or oversized datagrams are skipped a few at a time.
+        for _ in 0..8 {
+            let l = self.listeners.get_mut(idx)?;
+            let guest = SocketAddr::new(IpAddr::V4(self.core.addrs.guest4), l.port.guest_port);
+            let res = {
+                let mut iov: [IoSliceMut<'_>; crate::frame::MAX_SEGS] =
+                    std::array::from_fn(|_| IoSliceMut::new(&mut []));
+                let n = crate::frame::build::tail_iovecs(bufs, hdr_len, room - hdr_len, &mut iov);
+                sys::recv_vectored(l.fd.as_fd(), &mut iov[..n], false)
+            };
+            let r = match res {
+                Ok(r) => r,
+                Err(_) => {
+                    l.readable = false;
+                    let fd = l.fd.as_raw_fd();
+                    self.core
+                        .interest(InterestOp::Modify, fd, token, true, false);
+                    return None;
+                }
+            };
+            let Some(peer) = r.from else { continue };
+            if r.truncated {
+                self.core.metrics.drop_too_big += 1;
+                continue;
+            }
+            let remote = SocketAddr::new(gw.ip(), peer.port());
+            let key = FlowKey {
+                proto: KeyProto::Udp,
+                guest,
+                remote,
+            };
+            match self.flows.lookup(&key).and_then(|t| self.flows.get_mut(t)) {
+                Some(Flow::Udp(f)) if f.peer == Some(peer) => f.last_activity = now,
+                Some(_) => {
+                    // Another peer already uses this source port towards the guest.
+                    self.core.metrics.drop_foreign += 1;
+                    continue;
+                }
+                None => {
+                    let info =
+                        self.flow_info(Direction::Ingress, FlowProto::Udp, peer.ip(), guest.port());
+                    if !self.gate.decide(&info).allow {
+                        self.core.metrics.flows_denied += 1;
+                        continue;
+                    }
+                    let Some(l) = self.listeners.get(idx) else {
+                        return None;
+                    };
+                    let Ok(dup) = l.fd.try_clone() else {
+                        self.core.metrics.drop_host_error += 1;
+                        continue;
+                    };
+                    let flow = UdpFlow::published(key, dup, peer, now);
+                    if self.flows.insert(Flow::Udp(flow)).is_err() {
+                        self.core.metrics.flows_over_limit += 1;
+                        continue;
+                    }
+                    self.core.metrics.flows_opened += 1;
+                    self.core.metrics.published_accepts += 1;
+                }
+            }
+            crate::udp::write_udp_header(&self.core, remote, guest, bufs, r.len);
+            self.core.metrics.bytes_host_to_guest += r.len as u64;
+            if let Some(l) = self.listeners.get_mut(idx) {
+                if !l.queued {
+                    l.queued = true;
+                    self.core.ready.push_back(token);
+                }
+            }
+            return Some((
+                hdr_len + r.len,
+                RxMeta {
+                    csum_valid: true,
+                    gso: None,
+                },
+            ));
+        }
+        // Skipped a burst: look again on the next call.
+        if let Some(l) = self.listeners.get_mut(idx) {
+            if !l.queued {
+                l.queued = true;
+                self.core.ready.push_back(token);
+            }
+        }
+        None
+    }
+
     pub(super) fn accept_published(&mut self, idx: usize, now: Instant) {
+        if self
+            .listeners
+            .get(idx)
+            .is_some_and(|l| l.port.proto == crate::config::PortProto::Udp)
+        {
+            return self.published_udp_ready(idx);
+        }
         // Bounded: at most this many accepts per readiness event.
         for _ in 0..64 {
             let Some(l) = self.listeners.get(idx) else {
@@ -243,6 +381,9 @@ impl Netstack {
 }
 
 pub(super) fn sync_udp(core: &mut Core, token: u64, flow: &mut UdpFlow) {
+    if flow.peer.is_some() {
+        return;
+    }
     let want = !flow.host_readable;
     if want != flow.registered {
         core.interest(InterestOp::Modify, flow.fd.as_raw_fd(), token, want, false);

@@ -182,6 +182,14 @@ impl Netstack {
         let turns = self.core.ready.len();
         for _ in 0..turns {
             let token = self.core.ready.pop_front()?;
+            if token & LISTENER_TAG != 0 {
+                let idx = (token & !LISTENER_TAG) as usize;
+                if let Some(v) = self.published_udp_frame(idx, bufs, now) {
+                    self.core.metrics.frames_to_guest += 1;
+                    return Some(v);
+                }
+                continue;
+            }
             let out = match self.flows.get_mut(token) {
                 None => continue,
                 Some(Flow::Tcp(conn)) => {

@@ -257,3 +257,45 @@ fn flow_table_overflow_refuses_new_flows_only() {
     drop(h);
     assert_eq!(t.join().unwrap(), 5);
 }
+
+#[test]
+fn published_udp_port_round_trip() {
+    let cfg = NetConfig {
+        published: vec![PublishedPort {
+            bind: "127.0.0.1:0".parse().unwrap(),
+            guest_port: 5300,
+            proto: PortProto::Udp,
+        }],
+        ..cfg()
+    };
+    let mut h = Harness::new(cfg);
+    let host_addr = h.ns.published_addrs()[0].1;
+    let s = udp_socket(&mut h, 5300);
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    client.send_to(b"ping guest", host_addr).unwrap();
+    let mut got = None;
+    h.run_until(20_000, Duration::from_secs(5), |h| {
+        if let Ok((d, meta)) = h.sockets.get_mut::<udp::Socket>(s).recv() {
+            got = Some((d.to_vec(), meta.endpoint));
+        }
+        got.is_some()
+    });
+    let (d, from) = got.expect("guest got nothing");
+    assert_eq!(d, b"ping guest");
+    assert_eq!(from.addr, IpAddress::Ipv4(h.gateway()));
+    assert_eq!(from.port, client.local_addr().unwrap().port());
+    h.sockets
+        .get_mut::<udp::Socket>(s)
+        .send_slice(b"pong host", from)
+        .unwrap();
+    for _ in 0..100 {
+        h.step(1);
+    }
+    let mut buf = [0u8; 64];
+    let (n, src) = client.recv_from(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"pong host");
+    assert_eq!(src, host_addr, "reply leaves through the published socket");
+}
