@@ -74,7 +74,12 @@ fn arp_request() -> Vec<u8> {
 }
 
 fn icmp_echo(dst_mac: [u8; 6], payload: &[u8]) -> Vec<u8> {
-    let mut icmp = vec![8, 0, 0, 0, 0x12, 0x34, 0, 1];
+    icmp_echo_seq(dst_mac, payload, 1)
+}
+
+fn icmp_echo_seq(dst_mac: [u8; 6], payload: &[u8], seq: u16) -> Vec<u8> {
+    let mut icmp = vec![8, 0, 0, 0, 0x12, 0x34];
+    icmp.extend(seq.to_be_bytes());
     icmp.extend_from_slice(payload);
     let c = checksum(&icmp);
     icmp[2..4].copy_from_slice(&c.to_be_bytes());
@@ -177,7 +182,31 @@ fn tap_exchanges_arp_and_icmp_with_the_kernel_in_a_netns() {
     assert_eq!(&echo[26..30], &HOST_IP);
     assert_eq!(&echo[42..], &payload[..], "echo reply carries our payload");
 
-    assert!(metrics.tx_frames.load(std::sync::atomic::Ordering::Relaxed) >= 2);
+    // A burst of 100 pings goes out through the ring in few batches; every one is answered.
+    for seq in 100..200u16 {
+        d.send(
+            &VirtioNetHdr::default(),
+            &icmp_echo_seq(host_mac, &payload[..32], seq),
+        )
+        .expect("send burst");
+    }
+    let mut seen = std::collections::HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while seen.len() < 100 && Instant::now() < deadline {
+        if let Ok(frames) = d.recv_frames(1, Duration::from_millis(200)) {
+            for (_, f) in frames {
+                if f.len() >= 42 && f[12..14] == [8, 0] && f[23] == 1 && f[34] == 0 {
+                    seen.insert(u16::from_be_bytes([f[40], f[41]]));
+                }
+            }
+        }
+        if d.rx.free_descriptors() > 64 {
+            d.post_rx(32, 2048).expect("repost");
+        }
+        d.take_used(devices::net::TX_QUEUE);
+    }
+    assert_eq!(seen.len(), 100, "echo replies for the whole burst");
+    assert!(metrics.tx_frames.load(std::sync::atomic::Ordering::Relaxed) >= 102);
     assert!(metrics.rx_frames.load(std::sync::atomic::Ordering::Relaxed) >= 2);
     assert_eq!(metrics.tx_malformed.total(), 0);
     d.transport().shutdown();

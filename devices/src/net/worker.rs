@@ -62,6 +62,12 @@ pub(crate) struct NetWorker {
     max_rx_len: usize,
     rx_bufs: RxBuffers,
     tx_chain: TxChain,
+    /// Backend descriptor TX frames are written to through the ring (tap), if any.
+    tx_fd: Option<RawFd>,
+    /// With `tx_fd`: one chain per queue entry, each owned by the device until its write
+    /// completes (the kernel reads the iovec array and guest memory asynchronously).
+    tx_slots: Vec<TxChain>,
+    tx_free: Vec<usize>,
     rx_used: UsedBatch,
     tx_used: UsedBatch,
     poll_window: Duration,
@@ -96,6 +102,8 @@ impl NetWorker {
         };
         let rx_size = usize::from(rx.size());
         let tx_size = usize::from(tx.size());
+        let tx_fd = parts.backend.ring_tx_fd();
+        let slots = if tx_fd.is_some() { tx_size } else { 0 };
         Self {
             mem: ctx.mem,
             rx,
@@ -108,6 +116,9 @@ impl NetWorker {
             max_rx_len,
             rx_bufs: RxBuffers::new(rx_size),
             tx_chain: TxChain::new(),
+            tx_fd,
+            tx_slots: (0..slots).map(|_| TxChain::new()).collect(),
+            tx_free: (0..slots).rev().collect(),
             rx_used: UsedBatch::with_capacity(rx_size),
             tx_used: UsedBatch::with_capacity(tx_size),
             poll_window,
@@ -125,6 +136,16 @@ impl NetWorker {
     pub(crate) fn run(mut self, stop_fd: RawFd) -> WorkerParts {
         if let Err(e) = self.run_inner(stop_fd) {
             tracing::error!(error = %e, backend = self.parts.backend.name(), "virtio-net worker stopped");
+        }
+        // Writes through the ring still reference `tx_slots` and guest memory.
+        let mut events = Vec::new();
+        if !self.lp.drain_io(Duration::from_secs(2), &mut events) {
+            tracing::error!(
+                in_flight = self.lp.io_in_flight(),
+                "virtio-net: TX writes did not complete; leaking their buffers"
+            );
+            std::mem::forget(std::mem::take(&mut self.tx_slots));
+            std::mem::forget(self.mem.clone());
         }
         if let Some(p) = self.parts.pcap.as_mut() {
             if let Err(e) = p.flush() {
@@ -177,6 +198,7 @@ impl NetWorker {
                         readable,
                         writable,
                     } => self.parts.backend.on_fd_ready(token, readable, writable),
+                    Event::IoDone { token, result } => self.tx_write_done(token as usize, result),
                 }
             }
             self.events = events;
@@ -294,6 +316,22 @@ impl NetWorker {
         }
     }
 
+    /// A TX write submitted through the ring completed: return its chain.
+    fn tx_write_done(&mut self, slot: usize, result: i32) {
+        let Some(c) = self.tx_slots.get(slot) else {
+            return;
+        };
+        self.tx_used.push(c.head, 0);
+        if result >= 0 {
+            NetMetrics::add(&self.metrics.tx_frames, 1);
+            NetMetrics::add(&self.metrics.tx_bytes, c.frame.len() as u64);
+        } else {
+            tracing::debug!(errno = -result, "virtio-net: TX write failed");
+            NetMetrics::add(&self.metrics.tx_dropped_backend_error, 1);
+        }
+        self.tx_free.push(slot);
+    }
+
     /// Sends every available TX chain; returns (did work, wants interrupt).
     fn process_tx(&mut self) -> (bool, bool) {
         if self.broken[TX_QUEUE] {
@@ -302,7 +340,18 @@ impl NetWorker {
         let budget = usize::from(self.tx.size());
         let mut done = 0;
         while done < budget {
+            // With ring writes, each chain needs a free slot until its write completes.
+            let slot = match self.tx_fd {
+                Some(_) => match self.tx_free.pop() {
+                    Some(s) => Some(s),
+                    None => break,
+                },
+                None => None,
+            };
             let Some(chain) = self.tx.pop_descriptor_chain(&self.mem) else {
+                if let Some(s) = slot {
+                    self.tx_free.push(s);
+                }
                 Self::check_avail(
                     &self.tx,
                     &self.mem,
@@ -312,49 +361,70 @@ impl NetWorker {
                 break;
             };
             done += 1;
-            match self.tx_chain.load(chain, &self.mem) {
-                Err(reason) => {
-                    self.metrics.tx_malformed.inc(reason);
-                    tracing::debug!(
-                        reason = reason.name(),
-                        head = self.tx_chain.head,
-                        "virtio-net: dropped TX chain"
-                    );
+            let c = match slot {
+                Some(s) => &mut self.tx_slots[s],
+                None => &mut self.tx_chain,
+            };
+            if let Err(reason) = c.load(chain, &self.mem) {
+                self.metrics.tx_malformed.inc(reason);
+                tracing::debug!(
+                    reason = reason.name(),
+                    head = c.head,
+                    "virtio-net: dropped TX chain"
+                );
+                self.tx_used.push(c.head, 0);
+                if let Some(s) = slot {
+                    self.tx_free.push(s);
                 }
+                continue;
+            }
+            let frame_len = c.frame.len();
+            if let Some(p) = self.parts.pcap.as_mut() {
+                if p.record(&c.full, VNET_HDR_LEN, frame_len).is_err() {
+                    NetMetrics::add(&self.metrics.pcap_errors, 1);
+                }
+                self.pcap_dirty = true;
+            }
+            if let (Some(s), Some(fd)) = (slot, self.tx_fd) {
+                let iov = c.full.as_raw();
+                // SAFETY: the iovec array lives in `tx_slots[s]`, which is not touched again
+                // until `tx_write_done(s)` runs for this write's completion (the slot is off
+                // the free list), and is drained before the worker drops it; the iovecs
+                // point into guest memory kept mapped by `self.mem` for the same time.
+                let queued =
+                    unsafe { self.lp.writev(fd, iov.as_ptr(), iov.len() as u32, s as u64) };
+                if let Err(e) = queued {
+                    tracing::warn!(error = %e, "virtio-net: cannot queue TX write");
+                    NetMetrics::add(&self.metrics.tx_dropped_backend_error, 1);
+                    self.tx_used.push(c.head, 0);
+                    self.tx_free.push(s);
+                }
+                continue;
+            }
+            let frame = TxFrame {
+                with_header: c.full.as_io_slices(),
+                frame: c.frame.as_io_slices(),
+                frame_len,
+                header: c.header,
+            };
+            match self.parts.backend.send(&frame) {
                 Ok(()) => {
-                    let c = &self.tx_chain;
-                    let frame_len = c.frame.len();
-                    if let Some(p) = self.parts.pcap.as_mut() {
-                        if p.record(&c.full, VNET_HDR_LEN, frame_len).is_err() {
-                            NetMetrics::add(&self.metrics.pcap_errors, 1);
-                        }
-                        self.pcap_dirty = true;
-                    }
-                    let frame = TxFrame {
-                        with_header: c.full.as_io_slices(),
-                        frame: c.frame.as_io_slices(),
-                        frame_len,
-                        header: c.header,
-                    };
-                    match self.parts.backend.send(&frame) {
-                        Ok(()) => {
-                            NetMetrics::add(&self.metrics.tx_frames, 1);
-                            NetMetrics::add(&self.metrics.tx_bytes, frame_len as u64);
-                        }
-                        Err(BackendError::WouldBlock) => {
-                            NetMetrics::add(&self.metrics.tx_dropped_backend_busy, 1)
-                        }
-                        Err(e) => {
-                            tracing::debug!(error = %e, "virtio-net: TX frame dropped");
-                            NetMetrics::add(&self.metrics.tx_dropped_backend_error, 1);
-                        }
-                    }
+                    NetMetrics::add(&self.metrics.tx_frames, 1);
+                    NetMetrics::add(&self.metrics.tx_bytes, frame_len as u64);
+                }
+                Err(BackendError::WouldBlock) => {
+                    NetMetrics::add(&self.metrics.tx_dropped_backend_busy, 1)
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "virtio-net: TX frame dropped");
+                    NetMetrics::add(&self.metrics.tx_dropped_backend_error, 1);
                 }
             }
-            self.tx_used.push(self.tx_chain.head, 0);
+            self.tx_used.push(c.head, 0);
         }
+        let completed = !self.tx_used.is_empty();
         let irq = Self::publish(&mut self.tx, &mut self.tx_used, &self.mem, &self.metrics);
-        (done > 0, irq)
+        (done > 0 || completed, irq)
     }
 
     /// Moves frames from the backend into guest RX chains; returns (did work, wants interrupt).

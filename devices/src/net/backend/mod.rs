@@ -120,6 +120,13 @@ pub trait NetBackend: Send {
     /// Sends one guest frame. The iovecs are only valid during the call.
     fn send(&mut self, frame: &TxFrame<'_>) -> Result<(), BackendError>;
 
+    /// A descriptor the device may write TX frames to itself, through its io_uring ring, as
+    /// one `writev` of the virtio-net header followed by the frame (what a tap with
+    /// IFF_VNET_HDR takes). When `Some`, [`send`](Self::send) is not called.
+    fn ring_tx_fd(&self) -> Option<RawFd> {
+        None
+    }
+
     /// Writes at most one frame into `buf`. `Ok(None)` means no frame is ready now.
     fn recv(&mut self, buf: RxBuf<'_>) -> Result<Option<RxFrame>, BackendError>;
 

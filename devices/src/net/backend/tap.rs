@@ -2,7 +2,8 @@
 //!
 //! The tap is opened with `IFF_TAP | IFF_NO_PI | IFF_VNET_HDR` and a 12-byte vnet header
 //! (TUNSETVNETHDRSZ), which is exactly the virtio-net VERSION_1 header. So a TX frame is one
-//! `writev` over the guest's own buffers (header included) and an RX frame is one `readv`
+//! `writev` over the guest's own buffers (header included; the device worker submits it
+//! through its io_uring ring, see [`NetBackend::ring_tx_fd`]) and an RX frame is one `readv`
 //! straight into the guest's RX buffers: no copy in this process. TUNSETOFFLOAD is set from
 //! the features the guest accepted, so the kernel only sends checksum-offloaded or GSO frames
 //! to a guest that can take them.
@@ -253,6 +254,10 @@ impl NetBackend for TapBackend {
             return Err(self.io_err("writev", err));
         }
         Ok(())
+    }
+
+    fn ring_tx_fd(&self) -> Option<std::os::fd::RawFd> {
+        Some(self.fd.as_raw_fd())
     }
 
     fn recv(&mut self, buf: RxBuf<'_>) -> Result<Option<RxFrame>, BackendError> {
