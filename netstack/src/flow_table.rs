@@ -93,10 +93,11 @@ impl FlowTable {
         self.map.get(key).copied()
     }
 
-    /// Inserts a flow; returns its token, or gives the flow back if the table is full.
-    pub(crate) fn insert(&mut self, flow: Flow) -> Result<u64, Flow> {
+    /// Inserts a flow and returns its token; `None` (and the flow, with its socket, is
+    /// dropped) if the table is full or the key is taken.
+    pub(crate) fn insert(&mut self, flow: Flow) -> Option<u64> {
         if !self.has_room() || self.map.contains_key(flow.key()) {
-            return Err(flow);
+            return None;
         }
         if matches!(flow, Flow::Tcp(_)) {
             self.tcp += 1;
@@ -117,7 +118,7 @@ impl FlowTable {
         };
         let t = token(idx, self.slots[idx as usize].generation);
         self.map.insert(key, t);
-        Ok(t)
+        Some(t)
     }
 
     /// The flow named by `token`, if still alive.

@@ -74,12 +74,12 @@ impl Netstack {
     pub(super) fn insert_tcp(&mut self, conn: TcpConn) {
         let fd = conn.fd.as_raw_fd();
         match self.flows.insert(Flow::Tcp(Box::new(conn))) {
-            Ok(token) => {
+            Some(token) => {
                 self.core.metrics.flows_opened += 1;
                 self.core.interest(InterestOp::Add, fd, token, false, false);
                 self.finish_tcp(token, After::Keep);
             }
-            Err(_) => self.core.metrics.flows_over_limit += 1,
+            None => self.core.metrics.flows_over_limit += 1,
         }
     }
 
@@ -150,12 +150,12 @@ impl Netstack {
         flow.registered = true;
         let fd = flow.fd.as_raw_fd();
         match self.flows.insert(Flow::Udp(flow)) {
-            Ok(t) => {
+            Some(t) => {
                 self.core.metrics.flows_opened += 1;
                 self.core.interest(InterestOp::Add, fd, t, true, false);
                 Some(t)
             }
-            Err(_) => {
+            None => {
                 self.core.metrics.flows_over_limit += 1;
                 None
             }
@@ -281,15 +281,13 @@ impl Netstack {
                         self.core.metrics.flows_denied += 1;
                         continue;
                     }
-                    let Some(l) = self.listeners.get(idx) else {
-                        return None;
-                    };
+                    let l = self.listeners.get(idx)?;
                     let Ok(dup) = l.fd.try_clone() else {
                         self.core.metrics.drop_host_error += 1;
                         continue;
                     };
                     let flow = UdpFlow::published(key, dup, peer, now);
-                    if self.flows.insert(Flow::Udp(flow)).is_err() {
+                    if self.flows.insert(Flow::Udp(flow)).is_none() {
                         self.core.metrics.flows_over_limit += 1;
                         continue;
                     }

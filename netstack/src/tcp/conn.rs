@@ -90,7 +90,7 @@ pub(crate) struct TcpConn {
     pub peek_off: bool,
     /// For published-port connections: the host peer that connected (ingress).
     pub ingress_peer: Option<SocketAddr>,
-    /// Cached `SO_SNDBUF` and how many window computations used it.
+    /// Cached `SO_SNDBUF` and how many more window computations may use it.
     pub sndbuf: u32,
     pub wnd_calls: u32,
     /// Last advertised window field and data segments sent with it since.
@@ -201,10 +201,11 @@ impl TcpConn {
     /// every [`SNDBUF_REFRESH`] calls.
     pub(crate) fn advertised_window(&mut self) -> u16 {
         let fd = self.fd.as_fd();
-        if self.wnd_calls % SNDBUF_REFRESH == 0 {
+        if self.wnd_calls == 0 {
             self.sndbuf = sys::send_buffer_size(fd).unwrap_or(0);
+            self.wnd_calls = SNDBUF_REFRESH;
         }
-        self.wnd_calls = self.wnd_calls.wrapping_add(1);
+        self.wnd_calls -= 1;
         let free = match sys::send_queue_len(fd) {
             Ok(queued) => (self.sndbuf / 2).saturating_sub(queued),
             Err(_) => 0,
