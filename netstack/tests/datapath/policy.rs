@@ -114,3 +114,116 @@ fn stricter_policy_cuts_live_flow() {
         Err(std::io::ErrorKind::ConnectionReset)
     );
 }
+
+/// Names the netstack saw in DNS answers are attributed to later connections, so a
+/// domain rule allows `www.example.com`'s address while the bare address is denied; an
+/// answer pointing into a private range is dropped (rebind protection). Runs in a test
+/// netns so the "public" TEST-NET server is ours.
+#[test]
+fn domain_rules_follow_dns_answers_and_block_rebinding() {
+    let Some(_ns) = crate::netns::enter_netns(false) else {
+        return;
+    };
+    let server = TcpListener::bind("192.0.2.1:0").unwrap();
+    let port = server.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        while let Ok((c, _)) = server.accept() {
+            drop(c);
+        }
+    });
+    let resolver = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let up = resolver.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while let Ok((n, from)) = resolver.recv_from(&mut buf) {
+            let q = &buf[..n];
+            // Every name resolves to 192.0.2.1, except names starting with "evil".
+            let addr = if q[13..17] == *b"evil" {
+                [10, 0, 0, 1]
+            } else {
+                [192, 0, 2, 1]
+            };
+            let mut r = q.to_vec();
+            r[2] = 0x81;
+            r[3] = 0x80;
+            r[7] = 1;
+            r.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4]);
+            r.extend_from_slice(&addr);
+            let _ = resolver.send_to(&r, from);
+        }
+    });
+    let cfg = NetConfig {
+        dns_upstreams: vec![up],
+        ..cfg()
+    };
+    let rules = format!("allow@.example.com:tcp:{port}");
+    let mut h = Harness::with_gate(cfg, compiled(&rules, Action::Deny));
+    let target = IpEndpoint::new(
+        IpAddress::Ipv4(smoltcp::wire::Ipv4Address::new(192, 0, 2, 1)),
+        port,
+    );
+    // Before any DNS answer the address is just "public": denied.
+    let s0 = tcp_socket(&mut h, 4096);
+    let cx = h.iface.context();
+    h.sockets
+        .get_mut::<tcp::Socket>(s0)
+        .connect(cx, target, 43010)
+        .unwrap();
+    assert!(
+        !wait_established(&mut h, s0),
+        "unattributed address must be denied"
+    );
+    // Resolve www.example.com through the gateway.
+    let answer = dns_roundtrip(&mut h, "www.example.com").expect("no answer");
+    assert_eq!(&answer[answer.len() - 4..], &[192, 0, 2, 1]);
+    let s1 = tcp_socket(&mut h, 4096);
+    let cx = h.iface.context();
+    h.sockets
+        .get_mut::<tcp::Socket>(s1)
+        .connect(cx, target, 43011)
+        .unwrap();
+    assert!(
+        wait_established(&mut h, s1),
+        "attributed address must be allowed"
+    );
+    // Rebinding under public-only: a name whose answer points into a private range is
+    // dropped before the guest sees it; a public answer passes.
+    let mut h = Harness::with_gate(
+        NetConfig {
+            dns_upstreams: vec![up],
+            ..crate::common::cfg()
+        },
+        compiled("allow@public", Action::Deny),
+    );
+    assert!(dns_roundtrip(&mut h, "evil.test").is_none());
+    assert_eq!(h.ns.metrics().drop_dns_rebind, 1);
+    assert!(dns_roundtrip(&mut h, "good.test").is_some());
+}
+
+fn dns_roundtrip(h: &mut Harness, name: &str) -> Option<Vec<u8>> {
+    let rx = udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 4], vec![0; 4096]);
+    let tx = udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 4], vec![0; 4096]);
+    let s = h.sockets.add(udp::Socket::new(rx, tx));
+    // A fresh local port per query (earlier sockets stay bound).
+    let port = 5600 + h.sockets.iter().count() as u16;
+    h.sockets.get_mut::<udp::Socket>(s).bind(port).unwrap();
+    let mut q = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for l in name.split('.') {
+        q.push(l.len() as u8);
+        q.extend_from_slice(l.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    let dns = IpEndpoint::new(IpAddress::Ipv4(h.gateway()), 53);
+    h.sockets
+        .get_mut::<udp::Socket>(s)
+        .send_slice(&q, dns)
+        .unwrap();
+    let mut answer = None;
+    h.run_until(5_000, Duration::from_secs(2), |h| {
+        if let Ok((d, _)) = h.sockets.get_mut::<udp::Socket>(s).recv() {
+            answer = Some(d.to_vec());
+        }
+        answer.is_some()
+    });
+    answer
+}
