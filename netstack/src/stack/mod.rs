@@ -302,3 +302,30 @@ impl Netstack {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The device thread owns the netstack; it must be movable there.
+    #[test]
+    fn netstack_is_send() {
+        fn assert_send<T: Send>() {}
+        assert_send::<Netstack>();
+    }
+
+    #[test]
+    fn nothing_pending_on_a_fresh_stack() {
+        let mut ns = Netstack::new(NetConfig {
+            dns_upstreams: vec!["127.0.0.1:9".parse().unwrap()],
+            ..NetConfig::default()
+        })
+        .unwrap();
+        assert!(!ns.has_pending_guest_frames());
+        assert!(ns.take_interest_changes().is_empty());
+        let mut buf = [0u8; 2048];
+        let mut b = [IoSliceMut::new(&mut buf)];
+        assert!(ns.next_guest_frame(&mut b, Instant::now()).is_none());
+        assert_eq!(ns.next_deadline(), None);
+    }
+}
