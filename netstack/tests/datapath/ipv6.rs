@@ -192,3 +192,37 @@ fn tcp_over_ipv6_reaches_host_loopback() {
     assert_eq!(echo, b"six!!");
     server.join().unwrap();
 }
+
+#[test]
+fn icmpv6_echo_to_gateway_is_answered() {
+    let mut ns = Netstack::new(cfg()).unwrap();
+    let me: Ipv6Addr = "fd42:6d73:62::2".parse().unwrap();
+    let gw: Ipv6Addr = "fd42:6d73:62::1".parse().unwrap();
+    let req = Icmpv6Repr::EchoRequest {
+        ident: 9,
+        seq_no: 1,
+        data: b"v6",
+    };
+    let f = icmpv6_frame(me, gw, EthernetAddress(cfg().gateway_mac), &req);
+    ns.handle_guest_frame(&[IoSlice::new(&f)], TxMeta::default(), Instant::now());
+    let r = one_reply(&mut ns);
+    let eth = EthernetFrame::new_checked(&r[..]).unwrap();
+    let ip = Ipv6Packet::new_checked(eth.payload()).unwrap();
+    assert_eq!((ip.src_addr(), ip.dst_addr()), (gw, me));
+    let icmp = Icmpv6Packet::new_checked(ip.payload()).unwrap();
+    let repr = Icmpv6Repr::parse(
+        &ip.src_addr(),
+        &ip.dst_addr(),
+        &icmp,
+        &ChecksumCapabilities::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        repr,
+        Icmpv6Repr::EchoReply {
+            ident: 9,
+            seq_no: 1,
+            data: b"v6"
+        }
+    );
+}
