@@ -14,7 +14,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use devices::net::backend::loopback::LoopbackMode;
 use devices::net::header::VirtioNetHdr;
 use devices::net::{NetConfig, TX_QUEUE};
-use devices::testing::NetHarness;
+use devices::testing::{NetHarness, TxChainBench};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -78,12 +78,25 @@ fn rx(c: &mut Criterion) {
     g.finish();
 }
 
+/// Descriptor-chain handling alone (no thread handoff): pop, validate, parse, publish.
+fn chains(c: &mut Criterion) {
+    let mut g = c.benchmark_group("virtio_net_tx_chain");
+    for &len in &[64usize, 1500] {
+        let mut fixture = TxChainBench::new(len, 64).expect("fixture");
+        g.throughput(Throughput::Elements(u64::from(fixture.batch())));
+        g.bench_function(BenchmarkId::new(format!("{len}B"), 64), |b| {
+            b.iter(|| fixture.run())
+        });
+    }
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .sample_size(20)
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2));
-    targets = tx, rx
+    targets = chains, tx, rx
 }
 criterion_main!(benches);

@@ -420,3 +420,10 @@ fn metrics_start_at_zero() {
     let m = NetMetrics::default();
     assert_eq!(m.tx_malformed.total() + m.rx_malformed.total(), 0);
 }
+
+#[test]
+fn chain_bench_fixture_processes_its_batch_repeatedly() {
+    let mut b = devices::testing::TxChainBench::new(100, 8).unwrap();
+    assert_eq!(b.run(), 800);
+    assert_eq!(b.run(), 800);
+}

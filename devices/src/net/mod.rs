@@ -1,7 +1,7 @@
 //! The virtio-net device (virtio 1.2 §5.1).
 //!
 //! Layout, one job per file: [`device`] (the [`Net`] device: features, config space,
-//! activation and reset), [`worker`] (the per-device thread: TX and RX batches on the
+//! activation and reset), `worker` (the per-device thread: TX and RX batches on the
 //! io_uring loop), [`queue_io`] (descriptor chains → validated scatter lists), [`rx_buffers`]
 //! (guest RX chains kept ready for the backend, MRG_RXBUF spanning), [`iov`] (scatter lists
 //! into guest memory), [`header`] (the 12-byte virtio-net header), [`metrics`], [`pcap`] and

@@ -470,7 +470,10 @@ impl NetWorker {
                 }
                 Ok(Some(RxFrame::WithHeader { len })) => {
                     if len < VNET_HDR_LEN {
+                        // Counts against the budget so a misbehaving backend cannot
+                        // keep us here forever.
                         NetMetrics::add(&self.metrics.rx_backend_errors, 1);
+                        frames += 1;
                         continue;
                     }
                     len.min(self.rx_bufs.full.len())

@@ -1,4 +1,4 @@
-//! An in-process virtio-net driver that drives the real [`MmioTransport`] and device code
+//! An in-process virtio-net driver that drives the real [`MmioTransport`](crate::virtio::mmio::MmioTransport) and device code
 //! without KVM (design §3 item 5).
 //!
 //! [`NetDriver`] owns a `GuestMemoryMmap`, lays out descriptor tables and rings in it like a
@@ -10,9 +10,11 @@
 //!
 //! This is test code: it panics on nothing the device does, but reports timeouts as errors.
 
+mod chain_bench;
 mod driver;
 mod layout;
 
+pub use chain_bench::TxChainBench;
 pub use driver::{
     DriverQueue, HarnessError, NetDriver, RawDesc, UsedElem, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
 };

@@ -6,8 +6,8 @@
 //! the used index once (release ordering) and evaluates the driver's suppression request
 //! (`used_event` with EVENT_IDX, `VRING_AVAIL_F_NO_INTERRUPT` without) once.
 //!
-//! Layouts (virtio 1.2 §2.7.6, §2.7.8): used ring = flags u16, idx u16, ring[size] of
-//! {id u32, len u32}, avail_event u16; avail ring = flags u16, idx u16, ring[size] u16,
+//! Layouts (virtio 1.2 §2.7.6, §2.7.8): used ring = flags u16, idx u16, `ring[size]` of
+//! {id u32, len u32}, avail_event u16; avail ring = flags u16, idx u16, `ring[size]` u16,
 //! used_event u16.
 
 use std::num::Wrapping;

@@ -6,7 +6,7 @@
 //! polls them in its io_uring ring and calls back [`NetBackend::on_fd_ready`] /
 //! [`NetBackend::on_timer`]. Implementations: [`tap::TapBackend`] (kernel tap device,
 //! IFF_VNET_HDR), [`loopback::LoopbackBackend`] (in-memory, for tests and benchmarks); the
-//! netstack adapter ([`user::UserBackend`], feature `user`) implements the same trait.
+//! netstack adapter (`user::UserBackend`, feature `user`) implements the same trait.
 //!
 //! Backends must never block: `send`/`recv` return [`BackendError::WouldBlock`] or `Ok(None)`
 //! instead.
