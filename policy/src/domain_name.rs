@@ -47,10 +47,28 @@ pub fn normalize_into<'b>(query: &str, buf: &'b mut [u8; MAX_NAME_LEN + 1]) -> O
     if bytes.len() > MAX_NAME_LEN {
         return None;
     }
+    // One pass: fold case, check characters and label lengths (same rules as `validate`).
     let out = &mut buf[..bytes.len()];
-    out.copy_from_slice(bytes);
-    out.make_ascii_lowercase();
-    validate(out).ok()?;
+    let mut label_len = 0usize;
+    for (o, &b) in out.iter_mut().zip(bytes) {
+        if b == b'.' {
+            if label_len == 0 {
+                return None;
+            }
+            label_len = 0;
+        } else if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
+            label_len += 1;
+            if label_len > MAX_LABEL_LEN {
+                return None;
+            }
+        } else {
+            return None;
+        }
+        *o = b.to_ascii_lowercase();
+    }
+    if label_len == 0 {
+        return None;
+    }
     Some(out)
 }
 
@@ -130,5 +148,25 @@ mod tests {
         assert_eq!(normalize_into("a..org", &mut buf), None);
         assert_eq!(normalize_into("", &mut buf), None);
         assert_eq!(normalize_into(&"a.".repeat(200), &mut buf), None);
+    }
+}
+
+#[cfg(test)]
+mod agreement {
+    use super::*;
+
+    #[test]
+    fn fast_normalisation_agrees_with_validate() {
+        let mut buf = [0u8; MAX_NAME_LEN + 1];
+        for name in [
+            "a", "a.b", "A.B.", "a..b", ".a", "a.", "a.b..", "-.x", "_x.y", "a b.c", "é.com",
+            &"a".repeat(63), &"a".repeat(64), &format!("{}.com", "b".repeat(63)),
+        ] {
+            let slow = {
+                let t = name.strip_suffix('.').unwrap_or(name);
+                t.len() <= MAX_NAME_LEN && validate(t.to_ascii_lowercase().as_bytes()).is_ok()
+            };
+            assert_eq!(normalize_into(name, &mut buf).is_some(), slow, "{name:?}");
+        }
     }
 }

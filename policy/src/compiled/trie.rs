@@ -5,10 +5,12 @@
 //! Every node has 256 entries; an entry is either a leaf (the candidate set of rules whose
 //! destination covers every address under it, including group and `*` rules) or a child node.
 //! Prefixes whose length is not a multiple of 8 are expanded over the entries they cover
-//! (controlled prefix expansion). After building, each node is run-length compressed: runs of
-//! equal entries are stored once, as `[runs, start_0..start_n, entry_0..entry_n]` in one flat
-//! `u32` array, and a lookup binary-searches the (usually 1 to 5) run starts. That keeps a
-//! 10 000-rule trie in a few hundred kilobytes instead of megabytes, so lookups stay in cache.
+//! (controlled prefix expansion). After building, each node with at most [`MAX_RUNS`] runs of
+//! equal entries is run-length compressed to `[runs, start_0..start_n, entry_0..entry_n]` in
+//! one flat `u32` array, and a lookup counts the run starts at or below its slot (a short,
+//! branch-free scan); busier nodes stay a direct `[0, entry_0..entry_255]` table. Most nodes
+//! have 1 to 5 runs, so a 10 000-rule trie takes a few hundred kilobytes instead of megabytes
+//! and lookups stay in cache.
 //! A lookup visits at most 4 (IPv4) or 16 (IPv6) nodes and never allocates.
 
 use std::collections::HashMap;
@@ -16,6 +18,8 @@ use std::collections::HashMap;
 use super::candidates::{CandidateRef, NO_CANDIDATES};
 
 const LEAF: u32 = 1 << 31;
+/// Nodes with more runs than this are stored as direct tables.
+const MAX_RUNS: usize = 16;
 const STRIDE: u32 = 8;
 
 /// What a prefix stands for: a rule index or a group (bit of a `GroupSet`).
@@ -78,19 +82,29 @@ fn compress(nodes: &[[u32; 256]]) -> Vec<u32> {
     let mut next = 0u32;
     for r in &all {
         offsets.push(next);
-        next += 1 + 2 * r.len() as u32;
+        next += 1 + if r.len() > MAX_RUNS {
+            256
+        } else {
+            2 * r.len() as u32
+        };
     }
+    let target = |e: u32| {
+        if e & LEAF != 0 {
+            e
+        } else {
+            offsets[e as usize]
+        }
+    };
     let mut blob = Vec::with_capacity(next as usize);
-    for r in &all {
-        blob.push(r.len() as u32);
-        blob.extend(r.iter().map(|(start, _)| *start));
-        blob.extend(r.iter().map(|(_, e)| {
-            if e & LEAF != 0 {
-                *e
-            } else {
-                offsets[*e as usize]
-            }
-        }));
+    for (node, r) in nodes.iter().zip(&all) {
+        if r.len() > MAX_RUNS {
+            blob.push(0);
+            blob.extend(node.iter().map(|e| target(*e)));
+        } else {
+            blob.push(r.len() as u32);
+            blob.extend(r.iter().map(|(start, _)| *start));
+            blob.extend(r.iter().map(|(_, e)| target(*e)));
+        }
     }
     blob
 }
@@ -188,12 +202,17 @@ impl PrefixTrie {
         let mut node = 0usize;
         let mut depth = 0u32;
         while depth < 128 {
-            let s = slot(key, depth) as u32;
+            let s = slot(key, depth);
             let runs = self.blob[node] as usize;
-            let starts = &self.blob[node + 1..node + 1 + runs];
-            // starts[0] == 0, so at least one start is <= s.
-            let run = starts.partition_point(|start| *start <= s) - 1;
-            let entry = self.blob[node + 1 + runs + run];
+            let entry = if runs == 0 {
+                self.blob[node + 1 + s]
+            } else {
+                let starts = &self.blob[node + 1..node + 1 + runs];
+                // starts[0] == 0, so at least one start is <= s; counting (rather than a
+                // binary search) keeps this short scan free of branches.
+                let run = starts.iter().filter(|start| **start as usize <= s).count() - 1;
+                self.blob[node + 1 + runs + run]
+            };
             if entry & LEAF != 0 {
                 return entry & !LEAF;
             }
