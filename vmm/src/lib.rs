@@ -13,6 +13,8 @@ pub mod io;
 pub mod kvm;
 pub mod layout;
 pub mod net;
+pub mod net_policy;
+pub mod net_user;
 pub mod probe_image;
 pub mod signals;
 pub mod vcpu;

@@ -69,8 +69,45 @@ struct RunArgs {
     timeout: Option<String>,
     /// Guest network: `user` (userspace netstack, no root), `tap:IFNAME` (kernel tap,
     /// created if missing), or `none`.
-    #[arg(long, value_name = "user|tap:IF|none", default_value = "none")]
+    #[arg(long, value_name = "user|tap:IF|none", default_value = "user")]
     net: ringfence::net::NetBackendSpec,
+    /// Publish a guest port on the host: [BIND:]HOSTPORT:GUESTPORT[/udp] (bind default
+    /// 127.0.0.1; repeatable; --net user only).
+    #[arg(short = 'p', long = "publish", value_name = "SPEC")]
+    publish: Vec<ringfence::net_user::PublishSpec>,
+    /// Network policy preset: public-only (default), none, allow-all, non-local.
+    #[arg(long, value_name = "PRESET")]
+    net_preset: Option<String>,
+    /// A policy rule, evaluated before the preset's, first match wins (repeatable), e.g.
+    /// allow@public:tcp:443, deny@metadata, allow@10.0.0.0/8:tcp:8000-9000,
+    /// allow@.example.com:tcp,udp:443, deny@ingress:*.
+    #[arg(long, value_name = "RULE")]
+    net_rule: Vec<String>,
+    /// What happens to egress flows no rule matches: allow or deny.
+    #[arg(long, value_name = "allow|deny")]
+    net_default_egress: Option<String>,
+    /// What happens to ingress flows (published ports) no rule matches: allow or deny.
+    #[arg(long, value_name = "allow|deny")]
+    net_default_ingress: Option<String>,
+    /// Deny this domain (example.com) or suffix (.example.com) before every allow rule
+    /// (repeatable).
+    #[arg(long, value_name = "DOMAIN")]
+    net_deny_domain: Vec<String>,
+    /// Read the policy from a JSON or TOML file (replaces the preset).
+    #[arg(long, value_name = "FILE")]
+    net_config: Option<PathBuf>,
+    /// IPv4 pool the guest's /30 comes from.
+    #[arg(long, value_name = "CIDR", value_parser = ringfence::net_user::parse_ipv4_pool)]
+    ipv4_pool: Option<(std::net::Ipv4Addr, u8)>,
+    /// IPv6 pool the guest's /64 comes from.
+    #[arg(long, value_name = "CIDR", value_parser = ringfence::net_user::parse_ipv6_pool)]
+    ipv6_pool: Option<(std::net::Ipv6Addr, u8)>,
+    /// Upstream DNS resolver for the guest's queries (repeatable; default /etc/resolv.conf).
+    #[arg(long, value_name = "IP[:PORT]", value_parser = ringfence::net_user::parse_dns)]
+    dns: Vec<std::net::SocketAddr>,
+    /// Most simultaneous TCP connections of the guest (default 256).
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
     /// Record every frame the guest sends and receives into FILE (pcap).
     #[arg(long, value_name = "FILE")]
     pcap: Option<PathBuf>,
@@ -162,10 +199,33 @@ fn run(args: RunArgs) -> Result<u8, String> {
         Some(p) => Console::File(p),
         None => Console::Stdout,
     };
+    let uses_user_only = !args.publish.is_empty()
+        || args.net_preset.is_some()
+        || !args.net_rule.is_empty()
+        || args.net_config.is_some()
+        || !args.net_deny_domain.is_empty();
+    if uses_user_only && args.net != ringfence::net::NetBackendSpec::User {
+        return Err("-p and the --net-* policy flags need --net user (a tap bypasses the netstack; its policy is the tap namespace's firewall)".into());
+    }
     config.net = ringfence::net::NetSettings {
         backend: args.net,
         pcap: args.pcap,
         mac: args.mac,
+        user: ringfence::net_user::UserNetSettings {
+            ipv4_pool: args.ipv4_pool,
+            ipv6_pool: args.ipv6_pool,
+            dns: args.dns,
+            publish: args.publish,
+            max_connections: args.max_connections,
+            policy: ringfence::net_policy::PolicySettings {
+                preset: args.net_preset,
+                rules: args.net_rule,
+                default_egress: args.net_default_egress,
+                default_ingress: args.net_default_ingress,
+                deny_domains: args.net_deny_domain,
+                config_file: args.net_config,
+            },
+        },
     };
     if config.net.pcap.is_some() && config.net.backend == ringfence::net::NetBackendSpec::None {
         return Err("--pcap needs a network device: add --net user or --net tap:IFNAME".into());

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use devices::net::backend::tap::TapBackend;
+use devices::net::backend::user::UserBackend;
 use devices::net::backend::NetBackend;
 use devices::net::{Net, NetConfig};
 use devices::virtio::mmio::MmioTransport;
@@ -15,6 +16,8 @@ use vm_memory::GuestMemoryMmap;
 use crate::io::MmioDevice;
 use crate::kvm::KvmError;
 use crate::layout::{virtio_mmio_base, VIRTIO_IRQ_BASE, VIRTIO_MMIO_WINDOW};
+use crate::net_policy::PolicyHandle;
+use crate::net_user::{UserNetError, UserNetSettings};
 
 /// Offset of QueueNotify in a virtio-mmio window.
 const QUEUE_NOTIFY_OFFSET: u64 = 0x50;
@@ -61,6 +64,8 @@ pub struct NetSettings {
     pub pcap: Option<PathBuf>,
     /// The guest's MAC address (a random locally administered one when `None`).
     pub mac: Option<[u8; 6]>,
+    /// Settings of the `user` backend (pools, DNS, published ports, limits, policy).
+    pub user: UserNetSettings,
 }
 
 impl Default for NetSettings {
@@ -69,6 +74,7 @@ impl Default for NetSettings {
             backend: NetBackendSpec::None,
             pcap: None,
             mac: None,
+            user: UserNetSettings::default(),
         }
     }
 }
@@ -87,9 +93,9 @@ pub enum NetSetupError {
     /// The device could not be created (pcap file, queue size).
     #[error("virtio-net: {0}")]
     Device(String),
-    /// The `user` backend is not available in this build.
-    #[error("--net user: {0}")]
-    User(String),
+    /// The `user` backend's settings are wrong, or a published port is taken.
+    #[error(transparent)]
+    User(#[from] UserNetError),
     /// Registering eventfds with KVM failed.
     #[error(transparent)]
     Kvm(#[from] KvmError),
@@ -131,43 +137,60 @@ pub fn random_mac() -> [u8; 6] {
     mac
 }
 
-fn open_backend(spec: &NetBackendSpec) -> Result<Box<dyn NetBackend>, NetSetupError> {
-    match spec {
-        NetBackendSpec::Tap(name) => TapBackend::open(name)
-            .map(|t| Box::new(t) as Box<dyn NetBackend>)
-            .map_err(|e| NetSetupError::Tap {
+/// The opened backend, the MAC the device will use, and (for `user`) the live policy.
+pub struct PreparedNet {
+    /// The backend the device worker drives.
+    pub backend: Box<dyn NetBackend>,
+    /// The guest MAC.
+    pub mac: [u8; 6],
+    /// The policy handle of the `user` backend (for runtime changes).
+    pub policy: Option<PolicyHandle>,
+}
+
+/// Opens the backend before anything else is created, so a bad `--net`, a taken published
+/// port or a wrong policy fails fast, before boot.
+pub fn prepare(settings: &NetSettings) -> Result<Option<PreparedNet>, NetSetupError> {
+    let mac = settings.mac.unwrap_or_else(random_mac);
+    match &settings.backend {
+        NetBackendSpec::None => Ok(None),
+        NetBackendSpec::Tap(name) => {
+            let tap = TapBackend::open(name).map_err(|e| NetSetupError::Tap {
                 name: name.clone(),
                 reason: e.to_string(),
-            }),
-        NetBackendSpec::User => Err(NetSetupError::User(
-            "the userspace netstack backend is not wired into this build yet; use --net tap:IFNAME or --net none".into(),
-        )),
-        NetBackendSpec::None => Err(NetSetupError::Device("no backend".into())),
+            })?;
+            Ok(Some(PreparedNet {
+                backend: Box::new(tap),
+                mac,
+                policy: None,
+            }))
+        }
+        NetBackendSpec::User => {
+            // 1514-byte frames work with every guest; the device negotiates larger ones.
+            let (stack, policy) = crate::net_user::build(&settings.user, mac, 1514)?;
+            Ok(Some(PreparedNet {
+                backend: Box::new(UserBackend::new(stack)),
+                mac,
+                policy: Some(policy),
+            }))
+        }
     }
 }
 
-/// Opens the backend before anything else is created, so a bad `--net` fails fast.
-pub fn prepare(settings: &NetSettings) -> Result<Option<Box<dyn NetBackend>>, NetSetupError> {
-    if settings.backend == NetBackendSpec::None {
-        return Ok(None);
-    }
-    open_backend(&settings.backend).map(Some)
-}
-
-/// Creates virtio-net device `index` over `backend`, wires its eventfds into `vm`.
+/// Creates virtio-net device `index` over the prepared backend, wires its eventfds into `vm`.
 pub fn attach(
     vm: &VmFd,
     mem: &GuestMemoryMmap,
     index: u32,
-    backend: Box<dyn NetBackend>,
+    prepared: PreparedNet,
     settings: &NetSettings,
 ) -> Result<AttachedNet, NetSetupError> {
     let config = NetConfig {
-        mac: settings.mac.unwrap_or_else(random_mac),
+        mac: prepared.mac,
         pcap: settings.pcap.clone(),
         ..Default::default()
     };
-    let net = Net::new(config, backend).map_err(|e| NetSetupError::Device(e.to_string()))?;
+    let net =
+        Net::new(config, prepared.backend).map_err(|e| NetSetupError::Device(e.to_string()))?;
     let transport = MmioTransport::new(mem.clone(), Box::new(net))
         .map_err(|e| NetSetupError::Device(e.to_string()))?;
     let base = virtio_mmio_base(index);

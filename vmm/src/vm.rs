@@ -82,17 +82,60 @@ const STOP_GRACE: Duration = Duration::from_secs(2);
 /// A VM ready to run.
 pub struct Vm {
     config: VmConfig,
+    policy_slot: Option<Arc<std::sync::Mutex<Option<crate::net_policy::PolicyHandle>>>>,
+}
+
+/// Changes the network policy of a running VM from another thread (library API).
+#[derive(Clone, Default)]
+pub struct NetControl {
+    slot: Arc<std::sync::Mutex<Option<crate::net_policy::PolicyHandle>>>,
+}
+
+impl NetControl {
+    fn handle(&self) -> Option<crate::net_policy::PolicyHandle> {
+        self.slot.lock().ok().and_then(|s| s.clone())
+    }
+
+    /// Replaces the policy; new flows and DNS queries are judged by it at once. Fails if the
+    /// VM has no `user` network (yet) or the policy does not compile.
+    pub fn set_policy(&self, policy: &policy::Policy) -> Result<(), String> {
+        self.handle()
+            .ok_or("the VM has no user-mode network (or has not started)")?
+            .set_policy(policy)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Turns the VM's network on or off; off refuses every new flow and DNS query.
+    pub fn set_network_enabled(&self, enabled: bool) -> Result<(), String> {
+        self.handle()
+            .ok_or("the VM has no user-mode network (or has not started)")?
+            .set_network_enabled(enabled);
+        Ok(())
+    }
 }
 
 impl Vm {
     /// Takes a configuration; nothing is created until [`Vm::run`].
     pub fn new(config: VmConfig) -> Self {
-        Vm { config }
+        Vm {
+            config,
+            policy_slot: None,
+        }
+    }
+
+    /// A handle to change the network policy while [`Vm::run`] runs (on another thread).
+    pub fn net_control(&mut self) -> NetControl {
+        let control = NetControl::default();
+        self.policy_slot = Some(control.slot.clone());
+        control
     }
 
     /// Builds the VM, runs it to its end and returns why it ended.
     pub fn run(self) -> Result<VmExit, VmError> {
-        let cfg = self.config;
+        let Vm {
+            config: cfg,
+            policy_slot,
+        } = self;
         let host = KvmHost::open()?;
         host.check_required_caps()?;
         config::validate_resources(
@@ -139,8 +182,13 @@ impl Vm {
             .map_err(KvmError::ioctl("KVM_IRQFD (serial)"))?;
         let mut bus = IoBus::new(SerialConsole::new(serial_irq, sink));
         let mut cmdline_text = cfg.cmdline.clone();
-        if let Some(backend) = net_backend {
-            let dev = crate::net::attach(&vm, &mem, 0, backend, &cfg.net)?;
+        if let Some(prepared) = net_backend {
+            if let (Some(policy), Some(slot)) = (&prepared.policy, &policy_slot) {
+                if let Ok(mut s) = slot.lock() {
+                    *s = Some(policy.clone());
+                }
+            }
+            let dev = crate::net::attach(&vm, &mem, 0, prepared, &cfg.net)?;
             bus.add_mmio(dev.base, layout::VIRTIO_MMIO_WINDOW, dev.device);
             cmdline_text = format!("{} {}", dev.cmdline, cmdline_text);
         }

@@ -1,0 +1,238 @@
+//! Settings of the `user` network backend (the userspace netstack) as the user gives them,
+//! parsed and checked before boot: address pools, DNS upstreams, published ports, limits and
+//! the policy, and the netstack built from them.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::str::FromStr;
+
+use netstack::{NetConfig, Netstack, PortProto, PublishedPort};
+
+use crate::net_policy::{build_policy, PolicyHandle, PolicySettings, PolicySetupError};
+
+/// Default per-VM connection limit.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
+
+/// One `-p [BIND:]HOSTPORT:GUESTPORT[/udp]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PublishSpec {
+    /// Host address and port to listen on.
+    pub bind: SocketAddr,
+    /// Guest port to reach.
+    pub guest_port: u16,
+    /// TCP or UDP.
+    pub udp: bool,
+}
+
+impl FromStr for PublishSpec {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let bad = |why: &str| {
+            format!("bad -p {text:?}: {why}; expected [BIND:]HOSTPORT:GUESTPORT[/udp], e.g. 8080:80 or 127.0.0.1:5353:53/udp")
+        };
+        let (spec, udp) = match text.rsplit_once('/') {
+            Some((s, "udp")) => (s, true),
+            Some((s, "tcp")) => (s, false),
+            Some(_) => return Err(bad("the protocol must be tcp or udp")),
+            None => (text, false),
+        };
+        let (rest, guest) = spec
+            .rsplit_once(':')
+            .ok_or_else(|| bad("missing GUESTPORT"))?;
+        let guest_port = parse_port(guest).ok_or_else(|| bad("GUESTPORT must be 1-65535"))?;
+        let (bind_ip, host) = match rest.rsplit_once(':') {
+            None => (IpAddr::V4(Ipv4Addr::LOCALHOST), rest),
+            Some((ip, port)) => {
+                let ip = ip.trim_start_matches('[').trim_end_matches(']');
+                let ip: IpAddr = ip.parse().map_err(|_| bad("BIND must be an IP address"))?;
+                (ip, port)
+            }
+        };
+        let host_port = parse_port(host).ok_or_else(|| bad("HOSTPORT must be 1-65535"))?;
+        Ok(PublishSpec {
+            bind: SocketAddr::new(bind_ip, host_port),
+            guest_port,
+            udp,
+        })
+    }
+}
+
+fn parse_port(text: &str) -> Option<u16> {
+    text.parse::<u16>().ok().filter(|p| *p > 0)
+}
+
+/// Parses an IPv4 pool `A.B.C.D/N` (N at most 30: each VM takes a /30).
+pub fn parse_ipv4_pool(text: &str) -> Result<(Ipv4Addr, u8), String> {
+    let bad = |why: &str| format!("bad --ipv4-pool {text:?}: {why}");
+    let (ip, len) = text
+        .split_once('/')
+        .ok_or_else(|| bad("expected A.B.C.D/N, e.g. 172.16.0.0/12"))?;
+    let ip: Ipv4Addr = ip.parse().map_err(|_| bad("not an IPv4 address"))?;
+    let len: u8 = len
+        .parse()
+        .map_err(|_| bad("the prefix length must be a number"))?;
+    if len > 30 {
+        return Err(bad(
+            "the prefix must be /30 or shorter (each VM takes a /30)",
+        ));
+    }
+    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+    if u32::from(ip) & !mask != 0 {
+        return Err(bad("host bits are set; give the network address"));
+    }
+    Ok((ip, len))
+}
+
+/// Parses an IPv6 pool `PREFIX/N` (N at most 64: each VM takes a /64).
+pub fn parse_ipv6_pool(text: &str) -> Result<(Ipv6Addr, u8), String> {
+    let bad = |why: &str| format!("bad --ipv6-pool {text:?}: {why}");
+    let (ip, len) = text
+        .split_once('/')
+        .ok_or_else(|| bad("expected PREFIX/N, e.g. fd42:6d73:62::/48"))?;
+    let ip: Ipv6Addr = ip.parse().map_err(|_| bad("not an IPv6 address"))?;
+    let len: u8 = len
+        .parse()
+        .map_err(|_| bad("the prefix length must be a number"))?;
+    if len > 64 {
+        return Err(bad(
+            "the prefix must be /64 or shorter (each VM takes a /64)",
+        ));
+    }
+    let mask = if len == 0 {
+        0
+    } else {
+        u128::MAX << (128 - len)
+    };
+    if u128::from(ip) & !mask != 0 {
+        return Err(bad("host bits are set; give the network prefix"));
+    }
+    Ok((ip, len))
+}
+
+/// Parses a `--dns` value: an IP (port 53) or IP:PORT / [IPv6]:PORT.
+pub fn parse_dns(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(ip) = text.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, 53));
+    }
+    text.parse::<SocketAddr>()
+        .map_err(|_| format!("bad --dns {text:?}: expected an IP address, optionally with :PORT"))
+}
+
+/// Everything the `user` backend needs.
+#[derive(Clone, Debug, Default)]
+pub struct UserNetSettings {
+    /// IPv4 pool (default 172.16.0.0/12).
+    pub ipv4_pool: Option<(Ipv4Addr, u8)>,
+    /// IPv6 pool (default fd42:6d73:62::/48).
+    pub ipv6_pool: Option<(Ipv6Addr, u8)>,
+    /// Upstream resolvers (default: /etc/resolv.conf).
+    pub dns: Vec<SocketAddr>,
+    /// Published ports.
+    pub publish: Vec<PublishSpec>,
+    /// Most simultaneous connections (default 256).
+    pub max_connections: Option<usize>,
+    /// The network policy.
+    pub policy: PolicySettings,
+}
+
+/// Errors building the user backend.
+#[derive(Debug, thiserror::Error)]
+pub enum UserNetError {
+    /// The policy settings are wrong.
+    #[error(transparent)]
+    Policy(#[from] PolicySetupError),
+    /// The netstack refused the configuration (e.g. a published port already in use).
+    #[error("--net user: {0}")]
+    Netstack(String),
+}
+
+/// Builds the netstack (binding published ports now, so conflicts fail before boot) and the
+/// live policy handle bound to it.
+pub fn build(
+    settings: &UserNetSettings,
+    guest_mac: [u8; 6],
+    max_rx_frame: usize,
+) -> Result<(Netstack, PolicyHandle), UserNetError> {
+    let policy = build_policy(&settings.policy)?;
+    let handle = PolicyHandle::new(&policy, Vec::new())?;
+    let mut cfg = NetConfig {
+        guest_mac,
+        dns_upstreams: settings.dns.clone(),
+        max_rx_frame,
+        ..NetConfig::default()
+    };
+    if let Some(pool) = settings.ipv4_pool {
+        cfg.ipv4_pool = pool;
+    }
+    if let Some(pool) = settings.ipv6_pool {
+        cfg.ipv6_pool = pool;
+    }
+    if let Some(n) = settings.max_connections {
+        cfg.limits.max_tcp_connections = n;
+    }
+    cfg.published = settings
+        .publish
+        .iter()
+        .map(|p| PublishedPort {
+            bind: p.bind,
+            guest_port: p.guest_port,
+            proto: if p.udp {
+                PortProto::Udp
+            } else {
+                PortProto::Tcp
+            },
+        })
+        .collect();
+    let stack = Netstack::with_gate(cfg, Box::new(handle.gate()))
+        .map_err(|e| UserNetError::Netstack(e.to_string()))?;
+    let (_, gw4) = stack.ipv4_addresses();
+    let (_, gw6) = stack.ipv6_addresses();
+    handle.set_host_addrs(vec![IpAddr::V4(gw4), IpAddr::V6(gw6)])?;
+    Ok((stack, handle))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publish_specs_parse_or_explain() {
+        let p: PublishSpec = "8080:80".parse().unwrap();
+        assert_eq!(p.bind, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!((p.guest_port, p.udp), (80, false));
+        let p: PublishSpec = "0.0.0.0:5353:53/udp".parse().unwrap();
+        assert_eq!(p.bind, "0.0.0.0:5353".parse().unwrap());
+        assert!(p.udp);
+        let p: PublishSpec = "[::1]:8443:443".parse().unwrap();
+        assert_eq!(p.bind, "[::1]:8443".parse().unwrap());
+        for bad in [
+            "80",
+            "x:80",
+            "8080:0",
+            "8080:80/sctp",
+            "nohost:1:2",
+            "70000:80",
+        ] {
+            let e = bad.parse::<PublishSpec>().unwrap_err();
+            assert!(e.contains(bad), "{e}");
+        }
+    }
+
+    #[test]
+    fn pools_are_checked() {
+        assert_eq!(parse_ipv4_pool("172.16.0.0/12").unwrap().1, 12);
+        assert!(parse_ipv4_pool("172.16.0.1/12")
+            .unwrap_err()
+            .contains("host bits"));
+        assert!(parse_ipv4_pool("10.0.0.0/31").unwrap_err().contains("/30"));
+        assert!(parse_ipv4_pool("banana").is_err());
+        assert_eq!(parse_ipv6_pool("fd42:6d73:62::/48").unwrap().1, 48);
+        assert!(parse_ipv6_pool("fd42::/80").unwrap_err().contains("/64"));
+        assert_eq!(
+            parse_dns("127.0.0.1").unwrap(),
+            "127.0.0.1:53".parse().unwrap()
+        );
+        assert_eq!(parse_dns("127.0.0.1:5353").unwrap().port(), 5353);
+        assert!(parse_dns("resolver").is_err());
+    }
+}
