@@ -125,6 +125,8 @@ pub(crate) struct Core {
     pub guest6: Option<Ipv6Addr>,
     /// Control frames dropped because the queue was full.
     pub ctrl_overflow: u64,
+    /// Behave as on kernels without `SO_PEEK_OFF` for TCP (testkit only).
+    pub no_peek_off: bool,
 }
 
 impl Core {
@@ -139,6 +141,7 @@ impl Core {
             ready: VecDeque::new(),
             guest6: None,
             ctrl_overflow: 0,
+            no_peek_off: false,
         }
     }
 

@@ -122,6 +122,13 @@ impl Netstack {
         self.flows.len()
     }
 
+    /// Test hook: behave as on kernels whose TCP sockets lack `SO_PEEK_OFF` (before
+    /// Linux 6.10), so the fallback path can be exercised here.
+    #[cfg(feature = "testkit")]
+    pub fn emulate_no_peek_off(&mut self) {
+        self.core.no_peek_off = true;
+    }
+
     /// Counters.
     pub fn metrics(&self) -> &NetMetrics {
         &self.core.metrics

@@ -71,6 +71,9 @@ pub(crate) struct TcpConn {
     pub fin_acked: bool,
     /// The host socket may have unread data (cleared when a peek would block).
     pub host_readable: bool,
+    /// A peek found nothing beyond the in-flight bytes: readiness of the socket means
+    /// nothing until the guest ACKs (then we peek again).
+    pub peek_exhausted: bool,
     /// We advertised a short window and wait for the host socket to drain.
     pub want_write: bool,
     pub ack_pending: bool,
@@ -118,6 +121,7 @@ impl TcpConn {
             fin_sent: false,
             fin_acked: false,
             host_readable: false,
+            peek_exhausted: false,
             want_write: false,
             ack_pending: false,
             syn_pending: false,
@@ -178,7 +182,10 @@ impl TcpConn {
             TcpState::Connecting => (false, true),
             TcpState::SynSent | TcpState::SynAckSent => (false, false),
             TcpState::Established => (
-                !self.host_eof && !self.host_readable && self.window_avail() > 0,
+                !self.host_eof
+                    && !self.host_readable
+                    && !self.peek_exhausted
+                    && self.window_avail() > 0,
                 self.want_write && !self.guest_fin,
             ),
         }
@@ -258,6 +265,7 @@ impl TcpConn {
             let _ = sys::set_peek_off(self.fd.as_fd(), 0);
         }
         self.host_readable = true;
+        self.peek_exhausted = false;
         self.dup_acks = 0;
     }
 

@@ -61,7 +61,7 @@ pub(crate) fn on_guest_segment(
             if seg.syn && seg.ack == Some(conn.isn.wrapping_add(1)) {
                 conn.rcv_nxt = seg.seq.wrapping_add(1);
                 conn.take_guest_options(seg, core.cfg.mtu);
-                establish(conn, conn.isn.wrapping_add(1));
+                establish(core, conn, conn.isn.wrapping_add(1));
                 conn.ack_pending = true;
             }
             return After::Keep;
@@ -73,7 +73,7 @@ pub(crate) fn on_guest_segment(
                 return After::Keep;
             }
             match seg.ack {
-                Some(a) if a == conn.isn.wrapping_add(1) => establish(conn, a),
+                Some(a) if a == conn.isn.wrapping_add(1) => establish(core, conn, a),
                 _ => return After::Keep,
             }
         }
@@ -107,14 +107,14 @@ pub(crate) fn on_guest_segment(
     After::Keep
 }
 
-fn establish(conn: &mut TcpConn, una: u32) {
+fn establish(core: &Core, conn: &mut TcpConn, una: u32) {
     conn.state = TcpState::Established;
     conn.snd_una = una;
     conn.snd_nxt = una;
     conn.rto_at = None;
     conn.retries = 0;
     conn.rto = RTO_INITIAL;
-    conn.peek_off = sys::set_peek_off(conn.fd.as_fd(), 0).is_ok();
+    conn.peek_off = !core.no_peek_off && sys::set_peek_off(conn.fd.as_fd(), 0).is_ok();
     // The host may already have sent data: try a peek.
     conn.host_readable = true;
 }
@@ -155,6 +155,10 @@ fn on_ack(core: &mut Core, conn: &mut TcpConn, seg: &Segment, ack: u32, now: Ins
             }
         }
         conn.snd_una = ack;
+        if conn.peek_exhausted {
+            conn.peek_exhausted = false;
+            conn.host_readable = true;
+        }
         conn.dup_acks = 0;
         conn.retries = 0;
         conn.rto = RTO_INITIAL;

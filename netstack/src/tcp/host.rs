@@ -233,9 +233,12 @@ fn peek_data(
         };
         let n = tail_iovecs(bufs, hdr_len, max, &mut iov[first..]);
         match sys::recv_vectored(conn.fd.as_fd(), &mut iov[..first + n], true) {
-            Ok(r) => Ok(r
-                .len
-                .saturating_sub(if conn.peek_off { 0 } else { in_flight })),
+            // Without a peek offset, a peek that only re-reads the in-flight bytes means
+            // "nothing new", exactly like EAGAIN with an offset.
+            Ok(r) if !conn.peek_off && in_flight > 0 && r.len <= in_flight => {
+                Err(io::Error::from(io::ErrorKind::WouldBlock))
+            }
+            Ok(r) => Ok(r.len - if conn.peek_off { 0 } else { in_flight }),
             Err(e) => Err(e),
         }
     };
@@ -267,6 +270,9 @@ fn peek_data(
         }
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
             conn.host_readable = false;
+            // While bytes are in flight the socket stays readable for poll(2) even with
+            // nothing new behind them; wait for the guest's next ACK instead of spinning.
+            conn.peek_exhausted = in_flight > 0;
             Ok(None)
         }
         Err(e) => Err(e),

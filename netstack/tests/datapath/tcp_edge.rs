@@ -378,8 +378,7 @@ fn connection_limit_refuses_new_flows_only() {
 /// Data segments to the guest are lost: the guest's duplicate ACKs / our timer rewind
 /// the peek offset and the stream arrives intact (retransmitted from the host socket's
 /// queue, never from a copy of ours).
-#[test]
-fn lost_segments_to_guest_are_retransmitted_from_socket() {
+fn download_with_losses(no_peek_off: bool, local_port: u16) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
     let total = 1 << 20;
@@ -390,8 +389,11 @@ fn lost_segments_to_guest_are_retransmitted_from_socket() {
         c.write_all(&data).unwrap();
     });
     let mut h = Harness::new(cfg());
+    if no_peek_off {
+        h.ns.emulate_no_peek_off();
+    }
     let s = tcp_socket(&mut h, 64 * 1024);
-    connect_gateway(&mut h, s, port, 41006);
+    connect_gateway(&mut h, s, port, local_port);
     assert!(wait_established(&mut h, s));
     let mut n = 0u32;
     h.fault_to_guest = Some(Box::new(move |f| {
@@ -417,4 +419,15 @@ fn lost_segments_to_guest_are_retransmitted_from_socket() {
     assert!(got == expect, "stream corrupted");
     assert!(h.ns.metrics().retransmits >= 1);
     server.join().unwrap();
+}
+
+#[test]
+fn lost_segments_to_guest_are_retransmitted_from_socket() {
+    download_with_losses(false, 41006);
+}
+
+/// Same with the pre-6.10 fallback (no `SO_PEEK_OFF` on TCP sockets).
+#[test]
+fn lost_segments_to_guest_without_peek_offset() {
+    download_with_losses(true, 41007);
 }
