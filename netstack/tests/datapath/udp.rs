@@ -299,3 +299,31 @@ fn published_udp_port_round_trip() {
     assert_eq!(&buf[..n], b"pong host");
     assert_eq!(src, host_addr, "reply leaves through the published socket");
 }
+
+#[test]
+fn published_port_without_guest_listener_resets_host_client() {
+    let cfg = NetConfig {
+        published: vec![PublishedPort {
+            bind: "127.0.0.1:0".parse().unwrap(),
+            guest_port: 9999,
+            proto: PortProto::Tcp,
+        }],
+        ..cfg()
+    };
+    let mut h = Harness::new(cfg);
+    let host_addr: SocketAddr = h.ns.published_addrs()[0].1;
+    let client = std::thread::spawn(move || {
+        let mut c = TcpStream::connect(host_addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut b = [0u8; 8];
+        c.read(&mut b).map_err(|e| e.kind())
+    });
+    let done = h.run_until(100_000, Duration::from_secs(10), |h| {
+        h.ns.metrics().published_accepts == 1 && h.ns.flow_count() == 0
+    });
+    assert!(done, "flow not torn down: {:?}", h.ns.metrics());
+    assert_eq!(
+        client.join().unwrap(),
+        Err(std::io::ErrorKind::ConnectionReset)
+    );
+}
