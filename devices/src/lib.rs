@@ -12,6 +12,38 @@
 //! Nothing here is KVM-specific: the VMM forwards MMIO exits to
 //! [`virtio::mmio::MmioTransport::read`]/[`write`](virtio::mmio::MmioTransport::write) and
 //! registers the transport's eventfds with KVM (ioeventfd for kicks, irqfd for interrupts).
+//!
+//! # Wiring a virtio-net device (what the VMM does)
+//!
+//! ```no_run
+//! use devices::net::backend::tap::TapBackend;
+//! use devices::net::{Net, NetConfig};
+//! use devices::virtio::mmio::{regs, MmioTransport, MMIO_WINDOW_SIZE};
+//! use vm_memory::{GuestAddress, GuestMemoryMmap};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 64 << 20)])?;
+//! let tap = TapBackend::open("rf0")?;
+//! let net = Net::new(NetConfig::default(), Box::new(tap))?;
+//! let metrics = net.metrics(); // counters for logs/tests
+//! let mut transport = MmioTransport::new(mem, Box::new(net))?;
+//! let base: u64 = 0xd000_0000; // the device's MMIO window, MMIO_WINDOW_SIZE bytes
+//! for (index, evt) in transport.queue_notify_evts().iter().enumerate() {
+//!     // vm.register_ioevent(evt, &IoEventAddress::Mmio(base + regs::QUEUE_NOTIFY), index as u32)
+//!     let _ = (evt, base + regs::QUEUE_NOTIFY, index as u32);
+//! }
+//! // vm.register_irqfd(transport.irq_evt(), gsi)
+//! let _ = transport.irq_evt();
+//! // On an MMIO exit at `addr` inside [base, base + MMIO_WINDOW_SIZE):
+//! let mut data = [0u8; 4];
+//! transport.read(0x0, &mut data); // offset = addr - base
+//! transport.write(regs::STATUS, &0u32.to_le_bytes());
+//! // Shutdown (dropping the transport does the same): stops and joins the worker.
+//! transport.shutdown();
+//! # let _ = (metrics, MMIO_WINDOW_SIZE);
+//! # Ok(())
+//! # }
+//! ```
 
 #![deny(missing_docs)]
 
