@@ -38,19 +38,19 @@ pub(crate) fn validate(name: &[u8]) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// Copies `query` into `buf` lower-cased and without one trailing dot, and returns the
-/// normalised bytes, or `None` when the result is not a valid domain name. Never allocates;
-/// both evaluators use this, so they agree on what a malformed query name matches (nothing).
-pub fn normalize_into<'b>(query: &str, buf: &'b mut [u8; MAX_NAME_LEN + 1]) -> Option<&'b [u8]> {
+/// Strips one trailing dot from a query name and checks it is a valid domain name in any
+/// letter case (the rules of [`DomainName`]). Returns the name without the dot. Never
+/// allocates; both evaluators use this, so they agree on what a malformed name matches
+/// (nothing).
+#[inline]
+pub fn query_name_bytes(query: &str) -> Option<&[u8]> {
     let bytes = query.as_bytes();
     let bytes = bytes.strip_suffix(b".").unwrap_or(bytes);
     if bytes.len() > MAX_NAME_LEN {
         return None;
     }
-    // One pass: fold case, check characters and label lengths (same rules as `validate`).
-    let out = &mut buf[..bytes.len()];
     let mut label_len = 0usize;
-    for (o, &b) in out.iter_mut().zip(bytes) {
+    for &b in bytes {
         if b == b'.' {
             if label_len == 0 {
                 return None;
@@ -64,11 +64,18 @@ pub fn normalize_into<'b>(query: &str, buf: &'b mut [u8; MAX_NAME_LEN + 1]) -> O
         } else {
             return None;
         }
-        *o = b.to_ascii_lowercase();
     }
-    if label_len == 0 {
-        return None;
-    }
+    (label_len > 0).then_some(bytes)
+}
+
+/// Copies `query` into `buf` lower-cased and without one trailing dot, and returns the
+/// normalised bytes, or `None` when the result is not a valid domain name (see
+/// [`query_name_bytes`]). Never allocates.
+pub fn normalize_into<'b>(query: &str, buf: &'b mut [u8; MAX_NAME_LEN + 1]) -> Option<&'b [u8]> {
+    let bytes = query_name_bytes(query)?;
+    let out = &mut buf[..bytes.len()];
+    out.copy_from_slice(bytes);
+    out.make_ascii_lowercase();
     Some(out)
 }
 
@@ -159,8 +166,20 @@ mod agreement {
     fn fast_normalisation_agrees_with_validate() {
         let mut buf = [0u8; MAX_NAME_LEN + 1];
         for name in [
-            "a", "a.b", "A.B.", "a..b", ".a", "a.", "a.b..", "-.x", "_x.y", "a b.c", "é.com",
-            &"a".repeat(63), &"a".repeat(64), &format!("{}.com", "b".repeat(63)),
+            "a",
+            "a.b",
+            "A.B.",
+            "a..b",
+            ".a",
+            "a.",
+            "a.b..",
+            "-.x",
+            "_x.y",
+            "a b.c",
+            "é.com",
+            &"a".repeat(63),
+            &"a".repeat(64),
+            &format!("{}.com", "b".repeat(63)),
         ] {
             let slow = {
                 let t = name.strip_suffix('.').unwrap_or(name);

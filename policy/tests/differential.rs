@@ -179,9 +179,16 @@ fn broad_policy() -> impl Strategy<Value = Policy> {
             let protos: Vec<Protocol> = protos.into_iter().map(|p| ALL_PROTOCOLS[p]).collect();
             Rule::new(action, direction, dest, ProtocolSet::of(&protos), ports).ok()
         });
-    (any::<bool>(), prop::collection::vec(prop_oneof![3 => broad_rule, 1 => rule()], 60..200))
+    (
+        any::<bool>(),
+        prop::collection::vec(prop_oneof![3 => broad_rule, 1 => rule()], 60..200),
+    )
         .prop_map(|(e, rules)| {
-            Policy::new(if e { Action::Allow } else { Action::Deny }, Action::Deny, rules)
+            Policy::new(
+                if e { Action::Allow } else { Action::Deny },
+                Action::Deny,
+                rules,
+            )
         })
 }
 

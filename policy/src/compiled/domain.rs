@@ -37,17 +37,48 @@ impl Hasher for LabelHasher {
 
 type Children = HashMap<Box<[u8]>, u32, BuildHasherDefault<LabelHasher>>;
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Copy, Default)]
 struct Node {
-    children: Children,
     suffix: CandidateRef,
     exact: CandidateRef,
+}
+
+/// One edge of the trie in the open-addressing table.
+#[derive(Debug, Clone, Copy)]
+struct Edge {
+    hash: u64,
+    parent: u32,
+    /// `EMPTY_EDGE` for a free slot.
+    child: u32,
+    label_start: u32,
+    label_len: u32,
+}
+
+const EMPTY_EDGE: u32 = u32::MAX;
+const MIX: u64 = 0x517c_c1b7_2722_0a95;
+
+/// Hash of a label that ignores ASCII case (valid labels only: letters, digits, `-`, `_`;
+/// setting bit 5 of each byte maps `A-Z` onto `a-z` and changes no other valid byte into
+/// another valid byte), combined with the parent node.
+#[inline]
+fn edge_hash(parent: u32, label: &[u8]) -> u64 {
+    let mut h = u64::from(parent).wrapping_mul(MIX) ^ label.len() as u64;
+    for chunk in label.chunks(8) {
+        let mut w = [0u8; 8];
+        w[..chunk.len()].copy_from_slice(chunk);
+        let v = u64::from_le_bytes(w) | 0x2020_2020_2020_2020;
+        h = (h.rotate_left(5) ^ v).wrapping_mul(MIX);
+    }
+    h ^ (h >> 29)
 }
 
 /// The compiled name trie.
 #[derive(Debug, Clone)]
 pub(crate) struct DomainTrie {
     nodes: Vec<Node>,
+    edges: Vec<Edge>,
+    mask: usize,
+    labels: Vec<u8>,
 }
 
 /// Collects rules per name before the sets are interned.
@@ -95,14 +126,11 @@ impl DomainTrieBuilder {
     /// Interns each node's sets (inherited suffix rules, plus exact rules for `exact`) through
     /// `intern`.
     pub(crate) fn finish(self, intern: &mut dyn FnMut(Vec<u32>) -> CandidateRef) -> DomainTrie {
-        let mut nodes: Vec<Node> = Vec::with_capacity(self.nodes.len());
+        let mut nodes: Vec<Node> = vec![Node::default(); self.nodes.len()];
+        let mut children = Vec::with_capacity(self.nodes.len());
         let mut parts = Vec::with_capacity(self.nodes.len());
-        for (children, suffix, exact) in self.nodes {
-            nodes.push(Node {
-                children,
-                suffix: NO_CANDIDATES,
-                exact: NO_CANDIDATES,
-            });
+        for (c, suffix, exact) in self.nodes {
+            children.push(c);
             parts.push((suffix, exact));
         }
         // Depth-first from the root, carrying the ancestors' suffix rules.
@@ -117,31 +145,91 @@ impl DomainTrieBuilder {
             };
             nodes[n].suffix = suffix;
             nodes[n].exact = exact;
-            for child in nodes[n].children.values() {
+            for child in children[n].values() {
                 stack.push((*child as usize, inherited.clone()));
             }
         }
-        DomainTrie { nodes }
+        let edge_count: usize = children.iter().map(|c| c.len()).sum();
+        let size = (edge_count * 2).next_power_of_two().max(8);
+        let free = Edge {
+            hash: 0,
+            parent: 0,
+            child: EMPTY_EDGE,
+            label_start: 0,
+            label_len: 0,
+        };
+        let mut trie = DomainTrie {
+            nodes,
+            edges: vec![free; size],
+            mask: size - 1,
+            labels: Vec::new(),
+        };
+        for (parent, c) in children.iter().enumerate() {
+            for (label, child) in c {
+                let hash = edge_hash(parent as u32, label);
+                let mut slot = hash as usize & trie.mask;
+                while trie.edges[slot].child != EMPTY_EDGE {
+                    slot = (slot + 1) & trie.mask;
+                }
+                trie.edges[slot] = Edge {
+                    hash,
+                    parent: parent as u32,
+                    child: *child,
+                    label_start: trie.labels.len() as u32,
+                    label_len: label.len() as u32,
+                };
+                trie.labels.extend_from_slice(label);
+            }
+        }
+        trie
     }
 }
 
 impl DomainTrie {
-    /// The candidate rules a normalised name matches.
+    /// The child of `parent` for `label` (any ASCII case).
+    #[inline]
+    fn child(&self, parent: u32, label: &[u8]) -> Option<u32> {
+        let hash = edge_hash(parent, label);
+        let mut slot = hash as usize & self.mask;
+        loop {
+            let e = &self.edges[slot];
+            if e.child == EMPTY_EDGE {
+                return None;
+            }
+            if e.hash == hash && e.parent == parent {
+                let start = e.label_start as usize;
+                let stored = &self.labels[start..start + e.label_len as usize];
+                if stored.eq_ignore_ascii_case(label) {
+                    return Some(e.child);
+                }
+            }
+            slot = (slot + 1) & self.mask;
+        }
+    }
+
+    /// The candidate rules a valid name (any ASCII case, no trailing dot) matches.
     #[inline]
     pub(crate) fn lookup(&self, name: &[u8]) -> CandidateRef {
-        let mut node = &self.nodes[0];
+        let mut node = 0u32;
         for label in name.rsplit(|b| *b == b'.') {
-            match node.children.get(label) {
-                Some(child) => node = &self.nodes[*child as usize],
-                None => return node.suffix,
+            match self.child(node, label) {
+                Some(child) => node = child,
+                None => return self.nodes[node as usize].suffix,
             }
         }
-        node.exact
+        self.nodes[node as usize].exact
     }
 
     /// Number of nodes.
     pub(crate) fn node_count(&self) -> usize {
         self.nodes.len()
+    }
+
+    /// Bytes of nodes, edge table and labels.
+    pub(crate) fn bytes(&self) -> usize {
+        self.nodes.len() * std::mem::size_of::<Node>()
+            + self.edges.len() * std::mem::size_of::<Edge>()
+            + self.labels.len()
     }
 }
 
@@ -167,6 +255,8 @@ mod tests {
             id => lists[id as usize - 1].clone(),
         };
         assert_eq!(all("example.com"), vec![0, 3]);
+        assert_eq!(all("EXAMPLE.Com"), vec![0, 3]);
+        assert_eq!(all("Www.example.com"), vec![0]);
         assert_eq!(all("www.example.com"), vec![0]);
         assert_eq!(all("api.example.com"), vec![0, 1, 2]);
         assert_eq!(all("v1.api.example.com"), vec![0, 2]);

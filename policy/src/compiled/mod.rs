@@ -24,7 +24,7 @@ mod trie;
 use std::net::IpAddr;
 
 use crate::cidr::{canonical_ip, key_of};
-use crate::domain_name::{normalize_into, MAX_NAME_LEN};
+use crate::domain_name::query_name_bytes;
 use crate::error::PolicyError;
 use crate::groups::{group_prefixes, Group, GroupSet, GroupTable};
 use crate::model::{
@@ -296,7 +296,7 @@ impl CompiledPolicy {
             port_classes: self.ports.len(),
             bytes: self.arena.bytes()
                 + trie_bytes
-                + self.domains.node_count() * 64
+                + self.domains.bytes()
                 + lists.0 * 8
                 + lists.1 * 4
                 + self.meta.len() * std::mem::size_of::<RuleMeta>(),
@@ -313,8 +313,7 @@ impl CompiledPolicy {
 
     #[inline]
     fn name_candidates(&self, name: &str) -> CandidateRef {
-        let mut buf = [0u8; MAX_NAME_LEN + 1];
-        match normalize_into(name, &mut buf) {
+        match query_name_bytes(name) {
             Some(n) => self.domains.lookup(n),
             None => NO_CANDIDATES,
         }
@@ -324,8 +323,7 @@ impl CompiledPolicy {
     fn ports_admit(&self, m: &RuleMeta, protocol: Protocol, port: u16) -> bool {
         m.ports_len == 0
             || (protocol.has_ports()
-                && self.port_ranges
-                    [m.ports_start as usize..(m.ports_start + m.ports_len) as usize]
+                && self.port_ranges[m.ports_start as usize..(m.ports_start + m.ports_len) as usize]
                     .iter()
                     .any(|r| r.contains(port)))
     }
@@ -340,15 +338,11 @@ impl CompiledPolicy {
         f2: SetId,
         accept: impl Fn(usize) -> bool,
     ) -> Option<usize> {
-        let a = self
-            .candidates
-            .first(&self.arena, by_addr, f1, f2, &accept);
+        let a = self.candidates.first(&self.arena, by_addr, f1, f2, &accept);
         if by_name == NO_CANDIDATES {
             return a;
         }
-        let n = self
-            .candidates
-            .first(&self.arena, by_name, f1, f2, &accept);
+        let n = self.candidates.first(&self.arena, by_name, f1, f2, &accept);
         match (a, n) {
             (Some(a), Some(n)) => Some(a.min(n)),
             (a, n) => a.or(n),
