@@ -40,9 +40,8 @@
 //! worker re-enables notifications, re-checks the rings to close the race, and blocks.
 //!
 //! * **Frames to a tap** may be written through the ring too ([`EventLoop::writev`], iovecs
-//!   straight into guest memory): a batch of N TX frames then costs no syscall of its own,
-//!   and a full tap makes the kernel wait for room instead of failing with EAGAIN. The TX
-//!   chain stays owned by the device until the write completes.
+//!   straight into guest memory): a batch of N TX frames then costs no syscall of its own.
+//!   The TX chain stays owned by the device until the write completes.
 //!
 //! This module never dereferences guest memory and submits no operation that writes into a
 //! buffer of ours. The only operations that read caller memory are `writev`s, whose owner

@@ -325,6 +325,9 @@ impl NetWorker {
         if result >= 0 {
             NetMetrics::add(&self.metrics.tx_frames, 1);
             NetMetrics::add(&self.metrics.tx_bytes, c.frame.len() as u64);
+        } else if result == -libc::EAGAIN {
+            // The descriptor is non-blocking; a full backend drops, as with `send`.
+            NetMetrics::add(&self.metrics.tx_dropped_backend_busy, 1);
         } else {
             tracing::debug!(errno = -result, "virtio-net: TX write failed");
             NetMetrics::add(&self.metrics.tx_dropped_backend_error, 1);
