@@ -451,3 +451,47 @@ fn mrg_rxbuf_carries_a_64k_gso_frame_over_many_buffers() {
     let got = h.driver.recv_frames(1, T).unwrap();
     assert_eq!(got[0].1, frame(100, 1));
 }
+
+#[test]
+fn driver_ok_with_queues_outside_memory_sets_needs_reset_and_config_irq() {
+    use devices::virtio::{STATUS_ACKNOWLEDGE, STATUS_DEVICE_NEEDS_RESET, STATUS_DRIVER};
+    let (backend, _h) =
+        devices::net::backend::loopback::LoopbackBackend::new(LoopbackMode::Discard).unwrap();
+    let net = devices::net::Net::new(NetConfig::default(), Box::new(backend)).unwrap();
+    let mem =
+        vm_memory::GuestMemoryMmap::<()>::from_ranges(&[(vm_memory::GuestAddress(0), 1 << 20)])
+            .unwrap();
+    let mut t = devices::virtio::mmio::MmioTransport::new(mem, Box::new(net)).unwrap();
+    let w = |t: &mut devices::virtio::mmio::MmioTransport, off: u64, v: u32| {
+        t.write(off, &v.to_le_bytes())
+    };
+    w(&mut t, regs::STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
+    w(&mut t, regs::DRIVER_FEATURES_SEL, 1);
+    w(&mut t, regs::DRIVER_FEATURES, 1); // VERSION_1
+    let st = STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK;
+    w(&mut t, regs::STATUS, st);
+    for q in 0..2 {
+        w(&mut t, regs::QUEUE_SEL, q);
+        w(&mut t, regs::QUEUE_NUM, 256);
+        w(&mut t, regs::QUEUE_DESC_LOW, 0x10_0000); // at the end of 1 MiB: outside
+        w(&mut t, regs::QUEUE_AVAIL_LOW, 0x2000);
+        w(&mut t, regs::QUEUE_USED_LOW, 0x3000);
+        w(&mut t, regs::QUEUE_READY, 1);
+    }
+    w(&mut t, regs::STATUS, st | STATUS_DRIVER_OK);
+    assert_ne!(t.status() & STATUS_DEVICE_NEEDS_RESET, 0);
+    assert!(!t.device().is_activated());
+    let mut b = [0u8; 4];
+    t.read(regs::INTERRUPT_STATUS, &mut b);
+    assert_eq!(
+        u32::from_le_bytes(b) & 2,
+        2,
+        "config-change interrupt raised"
+    );
+    assert_eq!(t.irq_evt().read().unwrap(), 1);
+    // A reset clears it.
+    w(&mut t, regs::STATUS, 0);
+    assert_eq!(t.status(), 0);
+    t.read(regs::INTERRUPT_STATUS, &mut b);
+    assert_eq!(u32::from_le_bytes(b), 0);
+}
