@@ -118,7 +118,9 @@ impl Netstack {
         };
         if let Some(token) = self.flows.lookup(&key) {
             let after = match self.flows.get_mut(token) {
-                Some(Flow::Tcp(conn)) => tcp::on_guest_segment(&mut self.core, conn, f, seg, now),
+                Some(Flow::Tcp(conn)) => {
+                    tcp::on_guest_segment(&mut self.core, &*self.gate, conn, f, seg, now)
+                }
                 _ => After::Keep,
             };
             self.finish_tcp(token, after);
@@ -134,31 +136,41 @@ impl Netstack {
             self.core.metrics.drop_unsupported += 1;
             return;
         }
-        if seg.dst_port == 53 && self.core.addrs.is_gateway(&ip.dst) {
-            // DNS over TCP is not intercepted yet; passing it to host port 53 would bypass
-            // the per-name checks, so it is refused (resolvers then stay on UDP).
-            self.core.metrics.flows_denied += 1;
-            return tcp::push_rst_for(&mut self.core, ip, seg);
-        }
+        let dns = seg.dst_port == 53 && self.core.addrs.is_gateway(&ip.dst);
+        let target = if dns {
+            // DNS over TCP goes to the upstream resolver, each query checked on the way.
+            match self.upstreams.first() {
+                Some(up) => *up,
+                None => return tcp::push_rst_for(&mut self.core, ip, seg),
+            }
+        } else {
+            SocketAddr::new(self.core.addrs.host_target(ip.dst), seg.dst_port)
+        };
         if self.flows.tcp_len() >= self.core.cfg.limits.max_tcp_connections
             || !self.flows.has_room()
         {
             self.core.metrics.flows_over_limit += 1;
             return tcp::push_rst_for(&mut self.core, ip, seg);
         }
+        // DNS is judged per query name (as over UDP), not as a flow.
         let verdict = self.gate.decide(&self.flow_info(
             Direction::Egress,
             FlowProto::Tcp,
             ip.dst,
             seg.dst_port,
         ));
-        if !verdict.allow {
+        if !dns && !verdict.allow {
             self.core.metrics.flows_denied += 1;
             return tcp::push_rst_for(&mut self.core, ip, seg);
         }
         let isn = self.isn(&key);
-        let conn = match tcp::open_from_guest(&self.core, key, seg, isn, now) {
-            Ok(c) => c,
+        let conn = match tcp::open_from_guest(&self.core, key, target, seg, isn, now) {
+            Ok(mut c) => {
+                if dns {
+                    c.dns = Some(Box::default());
+                }
+                c
+            }
             Err(e) => {
                 tracing::debug!(dst = %key.remote, error = %e, "host connect failed at once");
                 self.core.metrics.connect_failures += 1;

@@ -93,6 +93,8 @@ pub(crate) struct TcpConn {
     pub peek_off: bool,
     /// For published-port connections: the host peer that connected (ingress).
     pub ingress_peer: Option<SocketAddr>,
+    /// DNS over TCP to the gateway: per-query checks of the guest's stream.
+    pub dns: Option<Box<super::DnsStream>>,
     /// Cached `SO_SNDBUF` and how many more window computations may use it.
     pub sndbuf: u32,
     pub wnd_calls: u32,
@@ -135,6 +137,7 @@ impl TcpConn {
             queued: false,
             peek_off: false,
             ingress_peer: None,
+            dns: None,
             sndbuf: 0,
             wnd_calls: 0,
             last_wnd: 0,

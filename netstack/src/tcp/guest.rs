@@ -10,10 +10,12 @@ use std::time::Instant;
 use smoltcp::wire::TcpControl;
 
 use super::conn::{push_segment, Header, Segment, TcpConn, TcpState, RTO_INITIAL};
+use super::dns_stream::DnsStreamError;
 use super::After;
 use crate::core::Core;
 use crate::flow_table::FlowKey;
 use crate::frame::{GuestFrame, MAX_SEGS};
+use crate::gate::FlowGate;
 use crate::sys::{self, SockKind};
 
 /// Signed distance from `b` to `a` in sequence space.
@@ -25,11 +27,11 @@ fn seq_diff(a: u32, b: u32) -> i32 {
 pub(crate) fn open_from_guest(
     core: &Core,
     key: FlowKey,
+    target: SocketAddr,
     seg: &Segment,
     isn: u32,
     now: Instant,
 ) -> io::Result<TcpConn> {
-    let target = SocketAddr::new(core.addrs.host_target(key.remote.ip()), key.remote.port());
     let fd = sys::socket(target.is_ipv6(), SockKind::Stream)?;
     sys::connect(fd.as_fd(), &target)?;
     let mut conn = TcpConn::new(key, fd, TcpState::Connecting, isn, now);
@@ -42,6 +44,7 @@ pub(crate) fn open_from_guest(
 /// Handles one guest segment for an existing connection.
 pub(crate) fn on_guest_segment(
     core: &mut Core,
+    gate: &dyn FlowGate,
     conn: &mut TcpConn,
     frame: &GuestFrame<'_, '_>,
     seg: &Segment,
@@ -88,7 +91,7 @@ pub(crate) fn on_guest_segment(
     if let Some(ack) = seg.ack {
         on_ack(core, conn, seg, ack, now);
     }
-    if deliver(core, conn, frame, seg).is_err() {
+    if deliver(core, gate, conn, frame, seg).is_err() {
         return After::Reset;
     }
     if seg.fin {
@@ -176,6 +179,7 @@ fn on_ack(core: &mut Core, conn: &mut TcpConn, seg: &Segment, ack: u32, now: Ins
 /// Writes the segment's new payload to the host socket from guest memory.
 fn deliver(
     core: &mut Core,
+    gate: &dyn FlowGate,
     conn: &mut TcpConn,
     frame: &GuestFrame<'_, '_>,
     seg: &Segment,
@@ -199,6 +203,22 @@ fn deliver(
         return Ok(());
     }
     let len = seg.payload_len - skip;
+    if let Some(dns) = conn.dns.as_mut() {
+        let mut scratch = Vec::new();
+        let fd = conn.fd.as_fd();
+        return match dns.consume(fd, gate, frame, seg.payload_off + skip, len, &mut scratch) {
+            Ok(taken) => {
+                conn.rcv_nxt = conn.rcv_nxt.wrapping_add(taken as u32);
+                core.metrics.bytes_guest_to_host += taken as u64;
+                Ok(())
+            }
+            Err(DnsStreamError::Denied) => {
+                core.metrics.flows_denied += 1;
+                Err(io::Error::from(io::ErrorKind::PermissionDenied))
+            }
+            Err(DnsStreamError::Host(e)) => Err(e),
+        };
+    }
     let mut iov = [IoSlice::new(&[]); MAX_SEGS];
     let Some(n) = frame.payload_iovecs(seg.payload_off + skip, len, &mut iov) else {
         core.metrics.drop_too_fragmented += 1;

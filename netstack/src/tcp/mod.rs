@@ -49,10 +49,12 @@
 //! [`crate::Limits::tcp_idle_timeout`].
 
 mod conn;
+mod dns_stream;
 mod guest;
 mod host;
 
 pub(crate) use conn::{push_rst_for, Segment, TcpConn, TcpState};
+pub(crate) use dns_stream::DnsStream;
 pub(crate) use guest::{on_guest_segment, open_from_guest};
 pub(crate) use host::deadline;
 pub(crate) use host::{next_frame, on_ready, on_timer, Produced};

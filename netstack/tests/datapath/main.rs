@@ -3,6 +3,7 @@
 
 mod basic;
 mod common;
+mod dns_tcp;
 mod ipv6;
 mod netns;
 mod policy;

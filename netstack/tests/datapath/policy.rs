@@ -13,7 +13,7 @@ use smoltcp::wire::{IpAddress, IpEndpoint};
 
 use crate::common::{cfg, connect_gateway, tcp_socket, wait_established};
 
-fn compiled(rules: &str, default_egress: Action) -> Box<CompiledPolicy> {
+pub fn compiled(rules: &str, default_egress: Action) -> Box<CompiledPolicy> {
     let (_, gw) = Harness::new(cfg()).ns.ipv4_addresses();
     let ctx = PolicyContext {
         host_addrs: vec![IpAddr::V4(gw)],
