@@ -259,6 +259,13 @@ pub(crate) fn set_peek_off(fd: BorrowedFd<'_>, off: u32) -> io::Result<()> {
     setsockopt_int(fd, libc::SOL_SOCKET, SO_PEEK_OFF, off)
 }
 
+/// Sets `SO_RCVLOWAT`: poll(2) reports readable only once this many bytes are queued
+/// (or on EOF/error). Non-blocking reads still return whatever is there.
+pub(crate) fn set_rcvlowat(fd: BorrowedFd<'_>, bytes: u32) -> io::Result<()> {
+    let v = i32::try_from(bytes).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVLOWAT, v)
+}
+
 /// Sets `TCP_NODELAY`: the guest already did its own segment coalescing.
 pub(crate) fn set_nodelay(fd: BorrowedFd<'_>) -> io::Result<()> {
     setsockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)

@@ -71,9 +71,13 @@ pub(crate) struct TcpConn {
     pub fin_acked: bool,
     /// The host socket may have unread data (cleared when a peek would block).
     pub host_readable: bool,
-    /// A peek found nothing beyond the in-flight bytes: readiness of the socket means
-    /// nothing until the guest ACKs (then we peek again).
+    /// A peek found nothing beyond the in-flight bytes and `SO_RCVLOWAT` could not be
+    /// raised: readiness of the socket means nothing until the guest ACKs.
     pub peek_exhausted: bool,
+    /// Current `SO_RCVLOWAT` (1 = kernel default). Raised to in-flight + 1 when a peek
+    /// finds nothing new, so poll(2) wakes us for new data only, not for the bytes the
+    /// guest has yet to acknowledge.
+    pub lowat: u32,
     /// We advertised a short window and wait for the host socket to drain.
     pub want_write: bool,
     pub ack_pending: bool,
@@ -124,6 +128,7 @@ impl TcpConn {
             fin_acked: false,
             host_readable: false,
             peek_exhausted: false,
+            lowat: 1,
             want_write: false,
             ack_pending: false,
             syn_pending: false,

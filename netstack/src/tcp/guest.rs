@@ -158,7 +158,9 @@ fn on_ack(core: &mut Core, conn: &mut TcpConn, seg: &Segment, ack: u32, now: Ins
             }
         }
         conn.snd_una = ack;
-        if conn.peek_exhausted {
+        if conn.peek_exhausted || conn.lowat > 1 {
+            // The in-flight amount shrank: look for new data (the next would-block peek
+            // lowers SO_RCVLOWAT to match).
             conn.peek_exhausted = false;
             conn.host_readable = true;
         }

@@ -271,8 +271,16 @@ fn peek_data(
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
             conn.host_readable = false;
             // While bytes are in flight the socket stays readable for poll(2) even with
-            // nothing new behind them; wait for the guest's next ACK instead of spinning.
-            conn.peek_exhausted = in_flight > 0;
+            // nothing new behind them. Ask the kernel to wake us only for new bytes
+            // (SO_RCVLOWAT = in flight + 1); if that fails, wait for the guest's next ACK
+            // instead of spinning.
+            let want = in_flight as u32 + 1;
+            if want != conn.lowat {
+                match sys::set_rcvlowat(conn.fd.as_fd(), want) {
+                    Ok(()) => conn.lowat = want,
+                    Err(_) => conn.peek_exhausted = in_flight > 0,
+                }
+            }
             Ok(None)
         }
         Err(e) => Err(e),
