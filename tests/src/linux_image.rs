@@ -107,9 +107,40 @@ pub struct QemuRun {
 /// Boots `kernel` + `initrd` under `qemu-system-x86_64 -M microvm -accel tcg` with
 /// `cmdline`, killing QEMU after `limit`.
 pub fn run_qemu_tcg(kernel: &Path, initrd: &Path, cmdline: &str, limit: Duration) -> QemuRun {
+    run_qemu_tcg_with(kernel, initrd, cmdline, limit, &[])
+}
+
+/// QEMU arguments for a virtio-net device on QEMU's user network with `restrict=on`: the
+/// guest reaches QEMU's built-in gateway (10.0.2.2, DHCP) and nothing outside.
+pub const QEMU_ISOLATED_NET: &[&str] = &[
+    "-netdev",
+    "user,id=n0,restrict=on",
+    "-device",
+    "virtio-net-device,netdev=n0",
+];
+
+/// [`run_qemu_tcg`] with `extra` QEMU arguments. QEMU appends the `virtio_mmio.device=`
+/// words for bzImage kernels (not for PVH ELFs), so network tests boot the bzImage.
+pub fn run_qemu_tcg_with(
+    kernel: &Path,
+    initrd: &Path,
+    cmdline: &str,
+    limit: Duration,
+    extra: &[&str],
+) -> QemuRun {
     let started = Instant::now();
     let mut child = Command::new("qemu-system-x86_64")
-        .args(["-M", "microvm", "-accel", "tcg", "-cpu", "max", "-m", "256"])
+        .args([
+            "-M",
+            "microvm,acpi=off",
+            "-accel",
+            "tcg",
+            "-cpu",
+            "max",
+            "-m",
+            "256",
+        ])
+        .args(extra)
         .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])
         .args([
             "-serial",

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use ringfence_agent::protocol::cmd_param;
 use ringfence_tests::harness::{run_guest, skip_without_kvm, RunOpts};
-use ringfence_tests::linux_image::{self, have_qemu, run_qemu_tcg, LinuxImage};
+use ringfence_tests::linux_image::{
+    self, have_qemu, run_qemu_tcg, run_qemu_tcg_with, LinuxImage, QEMU_ISOLATED_NET,
+};
 
 fn image_or_skip() -> Option<LinuxImage> {
     match linux_image::find() {
@@ -61,6 +63,55 @@ fn agent_runs_a_command_and_reports_its_status_under_qemu_tcg() {
     );
     println!("status {:?}\n{}", run.status, run.console);
     assert_eq!(run.status, Some(qemu_status(127)));
+}
+
+#[test]
+fn agent_configures_dhcp_and_static_networks_under_qemu_tcg() {
+    let Some(img) = image_or_skip() else { return };
+    if !have_qemu() {
+        println!("SKIPPED: qemu-system-x86_64 is not installed");
+        return;
+    }
+    let show = cmd_param([
+        "sh",
+        "-c",
+        "ip -4 addr show eth0; ip route; cat /etc/resolv.conf; exit 0",
+    ])
+    .unwrap();
+    let limit = Duration::from_secs(180);
+
+    let cmdline = format!("console=ttyS0 panic=-1 {show}");
+    let run = run_qemu_tcg_with(
+        &img.bzimage,
+        &img.initramfs,
+        &cmdline,
+        limit,
+        QEMU_ISOLATED_NET,
+    );
+    println!("dhcp: status {:?}\n{}", run.status, run.console);
+    assert!(run.console.contains("lease of 10.0.2.15 obtained"));
+    assert!(run.console.contains("inet 10.0.2.15/24"));
+    assert_eq!(run.status, Some(qemu_status(0)));
+
+    let cmdline = format!(
+        "console=ttyS0 panic=-1 {show} ringfence.ip=10.0.2.20/24 ringfence.gw=10.0.2.2 ringfence.dns=10.0.2.3"
+    );
+    let run = run_qemu_tcg_with(
+        &img.bzimage,
+        &img.initramfs,
+        &cmdline,
+        limit,
+        QEMU_ISOLATED_NET,
+    );
+    println!("static: status {:?}\n{}", run.status, run.console);
+    assert!(run.console.contains("inet 10.0.2.20/24"));
+    assert!(run.console.contains("default via 10.0.2.2 dev eth0"));
+    assert!(run.console.contains("nameserver 10.0.2.3"));
+    assert!(
+        !run.console.contains("udhcpc"),
+        "a static address must not run DHCP"
+    );
+    assert_eq!(run.status, Some(qemu_status(0)));
 }
 
 #[test]
