@@ -118,6 +118,9 @@ pub struct RunOpts<'a> {
     pub vcpus: Option<u32>,
     /// `--timeout` in seconds (default 20, so a broken guest cannot hang the test).
     pub timeout_secs: Option<u32>,
+    /// `--net` (default `none`: boot tests see exactly the command line they pass, without
+    /// the `virtio_mmio.device=` word a network device adds).
+    pub net: Option<&'a str>,
 }
 
 /// Runs `ringfence run --kernel <kernel>` with `opts` and waits for it.
@@ -136,6 +139,7 @@ pub fn run_guest(kernel: &Path, opts: &RunOpts<'_>) -> RunResult {
     if let Some(v) = opts.vcpus {
         cmd.arg("--vcpus").arg(v.to_string());
     }
+    cmd.arg("--net").arg(opts.net.unwrap_or("none"));
     cmd.arg("--timeout")
         .arg(opts.timeout_secs.unwrap_or(20).to_string());
     cmd.output()

@@ -131,6 +131,7 @@ fn linux_image_boots_under_ringfence() {
                 cmdline: Some(&cmdline),
                 mem_mib: Some(256),
                 timeout_secs: Some(if native.is_ok() { 60 } else { 5 }),
+                net: Some("user"),
                 ..Default::default()
             },
         );
