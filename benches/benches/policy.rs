@@ -128,7 +128,7 @@ fn rule(rng: &mut Rng) -> Rule {
             let addr = Ipv6Addr::from(
                 (0x2001_0db8u128 << 96) | u128::from(rng.next()) << 32 | u128::from(rng.below(16)),
             );
-            let len = [32, 48, 56, 64, 64, 128][rng.below(6) as usize];
+            let len = [40, 48, 56, 64, 64, 128][rng.below(6) as usize];
             Destination::Cidr(IpCidr::new(IpAddr::V6(addr), len).unwrap())
         }
         60..=79 => Destination::Domain(DomainName::parse(&name(rng)).unwrap()),

@@ -25,6 +25,12 @@ pub enum PolicyError {
         /// The rule it came from.
         rule: String,
     },
+    /// A default action (e.g. `--net-default-egress`) is neither `allow` nor `deny`.
+    #[error("bad default action \"{token}\": expected allow or deny")]
+    BadDefaultAction {
+        /// The offending token.
+        token: String,
+    },
     /// The direction is not `egress`, `ingress` or `any`.
     #[error("bad direction \"{token}\" in rule \"{rule}\": expected egress, ingress or any")]
     BadDirection {

@@ -33,6 +33,21 @@ impl Action {
     }
 }
 
+impl std::str::FromStr for Action {
+    type Err = PolicyError;
+
+    /// Parses `allow` or `deny` (e.g. the value of `--net-default-egress`).
+    fn from_str(s: &str) -> Result<Self, PolicyError> {
+        match s.trim() {
+            "allow" => Ok(Action::Allow),
+            "deny" => Ok(Action::Deny),
+            other => Err(PolicyError::BadDefaultAction {
+                token: other.into(),
+            }),
+        }
+    }
+}
+
 /// The direction of a flow: egress leaves the sandbox, ingress enters it (published ports).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -153,6 +153,25 @@ fn error_texts_name_the_token() {
 }
 
 #[test]
+fn default_actions_parse() {
+    assert_eq!("deny".parse::<Action>().unwrap(), Action::Deny);
+    assert_eq!(" allow ".parse::<Action>().unwrap(), Action::Allow);
+    assert_eq!(
+        "block".parse::<Action>().unwrap_err().to_string(),
+        "bad default action \"block\": expected allow or deny"
+    );
+    assert_eq!(
+        "non-local".parse::<policy::Preset>().unwrap(),
+        policy::Preset::NonLocal
+    );
+    assert!("local"
+        .parse::<policy::Preset>()
+        .unwrap_err()
+        .to_string()
+        .contains("expected public-only, none, allow-all or non-local"));
+}
+
+#[test]
 fn icmp_rules_are_egress_only() {
     let e = parse_rule("allow@ingress:*:icmpv4").unwrap_err();
     assert!(matches!(e, PolicyError::IcmpNotEgress { .. }));
