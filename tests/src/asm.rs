@@ -223,6 +223,11 @@ impl Asm {
         self.alu_imm(0, dst, v);
     }
 
+    /// `or r32, imm32`.
+    pub fn or_imm(&mut self, dst: Reg, v: u32) {
+        self.alu_imm(1, dst, v);
+    }
+
     /// `and r32, imm32`.
     pub fn and_imm(&mut self, dst: Reg, v: u32) {
         self.alu_imm(4, dst, v);
@@ -340,6 +345,12 @@ impl Asm {
         self.modrm_reg(s as u8, dst);
     }
 
+    /// `mov sreg, r16` (loads the segment register from a GDT selector).
+    pub fn mov_to_sreg(&mut self, s: Sreg, src: Reg) {
+        self.code.push(0x8e);
+        self.modrm_reg(s as u8, src);
+    }
+
     /// `sgdt [base + disp]`.
     pub fn sgdt(&mut self, base: Reg, disp: i32) {
         self.code.extend_from_slice(&[0x0f, 0x01]);
@@ -349,6 +360,11 @@ impl Asm {
     /// `rdmsr` (ecx = MSR; result in edx:eax).
     pub fn rdmsr(&mut self) {
         self.code.extend_from_slice(&[0x0f, 0x32]);
+    }
+
+    /// `wrmsr` (ecx = MSR; value from edx:eax).
+    pub fn wrmsr(&mut self) {
+        self.code.extend_from_slice(&[0x0f, 0x30]);
     }
 
     /// `cld`.

@@ -367,9 +367,16 @@ fn locate_descriptor(k: &mut Kernel, s: Sreg, code: u32) {
 
 /// Builds the PVH conformance kernel (an ELF file) for `expect`.
 pub fn pvh_kernel(expect: &Expect) -> Vec<u8> {
+    pvh_kernel_with_prelude(expect, |_| {})
+}
+
+/// [`pvh_kernel`] with `prelude` run at the entry before any check: tests use it to damage
+/// the handed-over state (e.g. clear `ebx`) and prove the matching check fails.
+pub fn pvh_kernel_with_prelude(expect: &Expect, prelude: impl FnOnce(&mut Asm)) -> Vec<u8> {
     check_expect(expect);
     let mut k = Kernel::new(Mode::Bits32, LOAD_ADDR);
     let addrs = Addrs::at(LOAD_ADDR);
+    prelude(&mut k.asm);
     k.asm.mov_imm(Reg::Sp, addrs.stack_top);
     k.check_interrupts_off();
 
@@ -463,11 +470,17 @@ pub fn pvh_kernel(expect: &Expect) -> Vec<u8> {
 /// Builds the bzImage conformance kernel for `expect`: its 64-bit entry (load address + 0x200)
 /// runs the checks; the 32-bit entry at the load address is a `ud2`.
 pub fn bzimage_kernel(expect: &Expect) -> Vec<u8> {
+    bzimage_kernel_with_prelude(expect, |_| {})
+}
+
+/// [`bzimage_kernel`] with `prelude` run at the 64-bit entry before any check.
+pub fn bzimage_kernel_with_prelude(expect: &Expect, prelude: impl FnOnce(&mut Asm)) -> Vec<u8> {
     use crate::images::{hdr, zero_page};
     check_expect(expect);
     let base = LOAD_ADDR + 0x200;
     let mut k = Kernel::new(Mode::Bits64, base);
     let addrs = Addrs::at(base);
+    prelude(&mut k.asm);
     k.asm.mov_ptr(Reg::Bx, Reg::Si);
     k.asm.mov_imm(Reg::Sp, addrs.stack_top);
     k.check_interrupts_off();

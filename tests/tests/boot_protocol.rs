@@ -2,7 +2,11 @@
 //! what `ringfence run` handed them (CPU state, boot info, memory map, command line, initrd)
 //! and exit through port 0xf4 with 0 or the code of the first failed check.
 
-use ringfence_tests::conformance::{bzimage_kernel, codes, pvh_kernel, Expect, InitrdExpect};
+use ringfence_tests::asm::{Reg, Sreg};
+use ringfence_tests::conformance::{
+    bzimage_kernel, bzimage_kernel_with_prelude, codes, pvh_kernel, pvh_kernel_with_prelude,
+    Expect, InitrdExpect,
+};
 use ringfence_tests::harness::{run_guest, skip_without_kvm, RunOpts, TempDir};
 
 /// Which of the two kernels to build.
@@ -178,4 +182,96 @@ fn pvh_kernel_checks_can_fail() {
 #[test]
 fn bzimage_kernel_checks_can_fail() {
     wrong_expectations_fail(Proto::BzImage);
+}
+
+/// The boot-info pointer check can fail: with `ebx`/`rsi` cleared at entry, the kernels read
+/// the magic at the wrong place and report it.
+#[test]
+fn a_lost_boot_info_pointer_is_detected() {
+    if skip_without_kvm() {
+        return;
+    }
+    let cmdline = "console=ttyS0";
+    let e = expect_for(cmdline, 128, None);
+    let dir = TempDir::new("sabotage");
+    for (name, kernel) in [
+        (
+            "pvh",
+            pvh_kernel_with_prelude(&e, |a| a.xor(Reg::Bx, Reg::Bx)),
+        ),
+        (
+            "bzimage",
+            bzimage_kernel_with_prelude(&e, |a| a.xor(Reg::Si, Reg::Si)),
+        ),
+    ] {
+        let path = dir.file(name, &kernel);
+        let r = run_guest(
+            &path,
+            &RunOpts {
+                cmdline: Some(cmdline),
+                mem_mib: Some(128),
+                ..Default::default()
+            },
+        );
+        assert_eq!(
+            r.status,
+            Some(codes::BAD_MAGIC as i32),
+            "{name}: {}",
+            r.stderr
+        );
+    }
+}
+
+/// Builds `kernel`, runs it with a plain command line and 128 MiB, and returns the status.
+fn run_sabotaged(name: &str, kernel: Vec<u8>) -> Option<i32> {
+    let dir = TempDir::new("sabotage");
+    let path = dir.file(name, &kernel);
+    let r = run_guest(
+        &path,
+        &RunOpts {
+            cmdline: Some("console=ttyS0"),
+            mem_mib: Some(128),
+            ..Default::default()
+        },
+    );
+    println!("{name}: {:?} {}", r.status, r.stderr.trim());
+    r.status
+}
+
+/// The CPU-state checks can fail: a data segment register reloaded with the (readable) code
+/// selector fails the segment check in both kernels; EFER.LME set before the PVH checks fails the
+/// EFER check.
+#[test]
+fn damaged_cpu_state_is_detected() {
+    if skip_without_kvm() {
+        return;
+    }
+    let e = expect_for("console=ttyS0", 128, None);
+    // ES, not DS: the code segment is not writable and the PVH kernel writes through DS.
+    let pvh_es = pvh_kernel_with_prelude(&e, |a| {
+        a.mov_imm(Reg::Ax, 0x08);
+        a.mov_to_sreg(Sreg::Es, Reg::Ax);
+    });
+    assert_eq!(
+        run_sabotaged("pvh-es", pvh_es),
+        Some(codes::DATA_SEGMENTS_WRONG as i32)
+    );
+    let bz_ds = bzimage_kernel_with_prelude(&e, |a| {
+        a.mov_imm(Reg::Ax, 0x10);
+        a.mov_to_sreg(Sreg::Ds, Reg::Ax);
+    });
+    assert_eq!(
+        run_sabotaged("bz-ds", bz_ds),
+        Some(codes::DATA_SEGMENTS_WRONG as i32)
+    );
+    let pvh_lme = pvh_kernel_with_prelude(&e, |a| {
+        a.mov_imm(Reg::Cx, 0xc000_0080);
+        a.rdmsr();
+        a.or_imm(Reg::Ax, 1 << 8);
+        a.wrmsr();
+    });
+    assert_eq!(
+        run_sabotaged("pvh-lme", pvh_lme),
+        Some(codes::EFER_WRONG as i32)
+    );
 }
