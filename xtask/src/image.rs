@@ -588,7 +588,7 @@ impl Cpio {
     }
 
     fn pad(&mut self) {
-        while !self.out.len().is_multiple_of(4) {
+        while self.out.len() & 3 != 0 {
             self.out.push(0);
         }
     }
