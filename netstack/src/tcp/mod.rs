@@ -31,7 +31,10 @@
 //! buffer, which frees them without copying (the alternative, reading into a scratch
 //! buffer, would cost one extra copy per byte; MSG_TRUNC costs nothing but is Linux-only).
 //! A retransmission (timeout or three duplicate ACKs) simply rewinds the peek offset to
-//! zero. If the kernel lacks `SO_PEEK_OFF` for TCP (before 6.10), each peek instead
+//! zero. Because unacknowledged bytes stay queued, the socket is always "readable" for
+//! poll(2) while anything is in flight; when a peek finds nothing new we raise
+//! `SO_RCVLOWAT` to the in-flight amount + 1, so the event loop wakes us for new bytes
+//! (or EOF/errors) only, and lower it again as ACKs arrive. If the kernel lacks `SO_PEEK_OFF` for TCP (before 6.10), each peek instead
 //! starts with a discard iovec covering the bytes already in flight: correct, but it
 //! copies in-flight bytes again per segment, so the in-flight amount is then capped.
 //! We respect the guest's advertised window (scaled by its window-scale option) and its
@@ -40,6 +43,10 @@
 //! **Copies per payload byte:** guest->host 1 (kernel, into the socket), host->guest 1
 //! (kernel, out of the socket into guest memory). Headers are built on our stack and
 //! copied into the guest buffer (54-74 bytes per segment).
+//!
+//! **DNS over TCP** to the gateway is relayed to the upstream resolver, but the start of
+//! every query (up to its question) is held and checked by the flow gate before it leaves
+//! ([`dns_stream`]).
 //!
 //! **Closing.** A guest FIN becomes `shutdown(SHUT_WR)` once all data before it was
 //! accepted; a host EOF (peek returns 0) becomes a FIN to the guest after all queued
