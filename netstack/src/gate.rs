@@ -135,6 +135,23 @@ impl FlowGate for policy::CompiledPolicy {
     }
 }
 
+/// A policy that another thread (the control plane) can swap at runtime, read lock-free
+/// on every decision. After a swap, call [`crate::Netstack::rejudge_flows`] on the device
+/// thread so flows the new policy denies are cut.
+pub type SwappableGate = std::sync::Arc<arc_swap::ArcSwap<policy::CompiledPolicy>>;
+
+impl FlowGate for arc_swap::ArcSwap<policy::CompiledPolicy> {
+    fn decide(&self, flow: &FlowInfo<'_>) -> Verdict {
+        FlowGate::decide(&**self.load(), flow)
+    }
+    fn decide_dns(&self, name: &str) -> Verdict {
+        FlowGate::decide_dns(&**self.load(), name)
+    }
+    fn check_dns_answer(&self, name: &str, addr: IpAddr) -> Verdict {
+        FlowGate::check_dns_answer(&**self.load(), name, addr)
+    }
+}
+
 /// A shared gate (e.g. one policy for several VMs).
 impl<G: FlowGate + Sync + ?Sized> FlowGate for std::sync::Arc<G> {
     fn decide(&self, flow: &FlowInfo<'_>) -> Verdict {

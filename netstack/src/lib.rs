@@ -46,7 +46,7 @@ pub mod testkit;
 pub use crate::config::{Limits, NetConfig, PortProto, PublishedPort};
 pub use crate::core::{FdInterest, InterestOp, RxGso, RxMeta, TxMeta};
 pub use crate::error::NetError;
-pub use crate::gate::{AllowAll, Direction, FlowGate, FlowInfo, FlowProto, Verdict};
+pub use crate::gate::{AllowAll, Direction, FlowGate, FlowInfo, FlowProto, SwappableGate, Verdict};
 pub use crate::metrics::NetMetrics;
 pub use crate::stack::Netstack;
 pub use crate::sys::poll;

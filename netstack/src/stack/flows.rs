@@ -4,11 +4,17 @@
 use super::*;
 
 impl Netstack {
-    /// Replaces the flow gate (policy swap, design §7) and re-judges every live flow:
-    /// TCP flows the new gate denies are reset both ways, UDP flows are closed.
-    /// Returns how many flows were cut.
+    /// Replaces the flow gate (policy swap, design §7) and re-judges every live flow
+    /// ([`rejudge_flows`](Self::rejudge_flows)). Returns how many flows were cut.
     pub fn set_gate(&mut self, gate: Box<dyn FlowGate>) -> usize {
         self.gate = gate;
+        self.rejudge_flows()
+    }
+
+    /// Asks the gate again about every live flow: TCP flows it now denies are reset both
+    /// ways, UDP flows are closed. Call after the policy behind a shared gate (e.g.
+    /// [`SwappableGate`](crate::SwappableGate)) was swapped. Returns how many were cut.
+    pub fn rejudge_flows(&mut self) -> usize {
         let tokens: Vec<u64> = self.flows.tokens().collect();
         let mut cut = 0;
         for token in tokens {

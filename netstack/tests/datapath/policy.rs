@@ -227,3 +227,26 @@ fn dns_roundtrip(h: &mut Harness, name: &str) -> Option<Vec<u8>> {
     });
     answer
 }
+
+#[test]
+fn swappable_gate_swap_then_rejudge_cuts_flow() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let _server = std::thread::spawn(move || l.accept().map(|(c, _)| c));
+    let shared: netstack::SwappableGate = std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(
+        *compiled("allow@host:tcp", Action::Deny),
+    ));
+    let mut h = Harness::with_gate(cfg(), Box::new(shared.clone()));
+    let s = tcp_socket(&mut h, 4096);
+    connect_gateway(&mut h, s, port, 43020);
+    assert!(wait_established(&mut h, s));
+    assert_eq!(h.ns.rejudge_flows(), 0, "still allowed");
+    // The control plane swaps the policy from another thread.
+    std::thread::scope(|sc| {
+        sc.spawn(|| shared.store(std::sync::Arc::new(*compiled("deny@host", Action::Deny))));
+    });
+    assert_eq!(h.ns.rejudge_flows(), 1);
+    assert!(h.run_until(10_000, Duration::from_secs(5), |h| {
+        h.sockets.get::<tcp::Socket>(s).state() == tcp::State::Closed
+    }));
+}
