@@ -363,3 +363,28 @@ fn generators_make_rules_and_queries_collide() {
         "only {by_name}/{total} decisions came from name rules"
     );
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    /// Parsers take user input: they must return errors, never panic, on any text.
+    #[test]
+    fn parsers_never_panic(
+        text in "[a-z@:,.*/\\[\\]0-9 -]{0,40}",
+        raw in any::<String>(),
+        name in "[A-Za-z0-9._-]{0,70}",
+    ) {
+        for t in [&text, &raw] {
+            let _ = policy::parse_rule(t);
+            let _ = policy::parse_rules(t);
+            let _ = policy::parse_host_pattern(t);
+            let _ = Policy::from_json(t);
+            let _ = Policy::from_toml(t);
+        }
+        let p = policy::Preset::PublicOnly.policy();
+        let c = p.compile(&ctx()).unwrap();
+        let l = LinearPolicy::new(&p, &ctx());
+        prop_assert_eq!(c.decide_dns_query(&name), l.decide_dns_query(&name));
+        prop_assert_eq!(c.decide_dns_query(&raw), l.decide_dns_query(&raw));
+    }
+}
