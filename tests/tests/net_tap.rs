@@ -187,7 +187,7 @@ fn bad_network_settings_fail_before_boot() {
         !stdout(&o).contains("probe: ready"),
         "must fail before boot"
     );
-    let o = run(&["--pcap", "/tmp/x.pcap"]);
+    let o = run(&["--net", "none", "--pcap", "/tmp/x.pcap"]);
     assert_eq!(o.status.code(), Some(125));
     assert!(
         stderr(&o).contains("--pcap needs a network device"),

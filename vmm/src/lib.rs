@@ -12,6 +12,7 @@ pub mod exit;
 pub mod io;
 pub mod kvm;
 pub mod layout;
+pub mod linux_image;
 pub mod net;
 pub mod net_policy;
 pub mod net_user;

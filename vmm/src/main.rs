@@ -45,6 +45,10 @@ enum Command {
 
 #[derive(clap::Args)]
 struct RunArgs {
+    /// Boot the Linux guest image (`cargo xtask image`) and run ARGS in it as a command; exit
+    /// with its status. Needs a host where guest kernels run at full speed (`ringfence doctor`).
+    #[arg(long, conflicts_with = "kernel")]
+    linux: bool,
     /// Kernel to boot: a PVH ELF (vmlinux, the probe guest) or a bzImage. Default: the probe
     /// guest built by `cargo xtask` (or $RINGFENCE_PROBE).
     #[arg(long, value_name = "FILE")]
@@ -118,7 +122,8 @@ struct RunArgs {
     /// hosts its teardown costs ~10 ms per VM).
     #[arg(long)]
     no_pit: bool,
-    /// Extra kernel command-line words (for the probe guest: probe.scenario=... and friends).
+    /// Extra kernel command-line words (for the probe guest: probe.scenario=... and friends),
+    /// or with --linux the command to run in the guest.
     #[arg(last = true, value_name = "ARGS")]
     args: Vec<String>,
 }
@@ -149,7 +154,26 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: RunArgs) -> Result<u8, String> {
+fn run(mut args: RunArgs) -> Result<u8, String> {
+    if args.linux {
+        if args.args.is_empty() {
+            return Err(
+                "--linux needs a command after --, e.g. ringfence run --linux -- uname -a".into(),
+            );
+        }
+        let report = doctor::run(true);
+        if report.kernel_speed != doctor::GuestKernelSpeed::Native {
+            return Err(format!(
+                "--linux cannot run here: {} (see `ringfence doctor`)",
+                report.linux_verdict()
+            ));
+        }
+        let image = ringfence::linux_image::find()?;
+        args.cmdline = ringfence::linux_image::cmdline(&args.args, &args.cmdline)?;
+        args.args.clear();
+        args.kernel = Some(image.kernel);
+        args.initrd = args.initrd.or(Some(image.initrd));
+    }
     let (kernel, is_probe) = match args.kernel {
         Some(k) => (k, false),
         None => match probe_image::find() {

@@ -208,6 +208,9 @@ impl Vm {
         if let Some(bsp) = vcpus.first() {
             regs::set_entry_state(bsp, &mem, loaded.entry)?;
         }
+        // Linux finds its APs (and the IOAPIC) through the MP table.
+        boot::mptable::write(&mem, cfg.vcpus)
+            .map_err(|e| BootError::BootParams(format!("MP table: {e}")))?;
 
         let bus = Arc::new(bus);
         let shared = Arc::new(VmShared::new().map_err(setup("exit eventfd"))?);

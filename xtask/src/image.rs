@@ -137,16 +137,23 @@ pub fn run(args: &[String]) -> Result<()> {
         }
     }
     let image = build(jobs)?;
+    link_latest(&image.dir)?;
     println!("\nLinux guest image ready in {}:", image.dir.display());
     println!("  vmlinux    {}", image.vmlinux.display());
     println!("  bzImage    {}", image.bzimage.display());
     println!("  initramfs  {}", image.initramfs.display());
     println!(
-        "run it (on a host where `ringfence doctor` says Linux guests run):\n  ringfence run --kernel {} --initrd {} --cmdline \"console=ttyS0 ringfence.cmd=uname,-a\"",
-        image.bzimage.display(),
-        image.initramfs.display()
+        "run it (on a host where `ringfence doctor` says Linux guests run):\n  ringfence run --linux -- uname -a"
     );
     Ok(())
+}
+
+/// Points `~/.cache/ringfence/linux` at the newest image, where `ringfence run --linux` looks.
+fn link_latest(dir: &Path) -> Result<()> {
+    let link = cache_dir()?.join("linux");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(dir, &link)
+        .with_context(|| format!("linking {} to {}", link.display(), dir.display()))
 }
 
 /// Builds (or finds in the cache) the kernel and the initramfs.

@@ -3,6 +3,7 @@
 mod bench;
 mod demo;
 mod deps;
+mod image;
 mod probe;
 mod test;
 mod util;
@@ -18,6 +19,9 @@ commands:
                        fmt --check, clippy -D warnings, build the probe guest, run every test
   bench [boot] [--quick] [--runs N]
                        benchmarks against QEMU on the same probe guest; writes target/bench/
+  bench --linux        the same with the Linux guest (refuses where guest kernels are emulated)
+  image                build the Linux guest image (kernel 6.1 + initramfs with the agent),
+                       cached in ~/.cache/ringfence/linux-<hash>/
   probe                build the probe guest only (cached in ~/.cache/ringfence)
 ";
 
@@ -28,6 +32,7 @@ fn main() -> ExitCode {
         Some("test") => test::run_all(&args[1..]),
         Some("bench") => bench::run(&args[1..]),
         Some("probe") => probe::build().map(|p| println!("{}", p.display())),
+        Some("image") => image::run(&args[1..]),
         Some("-h") | Some("--help") | Some("help") | None => {
             print!("{USAGE}");
             return ExitCode::SUCCESS;

@@ -5,6 +5,7 @@
 //! rf-peer source  ADDR BYTES [--conns N] [--timeout S] send BYTES of the pattern i % 251
 //! rf-peer echo    ADDR [--conns N] [--timeout S]       echo each connection until EOF
 //! rf-peer udp-echo ADDR [--max N] [--timeout S]        echo datagrams until idle
+//! rf-peer dns     ADDR NAME=IP[,IP]... [--timeout S]   static DNS responder (UDP)
 //! ```
 //! Prints `listening ADDR` once bound, then one JSON line per connection.
 
@@ -45,6 +46,22 @@ fn run(args: Vec<String>) -> Result<(), String> {
         .map_err(|e| format!("bad ADDR: {e}"))?;
     let conns = flag(&args, "--conns", 1)?;
     let timeout = Duration::from_secs(flag(&args, "--timeout", 60)?);
+    if mode == "dns" {
+        let entries: Vec<String> = args[2..]
+            .iter()
+            .take_while(|a| !a.starts_with("--"))
+            .cloned()
+            .collect();
+        let zone = benches::dns::parse_zone(&entries)?;
+        let sock = UdpSocket::bind(addr).map_err(|e| format!("cannot bind {addr}: {e}"))?;
+        println!(
+            "listening {}",
+            sock.local_addr().map_err(|e| e.to_string())?
+        );
+        let n = benches::dns::serve(&sock, &zone, timeout).map_err(|e| e.to_string())?;
+        println!("{{\"role\":\"dns\",\"answered\":{n}}}");
+        return Ok(());
+    }
     if mode == "udp-echo" {
         let sock = UdpSocket::bind(addr).map_err(|e| format!("cannot bind {addr}: {e}"))?;
         println!(

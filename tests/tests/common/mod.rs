@@ -168,19 +168,9 @@ impl TapNetns {
 
     /// Starts `rf-peer ARGS` inside the namespace and waits for its `listening` line.
     pub fn peer(&self, args: &[&str]) -> Child {
-        use std::io::{BufRead, BufReader};
-        let mut child = self
-            .command(&peer_bin())
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn rf-peer");
-        let out = child.stdout.as_mut().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(out).read_line(&mut line).expect("read peer");
-        assert!(line.starts_with("listening"), "rf-peer said {line:?}");
-        child
+        let mut cmd = self.command(&peer_bin());
+        cmd.args(args);
+        start_peer(cmd).0
     }
 
     /// Runs the probe under ringfence inside the namespace with `--net tap:rft0`.
@@ -204,6 +194,31 @@ impl Drop for TapNetns {
             .args(["netns", "del", &self.name])
             .output();
     }
+}
+
+/// Starts an `rf-peer` command, waits for `listening ADDR` and returns the bound address.
+pub fn start_peer(mut cmd: Command) -> (Child, std::net::SocketAddr) {
+    use std::io::{BufRead, BufReader};
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn rf-peer");
+    let out = child.stdout.as_mut().expect("stdout");
+    let mut line = String::new();
+    BufReader::new(out).read_line(&mut line).expect("read peer");
+    let addr = line
+        .strip_prefix("listening ")
+        .and_then(|a| a.trim().parse().ok())
+        .unwrap_or_else(|| panic!("rf-peer said {line:?}"));
+    (child, addr)
+}
+
+/// Starts `rf-peer ARGS` on this host (for user-mode tests: loopback only).
+pub fn host_peer(args: &[&str]) -> (Child, std::net::SocketAddr) {
+    let mut cmd = Command::new(peer_bin());
+    cmd.args(args);
+    start_peer(cmd)
 }
 
 /// The peer's last JSON line (after it exits).

@@ -7,6 +7,7 @@
 pub mod bzimage;
 pub mod initrd;
 pub mod memmap;
+pub mod mptable;
 pub mod pvh;
 
 use std::fs::File;

@@ -34,6 +34,8 @@ pub fn ringfence_cmd(bin: &Path, probe: &Path, cmdline: &str) -> Command {
         .arg(probe)
         .args(["--mem", &GUEST_MEM_MIB.to_string()])
         .arg("--no-pit")
+        // QEMU gets no network device either.
+        .args(["--net", "none"])
         .args(["--cmdline", cmdline]);
     c
 }

@@ -73,7 +73,7 @@ pub fn run(args: &[String]) -> Result<()> {
         }
     }
     let dir = target_dir().join("bench");
-    report.write(&dir, "qemu-microvm")?;
+    report.write(&dir)?;
     if let Some(svg) = svg::grouped_bars(
         &report,
         "TCP throughput, probe guest (higher is better)",

@@ -136,13 +136,14 @@ impl NetBench<'_> {
                     .arg(self.probe)
                     .args(["--mem", &GUEST_MEM_MIB.to_string(), "--no-pit"])
                     .args(["--timeout", "170"])
-                    .arg("--net")
-                    .arg(if system == System::RingfenceTap {
-                        "tap:rfb0"
-                    } else {
-                        "user"
-                    })
-                    .args(["--cmdline", &cmdline]);
+                    .args(["--cmdline", &cmdline])
+                    .arg("--net");
+                if system == System::RingfenceTap {
+                    c.arg("tap:rfb0");
+                } else {
+                    // The peer is on the host's loopback: the `host` group must be allowed.
+                    c.args(["user", "--net-rule", "allow@host"]);
+                }
                 c
             }
             System::QemuTap | System::QemuPasst | System::QemuUser => {

@@ -1,5 +1,5 @@
-//! The benchmark's own network namespace: a tap at 192.0.2.1 for the tap systems, and a dummy
-//! interface with a default route so that passt (which copies the host's addressing) has
+//! The benchmark's own network namespace: a tap at 192.0.2.1 for the tap systems, and a veth
+//! link with a default route so that passt (which copies the host's addressing) has
 //! something to copy. Traffic never leaves this namespace.
 
 use std::path::Path;
@@ -34,7 +34,7 @@ fn ip(args: &[&str]) -> Result<()> {
 }
 
 impl BenchNetns {
-    /// Creates `rf-bench-<pid>` with tap `rfb0` (vnet_hdr) and dummy `rfd0`.
+    /// Creates `rf-bench-<pid>` with tap `rfb0` (vnet_hdr) and veth `rfd0`/`rfd1`.
     pub fn create() -> Result<Self> {
         let name = format!("rf-bench-{}", std::process::id());
         let _ = Command::new("ip").args(["netns", "del", &name]).output();
@@ -45,9 +45,13 @@ impl BenchNetns {
         ip(&["-n", n, "tuntap", "add", "rfb0", "mode", "tap", "vnet_hdr"])?;
         ip(&["-n", n, "addr", "add", "192.0.2.1/24", "dev", "rfb0"])?;
         ip(&["-n", n, "link", "set", "rfb0", "up"])?;
-        ip(&["-n", n, "link", "add", "rfd0", "type", "dummy"])?;
+        // No `dummy` driver on our kernels: a veth pair gives passt an addressed, routed link.
+        ip(&[
+            "-n", n, "link", "add", "rfd0", "type", "veth", "peer", "name", "rfd1",
+        ])?;
         ip(&["-n", n, "addr", "add", "198.51.100.1/24", "dev", "rfd0"])?;
         ip(&["-n", n, "link", "set", "rfd0", "up"])?;
+        ip(&["-n", n, "link", "set", "rfd1", "up"])?;
         ip(&["-n", n, "route", "add", "default", "via", "198.51.100.254"])?;
         Ok(ns)
     }

@@ -77,19 +77,20 @@ impl Report {
         json!({"results": results, "host": self.host, "date": date, "notes": self.notes})
     }
 
-    /// The Markdown form: one table per metric with median, p90, spread and the ratio to
-    /// `baseline`.
-    pub fn to_markdown(&self, date: &str, baseline: &str) -> String {
+    /// The Markdown form: one row per metric and system with median, p90, spread and the
+    /// ratio to that metric's baseline (see [`baseline_for`]).
+    pub fn to_markdown(&self, date: &str) -> String {
         let mut md = String::new();
         let _ = writeln!(md, "# ringfence benchmark report\n");
         let _ = writeln!(md, "Date: {date}  ");
         let _ = writeln!(md, "Host: {}\n", self.host);
         let _ = writeln!(
             md,
-            "| metric | system | median | p90 | min–max | runs | vs {baseline} |"
+            "| metric | system | median | p90 | min–max | runs | ratio to baseline |"
         );
         let _ = writeln!(md, "|---|---|---|---|---|---|---|");
         for m in &self.metrics {
+            let baseline = baseline_for(&m.system, &m.metric);
             let base = self
                 .metrics
                 .iter()
@@ -97,7 +98,7 @@ impl Report {
                 .map(Metric::median);
             let ratio = match base {
                 Some(b) if b > 0.0 => format!(
-                    "{:.2}x ({} is better)",
+                    "{:.2}x vs {baseline} ({} is better)",
                     m.median() / b,
                     if m.lower_is_better { "lower" } else { "higher" }
                 ),
@@ -124,15 +125,28 @@ impl Report {
     }
 
     /// Writes `report.json` and `report.md` into `dir`.
-    pub fn write(&self, dir: &Path, baseline: &str) -> Result<()> {
+    pub fn write(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let date = today();
         std::fs::write(
             dir.join("report.json"),
             serde_json::to_string_pretty(&self.to_json(&date))?,
         )?;
-        std::fs::write(dir.join("report.md"), self.to_markdown(&date, baseline))?;
+        std::fs::write(dir.join("report.md"), self.to_markdown(&date))?;
         Ok(())
+    }
+}
+
+/// The system each result is compared with: QEMU microvm for boot, QEMU on a tap for the tap
+/// systems, QEMU with passt for the user-mode systems (the goals in the issues are ratios
+/// against these).
+pub fn baseline_for(system: &str, metric: &str) -> &'static str {
+    if metric.starts_with("boot_") || metric == "vmm_cpu_ms" || metric == "rss_overhead_mib" {
+        "qemu-microvm"
+    } else if system.ends_with("-tap") {
+        "qemu-tap"
+    } else {
+        "qemu-passt"
     }
 }
 

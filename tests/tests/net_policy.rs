@@ -1,0 +1,220 @@
+//! End-to-end on KVM: the network policy enforced on a real guest's flows and DNS.
+//!
+//! ringfence runs inside a namespace the test creates, whose loopback also carries the
+//! "public" TEST-NET servers (203.0.113.10, 203.0.113.11), a fake metadata server
+//! (169.254.169.254) and a private address (10.1.2.3), all served by one rf-peer listening on
+//! 0.0.0.0, plus a static DNS resolver (rf-peer dns) the netstack forwards to.
+
+mod common;
+
+use std::process::{Child, Command, Output, Stdio};
+
+use common::*;
+
+struct PolicyNetns {
+    name: String,
+    port: u16,
+    dns_port: u16,
+    children: Vec<Child>,
+}
+
+fn ip(args: &[&str]) {
+    let o = Command::new("ip").args(args).output().expect("ip");
+    assert!(o.status.success(), "ip {args:?}: {}", stderr(&o));
+}
+
+impl PolicyNetns {
+    fn new(tag: &str) -> Self {
+        let name = format!("rf-pol-{}-{tag}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        ip(&["netns", "add", &name]);
+        ip(&["-n", &name, "link", "set", "lo", "up"]);
+        for a in [
+            "203.0.113.10/32",
+            "203.0.113.11/32",
+            "169.254.169.254/32",
+            "10.1.2.3/32",
+        ] {
+            ip(&["-n", &name, "addr", "add", a, "dev", "lo"]);
+        }
+        let mut ns = PolicyNetns {
+            name,
+            port: 0,
+            dns_port: 0,
+            children: Vec::new(),
+        };
+        let mut c = ns.command(&peer_bin());
+        c.args(["echo", "0.0.0.0:0", "--conns", "1000", "--timeout", "120"]);
+        let (child, addr) = start_peer(c);
+        ns.port = addr.port();
+        ns.children.push(child);
+        let mut c = ns.command(&peer_bin());
+        c.args([
+            "dns",
+            "127.0.0.1:0",
+            "api.test=203.0.113.10",
+            "evil.test=203.0.113.11",
+            "rebind.test=10.1.2.3",
+            "--timeout",
+            "120",
+        ]);
+        let (child, addr) = start_peer(c);
+        ns.dns_port = addr.port();
+        ns.children.push(child);
+        ns
+    }
+
+    fn command(&self, program: &std::path::Path) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name]).arg(program);
+        c
+    }
+
+    /// Boots the probe with `flags` and `words` on `--net user` using our resolver.
+    fn probe(&self, probe: &std::path::Path, flags: &[&str], words: &[String]) -> Output {
+        self.command(&ringfence_bin())
+            .args(["run", "--kernel"])
+            .arg(probe)
+            .args(["--net", "user", "--timeout", "60"])
+            .args(["--dns", &format!("127.0.0.1:{}", self.dns_port)])
+            .args(flags)
+            .arg("--")
+            .args(words)
+            .arg("probe.timeout_ms=3000")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run ringfence")
+    }
+
+    fn connect(&self, probe: &std::path::Path, flags: &[&str], host: &str) -> Output {
+        self.probe(
+            probe,
+            flags,
+            &[
+                "probe.scenario=connect".into(),
+                format!("probe.peer={host}:{}", self.port),
+            ],
+        )
+    }
+
+    fn resolve(&self, probe: &std::path::Path, flags: &[&str], name: &str) -> Output {
+        self.probe(
+            probe,
+            flags,
+            &[
+                "probe.scenario=resolve".into(),
+                format!("probe.name={name}"),
+            ],
+        )
+    }
+}
+
+impl Drop for PolicyNetns {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+fn code(o: &Output) -> Option<i32> {
+    o.status.code()
+}
+
+#[test]
+fn default_preset_reaches_public_and_refuses_metadata_private_and_host() {
+    let probe = require!(netns_ready());
+    let ns = PolicyNetns::new("default");
+    let o = ns.connect(&probe, &[], "203.0.113.10");
+    assert_eq!(code(&o), Some(0), "public: {}\n{}", stdout(&o), stderr(&o));
+    for (host, what) in [
+        ("169.254.169.254", "metadata"),
+        ("10.1.2.3", "private"),
+        ("172.16.0.1", "host (gateway alias)"),
+    ] {
+        let o = ns.connect(&probe, &[], host);
+        assert_eq!(code(&o), Some(1), "{what} must be refused: {}", stdout(&o));
+        assert!(
+            stderr(&o).contains("policy denied"),
+            "{what}: {}",
+            stderr(&o)
+        );
+    }
+}
+
+#[test]
+fn allow_host_opens_the_host_and_deny_rules_win_first() {
+    let probe = require!(netns_ready());
+    let ns = PolicyNetns::new("host");
+    let o = ns.connect(&probe, &["--net-rule", "allow@host"], "172.16.0.1");
+    assert_eq!(code(&o), Some(0), "{}\n{}", stdout(&o), stderr(&o));
+    let o = ns.connect(&probe, &["--net-rule", "deny@203.0.113.10"], "203.0.113.10");
+    assert_eq!(
+        code(&o),
+        Some(1),
+        "a user deny precedes the preset's allow: {}",
+        stdout(&o)
+    );
+    let o = ns.connect(&probe, &["--net-preset", "none"], "203.0.113.10");
+    assert_eq!(code(&o), Some(1), "preset none: {}", stdout(&o));
+}
+
+#[test]
+fn domain_rules_allow_api_and_refuse_evil_even_in_dns() {
+    let probe = require!(netns_ready());
+    let ns = PolicyNetns::new("domain");
+    let flags = [
+        "--net-default-egress",
+        "deny",
+        "--net-rule",
+        "allow@api.test:tcp",
+    ];
+    let o = ns.resolve(&probe, &flags, "api.test");
+    assert_eq!(code(&o), Some(0), "{}\n{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("203.0.113.10"), "{}", stdout(&o));
+    let o = ns.connect(&probe, &flags, "api.test");
+    assert_eq!(
+        code(&o),
+        Some(0),
+        "allowed by name: {}\n{}",
+        stdout(&o),
+        stderr(&o)
+    );
+    let o = ns.resolve(&probe, &flags, "evil.test");
+    assert_ne!(
+        code(&o),
+        Some(0),
+        "no allow rule covers evil.test: {}",
+        stdout(&o)
+    );
+    let o = ns.connect(&probe, &flags, "203.0.113.11");
+    assert_eq!(code(&o), Some(1), "{}", stdout(&o));
+    let o = ns.connect(&probe, &["--net-deny-domain", "evil.test"], "evil.test");
+    assert_ne!(code(&o), Some(0), "deny-listed name: {}", stdout(&o));
+}
+
+#[test]
+fn a_rebinding_answer_never_reaches_the_guest() {
+    let probe = require!(netns_ready());
+    let ns = PolicyNetns::new("rebind");
+    let o = ns.resolve(&probe, &[], "api.test");
+    assert_eq!(
+        code(&o),
+        Some(0),
+        "a public answer passes: {}\n{}",
+        stdout(&o),
+        stderr(&o)
+    );
+    let o = ns.resolve(&probe, &[], "rebind.test");
+    assert_ne!(
+        code(&o),
+        Some(0),
+        "10.1.2.3 must be dropped: {}",
+        stdout(&o)
+    );
+    assert!(!stdout(&o).contains("10.1.2.3"), "{}", stdout(&o));
+}

@@ -1,0 +1,268 @@
+//! End-to-end on KVM: the probe guest on the default `--net user` backend (the userspace
+//! netstack): DHCP, the gateway answering ping, 1 GiB each way to a host server on 127.0.0.1
+//! via the host alias, UDP echo, IPv6 to the host's ::1, a published port into the guest, the
+//! policy refusing the host unless allowed, and clear errors for bad settings.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const GIB: u64 = 1 << 30;
+
+/// Runs the probe on `--net user` with extra ringfence flags and probe words.
+fn run_user(probe: &std::path::Path, flags: &[&str], words: &[&str]) -> Output {
+    Command::new(ringfence_bin())
+        .args(["run", "--kernel"])
+        .arg(probe)
+        .args(["--net", "user", "--timeout", "240"])
+        .args(flags)
+        .arg("--")
+        .args(words)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run ringfence")
+}
+
+#[test]
+fn dhcp_lease_and_the_gateway_answers_ping() {
+    let probe = require!(kvm_and_probe());
+    let o = run_user(
+        &probe,
+        &[],
+        &[
+            "probe.scenario=ping",
+            "probe.peer=172.16.0.1",
+            "probe.count=5",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}\n{}", stdout(&o), stderr(&o));
+    let j = result_json(&o);
+    assert_eq!(j["addr_method"], "dhcp");
+    assert_eq!(j["ip"], "172.16.0.2/30");
+    assert_eq!(j["gw"], "172.16.0.1");
+    assert_eq!(j["received"], 5);
+}
+
+#[test]
+fn one_gib_to_the_host_via_the_alias_arrives_intact() {
+    let probe = require!(kvm_and_probe());
+    let (peer, addr) = host_peer(&["sink", "127.0.0.1:0", "--timeout", "240"]);
+    let o = run_user(
+        &probe,
+        &["--net-rule", "allow@host"],
+        &[
+            "probe.scenario=tcp-send",
+            &format!("probe.peer=host.ringfence.internal:{}", addr.port()),
+            &format!("probe.bytes={GIB}"),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}\n{}", stdout(&o), stderr(&o));
+    let r = peer_result(peer);
+    assert_eq!(r["bytes"], GIB, "{r}");
+    assert_eq!(r["pattern_ok"], true, "{r}");
+}
+
+#[test]
+fn one_gib_from_the_host_arrives_intact() {
+    let probe = require!(kvm_and_probe());
+    let (peer, addr) = host_peer(&[
+        "source",
+        "127.0.0.1:0",
+        &GIB.to_string(),
+        "--timeout",
+        "240",
+    ]);
+    let o = run_user(
+        &probe,
+        &["--net-rule", "allow@host"],
+        &[
+            "probe.scenario=tcp-recv",
+            &format!("probe.peer=172.16.0.1:{}", addr.port()),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}\n{}", stdout(&o), stderr(&o));
+    let j = result_json(&o);
+    assert_eq!(j["bytes"], GIB);
+    // SHA-256 of 1 GiB of `i % 251`, computed once with the same pattern generator.
+    use sha2::{Digest, Sha256};
+    let chunk: Vec<u8> = (0..251u64 * 4096).map(|i| (i % 251) as u8).collect();
+    let mut h = Sha256::new();
+    let mut left = GIB as usize;
+    while left > 0 {
+        let n = left.min(chunk.len());
+        h.update(&chunk[..n]);
+        left -= n;
+    }
+    assert_eq!(j["sha256"], format!("{:x}", h.finalize()).as_str());
+    assert_eq!(peer_result(peer)["bytes"], GIB);
+}
+
+#[test]
+fn udp_echo_through_the_netstack() {
+    let probe = require!(kvm_and_probe());
+    let (peer, addr) = host_peer(&["udp-echo", "127.0.0.1:0", "--timeout", "20", "--max", "50"]);
+    let o = run_user(
+        &probe,
+        &["--net-rule", "allow@host"],
+        &[
+            "probe.scenario=udp-echo",
+            &format!("probe.peer=172.16.0.1:{}", addr.port()),
+            "probe.count=50",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}\n{}", stdout(&o), stderr(&o));
+    let j = result_json(&o);
+    assert_eq!(j["received"], 50, "{j}");
+    assert_eq!(peer_result(peer)["datagrams"], 50);
+}
+
+#[test]
+fn ipv6_reaches_the_hosts_loopback_through_the_gateway() {
+    let probe = require!(kvm_and_probe());
+    let (peer, addr) = host_peer(&["sink", "[::1]:0", "--timeout", "60"]);
+    let o = run_user(
+        &probe,
+        &["--net-rule", "allow@host"],
+        &[
+            "probe.ip=fd42:6d73:62::2/64",
+            "probe.gw=fd42:6d73:62::1",
+            "probe.scenario=tcp-send",
+            &format!("probe.peer=[fd42:6d73:62::1]:{}", addr.port()),
+            "probe.bytes=4194304",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}\n{}", stdout(&o), stderr(&o));
+    let r = peer_result(peer);
+    assert_eq!(r["bytes"], 4_194_304u64, "{r}");
+    assert_eq!(r["pattern_ok"], true);
+}
+
+#[test]
+fn a_published_port_reaches_a_server_in_the_guest() {
+    let probe = require!(kvm_and_probe());
+    let host_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut vm = Command::new(ringfence_bin())
+        .args(["run", "--kernel"])
+        .arg(&probe)
+        .args([
+            "--net",
+            "user",
+            "--timeout",
+            "60",
+            "-p",
+            &format!("{host_port}:8080"),
+        ])
+        .args([
+            "--",
+            "probe.scenario=serve",
+            "probe.port=8080",
+            "probe.conns=1",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut out = vm.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 256];
+    let start = Instant::now();
+    while !String::from_utf8_lossy(&seen).contains("probe: listening") {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "guest never listened"
+        );
+        let n = out.read(&mut buf).unwrap();
+        assert!(n > 0, "stdout closed: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let mut c =
+        TcpStream::connect(("127.0.0.1", host_port)).expect("connect to the published port");
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let msg: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    c.write_all(&msg).unwrap();
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut back = Vec::new();
+    c.read_to_end(&mut back).unwrap();
+    assert_eq!(back, msg, "the guest echoes what it got");
+    let status = vm.wait().unwrap();
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).unwrap();
+    assert_eq!(status.code(), Some(0), "{rest}");
+    assert!(rest.contains("\"conns\":1"), "{rest}");
+}
+
+#[test]
+fn the_default_policy_refuses_the_host_and_says_why() {
+    let probe = require!(kvm_and_probe());
+    let (mut peer, addr) = host_peer(&["sink", "127.0.0.1:0", "--timeout", "10"]);
+    let o = run_user(
+        &probe,
+        &[],
+        &[
+            "probe.scenario=connect",
+            &format!("probe.peer=172.16.0.1:{}", addr.port()),
+        ],
+    );
+    let _ = peer.kill();
+    let _ = peer.wait();
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "refused: {}\n{}",
+        stdout(&o),
+        stderr(&o)
+    );
+    let err = stderr(&o);
+    assert!(
+        err.contains("policy denied") && err.contains("172.16.0.1"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_user_network_settings_fail_before_boot() {
+    let probe = require!(kvm_and_probe());
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let cases: &[(&[&str], i32, &str)] = &[
+        (&["-p", &format!("{port}:80")], 125, &format!("{port}")),
+        (&["-p", "80"], 2, "bad -p \"80\""),
+        (&["--ipv4-pool", "10.0.0.1/8"], 2, "host bits are set"),
+        (
+            &["--net-rule", "allow@*:tcp:9000-80"],
+            125,
+            "--net-rule allow@*:tcp:9000-80",
+        ),
+        (&["--net-preset", "open"], 125, "unknown preset"),
+    ];
+    for (flags, code, needle) in cases {
+        let o = run_user(&probe, flags, &["probe.scenario=hello"]);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(*code), "{flags:?}: {err}");
+        assert!(
+            err.contains(needle),
+            "{flags:?}: expected {needle:?} in {err:?}"
+        );
+        assert!(
+            !stdout(&o).contains("probe: ready"),
+            "{flags:?} must fail before boot"
+        );
+    }
+    drop(taken);
+    let o = Command::new(ringfence_bin())
+        .args(["run", "--kernel"])
+        .arg(&probe)
+        .args(["--net", "none", "-p", "8080:80"])
+        .output()
+        .expect("run");
+    assert_eq!(o.status.code(), Some(125));
+    assert!(stderr(&o).contains("need --net user"), "{}", stderr(&o));
+}
