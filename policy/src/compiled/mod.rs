@@ -95,6 +95,9 @@ struct RuleMeta {
     /// The rule can decide a DNS question.
     dns_relevant: bool,
     action: Action,
+    /// The rule's first port range, kept inline so the common one-range rule needs no second
+    /// memory access.
+    first_ports: PortRange,
     /// The rule's port ranges in `port_ranges` (`len == 0`: all ports).
     ports_start: u32,
     ports_len: u32,
@@ -230,6 +233,11 @@ impl CompiledPolicy {
                 proto_dir,
                 dns_relevant: is_dns_relevant(r),
                 action: r.action(),
+                first_ports: r
+                    .ports()
+                    .first()
+                    .copied()
+                    .unwrap_or(PortRange { start: 1, end: 0 }),
                 ports_start: port_ranges.len() as u32,
                 ports_len: r.ports().len() as u32,
             });
@@ -321,11 +329,14 @@ impl CompiledPolicy {
 
     #[inline]
     fn ports_admit(&self, m: &RuleMeta, protocol: Protocol, port: u16) -> bool {
-        m.ports_len == 0
-            || (protocol.has_ports()
-                && self.port_ranges[m.ports_start as usize..(m.ports_start + m.ports_len) as usize]
-                    .iter()
-                    .any(|r| r.contains(port)))
+        match m.ports_len {
+            0 => true,
+            _ if !protocol.has_ports() => false,
+            1 => m.first_ports.contains(port),
+            n => self.port_ranges[m.ports_start as usize..(m.ports_start + n) as usize]
+                .iter()
+                .any(|r| r.contains(port)),
+        }
     }
 
     /// The lower of the first admitted candidate by address and by name.
