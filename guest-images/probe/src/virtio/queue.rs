@@ -276,13 +276,25 @@ mod tests {
         };
         for round in 0..70_000u32 {
             let id = (round % 8) as u16;
-            q.push(id, 0x1000 + u64::from(id), 100 + round % 7, id.is_multiple_of(2));
+            q.push(
+                id,
+                0x1000 + u64::from(id),
+                100 + round % 7,
+                id.is_multiple_of(2),
+            );
             let (got, addr, len, flags) = dev.take_avail(&q).unwrap();
             assert_eq!(
                 (got, addr, len),
                 (id, 0x1000 + u64::from(id), 100 + round % 7)
             );
-            assert_eq!(flags, if id.is_multiple_of(2) { DESC_F_WRITE } else { 0 });
+            assert_eq!(
+                flags,
+                if id.is_multiple_of(2) {
+                    DESC_F_WRITE
+                } else {
+                    0
+                }
+            );
             dev.complete(&q, u32::from(id), 60);
             assert_eq!(q.pop_used(), Some((id, 60)));
             assert_eq!(q.pop_used(), None);
