@@ -167,8 +167,12 @@ pub fn prepare(settings: &NetSettings) -> Result<Option<PreparedNet>, NetSetupEr
         NetBackendSpec::User => {
             // 1514-byte frames work with every guest; the device negotiates larger ones.
             let (stack, policy) = crate::net_user::build(&settings.user, mac, 1514)?;
+            let backend = crate::net_policy_wake::PolicyAwareBackend::new(
+                UserBackend::new(stack),
+                policy.change_signal(),
+            );
             Ok(Some(PreparedNet {
-                backend: Box::new(UserBackend::new(stack)),
+                backend: Box::new(backend),
                 mac,
                 policy: Some(policy),
             }))

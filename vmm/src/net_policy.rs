@@ -58,6 +58,9 @@ pub enum PolicySetupError {
         /// The value given.
         value: String,
     },
+    /// The change-signal eventfd could not be created.
+    #[error("cannot create the policy change eventfd: {0}")]
+    Eventfd(#[source] std::io::Error),
     /// The config file cannot be read.
     #[error("cannot read --net-config {path}: {reason}")]
     ConfigFile {
@@ -152,6 +155,7 @@ pub struct PolicyHandle {
     enabled: Arc<AtomicBool>,
     policy: Arc<ArcSwap<Policy>>,
     context: Arc<ArcSwap<PolicyContext>>,
+    changed: Arc<vmm_sys_util::eventfd::EventFd>,
 }
 
 impl PolicyHandle {
@@ -169,7 +173,20 @@ impl PolicyHandle {
             enabled: Arc::new(AtomicBool::new(true)),
             policy: Arc::new(ArcSwap::from_pointee(policy.clone())),
             context: Arc::new(ArcSwap::from_pointee(context)),
+            changed: Arc::new(
+                vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)
+                    .map_err(PolicySetupError::Eventfd)?,
+            ),
         })
+    }
+
+    /// The eventfd written on every change (the device thread re-judges live flows on it).
+    pub fn change_signal(&self) -> Arc<vmm_sys_util::eventfd::EventFd> {
+        self.changed.clone()
+    }
+
+    fn signal_change(&self) {
+        let _ = self.changed.write(1);
     }
 
     /// Sets the sandbox's gateway addresses (the `host` group) and recompiles.
@@ -178,7 +195,8 @@ impl PolicyHandle {
         self.set_policy(&self.policy.load())
     }
 
-    /// Replaces the policy; new flows are judged by it at once.
+    /// Replaces the policy: new flows are judged by it at once, and the device thread
+    /// re-judges live flows (cutting those it denies).
     pub fn set_policy(&self, policy: &Policy) -> Result<(), PolicySetupError> {
         let compiled =
             policy
@@ -189,12 +207,15 @@ impl PolicyHandle {
                 })?;
         self.compiled.store(Arc::new(compiled));
         self.policy.store(Arc::new(policy.clone()));
+        self.signal_change();
         Ok(())
     }
 
-    /// Turns all networking on or off (off denies every new flow and DNS query).
+    /// Turns all networking on or off (off denies every new flow and DNS query and cuts the
+    /// live ones).
     pub fn set_network_enabled(&self, enabled: bool) {
         self.enabled.store(enabled, Ordering::SeqCst);
+        self.signal_change();
     }
 
     /// Whether networking is enabled.
