@@ -5,23 +5,14 @@ use std::process::Command;
 
 use anyhow::{bail, Result};
 
-use crate::util::{cargo, describe, done, run, status, step, target_dir, workspace_root};
+use crate::util::{describe, status, step};
 use crate::{deps, probe};
 
 /// Runs the demo.
 pub fn run_demo() -> Result<()> {
     deps::ensure_all(&[deps::TEST_PACKAGES])?;
-    let t = step("building ringfence (release)");
-    run(cargo().current_dir(workspace_root()).args([
-        "build",
-        "--release",
-        "--quiet",
-        "-p",
-        "ringfence",
-    ]))?;
-    done(t);
+    let (bin, _peer) = crate::util::build_release_binaries()?;
     let probe_elf = probe::build()?;
-    let bin = target_dir().join("release/ringfence");
 
     step("ringfence doctor: what this host can do");
     status(Command::new(&bin).arg("doctor"))?;

@@ -85,3 +85,24 @@ pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
 }
+
+/// Builds the release `ringfence` binary and the `rf-peer` traffic peer, returning their paths.
+pub fn build_release_binaries() -> Result<(PathBuf, PathBuf)> {
+    let t = step("building ringfence and rf-peer (release)");
+    run(cargo().current_dir(workspace_root()).args([
+        "build",
+        "--release",
+        "--quiet",
+        "-p",
+        "ringfence",
+        "-p",
+        "benches",
+        "--bin",
+        "ringfence",
+        "--bin",
+        "rf-peer",
+    ]))?;
+    done(t);
+    let dir = target_dir().join("release");
+    Ok((dir.join("ringfence"), dir.join("rf-peer")))
+}

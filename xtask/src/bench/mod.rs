@@ -11,7 +11,7 @@ mod svg;
 
 use anyhow::{bail, Result};
 
-use crate::util::{cargo, done, run as run_cmd, step, target_dir, workspace_root};
+use crate::util::{done, step, target_dir};
 use crate::{deps, probe};
 
 /// Parses bench options and runs the chosen suites.
@@ -42,18 +42,8 @@ pub fn run(args: &[String]) -> Result<()> {
         suites = vec!["boot", "net"];
     }
     deps::ensure_all(&[deps::TEST_PACKAGES, deps::BENCH_PACKAGES])?;
-    let t = step("building ringfence (release)");
-    run_cmd(cargo().current_dir(workspace_root()).args([
-        "build",
-        "--release",
-        "--quiet",
-        "-p",
-        "ringfence",
-    ]))?;
-    done(t);
+    let (bin, peer_bin) = crate::util::build_release_binaries()?;
     let probe_elf = probe::build()?;
-    let bin = target_dir().join("release/ringfence");
-    let peer_bin = target_dir().join("release/rf-peer");
 
     let mut report = report::Report {
         host: host_facts(),
