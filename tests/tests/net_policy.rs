@@ -147,6 +147,40 @@ fn default_preset_reaches_public_and_refuses_metadata_private_and_host() {
 }
 
 #[test]
+fn ipv4_mapped_loopback_and_ipv6_link_local_are_refused() {
+    let probe = require!(netns_ready());
+    let ns = PolicyNetns::new("v6");
+    for (peer, what) in [
+        (
+            "[::ffff:127.0.0.1]",
+            "IPv4-mapped loopback (judged as 127.0.0.1)",
+        ),
+        ("[fe80::5]", "IPv6 link-local"),
+        (
+            "[fd42:6d73:62::1]",
+            "the IPv6 gateway (the host) without allow@host",
+        ),
+    ] {
+        let o = ns.probe(
+            &probe,
+            &[],
+            &[
+                "probe.ip=fd42:6d73:62::2/64".into(),
+                "probe.gw=fd42:6d73:62::1".into(),
+                "probe.scenario=connect".into(),
+                format!("probe.peer={peer}:{}", ns.port),
+            ],
+        );
+        assert_eq!(code(&o), Some(1), "{what} must be refused: {}", stdout(&o));
+        assert!(
+            stderr(&o).contains("policy denied"),
+            "{what}: {}",
+            stderr(&o)
+        );
+    }
+}
+
+#[test]
 fn allow_host_opens_the_host_and_deny_rules_win_first() {
     let probe = require!(netns_ready());
     let ns = PolicyNetns::new("host");
