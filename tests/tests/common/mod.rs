@@ -7,47 +7,17 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
-/// `target/<profile>/` of the running test binary.
-fn bin_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    exe.parent()
-        .and_then(|d| d.parent())
-        .map(Path::to_path_buf)
-        .expect("target dir")
-}
-
-/// The `ringfence` binary under test.
-pub fn ringfence_bin() -> PathBuf {
-    std::env::var_os("RINGFENCE_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| bin_dir().join("ringfence"))
-}
+pub use ringfence_tests::harness::ringfence_bin;
 
 /// The host-side traffic peer (`benches/src/bin/rf-peer.rs`).
 pub fn peer_bin() -> PathBuf {
-    let beside = ringfence_bin().with_file_name("rf-peer");
-    if beside.is_file() {
-        beside
-    } else {
-        bin_dir().join("rf-peer")
-    }
+    ringfence_bin().with_file_name("rf-peer")
 }
 
 /// The probe ELF and a usable /dev/kvm, or the reason the test must skip.
 pub fn kvm_and_probe() -> Result<PathBuf, String> {
-    if std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_err()
-    {
-        return Err("/dev/kvm is missing or not accessible".into());
-    }
-    if !ringfence_bin().is_file() {
-        return Err(format!(
-            "{} not built (run `cargo xtask test`)",
-            ringfence_bin().display()
-        ));
+    if let Some(why) = ringfence_tests::harness::kvm_unavailable() {
+        return Err(why);
     }
     match std::env::var_os("RINGFENCE_PROBE").map(PathBuf::from) {
         Some(p) if p.is_file() => Ok(p),
