@@ -34,10 +34,13 @@
 //!
 //! A kick costs the guest ~7 µs here (design §3 item 4). While frames keep arriving the
 //! worker leaves notifications suppressed (`VIRTQ_USED_F_NO_NOTIFY`, or an `avail_event` left
-//! behind with EVENT_IDX) and polls the avail rings instead, for a bounded window after the
-//! last activity; the wait then has a zero timeout and, when nothing is queued, no syscall at
-//! all (completions are read from shared memory). When the window passes without work the
-//! worker re-enables notifications, re-checks the rings to close the race, and blocks.
+//! behind with EVENT_IDX) and polls the avail rings instead, for an adaptive, bounded window
+//! after the last activity. For the first microseconds the wait has a zero timeout and, when
+//! nothing is queued, no syscall at all (completions are read from shared memory); after
+//! that it sleeps in short ticks so a vCPU sharing the CPU can run. When the window passes
+//! without work the worker re-enables notifications, re-checks the rings to close the race,
+//! and blocks. An RX queue whose buffers the device still holds stays suppressed even then:
+//! the driver kicks RX only when the device has run out of buffers.
 //!
 //! * **Frames to a tap** may be written through the ring too ([`EventLoop::writev`], iovecs
 //!   straight into guest memory): a batch of N TX frames then costs no syscall of its own.

@@ -14,6 +14,7 @@ use super::backend::NetBackend;
 use super::features::*;
 use super::metrics::NetMetrics;
 use super::pcap::{PcapError, PcapSink};
+use super::poll_window::PollWindow;
 use super::worker::{NetWorker, WorkerParts};
 use crate::event_loop::EventLoop;
 use crate::virtio::{
@@ -25,6 +26,9 @@ use crate::virtio::{
 pub const DEFAULT_QUEUE_SIZE: u16 = 256;
 /// Default adaptive-polling window after the last activity (design §3 item 4).
 pub const DEFAULT_POLL_WINDOW: Duration = Duration::from_micros(100);
+/// Default ceiling the polling window may grow to while guest kicks keep arriving soon after
+/// it closed (request/response traffic whose gaps exceed the default window).
+pub const DEFAULT_POLL_WINDOW_MAX: Duration = Duration::from_millis(1);
 /// Config space status bit: link up.
 const VIRTIO_NET_S_LINK_UP: u16 = 1;
 
@@ -38,6 +42,10 @@ pub struct NetConfig {
     /// How long the worker keeps polling the rings after activity before it re-enables
     /// notifications and sleeps. Zero disables polling.
     pub poll_window: Duration,
+    /// Longest the polling window may grow to when guest kicks keep arriving soon after it
+    /// closed; it shrinks back once the guest stays quiet longer than this. Set it to
+    /// `poll_window` for a fixed window.
+    pub poll_window_max: Duration,
     /// Capture every frame, both directions, into this pcap file.
     pub pcap: Option<PathBuf>,
 }
@@ -48,6 +56,7 @@ impl Default for NetConfig {
             mac: [0x52, 0x54, 0x00, 0x12, 0x34, 0x56],
             queue_size: DEFAULT_QUEUE_SIZE,
             poll_window: DEFAULT_POLL_WINDOW,
+            poll_window_max: DEFAULT_POLL_WINDOW_MAX,
             pcap: None,
         }
     }
@@ -231,7 +240,7 @@ impl VirtioDevice for Net {
             }
         };
         let metrics = self.metrics.clone();
-        let poll_window = self.config.poll_window;
+        let poll_window = PollWindow::new(self.config.poll_window, self.config.poll_window_max);
         let spawn = std::thread::Builder::new()
             .name("rf-virtio-net".into())
             .spawn(move || {

@@ -121,6 +121,8 @@ pub struct NetMetrics {
     pub pcap_errors: AtomicU64,
     /// Event-loop iterations (one `io_uring_enter` or poll round each).
     pub loop_iterations: AtomicU64,
+    /// Waits of one polling tick (polling window past its initial spin).
+    pub poll_ticks: AtomicU64,
 }
 
 impl NetMetrics {

@@ -17,6 +17,7 @@ pub mod header;
 pub mod iov;
 pub mod metrics;
 pub mod pcap;
+mod poll_window;
 pub mod queue_io;
 pub mod rx_buffers;
 mod worker;

@@ -8,9 +8,10 @@
 //!    room, let the backend write each frame straight into the chains; one used-ring
 //!    publication;
 //! 4. at most one interrupt for the iteration, only if the driver asked for it;
-//! 5. if there was work in the last `poll_window`, poll again without sleeping and with
+//! 5. if there was work within the polling window, poll again without sleeping and with
 //!    guest notifications left suppressed; otherwise re-enable notifications (re-checking
-//!    the rings to close the race) and block.
+//!    the rings to close the race) and block. The window adapts to the guest's gaps
+//!    (`poll_window.rs`).
 //!
 //! The worker never panics on guest input: every malformed chain is returned with length 0
 //! and counted; a used ring it cannot write stops the worker until the driver resets the
@@ -30,16 +31,26 @@ use super::features::{VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6, VIRTIO_N
 use super::header::VNET_HDR_LEN;
 use super::metrics::NetMetrics;
 use super::pcap::PcapSink;
+use super::poll_window::PollWindow;
 use super::queue_io::{TxChain, MAX_FRAME_LEN};
 use super::rx_buffers::RxBuffers;
 use super::{RX_QUEUE, TX_QUEUE};
 use crate::event_loop::{Event, EventLoop, EventLoopError};
 use crate::virtio::interrupt::INT_USED_RING;
-use crate::virtio::used_ring::UsedBatch;
+use crate::virtio::used_ring::{set_avail_event, UsedBatch};
 use crate::virtio::{ActivateContext, Interrupt};
 
 /// Largest standard frame: Ethernet + VLAN header + 1500 bytes of payload.
 const STD_FRAME_LEN: usize = 1518;
+/// How long after the last activity the worker polls the rings without ever sleeping.
+///
+/// The rest of the polling window is spent in [`POLL_TICK`] sleeps. A guest kick wakes the
+/// worker on the kicking vCPU's CPU (the ioeventfd is signalled from the vCPU thread), and
+/// a driver that polls its RX ring, like the probe, then waits for that CPU: spinning
+/// through the whole window would delay it by the window on a host with few free cores.
+const SPIN: Duration = Duration::from_micros(20);
+/// Sleep between two polls of the rings in the rest of the polling window.
+const POLL_TICK: Duration = Duration::from_micros(20);
 /// Most RX frames per iteration before TX gets another turn.
 const RX_BUDGET: usize = 256;
 
@@ -70,7 +81,7 @@ pub(crate) struct NetWorker {
     tx_free: Vec<usize>,
     rx_used: UsedBatch,
     tx_used: UsedBatch,
-    poll_window: Duration,
+    poll_window: PollWindow,
     lp: EventLoop,
     interests: Vec<FdInterest>,
     events: Vec<Event>,
@@ -87,7 +98,7 @@ impl NetWorker {
         ctx: ActivateContext,
         parts: WorkerParts,
         metrics: Arc<NetMetrics>,
-        poll_window: Duration,
+        poll_window: PollWindow,
         lp: EventLoop,
     ) -> Self {
         let mut queues = ctx.queues.into_iter();
@@ -164,10 +175,20 @@ impl NetWorker {
         let mut pending = true;
         loop {
             let now = Instant::now();
-            let polling =
-                pending || last_activity.is_some_and(|t| now.duration_since(t) < self.poll_window);
+            let window = self.poll_window.current();
+            let polling = pending || last_activity.is_some_and(|t| now.duration_since(t) < window);
+            let mut sleeping = false;
             let mut timeout = if polling {
-                Some(Duration::ZERO)
+                let since = last_activity.map_or(Duration::ZERO, |t| now.duration_since(t));
+                if pending || since < SPIN {
+                    Some(Duration::ZERO)
+                } else {
+                    // Past the spin: sleep in short ticks (any completion still wakes us at
+                    // once) so a vCPU thread sharing our CPU gets to run; the rings are
+                    // checked each tick with notifications still suppressed.
+                    NetMetrics::add(&self.metrics.poll_ticks, 1);
+                    Some(POLL_TICK.min(window.saturating_sub(since)))
+                }
             } else {
                 if self.pcap_dirty {
                     self.flush_pcap();
@@ -175,6 +196,7 @@ impl NetWorker {
                 if self.enable_notifications() {
                     Some(Duration::ZERO)
                 } else {
+                    sleeping = true;
                     None
                 }
             };
@@ -187,6 +209,14 @@ impl NetWorker {
             NetMetrics::add(&self.metrics.loop_iterations, 1);
 
             let mut events = std::mem::take(&mut self.events);
+            if sleeping {
+                if let Some(t) = last_activity {
+                    let kicked = events
+                        .iter()
+                        .any(|e| matches!(e, Event::Eventfd(i) if *i == rx_idx || *i == tx_idx));
+                    self.poll_window.after_sleep(t.elapsed(), kicked);
+                }
+            }
             for ev in events.drain(..) {
                 match ev {
                     Event::Eventfd(i) if i == stop_idx => return Ok(()),
@@ -235,20 +265,43 @@ impl NetWorker {
         self.lp.sync_fds(&self.interests)
     }
 
-    /// Re-enables guest notifications on both queues; true if work arrived meanwhile.
+    /// Re-enables guest notifications before blocking; true if work arrived meanwhile.
+    ///
+    /// TX asks for a kick at the next frame. RX asks for one only if the device holds no RX
+    /// buffer: while it holds some, frames can be delivered without the driver's refills,
+    /// which the next pass picks up anyway, so a refill kick would only cost the guest an
+    /// exit (design §3 item 4).
     fn enable_notifications(&mut self) -> bool {
         self.notifications_on = true;
         let mut pending = false;
-        for (q, broken) in [
-            (&mut self.rx, self.broken[RX_QUEUE]),
-            (&mut self.tx, self.broken[TX_QUEUE]),
+        let rx_wanted = self.rx_bufs.is_empty();
+        for (q, broken, wanted) in [
+            (&mut self.rx, self.broken[RX_QUEUE], rx_wanted),
+            (&mut self.tx, self.broken[TX_QUEUE], true),
         ] {
             if broken {
                 continue;
             }
-            match q.enable_notification(&self.mem) {
+            let result = if wanted {
+                q.enable_notification(&self.mem).map_err(drop)
+            } else if q.event_idx_enabled() {
+                // The driver kicks when avail_event lies between the index of its previous
+                // kick decision and its new index. Both stay within a queue size of what we
+                // took (the driver may have published, and we taken, buffers it has not yet
+                // decided about), so half the index space away is never passed in practice.
+                // `next_avail - 1` would not do: a driver that published a buffer we took
+                // before it decided would still kick.
+                let far = q.next_avail().wrapping_add(0x8000);
+                set_avail_event(q, &self.mem, far)
+                    .map(|()| false)
+                    .map_err(drop)
+            } else {
+                // VIRTQ_USED_F_NO_NOTIFY stays set from the busy phase.
+                Ok(false)
+            };
+            match result {
                 Ok(more) => pending |= more,
-                Err(_) => NetMetrics::add(&self.metrics.used_ring_errors, 1),
+                Err(()) => NetMetrics::add(&self.metrics.used_ring_errors, 1),
             }
         }
         pending

@@ -32,6 +32,24 @@ pub enum UsedRingError {
     },
 }
 
+/// Writes the used ring's `avail_event` field (EVENT_IDX): the driver kicks the queue once
+/// its avail index moves past `value`.
+///
+/// `virtio_queue::Queue` only ever sets it to its `next_avail`, which asks for a kick at the
+/// very next buffer; a device that still holds enough buffers (RX) wants to push that point
+/// further away.
+pub fn set_avail_event(
+    queue: &Queue,
+    mem: &GuestMemoryMmap,
+    value: u16,
+) -> Result<(), UsedRingError> {
+    let addr = queue
+        .used_ring()
+        .wrapping_add(4 + 8 * u64::from(queue.size()));
+    mem.store(value.to_le(), GuestAddress(addr), Ordering::Relaxed)
+        .map_err(|_| UsedRingError::BadAddress { addr })
+}
+
 /// Used-ring elements completed in one batch, published together by [`UsedBatch::flush`].
 #[derive(Debug, Default)]
 pub struct UsedBatch {
