@@ -60,54 +60,12 @@ fn accept(listener: &TcpListener, timeout: Duration) -> io::Result<TcpStream> {
 
 /// Accepts one connection and reads it to EOF, checking the pattern.
 pub fn sink_one(listener: &TcpListener, timeout: Duration) -> io::Result<Transfer> {
-    let mut s = accept(listener, timeout)?;
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut total = 0u64;
-    let mut ok = true;
-    let mut first: Option<Instant> = None;
-    loop {
-        let n = s.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        first.get_or_insert_with(Instant::now);
-        if ok {
-            ok = buf[..n]
-                .iter()
-                .enumerate()
-                .all(|(i, b)| *b == pattern_byte(total + i as u64));
-        }
-        total += n as u64;
-    }
-    Ok(Transfer {
-        bytes: total,
-        seconds: first.map(|t| t.elapsed().as_secs_f64()).unwrap_or(0.0),
-        pattern_ok: ok,
-    })
+    sink_stream(accept(listener, timeout)?).map(|(t, _, _)| t)
 }
 
 /// Accepts one connection, writes `bytes` of the pattern and closes.
 pub fn source_one(listener: &TcpListener, bytes: u64, timeout: Duration) -> io::Result<Transfer> {
-    let mut s = accept(listener, timeout)?;
-    let chunk: Vec<u8> = (0..251u64 * 1024).map(pattern_byte).collect();
-    let start = Instant::now();
-    let mut sent = 0u64;
-    while sent < bytes {
-        // `chunk` is a whole number of pattern periods, so any prefix continues the pattern.
-        let offset = (sent % 251) as usize;
-        let n = ((bytes - sent) as usize).min(chunk.len() - offset);
-        s.write_all(&chunk[offset..offset + n])?;
-        sent += n as u64;
-    }
-    s.shutdown(std::net::Shutdown::Write)?;
-    // Wait for the peer to close so the data is really delivered before we report.
-    let mut tail = [0u8; 64];
-    while s.read(&mut tail)? > 0 {}
-    Ok(Transfer {
-        bytes: sent,
-        seconds: start.elapsed().as_secs_f64(),
-        pattern_ok: true,
-    })
+    source_stream(accept(listener, timeout)?, bytes).map(|(t, _, _)| t)
 }
 
 /// Accepts one connection and echoes it until EOF.
@@ -130,6 +88,91 @@ pub fn echo_one(listener: &TcpListener, timeout: Duration) -> io::Result<Transfe
         seconds: start.elapsed().as_secs_f64(),
         pattern_ok: true,
     })
+}
+
+/// Serves `n` connections at once with `serve` (one thread each) and sums them: bytes added,
+/// seconds from the first connection's start to the last one's end, pattern ok if all were.
+pub fn parallel<F>(
+    listener: &TcpListener,
+    n: u64,
+    timeout: Duration,
+    serve: F,
+) -> io::Result<Transfer>
+where
+    F: Fn(TcpStream) -> io::Result<(Transfer, Instant, Instant)> + Clone + Send + 'static,
+{
+    let mut threads = Vec::new();
+    for _ in 0..n {
+        let s = accept(listener, timeout)?;
+        let serve = serve.clone();
+        threads.push(std::thread::spawn(move || serve(s)));
+    }
+    let mut total = Transfer {
+        pattern_ok: true,
+        ..Transfer::default()
+    };
+    let (mut first, mut last): (Option<Instant>, Option<Instant>) = (None, None);
+    for t in threads {
+        let (tr, start, end) = t
+            .join()
+            .map_err(|_| io::Error::other("a connection thread panicked"))??;
+        total.bytes += tr.bytes;
+        total.pattern_ok &= tr.pattern_ok;
+        first = Some(first.map_or(start, |f| f.min(start)));
+        last = Some(last.map_or(end, |l| l.max(end)));
+    }
+    if let (Some(f), Some(l)) = (first, last) {
+        total.seconds = l.duration_since(f).as_secs_f64();
+    }
+    Ok(total)
+}
+
+/// Reads one accepted connection to EOF, checking the pattern (for [`parallel`]).
+pub fn sink_stream(mut s: TcpStream) -> io::Result<(Transfer, Instant, Instant)> {
+    let start = Instant::now();
+    let mut buf = vec![0u8; 256 * 1024];
+    let (mut total, mut ok) = (0u64, true);
+    loop {
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        ok = ok
+            && buf[..n]
+                .iter()
+                .enumerate()
+                .all(|(i, b)| *b == pattern_byte(total + i as u64));
+        total += n as u64;
+    }
+    let t = Transfer {
+        bytes: total,
+        seconds: start.elapsed().as_secs_f64(),
+        pattern_ok: ok,
+    };
+    Ok((t, start, Instant::now()))
+}
+
+/// Writes `bytes` of the pattern to one accepted connection and waits for the peer to close
+/// (for [`parallel`]).
+pub fn source_stream(mut s: TcpStream, bytes: u64) -> io::Result<(Transfer, Instant, Instant)> {
+    let start = Instant::now();
+    let chunk: Vec<u8> = (0..251u64 * 1024).map(pattern_byte).collect();
+    let mut sent = 0u64;
+    while sent < bytes {
+        let offset = (sent % 251) as usize;
+        let n = ((bytes - sent) as usize).min(chunk.len() - offset);
+        s.write_all(&chunk[offset..offset + n])?;
+        sent += n as u64;
+    }
+    s.shutdown(std::net::Shutdown::Write)?;
+    let mut tail = [0u8; 64];
+    while s.read(&mut tail)? > 0 {}
+    let t = Transfer {
+        bytes: sent,
+        seconds: start.elapsed().as_secs_f64(),
+        pattern_ok: true,
+    };
+    Ok((t, start, Instant::now()))
 }
 
 /// Echoes UDP datagrams until `idle` passes without one, or `max` datagrams were echoed.

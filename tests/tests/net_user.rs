@@ -103,6 +103,67 @@ fn one_gib_from_the_host_arrives_intact() {
 }
 
 #[test]
+fn four_parallel_flows_each_way_arrive_intact() {
+    let probe = require!(kvm_and_probe());
+    let bytes: u64 = 32 << 20;
+    let (peer, addr) = host_peer(&[
+        "sink",
+        "127.0.0.1:0",
+        "--conns",
+        "4",
+        "--parallel",
+        "--timeout",
+        "120",
+    ]);
+    let o = run_user(
+        &probe,
+        &["--net-rule", "allow@host"],
+        &[
+            "probe.scenario=tcp-send",
+            &format!("probe.peer=172.16.0.1:{}", addr.port()),
+            &format!("probe.bytes={bytes}"),
+            "probe.flows=4",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}\n{}", stdout(&o), stderr(&o));
+    assert_eq!(result_json(&o)["flows"], 4);
+    let r = peer_result(peer);
+    assert_eq!(
+        (r["bytes"].as_u64(), r["pattern_ok"].as_bool()),
+        (Some(bytes), Some(true)),
+        "{r}"
+    );
+
+    let (peer, addr) = host_peer(&[
+        "source",
+        "127.0.0.1:0",
+        &bytes.to_string(),
+        "--conns",
+        "4",
+        "--parallel",
+        "--timeout",
+        "120",
+    ]);
+    let o = run_user(
+        &probe,
+        &["--net-rule", "allow@host"],
+        &[
+            "probe.scenario=tcp-recv",
+            &format!("probe.peer=172.16.0.1:{}", addr.port()),
+            "probe.flows=4",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}\n{}", stdout(&o), stderr(&o));
+    let j = result_json(&o);
+    assert_eq!(
+        (j["bytes"].as_u64(), j["pattern_ok"].as_bool()),
+        (Some(bytes), Some(true)),
+        "{j}"
+    );
+    assert_eq!(peer_result(peer)["bytes"], bytes);
+}
+
+#[test]
 fn udp_echo_through_the_netstack() {
     let probe = require!(kvm_and_probe());
     let (peer, addr) = host_peer(&["udp-echo", "127.0.0.1:0", "--timeout", "20", "--max", "50"]);

@@ -63,7 +63,11 @@ pub fn build() -> Result<PathBuf> {
         println!("    probe guest up to date ({})", cached.display());
     } else {
         let t = step("building the probe guest (guest-images/probe, release)");
-        let probe_target = cache.join("probe-target");
+        // One target dir per checkout: two checkouts building at once must not overwrite each
+        // other's ELF between the build and the copy below.
+        let mut h = DefaultHasher::new();
+        src.hash(&mut h);
+        let probe_target = cache.join(format!("probe-target-{:016x}", h.finish()));
         let mut cmd = cargo();
         cmd.current_dir(&src)
             .args(["build", "--release"])

@@ -2,6 +2,8 @@
 //!
 //! ```text
 //! rf-peer sink    ADDR [--conns N] [--timeout S]       read each connection to EOF
+//!                 [--parallel]                         ... all N at once, one aggregate line
+//!                                                      (source: BYTES split over the N)
 //! rf-peer source  ADDR BYTES [--conns N] [--timeout S] send BYTES of the pattern i % 251
 //! rf-peer echo    ADDR [--conns N] [--timeout S]       echo each connection until EOF
 //! rf-peer udp-echo ADDR [--max N] [--timeout S]        echo datagrams until idle
@@ -78,8 +80,21 @@ fn run(args: Vec<String>) -> Result<(), String> {
         "listening {}",
         listener.local_addr().map_err(|e| e.to_string())?
     );
-    for _ in 0..conns {
+    let parallel = args.iter().any(|a| a == "--parallel");
+    let rounds = if parallel { 1 } else { conns };
+    for _ in 0..rounds {
         let t = match mode.as_str() {
+            "sink" if parallel => peer::parallel(&listener, conns, timeout, peer::sink_stream),
+            "source" if parallel => {
+                let bytes: u64 = args
+                    .get(2)
+                    .and_then(|b| b.parse().ok())
+                    .ok_or("source needs BYTES")?;
+                let each = bytes / conns.max(1);
+                peer::parallel(&listener, conns, timeout, move |s| {
+                    peer::source_stream(s, each)
+                })
+            }
             "sink" => peer::sink_one(&listener, timeout),
             "source" => {
                 let bytes: u64 = args

@@ -206,7 +206,7 @@ fn run_net(
     report.notes.push(format!(
         "Network: the probe guest (128 MiB, 1 vCPU) per system in a private namespace; {reps} repetitions of: tcp-send and tcp-recv of {} MiB (throughput measured by the host-side rf-peer, pattern checked), and {} 1-byte TCP round trips (p50/p99 measured in the guest with its TSC). \
 cpu_s_per_gb = host CPU seconds (user+system minus guest time from /proc/PID/stat, VMM plus helper such as passt) per GB moved; rss_mib = VMM peak RSS plus helper. \
-Multi-flow (4-flow) throughput is not measured yet: the probe opens one connection per scenario.",
+_p4 metrics: the same transfers over 4 parallel connections (probe.flows=4), aggregate throughput measured by rf-peer --parallel.",
         bytes >> 20, harness.rr_count
     ));
     Ok(())

@@ -256,6 +256,53 @@ impl NetBench<'_> {
         serde_json::from_str(line).with_context(|| format!("rf-peer said {text:?}"))
     }
 
+    /// One bulk transfer over `flows` parallel connections (peer `role` sink or source);
+    /// returns the aggregate throughput the host-side peer measured, after checking every byte.
+    fn bulk(
+        &self,
+        ns: &BenchNetns,
+        system: System,
+        role: &str,
+        port: u16,
+        role_args: &[&str],
+        flows: u64,
+    ) -> Result<f64> {
+        let bind = format!("{}:{port}", system.peer_bind());
+        let conns = flows.to_string();
+        let mut args = vec![role, bind.as_str()];
+        args.extend_from_slice(role_args);
+        args.extend_from_slice(&["--conns", &conns, "--parallel", "--timeout", "150"]);
+        let peer = ns.peer(self.peer, &args)?;
+        let scenario = if role == "sink" {
+            "tcp-send"
+        } else {
+            "tcp-recv"
+        };
+        let mut words = vec![
+            format!("probe.scenario={scenario}"),
+            format!("probe.peer={}:{port}", system.peer_from_guest()),
+            format!("probe.flows={flows}"),
+        ];
+        if role == "sink" {
+            words.push(format!("probe.bytes={}", self.bytes));
+        }
+        let run = self.run_guest(ns, system, &words)?;
+        Self::result(&run, system)?;
+        let r = Self::peer_result(peer)?;
+        let expected = if role == "sink" {
+            self.bytes
+        } else {
+            self.bytes / flows * flows
+        };
+        if r["bytes"] != expected || r["pattern_ok"] != true {
+            bail!(
+                "{}: {flows}-flow {role} got {r} (expected {expected} intact bytes)",
+                system.name()
+            );
+        }
+        Ok(r["gbps"].as_f64().unwrap_or(0.0))
+    }
+
     /// Runs every repetition for `system` and appends its metrics.
     pub fn run_system(
         &self,
@@ -266,6 +313,8 @@ impl NetBench<'_> {
     ) -> Result<()> {
         let mut g2h = Vec::new();
         let mut h2g = Vec::new();
+        let mut g2h_p4 = Vec::new();
+        let mut h2g_p4 = Vec::new();
         let mut p50 = Vec::new();
         let mut p99 = Vec::new();
         let mut cpu_per_gb = Vec::new();
@@ -336,6 +385,10 @@ impl NetBench<'_> {
             host_cpu += cpu_of(&run);
             cpu_per_gb.push(host_cpu / (2.0 * self.bytes as f64 / 1e9));
 
+            // The same with 4 parallel flows (aggregate throughput).
+            g2h_p4.push(self.bulk(ns, system, "sink", 5104, &[], 4)?);
+            h2g_p4.push(self.bulk(ns, system, "source", 5105, &[&self.bytes.to_string()], 4)?);
+
             // 1-byte ping-pong
             let peer = ns.peer(
                 self.peer,
@@ -369,6 +422,12 @@ impl NetBench<'_> {
         report
             .metrics
             .push(metric("tcp_h2g_gbps", "Gbit/s", h2g, false));
+        report
+            .metrics
+            .push(metric("tcp_g2h_gbps_p4", "Gbit/s", g2h_p4, false));
+        report
+            .metrics
+            .push(metric("tcp_h2g_gbps_p4", "Gbit/s", h2g_p4, false));
         report.metrics.push(metric("rr_p50_us", "µs", p50, true));
         report.metrics.push(metric("rr_p99_us", "µs", p99, true));
         report

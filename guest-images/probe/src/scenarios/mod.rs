@@ -8,6 +8,7 @@ mod datagram;
 mod net_common;
 mod resolve;
 mod tcp;
+mod tcp_multi;
 
 use alloc::format;
 use alloc::string::String;

@@ -24,14 +24,14 @@ use crate::cmdline::{parse_size, parse_u64};
 use crate::net::NetError;
 
 /// Socket buffer size for transfers.
-const BUF_BYTES: usize = 1 << 20;
+pub(super) const BUF_BYTES: usize = 1 << 20;
 /// Default `probe.timeout_ms` of the `connect` scenario.
 const CONNECT_DEFAULT_TIMEOUT_MS: u64 = 3000;
 /// The send pattern repeats every 251 bytes; this many repetitions are kept
 /// ready to copy from.
-const PATTERN_REPEATS: usize = 261;
+pub(super) const PATTERN_REPEATS: usize = 261;
 
-fn new_socket(buf: usize) -> tcp::Socket<'static> {
+pub(super) fn new_socket(buf: usize) -> tcp::Socket<'static> {
     tcp::Socket::new(
         tcp::SocketBuffer::new(vec![0; buf]),
         tcp::SocketBuffer::new(vec![0; buf]),
@@ -70,7 +70,11 @@ fn connect(run: &mut NetRun, peer: IpEndpoint, buf: usize) -> Result<ConnectResu
     })
 }
 
-fn open(run: &mut NetRun, peer: IpEndpoint, buf: usize) -> Result<(SocketHandle, u64), NetError> {
+pub(super) fn open(
+    run: &mut NetRun,
+    peer: IpEndpoint,
+    buf: usize,
+) -> Result<(SocketHandle, u64), NetError> {
     match connect(run, peer, buf)? {
         ConnectResult::Open(h, t) => Ok((h, t)),
         ConnectResult::Refused => Err(NetError::Other(format!(
@@ -117,7 +121,7 @@ fn drive(
     }
 }
 
-fn with_run(
+pub(super) fn with_run(
     ctx: &Context<'_>,
     name: &str,
     default_timeout: u64,
@@ -135,6 +139,9 @@ fn with_run(
 
 /// `tcp-send probe.peer=HOST:PORT probe.bytes=N`.
 pub fn send(ctx: &Context<'_>) -> Outcome {
+    if super::tcp_multi::flows(ctx) > 1 {
+        return super::tcp_multi::send(ctx);
+    }
     let bytes_arg = ctx.cmdline.get("probe.bytes");
     let Some(total) = bytes_arg.and_then(parse_size) else {
         let err = NetError::BadArg {
@@ -200,6 +207,9 @@ pub fn send(ctx: &Context<'_>) -> Outcome {
 
 /// `tcp-recv probe.peer=HOST:PORT`: read to EOF and hash.
 pub fn recv(ctx: &Context<'_>) -> Outcome {
+    if super::tcp_multi::flows(ctx) > 1 {
+        return super::tcp_multi::recv(ctx);
+    }
     with_run(ctx, "tcp-recv", DEFAULT_TIMEOUT_MS, |run| {
         let peer = peer_endpoint(run, ctx)?;
         let (handle, start) = open(run, peer, BUF_BYTES)?;
