@@ -131,7 +131,7 @@ fn recv_until(d: &mut NetDriver, pred: impl Fn(&[u8]) -> bool) -> Vec<u8> {
 #[test]
 fn tap_exchanges_arp_and_icmp_with_the_kernel_in_a_netns() {
     if let Some(why) = skip_reason() {
-        println!("SKIPPED: {why}");
+        let _ = std::io::Write::write_fmt(&mut std::io::stderr(), format_args!("SKIPPED: {why}\n")); // uncaptured, so CI logs show it
         return;
     }
     let pid = std::process::id();

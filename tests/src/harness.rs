@@ -44,7 +44,8 @@ pub fn kvm_unavailable() -> Option<String> {
 pub fn skip_without_kvm() -> bool {
     match kvm_unavailable() {
         Some(why) => {
-            println!("SKIPPED: {why}");
+            let _ =
+                std::io::Write::write_fmt(&mut std::io::stderr(), format_args!("SKIPPED: {why}\n")); // uncaptured, so CI logs show it
             true
         }
         None => false,

@@ -35,19 +35,25 @@ fn linux(flags: &[&str], cmd: &[&str]) -> Output {
 /// Runs the smoke test body on a native host with the image, or explains why not.
 fn smoke_or_skip() -> bool {
     if let Err(why) = kvm_and_probe() {
-        println!("SKIPPED: {why}");
+        let _ = std::io::Write::write_fmt(&mut std::io::stderr(), format_args!("SKIPPED: {why}\n")); // uncaptured, so CI logs show it
         return false;
     }
     let (native, verdict) = doctor_native();
     if !native {
-        println!("SKIPPED: Linux smoke test needs hardware virtualization: {verdict}");
+        let _ = std::io::Write::write_fmt(
+            &mut std::io::stderr(),
+            format_args!("SKIPPED: Linux smoke test needs hardware virtualization: {verdict}\n"),
+        ); // uncaptured, so CI logs show it
         return false;
     }
     let home = std::env::var("HOME").unwrap_or_default();
     let image =
         std::env::var("RINGFENCE_LINUX_IMAGE").unwrap_or(format!("{home}/.cache/ringfence/linux"));
     if !std::path::Path::new(&image).join("bzImage").is_file() {
-        println!("SKIPPED: no Linux image in {image} (run `cargo xtask image`)");
+        let _ = std::io::Write::write_fmt(
+            &mut std::io::stderr(),
+            format_args!("SKIPPED: no Linux image in {image} (run `cargo xtask image`)\n"),
+        ); // uncaptured, so CI logs show it
         return false;
     }
     true
@@ -58,7 +64,12 @@ fn linux_refuses_with_doctors_reason_where_kernels_are_emulated() {
     let _probe = require!(kvm_and_probe());
     let (native, verdict) = doctor_native();
     if native {
-        println!("SKIPPED: this host runs guest kernels natively (the smoke tests cover it)");
+        let _ = std::io::Write::write_fmt(
+            &mut std::io::stderr(),
+            format_args!(
+                "SKIPPED: this host runs guest kernels natively (the smoke tests cover it)\n"
+            ),
+        ); // uncaptured, so CI logs show it
         return;
     }
     let o = linux(&[], &["sh", "-c", "echo hi; exit 7"]);

@@ -15,7 +15,8 @@ fn image_or_skip() -> Option<LinuxImage> {
     match linux_image::find() {
         Ok(i) => Some(i),
         Err(why) => {
-            println!("SKIPPED: {why}");
+            let _ =
+                std::io::Write::write_fmt(&mut std::io::stderr(), format_args!("SKIPPED: {why}\n")); // uncaptured, so CI logs show it
             None
         }
     }
@@ -30,7 +31,10 @@ fn qemu_status(value: i32) -> i32 {
 fn agent_runs_a_command_and_reports_its_status_under_qemu_tcg() {
     let Some(img) = image_or_skip() else { return };
     if !have_qemu() {
-        println!("SKIPPED: qemu-system-x86_64 is not installed");
+        let _ = std::io::Write::write_fmt(
+            &mut std::io::stderr(),
+            format_args!("SKIPPED: qemu-system-x86_64 is not installed\n"),
+        ); // uncaptured, so CI logs show it
         return;
     }
     let cmd = cmd_param(["sh", "-c", "echo agent-says-$(uname -s); exit 7"]).unwrap();
@@ -69,7 +73,10 @@ fn agent_runs_a_command_and_reports_its_status_under_qemu_tcg() {
 fn agent_configures_dhcp_and_static_networks_under_qemu_tcg() {
     let Some(img) = image_or_skip() else { return };
     if !have_qemu() {
-        println!("SKIPPED: qemu-system-x86_64 is not installed");
+        let _ = std::io::Write::write_fmt(
+            &mut std::io::stderr(),
+            format_args!("SKIPPED: qemu-system-x86_64 is not installed\n"),
+        ); // uncaptured, so CI logs show it
         return;
     }
     let show = cmd_param([
@@ -141,7 +148,10 @@ fn linux_image_boots_under_ringfence() {
             Err(verdict) => {
                 // Loading must succeed; the kernel then runs (slowly) until --timeout.
                 assert_eq!(r.status, Some(124), "stderr: {}", r.stderr);
-                println!("SKIPPED (only load checked): {verdict}");
+                let _ = std::io::Write::write_fmt(
+                    &mut std::io::stderr(),
+                    format_args!("SKIPPED (only load checked): {verdict}\n"),
+                ); // uncaptured, so CI logs show it
             }
         }
     }

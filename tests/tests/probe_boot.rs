@@ -295,7 +295,12 @@ fn the_same_elf_boots_under_qemu_microvm() {
         .map(|o| o.status.success())
         .unwrap_or(false);
     if !have_qemu {
-        println!("SKIPPED: qemu-system-x86_64 is not installed (cargo xtask test installs it)");
+        let _ = std::io::Write::write_fmt(
+            &mut std::io::stderr(),
+            format_args!(
+                "SKIPPED: qemu-system-x86_64 is not installed (cargo xtask test installs it)\n"
+            ),
+        ); // uncaptured, so CI logs show it
         return;
     }
     let o = Command::new("qemu-system-x86_64")

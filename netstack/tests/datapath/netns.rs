@@ -43,7 +43,10 @@ pub fn enter_netns(ping_sockets: bool) -> Option<Netns> {
         NEXT.fetch_add(1, Ordering::Relaxed)
     );
     if !ip(&["netns", "add", &name]) {
-        println!("SKIPPED: cannot create a network namespace (need root and iproute2)");
+        let _ = std::io::Write::write_fmt(
+            &mut std::io::stderr(),
+            format_args!("SKIPPED: cannot create a network namespace (need root and iproute2)\n"),
+        ); // uncaptured, so CI logs show it
         return None;
     }
     let ns = Netns(name.clone());

@@ -56,7 +56,10 @@ macro_rules! require {
         match $check {
             Ok(v) => v,
             Err(why) => {
-                println!("SKIPPED: {why}");
+                let _ = std::io::Write::write_fmt(
+                    &mut std::io::stderr(),
+                    format_args!("SKIPPED: {why}\n"),
+                ); // uncaptured, so CI logs show it
                 return;
             }
         }
