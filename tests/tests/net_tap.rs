@@ -230,3 +230,38 @@ fn bad_network_settings_fail_before_boot() {
     assert!(stderr(&o).contains("rft0"), "{}", stderr(&o));
     assert_eq!(stderr(&o).trim().lines().count(), 1, "{}", stderr(&o));
 }
+
+#[test]
+fn four_parallel_flows_from_the_host_over_tap() {
+    // On a tap the host waits for the guest's FINs: the probe must send them before it exits.
+    let probe = require!(netns_ready());
+    let ns = TapNetns::new();
+    let bytes: u64 = 32 << 20;
+    let peer = ns.peer(&[
+        "source",
+        "192.0.2.1:5004",
+        &bytes.to_string(),
+        "--conns",
+        "4",
+        "--parallel",
+        "--timeout",
+        "60",
+    ]);
+    let o = ns.run_probe(
+        &probe,
+        &[],
+        &[
+            "probe.scenario=tcp-recv",
+            "probe.peer=192.0.2.1:5004",
+            "probe.flows=4",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}\n{}", stdout(&o), stderr(&o));
+    let j = result_json(&o);
+    assert_eq!(
+        (j["bytes"].as_u64(), j["pattern_ok"].as_bool()),
+        (Some(bytes), Some(true))
+    );
+    let r = peer_result(peer);
+    assert_eq!(r["bytes"], bytes, "{r}");
+}

@@ -180,6 +180,20 @@ pub fn recv(ctx: &Context<'_>) -> Outcome {
         })?;
         let secs = seconds(ctx, rdtsc() - start);
         let bytes: u64 = got.iter().sum();
+        // Let our FINs go out (on a tap the host waits for them); the result does not depend
+        // on it.
+        let deadline = run.stack.clock.deadline_ms(200);
+        run.stack.poll_until(deadline, |s| {
+            handles
+                .iter()
+                .all(|h| {
+                    matches!(
+                        s.sockets.get::<tcp::Socket>(*h).state(),
+                        State::Closed | State::TimeWait
+                    )
+                })
+                .then_some(())
+        });
         let json = json(ctx, "tcp-recv", pattern_ok, Some(run))
             .str("peer", &peer)
             .u64("flows", n)
