@@ -88,17 +88,7 @@ fn one_gib_from_the_host_arrives_intact() {
     assert_eq!(o.status.code(), Some(0), "{}\n{}", stdout(&o), stderr(&o));
     let j = result_json(&o);
     assert_eq!(j["bytes"], GIB);
-    // SHA-256 of 1 GiB of `i % 251`, computed once with the same pattern generator.
-    use sha2::{Digest, Sha256};
-    let chunk: Vec<u8> = (0..251u64 * 4096).map(|i| (i % 251) as u8).collect();
-    let mut h = Sha256::new();
-    let mut left = GIB as usize;
-    while left > 0 {
-        let n = left.min(chunk.len());
-        h.update(&chunk[..n]);
-        left -= n;
-    }
-    assert_eq!(j["sha256"], format!("{:x}", h.finalize()).as_str());
+    assert_eq!(j["sha256"], pattern_sha256(GIB).as_str());
     assert_eq!(peer_result(peer)["bytes"], GIB);
 }
 
