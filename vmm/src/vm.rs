@@ -12,7 +12,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
-use kvm_ioctls::{Cap, VmFd};
+use kvm_ioctls::VmFd;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -371,9 +371,4 @@ fn stop_vcpus(shared: &VmShared, threads: Vec<JoinHandle<()>>, exit: VmExit) -> 
         ));
     }
     reported
-}
-
-/// Whether this host offers the capability (re-exported for `doctor`).
-pub fn host_has(host: &KvmHost, cap: Cap) -> bool {
-    host.has_cap(cap)
 }
