@@ -19,6 +19,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let quick = args.iter().any(|a| a == "--quick");
     let mut runs = if quick { 5 } else { 20 };
     let mut suites = Vec::new();
+    let mut only: Option<Vec<String>> = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -30,11 +31,26 @@ pub fn run(args: &[String]) -> Result<()> {
                     .filter(|n| *n > 0)
                     .ok_or_else(|| anyhow::anyhow!("--runs needs a positive number"))?;
             }
+            "--systems" => {
+                let list = it.next().ok_or_else(|| {
+                    anyhow::anyhow!("--systems needs a comma-separated list, e.g. ringfence-user,qemu-passt")
+                })?;
+                let names: Vec<String> = list.split(',').map(|s| s.trim().to_string()).collect();
+                for n in &names {
+                    if !net::System::ALL.iter().any(|s| s.name() == n) {
+                        bail!(
+                            "--systems: unknown system {n:?} (known: {})",
+                            net::System::ALL.map(|s| s.name()).join(", ")
+                        );
+                    }
+                }
+                only = Some(names);
+            }
             "boot" => suites.push("boot"),
             "net" => suites.push("net"),
             "--linux" => bail!("{}", linux_refusal()),
             other => {
-                bail!("unknown bench option {other:?} (try: boot, net, --quick, --runs N, --linux)")
+                bail!("unknown bench option {other:?} (try: boot, net, --quick, --runs N, --systems A,B, --linux)")
             }
         }
     }
@@ -59,7 +75,7 @@ pub fn run(args: &[String]) -> Result<()> {
             done(t);
         }
         if suite == "net" {
-            run_net(&bin, &probe_elf, &peer_bin, quick, &mut report)?;
+            run_net(&bin, &probe_elf, &peer_bin, quick, only.as_deref(), &mut report)?;
         }
     }
     let dir = target_dir().join("bench");
@@ -144,6 +160,7 @@ fn run_net(
     probe: &std::path::Path,
     peer: &std::path::Path,
     quick: bool,
+    only: Option<&[String]>,
     report: &mut report::Report,
 ) -> Result<()> {
     if !crate::util::is_root() {
@@ -188,6 +205,9 @@ fn run_net(
         systems.push(net::System::QemuPasst);
     }
     systems.push(net::System::QemuUser);
+    if let Some(only) = only {
+        systems.retain(|s| only.iter().any(|n| n == s.name()));
+    }
     let t = step(&format!(
         "net: {} systems x {reps} repetitions, {} MiB each way + ping-pong (about {} s)",
         systems.len(),

@@ -43,6 +43,15 @@ pub enum System {
 }
 
 impl System {
+    /// Every system the suite knows, in report order.
+    pub const ALL: [System; 5] = [
+        System::RingfenceUser,
+        System::RingfenceTap,
+        System::QemuTap,
+        System::QemuPasst,
+        System::QemuUser,
+    ];
+
     /// The name used in reports.
     pub fn name(self) -> &'static str {
         match self {
