@@ -87,7 +87,8 @@ pub struct NetConfig {
     /// MTU announced by DHCP/RA and used for the MSS we advertise.
     pub mtu: u16,
     /// Largest Ethernet frame (no virtio header) the device can place in guest RX buffers:
-    /// 1514 without GUEST_TSO, up to 65550 with it.
+    /// 1514 for any guest, `mtu + 14` when the guest takes large frames, up to 65550 with
+    /// GUEST_TSO (see `Netstack::set_guest_rx_offloads`).
     pub max_rx_frame: usize,
     /// Compute L4 checksums for frames to the guest. `false` when the guest negotiated
     /// GUEST_CSUM and the device sets DATA_VALID ([`crate::RxMeta::csum_valid`]).
@@ -163,11 +164,13 @@ impl Addressing {
         }
         let hi = (u128::from(pool6) >> 64) as u64;
         let prefix = ((hi + u64::from(cfg.ipv6_index)) as u128) << 64;
-        if cfg.mtu < 1280 || cfg.max_rx_frame < usize::from(cfg.mtu) + 14 {
+        // A guest may announce a larger MSS than its RX buffers take until its driver is
+        // activated; frames are always cut to `max_rx_frame`, so only the floor matters.
+        if cfg.mtu < 1280 || cfg.max_rx_frame < 1514 {
             return Err(NetError::InvalidConfig {
                 what: "mtu/max_rx_frame",
                 value: format!("{}/{}", cfg.mtu, cfg.max_rx_frame),
-                hint: "mtu must be >= 1280 and max_rx_frame >= mtu + 14",
+                hint: "mtu must be >= 1280 and max_rx_frame >= 1514",
             });
         }
         if cfg.max_rx_frame > 65550 {

@@ -145,6 +145,8 @@ pub struct PreparedNet {
     pub mac: [u8; 6],
     /// The policy handle of the `user` backend (for runtime changes).
     pub policy: Option<PolicyHandle>,
+    /// Link MTU the device announces (`user`: the netstack's); `None` = not announced.
+    pub mtu: Option<u16>,
 }
 
 /// Opens the backend before anything else is created, so a bad `--net`, a taken published
@@ -162,11 +164,12 @@ pub fn prepare(settings: &NetSettings) -> Result<Option<PreparedNet>, NetSetupEr
                 backend: Box::new(tap),
                 mac,
                 policy: None,
+                mtu: None,
             }))
         }
         NetBackendSpec::User => {
-            // 1514-byte frames work with every guest; the device negotiates larger ones.
-            let (stack, policy) = crate::net_user::build(&settings.user, mac, 1514)?;
+            let (stack, policy) = crate::net_user::build(&settings.user, mac)?;
+            let mtu = Some(stack.mtu());
             let backend = crate::net_policy_wake::PolicyAwareBackend::new(
                 UserBackend::new(stack),
                 policy.change_signal(),
@@ -175,6 +178,7 @@ pub fn prepare(settings: &NetSettings) -> Result<Option<PreparedNet>, NetSetupEr
                 backend: Box::new(backend),
                 mac,
                 policy: Some(policy),
+                mtu,
             }))
         }
     }
@@ -191,6 +195,7 @@ pub fn attach(
     let config = NetConfig {
         mac: prepared.mac,
         pcap: settings.pcap.clone(),
+        mtu: prepared.mtu,
         ..Default::default()
     };
     let net =

@@ -109,6 +109,20 @@ pub fn parse_ipv6_pool(text: &str) -> Result<(Ipv6Addr, u8), String> {
     Ok((ip, len))
 }
 
+/// Default link MTU of `--net user` (what passt uses too): the largest IPv4 packet that
+/// still fits a 64 KiB buffer with its headers.
+pub const DEFAULT_MTU: u16 = 65520;
+
+/// Parses a `--mtu` value: 1280 (the IPv6 minimum) to 65520.
+pub fn parse_mtu(text: &str) -> Result<u16, String> {
+    match text.parse::<u16>() {
+        Ok(m) if (1280..=DEFAULT_MTU).contains(&m) => Ok(m),
+        _ => Err(format!(
+            "bad --mtu {text:?}: expected a number of bytes from 1280 (the IPv6 minimum) to {DEFAULT_MTU}"
+        )),
+    }
+}
+
 /// Parses a `--dns` value: an IP (port 53) or IP:PORT / [IPv6]:PORT.
 pub fn parse_dns(text: &str) -> Result<SocketAddr, String> {
     if let Ok(ip) = text.parse::<IpAddr>() {
@@ -131,6 +145,8 @@ pub struct UserNetSettings {
     pub publish: Vec<PublishSpec>,
     /// Most simultaneous connections (default 256).
     pub max_connections: Option<usize>,
+    /// Link MTU (default [`DEFAULT_MTU`]).
+    pub mtu: Option<u16>,
     /// The network policy.
     pub policy: PolicySettings,
 }
@@ -151,14 +167,15 @@ pub enum UserNetError {
 pub fn build(
     settings: &UserNetSettings,
     guest_mac: [u8; 6],
-    max_rx_frame: usize,
 ) -> Result<(Netstack, PolicyHandle), UserNetError> {
     let policy = build_policy(&settings.policy)?;
     let handle = PolicyHandle::new(&policy, Vec::new())?;
     let mut cfg = NetConfig {
         guest_mac,
         dns_upstreams: settings.dns.clone(),
-        max_rx_frame,
+        mtu: settings.mtu.unwrap_or(DEFAULT_MTU),
+        // Standard frames until the guest's driver says what it takes (UserBackend::activate).
+        max_rx_frame: 1514,
         ..NetConfig::default()
     };
     if let Some(pool) = settings.ipv4_pool {

@@ -31,6 +31,12 @@ pub const DEFAULT_POLL_WINDOW: Duration = Duration::from_micros(100);
 pub const DEFAULT_POLL_WINDOW_MAX: Duration = Duration::from_millis(1);
 /// Config space status bit: link up.
 const VIRTIO_NET_S_LINK_UP: u16 = 1;
+/// Config space: mac (6), status (2), max_virtqueue_pairs (2), mtu (2).
+const CONFIG_SPACE_LEN: usize = 12;
+/// MTU of a standard Ethernet link, assumed when no MTU is configured.
+const STD_MTU: u16 = 1500;
+/// Smallest MTU the virtio spec lets a device announce.
+const MIN_MTU: u16 = 68;
 
 /// Static configuration of one virtio-net device.
 #[derive(Debug, Clone)]
@@ -48,6 +54,10 @@ pub struct NetConfig {
     pub poll_window_max: Duration,
     /// Capture every frame, both directions, into this pcap file.
     pub pcap: Option<PathBuf>,
+    /// Link MTU announced in config space with VIRTIO_NET_F_MTU (68..=65535): the largest IP
+    /// packet the guest should send, and the largest the backend will deliver. `None` does not
+    /// offer the feature; the link is then a standard 1500-byte Ethernet.
+    pub mtu: Option<u16>,
 }
 
 impl Default for NetConfig {
@@ -58,6 +68,7 @@ impl Default for NetConfig {
             poll_window: DEFAULT_POLL_WINDOW,
             poll_window_max: DEFAULT_POLL_WINDOW_MAX,
             pcap: None,
+            mtu: None,
         }
     }
 }
@@ -71,6 +82,9 @@ pub enum NetError {
     /// The queue size is not a power of two in 2..=32768.
     #[error("invalid virtio-net queue size {0}: use a power of two between 2 and 32768")]
     QueueSize(u16),
+    /// The MTU is below the 68 bytes every IPv4 link must carry.
+    #[error("invalid virtio-net MTU {0}: use a value between 68 and 65535")]
+    Mtu(u16),
 }
 
 struct Running {
@@ -84,7 +98,7 @@ pub struct Net {
     queue_sizes: [u16; 2],
     avail_features: u64,
     acked_features: u64,
-    config_space: [u8; 10],
+    config_space: [u8; CONFIG_SPACE_LEN],
     metrics: Arc<NetMetrics>,
     idle: Option<WorkerParts>,
     running: Option<Running>,
@@ -111,6 +125,10 @@ impl Net {
             Some(p) => Some(PcapSink::create(p)?),
             None => None,
         };
+        if let Some(mtu) = config.mtu.filter(|&m| m < MIN_MTU) {
+            return Err(NetError::Mtu(mtu));
+        }
+        let mtu_bit = config.mtu.map_or(0, |_| 1u64 << VIRTIO_NET_F_MTU);
         let avail_features = [
             VIRTIO_F_VERSION_1,
             VIRTIO_RING_F_EVENT_IDX,
@@ -125,11 +143,12 @@ impl Net {
             VIRTIO_NET_F_STATUS,
         ]
         .iter()
-        .fold(0u64, |acc, bit| acc | (1u64 << bit));
-        let mut config_space = [0u8; 10];
+        .fold(mtu_bit, |acc, bit| acc | (1u64 << bit));
+        let mut config_space = [0u8; CONFIG_SPACE_LEN];
         config_space[..6].copy_from_slice(&config.mac);
         config_space[6..8].copy_from_slice(&VIRTIO_NET_S_LINK_UP.to_le_bytes());
         config_space[8..10].copy_from_slice(&1u16.to_le_bytes());
+        config_space[10..12].copy_from_slice(&config.mtu.unwrap_or(STD_MTU).to_le_bytes());
         Ok(Self {
             queue_sizes: [qs, qs],
             config,
@@ -241,11 +260,12 @@ impl VirtioDevice for Net {
         };
         let metrics = self.metrics.clone();
         let poll_window = PollWindow::new(self.config.poll_window, self.config.poll_window_max);
+        let link_mtu = self.config.mtu.unwrap_or(STD_MTU);
         let spawn = std::thread::Builder::new()
             .name("rf-virtio-net".into())
             .spawn(move || {
                 let stop_fd = worker_stop.as_raw_fd();
-                let worker = NetWorker::new(ctx, parts, metrics, poll_window, lp);
+                let worker = NetWorker::new(ctx, parts, metrics, poll_window, lp, link_mtu);
                 let parts = worker.run(stop_fd);
                 drop(worker_stop);
                 parts

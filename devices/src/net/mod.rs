@@ -31,6 +31,8 @@ pub mod features {
     pub const VIRTIO_NET_F_CSUM: u32 = 0;
     /// Driver handles partial checksums on RX.
     pub const VIRTIO_NET_F_GUEST_CSUM: u32 = 1;
+    /// Device announces the link MTU in its config space.
+    pub const VIRTIO_NET_F_MTU: u32 = 3;
     /// Device has a MAC address in its config space.
     pub const VIRTIO_NET_F_MAC: u32 = 5;
     /// Driver can receive TSOv4 super-frames.

@@ -40,8 +40,8 @@ use crate::virtio::interrupt::INT_USED_RING;
 use crate::virtio::used_ring::{set_avail_event, UsedBatch};
 use crate::virtio::{ActivateContext, Interrupt};
 
-/// Largest standard frame: Ethernet + VLAN header + 1500 bytes of payload.
-const STD_FRAME_LEN: usize = 1518;
+/// Ethernet header plus a VLAN tag: what a frame adds to the link MTU.
+const L2_OVERHEAD: usize = 18;
 /// How long after the last activity the worker polls the rings without ever sleeping.
 ///
 /// The rest of the polling window is spent in [`POLL_TICK`] sleeps. A guest kick wakes the
@@ -100,6 +100,7 @@ impl NetWorker {
         metrics: Arc<NetMetrics>,
         poll_window: PollWindow,
         lp: EventLoop,
+        link_mtu: u16,
     ) -> Self {
         let mut queues = ctx.queues.into_iter();
         // The device checked there are exactly two queues before spawning us.
@@ -109,7 +110,7 @@ impl NetWorker {
         let max_rx_len = if has(VIRTIO_NET_F_GUEST_TSO4) || has(VIRTIO_NET_F_GUEST_TSO6) {
             VNET_HDR_LEN + MAX_FRAME_LEN
         } else {
-            VNET_HDR_LEN + STD_FRAME_LEN
+            VNET_HDR_LEN + usize::from(link_mtu) + L2_OVERHEAD
         };
         let rx_size = usize::from(rx.size());
         let tx_size = usize::from(tx.size());

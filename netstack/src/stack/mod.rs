@@ -117,6 +117,20 @@ impl Netstack {
         (self.core.addrs.prefix6, self.core.addrs.gateway6)
     }
 
+    /// The link MTU announced to the guest (DHCP option 26, RA) and used for our MSS.
+    pub fn mtu(&self) -> u16 {
+        self.core.cfg.mtu
+    }
+
+    /// Matches frames to the guest to what its driver negotiated: the largest Ethernet frame
+    /// its RX buffers take (`mtu + 14`, or up to 65549 for TSO super-frames), and whether
+    /// L4 checksums must be filled in (`false` once it accepts DATA_VALID). Values below one
+    /// standard frame are raised to 1514.
+    pub fn set_guest_rx_offloads(&mut self, max_rx_frame: usize, rx_checksum: bool) {
+        self.core.cfg.max_rx_frame = max_rx_frame.max(1514);
+        self.core.cfg.rx_checksum = rx_checksum;
+    }
+
     /// Number of live flows (TCP + UDP).
     pub fn flow_count(&self) -> usize {
         self.flows.len()

@@ -167,3 +167,77 @@ fn large_frames_when_device_allows_them() {
     assert!(big.get() > 0, "no frame larger than one MTU was produced");
     server.join().unwrap();
 }
+
+/// A 65520-byte link MTU (what ringfence announces by default): the guest's SYN carries a
+/// large MSS, it sends 64 KiB segments that each become one host write, and data to it comes
+/// in frames of up to `mtu + 14` bytes without GSO; the bytes stay exact both ways.
+#[test]
+fn large_mtu_both_ways() {
+    const MTU: u16 = 65520;
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let total = 8 << 20;
+    let up = pattern(total, 21);
+    let down = pattern(total, 22);
+    let (up_digest, down2) = (Sha256::digest(&up).to_vec(), down.clone());
+    let server = std::thread::spawn(move || {
+        let (mut c, _) = l.accept().unwrap();
+        let writer = {
+            let mut c = c.try_clone().unwrap();
+            std::thread::spawn(move || c.write_all(&down2).unwrap())
+        };
+        let mut got = vec![0u8; total];
+        c.read_exact(&mut got).unwrap();
+        writer.join().unwrap();
+        Sha256::digest(&got).to_vec()
+    });
+    let cfg = netstack::NetConfig {
+        mtu: MTU,
+        max_rx_frame: usize::from(MTU) + 14,
+        ..cfg()
+    };
+    let mut h = Harness::new(cfg);
+    let big = std::rc::Rc::new(std::cell::Cell::new(0usize));
+    let big2 = big.clone();
+    h.observe = Some(Box::new(move |f| {
+        assert!(
+            f.len() <= usize::from(MTU) + 14,
+            "frame of {} bytes",
+            f.len()
+        );
+        if f.len() > 1514 {
+            big2.set(big2.get() + 1);
+        }
+    }));
+    let s = tcp_socket(&mut h, 1 << 20);
+    connect_gateway(&mut h, s, port, 40004);
+    assert!(wait_established(&mut h, s));
+    let (mut sent, mut got) = (0usize, 0usize);
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 65536];
+    let ok = h.run_until(1_000_000, Duration::from_secs(60), |h| {
+        let sock = h.sockets.get_mut::<tcp::Socket>(s);
+        if sent < total && sock.can_send() {
+            sent += sock.send_slice(&up[sent..]).unwrap();
+        }
+        while sock.can_recv() {
+            let n = sock.recv_slice(&mut buf).unwrap();
+            hasher.update(&buf[..n]);
+            got += n;
+        }
+        // Everything sent must also be acknowledged, i.e. written to the host socket.
+        sent == total && sock.send_queue() == 0 && got == total
+    });
+    assert!(ok, "sent {sent}, received {got}");
+    assert_eq!(hasher.finalize().to_vec(), Sha256::digest(&down).to_vec());
+    assert_eq!(server.join().unwrap(), up_digest);
+    assert!(
+        big.get() > 0,
+        "no frame to the guest was larger than 1514 bytes"
+    );
+    let frames = h.ns.metrics().guest_frames;
+    assert!(
+        frames < (total / 1460) as u64 / 4,
+        "{frames} guest frames for {total} bytes: the guest did not use the large MTU"
+    );
+}

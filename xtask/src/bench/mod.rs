@@ -33,7 +33,9 @@ pub fn run(args: &[String]) -> Result<()> {
             }
             "--systems" => {
                 let list = it.next().ok_or_else(|| {
-                    anyhow::anyhow!("--systems needs a comma-separated list, e.g. ringfence-user,qemu-passt")
+                    anyhow::anyhow!(
+                        "--systems needs a comma-separated list, e.g. ringfence-user,qemu-passt"
+                    )
                 })?;
                 let names: Vec<String> = list.split(',').map(|s| s.trim().to_string()).collect();
                 for n in &names {
@@ -75,7 +77,14 @@ pub fn run(args: &[String]) -> Result<()> {
             done(t);
         }
         if suite == "net" {
-            run_net(&bin, &probe_elf, &peer_bin, quick, only.as_deref(), &mut report)?;
+            run_net(
+                &bin,
+                &probe_elf,
+                &peer_bin,
+                quick,
+                only.as_deref(),
+                &mut report,
+            )?;
         }
     }
     let dir = target_dir().join("bench");

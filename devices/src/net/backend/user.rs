@@ -24,6 +24,8 @@ use crate::net::header::{
     VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6,
 };
 
+/// Ethernet header length (the netstack never builds VLAN-tagged frames).
+const ETH_HDR_LEN: usize = 14;
 /// Offset of the checksum field in a TCP header.
 const TCP_CSUM_OFFSET: u16 = 16;
 
@@ -44,8 +46,9 @@ impl std::fmt::Debug for UserBackend {
 }
 
 impl UserBackend {
-    /// Wraps `stack`. Configure it for the worst case the guest may negotiate
-    /// (`max_rx_frame` 1514 and `rx_checksum` true work with every guest).
+    /// Wraps `stack`. Its frame size and checksum duty for the guest direction are set when
+    /// the guest activates the device, from the features it negotiated; the device should
+    /// announce the netstack's MTU (`NetConfig::mtu` of the device = [`Netstack::mtu`]).
     pub fn new(stack: Netstack) -> Self {
         Self {
             stack,
@@ -103,6 +106,15 @@ impl NetBackend for UserBackend {
 
     fn activate(&mut self, features: u64) -> Result<(), BackendError> {
         self.features = features;
+        let tso = self.has(VIRTIO_NET_F_GUEST_TSO4) || self.has(VIRTIO_NET_F_GUEST_TSO6);
+        let max_rx_frame = if tso {
+            // An IPv4 total length or IPv6 payload length of 65535 behind the Ethernet header.
+            usize::from(u16::MAX) + ETH_HDR_LEN
+        } else {
+            usize::from(self.stack.mtu()) + ETH_HDR_LEN
+        };
+        self.stack
+            .set_guest_rx_offloads(max_rx_frame, !self.has(VIRTIO_NET_F_GUEST_CSUM));
         Ok(())
     }
 

@@ -22,6 +22,20 @@ use crate::cmdline::Cmdline;
 use crate::virtio::candidate_windows;
 use crate::virtio::mmio::MmioTransport;
 
+/// DHCP options asked for: subnet mask, router, DNS servers, interface MTU.
+const DHCP_REQUEST: &[u8] = &[1, 3, 6, DHCP_OPT_MTU];
+/// DHCP option 26: interface MTU.
+const DHCP_OPT_MTU: u8 = 26;
+/// Room for a DHCP answer kept for its options.
+const DHCP_PACKET_MAX: usize = 1500;
+
+/// A smoltcp interface over `dev`, with its MTU as of now.
+fn new_interface(dev: &mut VirtioNet, epoch: u64, now: Instant) -> Interface {
+    let mut config = Config::new(HardwareAddress::Ethernet(EthernetAddress(dev.mac())));
+    config.random_seed = epoch ^ 0x9e37_79b9_7f4a_7c15;
+    Interface::new(config, dev, now)
+}
+
 /// Most egress passes per poll (bounds the frames sent per kick).
 const EGRESS_BATCH: usize = 64;
 
@@ -109,6 +123,10 @@ pub struct Stack {
     pub polls: u64,
     epoch: u64,
     dns: Vec<IpAddress>,
+    /// The MTU smoltcp's interface was created with.
+    iface_mtu: usize,
+    /// `probe.mtu=` was given: DHCP's MTU option is ignored.
+    mtu_fixed: bool,
 }
 
 fn parse_ip(key: &'static str, value: &str) -> Result<IpAddress, NetError> {
@@ -135,11 +153,23 @@ impl Stack {
         }
         let transport = transport.ok_or(NetError::NoDevice)?;
         let mut dev = VirtioNet::new(transport).map_err(|e| NetError::Device(format!("{e}")))?;
+        let mtu_fixed = match cmdline.get("probe.mtu") {
+            Some(v) => {
+                let mtu = v.parse::<usize>().map_err(|_| NetError::BadArg {
+                    key: "probe.mtu",
+                    value: v.into(),
+                    expected: "a link MTU in bytes, e.g. 1500",
+                })?;
+                dev.set_mtu(mtu);
+                true
+            }
+            None => false,
+        };
         let epoch = rdtsc();
-        let mut config = Config::new(HardwareAddress::Ethernet(EthernetAddress(dev.mac())));
-        config.random_seed = epoch ^ 0x9e37_79b9_7f4a_7c15;
-        let iface = Interface::new(config, &mut dev, Instant::from_micros(0));
+        let iface = new_interface(&mut dev, epoch, Instant::from_micros(0));
         Ok(Stack {
+            iface_mtu: dev.mtu(),
+            mtu_fixed,
             dev,
             iface,
             sockets: SocketSet::new(Vec::new()),
@@ -237,21 +267,33 @@ impl Stack {
     }
 
     fn dhcp(&mut self, cmdline: &Cmdline<'_>, timeout_ms: u64) -> Result<AddressInfo, NetError> {
-        let handle = self.sockets.add(dhcpv4::Socket::new());
+        let mut socket = dhcpv4::Socket::new();
+        socket.set_parameter_request_list(DHCP_REQUEST);
+        // One lease per boot: the copy of the answer (read for its MTU option) may live on.
+        socket.set_receive_packet_buffer(alloc::vec![0u8; DHCP_PACKET_MAX].leak());
+        let handle = self.sockets.add(socket);
         let deadline = self.clock.deadline_ms(timeout_ms);
         let lease = self.poll_until(deadline, |s| {
             match s.sockets.get_mut::<dhcpv4::Socket>(handle).poll() {
                 Some(dhcpv4::Event::Configured(c)) => {
-                    Some((c.address, c.router, c.dns_servers.clone()))
+                    let mtu = c.packet.as_ref().and_then(|p| {
+                        p.options()
+                            .find(|o| o.kind == DHCP_OPT_MTU && o.data.len() == 2)
+                            .map(|o| usize::from(u16::from_be_bytes([o.data[0], o.data[1]])))
+                    });
+                    Some((c.address, c.router, c.dns_servers.clone(), mtu))
                 }
                 _ => None,
             }
         });
         // The lease outlives the scenario; the socket is no longer needed.
         self.sockets.remove(handle);
-        let Some((address, router, servers)) = lease else {
+        let Some((address, router, servers, mtu)) = lease else {
             return Err(NetError::DhcpTimeout { ms: timeout_ms });
         };
+        if let (Some(mtu), false) = (mtu, self.mtu_fixed) {
+            self.apply_mtu(mtu);
+        }
         self.iface.update_ip_addrs(|addrs| {
             addrs.clear();
             let _ = addrs.push(IpCidr::Ipv4(address));
@@ -269,6 +311,23 @@ impl Stack {
             dns: self.dns.clone(),
             method: "dhcp",
         })
+    }
+
+    /// Uses `mtu` for the link (clamped by the driver). smoltcp reads the MTU
+    /// once, when its `Interface` is created, so a new one replaces the old;
+    /// the caller configures addresses afterwards.
+    fn apply_mtu(&mut self, mtu: usize) {
+        if self.dev.set_mtu(mtu) == self.iface_mtu {
+            return;
+        }
+        let now = self.now();
+        self.iface = new_interface(&mut self.dev, self.epoch, now);
+        self.iface_mtu = self.dev.mtu();
+    }
+
+    /// The link MTU smoltcp uses.
+    pub fn mtu(&self) -> usize {
+        self.iface_mtu
     }
 
     /// Resolves `name` (an address literal is returned as is) with A then

@@ -1,13 +1,16 @@
 //! The polled virtio-net driver and its smoltcp `phy::Device` face.
 //!
-//! Buffers: every RX and TX descriptor owns one fixed 2 KiB buffer (the
-//! 12-byte `virtio_net_hdr_v1` plus a 1514-byte Ethernet frame fit; no GSO is
-//! negotiated, so frames never need more). smoltcp reads received frames in
-//! place and writes outgoing frames in place: no copies in the driver.
+//! Buffers: every RX descriptor owns one fixed 4 KiB buffer; every TX
+//! descriptor owns a buffer that starts at 2 KiB and grows to the largest
+//! frame sent through it. smoltcp reads received frames in place and writes
+//! outgoing frames in place: no copies in the driver, except that a frame
+//! spanning several RX buffers is reassembled into a scratch buffer.
 //!
-//! Features: VERSION_1, MAC, MRG_RXBUF (a frame spanning several buffers is
-//! reassembled into a scratch buffer), EVENT_IDX. CSUM/GUEST_CSUM are left
-//! off: smoltcp computes and verifies every checksum itself, which keeps
+//! Features: VERSION_1, MAC, MRG_RXBUF, EVENT_IDX, MTU. The link MTU is 1500
+//! unless the device announces another (VIRTIO_NET_F_MTU) or DHCP does
+//! ([`VirtioNet::set_mtu`]); frames above 1514 bytes need MRG_RXBUF. No GSO is
+//! negotiated: a large MTU gives large frames without it. CSUM/GUEST_CSUM are
+//! left off: smoltcp computes and verifies every checksum itself, which keeps
 //! results correct whatever the device does.
 //!
 //! The RX ring is kept full (a buffer goes back as soon as smoltcp consumed
@@ -25,17 +28,27 @@ use crate::virtio::queue::{QueueAllocError, SplitQueue, F_EVENT_IDX};
 
 /// virtio device id of a network card.
 pub const DEVICE_ID_NET: u32 = 1;
+const F_MTU: u64 = 1 << 3;
 const F_MAC: u64 = 1 << 5;
 const F_MRG_RXBUF: u64 = 1 << 15;
 const RX_QUEUE: u16 = 0;
 const TX_QUEUE: u16 = 1;
 /// `virtio_net_hdr_v1` length (VERSION_1 always uses the 12-byte header).
 const HDR_LEN: usize = 12;
-const BUF_LEN: usize = 2048;
-/// Largest Ethernet frame without FCS.
-const MAX_FRAME: usize = 1514;
-/// Most buffers one merged frame may span.
-const MAX_MERGED: u16 = 16;
+/// Size of each RX buffer.
+const BUF_LEN: usize = 4096;
+/// Initial size of each TX buffer (grown on demand for large frames).
+const TX_BUF_INITIAL: usize = 2048;
+/// Ethernet header length (no FCS, no VLAN tag).
+const ETH_HDR: usize = 14;
+/// MTU of a standard Ethernet link.
+pub const STD_MTU: usize = 1500;
+/// Largest MTU the driver uses (an IP packet of at most 64 KiB).
+pub const MAX_MTU: usize = 65520;
+/// Offset of `mtu` in the virtio-net config space.
+const CONFIG_MTU: u64 = 10;
+/// Most buffers one merged frame may span (17 x 4084 bytes > 65534).
+const MAX_MERGED: u16 = 20;
 
 /// Why the device could not be brought up.
 #[derive(Debug)]
@@ -86,7 +99,7 @@ pub struct RxHalf {
 /// The transmit half: queue 1, its buffers and free descriptor ids.
 pub struct TxHalf {
     queue: SplitQueue,
-    bufs: Vec<u8>,
+    bufs: Vec<Vec<u8>>,
     free: Vec<u16>,
     frames: u64,
     ring_full: u64,
@@ -100,13 +113,15 @@ pub struct VirtioNet {
     mac: [u8; 6],
     features: u64,
     kicks: u64,
+    /// Current link MTU (IP packet size).
+    mtu: usize,
 }
 
 impl VirtioNet {
     /// Brings up the network device behind `transport`.
     pub fn new(transport: MmioTransport) -> Result<VirtioNet, NetDeviceError> {
         let features = transport
-            .begin_init(F_MAC | F_MRG_RXBUF | F_EVENT_IDX)
+            .begin_init(F_MAC | F_MRG_RXBUF | F_EVENT_IDX | F_MTU)
             .map_err(NetDeviceError::Mmio)?;
         let event_idx = features & F_EVENT_IDX != 0;
         let rxq = SplitQueue::new(transport.queue_max(RX_QUEUE), event_idx)
@@ -134,13 +149,13 @@ impl VirtioNet {
                 queue: rxq,
                 bufs: vec![0; rx_n * BUF_LEN],
                 merged: features & F_MRG_RXBUF != 0,
-                scratch: Vec::with_capacity(MAX_FRAME),
+                scratch: Vec::new(),
                 stats_frames: 0,
                 dropped: 0,
             },
             tx: TxHalf {
                 queue: txq,
-                bufs: vec![0; tx_n * BUF_LEN],
+                bufs: (0..tx_n).map(|_| vec![0; TX_BUF_INITIAL]).collect(),
                 free: (0..tx_n as u16).rev().collect(),
                 frames: 0,
                 ring_full: 0,
@@ -148,7 +163,13 @@ impl VirtioNet {
             mac,
             features,
             kicks: 0,
+            mtu: STD_MTU,
         };
+        if features & F_MTU != 0 {
+            let lo = dev.transport.config_u8(CONFIG_MTU);
+            let hi = dev.transport.config_u8(CONFIG_MTU + 1);
+            dev.set_mtu(usize::from(u16::from_le_bytes([lo, hi])));
+        }
         dev.transport.finish_init();
         for id in 0..rx_n as u16 {
             dev.rx.recycle(id);
@@ -160,6 +181,20 @@ impl VirtioNet {
     /// The MAC address.
     pub fn mac(&self) -> [u8; 6] {
         self.mac
+    }
+
+    /// Sets the link MTU (from the device's config space or DHCP), clamped to
+    /// what the RX path can take: 1500 without MRG_RXBUF, [`MAX_MTU`] with it.
+    /// Returns the MTU in effect. The smoltcp `Interface` reads it when created.
+    pub fn set_mtu(&mut self, mtu: usize) -> usize {
+        let limit = if self.rx.merged { MAX_MTU } else { STD_MTU };
+        self.mtu = mtu.clamp(576, limit);
+        self.mtu
+    }
+
+    /// The link MTU in effect.
+    pub fn mtu(&self) -> usize {
+        self.mtu
     }
 
     /// The negotiated feature bits.
@@ -312,14 +347,18 @@ impl phy::TxToken for NetTxToken<'_> {
     where
         F: FnOnce(&mut [u8]) -> R,
     {
-        let len = len.min(BUF_LEN - HDR_LEN);
+        let len = len.min(MAX_MTU + ETH_HDR);
         // `transmit`/`receive` only hand out a token when a descriptor is free.
         let id = self.tx.free.pop().unwrap_or(0);
-        let start = usize::from(id) * BUF_LEN;
-        let buf = &mut self.tx.bufs[start..start + HDR_LEN + len];
+        let slot = &mut self.tx.bufs[usize::from(id)];
+        if slot.len() < HDR_LEN + len {
+            // The descriptor is not in flight (it came off the free list).
+            slot.resize(HDR_LEN + len, 0);
+        }
+        let buf = &mut slot[..HDR_LEN + len];
         buf[..HDR_LEN].fill(0);
         let r = f(&mut buf[HDR_LEN..]);
-        let addr = self.tx.bufs.as_ptr() as u64 + start as u64;
+        let addr = buf.as_ptr() as u64;
         self.tx.queue.push(id, addr, (HDR_LEN + len) as u32, false);
         self.tx.frames += 1;
         r
@@ -362,7 +401,7 @@ impl phy::Device for VirtioNet {
     fn capabilities(&self) -> DeviceCapabilities {
         let mut caps = DeviceCapabilities::default();
         caps.medium = Medium::Ethernet;
-        caps.max_transmission_unit = MAX_FRAME;
+        caps.max_transmission_unit = self.mtu + ETH_HDR;
         caps.max_burst_size = None;
         caps
     }
