@@ -7,7 +7,8 @@
 //! handed to the inner backend right after the next frame; with probability `dup` a frame is
 //! sent twice. Backend → guest: every frame the inner backend produces is first written into a
 //! private buffer, then either copied into the guest's buffers, stashed to be handed out after
-//! the next frame, or also kept to be handed out a second time (header included). At most one
+//! the next frame (waiting up to [`MAX_HOLD`] for one), or also kept to be handed out a second
+//! time (header included). At most one
 //! frame per direction is held, never for long: a held frame goes out with the next frame, or
 //! when its short deadline passes (reported through `next_deadline`), so nothing is lost.
 //!
@@ -19,7 +20,7 @@ mod spec;
 #[cfg(test)]
 mod tests;
 
-pub use spec::{FaultSpec, FaultSpecError};
+pub use spec::{FaultRates, FaultSpec, FaultSpecError};
 
 use std::fmt;
 use std::io::{IoSlice, IoSliceMut};
@@ -181,12 +182,14 @@ pub struct FaultBackend {
     tx_held: Option<HeldTx>,
     /// A frame for the guest held back to be handed out after the next one.
     rx_stash: Option<RxCopy>,
+    /// When `rx_stash` goes out even if no frame overtook it.
+    rx_stash_due: Instant,
     /// Whether a frame overtook `rx_stash` (it goes out on the next `recv`).
     rx_stash_overtaken: bool,
     /// A frame for the guest to hand out a second time.
     rx_dup: Option<RxCopy>,
     /// When the worker should come back for `rx_stash`/`rx_dup` if nothing else wakes it.
-    rx_due: Option<Instant>,
+    rx_wake: Option<Instant>,
     scratch_full: Vec<u8>,
     scratch_frame: Vec<u8>,
 }
@@ -211,9 +214,10 @@ impl FaultBackend {
             counters: Arc::new(FaultCounters::default()),
             tx_held: None,
             rx_stash: None,
+            rx_stash_due: Instant::now(),
             rx_stash_overtaken: false,
             rx_dup: None,
-            rx_due: None,
+            rx_wake: None,
             scratch_full: Vec::new(),
             scratch_frame: Vec::new(),
         }
@@ -275,6 +279,11 @@ impl FaultBackend {
         }))
     }
 
+    /// Makes sure the worker comes back to `recv` by `at`.
+    fn wake_rx_by(&mut self, at: Instant) {
+        self.rx_wake = Some(self.rx_wake.filter(|w| *w <= at).unwrap_or(at));
+    }
+
     fn rx_pending(&self) -> bool {
         self.rx_stash.is_some() || self.rx_dup.is_some()
     }
@@ -291,12 +300,12 @@ impl NetBackend for FaultBackend {
 
     fn send(&mut self, frame: &TxFrame<'_>) -> Result<(), BackendError> {
         let now = Instant::now();
-        if self.tx_held.is_none() && self.rng.chance(self.spec.reorder_pct) {
+        if self.tx_held.is_none() && self.rng.chance(self.spec.tx.reorder_pct) {
             self.tx_held = Some(HeldTx::copy(frame, now + MAX_HOLD));
             return Ok(());
         }
         let sent = self.inner.send(frame);
-        if sent.is_ok() && self.rng.chance(self.spec.dup_pct) && self.inner.send(frame).is_ok() {
+        if sent.is_ok() && self.rng.chance(self.spec.tx.dup_pct) && self.inner.send(frame).is_ok() {
             FaultCounters::bump(&self.counters.tx_duplicated);
         }
         if let Some(held) = self.tx_held.take() {
@@ -327,25 +336,29 @@ impl NetBackend for FaultBackend {
         let capacity = buf.frame_capacity;
         let mut next = self.recv_inner(capacity)?;
         if let Some(copy) =
-            next.take_if(|_| self.rx_stash.is_none() && self.rng.chance(self.spec.reorder_pct))
+            next.take_if(|_| self.rx_stash.is_none() && self.rng.chance(self.spec.rx.reorder_pct))
         {
             self.rx_stash = Some(copy);
-            self.rx_due = Some(Instant::now() + MAX_HOLD);
+            self.rx_stash_due = Instant::now() + MAX_HOLD;
+            self.wake_rx_by(self.rx_stash_due);
             next = self.recv_inner(capacity)?;
         }
         let Some(copy) = next else {
-            // Nothing overtakes a stashed frame now: hand it out rather than let it wait.
-            return Ok(self.rx_stash.take().map(|copy| {
-                FaultCounters::bump(&self.counters.rx_released_late);
-                copy.write_to(buf)
-            }));
+            // Nothing to overtake a stashed frame: it waits for one until its deadline.
+            if self.rx_stash.is_some() && self.rx_stash_due <= Instant::now() {
+                if let Some(copy) = self.rx_stash.take() {
+                    FaultCounters::bump(&self.counters.rx_released_late);
+                    return Ok(Some(copy.write_to(buf)));
+                }
+            }
+            return Ok(None);
         };
         if self.rx_stash.is_some() {
             self.rx_stash_overtaken = true;
         }
-        if self.rng.chance(self.spec.dup_pct) {
+        if self.rng.chance(self.spec.rx.dup_pct) {
             self.rx_dup = Some(copy.clone());
-            self.rx_due = Some(Instant::now() + MAX_HOLD);
+            self.wake_rx_by(Instant::now() + MAX_HOLD);
         }
         Ok(Some(copy.write_to(buf)))
     }
@@ -361,7 +374,7 @@ impl NetBackend for FaultBackend {
     fn next_deadline(&self) -> Option<Instant> {
         let own = [
             self.tx_held.as_ref().map(|h| h.due),
-            self.rx_due.filter(|_| self.rx_pending()),
+            self.rx_wake.filter(|_| self.rx_pending()),
         ];
         own.into_iter()
             .flatten()
@@ -380,8 +393,8 @@ impl NetBackend for FaultBackend {
         }
         // The worker offers RX buffers right after this; if the guest has none, look again
         // a little later rather than spin.
-        if self.rx_pending() && self.rx_due.is_some_and(|d| d <= now) {
-            self.rx_due = Some(now + MAX_HOLD);
+        if self.rx_pending() && self.rx_wake.is_some_and(|d| d <= now) {
+            self.rx_wake = Some(now + MAX_HOLD);
         }
     }
 }

@@ -10,34 +10,68 @@ use std::str::FromStr;
 /// The seed used when the spec names none.
 const DEFAULT_SEED: u64 = 1;
 
-/// How often the fault hook perturbs frames, in whole percent per frame and direction.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FaultSpec {
+/// How often one direction's frames are perturbed, in whole percent per frame.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FaultRates {
     /// Percentage of frames held back and delivered after the next frame (0–100).
     pub reorder_pct: u8,
     /// Percentage of frames delivered twice (0–100).
     pub dup_pct: u8,
+}
+
+impl fmt::Display for FaultRates {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "reorder {}% dup {}%", self.reorder_pct, self.dup_pct)
+    }
+}
+
+/// What the fault hook does: rates per direction and the generator's seed.
+///
+/// One-line form: comma-separated `key=value` items. `reorder=PCT` and `dup=PCT` set both
+/// directions; `tx_reorder`, `tx_dup` (guest → host) and `rx_reorder`, `rx_dup` (host → guest)
+/// set one, overriding what comes before them; `seed=N` seeds the generator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FaultSpec {
+    /// Rates for frames the guest sends.
+    pub tx: FaultRates,
+    /// Rates for frames sent to the guest.
+    pub rx: FaultRates,
     /// Seed of the generator; the same seed and traffic give the same faults.
     pub seed: u64,
 }
 
+impl FaultSpec {
+    /// The same rates both ways.
+    pub fn both_ways(reorder_pct: u8, dup_pct: u8, seed: u64) -> Self {
+        let rates = FaultRates {
+            reorder_pct,
+            dup_pct,
+        };
+        FaultSpec {
+            tx: rates,
+            rx: rates,
+            seed,
+        }
+    }
+}
+
 impl Default for FaultSpec {
     fn default() -> Self {
-        FaultSpec {
-            reorder_pct: 0,
-            dup_pct: 0,
-            seed: DEFAULT_SEED,
-        }
+        FaultSpec::both_ways(0, 0, DEFAULT_SEED)
     }
 }
 
 impl fmt::Display for FaultSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "reorder {}% dup {}% seed {}",
-            self.reorder_pct, self.dup_pct, self.seed
-        )
+        if self.tx == self.rx {
+            write!(f, "{} seed {}", self.tx, self.seed)
+        } else {
+            write!(
+                f,
+                "guest to host {}, host to guest {}, seed {}",
+                self.tx, self.rx, self.seed
+            )
+        }
     }
 }
 
@@ -45,7 +79,7 @@ impl fmt::Display for FaultSpec {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FaultSpecError {
     /// An item is not `key=value`, or the key is unknown.
-    #[error("bad fault spec item {item:?} in {spec:?}: expected reorder=PCT, dup=PCT or seed=N, comma-separated (e.g. reorder=5,dup=2,seed=7)")]
+    #[error("bad fault spec item {item:?} in {spec:?}: expected comma-separated reorder=PCT, dup=PCT, tx_reorder=PCT, tx_dup=PCT, rx_reorder=PCT, rx_dup=PCT or seed=N (e.g. reorder=5,dup=2,seed=7)")]
     Item {
         /// The whole spec.
         spec: String,
@@ -58,14 +92,14 @@ pub enum FaultSpecError {
         /// The whole spec.
         spec: String,
         /// The key whose value is wrong.
-        key: &'static str,
+        key: String,
         /// The value as written.
         value: String,
         /// What the value must be.
         expected: &'static str,
     },
     /// The spec names no fault at all.
-    #[error("empty fault spec {spec:?}: name at least one of reorder=PCT or dup=PCT (e.g. reorder=5,dup=2,seed=7)")]
+    #[error("empty fault spec {spec:?}: name at least one rate, e.g. reorder=5,dup=2,seed=7")]
     Empty {
         /// The whole spec.
         spec: String,
@@ -84,36 +118,41 @@ impl FromStr for FaultSpec {
                 item: item.to_string(),
             };
             let (key, value) = item.split_once('=').ok_or_else(bad_item)?;
-            let value = value.trim();
-            let bad_value = |key, expected| FaultSpecError::Value {
+            let (key, value) = (key.trim(), value.trim());
+            let bad_value = |expected| FaultSpecError::Value {
                 spec: s.to_string(),
-                key,
+                key: key.to_string(),
                 value: value.to_string(),
                 expected,
             };
-            let pct = |key| {
-                value
-                    .parse::<u8>()
-                    .ok()
-                    .filter(|p| *p <= 100)
-                    .ok_or_else(|| bad_value(key, "expected a whole percentage from 0 to 100"))
-            };
-            match key.trim() {
-                "reorder" => {
-                    spec.reorder_pct = pct("reorder")?;
-                    named_fault = true;
-                }
-                "dup" => {
-                    spec.dup_pct = pct("dup")?;
-                    named_fault = true;
-                }
-                "seed" => {
-                    spec.seed = value.parse().map_err(|_| {
-                        bad_value("seed", "expected a whole number from 0 to 2^64-1")
-                    })?;
-                }
-                _ => return Err(bad_item()),
+            if key == "seed" {
+                spec.seed = value
+                    .parse()
+                    .map_err(|_| bad_value("expected a whole number from 0 to 2^64-1"))?;
+                continue;
             }
+            let (dirs, kind) = match key.split_once('_') {
+                Some(("tx", kind)) => ((true, false), kind),
+                Some(("rx", kind)) => ((false, true), kind),
+                Some(_) => return Err(bad_item()),
+                None => ((true, true), key),
+            };
+            let pct = value
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= 100)
+                .ok_or_else(|| bad_value("expected a whole percentage from 0 to 100"))?;
+            for (on, rates) in [(dirs.0, &mut spec.tx), (dirs.1, &mut spec.rx)] {
+                if !on {
+                    continue;
+                }
+                match kind {
+                    "reorder" => rates.reorder_pct = pct,
+                    "dup" => rates.dup_pct = pct,
+                    _ => return Err(bad_item()),
+                }
+            }
+            named_fault = true;
         }
         if !named_fault {
             return Err(FaultSpecError::Empty {
@@ -162,17 +201,28 @@ mod tests {
     #[test]
     fn specs_parse() {
         let s: FaultSpec = "reorder=5,dup=2,seed=7".parse().unwrap();
-        assert_eq!(
-            s,
-            FaultSpec {
-                reorder_pct: 5,
-                dup_pct: 2,
-                seed: 7
-            }
-        );
+        assert_eq!(s, FaultSpec::both_ways(5, 2, 7));
         assert_eq!(s.to_string(), "reorder 5% dup 2% seed 7");
         let s: FaultSpec = " dup=100 ".parse().unwrap();
-        assert_eq!((s.reorder_pct, s.dup_pct, s.seed), (0, 100, DEFAULT_SEED));
+        assert_eq!(s, FaultSpec::both_ways(0, 100, DEFAULT_SEED));
+        let s: FaultSpec = "reorder=5,dup=2,tx_reorder=0,rx_dup=3".parse().unwrap();
+        assert_eq!(
+            (s.tx, s.rx),
+            (
+                FaultRates {
+                    reorder_pct: 0,
+                    dup_pct: 2
+                },
+                FaultRates {
+                    reorder_pct: 5,
+                    dup_pct: 3
+                }
+            )
+        );
+        assert_eq!(
+            s.to_string(),
+            "guest to host reorder 0% dup 2%, host to guest reorder 5% dup 3%, seed 1"
+        );
     }
 
     #[test]
@@ -187,6 +237,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("\"drop=3\""), "{e}");
+        let e = "up_dup=3".parse::<FaultSpec>().unwrap_err().to_string();
+        assert!(e.contains("\"up_dup=3\""), "{e}");
+        let e = "tx_drop=3".parse::<FaultSpec>().unwrap_err().to_string();
+        assert!(e.contains("\"tx_drop=3\""), "{e}");
         let e = "reorder".parse::<FaultSpec>().unwrap_err().to_string();
         assert!(e.contains("\"reorder\""), "{e}");
         let e = "seed=x,dup=1".parse::<FaultSpec>().unwrap_err().to_string();

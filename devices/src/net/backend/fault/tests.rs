@@ -75,11 +75,7 @@ impl NetBackend for Fake {
 }
 
 fn spec(reorder_pct: u8, dup_pct: u8) -> FaultSpec {
-    FaultSpec {
-        reorder_pct,
-        dup_pct,
-        seed: 7,
-    }
+    FaultSpec::both_ways(reorder_pct, dup_pct, 7)
 }
 
 fn send(b: &mut FaultBackend, seq: u32) {
@@ -206,7 +202,12 @@ fn rx_run(with_header: bool) {
             None => break,
         }
     }
+    // A frame stashed at the very end waits for its deadline.
+    std::thread::sleep(MAX_HOLD);
+    b.on_timer(Instant::now());
+    got.extend(recv(&mut b));
     assert_eq!(recv(&mut b), None);
+    assert_eq!(b.next_deadline(), None);
     let stats = b.counters().snapshot();
     assert!((380..600).contains(&stats.rx_reordered), "{stats}");
     assert!((140..270).contains(&stats.rx_duplicated), "{stats}");
@@ -263,4 +264,24 @@ fn the_same_seed_gives_the_same_faults() {
         order
     };
     assert_eq!(run(), run());
+}
+
+#[test]
+fn a_stashed_frame_for_the_guest_waits_for_the_next_one_or_its_deadline() {
+    let fake = Fake {
+        to_guest: [1, 2, 3].into(),
+        ..Default::default()
+    };
+    let mut b = FaultBackend::new(Box::new(fake), spec(100, 0));
+    // 1 is stashed, 2 overtakes it, then 3 is stashed with nothing behind it.
+    assert_eq!(recv(&mut b), Some(frame(2)));
+    assert_eq!(recv(&mut b), Some(frame(1)));
+    assert_eq!(recv(&mut b), None);
+    let due = b.next_deadline().expect("a wake-up for the stashed frame");
+    std::thread::sleep(due.saturating_duration_since(Instant::now()));
+    b.on_timer(Instant::now());
+    assert_eq!(recv(&mut b), Some(frame(3)));
+    assert_eq!(recv(&mut b), None);
+    let stats = b.counters().snapshot();
+    assert_eq!((stats.rx_reordered, stats.rx_released_late), (1, 1));
 }
