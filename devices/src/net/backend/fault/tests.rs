@@ -9,10 +9,13 @@ use super::*;
 const FRAMES: u32 = 10_000;
 const CAPACITY: usize = 1514;
 
+/// Frames a backend was sent: header and Ethernet frame.
+type SentLog = Arc<Mutex<Vec<(VirtioNetHdr, Vec<u8>)>>>;
+
 /// Records what it is sent; hands out queued frames, numbered in their first 4 bytes.
 #[derive(Default)]
 struct Fake {
-    sent: Arc<Mutex<Vec<(VirtioNetHdr, Vec<u8>)>>>,
+    sent: SentLog,
     to_guest: VecDeque<u32>,
     with_header: bool,
 }
