@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 use std::str::FromStr;
 
+use devices::net::backend::fault::{FaultBackend, FaultSpec, FaultSpecError};
 use devices::net::backend::tap::TapBackend;
 use devices::net::backend::user::UserBackend;
 use devices::net::backend::NetBackend;
@@ -18,6 +19,9 @@ use crate::kvm::KvmError;
 use crate::layout::{virtio_mmio_base, VIRTIO_IRQ_BASE, VIRTIO_MMIO_WINDOW};
 use crate::net_policy::PolicyHandle;
 use crate::net_user::{UserNetError, UserNetSettings};
+
+/// Environment variable that wraps the backend in the test-only fault hook (design §8).
+pub const TEST_FAULTS_ENV: &str = "RINGFENCE_TEST_FAULTS";
 
 /// Offset of QueueNotify in a virtio-mmio window.
 const QUEUE_NOTIFY_OFFSET: u64 = 0x50;
@@ -96,6 +100,14 @@ pub enum NetSetupError {
     /// The `user` backend's settings are wrong, or a published port is taken.
     #[error(transparent)]
     User(#[from] UserNetError),
+    /// `RINGFENCE_TEST_FAULTS` is set but malformed.
+    #[error("{TEST_FAULTS_ENV}: {reason} (unset it to run without test faults)")]
+    TestFaults {
+        /// The variable's value.
+        value: String,
+        /// What is wrong with it, naming the value.
+        reason: String,
+    },
     /// Registering eventfds with KVM failed.
     #[error(transparent)]
     Kvm(#[from] KvmError),
@@ -152,6 +164,44 @@ pub struct PreparedNet {
 /// Opens the backend before anything else is created, so a bad `--net`, a taken published
 /// port or a wrong policy fails fast, before boot.
 pub fn prepare(settings: &NetSettings) -> Result<Option<PreparedNet>, NetSetupError> {
+    let faults = test_faults()?;
+    let prepared = prepare_backend(settings)?;
+    Ok(match (faults, prepared) {
+        (Some(spec), Some(p)) => {
+            // Never on silently: it copies frames and perturbs the guest's traffic.
+            eprintln!("ringfence: TEST FAULTS ENABLED: {spec} ({TEST_FAULTS_ENV})");
+            Some(PreparedNet {
+                backend: Box::new(FaultBackend::new(p.backend, spec)),
+                ..p
+            })
+        }
+        (_, prepared) => prepared,
+    })
+}
+
+/// The fault hook's settings from [`TEST_FAULTS_ENV`], read once; `None` when it is unset.
+fn test_faults() -> Result<Option<FaultSpec>, NetSetupError> {
+    match std::env::var(TEST_FAULTS_ENV) {
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(v)) => {
+            let value = v.to_string_lossy().into_owned();
+            Err(NetSetupError::TestFaults {
+                reason: format!("{value:?} is not valid UTF-8"),
+                value,
+            })
+        }
+        Ok(v) => v
+            .parse()
+            .map(Some)
+            .map_err(|e: FaultSpecError| NetSetupError::TestFaults {
+                value: v.clone(),
+                reason: e.to_string(),
+            }),
+    }
+}
+
+/// Opens the backend `settings` names (without the test fault hook).
+fn prepare_backend(settings: &NetSettings) -> Result<Option<PreparedNet>, NetSetupError> {
     let mac = settings.mac.unwrap_or_else(random_mac);
     match &settings.backend {
         NetBackendSpec::None => Ok(None),

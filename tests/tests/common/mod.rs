@@ -1,7 +1,10 @@
 //! Helpers shared by the end-to-end test files: locating the binaries and the probe guest,
-//! deciding whether a test must skip, and throwaway network namespaces with a tap inside.
+//! deciding whether a test must skip, and throwaway network namespaces with a tap inside
+//! (and, in [`lossy`], a lossy path to a server in a second namespace).
 
 #![allow(dead_code)]
+
+pub mod lossy;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -11,6 +11,7 @@
 //! Backends must never block: `send`/`recv` return [`BackendError::WouldBlock`] or `Ok(None)`
 //! instead.
 
+pub mod fault;
 pub mod loopback;
 pub mod tap;
 #[cfg(feature = "user")]

@@ -1,0 +1,209 @@
+//! End-to-end on KVM: transfers through the `user` netstack stay byte-exact when frames are
+//! reordered and duplicated at the device boundary (the test-only fault hook, enabled with
+//! `RINGFENCE_TEST_FAULTS`) while the path also drops 5% of the TCP packets both ways
+//! ([`common::lossy`]). The hook's exit summary proves the faults really happened.
+//!
+//! Host to guest, every fault runs together: the guest's smoltcp queues out-of-order data.
+//! Guest to host, only duplication does, for two known reasons, each reproduced by an ignored
+//! test here:
+//! - the netstack drops out-of-order guest segments instead of queueing them, and the guest
+//!   recovers each one with a go-back-N retransmission of its whole window, so with 5% of the
+//!   guest's frames reordered 16 MiB crawls (about 1.6 MB in 20 s) until the probe gives up
+//!   after 10 s without progress;
+//! - reordered ACKs can hand the guest a stale zero window after the window update that
+//!   replaced it; the probe's smoltcp 0.12 sends no zero-window probes (0.14 does), so it waits
+//!   forever.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::Output;
+
+use common::lossy::{have_nft, LossyPath, SERVER_IP};
+use common::*;
+
+const BYTES: u64 = 16 << 20;
+const FAULTS_ENV: &str = "RINGFENCE_TEST_FAULTS";
+
+/// Runs tcp-send of [`BYTES`] to a sink under `faults`; checks what the sink got.
+fn send_under(path: &LossyPath, probe: &Path, faults: &str) -> Output {
+    let (sink, addr) = path.server(&["sink", &format!("{SERVER_IP}:0"), "--timeout", "240"]);
+    let o = path
+        .probe(
+            probe,
+            &[
+                "probe.scenario=tcp-send",
+                &format!("probe.peer={SERVER_IP}:{}", addr.port()),
+                &format!("probe.bytes={BYTES}"),
+            ],
+        )
+        .env(FAULTS_ENV, faults)
+        .output()
+        .expect("run");
+    assert_eq!(o.status.code(), Some(0), "{}\n{}", stdout(&o), stderr(&o));
+    let r = peer_result(sink);
+    assert_eq!(r["bytes"], BYTES, "{r}");
+    assert_eq!(r["pattern_ok"], true, "{r}");
+    o
+}
+
+/// Runs tcp-recv of [`BYTES`] from a source under `faults`; checks what the guest got.
+fn recv_under(path: &LossyPath, probe: &Path, faults: &str) -> Output {
+    let (source, addr) = path.server(&[
+        "source",
+        &format!("{SERVER_IP}:0"),
+        &BYTES.to_string(),
+        "--timeout",
+        "240",
+    ]);
+    let o = path
+        .probe(
+            probe,
+            &[
+                "probe.scenario=tcp-recv",
+                &format!("probe.peer={SERVER_IP}:{}", addr.port()),
+            ],
+        )
+        .env(FAULTS_ENV, faults)
+        .output()
+        .expect("run");
+    assert_eq!(o.status.code(), Some(0), "{}\n{}", stdout(&o), stderr(&o));
+    let j = result_json(&o);
+    assert_eq!(j["bytes"], BYTES, "{j}");
+    assert_eq!(j["sha256"], pattern_sha256(BYTES).as_str(), "{j}");
+    assert_eq!(peer_result(source)["bytes"], BYTES);
+    o
+}
+
+/// Checks the hook announced `what` and returns its exit counters (`tx_reordered=N ...`).
+fn fault_counters(o: &Output, what: &str) -> HashMap<String, u64> {
+    let err = stderr(o);
+    let announcement = format!("ringfence: TEST FAULTS ENABLED: {what} (RINGFENCE_TEST_FAULTS)");
+    assert!(
+        err.contains(&announcement),
+        "no {announcement:?} in:\n{err}"
+    );
+    let line = err
+        .lines()
+        .find_map(|l| l.strip_prefix("ringfence: TEST FAULTS SUMMARY: "))
+        .unwrap_or_else(|| panic!("no fault summary in:\n{err}"));
+    let counters: HashMap<String, u64> = line
+        .split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.parse().expect("a count")))
+        .collect();
+    let _ = std::io::Write::write_fmt(
+        &mut std::io::stderr(),
+        format_args!("fault counters ({what}): {line}\n"),
+    );
+    counters
+}
+
+/// Asserts every counter in `keys` is above zero.
+fn assert_happened(c: &HashMap<String, u64>, keys: &[&str]) {
+    for key in keys {
+        assert!(c.get(*key).is_some_and(|n| *n > 0), "{key} not > 0: {c:?}");
+    }
+}
+
+#[test]
+fn transfers_stay_byte_exact_under_reordering_duplication_and_loss() {
+    let probe = require!(netns_ready());
+    require!(have_nft());
+    let path = LossyPath::new("fault");
+
+    let o = recv_under(&path, &probe, "reorder=5,dup=2,seed=7");
+    let c = fault_counters(&o, "reorder 5% dup 2% seed 7");
+    assert_happened(
+        &c,
+        &[
+            "tx_reordered",
+            "tx_duplicated",
+            "rx_reordered",
+            "rx_duplicated",
+        ],
+    );
+
+    let o = send_under(&path, &probe, "dup=2,seed=7");
+    let c = fault_counters(&o, "reorder 0% dup 2% seed 7");
+    assert_happened(&c, &["tx_duplicated", "rx_duplicated"]);
+}
+
+#[test]
+#[ignore = "the netstack drops out-of-order guest segments; the guest stalls (no progress for 10 s)"]
+fn guest_data_reordered_towards_the_host() {
+    let probe = require!(netns_ready());
+    require!(have_nft());
+    let path = LossyPath::new("ftx");
+    let o = send_under(&path, &probe, "tx_reorder=5,seed=7");
+    let c = fault_counters(
+        &o,
+        "guest to host reorder 5% dup 0%, host to guest reorder 0% dup 0%, seed 7",
+    );
+    assert_happened(&c, &["tx_reordered"]);
+}
+
+#[test]
+#[ignore = "a reordered stale zero-window ACK stalls the probe's smoltcp 0.12 (no window probes)"]
+fn acks_reordered_towards_a_sending_guest() {
+    let probe = require!(netns_ready());
+    require!(have_nft());
+    let path = LossyPath::new("frx");
+    let o = send_under(&path, &probe, "rx_reorder=5,seed=7");
+    let c = fault_counters(
+        &o,
+        "guest to host reorder 0% dup 0%, host to guest reorder 5% dup 0%, seed 7",
+    );
+    assert_happened(&c, &["rx_reordered"]);
+}
+
+#[test]
+fn udp_echo_answers_every_datagram_under_reordering_and_duplication() {
+    let probe = require!(netns_ready());
+    require!(have_nft());
+    let path = LossyPath::new("fudp");
+    // No --max: duplicated datagrams would use it up; the peer stops when idle.
+    let (peer, addr) = path.server(&["udp-echo", &format!("{SERVER_IP}:0"), "--timeout", "10"]);
+    let o = path
+        .probe(
+            &probe,
+            &[
+                "probe.scenario=udp-echo",
+                &format!("probe.peer={SERVER_IP}:{}", addr.port()),
+                "probe.count=300",
+            ],
+        )
+        .env(FAULTS_ENV, "reorder=20,dup=20,seed=3")
+        .output()
+        .expect("run");
+    assert_eq!(o.status.code(), Some(0), "{}\n{}", stdout(&o), stderr(&o));
+    let j = result_json(&o);
+    assert_eq!(j["received"], 300, "{j}");
+    let echoed = peer_result(peer)["datagrams"].as_u64().expect("a count");
+    assert!(echoed >= 300, "the peer echoed {echoed} datagrams");
+    let c = fault_counters(&o, "reorder 20% dup 20% seed 3");
+    // One datagram in flight at a time: held frames go out at their deadline (delayed, as
+    // nothing follows to overtake them).
+    assert_happened(&c, &["tx_released_late", "tx_duplicated", "rx_duplicated"]);
+}
+
+#[test]
+fn a_malformed_fault_spec_is_refused_before_boot() {
+    let probe = require!(kvm_and_probe());
+    let o = std::process::Command::new(ringfence_bin())
+        .args(["run", "--kernel"])
+        .arg(&probe)
+        .args(["--net", "user", "--timeout", "20"])
+        .env(FAULTS_ENV, "reorder=5,dup=200")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run");
+    assert_eq!(o.status.code(), Some(125), "{}\n{}", stdout(&o), stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("RINGFENCE_TEST_FAULTS") && err.contains("dup=\"200\""),
+        "{err}"
+    );
+    assert!(!err.contains("TEST FAULTS ENABLED"), "{err}");
+}
