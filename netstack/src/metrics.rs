@@ -57,6 +57,8 @@ pub struct NetMetrics {
     pub rst_to_guest: u64,
     /// TCP segments retransmitted to the guest.
     pub retransmits: u64,
+    /// Zero-window probes sent to a guest whose window stayed shut.
+    pub window_probes: u64,
     /// Connections accepted on published ports.
     pub published_accepts: u64,
 

@@ -26,17 +26,32 @@ use common::*;
 const BYTES: u64 = 16 << 20;
 const FAULTS_ENV: &str = "RINGFENCE_TEST_FAULTS";
 
+/// The guest's link MTU for a run: `STD` makes the probe use 1500-byte frames (many frames,
+/// so the per-frame fault rates show); `LINK` keeps what ringfence announces (65520: few,
+/// large data frames).
+const STD: Option<u16> = Some(1500);
+const LINK: Option<u16> = None;
+
+/// The probe's command-line words for `mtu`.
+fn mtu_words(mtu: Option<u16>) -> Vec<String> {
+    mtu.map(|m| format!("probe.mtu={m}")).into_iter().collect()
+}
+
 /// Runs tcp-send of [`BYTES`] to a sink under `faults`; checks what the sink got.
-fn send_under(path: &LossyPath, probe: &Path, faults: &str) -> Output {
+fn send_under(path: &LossyPath, probe: &Path, faults: &str, mtu: Option<u16>) -> Output {
     let (sink, addr) = path.server(&["sink", &format!("{SERVER_IP}:0"), "--timeout", "240"]);
     let o = path
         .probe(
             probe,
-            &[
+            [
                 "probe.scenario=tcp-send",
                 &format!("probe.peer={SERVER_IP}:{}", addr.port()),
                 &format!("probe.bytes={BYTES}"),
-            ],
+            ]
+            .into_iter()
+            .map(String::from)
+            .chain(mtu_words(mtu))
+            .collect::<Vec<_>>(),
         )
         .env(FAULTS_ENV, faults)
         .output()
@@ -49,7 +64,7 @@ fn send_under(path: &LossyPath, probe: &Path, faults: &str) -> Output {
 }
 
 /// Runs tcp-recv of [`BYTES`] from a source under `faults`; checks what the guest got.
-fn recv_under(path: &LossyPath, probe: &Path, faults: &str) -> Output {
+fn recv_under(path: &LossyPath, probe: &Path, faults: &str, mtu: Option<u16>) -> Output {
     let (source, addr) = path.server(&[
         "source",
         &format!("{SERVER_IP}:0"),
@@ -60,10 +75,14 @@ fn recv_under(path: &LossyPath, probe: &Path, faults: &str) -> Output {
     let o = path
         .probe(
             probe,
-            &[
+            [
                 "probe.scenario=tcp-recv",
                 &format!("probe.peer={SERVER_IP}:{}", addr.port()),
-            ],
+            ]
+            .into_iter()
+            .map(String::from)
+            .chain(mtu_words(mtu))
+            .collect::<Vec<_>>(),
         )
         .env(FAULTS_ENV, faults)
         .output()
@@ -113,7 +132,13 @@ fn transfers_stay_byte_exact_under_reordering_duplication_and_loss() {
     require!(have_nft());
     let path = LossyPath::new("fault");
 
-    let o = recv_under(&path, &probe, "reorder=5,dup=2,seed=7");
+    // Large frames from the default link MTU: few data frames, so only the direction
+    // towards the guest (data) is sure to see faults.
+    let o = recv_under(&path, &probe, "reorder=5,dup=2,seed=7", LINK);
+    let c = fault_counters(&o, "reorder 5% dup 2% seed 7");
+    assert_happened(&c, &["rx_reordered", "rx_duplicated"]);
+
+    let o = recv_under(&path, &probe, "reorder=5,dup=2,seed=7", STD);
     let c = fault_counters(&o, "reorder 5% dup 2% seed 7");
     assert_happened(
         &c,
@@ -125,7 +150,7 @@ fn transfers_stay_byte_exact_under_reordering_duplication_and_loss() {
         ],
     );
 
-    let o = send_under(&path, &probe, "dup=2,seed=7");
+    let o = send_under(&path, &probe, "dup=2,seed=7", STD);
     let c = fault_counters(&o, "reorder 0% dup 2% seed 7");
     assert_happened(&c, &["tx_duplicated", "rx_duplicated"]);
 }
@@ -136,7 +161,7 @@ fn guest_data_reordered_towards_the_host() {
     let probe = require!(netns_ready());
     require!(have_nft());
     let path = LossyPath::new("ftx");
-    let o = send_under(&path, &probe, "tx_reorder=5,seed=7");
+    let o = send_under(&path, &probe, "tx_reorder=5,seed=7", STD);
     let c = fault_counters(
         &o,
         "guest to host reorder 5% dup 0%, host to guest reorder 0% dup 0%, seed 7",
@@ -150,7 +175,7 @@ fn acks_reordered_towards_a_sending_guest() {
     let probe = require!(netns_ready());
     require!(have_nft());
     let path = LossyPath::new("frx");
-    let o = send_under(&path, &probe, "rx_reorder=5,seed=7");
+    let o = send_under(&path, &probe, "rx_reorder=5,seed=7", STD);
     let c = fault_counters(
         &o,
         "guest to host reorder 0% dup 0%, host to guest reorder 5% dup 0%, seed 7",
@@ -168,7 +193,7 @@ fn udp_echo_answers_every_datagram_under_reordering_and_duplication() {
     let o = path
         .probe(
             &probe,
-            &[
+            [
                 "probe.scenario=udp-echo",
                 &format!("probe.peer={SERVER_IP}:{}", addr.port()),
                 "probe.count=300",

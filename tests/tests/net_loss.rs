@@ -18,7 +18,7 @@ fn transfers_stay_byte_exact_with_five_percent_loss_both_ways() {
     let o = path
         .probe(
             &probe,
-            &[
+            [
                 "probe.scenario=tcp-send",
                 &format!("probe.peer={SERVER_IP}:{}", addr.port()),
                 &format!("probe.bytes={BYTES}"),
@@ -41,7 +41,7 @@ fn transfers_stay_byte_exact_with_five_percent_loss_both_ways() {
     let o = path
         .probe(
             &probe,
-            &[
+            [
                 "probe.scenario=tcp-recv",
                 &format!("probe.peer={SERVER_IP}:{}", addr.port()),
             ],

@@ -28,6 +28,8 @@ pub(crate) const RTO_MAX: Duration = Duration::from_secs(10);
 const SNDBUF_REFRESH: u32 = 32;
 /// How many data segments reuse the last computed window.
 const DATA_WND_REFRESH: u32 = 16;
+/// How long to wait before looking at a draining host socket's window again.
+const WND_RECHECK: Duration = Duration::from_millis(1);
 /// Window-scale shift we announce when the guest announces one (max window 8 MiB).
 const OUR_WSCALE: u8 = 7;
 
@@ -59,6 +61,11 @@ pub(crate) struct TcpConn {
     pub snd_una: u32,
     /// Next sequence number we send to the guest.
     pub snd_nxt: u32,
+    /// Highest sequence number sent so far: after a rewind, ACKs up to here are still
+    /// valid (the guest may acknowledge the first transmission late).
+    pub snd_max: u32,
+    /// Sequence number of our FIN, once sent (it never moves: the stream has ended).
+    pub fin_seq: Option<u32>,
     /// The guest's receive window in bytes (already scaled).
     pub guest_wnd: u32,
     pub guest_wscale: u8,
@@ -80,9 +87,21 @@ pub(crate) struct TcpConn {
     pub lowat: u32,
     /// We advertised a short window and wait for the host socket to drain.
     pub want_write: bool,
+    /// The host socket was writable but our window had not grown yet: look again then
+    /// (instead of polling for writability, which would fire again at once).
+    pub wnd_recheck_at: Option<Instant>,
     pub ack_pending: bool,
     /// A SYN or SYN-ACK must be (re)sent.
     pub syn_pending: bool,
+    /// The guest's window is zero with nothing in flight: when to probe it (RFC 9293
+    /// §3.8.6.1), since its window update may never arrive (lost, or overtaken by a stale
+    /// zero-window ACK).
+    pub persist_at: Option<Instant>,
+    /// Backoff of the window probes.
+    pub persist_backoff: Duration,
+    /// A window probe is due: an ACK one byte behind `snd_nxt`, which the guest must answer
+    /// with an ACK carrying its current window.
+    pub probe_pending: bool,
     pub dup_acks: u8,
     pub rto: Duration,
     pub rto_at: Option<Instant>,
@@ -119,6 +138,8 @@ impl TcpConn {
             isn,
             snd_una: isn,
             snd_nxt: isn,
+            snd_max: isn,
+            fin_seq: None,
             guest_wnd: 0,
             guest_wscale: 0,
             our_wscale: 0,
@@ -130,8 +151,12 @@ impl TcpConn {
             peek_exhausted: false,
             lowat: 1,
             want_write: false,
+            wnd_recheck_at: None,
             ack_pending: false,
             syn_pending: false,
+            persist_at: None,
+            persist_backoff: RTO_INITIAL,
+            probe_pending: false,
             dup_acks: 0,
             rto: RTO_INITIAL,
             rto_at: None,
@@ -201,7 +226,7 @@ impl TcpConn {
 
     /// Whether [`super::next_frame`] has something to emit.
     pub(crate) fn wants_output(&self) -> bool {
-        if self.syn_pending || self.ack_pending {
+        if self.syn_pending || self.ack_pending || self.probe_pending {
             return true;
         }
         self.state == TcpState::Established
@@ -221,18 +246,37 @@ impl TcpConn {
             self.wnd_calls = SNDBUF_REFRESH;
         }
         self.wnd_calls -= 1;
-        let free = match sys::send_queue_len(fd) {
-            Ok(queued) => (self.sndbuf / 2).saturating_sub(queued),
-            Err(_) => 0,
+        let (free, queued) = match sys::send_queue_len(fd) {
+            Ok(queued) => ((self.sndbuf / 2).saturating_sub(queued), queued),
+            Err(_) => (0, 1),
         };
         let max = 65535u32 << self.our_wscale;
         let wnd = free.min(max);
-        if wnd < u32::from(self.guest_mss) * 2 {
+        // Short means less than two segments, or a quarter of the socket when segments are
+        // large (a 64 KiB MSS on a small send buffer). Only a draining queue can reopen it;
+        // with nothing queued this already is the largest window.
+        let short = (u32::from(self.guest_mss) * 2).min(self.sndbuf / 4);
+        if queued > 0 && wnd < short {
             self.want_write = true;
         }
         self.last_wnd = (wnd >> self.our_wscale) as u16;
         self.data_since_wnd = 0;
         self.last_wnd
+    }
+
+    /// The host socket became writable (or a recheck is due) after we advertised a short
+    /// window: announce the window if it grew; otherwise look again after
+    /// [`WND_RECHECK`], so a draining socket costs neither an ACK storm nor a busy poll.
+    pub(crate) fn window_maybe_opened(&mut self, now: Instant) {
+        self.wnd_recheck_at = None;
+        let before = self.last_wnd;
+        let wnd = self.advertised_window();
+        if wnd > before {
+            self.ack_pending = true;
+        } else if self.want_write {
+            self.want_write = false;
+            self.wnd_recheck_at = Some(now + WND_RECHECK);
+        }
     }
 
     /// The window for a data segment to the guest: the last computed value, refreshed
@@ -253,6 +297,29 @@ impl TcpConn {
         let w = self.advertised_window();
         self.our_wscale = shift;
         w
+    }
+
+    /// Arms or disarms the persist timer after the guest's window changed: probing is
+    /// needed only while the window is zero and nothing is in flight (an ACK of in-flight
+    /// data would bring the update anyway).
+    pub(crate) fn update_persist(&mut self, now: Instant) {
+        if self.guest_wnd == 0 && self.snd_nxt == self.snd_una {
+            if self.persist_at.is_none() {
+                self.persist_backoff = self.rto;
+                self.persist_at = Some(now + self.persist_backoff);
+            }
+        } else {
+            self.persist_at = None;
+            self.persist_backoff = RTO_INITIAL;
+        }
+    }
+
+    /// Moves `snd_nxt` forward by `n` (data or a SYN/FIN sent), keeping `snd_max`.
+    pub(crate) fn advance_snd_nxt(&mut self, n: u32) {
+        self.snd_nxt = self.snd_nxt.wrapping_add(n);
+        if (self.snd_nxt.wrapping_sub(self.snd_max) as i32) > 0 {
+            self.snd_max = self.snd_nxt;
+        }
     }
 
     /// Rewinds sending to the oldest unacknowledged byte (retransmission).

@@ -114,6 +114,7 @@ fn establish(core: &Core, conn: &mut TcpConn, una: u32) {
     conn.state = TcpState::Established;
     conn.snd_una = una;
     conn.snd_nxt = una;
+    conn.snd_max = una;
     conn.rto_at = None;
     conn.retries = 0;
     conn.rto = RTO_INITIAL;
@@ -136,7 +137,9 @@ fn rst_acceptable(conn: &TcpConn, seg: &Segment) -> bool {
 
 fn on_ack(core: &mut Core, conn: &mut TcpConn, seg: &Segment, ack: u32, now: Instant) {
     let acked = ack.wrapping_sub(conn.snd_una);
-    let outstanding = conn.snd_nxt.wrapping_sub(conn.snd_una);
+    // Up to the highest byte ever sent: after a rewind the guest may still acknowledge
+    // the first transmission of bytes we are about to send again.
+    let outstanding = conn.snd_max.wrapping_sub(conn.snd_una);
     if acked > outstanding {
         if (acked as i32) > 0 {
             // Acknowledges something we never sent: re-synchronize the guest.
@@ -147,8 +150,9 @@ fn on_ack(core: &mut Core, conn: &mut TcpConn, seg: &Segment, ack: u32, now: Ins
     let new_wnd = u32::from(seg.window) << conn.guest_wscale;
     if acked > 0 {
         let mut data = acked;
-        if conn.fin_sent && ack == conn.snd_nxt {
+        if conn.fin_seq.is_some_and(|f| ack == f.wrapping_add(1)) {
             conn.fin_acked = true;
+            conn.fin_sent = true;
             data -= 1;
         }
         if data > 0 {
@@ -158,6 +162,11 @@ fn on_ack(core: &mut Core, conn: &mut TcpConn, seg: &Segment, ack: u32, now: Ins
             }
         }
         conn.snd_una = ack;
+        if (ack.wrapping_sub(conn.snd_nxt) as i32) > 0 {
+            // A late ACK of the first transmission overtook the retransmission: go on
+            // from there. The kernel moved SO_PEEK_OFF back by the bytes discarded.
+            conn.snd_nxt = ack;
+        }
         if conn.peek_exhausted || conn.lowat > 1 {
             // The in-flight amount shrank: look for new data (the next would-block peek
             // lowers SO_RCVLOWAT to match).
@@ -176,6 +185,7 @@ fn on_ack(core: &mut Core, conn: &mut TcpConn, seg: &Segment, ack: u32, now: Ins
         }
     }
     conn.guest_wnd = new_wnd;
+    conn.update_persist(now);
 }
 
 /// Writes the segment's new payload to the host socket from guest memory.

@@ -61,7 +61,7 @@ pub(crate) fn on_ready(
             if writable && conn.want_write {
                 conn.want_write = false;
                 // The host socket drained: tell the guest about the reopened window.
-                conn.ack_pending = true;
+                conn.window_maybe_opened(now);
             }
             After::Keep
         }
@@ -77,6 +77,15 @@ pub(crate) fn on_timer(core: &mut Core, conn: &mut TcpConn, now: Instant) -> Aft
     if now.saturating_duration_since(conn.last_activity) >= core.cfg.limits.tcp_idle_timeout {
         return After::Reset;
     }
+    if conn.wnd_recheck_at.is_some_and(|d| d <= now) {
+        conn.window_maybe_opened(now);
+    }
+    if conn.persist_at.is_some_and(|d| d <= now) {
+        core.metrics.window_probes += 1;
+        conn.probe_pending = true;
+        conn.persist_backoff = (conn.persist_backoff * 2).min(RTO_MAX);
+        conn.persist_at = Some(now + conn.persist_backoff);
+    }
     if conn.rto_at.is_some_and(|d| d <= now) {
         conn.retries += 1;
         if conn.retries > core.cfg.limits.max_retransmits {
@@ -90,6 +99,13 @@ pub(crate) fn on_timer(core: &mut Core, conn: &mut TcpConn, now: Instant) -> Aft
         }
         conn.rto = (conn.rto * 2).min(RTO_MAX);
         conn.rto_at = Some(now + conn.rto);
+        if conn.state == TcpState::Established && conn.guest_wnd == 0 {
+            // Nothing may go out into a shut window: probe it instead of counting
+            // retransmissions that never happen towards a reset.
+            conn.rto_at = None;
+            conn.retries = 0;
+            conn.update_persist(now);
+        }
     }
     After::Keep
 }
@@ -97,7 +113,15 @@ pub(crate) fn on_timer(core: &mut Core, conn: &mut TcpConn, now: Instant) -> Aft
 /// Earliest instant [`on_timer`] has work for this connection.
 pub(crate) fn deadline(core: &Core, conn: &TcpConn) -> Instant {
     let mut d = conn.last_activity + core.cfg.limits.tcp_idle_timeout;
-    for t in [conn.connect_deadline, conn.rto_at].into_iter().flatten() {
+    for t in [
+        conn.connect_deadline,
+        conn.rto_at,
+        conn.wnd_recheck_at,
+        conn.persist_at,
+    ]
+    .into_iter()
+    .flatten()
+    {
         d = d.min(t);
     }
     d
@@ -130,7 +154,8 @@ pub(crate) fn next_frame(
             window,
             syn_opts: Some((mss, wscale)),
         };
-        conn.snd_nxt = conn.isn.wrapping_add(1);
+        conn.snd_nxt = conn.isn;
+        conn.advance_snd_nxt(1);
         conn.rto_at = Some(now + conn.rto);
         let n = write_header(core, from, to, &h, bufs, 0);
         return frame(n, None);
@@ -154,19 +179,28 @@ pub(crate) fn next_frame(
             window,
             syn_opts: None,
         };
-        conn.snd_nxt = conn.snd_nxt.wrapping_add(1);
+        conn.fin_seq = Some(conn.snd_nxt);
+        conn.advance_snd_nxt(1);
         conn.fin_sent = true;
         conn.ack_pending = false;
         conn.rto_at.get_or_insert(now + conn.rto);
         let n = write_header(core, from, to, &h, bufs, 0);
         return frame(n, None);
     }
-    if conn.ack_pending {
+    if conn.ack_pending || conn.probe_pending {
+        // A window probe is an ACK with an old sequence number: out of the guest's
+        // window, so it must be answered with an ACK showing the current window.
+        let seq = if conn.probe_pending {
+            conn.snd_nxt.wrapping_sub(1)
+        } else {
+            conn.snd_nxt
+        };
         conn.ack_pending = false;
+        conn.probe_pending = false;
         let window = conn.advertised_window();
         let h = Header {
             control: TcpControl::None,
-            seq: conn.snd_nxt,
+            seq,
             ack: Some(conn.rcv_nxt),
             window,
             syn_opts: None,
@@ -257,7 +291,7 @@ fn peek_data(
                 syn_opts: None,
             };
             let n = write_header(core, from, to, &h, bufs, len);
-            conn.snd_nxt = conn.snd_nxt.wrapping_add(len as u32);
+            conn.advance_snd_nxt(len as u32);
             conn.ack_pending = false;
             conn.rto_at.get_or_insert(now + conn.rto);
             core.metrics.bytes_host_to_guest += len as u64;

@@ -235,9 +235,17 @@ fn large_mtu_both_ways() {
         big.get() > 0,
         "no frame to the guest was larger than 1514 bytes"
     );
-    let frames = h.ns.metrics().guest_frames;
+    let m = h.ns.metrics();
+    let frames = m.guest_frames;
     assert!(
         frames < (total / 1460) as u64 / 4,
         "{frames} guest frames for {total} bytes: the guest did not use the large MTU"
+    );
+    // A send buffer smaller than two 64 KiB segments once made every writability event a
+    // window update, and every update re-armed writability: an ACK storm.
+    assert!(
+        m.frames_to_guest < (total / 1460) as u64 / 4,
+        "{} frames to the guest for {total} bytes each way",
+        m.frames_to_guest
     );
 }

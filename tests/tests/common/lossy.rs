@@ -130,7 +130,11 @@ impl LossyPath {
 
     /// `ringfence run` of the probe with `--net user` in the VM namespace, `words` appended to
     /// its command line; the caller adds environment and runs it.
-    pub fn probe(&self, probe: &Path, words: &[&str]) -> Command {
+    pub fn probe<S: AsRef<std::ffi::OsStr>>(
+        &self,
+        probe: &Path,
+        words: impl IntoIterator<Item = S>,
+    ) -> Command {
         let mut c = self.in_ns(&self.vm_ns, &ringfence_bin());
         c.args(["run", "--kernel"])
             .arg(probe)

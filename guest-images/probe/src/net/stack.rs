@@ -152,7 +152,9 @@ impl Stack {
             }
         }
         let transport = transport.ok_or(NetError::NoDevice)?;
-        let mut dev = VirtioNet::new(transport).map_err(|e| NetError::Device(format!("{e}")))?;
+        let offload = cmdline.get("probe.csum") != Some("0");
+        let mut dev =
+            VirtioNet::new(transport, offload).map_err(|e| NetError::Device(format!("{e}")))?;
         let mtu_fixed = match cmdline.get("probe.mtu") {
             Some(v) => {
                 let mtu = v.parse::<usize>().map_err(|_| NetError::BadArg {

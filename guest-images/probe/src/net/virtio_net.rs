@@ -9,9 +9,11 @@
 //! Features: VERSION_1, MAC, MRG_RXBUF, EVENT_IDX, MTU. The link MTU is 1500
 //! unless the device announces another (VIRTIO_NET_F_MTU) or DHCP does
 //! ([`VirtioNet::set_mtu`]); frames above 1514 bytes need MRG_RXBUF. No GSO is
-//! negotiated: a large MTU gives large frames without it. CSUM/GUEST_CSUM are
-//! left off: smoltcp computes and verifies every checksum itself, which keeps
-//! results correct whatever the device does.
+//! negotiated: a large MTU gives large frames without it. CSUM and GUEST_CSUM
+//! are asked for unless `probe.csum=0`: the device then finishes TCP/UDP
+//! checksums the driver leaves partial, and vouches for received ones
+//! (DATA_VALID); frames it does not vouch for are verified in the driver
+//! ([`super::csum_offload`]).
 //!
 //! The RX ring is kept full (a buffer goes back as soon as smoltcp consumed
 //! it). Kicks happen only in [`VirtioNet::flush`], once per poll batch, and
@@ -20,14 +22,17 @@
 use alloc::vec;
 use alloc::vec::Vec;
 
-use smoltcp::phy::{self, DeviceCapabilities, Medium};
+use smoltcp::phy::{self, Checksum, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
 
+use super::csum_offload::{l4_checksum_ok, prepare_partial};
 use crate::virtio::mmio::{MmioError, MmioTransport};
 use crate::virtio::queue::{QueueAllocError, SplitQueue, F_EVENT_IDX};
 
 /// virtio device id of a network card.
 pub const DEVICE_ID_NET: u32 = 1;
+const F_CSUM: u64 = 1 << 0;
+const F_GUEST_CSUM: u64 = 1 << 1;
 const F_MTU: u64 = 1 << 3;
 const F_MAC: u64 = 1 << 5;
 const F_MRG_RXBUF: u64 = 1 << 15;
@@ -45,6 +50,9 @@ const ETH_HDR: usize = 14;
 pub const STD_MTU: usize = 1500;
 /// Largest MTU the driver uses (an IP packet of at most 64 KiB).
 pub const MAX_MTU: usize = 65520;
+/// `virtio_net_hdr` flags: the checksum is partial (finish it) / already valid.
+const HDR_F_NEEDS_CSUM: u8 = 1;
+const HDR_F_DATA_VALID: u8 = 2;
 /// Offset of `mtu` in the virtio-net config space.
 const CONFIG_MTU: u64 = 10;
 /// Most buffers one merged frame may span (17 x 4084 bytes > 65534).
@@ -84,6 +92,8 @@ pub struct NetStats {
     pub rx_dropped: u64,
     /// Times smoltcp wanted to send but every TX descriptor was in flight.
     pub tx_ring_full: u64,
+    /// Received frames dropped because the driver's checksum check failed.
+    pub rx_csum_bad: u64,
 }
 
 /// The receive half: queue 0 and its buffers.
@@ -91,9 +101,13 @@ pub struct RxHalf {
     queue: SplitQueue,
     bufs: Vec<u8>,
     merged: bool,
+    /// GUEST_CSUM: smoltcp does not verify; frames without a device flag are
+    /// checked here.
+    verify: bool,
     scratch: Vec<u8>,
     stats_frames: u64,
     dropped: u64,
+    csum_bad: u64,
 }
 
 /// The transmit half: queue 1, its buffers and free descriptor ids.
@@ -103,6 +117,8 @@ pub struct TxHalf {
     free: Vec<u16>,
     frames: u64,
     ring_full: u64,
+    /// CSUM: TCP/UDP checksums are left for the device to finish.
+    partial_csum: bool,
 }
 
 /// A live virtio-net device.
@@ -119,9 +135,11 @@ pub struct VirtioNet {
 
 impl VirtioNet {
     /// Brings up the network device behind `transport`.
-    pub fn new(transport: MmioTransport) -> Result<VirtioNet, NetDeviceError> {
+    /// `offload` asks for checksum offload (CSUM, GUEST_CSUM).
+    pub fn new(transport: MmioTransport, offload: bool) -> Result<VirtioNet, NetDeviceError> {
+        let csum = if offload { F_CSUM | F_GUEST_CSUM } else { 0 };
         let features = transport
-            .begin_init(F_MAC | F_MRG_RXBUF | F_EVENT_IDX | F_MTU)
+            .begin_init(F_MAC | F_MRG_RXBUF | F_EVENT_IDX | F_MTU | csum)
             .map_err(NetDeviceError::Mmio)?;
         let event_idx = features & F_EVENT_IDX != 0;
         let rxq = SplitQueue::new(transport.queue_max(RX_QUEUE), event_idx)
@@ -149,9 +167,11 @@ impl VirtioNet {
                 queue: rxq,
                 bufs: vec![0; rx_n * BUF_LEN],
                 merged: features & F_MRG_RXBUF != 0,
+                verify: features & F_GUEST_CSUM != 0,
                 scratch: Vec::new(),
                 stats_frames: 0,
                 dropped: 0,
+                csum_bad: 0,
             },
             tx: TxHalf {
                 queue: txq,
@@ -159,6 +179,7 @@ impl VirtioNet {
                 free: (0..tx_n as u16).rev().collect(),
                 frames: 0,
                 ring_full: 0,
+                partial_csum: features & F_CSUM != 0,
             },
             mac,
             features,
@@ -215,6 +236,7 @@ impl VirtioNet {
             kicks: self.kicks,
             rx_dropped: self.rx.dropped,
             tx_ring_full: self.tx.ring_full,
+            rx_csum_bad: self.rx.csum_bad,
         }
     }
 
@@ -264,7 +286,13 @@ impl RxHalf {
             } else {
                 1
             };
+            let vouched = hdr[0] & (HDR_F_NEEDS_CSUM | HDR_F_DATA_VALID) != 0;
             if num_buffers <= 1 {
+                if self.verify && !vouched && !l4_checksum_ok(&hdr[HDR_LEN..]) {
+                    self.csum_bad += 1;
+                    self.recycle(id);
+                    continue;
+                }
                 return Some((id, len as usize - HDR_LEN));
             }
             if num_buffers > MAX_MERGED {
@@ -289,6 +317,10 @@ impl RxHalf {
                         break;
                     }
                 }
+            }
+            if complete && self.verify && !vouched && !l4_checksum_ok(&self.scratch) {
+                self.csum_bad += 1;
+                continue;
             }
             if complete {
                 return Some((u16::MAX, self.scratch.len()));
@@ -358,6 +390,13 @@ impl phy::TxToken for NetTxToken<'_> {
         let buf = &mut slot[..HDR_LEN + len];
         buf[..HDR_LEN].fill(0);
         let r = f(&mut buf[HDR_LEN..]);
+        if self.tx.partial_csum {
+            if let Some(p) = prepare_partial(&mut buf[HDR_LEN..]) {
+                buf[0] = HDR_F_NEEDS_CSUM;
+                buf[6..8].copy_from_slice(&p.csum_start.to_le_bytes());
+                buf[8..10].copy_from_slice(&p.csum_offset.to_le_bytes());
+            }
+        }
         let addr = buf.as_ptr() as u64;
         self.tx.queue.push(id, addr, (HDR_LEN + len) as u32, false);
         self.tx.frames += 1;
@@ -403,6 +442,16 @@ impl phy::Device for VirtioNet {
         caps.medium = Medium::Ethernet;
         caps.max_transmission_unit = self.mtu + ETH_HDR;
         caps.max_burst_size = None;
+        // TCP/UDP checksums: computed unless the device finishes them, verified
+        // by smoltcp unless the device vouches for them (or the driver checks).
+        let l4 = match (self.tx.partial_csum, self.rx.verify) {
+            (false, false) => Checksum::Both,
+            (true, false) => Checksum::Rx,
+            (false, true) => Checksum::Tx,
+            (true, true) => Checksum::None,
+        };
+        caps.checksum.tcp = l4;
+        caps.checksum.udp = l4;
         caps
     }
 }

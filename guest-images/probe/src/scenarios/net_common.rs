@@ -142,6 +142,7 @@ pub fn json(ctx: &Context<'_>, name: &str, ok: bool, run: Option<&NetRun>) -> Js
             .u64("kicks", stats.kicks)
             .u64("rx_dropped", stats.rx_dropped)
             .u64("tx_ring_full", stats.tx_ring_full)
+            .u64("rx_csum_bad", stats.rx_csum_bad)
             .u64("polls", run.stack.polls)
             .u64("mtu", run.stack.mtu() as u64)
             .str("virtio_base", &format!("{:#x}", run.stack.dev.base()))
