@@ -152,7 +152,8 @@ fn udp_inner(ctx: &Context<'_>, run: &mut NetRun) -> Result<Outcome, NetError> {
         .bind(local)
         .map_err(|e| NetError::Other(format!("UDP bind to port {local}: {e}")))?;
     let mut rtts = Vec::new();
-    for seq in 0..n {
+    // Datagram 0 is an uncounted warm-up, like ping's (next-hop resolution).
+    for seq in 0..=n {
         let mut msg = [0u8; 64];
         msg[..8].copy_from_slice(&seq.to_le_bytes());
         let t0 = rdtsc();
