@@ -24,6 +24,11 @@ use crate::sys;
 pub(crate) const RTO_INITIAL: Duration = Duration::from_millis(200);
 /// Upper bound of the doubled retransmission timeout.
 pub(crate) const RTO_MAX: Duration = Duration::from_secs(10);
+/// First wait before a window update the guest did not react to is sent again; doubles
+/// per try.
+pub(crate) const WND_UPDATE_RTO: Duration = RTO_INITIAL;
+/// How many times a window update is re-sent before we rely on the guest.
+pub(crate) const WND_UPDATE_TRIES: u32 = 6;
 /// How often (in window computations) `SO_SNDBUF` is re-read.
 const SNDBUF_REFRESH: u32 = 32;
 /// How many data segments reuse the last computed window.
@@ -105,6 +110,19 @@ pub(crate) struct TcpConn {
     /// Last advertised window field and data segments sent with it since.
     pub last_wnd: u16,
     pub data_since_wnd: u32,
+    /// Right edge of the receive window we advertised (`ack + window`, never moved left):
+    /// out-of-order data is accepted only before it.
+    pub wnd_edge: u32,
+    /// Guest payload that arrived after a hole, waiting for it (copied; bounded).
+    pub ooo: Option<Box<super::ooo::OooQueue>>,
+    /// The last window we advertised was shorter than one guest MSS.
+    pub small_wnd_sent: bool,
+    /// A window of at least one MSS followed a short one: arm the window-update timer.
+    pub wnd_reopened: bool,
+    /// When to re-send the window update if the guest stays silent (see
+    /// [`super::host::on_timer`]), and how many times it was re-sent.
+    pub wnd_update_at: Option<Instant>,
+    pub wnd_update_tries: u32,
 }
 
 impl TcpConn {
@@ -147,6 +165,12 @@ impl TcpConn {
             wnd_calls: 0,
             last_wnd: 0,
             data_since_wnd: u32::MAX / 2,
+            wnd_edge: 0,
+            ooo: None,
+            small_wnd_sent: false,
+            wnd_reopened: false,
+            wnd_update_at: None,
+            wnd_update_tries: 0,
         }
     }
 
@@ -232,7 +256,40 @@ impl TcpConn {
         }
         self.last_wnd = (wnd >> self.our_wscale) as u16;
         self.data_since_wnd = 0;
+        self.note_window();
+        if wnd < u32::from(self.guest_mss) {
+            // A short window: the reopening that follows must reach the guest.
+            self.small_wnd_sent = true;
+            self.wnd_reopened = false;
+            self.wnd_update_at = None;
+        } else if self.small_wnd_sent {
+            self.small_wnd_sent = false;
+            self.wnd_reopened = true;
+        }
         self.last_wnd
+    }
+
+    /// Moves [`Self::wnd_edge`] to `rcv_nxt` + the last advertised window if that is
+    /// further right.
+    fn note_window(&mut self) {
+        let edge = self
+            .rcv_nxt
+            .wrapping_add(u32::from(self.last_wnd) << self.our_wscale);
+        let ahead = edge.wrapping_sub(self.wnd_edge) as i32 > 0;
+        let stale = (self.wnd_edge.wrapping_sub(self.rcv_nxt) as i32) < 0;
+        if ahead || stale {
+            self.wnd_edge = edge;
+        }
+    }
+
+    /// Starts the window-update timer if the window just reopened (called after a
+    /// segment carrying our window was built).
+    pub(crate) fn arm_window_update(&mut self, now: Instant) {
+        if self.wnd_reopened {
+            self.wnd_reopened = false;
+            self.wnd_update_tries = 0;
+            self.wnd_update_at = Some(now + WND_UPDATE_RTO);
+        }
     }
 
     /// The window for a data segment to the guest: the last computed value, refreshed
@@ -244,6 +301,7 @@ impl TcpConn {
         if self.data_since_wnd > DATA_WND_REFRESH {
             return self.advertised_window();
         }
+        self.note_window();
         self.last_wnd
     }
 

@@ -8,7 +8,9 @@ use std::time::Instant;
 
 use smoltcp::wire::TcpControl;
 
-use super::conn::{write_header, Header, TcpConn, TcpState, MAX_HDR, RTO_MAX};
+use super::conn::{
+    write_header, Header, TcpConn, TcpState, MAX_HDR, RTO_MAX, WND_UPDATE_RTO, WND_UPDATE_TRIES,
+};
 use super::After;
 use crate::core::{Core, RxGso, RxMeta};
 use crate::frame::build::{capacity, eth_ip_len, max_frame, tail_iovecs};
@@ -60,8 +62,15 @@ pub(crate) fn on_ready(
             }
             if writable && conn.want_write {
                 conn.want_write = false;
-                // The host socket drained: tell the guest about the reopened window.
+                // The host socket drained: queued out-of-order data goes first (it may
+                // set `want_write` again), then the guest hears of the reopened window.
+                if super::guest::flush_ooo(core, conn).is_err() {
+                    return After::Reset;
+                }
                 conn.ack_pending = true;
+                if conn.guest_fin && conn.fin_acked {
+                    return After::Close;
+                }
             }
             After::Keep
         }
@@ -91,13 +100,27 @@ pub(crate) fn on_timer(core: &mut Core, conn: &mut TcpConn, now: Instant) -> Aft
         conn.rto = (conn.rto * 2).min(RTO_MAX);
         conn.rto_at = Some(now + conn.rto);
     }
+    if conn.wnd_update_at.is_some_and(|d| d <= now) {
+        // We reopened a short window and the guest has sent nothing since: the update
+        // may have been lost or overtaken by an older zero-window ACK, and a guest that
+        // sends no window probes would wait forever. A pure ACK with the current
+        // window is harmless as a duplicate.
+        conn.wnd_update_tries += 1;
+        conn.ack_pending = true;
+        core.metrics.tcp_window_update_resends += 1;
+        conn.wnd_update_at = (conn.wnd_update_tries < WND_UPDATE_TRIES)
+            .then(|| now + WND_UPDATE_RTO * (1 << conn.wnd_update_tries));
+    }
     After::Keep
 }
 
 /// Earliest instant [`on_timer`] has work for this connection.
 pub(crate) fn deadline(core: &Core, conn: &TcpConn) -> Instant {
     let mut d = conn.last_activity + core.cfg.limits.tcp_idle_timeout;
-    for t in [conn.connect_deadline, conn.rto_at].into_iter().flatten() {
+    for t in [conn.connect_deadline, conn.rto_at, conn.wnd_update_at]
+        .into_iter()
+        .flatten()
+    {
         d = d.min(t);
     }
     d
@@ -105,6 +128,17 @@ pub(crate) fn deadline(core: &Core, conn: &TcpConn) -> Instant {
 
 /// Builds the next segment for the guest into `bufs`.
 pub(crate) fn next_frame(
+    core: &mut Core,
+    conn: &mut TcpConn,
+    bufs: &mut [IoSliceMut<'_>],
+    now: Instant,
+) -> Produced {
+    let p = build_next(core, conn, bufs, now);
+    conn.arm_window_update(now);
+    p
+}
+
+fn build_next(
     core: &mut Core,
     conn: &mut TcpConn,
     bufs: &mut [IoSliceMut<'_>],

@@ -59,12 +59,14 @@ mod conn;
 mod dns_stream;
 mod guest;
 mod host;
+mod ooo;
 
 pub(crate) use conn::{push_rst_for, Segment, TcpConn, TcpState};
 pub(crate) use dns_stream::DnsStream;
 pub(crate) use guest::{on_guest_segment, open_from_guest};
 pub(crate) use host::deadline;
 pub(crate) use host::{next_frame, on_ready, on_timer, Produced};
+pub(crate) use ooo::OooBudget;
 
 use crate::core::{Core, InterestOp};
 use std::os::fd::AsRawFd;
