@@ -50,6 +50,7 @@ impl OooBudget {
     }
 
     /// Bytes currently held by all queues.
+    #[cfg(test)]
     pub(crate) fn in_use(&self) -> usize {
         self.used.load(Ordering::Relaxed)
     }
@@ -247,5 +248,140 @@ impl OooQueue {
         *rcv_nxt = rcv_nxt.wrapping_add(sent as u32);
         self.trim(*rcv_nxt);
         Ok((sent, sent < offered))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::os::fd::AsFd;
+    use std::os::unix::net::UnixStream;
+
+    /// A frame whose payload (at offset 0) is `data`, split into two guest buffers.
+    fn with_frame<R>(data: &[u8], f: impl FnOnce(&GuestFrame<'_, '_>) -> R) -> R {
+        let mid = data.len() / 2;
+        let segs = [IoSlice::new(&data[..mid]), IoSlice::new(&data[mid..])];
+        f(&GuestFrame::new(&segs))
+    }
+
+    fn bytes(n: usize, seed: u8) -> Vec<u8> {
+        (0..n)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect()
+    }
+
+    #[test]
+    fn overlapping_pieces_are_queued_once_and_flushed_in_order() {
+        let budget = OooBudget::default();
+        let mut q = OooQueue::new(&budget);
+        let stream = bytes(3000, 7);
+        let base = u32::MAX - 1000; // wraps inside the stream
+        let at = |off: usize| base.wrapping_add(off as u32);
+        // [2000, 2500) then [1500, 2800) overlapping it on both sides.
+        with_frame(&stream[2000..2500], |f| q.insert(base, f, 0, at(2000), 500)).unwrap();
+        let n = with_frame(&stream[1500..2800], |f| {
+            q.insert(base, f, 0, at(1500), 1300)
+        });
+        assert_eq!(n, Ok(2), "only the two uncovered parts are copied");
+        assert_eq!(budget.in_use(), 1300);
+        // An exact duplicate adds nothing.
+        let n = with_frame(&stream[2000..2500], |f| q.insert(base, f, 0, at(2000), 500));
+        assert_eq!(n, Ok(0));
+        // Nothing contiguous with rcv_nxt yet: no write.
+        let (mut a, mut b) = UnixStream::pair().unwrap();
+        let mut rcv_nxt = base;
+        assert_eq!(q.flush(a.as_fd(), &mut rcv_nxt).unwrap(), (0, false));
+        // The hole [0, 1500) reaches the host in order; the queue follows in one write.
+        a.write_all(&stream[..1500]).unwrap();
+        rcv_nxt = at(1500);
+        assert_eq!(q.flush(a.as_fd(), &mut rcv_nxt).unwrap(), (1300, false));
+        assert_eq!(rcv_nxt, at(2800));
+        assert!(q.is_empty());
+        assert_eq!(budget.in_use(), 0);
+        drop(a);
+        let mut got = Vec::new();
+        b.read_to_end(&mut got).unwrap();
+        assert_eq!(got, stream[..2800]);
+    }
+
+    #[test]
+    fn bounds_per_connection_and_across_connections() {
+        let budget = OooBudget::default();
+        let piece = bytes(100, 1);
+        let mut q = OooQueue::new(&budget);
+        // Pieces 200 bytes apart: 16 fit, the 17th is refused.
+        for i in 0..MAX_SEGS_PER_CONN as u32 {
+            let r = with_frame(&piece, |f| q.insert(0, f, 0, 1000 + i * 200, 100));
+            assert_eq!(r, Ok(1));
+        }
+        let r = with_frame(&piece, |f| q.insert(0, f, 0, 100_000, 100));
+        assert_eq!(r, Err(Refused::Full));
+        assert_eq!(budget.in_use(), 1600);
+        drop(q);
+        assert_eq!(budget.in_use(), 0, "a dropped queue returns its bytes");
+
+        // Bytes: 256 KiB per connection.
+        let big = bytes(64 * 1024, 2);
+        let mut q = OooQueue::new(&budget);
+        for i in 0..4u32 {
+            let r = with_frame(&big, |f| q.insert(0, f, 0, 1 + i * 65536, 65536));
+            assert_eq!(r, Ok(1));
+        }
+        let r = with_frame(&piece, |f| q.insert(0, f, 0, 1 + 4 * 65536, 100));
+        assert_eq!(r, Err(Refused::Full));
+
+        // Across connections: a small global budget refuses a second queue.
+        let small = OooBudget::with_limit(150);
+        let mut q1 = OooQueue::new(&small);
+        let mut q2 = OooQueue::new(&small);
+        assert_eq!(with_frame(&piece, |f| q1.insert(0, f, 0, 10, 100)), Ok(1));
+        assert_eq!(
+            with_frame(&piece, |f| q2.insert(0, f, 0, 10, 100)),
+            Err(Refused::Full)
+        );
+        drop(q1);
+        assert_eq!(with_frame(&piece, |f| q2.insert(0, f, 0, 10, 100)), Ok(1));
+    }
+
+    #[test]
+    fn a_partial_write_keeps_the_rest() {
+        let budget = OooBudget::default();
+        let mut q = OooQueue::new(&budget);
+        let data = bytes(4 * 65536, 3);
+        let (a, mut b) = UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        // Four 64 KiB pieces from sequence 1 on (more than the socket takes at once).
+        const P: usize = 65536;
+        for i in 0..4usize {
+            let chunk = &data[i * P..(i + 1) * P];
+            let r = with_frame(chunk, |f| q.insert(0, f, 0, 1 + (i * P) as u32, P as usize));
+            assert_eq!(r, Ok(1));
+        }
+        let mut rcv_nxt = 1u32;
+        let (mut total, mut shorts) = (0usize, 0);
+        let mut got = Vec::new();
+        for _ in 0..1000 {
+            let (sent, short) = q.flush(a.as_fd(), &mut rcv_nxt).unwrap();
+            total += sent;
+            shorts += usize::from(short);
+            // Drain what the socket took so the next flush can continue.
+            let mut buf = vec![0u8; 1 << 20];
+            b.set_nonblocking(true).unwrap();
+            while let Ok(n) = b.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..n]);
+            }
+            if q.is_empty() {
+                break;
+            }
+        }
+        assert!(shorts > 0, "the socket always took everything");
+        assert_eq!(total, 4 * P);
+        assert_eq!(rcv_nxt, 1 + 4 * P as u32);
+        assert!(got == data, "flushed bytes differ");
+        assert_eq!(budget.in_use(), 0);
     }
 }
