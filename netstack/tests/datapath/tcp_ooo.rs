@@ -90,7 +90,7 @@ fn reordered_guest_segments_are_queued_and_not_resent() {
         move |f| {
             if tcp_payload_len(f) > 0 {
                 n += 1;
-                if n % 50 == 0 {
+                if n.is_multiple_of(50) {
                     return Fault::Hold;
                 }
             }
@@ -153,7 +153,7 @@ fn more_out_of_order_data_than_the_bound_is_dropped() {
         move |f| {
             if tcp_payload_len(f) > 0 {
                 n += 1;
-                if n % 600 == 0 {
+                if n.is_multiple_of(600) {
                     return Fault::Drop;
                 }
             }
@@ -186,7 +186,7 @@ fn the_byte_bound_holds_with_jumbo_segments() {
         move |f| {
             if tcp_payload_len(f) > 0 {
                 n += 1;
-                if n % 60 == 0 {
+                if n.is_multiple_of(60) {
                     return Fault::Drop;
                 }
             }
