@@ -69,6 +69,8 @@ pub struct NetMetrics {
     /// Window updates re-sent because the guest stayed silent after a zero window
     /// reopened.
     pub tcp_window_update_resends: u64,
+    /// Window probes sent to a guest whose window stayed closed with nothing in flight.
+    pub tcp_window_probes: u64,
     /// Connections accepted on published ports.
     pub published_accepts: u64,
 

@@ -123,6 +123,14 @@ pub(crate) struct TcpConn {
     /// [`super::host::on_timer`]), and how many times it was re-sent.
     pub wnd_update_at: Option<Instant>,
     pub wnd_update_tries: u32,
+    /// Persist timer: the guest's window is zero with nothing in flight. A reordered stale
+    /// zero-window ACK can arrive after the guest's window update, and the guest says
+    /// nothing more; so we probe (a segment one byte behind `snd_nxt`, which the guest must
+    /// answer with an ACK carrying its window).
+    pub persist_at: Option<Instant>,
+    pub persist_tries: u32,
+    /// A window probe must be sent.
+    pub probe_pending: bool,
 }
 
 impl TcpConn {
@@ -171,6 +179,9 @@ impl TcpConn {
             wnd_reopened: false,
             wnd_update_at: None,
             wnd_update_tries: 0,
+            persist_at: None,
+            persist_tries: 0,
+            probe_pending: false,
         }
     }
 
@@ -225,7 +236,7 @@ impl TcpConn {
 
     /// Whether [`super::next_frame`] has something to emit.
     pub(crate) fn wants_output(&self) -> bool {
-        if self.syn_pending || self.ack_pending {
+        if self.syn_pending || self.ack_pending || self.probe_pending {
             return true;
         }
         self.state == TcpState::Established
@@ -279,6 +290,21 @@ impl TcpConn {
         let stale = (self.wnd_edge.wrapping_sub(self.rcv_nxt) as i32) < 0;
         if ahead || stale {
             self.wnd_edge = edge;
+        }
+    }
+
+    /// Arms or stops the persist timer after the guest's window changed: armed while the
+    /// window is closed and nothing is in flight (in-flight data has the retransmission
+    /// timer, whose resends draw fresh ACKs).
+    pub(crate) fn update_persist(&mut self, now: Instant) {
+        let closed = self.state == TcpState::Established
+            && self.window_avail() == 0
+            && self.snd_nxt == self.snd_una;
+        if !closed {
+            self.persist_at = None;
+            self.persist_tries = 0;
+        } else if self.persist_at.is_none() {
+            self.persist_at = Some(now + RTO_INITIAL);
         }
     }
 

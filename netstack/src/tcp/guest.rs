@@ -254,6 +254,7 @@ fn on_ack(core: &mut Core, conn: &mut TcpConn, seg: &Segment, ack: u32, now: Ins
         }
     }
     conn.guest_wnd = new_wnd;
+    conn.update_persist(now);
 }
 
 /// Writes the segment's new payload to the host socket from guest memory.

@@ -9,7 +9,8 @@ use std::time::Instant;
 use smoltcp::wire::TcpControl;
 
 use super::conn::{
-    write_header, Header, TcpConn, TcpState, MAX_HDR, RTO_MAX, WND_UPDATE_RTO, WND_UPDATE_TRIES,
+    write_header, Header, TcpConn, TcpState, MAX_HDR, RTO_INITIAL, RTO_MAX, WND_UPDATE_RTO,
+    WND_UPDATE_TRIES,
 };
 use super::After;
 use crate::core::{Core, RxGso, RxMeta};
@@ -100,6 +101,20 @@ pub(crate) fn on_timer(core: &mut Core, conn: &mut TcpConn, now: Instant) -> Aft
         conn.rto = (conn.rto * 2).min(RTO_MAX);
         conn.rto_at = Some(now + conn.rto);
     }
+    if conn.persist_at.is_some_and(|d| d <= now) {
+        conn.persist_at = None;
+        conn.update_persist(now);
+        if conn.persist_at.is_some() {
+            // Still closed: probe, and back off (doubling, up to RTO_MAX).
+            conn.probe_pending = true;
+            conn.persist_tries = conn.persist_tries.saturating_add(1);
+            core.metrics.tcp_window_probes += 1;
+            let wait = RTO_INITIAL
+                .saturating_mul(1 << conn.persist_tries.min(8))
+                .min(RTO_MAX);
+            conn.persist_at = Some(now + wait);
+        }
+    }
     if conn.wnd_update_at.is_some_and(|d| d <= now) {
         // We reopened a short window and the guest has sent nothing since: the update
         // may have been lost or overtaken by an older zero-window ACK, and a guest that
@@ -117,9 +132,14 @@ pub(crate) fn on_timer(core: &mut Core, conn: &mut TcpConn, now: Instant) -> Aft
 /// Earliest instant [`on_timer`] has work for this connection.
 pub(crate) fn deadline(core: &Core, conn: &TcpConn) -> Instant {
     let mut d = conn.last_activity + core.cfg.limits.tcp_idle_timeout;
-    for t in [conn.connect_deadline, conn.rto_at, conn.wnd_update_at]
-        .into_iter()
-        .flatten()
+    for t in [
+        conn.connect_deadline,
+        conn.rto_at,
+        conn.wnd_update_at,
+        conn.persist_at,
+    ]
+    .into_iter()
+    .flatten()
     {
         d = d.min(t);
     }
@@ -192,6 +212,22 @@ fn build_next(
         conn.fin_sent = true;
         conn.ack_pending = false;
         conn.rto_at.get_or_insert(now + conn.rto);
+        let n = write_header(core, from, to, &h, bufs, 0);
+        return frame(n, None);
+    }
+    if conn.probe_pending {
+        // Window probe: one byte behind what the guest expects, no payload; the guest
+        // answers it with an ACK carrying its current window (RFC 9293 §3.8.6.1).
+        conn.probe_pending = false;
+        conn.ack_pending = false;
+        let window = conn.advertised_window();
+        let h = Header {
+            control: TcpControl::None,
+            seq: conn.snd_nxt.wrapping_sub(1),
+            ack: Some(conn.rcv_nxt),
+            window,
+            syn_opts: None,
+        };
         let n = write_header(core, from, to, &h, bufs, 0);
         return frame(n, None);
     }

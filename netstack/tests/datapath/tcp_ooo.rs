@@ -1,10 +1,11 @@
 //! Guest -> host TCP robustness: out-of-order guest segments wait in the bounded
 //! out-of-order queue (and are not resent by the guest), the bound drops the excess without
-//! breaking the stream, and a lost window update after a zero window is re-sent by the
-//! netstack's window-update timer.
+//! breaking the stream, a lost window update after a zero window is re-sent by the
+//! netstack's window-update timer, and a guest's lost window update is recovered by the
+//! netstack's window probes.
 
 use std::cell::Cell;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::rc::Rc;
 use std::sync::mpsc;
@@ -309,4 +310,61 @@ fn jumbo_upload_with_random_reordering() {
         "the guest sent {} payload bytes for {total}",
         u.guest_payload
     );
+}
+
+/// The guest stops reading a download until its window is zero, then reads everything; its
+/// window update is lost on the way to the netstack. The guest says nothing more, so only
+/// the netstack's window probe (answered with the guest's current window) resumes the flow.
+#[test]
+fn a_lost_guest_window_update_is_recovered_by_a_probe() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let total = 1 << 20;
+    let data = pattern(total, 33);
+    let expect = data.clone();
+    let server = std::thread::spawn(move || {
+        let (mut c, _) = l.accept().unwrap();
+        c.write_all(&data).unwrap();
+    });
+    let mut h = Harness::new(cfg());
+    let s = tcp_socket(&mut h, 16 * 1024);
+    connect_gateway(&mut h, s, port, 41106);
+    assert!(wait_established(&mut h, s));
+    let zero_seen = Rc::new(Cell::new(false));
+    let dropped = Rc::new(Cell::new(0u32));
+    let (zero, drops) = (zero_seen.clone(), dropped.clone());
+    h.fault = Some(Box::new(move |f| {
+        let Some((win, len)) = tcp_fields(f) else {
+            return Fault::Pass;
+        };
+        if win == 0 {
+            zero.set(true);
+        } else if zero.get() && len == 0 && drops.get() == 0 {
+            // The guest's first window update after its zero window: lose it.
+            drops.set(1);
+            return Fault::Drop;
+        }
+        Fault::Pass
+    }));
+    let filled = h.run_until(100_000, Duration::from_secs(10), |_| zero_seen.get());
+    assert!(filled, "the guest never advertised a zero window");
+    for _ in 0..50 {
+        h.step(1);
+    }
+    let mut got = Vec::with_capacity(total);
+    let ok = h.run_until(1_000_000, Duration::from_secs(60), |h| {
+        let sock = h.sockets.get_mut::<tcp::Socket>(s);
+        let mut buf = [0u8; 8192];
+        while sock.can_recv() {
+            let n = sock.recv_slice(&mut buf).unwrap();
+            got.extend_from_slice(&buf[..n]);
+        }
+        got.len() == total
+    });
+    let m = h.ns.metrics().clone();
+    assert!(ok, "download stalled at {}: {m:?}", got.len());
+    assert_eq!(dropped.get(), 1, "no window update was lost");
+    assert!(m.tcp_window_probes > 0, "{m:?}");
+    assert!(got == expect, "stream corrupted");
+    server.join().unwrap();
 }
