@@ -256,13 +256,16 @@ impl TcpConn {
             self.wnd_calls = SNDBUF_REFRESH;
         }
         self.wnd_calls -= 1;
-        let free = match sys::send_queue_len(fd) {
-            Ok(queued) => (self.sndbuf / 2).saturating_sub(queued),
-            Err(_) => 0,
+        let (free, queued) = match sys::send_queue_len(fd) {
+            Ok(queued) => ((self.sndbuf / 2).saturating_sub(queued), Some(queued)),
+            Err(_) => (0, None),
         };
         let max = 65535u32 << self.our_wscale;
         let wnd = free.min(max);
-        if wnd < u32::from(self.guest_mss) * 2 {
+        // Only a queue that can drain can open the window further: with nothing queued,
+        // the socket is writable at once and waiting for that would turn every event-loop
+        // round into another identical ACK (a small SO_SNDBUF never reaches two large MSS).
+        if wnd < u32::from(self.guest_mss) * 2 && queued != Some(0) {
             self.want_write = true;
         }
         self.last_wnd = (wnd >> self.our_wscale) as u16;

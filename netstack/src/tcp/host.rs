@@ -100,6 +100,8 @@ pub(crate) fn on_timer(core: &mut Core, conn: &mut TcpConn, now: Instant) -> Aft
         }
         conn.rto = (conn.rto * 2).min(RTO_MAX);
         conn.rto_at = Some(now + conn.rto);
+        // A retransmission cannot go out into a closed window: probe it instead.
+        conn.update_persist(now);
     }
     if conn.persist_at.is_some_and(|d| d <= now) {
         conn.persist_at = None;

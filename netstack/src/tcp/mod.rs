@@ -27,7 +27,11 @@
 //! update when it drains. That update can be lost or overtaken by an older zero-window ACK,
 //! and a guest without zero-window probes (smoltcp 0.12) would then wait forever; so after a
 //! window shorter than one MSS reopens, the update is re-sent while the guest stays silent
-//! (200 ms, doubling, at most 6 times; any guest data cancels it).
+//! (200 ms, doubling, at most 6 times; any guest data cancels it). The same race the other
+//! way round (a reordered stale zero-window ACK from the guest after its window update) is
+//! covered by a persist timer: while the guest's window is zero with nothing in flight we
+//! send it window probes (a segment one byte behind `snd_nxt`, which it must answer with an
+//! ACK carrying its window; 200 ms, doubling up to [`conn::RTO_MAX`]).
 //! ACKs to the guest are coalesced: a segment only marks the flow "ACK pending", and one
 //! ACK per flow goes out when the device asks for RX frames
 //! (normally right after it processed a whole TX batch), unless data to the guest carries
