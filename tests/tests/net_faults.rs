@@ -66,6 +66,7 @@ fn send_under(path: &LossyPath, probe: &Path, faults: &str, extra: &[&str]) -> O
         );
     }
     let r = peer_result(sink);
+    eprintln!("tcp-send under {faults}: sink {r}");
     assert_eq!(r["bytes"], BYTES, "{r}");
     assert_eq!(r["pattern_ok"], true, "{r}");
     o
@@ -93,6 +94,7 @@ fn recv_under(path: &LossyPath, probe: &Path, faults: &str) -> Output {
         .expect("run");
     assert_eq!(o.status.code(), Some(0), "{}\n{}", stdout(&o), stderr(&o));
     let j = result_json(&o);
+    eprintln!("tcp-recv under {faults}: {j}");
     assert_eq!(j["bytes"], BYTES, "{j}");
     assert_eq!(j["sha256"], pattern_sha256(BYTES).as_str(), "{j}");
     assert_eq!(peer_result(source)["bytes"], BYTES);
