@@ -27,6 +27,9 @@ pub(crate) const RTO_MAX: Duration = Duration::from_secs(10);
 /// First wait before a window update the guest did not react to is sent again; doubles
 /// per try.
 pub(crate) const WND_UPDATE_RTO: Duration = RTO_INITIAL;
+/// Longest wait between window probes to a guest whose window stays zero. The guest is
+/// local and a probe is one small frame; smoltcp answers at most one per second anyway.
+pub(crate) const PERSIST_MAX: Duration = Duration::from_secs(1);
 /// How many times a window update is re-sent before we rely on the guest.
 pub(crate) const WND_UPDATE_TRIES: u32 = 6;
 /// How often (in window computations) `SO_SNDBUF` is re-read.

@@ -9,8 +9,8 @@ use std::time::Instant;
 use smoltcp::wire::TcpControl;
 
 use super::conn::{
-    write_header, Header, TcpConn, TcpState, MAX_HDR, RTO_INITIAL, RTO_MAX, WND_UPDATE_RTO,
-    WND_UPDATE_TRIES,
+    write_header, Header, TcpConn, TcpState, MAX_HDR, PERSIST_MAX, RTO_INITIAL, RTO_MAX,
+    WND_UPDATE_RTO, WND_UPDATE_TRIES,
 };
 use super::After;
 use crate::core::{Core, RxGso, RxMeta};
@@ -107,13 +107,13 @@ pub(crate) fn on_timer(core: &mut Core, conn: &mut TcpConn, now: Instant) -> Aft
         conn.persist_at = None;
         conn.update_persist(now);
         if conn.persist_at.is_some() {
-            // Still closed: probe, and back off (doubling, up to RTO_MAX).
+            // Still closed: probe, and back off (doubling, up to PERSIST_MAX).
             conn.probe_pending = true;
             conn.persist_tries = conn.persist_tries.saturating_add(1);
             core.metrics.tcp_window_probes += 1;
             let wait = RTO_INITIAL
                 .saturating_mul(1 << conn.persist_tries.min(8))
-                .min(RTO_MAX);
+                .min(PERSIST_MAX);
             conn.persist_at = Some(now + wait);
         }
     }

@@ -31,7 +31,7 @@
 //! way round (a reordered stale zero-window ACK from the guest after its window update) is
 //! covered by a persist timer: while the guest's window is zero with nothing in flight we
 //! send it window probes (a segment one byte behind `snd_nxt`, which it must answer with an
-//! ACK carrying its window; 200 ms, doubling up to [`conn::RTO_MAX`]).
+//! ACK carrying its window; 200 ms, doubling up to [`conn::PERSIST_MAX`], 1 s).
 //! ACKs to the guest are coalesced: a segment only marks the flow "ACK pending", and one
 //! ACK per flow goes out when the device asks for RX frames
 //! (normally right after it processed a whole TX batch), unless data to the guest carries
