@@ -127,6 +127,8 @@ pub(crate) struct Core {
     pub ctrl_overflow: u64,
     /// Behave as on kernels without `SO_PEEK_OFF` for TCP (testkit only).
     pub no_peek_off: bool,
+    /// Byte budget shared by the TCP out-of-order queues of all connections.
+    pub ooo_budget: crate::tcp::OooBudget,
 }
 
 impl Core {
@@ -142,6 +144,7 @@ impl Core {
             guest6: None,
             ctrl_overflow: 0,
             no_peek_off: false,
+            ooo_budget: crate::tcp::OooBudget::default(),
         }
     }
 

@@ -28,7 +28,8 @@ pub struct NetMetrics {
     pub drop_unsupported: u64,
     /// Dropped: not addressed to us or from an address the guest does not own.
     pub drop_foreign: u64,
-    /// Dropped: guest TCP segment outside the expected sequence window.
+    /// Dropped: guest TCP segment outside the window we advertised (or after a hole on a
+    /// DNS stream, which never queues).
     pub drop_out_of_window: u64,
     /// Dropped: guest payload the host socket did not accept (the guest retransmits).
     pub drop_host_busy: u64,
@@ -57,8 +58,19 @@ pub struct NetMetrics {
     pub rst_to_guest: u64,
     /// TCP segments retransmitted to the guest.
     pub retransmits: u64,
-    /// Zero-window probes sent to a guest whose window stayed shut.
-    pub window_probes: u64,
+    /// Out-of-order guest TCP payload pieces copied into a connection's queue to wait
+    /// for the hole before them.
+    pub tcp_ooo_queued: u64,
+    /// Out-of-order guest TCP segments dropped because the queue's bound (per connection
+    /// or across connections) was reached; the guest retransmits them.
+    pub tcp_ooo_dropped: u64,
+    /// Queued out-of-order payload bytes written to host sockets once the hole filled.
+    pub tcp_ooo_flushed: u64,
+    /// Window updates re-sent because the guest stayed silent after a zero window
+    /// reopened.
+    pub tcp_window_update_resends: u64,
+    /// Window probes sent to a guest whose window stayed closed with nothing in flight.
+    pub tcp_window_probes: u64,
     /// Connections accepted on published ports.
     pub published_accepts: u64,
 

@@ -24,6 +24,14 @@ use crate::sys;
 pub(crate) const RTO_INITIAL: Duration = Duration::from_millis(200);
 /// Upper bound of the doubled retransmission timeout.
 pub(crate) const RTO_MAX: Duration = Duration::from_secs(10);
+/// First wait before a window update the guest did not react to is sent again; doubles
+/// per try.
+pub(crate) const WND_UPDATE_RTO: Duration = RTO_INITIAL;
+/// Longest wait between window probes to a guest whose window stays zero. The guest is
+/// local and a probe is one small frame; smoltcp answers at most one per second anyway.
+pub(crate) const PERSIST_MAX: Duration = Duration::from_secs(1);
+/// How many times a window update is re-sent before we rely on the guest.
+pub(crate) const WND_UPDATE_TRIES: u32 = 6;
 /// How often (in window computations) `SO_SNDBUF` is re-read.
 const SNDBUF_REFRESH: u32 = 32;
 /// How many data segments reuse the last computed window.
@@ -87,21 +95,12 @@ pub(crate) struct TcpConn {
     pub lowat: u32,
     /// We advertised a short window and wait for the host socket to drain.
     pub want_write: bool,
-    /// The host socket was writable but our window had not grown yet: look again then
-    /// (instead of polling for writability, which would fire again at once).
+    /// The host socket was writable but our window had not grown: look again then
+    /// (polling for writability would fire again at once while anything is queued).
     pub wnd_recheck_at: Option<Instant>,
     pub ack_pending: bool,
     /// A SYN or SYN-ACK must be (re)sent.
     pub syn_pending: bool,
-    /// The guest's window is zero with nothing in flight: when to probe it (RFC 9293
-    /// §3.8.6.1), since its window update may never arrive (lost, or overtaken by a stale
-    /// zero-window ACK).
-    pub persist_at: Option<Instant>,
-    /// Backoff of the window probes.
-    pub persist_backoff: Duration,
-    /// A window probe is due: an ACK one byte behind `snd_nxt`, which the guest must answer
-    /// with an ACK carrying its current window.
-    pub probe_pending: bool,
     pub dup_acks: u8,
     pub rto: Duration,
     pub rto_at: Option<Instant>,
@@ -124,6 +123,27 @@ pub(crate) struct TcpConn {
     /// Last advertised window field and data segments sent with it since.
     pub last_wnd: u16,
     pub data_since_wnd: u32,
+    /// Right edge of the receive window we advertised (`ack + window`, never moved left):
+    /// out-of-order data is accepted only before it.
+    pub wnd_edge: u32,
+    /// Guest payload that arrived after a hole, waiting for it (copied; bounded).
+    pub ooo: Option<Box<super::ooo::OooQueue>>,
+    /// The last window we advertised was shorter than one guest MSS.
+    pub small_wnd_sent: bool,
+    /// A window of at least one MSS followed a short one: arm the window-update timer.
+    pub wnd_reopened: bool,
+    /// When to re-send the window update if the guest stays silent (see
+    /// [`super::host::on_timer`]), and how many times it was re-sent.
+    pub wnd_update_at: Option<Instant>,
+    pub wnd_update_tries: u32,
+    /// Persist timer: the guest's window is zero with nothing in flight. A reordered stale
+    /// zero-window ACK can arrive after the guest's window update, and the guest says
+    /// nothing more; so we probe (a segment one byte behind `snd_nxt`, which the guest must
+    /// answer with an ACK carrying its window).
+    pub persist_at: Option<Instant>,
+    pub persist_tries: u32,
+    /// A window probe must be sent.
+    pub probe_pending: bool,
 }
 
 impl TcpConn {
@@ -154,9 +174,6 @@ impl TcpConn {
             wnd_recheck_at: None,
             ack_pending: false,
             syn_pending: false,
-            persist_at: None,
-            persist_backoff: RTO_INITIAL,
-            probe_pending: false,
             dup_acks: 0,
             rto: RTO_INITIAL,
             rto_at: None,
@@ -172,6 +189,15 @@ impl TcpConn {
             wnd_calls: 0,
             last_wnd: 0,
             data_since_wnd: u32::MAX / 2,
+            wnd_edge: 0,
+            ooo: None,
+            small_wnd_sent: false,
+            wnd_reopened: false,
+            wnd_update_at: None,
+            wnd_update_tries: 0,
+            persist_at: None,
+            persist_tries: 0,
+            probe_pending: false,
         }
     }
 
@@ -247,35 +273,67 @@ impl TcpConn {
         }
         self.wnd_calls -= 1;
         let (free, queued) = match sys::send_queue_len(fd) {
-            Ok(queued) => ((self.sndbuf / 2).saturating_sub(queued), queued),
-            Err(_) => (0, 1),
+            Ok(queued) => ((self.sndbuf / 2).saturating_sub(queued), Some(queued)),
+            Err(_) => (0, None),
         };
         let max = 65535u32 << self.our_wscale;
         let wnd = free.min(max);
-        // Short means less than two segments, or a quarter of the socket when segments are
-        // large (a 64 KiB MSS on a small send buffer). Only a draining queue can reopen it;
-        // with nothing queued this already is the largest window.
-        let short = (u32::from(self.guest_mss) * 2).min(self.sndbuf / 4);
-        if queued > 0 && wnd < short {
+        // Only a queue that can drain can open the window further: with nothing queued,
+        // the socket is writable at once and waiting for that would turn every event-loop
+        // round into another identical ACK (a small SO_SNDBUF never reaches two large MSS).
+        if wnd < u32::from(self.guest_mss) * 2 && queued != Some(0) {
             self.want_write = true;
         }
         self.last_wnd = (wnd >> self.our_wscale) as u16;
         self.data_since_wnd = 0;
+        self.note_window();
+        if wnd < u32::from(self.guest_mss) {
+            // A short window: the reopening that follows must reach the guest.
+            self.small_wnd_sent = true;
+            self.wnd_reopened = false;
+            self.wnd_update_at = None;
+        } else if self.small_wnd_sent {
+            self.small_wnd_sent = false;
+            self.wnd_reopened = true;
+        }
         self.last_wnd
     }
 
-    /// The host socket became writable (or a recheck is due) after we advertised a short
-    /// window: announce the window if it grew; otherwise look again after
-    /// [`WND_RECHECK`], so a draining socket costs neither an ACK storm nor a busy poll.
-    pub(crate) fn window_maybe_opened(&mut self, now: Instant) {
-        self.wnd_recheck_at = None;
-        let before = self.last_wnd;
-        let wnd = self.advertised_window();
-        if wnd > before {
-            self.ack_pending = true;
-        } else if self.want_write {
-            self.want_write = false;
-            self.wnd_recheck_at = Some(now + WND_RECHECK);
+    /// Moves [`Self::wnd_edge`] to `rcv_nxt` + the last advertised window if that is
+    /// further right.
+    fn note_window(&mut self) {
+        let edge = self
+            .rcv_nxt
+            .wrapping_add(u32::from(self.last_wnd) << self.our_wscale);
+        let ahead = edge.wrapping_sub(self.wnd_edge) as i32 > 0;
+        let stale = (self.wnd_edge.wrapping_sub(self.rcv_nxt) as i32) < 0;
+        if ahead || stale {
+            self.wnd_edge = edge;
+        }
+    }
+
+    /// Arms or stops the persist timer after the guest's window changed: armed while the
+    /// window is closed and nothing is in flight (in-flight data has the retransmission
+    /// timer, whose resends draw fresh ACKs).
+    pub(crate) fn update_persist(&mut self, now: Instant) {
+        let closed = self.state == TcpState::Established
+            && self.window_avail() == 0
+            && self.snd_nxt == self.snd_una;
+        if !closed {
+            self.persist_at = None;
+            self.persist_tries = 0;
+        } else if self.persist_at.is_none() {
+            self.persist_at = Some(now + RTO_INITIAL);
+        }
+    }
+
+    /// Starts the window-update timer if the window just reopened (called after a
+    /// segment carrying our window was built).
+    pub(crate) fn arm_window_update(&mut self, now: Instant) {
+        if self.wnd_reopened {
+            self.wnd_reopened = false;
+            self.wnd_update_tries = 0;
+            self.wnd_update_at = Some(now + WND_UPDATE_RTO);
         }
     }
 
@@ -288,6 +346,7 @@ impl TcpConn {
         if self.data_since_wnd > DATA_WND_REFRESH {
             return self.advertised_window();
         }
+        self.note_window();
         self.last_wnd
     }
 
@@ -299,18 +358,19 @@ impl TcpConn {
         w
     }
 
-    /// Arms or disarms the persist timer after the guest's window changed: probing is
-    /// needed only while the window is zero and nothing is in flight (an ACK of in-flight
-    /// data would bring the update anyway).
-    pub(crate) fn update_persist(&mut self, now: Instant) {
-        if self.guest_wnd == 0 && self.snd_nxt == self.snd_una {
-            if self.persist_at.is_none() {
-                self.persist_backoff = self.rto;
-                self.persist_at = Some(now + self.persist_backoff);
-            }
-        } else {
-            self.persist_at = None;
-            self.persist_backoff = RTO_INITIAL;
+    /// The host socket became writable (or a recheck is due) after we advertised a short
+    /// window: announce the window if it grew; otherwise look again after
+    /// [`WND_RECHECK`], so a draining socket costs neither an ACK storm (a 64 KiB MSS on a
+    /// small send buffer keeps the window "short" for the whole upload) nor a busy poll.
+    pub(crate) fn window_maybe_opened(&mut self, now: Instant) {
+        self.wnd_recheck_at = None;
+        let before = self.last_wnd;
+        let wnd = self.advertised_window();
+        if wnd > before {
+            self.ack_pending = true;
+        } else if self.want_write {
+            self.want_write = false;
+            self.wnd_recheck_at = Some(now + WND_RECHECK);
         }
     }
 

@@ -11,6 +11,7 @@ use smoltcp::wire::TcpControl;
 
 use super::conn::{push_segment, Header, Segment, TcpConn, TcpState, RTO_INITIAL};
 use super::dns_stream::DnsStreamError;
+use super::ooo::{OooQueue, Refused};
 use super::After;
 use crate::core::Core;
 use crate::flow_table::FlowKey;
@@ -19,7 +20,7 @@ use crate::gate::FlowGate;
 use crate::sys::{self, SockKind};
 
 /// Signed distance from `b` to `a` in sequence space.
-fn seq_diff(a: u32, b: u32) -> i32 {
+pub(crate) fn seq_diff(a: u32, b: u32) -> i32 {
     a.wrapping_sub(b) as i32
 }
 
@@ -97,17 +98,94 @@ pub(crate) fn on_guest_segment(
     if seg.fin {
         let fin_seq = seg.seq.wrapping_add(seg.payload_len as u32);
         if !conn.guest_fin && fin_seq == conn.rcv_nxt {
-            // Everything before the FIN reached the host socket: pass the FIN on.
-            let _ = sys::shutdown_write(conn.fd.as_fd());
-            conn.rcv_nxt = conn.rcv_nxt.wrapping_add(1);
-            conn.guest_fin = true;
+            pass_fin(conn);
         }
         conn.ack_pending = true;
     }
+    if seg.payload_len > 0 || seg.fin {
+        // The guest is sending: it saw an open window.
+        conn.wnd_update_at = None;
+    }
+    conn.arm_window_update(now);
     if conn.guest_fin && conn.fin_acked {
         return After::Close;
     }
     After::Keep
+}
+
+/// Everything before the guest's FIN reached the host socket: passes the FIN on.
+fn pass_fin(conn: &mut TcpConn) {
+    let _ = sys::shutdown_write(conn.fd.as_fd());
+    conn.rcv_nxt = conn.rcv_nxt.wrapping_add(1);
+    conn.guest_fin = true;
+    conn.ooo = None;
+}
+
+/// Copies the payload of a segment that arrived after a hole into the connection's
+/// out-of-order queue, within the window we advertised and the queue's bounds; drops it
+/// otherwise (the guest retransmits it).
+fn queue_out_of_order(
+    core: &mut Core,
+    conn: &mut TcpConn,
+    frame: &GuestFrame<'_, '_>,
+    seg: &Segment,
+) {
+    let end = seg.seq.wrapping_add(seg.payload_len as u32);
+    // DNS streams are checked query by query as they flow; they never queue.
+    if conn.dns.is_some() || conn.guest_fin || seq_diff(end, conn.wnd_edge) > 0 {
+        core.metrics.drop_out_of_window += 1;
+        return;
+    }
+    let budget = &core.ooo_budget;
+    let q = conn
+        .ooo
+        .get_or_insert_with(|| Box::new(OooQueue::new(budget)));
+    match q.insert(
+        conn.rcv_nxt,
+        frame,
+        seg.payload_off,
+        seg.seq,
+        seg.payload_len,
+    ) {
+        Ok(n) => {
+            core.metrics.tcp_ooo_queued += n as u64;
+            if seg.fin {
+                q.fin_at = Some(end);
+            }
+        }
+        Err(Refused::Full) => core.metrics.tcp_ooo_dropped += 1,
+    }
+    if q.is_empty() && q.fin_at.is_none() {
+        conn.ooo = None;
+    }
+}
+
+/// Writes the queued out-of-order bytes that are now contiguous with `rcv_nxt` to the
+/// host socket; what it does not take stays queued and the socket is watched for
+/// writability. Passes on a queued FIN once everything before it went out.
+pub(crate) fn flush_ooo(core: &mut Core, conn: &mut TcpConn) -> io::Result<()> {
+    let Some(q) = conn.ooo.as_mut() else {
+        return Ok(());
+    };
+    let (sent, short) = q.flush(conn.fd.as_fd(), &mut conn.rcv_nxt)?;
+    core.metrics.bytes_guest_to_host += sent as u64;
+    core.metrics.tcp_ooo_flushed += sent as u64;
+    if sent > 0 {
+        conn.ack_pending = true;
+    }
+    if short {
+        conn.want_write = true;
+    }
+    if q.is_empty() {
+        let fin_next = q.fin_at == Some(conn.rcv_nxt);
+        if fin_next && !conn.guest_fin {
+            pass_fin(conn);
+            conn.ack_pending = true;
+        } else if q.fin_at.is_none() {
+            conn.ooo = None;
+        }
+    }
+    Ok(())
 }
 
 fn establish(core: &Core, conn: &mut TcpConn, una: u32) {
@@ -201,11 +279,10 @@ fn deliver(
     }
     let d = seq_diff(seg.seq, conn.rcv_nxt);
     if d > 0 {
-        // A hole before this segment: drop it and send a duplicate ACK so the guest
-        // retransmits the missing bytes (we never buffer out-of-order data).
-        // The duplicate ACK goes out at once, not coalesced: the guest's fast
-        // retransmit counts them (RFC 5681 §3.2).
-        core.metrics.drop_out_of_window += 1;
+        // A hole before this segment: keep a copy if it fits the bounds, and send a
+        // duplicate ACK at once, not coalesced: the guest's fast retransmit counts them
+        // (RFC 5681 §3.2) and fills the hole.
+        queue_out_of_order(core, conn, frame, seg);
         push_dup_ack(core, conn);
         return Ok(());
     }
@@ -243,6 +320,9 @@ fn deliver(
             if sent < len {
                 core.metrics.drop_host_busy += 1;
                 conn.want_write = true;
+            } else if conn.ooo.is_some() {
+                // The hole may be filled: queued data is next.
+                flush_ooo(core, conn)?;
             }
             Ok(())
         }

@@ -8,7 +8,10 @@ use std::time::Instant;
 
 use smoltcp::wire::TcpControl;
 
-use super::conn::{write_header, Header, TcpConn, TcpState, MAX_HDR, RTO_MAX};
+use super::conn::{
+    write_header, Header, TcpConn, TcpState, MAX_HDR, PERSIST_MAX, RTO_INITIAL, RTO_MAX,
+    WND_UPDATE_RTO, WND_UPDATE_TRIES,
+};
 use super::After;
 use crate::core::{Core, RxGso, RxMeta};
 use crate::frame::build::{capacity, eth_ip_len, max_frame, tail_iovecs};
@@ -60,8 +63,15 @@ pub(crate) fn on_ready(
             }
             if writable && conn.want_write {
                 conn.want_write = false;
-                // The host socket drained: tell the guest about the reopened window.
+                // The host socket drained: queued out-of-order data goes first (it may
+                // set `want_write` again), then the guest hears of the reopened window.
+                if super::guest::flush_ooo(core, conn).is_err() {
+                    return After::Reset;
+                }
                 conn.window_maybe_opened(now);
+                if conn.guest_fin && conn.fin_acked {
+                    return After::Close;
+                }
             }
             After::Keep
         }
@@ -78,13 +88,11 @@ pub(crate) fn on_timer(core: &mut Core, conn: &mut TcpConn, now: Instant) -> Aft
         return After::Reset;
     }
     if conn.wnd_recheck_at.is_some_and(|d| d <= now) {
+        // What writability would have done: queued out-of-order data first, then the window.
+        if super::guest::flush_ooo(core, conn).is_err() {
+            return After::Reset;
+        }
         conn.window_maybe_opened(now);
-    }
-    if conn.persist_at.is_some_and(|d| d <= now) {
-        core.metrics.window_probes += 1;
-        conn.probe_pending = true;
-        conn.persist_backoff = (conn.persist_backoff * 2).min(RTO_MAX);
-        conn.persist_at = Some(now + conn.persist_backoff);
     }
     if conn.rto_at.is_some_and(|d| d <= now) {
         conn.retries += 1;
@@ -99,13 +107,33 @@ pub(crate) fn on_timer(core: &mut Core, conn: &mut TcpConn, now: Instant) -> Aft
         }
         conn.rto = (conn.rto * 2).min(RTO_MAX);
         conn.rto_at = Some(now + conn.rto);
-        if conn.state == TcpState::Established && conn.guest_wnd == 0 {
-            // Nothing may go out into a shut window: probe it instead of counting
-            // retransmissions that never happen towards a reset.
-            conn.rto_at = None;
-            conn.retries = 0;
-            conn.update_persist(now);
+        // A retransmission cannot go out into a closed window: probe it instead.
+        conn.update_persist(now);
+    }
+    if conn.persist_at.is_some_and(|d| d <= now) {
+        conn.persist_at = None;
+        conn.update_persist(now);
+        if conn.persist_at.is_some() {
+            // Still closed: probe, and back off (doubling, up to PERSIST_MAX).
+            conn.probe_pending = true;
+            conn.persist_tries = conn.persist_tries.saturating_add(1);
+            core.metrics.tcp_window_probes += 1;
+            let wait = RTO_INITIAL
+                .saturating_mul(1 << conn.persist_tries.min(8))
+                .min(PERSIST_MAX);
+            conn.persist_at = Some(now + wait);
         }
+    }
+    if conn.wnd_update_at.is_some_and(|d| d <= now) {
+        // We reopened a short window and the guest has sent nothing since: the update
+        // may have been lost or overtaken by an older zero-window ACK, and a guest that
+        // sends no window probes would wait forever. A pure ACK with the current
+        // window is harmless as a duplicate.
+        conn.wnd_update_tries += 1;
+        conn.ack_pending = true;
+        core.metrics.tcp_window_update_resends += 1;
+        conn.wnd_update_at = (conn.wnd_update_tries < WND_UPDATE_TRIES)
+            .then(|| now + WND_UPDATE_RTO * (1 << conn.wnd_update_tries));
     }
     After::Keep
 }
@@ -116,8 +144,9 @@ pub(crate) fn deadline(core: &Core, conn: &TcpConn) -> Instant {
     for t in [
         conn.connect_deadline,
         conn.rto_at,
-        conn.wnd_recheck_at,
+        conn.wnd_update_at,
         conn.persist_at,
+        conn.wnd_recheck_at,
     ]
     .into_iter()
     .flatten()
@@ -129,6 +158,17 @@ pub(crate) fn deadline(core: &Core, conn: &TcpConn) -> Instant {
 
 /// Builds the next segment for the guest into `bufs`.
 pub(crate) fn next_frame(
+    core: &mut Core,
+    conn: &mut TcpConn,
+    bufs: &mut [IoSliceMut<'_>],
+    now: Instant,
+) -> Produced {
+    let p = build_next(core, conn, bufs, now);
+    conn.arm_window_update(now);
+    p
+}
+
+fn build_next(
     core: &mut Core,
     conn: &mut TcpConn,
     bufs: &mut [IoSliceMut<'_>],
@@ -187,20 +227,28 @@ pub(crate) fn next_frame(
         let n = write_header(core, from, to, &h, bufs, 0);
         return frame(n, None);
     }
-    if conn.ack_pending || conn.probe_pending {
-        // A window probe is an ACK with an old sequence number: out of the guest's
-        // window, so it must be answered with an ACK showing the current window.
-        let seq = if conn.probe_pending {
-            conn.snd_nxt.wrapping_sub(1)
-        } else {
-            conn.snd_nxt
-        };
-        conn.ack_pending = false;
+    if conn.probe_pending {
+        // Window probe: one byte behind what the guest expects, no payload; the guest
+        // answers it with an ACK carrying its current window (RFC 9293 §3.8.6.1).
         conn.probe_pending = false;
+        conn.ack_pending = false;
         let window = conn.advertised_window();
         let h = Header {
             control: TcpControl::None,
-            seq,
+            seq: conn.snd_nxt.wrapping_sub(1),
+            ack: Some(conn.rcv_nxt),
+            window,
+            syn_opts: None,
+        };
+        let n = write_header(core, from, to, &h, bufs, 0);
+        return frame(n, None);
+    }
+    if conn.ack_pending {
+        conn.ack_pending = false;
+        let window = conn.advertised_window();
+        let h = Header {
+            control: TcpControl::None,
+            seq: conn.snd_nxt,
             ack: Some(conn.rcv_nxt),
             window,
             syn_opts: None,

@@ -12,13 +12,28 @@
 //! that point straight into the guest's TX buffers: zero copies in userspace, one copy
 //! by the kernel into its socket buffer. We acknowledge to the guest exactly the bytes
 //! `sendmsg()` accepted; whatever it did not take is dropped and the guest retransmits
-//! it (counted as `drop_host_busy`). Out-of-order guest segments are dropped and answered
-//! with a duplicate ACK, so the guest's fast retransmit fills the hole; we never buffer.
+//! it (counted as `drop_host_busy`). A guest segment that arrives after a hole is answered at
+//! once with a duplicate ACK (so the guest's fast retransmit fills the hole) and its payload
+//! is *copied* into the connection's out-of-order queue ([`ooo`]): the guest's buffers are
+//! gone when we return, and dropping it would make the guest resend its whole window
+//! (go-back-N). That is the only copy in userspace, on the rare path only; the queue is
+//! bounded per connection and across connections, and only takes data inside the window we
+//! advertised. When in-order data fills the hole, the queued bytes that are now contiguous go
+//! to the socket in one `sendmsg()`; whatever it does not take stays queued until the socket
+//! is writable again, and the guest is ACKed only for what the socket accepted.
 //! The window we advertise is the free space of the host socket's send buffer
 //! (half of `SO_SNDBUF`, the part the kernel grants to payload, minus `SIOCOUTQ`); when it
 //! is exhausted we advertise zero, watch the socket for writability and send a window
-//! update when it drains. ACKs to the guest are coalesced: a segment only marks the flow
-//! "ACK pending", and one ACK per flow goes out when the device asks for RX frames
+//! update when it drains. That update can be lost or overtaken by an older zero-window ACK,
+//! and a guest without zero-window probes (smoltcp 0.12) would then wait forever; so after a
+//! window shorter than one MSS reopens, the update is re-sent while the guest stays silent
+//! (200 ms, doubling, at most 6 times; any guest data cancels it). The same race the other
+//! way round (a reordered stale zero-window ACK from the guest after its window update) is
+//! covered by a persist timer: while the guest's window is zero with nothing in flight we
+//! send it window probes (a segment one byte behind `snd_nxt`, which it must answer with an
+//! ACK carrying its window; 200 ms, doubling up to [`conn::PERSIST_MAX`], 1 s).
+//! ACKs to the guest are coalesced: a segment only marks the flow "ACK pending", and one
+//! ACK per flow goes out when the device asks for RX frames
 //! (normally right after it processed a whole TX batch), unless data to the guest carries
 //! it first.
 //!
@@ -59,12 +74,14 @@ mod conn;
 mod dns_stream;
 mod guest;
 mod host;
+mod ooo;
 
 pub(crate) use conn::{push_rst_for, Segment, TcpConn, TcpState};
 pub(crate) use dns_stream::DnsStream;
 pub(crate) use guest::{on_guest_segment, open_from_guest};
 pub(crate) use host::deadline;
 pub(crate) use host::{next_frame, on_ready, on_timer, Produced};
+pub(crate) use ooo::OooBudget;
 
 use crate::core::{Core, InterestOp};
 use std::os::fd::AsRawFd;

@@ -6,7 +6,7 @@ use netstack::testkit::Harness;
 use netstack::NetConfig;
 use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp;
-use smoltcp::wire::{IpAddress, IpEndpoint};
+use smoltcp::wire::{EthernetFrame, IpAddress, IpEndpoint, Ipv4Packet, TcpPacket};
 
 /// Default test config with a fake upstream resolver (tests that need DNS set their own).
 pub fn cfg() -> NetConfig {
@@ -53,4 +53,20 @@ pub fn pattern(len: usize, seed: u32) -> Vec<u8> {
             x as u8
         })
         .collect()
+}
+
+/// Payload length of a TCP/IPv4 frame (0 for anything else).
+pub fn tcp_payload_len(f: &[u8]) -> usize {
+    tcp_fields(f).map_or(0, |t| t.1)
+}
+
+/// Window field and payload length of a TCP/IPv4 frame.
+pub fn tcp_fields(f: &[u8]) -> Option<(u16, usize)> {
+    let eth = EthernetFrame::new_checked(f).ok()?;
+    let ip = Ipv4Packet::new_checked(eth.payload()).ok()?;
+    if ip.next_header() != smoltcp::wire::IpProtocol::Tcp {
+        return None;
+    }
+    let t = TcpPacket::new_checked(ip.payload()).ok()?;
+    Some((t.window_len(), t.payload().len()))
 }

@@ -9,5 +9,6 @@ mod netns;
 mod policy;
 mod tcp;
 mod tcp_edge;
+mod tcp_ooo;
 mod timers;
 mod udp;
