@@ -46,6 +46,27 @@ fn dhcp_lease_and_the_gateway_answers_ping() {
     assert_eq!(j["ip"], "172.16.0.2/30");
     assert_eq!(j["gw"], "172.16.0.1");
     assert_eq!(j["received"], 5);
+    // virtio VIRTIO_NET_F_MTU and DHCP option 26 both carry the default link MTU.
+    assert_eq!(j["mtu"], 65520, "{j}");
+}
+
+/// `--mtu` reaches the guest (virtio config space and DHCP agree on it).
+#[test]
+fn mtu_flag_sets_the_guest_link_mtu() {
+    let probe = require!(kvm_and_probe());
+    let o = run_user(
+        &probe,
+        &["--mtu", "1500"],
+        &[
+            "probe.scenario=ping",
+            "probe.peer=172.16.0.1",
+            "probe.count=1",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}\n{}", stdout(&o), stderr(&o));
+    let j = result_json(&o);
+    assert_eq!(j["mtu"], 1500, "{j}");
+    assert_eq!(j["received"], 1, "{j}");
 }
 
 #[test]
@@ -288,6 +309,7 @@ fn bad_user_network_settings_fail_before_boot() {
         (&["-p", &format!("{port}:80")], 125, &format!("{port}")),
         (&["-p", "80"], 2, "bad -p \"80\""),
         (&["--ipv4-pool", "10.0.0.1/8"], 2, "host bits are set"),
+        (&["--mtu", "100"], 2, "bad --mtu \"100\""),
         (
             &["--net-rule", "allow@*:tcp:9000-80"],
             125,

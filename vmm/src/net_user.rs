@@ -213,6 +213,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn mtu_values_parse_or_explain() {
+        assert_eq!(parse_mtu("1280"), Ok(1280));
+        assert_eq!(parse_mtu("65520"), Ok(DEFAULT_MTU));
+        for bad in ["1279", "65521", "jumbo", ""] {
+            let e = parse_mtu(bad).unwrap_err();
+            assert!(e.contains(&format!("{bad:?}")) && e.contains("1280"), "{e}");
+        }
+    }
+
+    #[test]
     fn publish_specs_parse_or_explain() {
         let p: PublishSpec = "8080:80".parse().unwrap();
         assert_eq!(p.bind, "127.0.0.1:8080".parse().unwrap());
