@@ -41,6 +41,11 @@ const WND_RECHECK: Duration = Duration::from_millis(1);
 /// Window-scale shift we announce when the guest announces one (max window 8 MiB).
 const OUR_WSCALE: u8 = 7;
 
+/// Signed distance from `b` to `a` in sequence space.
+pub(crate) fn seq_diff(a: u32, b: u32) -> i32 {
+    a.wrapping_sub(b) as i32
+}
+
 /// Connection state, from our point of view.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum TcpState {
@@ -305,8 +310,8 @@ impl TcpConn {
         let edge = self
             .rcv_nxt
             .wrapping_add(u32::from(self.last_wnd) << self.our_wscale);
-        let ahead = edge.wrapping_sub(self.wnd_edge) as i32 > 0;
-        let stale = (self.wnd_edge.wrapping_sub(self.rcv_nxt) as i32) < 0;
+        let ahead = seq_diff(edge, self.wnd_edge) > 0;
+        let stale = seq_diff(self.wnd_edge, self.rcv_nxt) < 0;
         if ahead || stale {
             self.wnd_edge = edge;
         }
@@ -377,7 +382,7 @@ impl TcpConn {
     /// Moves `snd_nxt` forward by `n` (data or a SYN/FIN sent), keeping `snd_max`.
     pub(crate) fn advance_snd_nxt(&mut self, n: u32) {
         self.snd_nxt = self.snd_nxt.wrapping_add(n);
-        if (self.snd_nxt.wrapping_sub(self.snd_max) as i32) > 0 {
+        if seq_diff(self.snd_nxt, self.snd_max) > 0 {
             self.snd_max = self.snd_nxt;
         }
     }

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use smoltcp::wire::TcpControl;
 
-use super::conn::{push_segment, Header, Segment, TcpConn, TcpState, RTO_INITIAL};
+use super::conn::{push_segment, seq_diff, Header, Segment, TcpConn, TcpState, RTO_INITIAL};
 use super::dns_stream::DnsStreamError;
 use super::ooo::{OooQueue, Refused};
 use super::After;
@@ -18,11 +18,6 @@ use crate::flow_table::FlowKey;
 use crate::frame::{GuestFrame, MAX_SEGS};
 use crate::gate::FlowGate;
 use crate::sys::{self, SockKind};
-
-/// Signed distance from `b` to `a` in sequence space.
-pub(crate) fn seq_diff(a: u32, b: u32) -> i32 {
-    a.wrapping_sub(b) as i32
-}
 
 /// Starts the host connect for a guest SYN (gate and limits already passed).
 pub(crate) fn open_from_guest(
@@ -240,7 +235,7 @@ fn on_ack(core: &mut Core, conn: &mut TcpConn, seg: &Segment, ack: u32, now: Ins
             }
         }
         conn.snd_una = ack;
-        if (ack.wrapping_sub(conn.snd_nxt) as i32) > 0 {
+        if seq_diff(ack, conn.snd_nxt) > 0 {
             // A late ACK of the first transmission overtook the retransmission: go on
             // from there. The kernel moved SO_PEEK_OFF back by the bytes discarded.
             conn.snd_nxt = ack;

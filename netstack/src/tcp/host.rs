@@ -63,19 +63,25 @@ pub(crate) fn on_ready(
             }
             if writable && conn.want_write {
                 conn.want_write = false;
-                // The host socket drained: queued out-of-order data goes first (it may
-                // set `want_write` again), then the guest hears of the reopened window.
-                if super::guest::flush_ooo(core, conn).is_err() {
-                    return After::Reset;
-                }
-                conn.window_maybe_opened(now);
-                if conn.guest_fin && conn.fin_acked {
-                    return After::Close;
-                }
+                return host_drained(core, conn, now);
             }
             After::Keep
         }
     }
+}
+
+/// The host socket drained (it became writable, or a window recheck is due): queued
+/// out-of-order data goes first (it may set `want_write` again), then the guest hears of
+/// the window if it grew; a guest FIN that thereby got through may end the flow.
+fn host_drained(core: &mut Core, conn: &mut TcpConn, now: Instant) -> After {
+    if super::guest::flush_ooo(core, conn).is_err() {
+        return After::Reset;
+    }
+    conn.window_maybe_opened(now);
+    if conn.guest_fin && conn.fin_acked {
+        return After::Close;
+    }
+    After::Keep
 }
 
 /// Fires due timers: connect timeout, retransmission, idle timeout.
@@ -88,11 +94,11 @@ pub(crate) fn on_timer(core: &mut Core, conn: &mut TcpConn, now: Instant) -> Aft
         return After::Reset;
     }
     if conn.wnd_recheck_at.is_some_and(|d| d <= now) {
-        // What writability would have done: queued out-of-order data first, then the window.
-        if super::guest::flush_ooo(core, conn).is_err() {
-            return After::Reset;
+        // What writability would have done.
+        let after = host_drained(core, conn, now);
+        if after != After::Keep {
+            return after;
         }
-        conn.window_maybe_opened(now);
     }
     if conn.rto_at.is_some_and(|d| d <= now) {
         conn.retries += 1;
@@ -227,28 +233,21 @@ fn build_next(
         let n = write_header(core, from, to, &h, bufs, 0);
         return frame(n, None);
     }
-    if conn.probe_pending {
-        // Window probe: one byte behind what the guest expects, no payload; the guest
-        // answers it with an ACK carrying its current window (RFC 9293 §3.8.6.1).
-        conn.probe_pending = false;
-        conn.ack_pending = false;
-        let window = conn.advertised_window();
-        let h = Header {
-            control: TcpControl::None,
-            seq: conn.snd_nxt.wrapping_sub(1),
-            ack: Some(conn.rcv_nxt),
-            window,
-            syn_opts: None,
+    if conn.ack_pending || conn.probe_pending {
+        // A window probe is the same pure ACK one byte behind what the guest expects: out of
+        // its window, so it must answer with an ACK carrying its current window (RFC 9293
+        // §3.8.6.1).
+        let seq = if conn.probe_pending {
+            conn.snd_nxt.wrapping_sub(1)
+        } else {
+            conn.snd_nxt
         };
-        let n = write_header(core, from, to, &h, bufs, 0);
-        return frame(n, None);
-    }
-    if conn.ack_pending {
         conn.ack_pending = false;
+        conn.probe_pending = false;
         let window = conn.advertised_window();
         let h = Header {
             control: TcpControl::None,
-            seq: conn.snd_nxt,
+            seq,
             ack: Some(conn.rcv_nxt),
             window,
             syn_opts: None,

@@ -14,7 +14,7 @@ use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use super::guest::seq_diff;
+use super::conn::seq_diff;
 use crate::frame::{GuestFrame, MAX_SEGS};
 use crate::sys;
 
