@@ -10,8 +10,9 @@
 //!   each one with a go-back-N retransmission of its whole window (16 MiB crawled at about
 //!   1.6 MB in 20 s); now they wait in its bounded out-of-order queue;
 //! - reordered ACKs can hand the guest a stale zero window after the window update that
-//!   replaced it, and the probe's smoltcp 0.12 sends no zero-window probes; the netstack now
-//!   re-sends a window update while the guest stays silent after a zero window reopened.
+//!   replaced it, and a guest that sends no zero-window probes (smoltcp 0.12) would wait
+//!   forever; the netstack now re-sends a window update while the guest stays silent after a
+//!   zero window reopened.
 
 mod common;
 
@@ -24,86 +25,27 @@ use common::*;
 
 const BYTES: u64 = 16 << 20;
 const FAULTS_ENV: &str = "RINGFENCE_TEST_FAULTS";
+/// Every kind of fault, both directions.
+const ALL_FAULTS: &[&str] = &[
+    "tx_reordered",
+    "tx_duplicated",
+    "rx_reordered",
+    "rx_duplicated",
+];
 /// Probe word for 1500-byte frames, for the guest-to-host runs: with the default 65520-byte
 /// MTU, 16 MiB is only ~260 guest segments and the 5% the hook holds back are mostly released
 /// late (nothing overtakes them within 2 ms) rather than reordered; at 1500 bytes thousands
 /// of guest frames are reordered.
 const SMALL_MTU: &str = "probe.mtu=1500";
 
-/// Runs tcp-send of [`BYTES`] to a sink under `faults` (`extra` words appended to the probe's
-/// command line); checks what the sink got.
+/// tcp-send of [`BYTES`] to a sink under `faults`, `extra` words for the probe.
 fn send_under(path: &LossyPath, probe: &Path, faults: &str, extra: &[&str]) -> Output {
-    let (mut sink, addr) = path.server(&["sink", &format!("{SERVER_IP}:0"), "--timeout", "240"]);
-    let o = path
-        .probe(
-            probe,
-            [
-                "probe.scenario=tcp-send",
-                &format!("probe.peer={SERVER_IP}:{}", addr.port()),
-                &format!("probe.bytes={BYTES}"),
-            ]
-            .into_iter()
-            .chain(extra.iter().copied())
-            .collect::<Vec<_>>(),
-        )
-        .env(FAULTS_ENV, faults)
-        .output()
-        .expect("run");
-    if o.status.code() != Some(0) {
-        // Say whether the sink was still there: a sink that died explains a stall.
-        let state = match sink.try_wait() {
-            Ok(Some(status)) => format!("sink exited early: {status}"),
-            _ => {
-                let _ = sink.kill();
-                "sink still running".to_string()
-            }
-        };
-        let so = sink.wait_with_output().expect("wait rf-peer");
-        panic!(
-            "probe failed ({state}; sink said {:?} {:?})\n{}\n{}",
-            stdout(&so),
-            stderr(&so),
-            stdout(&o),
-            stderr(&o)
-        );
-    }
-    let r = peer_result(sink);
-    eprintln!("tcp-send under {faults}: sink {r}");
-    assert_eq!(r["bytes"], BYTES, "{r}");
-    assert_eq!(r["pattern_ok"], true, "{r}");
-    o
+    path.send(probe, BYTES, &[(FAULTS_ENV, faults)], extra)
 }
 
-/// Runs tcp-recv of [`BYTES`] from a source under `faults`; checks what the guest got.
+/// tcp-recv of [`BYTES`] from a source under `faults`, `extra` words for the probe.
 fn recv_under(path: &LossyPath, probe: &Path, faults: &str, extra: &[&str]) -> Output {
-    let (source, addr) = path.server(&[
-        "source",
-        &format!("{SERVER_IP}:0"),
-        &BYTES.to_string(),
-        "--timeout",
-        "240",
-    ]);
-    let o = path
-        .probe(
-            probe,
-            [
-                "probe.scenario=tcp-recv",
-                &format!("probe.peer={SERVER_IP}:{}", addr.port()),
-            ]
-            .into_iter()
-            .chain(extra.iter().copied())
-            .collect::<Vec<_>>(),
-        )
-        .env(FAULTS_ENV, faults)
-        .output()
-        .expect("run");
-    assert_eq!(o.status.code(), Some(0), "{}\n{}", stdout(&o), stderr(&o));
-    let j = result_json(&o);
-    eprintln!("tcp-recv under {faults}: {j}");
-    assert_eq!(j["bytes"], BYTES, "{j}");
-    assert_eq!(j["sha256"], pattern_sha256(BYTES).as_str(), "{j}");
-    assert_eq!(peer_result(source)["bytes"], BYTES);
-    o
+    path.recv(probe, BYTES, &[(FAULTS_ENV, faults)], extra)
 }
 
 /// Checks the hook announced `what` and returns its exit counters (`tx_reordered=N ...`).
@@ -151,53 +93,41 @@ fn transfers_stay_byte_exact_under_reordering_duplication_and_loss() {
 
     let o = recv_under(&path, &probe, "reorder=5,dup=2,seed=7", &[SMALL_MTU]);
     let c = fault_counters(&o, "reorder 5% dup 2% seed 7");
-    assert_happened(
-        &c,
-        &[
-            "tx_reordered",
-            "tx_duplicated",
-            "rx_reordered",
-            "rx_duplicated",
-        ],
-    );
+    assert_happened(&c, ALL_FAULTS);
 
     let o = send_under(&path, &probe, "reorder=5,dup=2,seed=7", &[SMALL_MTU]);
     let c = fault_counters(&o, "reorder 5% dup 2% seed 7");
-    assert_happened(
-        &c,
-        &[
-            "tx_reordered",
-            "tx_duplicated",
-            "rx_reordered",
-            "rx_duplicated",
-        ],
-    );
+    assert_happened(&c, ALL_FAULTS);
+}
+
+/// tcp-send at 1500 bytes with only the fault `spec` (its announcement `what`), which must
+/// have happened as `key`.
+fn send_with_one_fault(tag: &str, spec: &str, what: &str, key: &str) {
+    let probe = require!(netns_ready());
+    require!(have_nft());
+    let path = LossyPath::new(tag);
+    let o = send_under(&path, &probe, spec, &[SMALL_MTU]);
+    assert_happened(&fault_counters(&o, what), &[key]);
 }
 
 #[test]
 fn guest_data_reordered_towards_the_host() {
-    let probe = require!(netns_ready());
-    require!(have_nft());
-    let path = LossyPath::new("ftx");
-    let o = send_under(&path, &probe, "tx_reorder=5,seed=7", &[SMALL_MTU]);
-    let c = fault_counters(
-        &o,
+    send_with_one_fault(
+        "ftx",
+        "tx_reorder=5,seed=7",
         "guest to host reorder 5% dup 0%, host to guest reorder 0% dup 0%, seed 7",
+        "tx_reordered",
     );
-    assert_happened(&c, &["tx_reordered"]);
 }
 
 #[test]
 fn acks_reordered_towards_a_sending_guest() {
-    let probe = require!(netns_ready());
-    require!(have_nft());
-    let path = LossyPath::new("frx");
-    let o = send_under(&path, &probe, "rx_reorder=5,seed=7", &[SMALL_MTU]);
-    let c = fault_counters(
-        &o,
+    send_with_one_fault(
+        "frx",
+        "rx_reorder=5,seed=7",
         "guest to host reorder 0% dup 0%, host to guest reorder 5% dup 0%, seed 7",
+        "rx_reordered",
     );
-    assert_happened(&c, &["rx_reordered"]);
 }
 
 #[test]

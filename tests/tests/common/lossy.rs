@@ -6,10 +6,12 @@
 //! drops 5% of the TCP packets in both directions. Both namespaces go away on drop.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use super::{peer_bin, ringfence_bin, start_peer, stderr};
+use super::{
+    pattern_sha256, peer_bin, peer_result, result_json, ringfence_bin, start_peer, stderr, stdout,
+};
 
 /// The server's address inside the server namespace.
 pub const SERVER_IP: &str = "203.0.113.10";
@@ -142,6 +144,72 @@ impl LossyPath {
             .args(words)
             .stdin(Stdio::null());
         c
+    }
+}
+
+impl LossyPath {
+    /// The probe's tcp-send of `bytes` to a sink on the server, with `env` set for ringfence
+    /// and `extra` probe words; asserts the sink got every byte of the pattern, in order.
+    pub fn send(&self, probe: &Path, bytes: u64, env: &[(&str, &str)], extra: &[&str]) -> Output {
+        let (mut sink, addr) =
+            self.server(&["sink", &format!("{SERVER_IP}:0"), "--timeout", "240"]);
+        let peer = format!("probe.peer={SERVER_IP}:{}", addr.port());
+        let count = format!("probe.bytes={bytes}");
+        let words = ["probe.scenario=tcp-send", &peer, &count];
+        let o = self
+            .probe(probe, words.iter().chain(extra))
+            .envs(env.iter().copied())
+            .output()
+            .expect("run");
+        if o.status.code() != Some(0) {
+            // Say whether the sink was still there: a sink that died explains a stall.
+            let state = match sink.try_wait() {
+                Ok(Some(status)) => format!("sink exited early: {status}"),
+                _ => {
+                    let _ = sink.kill();
+                    "sink still running".to_string()
+                }
+            };
+            let so = sink.wait_with_output().expect("wait rf-peer");
+            panic!(
+                "probe failed ({state}; sink said {:?} {:?})\n{}\n{}",
+                stdout(&so),
+                stderr(&so),
+                stdout(&o),
+                stderr(&o)
+            );
+        }
+        let r = peer_result(sink);
+        eprintln!("tcp-send with {env:?} {extra:?}: sink {r}");
+        assert_eq!(r["bytes"], bytes, "{r}");
+        assert_eq!(r["pattern_ok"], true, "{r}");
+        o
+    }
+
+    /// The probe's tcp-recv of `bytes` from a source on the server, with `env` set for
+    /// ringfence and `extra` probe words; asserts the guest got every byte (SHA-256).
+    pub fn recv(&self, probe: &Path, bytes: u64, env: &[(&str, &str)], extra: &[&str]) -> Output {
+        let (source, addr) = self.server(&[
+            "source",
+            &format!("{SERVER_IP}:0"),
+            &bytes.to_string(),
+            "--timeout",
+            "240",
+        ]);
+        let peer = format!("probe.peer={SERVER_IP}:{}", addr.port());
+        let words = ["probe.scenario=tcp-recv", &peer];
+        let o = self
+            .probe(probe, words.iter().chain(extra))
+            .envs(env.iter().copied())
+            .output()
+            .expect("run");
+        assert_eq!(o.status.code(), Some(0), "{}\n{}", stdout(&o), stderr(&o));
+        let j = result_json(&o);
+        eprintln!("tcp-recv with {env:?} {extra:?}: {j}");
+        assert_eq!(j["bytes"], bytes, "{j}");
+        assert_eq!(j["sha256"], pattern_sha256(bytes).as_str(), "{j}");
+        assert_eq!(peer_result(source)["bytes"], bytes);
+        o
     }
 }
 
