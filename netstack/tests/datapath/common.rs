@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use netstack::testkit::Harness;
+use netstack::testkit::{Fault, Harness};
 use netstack::NetConfig;
 use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp;
@@ -13,6 +13,32 @@ pub fn cfg() -> NetConfig {
     NetConfig {
         dns_upstreams: vec!["127.0.0.1:9".parse().unwrap()],
         ..NetConfig::default()
+    }
+}
+
+/// ringfence's default link MTU for `--net user`.
+pub const JUMBO_MTU: u16 = 65520;
+
+/// [`cfg`] with the 65520-byte link MTU and RX frames to match (a guest that takes them).
+pub fn jumbo_cfg() -> NetConfig {
+    NetConfig {
+        mtu: JUMBO_MTU,
+        max_rx_frame: usize::from(JUMBO_MTU) + 14,
+        ..cfg()
+    }
+}
+
+/// A guest-frame fault that applies `fault` to every `nth` frame carrying TCP payload.
+pub fn every_nth_payload(nth: u32, fault: Fault) -> impl FnMut(&[u8]) -> Fault + 'static {
+    let mut n = 0u32;
+    move |f| {
+        if tcp_payload_len(f) > 0 {
+            n += 1;
+            if n.is_multiple_of(nth) {
+                return fault;
+            }
+        }
+        Fault::Pass
     }
 }
 

@@ -8,7 +8,9 @@ use netstack::testkit::Harness;
 use sha2::{Digest, Sha256};
 use smoltcp::socket::tcp;
 
-use crate::common::{cfg, connect_gateway, pattern, tcp_socket, wait_established};
+use crate::common::{
+    cfg, connect_gateway, jumbo_cfg, pattern, tcp_socket, wait_established, JUMBO_MTU,
+};
 
 #[test]
 fn handshake_and_bulk_guest_to_host() {
@@ -173,7 +175,7 @@ fn large_frames_when_device_allows_them() {
 /// in frames of up to `mtu + 14` bytes without GSO; the bytes stay exact both ways.
 #[test]
 fn large_mtu_both_ways() {
-    const MTU: u16 = 65520;
+    const MTU: u16 = JUMBO_MTU;
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
     let total = 8 << 20;
@@ -191,12 +193,7 @@ fn large_mtu_both_ways() {
         writer.join().unwrap();
         Sha256::digest(&got).to_vec()
     });
-    let cfg = netstack::NetConfig {
-        mtu: MTU,
-        max_rx_frame: usize::from(MTU) + 14,
-        ..cfg()
-    };
-    let mut h = Harness::new(cfg);
+    let mut h = Harness::new(jumbo_cfg());
     let big = std::rc::Rc::new(std::cell::Cell::new(0usize));
     let big2 = big.clone();
     h.observe = Some(Box::new(move |f| {

@@ -16,7 +16,8 @@ use netstack::{NetConfig, NetMetrics};
 use smoltcp::socket::tcp;
 
 use crate::common::{
-    cfg, connect_gateway, pattern, tcp_fields, tcp_payload_len, tcp_socket, wait_established,
+    cfg, connect_gateway, every_nth_payload, jumbo_cfg, pattern, tcp_fields, tcp_payload_len,
+    tcp_socket, wait_established,
 };
 
 /// What an upload saw.
@@ -83,20 +84,11 @@ fn upload(
 #[test]
 fn reordered_guest_segments_are_queued_and_not_resent() {
     let total = 2 << 20;
-    let mut n = 0u32;
     let u = upload(
         cfg(),
         total,
         128 * 1024,
-        move |f| {
-            if tcp_payload_len(f) > 0 {
-                n += 1;
-                if n.is_multiple_of(50) {
-                    return Fault::Hold;
-                }
-            }
-            Fault::Pass
-        },
+        every_nth_payload(50, Fault::Hold),
         41100,
     );
     let m = &u.metrics;
@@ -146,20 +138,11 @@ fn hole_filled_later_by_the_guest_releases_queued_data() {
 #[test]
 fn more_out_of_order_data_than_the_bound_is_dropped() {
     let total = 4 << 20;
-    let mut n = 0u32;
     let u = upload(
         cfg(),
         total,
         512 * 1024,
-        move |f| {
-            if tcp_payload_len(f) > 0 {
-                n += 1;
-                if n.is_multiple_of(600) {
-                    return Fault::Drop;
-                }
-            }
-            Fault::Pass
-        },
+        every_nth_payload(600, Fault::Drop),
         41102,
     );
     let m = &u.metrics;
@@ -172,27 +155,13 @@ fn more_out_of_order_data_than_the_bound_is_dropped() {
 /// segment bound is near.
 #[test]
 fn the_byte_bound_holds_with_jumbo_segments() {
-    const MTU: u16 = 65520;
     let total = 16 << 20;
-    let cfg = NetConfig {
-        mtu: MTU,
-        max_rx_frame: usize::from(MTU) + 14,
-        ..cfg()
-    };
-    let mut n = 0u32;
+    let cfg = jumbo_cfg();
     let u = upload(
         cfg,
         total,
         2 << 20,
-        move |f| {
-            if tcp_payload_len(f) > 0 {
-                n += 1;
-                if n.is_multiple_of(60) {
-                    return Fault::Drop;
-                }
-            }
-            Fault::Pass
-        },
+        every_nth_payload(60, Fault::Drop),
         41103,
     );
     let m = &u.metrics;
@@ -278,13 +247,8 @@ fn a_lost_window_update_is_sent_again() {
 /// guest frames (pseudo-random, ACKs included) overtaken by the next one.
 #[test]
 fn jumbo_upload_with_random_reordering() {
-    const MTU: u16 = 65520;
     let total = 16 << 20;
-    let cfg = NetConfig {
-        mtu: MTU,
-        max_rx_frame: usize::from(MTU) + 14,
-        ..cfg()
-    };
+    let cfg = jumbo_cfg();
     let mut x = 7u32;
     let u = upload(
         cfg,
