@@ -1,5 +1,8 @@
 //! Helpers shared by the datapath tests.
 
+use std::io::Write;
+use std::net::TcpListener;
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use netstack::testkit::{Fault, Harness};
@@ -40,6 +43,21 @@ pub fn every_nth_payload(nth: u32, fault: Fault) -> impl FnMut(&[u8]) -> Fault +
         }
         Fault::Pass
     }
+}
+
+/// A host server on 127.0.0.1 that writes `total` bytes of [`pattern`]`(total, seed)` to the
+/// first connection and closes it. Returns its port, the bytes it sends, and its thread.
+pub fn serve_download(total: usize, seed: u32) -> (u16, Vec<u8>, JoinHandle<()>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let data = pattern(total, seed);
+    let sent = data.clone();
+    let server = std::thread::spawn(move || {
+        let (mut c, _) = l.accept().unwrap();
+        c.write_all(&data).unwrap();
+        // Dropping `c` sends the FIN.
+    });
+    (port, sent, server)
 }
 
 /// Adds a smoltcp TCP socket with generous buffers.

@@ -9,7 +9,8 @@ use sha2::{Digest, Sha256};
 use smoltcp::socket::tcp;
 
 use crate::common::{
-    cfg, connect_gateway, jumbo_cfg, pattern, tcp_socket, wait_established, JUMBO_MTU,
+    cfg, connect_gateway, jumbo_cfg, pattern, serve_download, tcp_socket, wait_established,
+    JUMBO_MTU,
 };
 
 #[test]
@@ -60,16 +61,9 @@ fn handshake_and_bulk_guest_to_host() {
 
 #[test]
 fn bulk_host_to_guest_then_host_close() {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
     let total = 32 << 20;
-    let data = pattern(total, 2);
+    let (port, data, server) = serve_download(total, 2);
     let expect = Sha256::digest(&data).to_vec();
-    let server = std::thread::spawn(move || {
-        let (mut c, _) = l.accept().unwrap();
-        c.write_all(&data).unwrap();
-        // Dropping `c` sends the FIN.
-    });
     let mut h = Harness::new(cfg());
     let s = tcp_socket(&mut h, 256 * 1024);
     connect_gateway(&mut h, s, port, 40001);
@@ -126,15 +120,9 @@ fn connect_refused_gives_guest_rst() {
 /// flagged as GSO instead of MSS-sized ones.
 #[test]
 fn large_frames_when_device_allows_them() {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
     let total = 4 << 20;
-    let data = pattern(total, 9);
+    let (port, data, server) = serve_download(total, 9);
     let expect = Sha256::digest(&data).to_vec();
-    let server = std::thread::spawn(move || {
-        let (mut c, _) = l.accept().unwrap();
-        c.write_all(&data).unwrap();
-    });
     let cfg = netstack::NetConfig {
         max_rx_frame: 65550,
         ..cfg()

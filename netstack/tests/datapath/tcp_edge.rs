@@ -10,7 +10,9 @@ use netstack::{Limits, NetConfig};
 use smoltcp::socket::tcp;
 use smoltcp::wire::{EthernetFrame, Ipv4Packet, TcpPacket};
 
-use crate::common::{cfg, connect_gateway, pattern, tcp_payload_len, tcp_socket, wait_established};
+use crate::common::{
+    cfg, connect_gateway, pattern, serve_download, tcp_payload_len, tcp_socket, wait_established,
+};
 
 /// Guest sends `req`, closes its write side; host reads to EOF, then answers and closes.
 #[test]
@@ -125,15 +127,9 @@ fn guest_reset_reaches_host() {
 /// it reads everything.
 #[test]
 fn zero_window_then_resume() {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
     let total = 2 << 20;
-    let data = pattern(total, 4);
-    let expect = data.clone();
-    let server = std::thread::spawn(move || {
-        let (mut c, _) = l.accept().unwrap();
-        c.write_all(&data).unwrap();
-    });
+    let (port, data, server) = serve_download(total, 4);
+    let expect = data;
     let mut h = Harness::new(cfg());
     let s = tcp_socket(&mut h, 16 * 1024);
     connect_gateway(&mut h, s, port, 41003);
@@ -364,15 +360,9 @@ fn connection_limit_refuses_new_flows_only() {
 /// the peek offset and the stream arrives intact (retransmitted from the host socket's
 /// queue, never from a copy of ours).
 fn download_with_losses(no_peek_off: bool, local_port: u16) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
     let total = 1 << 20;
-    let data = pattern(total, 6);
-    let expect = data.clone();
-    let server = std::thread::spawn(move || {
-        let (mut c, _) = l.accept().unwrap();
-        c.write_all(&data).unwrap();
-    });
+    let (port, data, server) = serve_download(total, 6);
+    let expect = data;
     let mut h = Harness::new(cfg());
     if no_peek_off {
         h.ns.emulate_no_peek_off();

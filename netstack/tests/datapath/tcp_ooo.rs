@@ -5,7 +5,7 @@
 //! netstack's window probes.
 
 use std::cell::Cell;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::TcpListener;
 use std::rc::Rc;
 use std::sync::mpsc;
@@ -16,8 +16,8 @@ use netstack::{NetConfig, NetMetrics};
 use smoltcp::socket::tcp;
 
 use crate::common::{
-    cfg, connect_gateway, every_nth_payload, jumbo_cfg, pattern, tcp_fields, tcp_payload_len,
-    tcp_socket, wait_established,
+    cfg, connect_gateway, every_nth_payload, jumbo_cfg, pattern, serve_download, tcp_fields,
+    tcp_payload_len, tcp_socket, wait_established,
 };
 
 /// What an upload saw.
@@ -281,15 +281,9 @@ fn jumbo_upload_with_random_reordering() {
 /// the netstack's window probe (answered with the guest's current window) resumes the flow.
 #[test]
 fn a_lost_guest_window_update_is_recovered_by_a_probe() {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
     let total = 1 << 20;
-    let data = pattern(total, 33);
-    let expect = data.clone();
-    let server = std::thread::spawn(move || {
-        let (mut c, _) = l.accept().unwrap();
-        c.write_all(&data).unwrap();
-    });
+    let (port, data, server) = serve_download(total, 33);
+    let expect = data;
     let mut h = Harness::new(cfg());
     let s = tcp_socket(&mut h, 16 * 1024);
     connect_gateway(&mut h, s, port, 41106);
