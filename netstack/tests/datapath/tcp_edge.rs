@@ -128,8 +128,7 @@ fn guest_reset_reaches_host() {
 #[test]
 fn zero_window_then_resume() {
     let total = 2 << 20;
-    let (port, data, server) = serve_download(total, 4);
-    let expect = data;
+    let (port, expect, server) = serve_download(total, 4);
     let mut h = Harness::new(cfg());
     let s = tcp_socket(&mut h, 16 * 1024);
     connect_gateway(&mut h, s, port, 41003);
@@ -361,8 +360,7 @@ fn connection_limit_refuses_new_flows_only() {
 /// queue, never from a copy of ours).
 fn download_with_losses(no_peek_off: bool, local_port: u16) {
     let total = 1 << 20;
-    let (port, data, server) = serve_download(total, 6);
-    let expect = data;
+    let (port, expect, server) = serve_download(total, 6);
     let mut h = Harness::new(cfg());
     if no_peek_off {
         h.ns.emulate_no_peek_off();

@@ -282,8 +282,7 @@ fn jumbo_upload_with_random_reordering() {
 #[test]
 fn a_lost_guest_window_update_is_recovered_by_a_probe() {
     let total = 1 << 20;
-    let (port, data, server) = serve_download(total, 33);
-    let expect = data;
+    let (port, expect, server) = serve_download(total, 33);
     let mut h = Harness::new(cfg());
     let s = tcp_socket(&mut h, 16 * 1024);
     connect_gateway(&mut h, s, port, 41106);
