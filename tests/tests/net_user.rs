@@ -100,7 +100,7 @@ fn one_gib_from_the_host_arrives_intact() {
     ]);
     let o = run_user(
         &probe,
-        &["--net-rule", "allow@host"],
+        &["--net-rule", "allow@host", "--net-stats"],
         &[
             "probe.scenario=tcp-recv",
             &format!("probe.peer=172.16.0.1:{}", addr.port()),
@@ -111,6 +111,28 @@ fn one_gib_from_the_host_arrives_intact() {
     assert_eq!(j["bytes"], GIB);
     assert_eq!(j["sha256"], pattern_sha256(GIB).as_str());
     assert_eq!(peer_result(peer)["bytes"], GIB);
+    // The device's own account (--net-stats) agrees: every byte went into guest buffers
+    // (plus headers), nothing was cut or dropped on the way.
+    let stats = net_stats(&o);
+    assert!(stats["rx_bytes"].as_u64().unwrap_or(0) > GIB, "{stats}");
+    for counter in [
+        "rx_truncated",
+        "rx_dropped_no_buffer",
+        "rx_malformed",
+        "tx_malformed",
+    ] {
+        assert_eq!(stats[counter], 0, "{counter}: {stats}");
+    }
+}
+
+/// The JSON object of the `ringfence: net stats:` line on stderr.
+fn net_stats(o: &Output) -> serde_json::Value {
+    let err = stderr(o);
+    let line = err
+        .lines()
+        .find_map(|l| l.strip_prefix("ringfence: net stats: "))
+        .unwrap_or_else(|| panic!("no net stats line in stderr:\n{err}"));
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("net stats {line:?}: {e}"))
 }
 
 #[test]

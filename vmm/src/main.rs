@@ -120,6 +120,10 @@ struct RunArgs {
     /// Record every frame the guest sends and receives into FILE (pcap).
     #[arg(long, value_name = "FILE")]
     pcap: Option<PathBuf>,
+    /// When the VM stops, print the network device's counters (frames, bytes, drops by
+    /// reason, kicks, interrupts, event-loop iterations) as one JSON line on stderr.
+    #[arg(long)]
+    net_stats: bool,
     /// The guest's MAC address (default: random, locally administered).
     #[arg(long, value_name = "MAC", value_parser = parse_mac)]
     mac: Option<[u8; 6]>,
@@ -240,6 +244,7 @@ fn run(mut args: RunArgs) -> Result<u8, String> {
     config.net = ringfence::net::NetSettings {
         backend: args.net,
         pcap: args.pcap,
+        stats: args.net_stats,
         mac: args.mac,
         user: ringfence::net_user::UserNetSettings {
             ipv4_pool: args.ipv4_pool,
@@ -258,6 +263,11 @@ fn run(mut args: RunArgs) -> Result<u8, String> {
             },
         },
     };
+    if config.net.stats && config.net.backend == ringfence::net::NetBackendSpec::None {
+        return Err(
+            "--net-stats needs a network device: add --net user or --net tap:IFNAME".into(),
+        );
+    }
     if config.net.pcap.is_some() && config.net.backend == ringfence::net::NetBackendSpec::None {
         return Err("--pcap needs a network device: add --net user or --net tap:IFNAME".into());
     }

@@ -70,6 +70,8 @@ pub struct NetSettings {
     pub mac: Option<[u8; 6]>,
     /// Settings of the `user` backend (pools, DNS, published ports, limits, policy).
     pub user: UserNetSettings,
+    /// Print the device's counters as one JSON line on stderr when the VM stops.
+    pub stats: bool,
 }
 
 impl Default for NetSettings {
@@ -79,6 +81,7 @@ impl Default for NetSettings {
             pcap: None,
             mac: None,
             user: UserNetSettings::default(),
+            stats: false,
         }
     }
 }
@@ -134,6 +137,8 @@ pub struct AttachedNet {
     pub device: Box<dyn MmioDevice>,
     /// The command-line word that announces it to the guest.
     pub cmdline: String,
+    /// The device's counters (live; read them after the VM stops for final figures).
+    pub metrics: std::sync::Arc<devices::net::NetMetrics>,
 }
 
 /// A random locally administered unicast MAC.
@@ -250,6 +255,7 @@ pub fn attach(
     };
     let net =
         Net::new(config, prepared.backend).map_err(|e| NetSetupError::Device(e.to_string()))?;
+    let metrics = net.metrics();
     let transport = MmioTransport::new(mem.clone(), Box::new(net))
         .map_err(|e| NetSetupError::Device(e.to_string()))?;
     let base = virtio_mmio_base(index);
@@ -271,7 +277,18 @@ pub fn attach(
             "virtio_mmio.device={}K@{base:#x}:{irq}",
             VIRTIO_MMIO_WINDOW / 1024
         ),
+        metrics,
     })
+}
+
+/// The counters of a stopped device as one JSON object (`--net-stats`).
+pub fn stats_json(metrics: &devices::net::NetMetrics) -> String {
+    let map: serde_json::Map<String, serde_json::Value> = metrics
+        .snapshot()
+        .into_iter()
+        .map(|(k, v)| (k, serde_json::Value::from(v)))
+        .collect();
+    serde_json::Value::Object(map).to_string()
 }
 
 #[cfg(test)]

@@ -182,6 +182,7 @@ impl Vm {
             .map_err(KvmError::ioctl("KVM_IRQFD (serial)"))?;
         let mut bus = IoBus::new(SerialConsole::new(serial_irq, sink));
         let mut cmdline_text = cfg.cmdline.clone();
+        let mut net_metrics = None;
         if let Some(prepared) = net_backend {
             if let (Some(policy), Some(slot)) = (&prepared.policy, &policy_slot) {
                 if let Ok(mut s) = slot.lock() {
@@ -190,6 +191,7 @@ impl Vm {
             }
             let dev = crate::net::attach(&vm, &mem, 0, prepared, &cfg.net)?;
             bus.add_mmio(dev.base, layout::VIRTIO_MMIO_WINDOW, dev.device);
+            net_metrics = Some(dev.metrics);
             cmdline_text = format!("{} {}", dev.cmdline, cmdline_text);
         }
         if cfg.pass_tsc_khz && !cmdline_text.contains("probe.tsc_khz=") {
@@ -237,6 +239,9 @@ impl Vm {
         // pcap files) while guest memory is still mapped.
         drop(bus);
         drop(mem);
+        if let (true, Some(m)) = (cfg.net.stats, net_metrics) {
+            eprintln!("ringfence: net stats: {}", crate::net::stats_json(&m));
+        }
         Ok(exit)
     }
 }

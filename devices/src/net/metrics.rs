@@ -123,6 +123,9 @@ pub struct NetMetrics {
     pub loop_iterations: AtomicU64,
     /// Waits of one polling tick (polling window past its initial spin).
     pub poll_ticks: AtomicU64,
+    /// Times RX ran out of guest room with frames pending and waited for the driver to post
+    /// a batch of buffers.
+    pub rx_starved: AtomicU64,
 }
 
 impl NetMetrics {
@@ -134,5 +137,46 @@ impl NetMetrics {
     /// Reads `counter`.
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
+    }
+
+    /// Every counter by name, malformed chains as `tx_malformed_<reason>` /
+    /// `rx_malformed_<reason>` (only the non-zero ones), for reports such as `--net-stats`.
+    pub fn snapshot(&self) -> Vec<(String, u64)> {
+        let plain: [(&str, &AtomicU64); 19] = [
+            ("tx_frames", &self.tx_frames),
+            ("tx_bytes", &self.tx_bytes),
+            ("tx_dropped_backend_busy", &self.tx_dropped_backend_busy),
+            ("tx_dropped_backend_error", &self.tx_dropped_backend_error),
+            ("tx_kicks", &self.tx_kicks),
+            ("rx_frames", &self.rx_frames),
+            ("rx_bytes", &self.rx_bytes),
+            ("rx_dropped_no_buffer", &self.rx_dropped_no_buffer),
+            ("rx_truncated", &self.rx_truncated),
+            ("rx_backend_errors", &self.rx_backend_errors),
+            ("rx_kicks", &self.rx_kicks),
+            ("interrupts", &self.interrupts),
+            ("interrupts_suppressed", &self.interrupts_suppressed),
+            ("used_ring_errors", &self.used_ring_errors),
+            ("queues_broken", &self.queues_broken),
+            ("pcap_errors", &self.pcap_errors),
+            ("loop_iterations", &self.loop_iterations),
+            ("poll_ticks", &self.poll_ticks),
+            ("rx_starved", &self.rx_starved),
+        ];
+        let mut out: Vec<(String, u64)> = plain
+            .iter()
+            .map(|(name, c)| (name.to_string(), Self::get(c)))
+            .collect();
+        out.push(("tx_malformed".into(), self.tx_malformed.total()));
+        out.push(("rx_malformed".into(), self.rx_malformed.total()));
+        for (dir, counters) in [("tx", &self.tx_malformed), ("rx", &self.rx_malformed)] {
+            for reason in MalformedReason::ALL {
+                let n = counters.get(reason);
+                if n > 0 {
+                    out.push((format!("{dir}_malformed_{}", reason.name()), n));
+                }
+            }
+        }
+        out
     }
 }

@@ -31,6 +31,10 @@ pub struct RxBuffers {
     /// Frame room of the assembled frame (header skipped).
     pub frame: GuestIov,
     chains_in_frame: usize,
+    /// Sum of the room of the chains in `ready`.
+    room: usize,
+    /// Room of the most recently taken chain: what the driver's next buffers likely hold.
+    last_chain_room: usize,
 }
 
 impl RxBuffers {
@@ -43,6 +47,8 @@ impl RxBuffers {
             full: GuestIov::with_capacity(MAX_CHAIN_SEGMENTS),
             frame: GuestIov::with_capacity(MAX_CHAIN_SEGMENTS),
             chains_in_frame: 0,
+            room: 0,
+            last_chain_room: 0,
         }
     }
 
@@ -58,7 +64,13 @@ impl RxBuffers {
 
     /// Bytes of room (header included) in all held chains.
     pub fn total_room(&self) -> usize {
-        self.ready.iter().map(|c| c.iov.len()).sum()
+        self.room
+    }
+
+    /// Room of the chain taken last (0 before the first): an estimate of the size of the
+    /// buffers the driver will post next.
+    pub fn last_chain_room(&self) -> usize {
+        self.last_chain_room
     }
 
     /// Takes every available chain from `queue`, validating each; malformed ones go to `used`
@@ -76,7 +88,11 @@ impl RxBuffers {
             };
             let mut slot = self.spare.pop().unwrap_or_default();
             match slot.load(chain, mem) {
-                Ok(()) => self.ready.push_back(slot),
+                Ok(()) => {
+                    self.last_chain_room = slot.iov.len();
+                    self.room += self.last_chain_room;
+                    self.ready.push_back(slot);
+                }
                 Err(reason) => {
                     metrics.rx_malformed.inc(reason);
                     used.push(slot.head, 0);
@@ -120,6 +136,7 @@ impl RxBuffers {
                 break;
             };
             let n = chain.iov.len().min(remaining);
+            self.room -= chain.iov.len();
             used.push(chain.head, n as u32);
             remaining -= n;
             buffers += 1;

@@ -51,8 +51,16 @@ const L2_OVERHEAD: usize = 18;
 const SPIN: Duration = Duration::from_micros(20);
 /// Sleep between two polls of the rings in the rest of the polling window.
 const POLL_TICK: Duration = Duration::from_micros(20);
+/// RX bytes delivered in one pass below which the pass counts as request/response traffic,
+/// worth polling for the guest's answer (above it, the transfer is bulk: the guest answers
+/// with ACKs much later, and polling for them would cost a core for nothing).
+const INTERACTIVE_RX_BYTES: usize = 16 * 1024;
 /// Most RX frames per iteration before TX gets another turn.
 const RX_BUDGET: usize = 256;
+/// How long the worker waits, when short of guest RX room with frames pending, for the driver
+/// to post room for a full frame before it delivers a smaller one into what it has (a driver
+/// that never posts that much, or ignores `avail_event`, costs this much per frame).
+const STARVE_WAIT: Duration = Duration::from_micros(500);
 
 /// What survives a worker: handed back to the device on stop so it can be activated again.
 pub(crate) struct WorkerParts {
@@ -91,6 +99,13 @@ pub(crate) struct NetWorker {
     broken: [bool; 2],
     pcap_dirty: bool,
     rx_ring_drained: bool,
+    /// Since when RX has been held up by the guest: the backend has frames and the driver
+    /// has not posted room for them. While starved the worker sleeps until the driver posted
+    /// a batch of buffers (design §3 item 4) instead of polling the ring.
+    rx_starved_since: Option<Instant>,
+    /// For backends that cannot tell ([`NetBackend::rx_pending`] is `None`): a frame may be
+    /// waiting (a readiness report or a delivered frame since the last empty receive).
+    rx_maybe_pending: bool,
 }
 
 impl NetWorker {
@@ -141,6 +156,8 @@ impl NetWorker {
             broken: [false; 2],
             pcap_dirty: false,
             rx_ring_drained: false,
+            rx_starved_since: None,
+            rx_maybe_pending: true,
         }
     }
 
@@ -177,7 +194,11 @@ impl NetWorker {
         loop {
             let now = Instant::now();
             let window = self.poll_window.current();
-            let polling = pending || last_activity.is_some_and(|t| now.duration_since(t) < window);
+            // Starved for RX room, polling would only watch the guest refill buffers one by
+            // one; the driver kicks once it has posted a batch instead.
+            let polling = pending
+                || (self.rx_starved_since.is_none()
+                    && last_activity.is_some_and(|t| now.duration_since(t) < window));
             let mut sleeping = false;
             let mut timeout = if polling {
                 let since = last_activity.map_or(Duration::ZERO, |t| now.duration_since(t));
@@ -198,7 +219,17 @@ impl NetWorker {
                     Some(Duration::ZERO)
                 } else {
                     sleeping = true;
-                    None
+                    // Starved: wake in time to deliver into the room there is, and then
+                    // every STARVE_WAIT in case the driver posts less than the batch it was
+                    // asked for (one waiting for data may post only a few buffers).
+                    self.rx_starved_since.map(|t| {
+                        let waited = now.duration_since(t);
+                        if waited < STARVE_WAIT {
+                            STARVE_WAIT - waited
+                        } else {
+                            STARVE_WAIT
+                        }
+                    })
                 }
             };
             if let Some(deadline) = self.parts.backend.next_deadline() {
@@ -210,7 +241,7 @@ impl NetWorker {
             NetMetrics::add(&self.metrics.loop_iterations, 1);
 
             let mut events = std::mem::take(&mut self.events);
-            if sleeping {
+            if sleeping && self.rx_starved_since.is_none() {
                 if let Some(t) = last_activity {
                     let kicked = events
                         .iter()
@@ -228,13 +259,16 @@ impl NetWorker {
                         token,
                         readable,
                         writable,
-                    } => self.parts.backend.on_fd_ready(token, readable, writable),
+                    } => {
+                        self.rx_maybe_pending = true;
+                        self.parts.backend.on_fd_ready(token, readable, writable)
+                    }
                     Event::IoDone { token, result } => self.tx_write_done(token as usize, result),
                 }
             }
             self.events = events;
+            let now = Instant::now();
             if let Some(deadline) = self.parts.backend.next_deadline() {
-                let now = Instant::now();
                 if deadline <= now {
                     self.parts.backend.on_timer(now);
                 }
@@ -244,7 +278,7 @@ impl NetWorker {
                 self.disable_notifications();
             }
             let (tx_work, tx_irq) = self.process_tx();
-            let (rx_work, rx_irq) = self.process_rx();
+            let (rx_work, rx_bytes, rx_irq) = self.process_rx(now);
             if tx_irq || rx_irq {
                 self.interrupt.set_status(INT_USED_RING);
                 self.lp
@@ -252,7 +286,8 @@ impl NetWorker {
                 NetMetrics::add(&self.metrics.interrupts, 1);
             }
             pending = false;
-            if tx_work || rx_work {
+            // Poll on after guest TX and after small deliveries, not after bulk ones.
+            if tx_work || (rx_work && rx_bytes < INTERACTIVE_RX_BYTES) {
                 last_activity = Some(Instant::now());
             }
         }
@@ -261,7 +296,8 @@ impl NetWorker {
     /// Arms polls for the descriptors the backend wants now.
     fn arm_backend(&mut self) -> Result<(), EventLoopError> {
         self.interests.clear();
-        let rx_space = !self.rx_bufs.is_empty();
+        // Starved, a readable backend is old news until the guest posts room.
+        let rx_space = !self.rx_bufs.is_empty() && self.rx_starved_since.is_none();
         self.parts.backend.interests(rx_space, &mut self.interests);
         self.lp.sync_fds(&self.interests)
     }
@@ -269,21 +305,39 @@ impl NetWorker {
     /// Re-enables guest notifications before blocking; true if work arrived meanwhile.
     ///
     /// TX asks for a kick at the next frame. RX asks for one only if the device holds no RX
-    /// buffer: while it holds some, frames can be delivered without the driver's refills,
-    /// which the next pass picks up anyway, so a refill kick would only cost the guest an
-    /// exit (design §3 item 4).
+    /// buffer or is starved: while it holds room, frames can be delivered without the
+    /// driver's refills, which the next pass picks up anyway, so a refill kick would only
+    /// cost the guest an exit (design §3 item 4). Starved, it asks for a kick only once the
+    /// driver has posted a batch ([`Self::rx_kick_batch`]): one exit per batch, not per
+    /// buffer.
     fn enable_notifications(&mut self) -> bool {
         self.notifications_on = true;
         let mut pending = false;
-        let rx_wanted = self.rx_bufs.is_empty();
-        for (q, broken, wanted) in [
-            (&mut self.rx, self.broken[RX_QUEUE], rx_wanted),
-            (&mut self.tx, self.broken[TX_QUEUE], true),
+        let rx_batch = if self.rx_starved_since.is_some() {
+            Some(self.rx_kick_batch())
+        } else {
+            self.rx_bufs.is_empty().then_some(1)
+        };
+        for (q, broken, batch) in [
+            (&mut self.rx, self.broken[RX_QUEUE], rx_batch),
+            (&mut self.tx, self.broken[TX_QUEUE], Some(1)),
         ] {
             if broken {
                 continue;
             }
-            let result = if wanted {
+            let result = if let Some(batch) = batch.filter(|&b| b > 1 && q.event_idx_enabled()) {
+                // Kick when the avail index passes next_avail + batch - 1; re-check after a
+                // full fence in case the driver published that far before seeing it.
+                let next = q.next_avail();
+                set_avail_event(q, &self.mem, next.wrapping_add(batch - 1))
+                    .map_err(drop)
+                    .and_then(|()| {
+                        std::sync::atomic::fence(Ordering::SeqCst);
+                        q.avail_idx(&self.mem, Ordering::Acquire)
+                            .map(|idx| idx.0.wrapping_sub(next) >= batch)
+                            .map_err(drop)
+                    })
+            } else if batch.is_some() {
                 q.enable_notification(&self.mem).map_err(drop)
             } else if q.event_idx_enabled() {
                 // The driver kicks when avail_event lies between the index of its previous
@@ -306,6 +360,44 @@ impl NetWorker {
             }
         }
         pending
+    }
+
+    /// How many RX chains the driver should post before kicking a starved worker: enough for
+    /// a largest frame, and at least a quarter of the queue so kicks stay rare (the driver
+    /// still holds the rest of the ring's frames to work on meanwhile), but never more than
+    /// the driver can post at all.
+    fn rx_kick_batch(&self) -> u16 {
+        let size = usize::from(self.rx.size());
+        let free = size.saturating_sub(self.rx_bufs.len());
+        self.rx_chains_for_full_frame()
+            .max(size / 4)
+            .min(free)
+            .clamp(1, usize::from(u16::MAX)) as u16
+    }
+
+    /// More chains the driver must post before the device holds room for a largest frame,
+    /// judging their size by the last chain it posted.
+    fn rx_chains_for_full_frame(&self) -> usize {
+        if !self.mrg_rxbuf {
+            return usize::from(self.rx_bufs.is_empty());
+        }
+        let missing = self.max_rx_len.saturating_sub(self.rx_bufs.total_room());
+        match self.rx_bufs.last_chain_room() {
+            // No chain seen yet: nothing to judge by; one may do.
+            0 => usize::from(missing > 0),
+            per_chain => missing.div_ceil(per_chain),
+        }
+    }
+
+    /// Whether RX may write a frame into less room than a largest frame needs: the driver
+    /// cannot post enough for one (its ring is too small for our frame size), or it did not
+    /// within [`STARVE_WAIT`].
+    fn rx_partial_ok(&self, now: Instant) -> bool {
+        let free = usize::from(self.rx.size()).saturating_sub(self.rx_bufs.len());
+        self.rx_chains_for_full_frame() > free
+            || self
+                .rx_starved_since
+                .is_some_and(|t| now.duration_since(t) >= STARVE_WAIT)
     }
 
     /// Called when a queue yields no chain: if the driver's avail index is more than a queue
@@ -484,28 +576,46 @@ impl NetWorker {
         (done > 0 || completed, irq)
     }
 
-    /// Moves frames from the backend into guest RX chains; returns (did work, wants interrupt).
-    fn process_rx(&mut self) -> (bool, bool) {
+    /// Whether the backend has (or may have) a frame for the guest.
+    fn backend_rx_pending(&self) -> bool {
+        self.parts
+            .backend
+            .rx_pending()
+            .unwrap_or(self.rx_maybe_pending)
+    }
+
+    /// Moves frames from the backend into guest RX chains; returns (did work, frame bytes
+    /// delivered, wants interrupt).
+    ///
+    /// With merged buffers a frame is written only into room for a largest one, unless
+    /// [`Self::rx_partial_ok`]: the backend fills whatever room it is given, and frames cut
+    /// to the few buffers a busy driver has just posted cost both sides per-frame work for
+    /// little data. Short of room with frames pending, the worker is starved (see
+    /// `rx_starved_since`).
+    fn process_rx(&mut self, now: Instant) -> (bool, usize, bool) {
         if self.broken[RX_QUEUE] {
-            return (false, false);
+            self.rx_starved_since = None;
+            return (false, 0, false);
         }
         let mut work = false;
         let mut frames = 0;
+        let mut bytes = 0;
+        let mut starved = false;
         loop {
-            let before = self.rx_bufs.len();
+            // Refills alone are not activity worth polling on: a driver reposting buffers
+            // one at a time would keep the worker spinning. Room matters only with frames
+            // pending, and then the worker is starved and waits for a batch.
             self.rx_ring_drained =
                 self.rx_bufs
                     .refill(&mut self.rx, &self.mem, &mut self.rx_used, &self.metrics);
-            work |= self.rx_bufs.len() != before || !self.rx_used.is_empty();
-            if frames >= RX_BUDGET || self.rx_bufs.is_empty() {
+            work |= !self.rx_used.is_empty();
+            if frames >= RX_BUDGET {
                 break;
             }
-            // With merged buffers, wait for room for a largest frame unless the guest has
-            // posted all it is going to post for now.
-            if self.mrg_rxbuf
-                && self.rx_bufs.total_room() < self.max_rx_len
-                && !self.rx_ring_drained
-            {
+            let short = self.rx_bufs.is_empty()
+                || (self.mrg_rxbuf && self.rx_bufs.total_room() < self.max_rx_len);
+            if short && (self.rx_bufs.is_empty() || !self.rx_partial_ok(now)) {
+                starved = self.backend_rx_pending();
                 break;
             }
             if !self.rx_bufs.assemble(self.mrg_rxbuf, self.max_rx_len) {
@@ -519,7 +629,10 @@ impl NetWorker {
                 frame_capacity,
             };
             let written = match self.parts.backend.recv(buf) {
-                Ok(None) | Err(BackendError::WouldBlock) => break,
+                Ok(None) | Err(BackendError::WouldBlock) => {
+                    self.rx_maybe_pending = false;
+                    break;
+                }
                 Err(e) => {
                     tracing::debug!(error = %e, "virtio-net: backend receive failed");
                     NetMetrics::add(&self.metrics.rx_backend_errors, 1);
@@ -553,12 +666,23 @@ impl NetWorker {
                 self.pcap_dirty = true;
             }
             self.rx_bufs.complete(written, &mut self.rx_used);
+            self.rx_maybe_pending = true;
             NetMetrics::add(&self.metrics.rx_frames, 1);
             NetMetrics::add(&self.metrics.rx_bytes, frame_len as u64);
+            bytes += frame_len;
             frames += 1;
             work = true;
         }
+        self.rx_starved_since = match (starved, self.rx_starved_since) {
+            (false, _) => None,
+            // Still waiting for the same room: keep the clock running.
+            (true, Some(since)) if frames == 0 => Some(since),
+            (true, _) => {
+                NetMetrics::add(&self.metrics.rx_starved, 1);
+                Some(now)
+            }
+        };
         let irq = Self::publish(&mut self.rx, &mut self.rx_used, &self.mem, &self.metrics);
-        (work, irq)
+        (work, bytes, irq)
     }
 }

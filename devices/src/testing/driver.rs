@@ -382,26 +382,36 @@ impl NetDriver {
     /// kick (EVENT_IDX `avail_event`, or the used ring's NO_NOTIFY flag).
     pub fn needs_kick(&mut self, q: usize, old: u16) -> bool {
         fence(Ordering::SeqCst);
-        let event_idx = self.event_idx();
-        let mem = self.mem.clone();
-        let dq = self.queue(q);
-        if event_idx {
-            let ev: u16 = mem
-                .load(
-                    dq.used.unchecked_add(4 + 8 * u64::from(dq.size)),
-                    Ordering::Acquire,
-                )
-                .map(u16::from_le)
-                .unwrap_or(0);
-            let new = dq.avail_idx;
+        if self.event_idx() {
+            let ev = self.avail_event(q);
+            let new = self.queue(q).avail_idx;
             (new - Wrapping(ev) - Wrapping(1)) < (new - Wrapping(old))
         } else {
+            let mem = self.mem.clone();
             let flags: u16 = mem
-                .load(dq.used, Ordering::Acquire)
+                .load(self.queue(q).used, Ordering::Acquire)
                 .map(u16::from_le)
                 .unwrap_or(0);
             flags & VRING_USED_F_NO_NOTIFY == 0
         }
+    }
+
+    /// The device's `avail_event` of queue `q` (EVENT_IDX): the driver kicks once its avail
+    /// index moves past it.
+    pub fn avail_event(&mut self, q: usize) -> u16 {
+        let mem = self.mem.clone();
+        let dq = self.queue(q);
+        mem.load(
+            dq.used.unchecked_add(4 + 8 * u64::from(dq.size)),
+            Ordering::Acquire,
+        )
+        .map(u16::from_le)
+        .unwrap_or(0)
+    }
+
+    /// The driver's avail index of queue `q`.
+    pub fn avail_idx(&mut self, q: usize) -> u16 {
+        self.queue(q).avail_idx.0
     }
 
     /// Kicks queue `q` through its eventfd (what KVM's ioeventfd does) if the device wants

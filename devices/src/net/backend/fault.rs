@@ -363,6 +363,13 @@ impl NetBackend for FaultBackend {
         Ok(Some(copy.write_to(buf)))
     }
 
+    fn rx_pending(&self) -> Option<bool> {
+        if self.rx_dup.is_some() || self.rx_stash.is_some() {
+            return Some(true);
+        }
+        self.inner.rx_pending()
+    }
+
     fn interests(&mut self, rx_space: bool, out: &mut Vec<FdInterest>) {
         self.inner.interests(rx_space, out);
     }

@@ -182,6 +182,10 @@ impl NetBackend for LoopbackBackend {
         }))
     }
 
+    fn rx_pending(&self) -> Option<bool> {
+        Some(!self.shared.lock().to_guest.is_empty())
+    }
+
     fn interests(&mut self, rx_space: bool, out: &mut Vec<FdInterest>) {
         if rx_space {
             out.push(FdInterest {

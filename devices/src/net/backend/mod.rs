@@ -131,6 +131,15 @@ pub trait NetBackend: Send {
     /// Writes at most one frame into `buf`. `Ok(None)` means no frame is ready now.
     fn recv(&mut self, buf: RxBuf<'_>) -> Result<Option<RxFrame>, BackendError>;
 
+    /// Whether a frame for the guest is waiting, if the backend can tell without receiving it.
+    /// `None` (the default): it cannot; the device then assumes one may be after any
+    /// readiness report or delivered frame, until a receive comes back empty. The device uses
+    /// it to tell "short of guest room with frames waiting" (worth a batched refill kick)
+    /// from plain idleness.
+    fn rx_pending(&self) -> Option<bool> {
+        None
+    }
+
     /// Fills `out` with every descriptor to poll now (the full current set, not changes:
     /// polls armed earlier and missing from the set are cancelled). `rx_space` says whether
     /// the guest has RX buffers posted; a backend whose readable fd only means "frame for the

@@ -138,6 +138,10 @@ impl NetBackend for UserBackend {
             }))
     }
 
+    fn rx_pending(&self) -> Option<bool> {
+        Some(self.stack.has_pending_guest_frames())
+    }
+
     fn interests(&mut self, _rx_space: bool, out: &mut Vec<FdInterest>) {
         for change in self.stack.take_interest_changes() {
             match change.op {
