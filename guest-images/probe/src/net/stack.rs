@@ -121,6 +121,9 @@ pub struct Stack {
     pub clock: Clock,
     /// Calls to [`Stack::poll`] so far.
     pub polls: u64,
+    /// TSC ticks spent in polls that moved no frame either way: how long the guest waited
+    /// for the device (or the peer) rather than worked.
+    pub idle_ticks: u64,
     epoch: u64,
     dns: Vec<IpAddress>,
     /// The MTU smoltcp's interface was created with.
@@ -177,6 +180,7 @@ impl Stack {
             sockets: SocketSet::new(Vec::new()),
             clock,
             polls: 0,
+            idle_ticks: 0,
             epoch,
             dns: Vec::new(),
         })
@@ -194,6 +198,8 @@ impl Stack {
     /// once for the whole batch.
     pub fn poll(&mut self) {
         self.polls += 1;
+        let start = rdtsc();
+        let before = self.dev.stats();
         let now = self.now();
         self.iface.poll(now, &mut self.dev, &mut self.sockets);
         for _ in 1..EGRESS_BATCH {
@@ -206,6 +212,10 @@ impl Stack {
             }
         }
         self.dev.flush();
+        let after = self.dev.stats();
+        if after.rx_frames == before.rx_frames && after.tx_frames == before.tx_frames {
+            self.idle_ticks += rdtsc() - start;
+        }
     }
 
     /// Polls until `done` returns `Some` or the TSC passes `deadline`.

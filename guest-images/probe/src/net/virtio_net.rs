@@ -269,10 +269,14 @@ impl RxHalf {
         buf_slice(&self.bufs, id, len)
     }
 
-    /// Takes the next complete frame: `Some((id, frame_len))` for a frame in
-    /// buffer `id` (at offset HDR_LEN), or `Some((u16::MAX, len))` for a
-    /// merged frame assembled in `scratch`.
-    fn next_frame(&mut self) -> Option<(u16, usize)> {
+    /// Takes the next complete frame (see [`RxFrame`]).
+    ///
+    /// A merged frame whose buffers the device took in a row (the ring hands
+    /// them out in ascending order, so all but the ~1 in 16 that wrap around
+    /// its end) is already contiguous in `bufs`: only the first buffer carries
+    /// a virtio header. Such frames are lent to smoltcp in place, as Linux
+    /// builds an skb from the pages; the rest are assembled in `scratch`.
+    fn next_frame(&mut self) -> Option<RxFrame> {
         loop {
             let (id, len) = self.queue.pop_used()?;
             if (len as usize) < HDR_LEN || len as usize > BUF_LEN {
@@ -293,12 +297,19 @@ impl RxHalf {
                     self.recycle(id);
                     continue;
                 }
-                return Some((id, len as usize - HDR_LEN));
+                return Some(RxFrame::Span {
+                    first: id,
+                    count: 1,
+                    len: len as usize - HDR_LEN,
+                });
             }
             if num_buffers > MAX_MERGED {
                 self.dropped += 1;
                 self.recycle(id);
                 continue;
+            }
+            if let Some(frame) = self.take_span(id, len, num_buffers, vouched) {
+                return Some(frame);
             }
             self.scratch.clear();
             self.scratch
@@ -323,11 +334,61 @@ impl RxHalf {
                 continue;
             }
             if complete {
-                return Some((u16::MAX, self.scratch.len()));
+                return Some(RxFrame::Scratch {
+                    len: self.scratch.len(),
+                });
             }
             self.dropped += 1;
         }
     }
+
+    /// The rest of a merged frame that starts in buffer `first` (used length
+    /// `len`), if it lies in the following buffers in a row, each filled but
+    /// the last: then it is one contiguous slice of `bufs`. `None` (nothing
+    /// taken) otherwise.
+    fn take_span(&mut self, first: u16, len: u32, count: u16, vouched: bool) -> Option<RxFrame> {
+        let in_row = usize::from(first) + usize::from(count) <= usize::from(self.queue.size())
+            && len as usize == BUF_LEN
+            && (1..count).all(|k| match self.queue.peek_used(k - 1) {
+                Some((id, l)) => {
+                    id == first + k && (l as usize == BUF_LEN || k == count - 1) && l > 0
+                }
+                None => false,
+            });
+        if !in_row {
+            return None;
+        }
+        let mut total = BUF_LEN - HDR_LEN;
+        for _ in 1..count {
+            let (_, l) = self.queue.pop_used()?;
+            total += (l as usize).min(BUF_LEN);
+        }
+        let start = usize::from(first) * BUF_LEN + HDR_LEN;
+        if self.verify && !vouched && !l4_checksum_ok(&self.bufs[start..start + total]) {
+            self.csum_bad += 1;
+            for id in first..first + count {
+                self.recycle(id);
+            }
+            return Some(RxFrame::Dropped);
+        }
+        Some(RxFrame::Span {
+            first,
+            count,
+            len: total,
+        })
+    }
+}
+
+/// Where a received frame lies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RxFrame {
+    /// In buffers `first..first + count`, contiguous, at offset HDR_LEN of
+    /// the first; they go back to the ring once the frame is consumed.
+    Span { first: u16, count: u16, len: usize },
+    /// Assembled in `scratch` (its buffers are back in the ring already).
+    Scratch { len: usize },
+    /// Failed the checksum check; its buffers are back in the ring.
+    Dropped,
 }
 
 /// Bytes `0..len` (clamped) of buffer `id`.
@@ -345,11 +406,10 @@ impl TxHalf {
     }
 }
 
-/// A received frame lent to smoltcp; its buffer goes back to the ring after use.
+/// A received frame lent to smoltcp; its buffers go back to the ring after use.
 pub struct NetRxToken<'a> {
     rx: &'a mut RxHalf,
-    id: u16,
-    len: usize,
+    frame: RxFrame,
 }
 
 /// Room for one outgoing frame.
@@ -362,15 +422,19 @@ impl phy::RxToken for NetRxToken<'_> {
     where
         F: FnOnce(&[u8]) -> R,
     {
-        if self.id == u16::MAX {
-            self.rx.stats_frames += 1;
-            return f(&self.rx.scratch[..self.len]);
-        }
-        let start = usize::from(self.id) * BUF_LEN + HDR_LEN;
-        let r = f(&self.rx.bufs[start..start + self.len]);
         self.rx.stats_frames += 1;
-        self.rx.recycle(self.id);
-        r
+        match self.frame {
+            RxFrame::Span { first, count, len } => {
+                let start = usize::from(first) * BUF_LEN + HDR_LEN;
+                let r = f(&self.rx.bufs[start..start + len]);
+                for id in first..first + count {
+                    self.rx.recycle(id);
+                }
+                r
+            }
+            RxFrame::Scratch { len } => f(&self.rx.scratch[..len]),
+            RxFrame::Dropped => f(&[]),
+        }
     }
 }
 
@@ -415,12 +479,11 @@ impl phy::Device for VirtioNet {
             // frame queued until sends complete.
             return None;
         }
-        let (id, len) = self.rx.next_frame()?;
+        let frame = self.rx.next_frame()?;
         Some((
             NetRxToken {
                 rx: &mut self.rx,
-                id,
-                len,
+                frame,
             },
             NetTxToken { tx: &mut self.tx },
         ))

@@ -144,6 +144,10 @@ pub fn json(ctx: &Context<'_>, name: &str, ok: bool, run: Option<&NetRun>) -> Js
             .u64("tx_ring_full", stats.tx_ring_full)
             .u64("rx_csum_bad", stats.rx_csum_bad)
             .u64("polls", run.stack.polls)
+            .u64(
+                "idle_ms",
+                run.stack.clock.ticks_to_ns(run.stack.idle_ticks) / 1_000_000,
+            )
             .u64("mtu", run.stack.mtu() as u64)
             .str("virtio_base", &format!("{:#x}", run.stack.dev.base()))
             .str(

@@ -181,6 +181,30 @@ impl SplitQueue {
         }
     }
 
+    /// The used element `ahead` places after the next one [`pop_used`] would
+    /// return, without taking anything; `None` if the device has not published
+    /// that far (or the element names no descriptor of this queue).
+    ///
+    /// [`pop_used`]: Self::pop_used
+    pub fn peek_used(&self, ahead: u16) -> Option<(u16, u32)> {
+        let used_idx = Self::read_u16(self.used, 2);
+        if used_idx.wrapping_sub(self.last_used) <= ahead {
+            return None;
+        }
+        fence(Ordering::Acquire);
+        let slot = usize::from(self.last_used.wrapping_add(ahead) % self.size);
+        // SAFETY: slot < size, so the 8-byte element is inside the used ring.
+        let (id, len) = unsafe {
+            let e = self.used.add(4 + 8 * slot);
+            (
+                read_volatile(e as *const u32),
+                read_volatile(e.add(4) as *const u32),
+            )
+        };
+        let id = u16::try_from(id).ok().filter(|&id| id < self.size)?;
+        Some((id, len))
+    }
+
     /// Whether the device must be notified of buffers published since the
     /// last call (at most one kick per batch).
     pub fn needs_notify(&mut self) -> bool {
