@@ -79,3 +79,44 @@ pub struct NetMetrics {
     /// Payload bytes delivered to the guest (retransmissions included).
     pub bytes_host_to_guest: u64,
 }
+
+impl NetMetrics {
+    /// Every counter by name, in declaration order (for reports such as `--net-stats`).
+    pub fn counters(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("guest_frames", self.guest_frames),
+            ("arp_frames", self.arp_frames),
+            ("dhcp_frames", self.dhcp_frames),
+            ("icmp_frames", self.icmp_frames),
+            ("tcp_frames", self.tcp_frames),
+            ("udp_frames", self.udp_frames),
+            ("dns_queries", self.dns_queries),
+            ("frames_to_guest", self.frames_to_guest),
+            ("drop_malformed", self.drop_malformed),
+            ("drop_unsupported", self.drop_unsupported),
+            ("drop_foreign", self.drop_foreign),
+            ("drop_out_of_window", self.drop_out_of_window),
+            ("drop_host_busy", self.drop_host_busy),
+            ("drop_too_fragmented", self.drop_too_fragmented),
+            ("drop_too_big", self.drop_too_big),
+            ("drop_icmp_no_socket", self.drop_icmp_no_socket),
+            ("drop_dns_rebind", self.drop_dns_rebind),
+            ("drop_host_error", self.drop_host_error),
+            ("flows_opened", self.flows_opened),
+            ("flows_denied", self.flows_denied),
+            ("flows_over_limit", self.flows_over_limit),
+            ("flows_closed", self.flows_closed),
+            ("connect_failures", self.connect_failures),
+            ("rst_to_guest", self.rst_to_guest),
+            ("retransmits", self.retransmits),
+            ("tcp_ooo_queued", self.tcp_ooo_queued),
+            ("tcp_ooo_dropped", self.tcp_ooo_dropped),
+            ("tcp_ooo_flushed", self.tcp_ooo_flushed),
+            ("tcp_window_update_resends", self.tcp_window_update_resends),
+            ("tcp_window_probes", self.tcp_window_probes),
+            ("published_accepts", self.published_accepts),
+            ("bytes_guest_to_host", self.bytes_guest_to_host),
+            ("bytes_host_to_guest", self.bytes_host_to_guest),
+        ]
+    }
+}

@@ -115,11 +115,17 @@ fn one_gib_from_the_host_arrives_intact() {
     // (plus headers), nothing was cut or dropped on the way.
     let stats = net_stats(&o);
     assert!(stats["rx_bytes"].as_u64().unwrap_or(0) > GIB, "{stats}");
+    // The netstack's counters come along (payload bytes, retransmissions included).
+    assert!(
+        stats["netstack_bytes_host_to_guest"].as_u64().unwrap_or(0) >= GIB,
+        "{stats}"
+    );
     for counter in [
         "rx_truncated",
         "rx_dropped_no_buffer",
         "rx_malformed",
         "tx_malformed",
+        "netstack_drop_malformed",
     ] {
         assert_eq!(stats[counter], 0, "{counter}: {stats}");
     }

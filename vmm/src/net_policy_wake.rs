@@ -51,6 +51,14 @@ impl NetBackend for PolicyAwareBackend {
         self.inner.recv(buf)
     }
 
+    fn rx_pending(&self) -> Option<bool> {
+        self.inner.rx_pending()
+    }
+
+    fn counters(&self) -> Vec<(String, u64)> {
+        self.inner.counters()
+    }
+
     fn interests(&mut self, rx_space: bool, out: &mut Vec<FdInterest>) {
         self.inner.interests(rx_space, out);
         out.push(FdInterest {

@@ -126,6 +126,9 @@ pub struct NetMetrics {
     /// Times RX ran out of guest room with frames pending and waited for the driver to post
     /// a batch of buffers.
     pub rx_starved: AtomicU64,
+    /// The backend's own counters ([`crate::net::backend::NetBackend::counters`]), taken
+    /// when its worker stops.
+    pub backend: std::sync::Mutex<Vec<(String, u64)>>,
 }
 
 impl NetMetrics {
@@ -140,7 +143,8 @@ impl NetMetrics {
     }
 
     /// Every counter by name, malformed chains as `tx_malformed_<reason>` /
-    /// `rx_malformed_<reason>` (only the non-zero ones), for reports such as `--net-stats`.
+    /// `rx_malformed_<reason>` (only the non-zero ones), then the backend's counters as of
+    /// its worker's last stop, for reports such as `--net-stats`.
     pub fn snapshot(&self) -> Vec<(String, u64)> {
         let plain: [(&str, &AtomicU64); 19] = [
             ("tx_frames", &self.tx_frames),
@@ -167,6 +171,9 @@ impl NetMetrics {
             .iter()
             .map(|(name, c)| (name.to_string(), Self::get(c)))
             .collect();
+        if let Ok(backend) = self.backend.lock() {
+            out.extend(backend.iter().cloned());
+        }
         out.push(("tx_malformed".into(), self.tx_malformed.total()));
         out.push(("rx_malformed".into(), self.rx_malformed.total()));
         for (dir, counters) in [("tx", &self.tx_malformed), ("rx", &self.rx_malformed)] {

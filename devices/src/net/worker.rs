@@ -166,6 +166,9 @@ impl NetWorker {
         if let Err(e) = self.run_inner(stop_fd) {
             tracing::error!(error = %e, backend = self.parts.backend.name(), "virtio-net worker stopped");
         }
+        if let Ok(mut counters) = self.metrics.backend.lock() {
+            *counters = self.parts.backend.counters();
+        }
         // Writes through the ring still reference `tx_slots` and guest memory.
         let mut events = Vec::new();
         if !self.lp.drain_io(Duration::from_secs(2), &mut events) {

@@ -363,6 +363,10 @@ impl NetBackend for FaultBackend {
         Ok(Some(copy.write_to(buf)))
     }
 
+    fn counters(&self) -> Vec<(String, u64)> {
+        self.inner.counters()
+    }
+
     fn rx_pending(&self) -> Option<bool> {
         if self.rx_dup.is_some() || self.rx_stash.is_some() {
             return Some(true);

@@ -157,6 +157,11 @@ pub trait NetBackend: Send {
         None
     }
 
+    /// The backend's own counters by name, for reports (`--net-stats`); none by default.
+    fn counters(&self) -> Vec<(String, u64)> {
+        Vec::new()
+    }
+
     /// The deadline from [`next_deadline`](Self::next_deadline) passed.
     fn on_timer(&mut self, now: Instant) {
         let _ = now;

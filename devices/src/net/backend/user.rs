@@ -138,6 +138,15 @@ impl NetBackend for UserBackend {
             }))
     }
 
+    fn counters(&self) -> Vec<(String, u64)> {
+        self.stack
+            .metrics()
+            .counters()
+            .into_iter()
+            .map(|(name, v)| (format!("netstack_{name}"), v))
+            .collect()
+    }
+
     fn rx_pending(&self) -> Option<bool> {
         Some(self.stack.has_pending_guest_frames())
     }
