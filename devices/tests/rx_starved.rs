@@ -31,13 +31,21 @@ fn frame(len: usize, seed: u8) -> Vec<u8> {
     f
 }
 
+/// Long enough that the worker's fallback never fires during a test.
+const FOREVER: Duration = Duration::from_secs(3600);
+
 /// A merged-buffer driver with `frames` frames of 1000 bytes waiting in the backend and no RX
-/// buffer posted, once the worker has noticed it is starved.
-fn starved(frames: u8) -> (NetHarness, Vec<Vec<u8>>) {
+/// buffer posted, once the worker has noticed it is starved; it waits `starve_wait` for the
+/// batch it asks for.
+fn starved(frames: u8, starve_wait: Duration) -> (NetHarness, Vec<Vec<u8>>) {
     let features = (1u64 << VIRTIO_F_VERSION_1)
         | (1 << VIRTIO_NET_F_MRG_RXBUF)
         | (1 << VIRTIO_RING_F_EVENT_IDX);
-    let h = NetHarness::new(LoopbackMode::Capture, NetConfig::default(), features).unwrap();
+    let cfg = NetConfig {
+        rx_starve_wait: starve_wait,
+        ..NetConfig::default()
+    };
+    let h = NetHarness::new(LoopbackMode::Capture, cfg, features).unwrap();
     let sent: Vec<Vec<u8>> = (0..frames).map(|i| frame(1000, i)).collect();
     for f in &sent {
         h.backend.inject(f);
@@ -55,7 +63,7 @@ fn starved(frames: u8) -> (NetHarness, Vec<Vec<u8>>) {
 
 #[test]
 fn starved_worker_asks_for_a_batch_then_delivers_whole_frames() {
-    let (mut h, sent) = starved(4);
+    let (mut h, sent) = starved(4, FOREVER);
     // Kick once a quarter of the ring is posted, not at the next buffer.
     let batch = QUEUE_SIZE / 4;
     assert_eq!(
@@ -86,12 +94,13 @@ fn starved_worker_asks_for_a_batch_then_delivers_whole_frames() {
 
 #[test]
 fn a_driver_posting_less_than_the_batch_still_gets_its_frames() {
-    let (mut h, sent) = starved(2);
-    // Room for both frames, far below the batch, and no kick (the device did not ask).
+    let (mut h, sent) = starved(2, Duration::from_millis(1));
+    // Room for both frames, far below the batch. Posted within the worker's wait, they need
+    // no kick (it finds them when the wait runs out); posted after it, they kick.
     for _ in 0..8 {
         h.driver.add_chain(RX_QUEUE, &[], &[256]).unwrap();
     }
-    assert!(!h.driver.kick(RX_QUEUE));
+    h.driver.kick(RX_QUEUE);
     let got = h.driver.recv_frames(sent.len(), T).unwrap();
     let frames: Vec<&Vec<u8>> = got.iter().map(|(_, f)| f).collect();
     assert_eq!(frames, sent.iter().collect::<Vec<_>>());
@@ -99,15 +108,36 @@ fn a_driver_posting_less_than_the_batch_still_gets_its_frames() {
 
 #[test]
 fn a_starved_worker_sleeps_instead_of_polling_the_ring() {
-    let (h, _sent) = starved(1);
+    let (h, _sent) = starved(1, Duration::from_millis(1));
     let before = get(&h.metrics.loop_iterations);
     std::thread::sleep(Duration::from_millis(100));
     let iterations = get(&h.metrics.loop_iterations) - before;
-    // It wakes every STARVE_WAIT (500 µs) to look for buffers posted without a kick: ~200
-    // here; polling would be hundreds of thousands.
+    // It wakes once when its wait runs out, to look for buffers posted without a kick, then
+    // sleeps until the driver's next buffer; polling would be hundreds of thousands.
     assert!(
-        iterations < 1000,
+        iterations < 20,
         "{iterations} loop iterations while starved"
     );
     assert_eq!(get(&h.metrics.rx_frames), 0);
+}
+
+#[test]
+fn a_starved_worker_with_nothing_posted_asks_for_the_next_buffer() {
+    let (mut h, sent) = starved(1, Duration::from_millis(1));
+    // Once the wait ran out with nothing posted, one buffer is worth a kick.
+    let deadline = Instant::now() + T;
+    while h.driver.avail_event(RX_QUEUE) != h.driver.avail_idx(RX_QUEUE) {
+        assert!(
+            Instant::now() < deadline,
+            "the worker kept asking for a batch"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    h.driver.add_chain(RX_QUEUE, &[], &[2048]).unwrap();
+    assert!(
+        h.driver.kick(RX_QUEUE),
+        "the first buffer after the wait kicks"
+    );
+    let got = h.driver.recv_frames(1, T).unwrap();
+    assert_eq!(got[0].1, sent[0]);
 }

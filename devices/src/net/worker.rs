@@ -62,10 +62,6 @@ const INTERACTIVE_RX_BYTES: usize = 16 * 1024;
 const TX_BATCH_BYTES: usize = 256 * 1024;
 /// Most RX frames per iteration before TX gets another turn.
 const RX_BUDGET: usize = 256;
-/// How long the worker waits, when short of guest RX room with frames pending, for the driver
-/// to post room for a full frame before it delivers a smaller one into what it has (a driver
-/// that never posts that much, or ignores `avail_event`, costs this much per frame).
-const STARVE_WAIT: Duration = Duration::from_micros(500);
 
 /// What survives a worker: handed back to the device on stop so it can be activated again.
 pub(crate) struct WorkerParts {
@@ -108,6 +104,8 @@ pub(crate) struct NetWorker {
     /// has not posted room for them. While starved the worker sleeps until the driver posted
     /// a batch of buffers (design §3 item 4) instead of polling the ring.
     rx_starved_since: Option<Instant>,
+    /// How long a starved worker waits for the batch it asked for (`NetConfig::rx_starve_wait`).
+    starve_wait: Duration,
     /// For backends that cannot tell ([`NetBackend::rx_pending`] is `None`): a frame may be
     /// waiting (a readiness report or a delivered frame since the last empty receive).
     rx_maybe_pending: bool,
@@ -162,8 +160,15 @@ impl NetWorker {
             pcap_dirty: false,
             rx_ring_drained: false,
             rx_starved_since: None,
+            starve_wait: crate::net::device::DEFAULT_RX_STARVE_WAIT,
             rx_maybe_pending: true,
         }
+    }
+
+    /// Sets how long a starved worker waits for the batch of RX buffers it asked for.
+    pub(crate) fn with_rx_starve_wait(mut self, wait: Duration) -> Self {
+        self.starve_wait = wait;
+        self
     }
 
     /// Runs until the stop eventfd fires or the loop fails; returns the backend and pcap sink.
@@ -227,17 +232,13 @@ impl NetWorker {
                     Some(Duration::ZERO)
                 } else {
                     sleeping = true;
-                    // Starved: wake in time to deliver into the room there is, and then
-                    // every STARVE_WAIT in case the driver posts less than the batch it was
-                    // asked for (one waiting for data may post only a few buffers).
-                    self.rx_starved_since.map(|t| {
-                        let waited = now.duration_since(t);
-                        if waited < STARVE_WAIT {
-                            STARVE_WAIT - waited
-                        } else {
-                            STARVE_WAIT
-                        }
-                    })
+                    // Starved: wake after `starve_wait` to deliver into what the driver
+                    // posted meanwhile, however little. Past it (nothing was posted), the
+                    // kick comes with the driver's next buffer.
+                    self.rx_starved_since
+                        .map(|t| now.duration_since(t))
+                        .filter(|&waited| waited < self.starve_wait)
+                        .map(|waited| self.starve_wait - waited)
                 }
             };
             if let Some(deadline) = self.parts.backend.next_deadline() {
@@ -317,12 +318,17 @@ impl NetWorker {
     /// driver's refills, which the next pass picks up anyway, so a refill kick would only
     /// cost the guest an exit (design §3 item 4). Starved, it asks for a kick only once the
     /// driver has posted a batch ([`Self::rx_kick_batch`]): one exit per batch, not per
-    /// buffer.
+    /// buffer; if nothing came within `starve_wait`, at the next buffer.
     fn enable_notifications(&mut self) -> bool {
         self.notifications_on = true;
         let mut pending = false;
-        let rx_batch = if self.rx_starved_since.is_some() {
-            Some(self.rx_kick_batch())
+        let rx_batch = if let Some(since) = self.rx_starved_since {
+            // A driver that posted nothing within `starve_wait` may post a buffer at a time.
+            if since.elapsed() < self.starve_wait {
+                Some(self.rx_kick_batch())
+            } else {
+                Some(1)
+            }
         } else {
             self.rx_bufs.is_empty().then_some(1)
         };
@@ -399,13 +405,13 @@ impl NetWorker {
 
     /// Whether RX may write a frame into less room than a largest frame needs: the driver
     /// cannot post enough for one (its ring is too small for our frame size), or it did not
-    /// within [`STARVE_WAIT`].
+    /// within `starve_wait`.
     fn rx_partial_ok(&self, now: Instant) -> bool {
         let free = usize::from(self.rx.size()).saturating_sub(self.rx_bufs.len());
         self.rx_chains_for_full_frame() > free
             || self
                 .rx_starved_since
-                .is_some_and(|t| now.duration_since(t) >= STARVE_WAIT)
+                .is_some_and(|t| now.duration_since(t) >= self.starve_wait)
     }
 
     /// Called when a queue yields no chain: if the driver's avail index is more than a queue
