@@ -407,6 +407,27 @@ pub(crate) fn discard(fd: BorrowedFd<'_>, len: usize) -> io::Result<usize> {
     })
 }
 
+/// Whether `fd` is readable and writable right now (one `poll(2)` with a zero timeout;
+/// errors and hang-ups count as both, so the caller goes on to read the error).
+pub(crate) fn ready_now(fd: BorrowedFd<'_>) -> (bool, bool) {
+    let mut p = [libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN | libc::POLLOUT,
+        revents: 0,
+    }];
+    match poll(&mut p, 0) {
+        Ok(1) => {
+            let r = p[0].revents;
+            let failed = r & (libc::POLLERR | libc::POLLHUP) != 0;
+            (
+                failed || r & libc::POLLIN != 0,
+                failed || r & libc::POLLOUT != 0,
+            )
+        }
+        _ => (false, false),
+    }
+}
+
 /// Polls `fds` once with `timeout_ms` (used by tests and by start-up probes).
 pub fn poll(fds: &mut [libc::pollfd], timeout_ms: i32) -> io::Result<usize> {
     // SAFETY: `fds` is a valid, exclusively borrowed array of pollfd of the given length.

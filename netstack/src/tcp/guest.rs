@@ -55,7 +55,16 @@ pub(crate) fn on_guest_segment(
         };
     }
     match conn.state {
-        TcpState::Connecting => return After::Keep,
+        TcpState::Connecting => {
+            // The guest sent its SYN again: look at the connect ourselves instead of only
+            // waiting for the readiness report, so a completion we were never told about
+            // costs the guest one SYN retransmission, not the whole connect timeout.
+            if seg.syn {
+                let (readable, writable) = sys::ready_now(conn.fd.as_fd());
+                return super::host::on_ready(core, conn, readable, writable, now);
+            }
+            return After::Keep;
+        }
         TcpState::SynSent => {
             if seg.syn && seg.ack == Some(conn.isn.wrapping_add(1)) {
                 conn.rcv_nxt = seg.seq.wrapping_add(1);

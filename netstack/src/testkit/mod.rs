@@ -111,6 +111,8 @@ pub struct Harness {
     rx: Vec<u8>,
     /// Frames passed each way (guest->netstack, netstack->guest).
     pub frames: (u64, u64),
+    /// Host fd readiness is not reported to the netstack while set (a lost wake-up).
+    pub deaf_to_fds: bool,
 }
 
 impl Harness {
@@ -163,6 +165,7 @@ impl Harness {
             start,
             rx: vec![0u8; 65550],
             frames: (0, 0),
+            deaf_to_fds: false,
         }
     }
 
@@ -308,7 +311,7 @@ impl Harness {
         }
         let now = Instant::now();
         for (t, p) in tokens.iter().zip(&pfds) {
-            if p.revents == 0 {
+            if p.revents == 0 || self.deaf_to_fds {
                 continue;
             }
             let err = p.revents & (libc::POLLERR | libc::POLLHUP) != 0;

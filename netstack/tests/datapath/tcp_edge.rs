@@ -54,6 +54,43 @@ fn guest_half_close_then_host_answers() {
     assert!(h.run_until(10_000, Duration::from_secs(5), |h| h.ns.flow_count() == 0));
 }
 
+/// The report that the host connect completed never arrives (a lost wake-up): the guest's
+/// SYN retransmission makes the netstack look for itself, instead of the flow hanging until
+/// the 30 s connect timeout.
+#[test]
+fn a_lost_connect_completion_is_found_when_the_guest_retries_its_syn() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        let (mut c, _) = l.accept().unwrap();
+        c.write_all(b"hello").unwrap();
+    });
+    let mut h = Harness::new(cfg());
+    h.deaf_to_fds = true;
+    let s = tcp_socket(&mut h, 65536);
+    connect_gateway(&mut h, s, port, 41007);
+    // smoltcp retransmits its SYN after about a second (the host fd stays ready, so steps
+    // do not wait: bound them by time).
+    let ok = h.run_until(usize::MAX, Duration::from_secs(10), |h| {
+        h.sockets.get::<tcp::Socket>(s).state() == tcp::State::Established
+    });
+    assert!(ok, "state {}", h.sockets.get::<tcp::Socket>(s).state());
+    h.deaf_to_fds = false;
+    let mut got = Vec::new();
+    let ok = h.run_until(100_000, Duration::from_secs(10), |h| {
+        let sock = h.sockets.get_mut::<tcp::Socket>(s);
+        let mut buf = [0u8; 16];
+        while sock.can_recv() {
+            let n = sock.recv_slice(&mut buf).unwrap();
+            got.extend_from_slice(&buf[..n]);
+        }
+        got.len() >= 5
+    });
+    assert!(ok);
+    assert_eq!(got, b"hello");
+    server.join().unwrap();
+}
+
 #[test]
 fn host_reset_reaches_guest() {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
