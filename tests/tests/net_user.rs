@@ -131,6 +131,35 @@ fn one_gib_from_the_host_arrives_intact() {
     }
 }
 
+/// The benchmark's check mode: the guest compares every byte with the pattern instead of
+/// hashing (`probe.verify=pattern`), and says so.
+#[test]
+fn a_download_checked_against_the_pattern_reports_it_intact() {
+    let probe = require!(kvm_and_probe());
+    let bytes: u64 = 64 << 20;
+    let (peer, addr) = host_peer(&[
+        "source",
+        "127.0.0.1:0",
+        &bytes.to_string(),
+        "--timeout",
+        "240",
+    ]);
+    let o = run_user(
+        &probe,
+        &["--net-rule", "allow@host"],
+        &[
+            "probe.scenario=tcp-recv",
+            &format!("probe.peer=172.16.0.1:{}", addr.port()),
+            "probe.verify=pattern",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}\n{}", stdout(&o), stderr(&o));
+    let j = result_json(&o);
+    assert_eq!(j["bytes"], bytes, "{j}");
+    assert_eq!(j["pattern_ok"], true, "{j}");
+    assert_eq!(peer_result(peer)["bytes"], bytes);
+}
+
 /// The JSON object of the `ringfence: net stats:` line on stderr.
 fn net_stats(o: &Output) -> serde_json::Value {
     let err = stderr(o);

@@ -378,15 +378,19 @@ impl NetBench<'_> {
                 &[
                     "probe.scenario=tcp-recv".into(),
                     format!("probe.peer={dial}:5102"),
+                    // Every byte checked against the pattern, at a fraction of SHA-256's
+                    // guest time: the guest must not be what is measured.
+                    "probe.verify=pattern".into(),
                 ],
             )?;
             let r = Self::result(&run, system)?;
-            if r["bytes"] != self.bytes {
+            if r["bytes"] != self.bytes || r["pattern_ok"] != true {
                 bail!(
-                    "{}: guest received {} of {} bytes",
+                    "{}: guest received {} of {} bytes (pattern_ok {})",
                     system.name(),
                     r["bytes"],
-                    self.bytes
+                    self.bytes,
+                    r["pattern_ok"]
                 );
             }
             let src = Self::peer_result(peer)?;

@@ -13,7 +13,7 @@ use smoltcp::socket::tcp::{self, State};
 use super::net_common::{
     endpoint_string, json, peer_endpoint, seconds, NetRun, DEFAULT_TIMEOUT_MS,
 };
-use super::tcp::{open, with_run, BUF_BYTES, PATTERN_REPEATS};
+use super::tcp::{follows_pattern, open, pattern, with_run, BUF_BYTES, RECV_BUF_BYTES};
 use super::{Context, Outcome};
 use crate::clock::rdtsc;
 use crate::cmdline::{parse_size, parse_u64};
@@ -21,7 +21,7 @@ use crate::net::NetError;
 
 /// Most parallel flows.
 const MAX_FLOWS: u64 = 16;
-/// Socket buffers per flow when several share the guest's memory.
+/// Send buffers per flow when several share the guest's memory.
 const FLOW_BUF_BYTES: usize = BUF_BYTES / 2;
 
 /// The `probe.flows` value (1 when absent or malformed; capped at [`MAX_FLOWS`]).
@@ -33,17 +33,18 @@ pub fn flows(ctx: &Context<'_>) -> u64 {
         .clamp(1, MAX_FLOWS)
 }
 
-/// Opens `n` connections to the peer.
+/// Opens `n` connections to the peer, with `buf` bytes of socket buffers each.
 fn open_all(
     run: &mut NetRun,
     ctx: &Context<'_>,
     n: u64,
+    buf: usize,
 ) -> Result<(Vec<SocketHandle>, u64, String), NetError> {
     let peer = peer_endpoint(run, ctx)?;
     let mut handles = Vec::new();
     let mut start = 0;
     for i in 0..n {
-        let (h, t) = open(run, peer, FLOW_BUF_BYTES)?;
+        let (h, t) = open(run, peer, buf)?;
         if i == 0 {
             start = t;
         }
@@ -100,10 +101,8 @@ pub fn send(ctx: &Context<'_>) -> Outcome {
             value: String::from(ctx.cmdline.get("probe.bytes").unwrap_or("")),
             expected: "a byte count with optional K/M/G suffix",
         })?;
-        let (handles, start, peer) = open_all(run, ctx, n)?;
-        let pattern: Vec<u8> = (0..251 * PATTERN_REPEATS)
-            .map(|i| (i % 251) as u8)
-            .collect();
+        let (handles, start, peer) = open_all(run, ctx, n, FLOW_BUF_BYTES)?;
+        let pattern = pattern();
         // Flow i carries total / n bytes, the first one also the remainder.
         let share: Vec<u64> = (0..n)
             .map(|i| total / n + if i == 0 { total % n } else { 0 })
@@ -150,12 +149,10 @@ pub fn send(ctx: &Context<'_>) -> Outcome {
 pub fn recv(ctx: &Context<'_>) -> Outcome {
     let n = flows(ctx);
     with_run(ctx, "tcp-recv", DEFAULT_TIMEOUT_MS, |run| {
-        let (handles, start, peer) = open_all(run, ctx, n)?;
+        let (handles, start, peer) = open_all(run, ctx, n, RECV_BUF_BYTES / n as usize)?;
         let mut got: Vec<u64> = handles.iter().map(|_| 0).collect();
         let mut pattern_ok = true;
-        let pattern: Vec<u8> = (0..251 * PATTERN_REPEATS)
-            .map(|i| (i % 251) as u8)
-            .collect();
+        let pattern = pattern();
         drive_all(run, "tcp-recv", &handles, |i, socket, progress| {
             while socket.can_recv() {
                 let base = got[i];
@@ -206,39 +203,4 @@ pub fn recv(ctx: &Context<'_>) -> Outcome {
             status: if pattern_ok { 0 } else { 1 },
         })
     })
-}
-
-/// Whether `buf` holds the bytes at stream offset `base` of the `i % 251` pattern, compared
-/// against `pattern` (the pattern from offset 0, at least 251 bytes) a slice at a time: a
-/// per-byte modulo check costs the guest more than receiving the bytes does.
-fn follows_pattern(pattern: &[u8], base: u64, buf: &[u8]) -> bool {
-    let mut done = 0;
-    while done < buf.len() {
-        let off = ((base + done as u64) % 251) as usize;
-        let n = (buf.len() - done).min(pattern.len() - off);
-        if buf[done..done + n] != pattern[off..off + n] {
-            return false;
-        }
-        done += n;
-    }
-    true
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_pattern_check_follows_the_stream_offset_and_catches_one_bad_byte() {
-        let pattern: Vec<u8> = (0..251 * 3).map(|i| (i % 251) as u8).collect();
-        let stream: Vec<u8> = (0..5000u64).map(|i| (i % 251) as u8).collect();
-        for (base, len) in [(0u64, 5000usize), (250, 1), (251, 753), (1234, 3766)] {
-            let b = base as usize;
-            assert!(follows_pattern(&pattern, base, &stream[b..b + len]));
-        }
-        let mut bad = stream.clone();
-        bad[4000] ^= 1;
-        assert!(!follows_pattern(&pattern, 0, &bad));
-        assert!(!follows_pattern(&pattern, 1, &stream[..100]), "off by one");
-    }
 }
