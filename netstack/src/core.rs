@@ -93,6 +93,10 @@ impl CtrlQueue {
     pub(crate) fn pop(&mut self) -> Option<Vec<u8>> {
         self.frames.pop_front()
     }
+    /// Length of the frame [`pop`](Self::pop) would return.
+    pub(crate) fn front_len(&self) -> Option<usize> {
+        self.frames.front().map(Vec::len)
+    }
     pub(crate) fn recycle(&mut self, buf: Vec<u8>) {
         if self.free.len() < 64 {
             self.free.push(buf);

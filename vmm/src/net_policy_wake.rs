@@ -51,6 +51,10 @@ impl NetBackend for PolicyAwareBackend {
         self.inner.recv(buf)
     }
 
+    fn rx_frame_len(&mut self) -> Option<usize> {
+        self.inner.rx_frame_len()
+    }
+
     fn rx_pending(&self) -> Option<bool> {
         self.inner.rx_pending()
     }

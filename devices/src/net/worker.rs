@@ -628,8 +628,13 @@ impl NetWorker {
             if frames >= RX_BUDGET {
                 break;
             }
-            let short = self.rx_bufs.is_empty()
-                || (self.mrg_rxbuf && self.rx_bufs.total_room() < self.max_rx_len);
+            // Room for a largest frame, or for the next one when the backend knows its size.
+            let needed = match self.parts.backend.rx_frame_len() {
+                Some(n) => (VNET_HDR_LEN + n).min(self.max_rx_len),
+                None => self.max_rx_len,
+            };
+            let short =
+                self.rx_bufs.is_empty() || (self.mrg_rxbuf && self.rx_bufs.total_room() < needed);
             if short && (self.rx_bufs.is_empty() || !self.rx_partial_ok(now)) {
                 starved = self.backend_rx_pending();
                 break;

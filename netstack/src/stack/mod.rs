@@ -28,6 +28,9 @@ use crate::ping::PingRelay;
 use crate::publish::{self, Listener};
 use crate::tcp::{self, After, Produced, Segment, TcpConn, TcpState};
 use crate::udp::UdpFlow;
+
+/// Largest TCP segment without payload: Ethernet, IPv6 and a TCP header with full options.
+const TCP_CONTROL_FRAME_MAX: usize = 14 + 40 + 60;
 use crate::{arp, dhcp, dns, icmp, ipaddr, sys};
 
 mod flows;
@@ -254,6 +257,22 @@ impl Netstack {
             }
         }
         None
+    }
+
+    /// The length of the frame [`next_guest_frame`](Self::next_guest_frame) would write
+    /// next, when it is known and small: a queued control frame (ARP, NDP, DHCP, ICMP, DNS
+    /// refusals), or a TCP control segment. `None` when nothing is pending or the frame is
+    /// sized to the room it gets (TCP payload, UDP). Lets the device deliver small frames
+    /// into room too short for a largest one instead of waiting for more.
+    pub fn next_guest_frame_len(&mut self) -> Option<usize> {
+        if let Some(n) = self.core.ctrl.front_len() {
+            return Some(n);
+        }
+        let token = *self.core.ready.front()?;
+        match self.flows.get_mut(token) {
+            Some(Flow::Tcp(conn)) if !conn.has_data_to_send() => Some(TCP_CONTROL_FRAME_MAX),
+            _ => None,
+        }
     }
 
     /// Whether [`next_guest_frame`](Self::next_guest_frame) may have something (it can

@@ -255,6 +255,15 @@ impl TcpConn {
         }
     }
 
+    /// Whether [`super::next_frame`] would emit payload (rather than only a control segment:
+    /// SYN, ACK, window probe, FIN).
+    pub(crate) fn has_data_to_send(&self) -> bool {
+        self.state == TcpState::Established
+            && self.host_readable
+            && !self.host_eof
+            && self.window_avail() > 0
+    }
+
     /// Whether [`super::next_frame`] has something to emit.
     pub(crate) fn wants_output(&self) -> bool {
         if self.syn_pending || self.ack_pending || self.probe_pending {

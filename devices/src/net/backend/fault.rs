@@ -367,6 +367,13 @@ impl NetBackend for FaultBackend {
         self.inner.counters()
     }
 
+    fn rx_frame_len(&mut self) -> Option<usize> {
+        if self.rx_dup.is_some() || self.rx_stash.is_some() {
+            return None;
+        }
+        self.inner.rx_frame_len()
+    }
+
     fn rx_pending(&self) -> Option<bool> {
         if self.rx_dup.is_some() || self.rx_stash.is_some() {
             return Some(true);

@@ -182,6 +182,10 @@ impl NetBackend for LoopbackBackend {
         }))
     }
 
+    fn rx_frame_len(&mut self) -> Option<usize> {
+        self.shared.lock().to_guest.front().map(Vec::len)
+    }
+
     fn rx_pending(&self) -> Option<bool> {
         Some(!self.shared.lock().to_guest.is_empty())
     }

@@ -140,6 +140,13 @@ pub trait NetBackend: Send {
         None
     }
 
+    /// The length of the next frame for the guest, if the backend knows it in advance and it
+    /// is not sized to the room it is given. `None` (the default): assume a largest frame.
+    /// Lets the device deliver a small frame into room too short for a largest one.
+    fn rx_frame_len(&mut self) -> Option<usize> {
+        None
+    }
+
     /// Fills `out` with every descriptor to poll now (the full current set, not changes:
     /// polls armed earlier and missing from the set are cancelled). `rx_space` says whether
     /// the guest has RX buffers posted; a backend whose readable fd only means "frame for the

@@ -147,6 +147,10 @@ impl NetBackend for UserBackend {
             .collect()
     }
 
+    fn rx_frame_len(&mut self) -> Option<usize> {
+        self.stack.next_guest_frame_len()
+    }
+
     fn rx_pending(&self) -> Option<bool> {
         Some(self.stack.has_pending_guest_frames())
     }
