@@ -16,16 +16,7 @@ use devices::virtio::{
 
 const T: Duration = Duration::from_secs(10);
 
-fn frame(len: usize, seed: u8) -> Vec<u8> {
-    let mut f = vec![0u8; len];
-    f[..6].copy_from_slice(&[0x52, 0x54, 0, 0x12, 0x34, 0x56]);
-    f[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 1]);
-    f[12..14].copy_from_slice(&[0x08, 0x00]);
-    for (i, b) in f[14..].iter_mut().enumerate() {
-        *b = (i as u8).wrapping_mul(7).wrapping_add(seed);
-    }
-    f
-}
+use devices::testing::eth_frame as frame;
 
 fn get(c: &std::sync::atomic::AtomicU64) -> u64 {
     c.load(Ordering::Relaxed)

@@ -88,29 +88,39 @@ fn one_gib_to_the_host_via_the_alias_arrives_intact() {
     assert_eq!(r["pattern_ok"], true, "{r}");
 }
 
-#[test]
-fn one_gib_from_the_host_arrives_intact() {
-    let probe = require!(kvm_and_probe());
+/// The probe downloads `bytes` of the pattern from a host server on 127.0.0.1 through the
+/// gateway; returns ringfence's output and the guest's result once the server sent them all.
+fn download(
+    probe: &std::path::Path,
+    bytes: u64,
+    flags: &[&str],
+    words: &[&str],
+) -> (Output, serde_json::Value) {
     let (peer, addr) = host_peer(&[
         "source",
         "127.0.0.1:0",
-        &GIB.to_string(),
+        &bytes.to_string(),
         "--timeout",
         "240",
     ]);
-    let o = run_user(
-        &probe,
-        &["--net-rule", "allow@host", "--net-stats"],
-        &[
-            "probe.scenario=tcp-recv",
-            &format!("probe.peer=172.16.0.1:{}", addr.port()),
-        ],
-    );
+    let peer_word = format!("probe.peer=172.16.0.1:{}", addr.port());
+    let mut all_words = vec!["probe.scenario=tcp-recv", peer_word.as_str()];
+    all_words.extend_from_slice(words);
+    let mut all_flags = vec!["--net-rule", "allow@host"];
+    all_flags.extend_from_slice(flags);
+    let o = run_user(probe, &all_flags, &all_words);
     assert_eq!(o.status.code(), Some(0), "{}\n{}", stdout(&o), stderr(&o));
     let j = result_json(&o);
-    assert_eq!(j["bytes"], GIB);
+    assert_eq!(j["bytes"], bytes, "{j}");
+    assert_eq!(peer_result(peer)["bytes"], bytes);
+    (o, j)
+}
+
+#[test]
+fn one_gib_from_the_host_arrives_intact() {
+    let probe = require!(kvm_and_probe());
+    let (o, j) = download(&probe, GIB, &["--net-stats"], &[]);
     assert_eq!(j["sha256"], pattern_sha256(GIB).as_str());
-    assert_eq!(peer_result(peer)["bytes"], GIB);
     // The device's own account (--net-stats) agrees: every byte went into guest buffers
     // (plus headers), nothing was cut or dropped on the way.
     let stats = net_stats(&o);
@@ -136,28 +146,8 @@ fn one_gib_from_the_host_arrives_intact() {
 #[test]
 fn a_download_checked_against_the_pattern_reports_it_intact() {
     let probe = require!(kvm_and_probe());
-    let bytes: u64 = 64 << 20;
-    let (peer, addr) = host_peer(&[
-        "source",
-        "127.0.0.1:0",
-        &bytes.to_string(),
-        "--timeout",
-        "240",
-    ]);
-    let o = run_user(
-        &probe,
-        &["--net-rule", "allow@host"],
-        &[
-            "probe.scenario=tcp-recv",
-            &format!("probe.peer=172.16.0.1:{}", addr.port()),
-            "probe.verify=pattern",
-        ],
-    );
-    assert_eq!(o.status.code(), Some(0), "{}\n{}", stdout(&o), stderr(&o));
-    let j = result_json(&o);
-    assert_eq!(j["bytes"], bytes, "{j}");
+    let (_, j) = download(&probe, 64 << 20, &[], &["probe.verify=pattern"]);
     assert_eq!(j["pattern_ok"], true, "{j}");
-    assert_eq!(peer_result(peer)["bytes"], bytes);
 }
 
 /// The JSON object of the `ringfence: net stats:` line on stderr.

@@ -62,3 +62,16 @@ impl NetHarness {
         Self::new(LoopbackMode::Capture, NetConfig::default(), u64::MAX)
     }
 }
+
+/// An Ethernet frame of `len` bytes (at least 14) from a fixed source to the harness's guest
+/// MAC, EtherType IPv4, with a payload pattern that depends on `seed`.
+pub fn eth_frame(len: usize, seed: u8) -> Vec<u8> {
+    let mut f = vec![0u8; len];
+    f[..6].copy_from_slice(&[0x52, 0x54, 0, 0x12, 0x34, 0x56]);
+    f[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 1]);
+    f[12..14].copy_from_slice(&[0x08, 0x00]);
+    for (i, b) in f[14..].iter_mut().enumerate() {
+        *b = (i as u8).wrapping_mul(7).wrapping_add(seed);
+    }
+    f
+}

@@ -77,6 +77,16 @@ pub fn connect_gateway(h: &mut Harness, s: SocketHandle, port: u16, local_port: 
         .unwrap();
 }
 
+/// Appends everything the guest socket `s` has received so far to `out`.
+pub fn drain_guest_socket(h: &mut Harness, s: SocketHandle, out: &mut Vec<u8>) {
+    let sock = h.sockets.get_mut::<tcp::Socket>(s);
+    while sock.can_recv() {
+        if sock.recv(|b| (b.len(), out.extend_from_slice(b))).is_err() {
+            break;
+        }
+    }
+}
+
 /// Steps until the guest socket is established (true) or closed/time out (false).
 pub fn wait_established(h: &mut Harness, s: SocketHandle) -> bool {
     h.run_until(100_000, Duration::from_secs(10), |h| {

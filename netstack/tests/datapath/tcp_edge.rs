@@ -11,7 +11,8 @@ use smoltcp::socket::tcp;
 use smoltcp::wire::{EthernetFrame, Ipv4Packet, TcpPacket};
 
 use crate::common::{
-    cfg, connect_gateway, pattern, serve_download, tcp_payload_len, tcp_socket, wait_established,
+    cfg, connect_gateway, drain_guest_socket, pattern, serve_download, tcp_payload_len, tcp_socket,
+    wait_established,
 };
 
 /// Guest sends `req`, closes its write side; host reads to EOF, then answers and closes.
@@ -78,12 +79,7 @@ fn a_lost_connect_completion_is_found_when_the_guest_retries_its_syn() {
     h.deaf_to_fds = false;
     let mut got = Vec::new();
     let ok = h.run_until(100_000, Duration::from_secs(10), |h| {
-        let sock = h.sockets.get_mut::<tcp::Socket>(s);
-        let mut buf = [0u8; 16];
-        while sock.can_recv() {
-            let n = sock.recv_slice(&mut buf).unwrap();
-            got.extend_from_slice(&buf[..n]);
-        }
+        drain_guest_socket(h, s, &mut got);
         got.len() >= 5
     });
     assert!(ok);
