@@ -9,8 +9,6 @@
 
 use std::collections::VecDeque;
 
-use std::sync::atomic::Ordering;
-
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
@@ -73,18 +71,18 @@ impl RxBuffers {
         self.last_chain_room
     }
 
-    /// Takes every available chain from `queue`, validating each; malformed ones go to `used`
-    /// with length 0 and are counted. Returns true if the avail ring was emptied.
+    /// Takes every available chain from `queue` (up to the queue size), validating each;
+    /// malformed ones go to `used` with length 0 and are counted.
     pub fn refill(
         &mut self,
         queue: &mut Queue,
         mem: &GuestMemoryMmap,
         used: &mut UsedBatch,
         metrics: &NetMetrics,
-    ) -> bool {
+    ) {
         while self.ready.len() < self.capacity {
             let Some(chain) = queue.pop_descriptor_chain(mem) else {
-                return true;
+                return;
             };
             let mut slot = self.spare.pop().unwrap_or_default();
             match slot.load(chain, mem) {
@@ -100,10 +98,6 @@ impl RxBuffers {
                 }
             }
         }
-        // Full: the ring may still hold chains, but we have all the room the queue can give.
-        queue
-            .avail_idx(mem, Ordering::Acquire)
-            .map_or(true, |idx| idx.0 == queue.next_avail())
     }
 
     /// Lays out room for one frame: the front chain, or with `merge` front chains until

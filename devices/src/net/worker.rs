@@ -99,7 +99,6 @@ pub(crate) struct NetWorker {
     /// the driver resets the device (otherwise the worker would spin on it forever).
     broken: [bool; 2],
     pcap_dirty: bool,
-    rx_ring_drained: bool,
     /// Since when RX has been held up by the guest: the backend has frames and the driver
     /// has not posted room for them. While starved the worker sleeps until the driver posted
     /// a batch of buffers (design §3 item 4) instead of polling the ring.
@@ -158,7 +157,6 @@ impl NetWorker {
             notifications_on: true,
             broken: [false; 2],
             pcap_dirty: false,
-            rx_ring_drained: false,
             rx_starved_since: None,
             starve_wait: crate::net::device::DEFAULT_RX_STARVE_WAIT,
             rx_maybe_pending: true,
@@ -228,7 +226,7 @@ impl NetWorker {
                 if self.pcap_dirty {
                     self.flush_pcap();
                 }
-                if self.enable_notifications() {
+                if self.enable_notifications(now) {
                     Some(Duration::ZERO)
                 } else {
                     sleeping = true;
@@ -319,12 +317,12 @@ impl NetWorker {
     /// cost the guest an exit (design §3 item 4). Starved, it asks for a kick only once the
     /// driver has posted a batch ([`Self::rx_kick_batch`]): one exit per batch, not per
     /// buffer; if nothing came within `starve_wait`, at the next buffer.
-    fn enable_notifications(&mut self) -> bool {
+    fn enable_notifications(&mut self, now: Instant) -> bool {
         self.notifications_on = true;
         let mut pending = false;
         let rx_batch = if let Some(since) = self.rx_starved_since {
             // A driver that posted nothing within `starve_wait` may post a buffer at a time.
-            if since.elapsed() < self.starve_wait {
+            if now.duration_since(since) < self.starve_wait {
                 Some(self.rx_kick_batch())
             } else {
                 Some(1)
@@ -381,12 +379,15 @@ impl NetWorker {
     /// still holds the rest of the ring's frames to work on meanwhile), but never more than
     /// the driver can post at all.
     fn rx_kick_batch(&self) -> u16 {
-        let size = usize::from(self.rx.size());
-        let free = size.saturating_sub(self.rx_bufs.len());
         self.rx_chains_for_full_frame()
-            .max(size / 4)
-            .min(free)
+            .max(usize::from(self.rx.size()) / 4)
+            .min(self.rx_chains_driver_holds())
             .clamp(1, usize::from(u16::MAX)) as u16
+    }
+
+    /// RX chains the device does not hold: the most the driver can still post.
+    fn rx_chains_driver_holds(&self) -> usize {
+        usize::from(self.rx.size()).saturating_sub(self.rx_bufs.len())
     }
 
     /// More chains the driver must post before the device holds room for a largest frame,
@@ -407,8 +408,7 @@ impl NetWorker {
     /// cannot post enough for one (its ring is too small for our frame size), or it did not
     /// within `starve_wait`.
     fn rx_partial_ok(&self, now: Instant) -> bool {
-        let free = usize::from(self.rx.size()).saturating_sub(self.rx_bufs.len());
-        self.rx_chains_for_full_frame() > free
+        self.rx_chains_for_full_frame() > self.rx_chains_driver_holds()
             || self
                 .rx_starved_since
                 .is_some_and(|t| now.duration_since(t) >= self.starve_wait)
@@ -592,6 +592,20 @@ impl NetWorker {
         (done > 0 || completed, irq)
     }
 
+    /// Whether the held merged buffers are too short for the next frame: a largest one, or the
+    /// backend's next when it knows that one's size. Asks the backend only when the room is
+    /// short of a largest frame.
+    fn rx_room_short(&mut self) -> bool {
+        let room = self.rx_bufs.total_room();
+        self.mrg_rxbuf
+            && room < self.max_rx_len
+            && self
+                .parts
+                .backend
+                .rx_frame_len()
+                .is_none_or(|n| room < VNET_HDR_LEN + n)
+    }
+
     /// Whether the backend has (or may have) a frame for the guest.
     fn backend_rx_pending(&self) -> bool {
         self.parts
@@ -621,21 +635,13 @@ impl NetWorker {
             // Refills alone are not activity worth polling on: a driver reposting buffers
             // one at a time would keep the worker spinning. Room matters only with frames
             // pending, and then the worker is starved and waits for a batch.
-            self.rx_ring_drained =
-                self.rx_bufs
-                    .refill(&mut self.rx, &self.mem, &mut self.rx_used, &self.metrics);
+            self.rx_bufs
+                .refill(&mut self.rx, &self.mem, &mut self.rx_used, &self.metrics);
             work |= !self.rx_used.is_empty();
             if frames >= RX_BUDGET {
                 break;
             }
-            // Room for a largest frame, or for the next one when the backend knows its size.
-            let needed = match self.parts.backend.rx_frame_len() {
-                Some(n) => (VNET_HDR_LEN + n).min(self.max_rx_len),
-                None => self.max_rx_len,
-            };
-            let short =
-                self.rx_bufs.is_empty() || (self.mrg_rxbuf && self.rx_bufs.total_room() < needed);
-            if short && (self.rx_bufs.is_empty() || !self.rx_partial_ok(now)) {
+            if self.rx_bufs.is_empty() || (self.rx_room_short() && !self.rx_partial_ok(now)) {
                 starved = self.backend_rx_pending();
                 break;
             }

@@ -28,9 +28,6 @@ use crate::ping::PingRelay;
 use crate::publish::{self, Listener};
 use crate::tcp::{self, After, Produced, Segment, TcpConn, TcpState};
 use crate::udp::UdpFlow;
-
-/// Largest TCP segment without payload: Ethernet, IPv6 and a TCP header with full options.
-const TCP_CONTROL_FRAME_MAX: usize = 14 + 40 + 60;
 use crate::{arp, dhcp, dns, icmp, ipaddr, sys};
 
 mod flows;
@@ -38,6 +35,8 @@ mod guest_in;
 
 use flows::{push_udp_ctrl, sync_udp};
 
+/// Largest TCP segment without payload: Ethernet, IPv6 and a TCP header with full options.
+const TCP_CONTROL_FRAME_MAX: usize = 14 + 40 + 60;
 /// Largest UDP payload copied out of the guest for DHCP/DNS parsing.
 const MAX_CONTROL_MSG: usize = 4096;
 /// Most IP -> domain attributions remembered from DNS answers.
