@@ -77,6 +77,23 @@ pub fn connect_gateway(h: &mut Harness, s: SocketHandle, port: u16, local_port: 
         .unwrap();
 }
 
+/// One step of an upload from the guest socket `s`: queues more of `data` (from `*sent`),
+/// closes once all of it is queued. True once the upload is over (our FIN sent, or the
+/// socket closed).
+pub fn upload_step(h: &mut Harness, s: SocketHandle, data: &[u8], sent: &mut usize) -> bool {
+    let sock = h.sockets.get_mut::<tcp::Socket>(s);
+    if *sent < data.len() && sock.can_send() {
+        *sent += sock.send_slice(&data[*sent..]).unwrap();
+    }
+    if *sent == data.len() && sock.state() == tcp::State::Established {
+        sock.close();
+    }
+    matches!(
+        sock.state(),
+        tcp::State::FinWait2 | tcp::State::TimeWait | tcp::State::Closed
+    )
+}
+
 /// Appends everything the guest socket `s` has received so far to `out`.
 pub fn drain_guest_socket(h: &mut Harness, s: SocketHandle, out: &mut Vec<u8>) {
     let sock = h.sockets.get_mut::<tcp::Socket>(s);

@@ -12,7 +12,7 @@ use smoltcp::wire::{EthernetFrame, Ipv4Packet, TcpPacket};
 
 use crate::common::{
     cfg, connect_gateway, drain_guest_socket, pattern, serve_download, tcp_payload_len, tcp_socket,
-    wait_established,
+    upload_step, wait_established,
 };
 
 /// Guest sends `req`, closes its write side; host reads to EOF, then answers and closes.
@@ -228,17 +228,7 @@ fn lossy_upload(
     }
     let mut sent = 0;
     let ok = h.run_until(2_000_000, Duration::from_secs(60), |h| {
-        let sock = h.sockets.get_mut::<tcp::Socket>(s);
-        if sent < total && sock.can_send() {
-            sent += sock.send_slice(&data[sent..]).unwrap();
-        }
-        if sent == total && sock.state() == tcp::State::Established {
-            sock.close();
-        }
-        matches!(
-            sock.state(),
-            tcp::State::FinWait2 | tcp::State::TimeWait | tcp::State::Closed
-        )
+        upload_step(h, s, &data, &mut sent)
     });
     if !ok {
         let sock = h.sockets.get::<tcp::Socket>(s);

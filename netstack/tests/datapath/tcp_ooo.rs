@@ -11,14 +11,36 @@ use std::rc::Rc;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use netstack::testkit::{Fault, Harness};
+use netstack::testkit::{Fault, FaultHook, Harness};
 use netstack::{NetConfig, NetMetrics};
 use smoltcp::socket::tcp;
 
 use crate::common::{
-    cfg, connect_gateway, every_nth_payload, jumbo_cfg, pattern, serve_download, tcp_fields,
-    tcp_payload_len, tcp_socket, wait_established,
+    cfg, connect_gateway, drain_guest_socket, every_nth_payload, jumbo_cfg, pattern,
+    serve_download, tcp_fields, tcp_payload_len, tcp_socket, upload_step, wait_established,
 };
+
+/// A fault hook that loses the first window update (a pure ACK with a non-zero window) after
+/// a zero window, and the flags it keeps: whether a zero window was seen, and how many
+/// updates it dropped.
+fn lose_first_window_update() -> (Rc<Cell<bool>>, Rc<Cell<u32>>, FaultHook) {
+    let zero_seen = Rc::new(Cell::new(false));
+    let dropped = Rc::new(Cell::new(0u32));
+    let (zero, drops) = (zero_seen.clone(), dropped.clone());
+    let hook: FaultHook = Box::new(move |f| {
+        let Some((win, len)) = tcp_fields(f) else {
+            return Fault::Pass;
+        };
+        if win == 0 {
+            zero.set(true);
+        } else if zero.get() && len == 0 && drops.get() == 0 {
+            drops.set(1);
+            return Fault::Drop;
+        }
+        Fault::Pass
+    });
+    (zero_seen, dropped, hook)
+}
 
 /// What an upload saw.
 struct Upload {
@@ -57,17 +79,7 @@ fn upload(
     }));
     let mut sent = 0;
     let ok = h.run_until(2_000_000, Duration::from_secs(60), |h| {
-        let sock = h.sockets.get_mut::<tcp::Socket>(s);
-        if sent < total && sock.can_send() {
-            sent += sock.send_slice(&data[sent..]).unwrap();
-        }
-        if sent == total && sock.state() == tcp::State::Established {
-            sock.close();
-        }
-        matches!(
-            sock.state(),
-            tcp::State::FinWait2 | tcp::State::TimeWait | tcp::State::Closed
-        )
+        upload_step(h, s, &data, &mut sent)
     });
     assert!(ok, "upload stalled at {sent}: {:?}", h.ns.metrics());
     let got = server.join().unwrap();
@@ -192,22 +204,8 @@ fn a_lost_window_update_is_sent_again() {
     let s = tcp_socket(&mut h, 256 * 1024);
     connect_gateway(&mut h, s, port, 41104);
     assert!(wait_established(&mut h, s));
-    let zero_seen = Rc::new(Cell::new(false));
-    let dropped = Rc::new(Cell::new(0u32));
-    let (zero, drops) = (zero_seen.clone(), dropped.clone());
-    h.fault_to_guest = Some(Box::new(move |f| {
-        let Some((win, len)) = tcp_fields(f) else {
-            return Fault::Pass;
-        };
-        if win == 0 {
-            zero.set(true);
-        } else if zero.get() && len == 0 && drops.get() == 0 {
-            // The first window update after the zero window: lose it.
-            drops.set(1);
-            return Fault::Drop;
-        }
-        Fault::Pass
-    }));
+    let (zero_seen, dropped, hook) = lose_first_window_update();
+    h.fault_to_guest = Some(hook);
     let mut sent = 0;
     let filled = h.run_until(2_000_000, Duration::from_secs(30), |h| {
         let sock = h.sockets.get_mut::<tcp::Socket>(s);
@@ -223,17 +221,7 @@ fn a_lost_window_update_is_sent_again() {
     }
     go_tx.send(()).unwrap();
     let ok = h.run_until(4_000_000, Duration::from_secs(60), |h| {
-        let sock = h.sockets.get_mut::<tcp::Socket>(s);
-        if sent < total && sock.can_send() {
-            sent += sock.send_slice(&data[sent..]).unwrap();
-        }
-        if sent == total && sock.state() == tcp::State::Established {
-            sock.close();
-        }
-        matches!(
-            sock.state(),
-            tcp::State::FinWait2 | tcp::State::TimeWait | tcp::State::Closed
-        )
+        upload_step(h, s, &data, &mut sent)
     });
     let m = h.ns.metrics().clone();
     assert!(ok, "upload stalled at {sent}: {m:?}");
@@ -287,22 +275,8 @@ fn a_lost_guest_window_update_is_recovered_by_a_probe() {
     let s = tcp_socket(&mut h, 16 * 1024);
     connect_gateway(&mut h, s, port, 41106);
     assert!(wait_established(&mut h, s));
-    let zero_seen = Rc::new(Cell::new(false));
-    let dropped = Rc::new(Cell::new(0u32));
-    let (zero, drops) = (zero_seen.clone(), dropped.clone());
-    h.fault = Some(Box::new(move |f| {
-        let Some((win, len)) = tcp_fields(f) else {
-            return Fault::Pass;
-        };
-        if win == 0 {
-            zero.set(true);
-        } else if zero.get() && len == 0 && drops.get() == 0 {
-            // The guest's first window update after its zero window: lose it.
-            drops.set(1);
-            return Fault::Drop;
-        }
-        Fault::Pass
-    }));
+    let (zero_seen, dropped, hook) = lose_first_window_update();
+    h.fault = Some(hook);
     let filled = h.run_until(100_000, Duration::from_secs(10), |_| zero_seen.get());
     assert!(filled, "the guest never advertised a zero window");
     for _ in 0..50 {
@@ -310,12 +284,7 @@ fn a_lost_guest_window_update_is_recovered_by_a_probe() {
     }
     let mut got = Vec::with_capacity(total);
     let ok = h.run_until(1_000_000, Duration::from_secs(60), |h| {
-        let sock = h.sockets.get_mut::<tcp::Socket>(s);
-        let mut buf = [0u8; 8192];
-        while sock.can_recv() {
-            let n = sock.recv_slice(&mut buf).unwrap();
-            got.extend_from_slice(&buf[..n]);
-        }
+        drain_guest_socket(h, s, &mut got);
         got.len() == total
     });
     let m = h.ns.metrics().clone();
