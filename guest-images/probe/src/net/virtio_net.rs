@@ -4,7 +4,8 @@
 //! descriptor owns a buffer that starts at 2 KiB and grows to the largest
 //! frame sent through it. smoltcp reads received frames in place and writes
 //! outgoing frames in place: no copies in the driver, except that a frame
-//! spanning several RX buffers is reassembled into a scratch buffer.
+//! spanning several RX buffers that are not in a row (it wraps around the end
+//! of the buffer area) is reassembled into a scratch buffer.
 //!
 //! Features: VERSION_1, MAC, MRG_RXBUF, EVENT_IDX, MTU. The link MTU is 1500
 //! unless the device announces another (VIRTIO_NET_F_MTU) or DHCP does
@@ -276,6 +277,7 @@ impl RxHalf {
     /// its end) is already contiguous in `bufs`: only the first buffer carries
     /// a virtio header. Such frames are lent to smoltcp in place, as Linux
     /// builds an skb from the pages; the rest are assembled in `scratch`.
+    /// Frames the device did not vouch for are checked here (GUEST_CSUM).
     fn next_frame(&mut self) -> Option<RxFrame> {
         loop {
             let (id, len) = self.queue.pop_used()?;
@@ -291,54 +293,34 @@ impl RxHalf {
                 1
             };
             let vouched = hdr[0] & (HDR_F_NEEDS_CSUM | HDR_F_DATA_VALID) != 0;
-            if num_buffers <= 1 {
-                if self.verify && !vouched && !l4_checksum_ok(&hdr[HDR_LEN..]) {
-                    self.csum_bad += 1;
-                    self.recycle(id);
-                    continue;
-                }
-                return Some(RxFrame::Span {
-                    first: id,
-                    count: 1,
-                    len: len as usize - HDR_LEN,
-                });
-            }
             if num_buffers > MAX_MERGED {
                 self.dropped += 1;
                 self.recycle(id);
                 continue;
             }
-            if let Some(frame) = self.take_span(id, len, num_buffers, vouched) {
-                return Some(frame);
-            }
-            self.scratch.clear();
-            self.scratch
-                .extend_from_slice(&buf_slice(&self.bufs, id, len)[HDR_LEN..]);
-            self.recycle(id);
-            let mut complete = true;
-            for _ in 1..num_buffers {
-                match self.queue.pop_used() {
-                    Some((more, more_len)) => {
-                        let part = buf_slice(&self.bufs, more, more_len);
-                        self.scratch.extend_from_slice(part);
-                        self.recycle(more);
-                    }
+            let frame = if num_buffers <= 1 {
+                RxFrame::Span {
+                    first: id,
+                    count: 1,
+                    len: len as usize - HDR_LEN,
+                }
+            } else if let Some(span) = self.take_span(id, len, num_buffers) {
+                span
+            } else {
+                match self.assemble(id, len, num_buffers) {
+                    Some(frame) => frame,
                     None => {
-                        complete = false;
-                        break;
+                        self.dropped += 1;
+                        continue;
                     }
                 }
-            }
-            if complete && self.verify && !vouched && !l4_checksum_ok(&self.scratch) {
+            };
+            if self.verify && !vouched && !l4_checksum_ok(self.bytes(frame)) {
                 self.csum_bad += 1;
+                self.release(frame);
                 continue;
             }
-            if complete {
-                return Some(RxFrame::Scratch {
-                    len: self.scratch.len(),
-                });
-            }
-            self.dropped += 1;
+            return Some(frame);
         }
     }
 
@@ -346,7 +328,7 @@ impl RxHalf {
     /// `len`), if it lies in the following buffers in a row, each filled but
     /// the last: then it is one contiguous slice of `bufs`. `None` (nothing
     /// taken) otherwise.
-    fn take_span(&mut self, first: u16, len: u32, count: u16, vouched: bool) -> Option<RxFrame> {
+    fn take_span(&mut self, first: u16, len: u32, count: u16) -> Option<RxFrame> {
         let in_row = usize::from(first) + usize::from(count) <= usize::from(self.queue.size())
             && len as usize == BUF_LEN
             && (1..count).all(|k| match self.queue.peek_used(k - 1) {
@@ -363,19 +345,50 @@ impl RxHalf {
             let (_, l) = self.queue.pop_used()?;
             total += (l as usize).min(BUF_LEN);
         }
-        let start = usize::from(first) * BUF_LEN + HDR_LEN;
-        if self.verify && !vouched && !l4_checksum_ok(&self.bufs[start..start + total]) {
-            self.csum_bad += 1;
-            for id in first..first + count {
-                self.recycle(id);
-            }
-            return Some(RxFrame::Dropped);
-        }
         Some(RxFrame::Span {
             first,
             count,
             len: total,
         })
+    }
+
+    /// Copies a merged frame of `count` buffers, the first `first` (used
+    /// length `len`), into `scratch`, returning every buffer to the ring;
+    /// `None` if the device has not published all of them.
+    fn assemble(&mut self, first: u16, len: u32, count: u16) -> Option<RxFrame> {
+        self.scratch.clear();
+        self.scratch
+            .extend_from_slice(&buf_slice(&self.bufs, first, len)[HDR_LEN..]);
+        self.recycle(first);
+        for _ in 1..count {
+            let (more, more_len) = self.queue.pop_used()?;
+            let part = buf_slice(&self.bufs, more, more_len);
+            self.scratch.extend_from_slice(part);
+            self.recycle(more);
+        }
+        Some(RxFrame::Scratch {
+            len: self.scratch.len(),
+        })
+    }
+
+    /// The bytes of `frame`.
+    fn bytes(&self, frame: RxFrame) -> &[u8] {
+        match frame {
+            RxFrame::Span { first, len, .. } => {
+                let start = usize::from(first) * BUF_LEN + HDR_LEN;
+                &self.bufs[start..start + len]
+            }
+            RxFrame::Scratch { len } => &self.scratch[..len],
+        }
+    }
+
+    /// Returns `frame`'s buffers to the ring (a scratch frame's are back already).
+    fn release(&mut self, frame: RxFrame) {
+        if let RxFrame::Span { first, count, .. } = frame {
+            for id in first..first + count {
+                self.recycle(id);
+            }
+        }
     }
 }
 
@@ -387,8 +400,6 @@ enum RxFrame {
     Span { first: u16, count: u16, len: usize },
     /// Assembled in `scratch` (its buffers are back in the ring already).
     Scratch { len: usize },
-    /// Failed the checksum check; its buffers are back in the ring.
-    Dropped,
 }
 
 /// Bytes `0..len` (clamped) of buffer `id`.
@@ -423,18 +434,9 @@ impl phy::RxToken for NetRxToken<'_> {
         F: FnOnce(&[u8]) -> R,
     {
         self.rx.stats_frames += 1;
-        match self.frame {
-            RxFrame::Span { first, count, len } => {
-                let start = usize::from(first) * BUF_LEN + HDR_LEN;
-                let r = f(&self.rx.bufs[start..start + len]);
-                for id in first..first + count {
-                    self.rx.recycle(id);
-                }
-                r
-            }
-            RxFrame::Scratch { len } => f(&self.rx.scratch[..len]),
-            RxFrame::Dropped => f(&[]),
-        }
+        let r = f(self.rx.bytes(self.frame));
+        self.rx.release(self.frame);
+        r
     }
 }
 
