@@ -48,7 +48,7 @@
 //!
 //! This module never dereferences guest memory and submits no operation that writes into a
 //! buffer of ours. The only operations that read caller memory are `writev`s, whose owner
-//! waits for them ([`EventLoop::drain_io`]) before releasing their iovecs.
+//! waits for them ([`EventLoop::quiesce`]) before releasing their iovecs.
 
 use std::collections::HashMap;
 use std::io;
@@ -275,7 +275,7 @@ impl EventLoop {
     ///
     /// The iovec array and every buffer it points to must stay valid and unchanged by the
     /// caller until the completion has been reported (see [`io_in_flight`](Self::io_in_flight)
-    /// and [`drain_io`](Self::drain_io)).
+    /// and [`quiesce`](Self::quiesce)).
     pub unsafe fn writev(
         &mut self,
         fd: RawFd,
@@ -296,16 +296,25 @@ impl EventLoop {
         self.io_in_flight
     }
 
-    /// Waits up to `timeout` for every in-flight [`writev`](Self::writev) to complete,
-    /// appending all events to `events`; returns whether none is left in flight.
-    pub fn drain_io(&mut self, timeout: Duration, events: &mut Vec<Event>) -> bool {
+    /// Backend polls armed or being cancelled, whose completions are still to come.
+    fn polls_pending(&self) -> usize {
+        self.polls.iter().filter(|p| p.is_some()).count()
+    }
+
+    /// Before the loop is dropped: cancels every backend poll and waits up to `timeout` for
+    /// those cancellations and every in-flight [`writev`](Self::writev) to complete,
+    /// appending events to `events`; returns whether nothing is left in flight. A poll or
+    /// write still pending holds a reference to its file, which the kernel only drops when it
+    /// tears the ring down, after this process may have exited; a tap would then stay
+    /// attached (`EBUSY` for the next VMM to open it) and a listening socket bound.
+    pub fn quiesce(&mut self, timeout: Duration, events: &mut Vec<Event>) -> bool {
+        if self.sync_fds(&[]).is_err() {
+            return false;
+        }
         let deadline = std::time::Instant::now() + timeout;
-        while self.io_in_flight > 0 {
+        while self.io_in_flight > 0 || self.polls_pending() > 0 {
             let now = std::time::Instant::now();
-            if now >= deadline {
-                return false;
-            }
-            if self.wait(Some(deadline - now), events).is_err() {
+            if now >= deadline || self.wait(Some(deadline - now), events).is_err() {
                 return false;
             }
         }
@@ -530,5 +539,30 @@ mod tests {
                 writable: false
             }]
         );
+    }
+
+    /// After `quiesce`, no operation holds a backend descriptor: a listening socket that was
+    /// being polled can be closed and its port bound again at once, with the loop still alive.
+    #[test]
+    fn quiesce_releases_every_polled_descriptor() {
+        let mut lp = EventLoop::new(16).unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let interest = FdInterest {
+            fd: listener.as_raw_fd(),
+            token: 1,
+            readable: true,
+            writable: false,
+        };
+        let mut ev = Vec::new();
+        lp.sync_fds(&[interest]).unwrap();
+        lp.wait(Some(Duration::ZERO), &mut ev).unwrap();
+        assert_eq!(lp.polls_pending(), 1);
+        assert!(lp.quiesce(Duration::from_secs(5), &mut ev));
+        assert_eq!(lp.polls_pending(), 0);
+        assert!(ev.is_empty(), "a cancelled poll reported {ev:?}");
+        drop(listener);
+        std::net::TcpListener::bind(addr).expect("the port is free once the poll is gone");
+        drop(lp);
     }
 }

@@ -14,6 +14,12 @@ use common::*;
 
 const GIB: u64 = 1 << 30;
 
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local addr").port()
+}
+
 /// Runs the probe on `--net user` with extra ringfence flags and probe words.
 fn run_user(probe: &std::path::Path, flags: &[&str], words: &[&str]) -> Output {
     Command::new(ringfence_bin())
@@ -48,6 +54,34 @@ fn dhcp_lease_and_the_gateway_answers_ping() {
     assert_eq!(j["received"], 5);
     // virtio VIRTIO_NET_F_MTU and DHCP option 26 both carry the default link MTU.
     assert_eq!(j["mtu"], 65520, "{j}");
+}
+
+/// VMs run back to back can publish the same host port: the first closes its listener
+/// before its process ends (the io_uring polls holding it are cancelled at stop). Before,
+/// about 1 in 10 runs failed with "Address already in use".
+#[test]
+fn back_to_back_vms_publish_the_same_port() {
+    let probe = require!(kvm_and_probe());
+    let port = free_port();
+    let publish = format!("127.0.0.1:{port}:80");
+    for run in 0..20 {
+        let o = run_user(
+            &probe,
+            &["-p", &publish],
+            &[
+                "probe.scenario=ping",
+                "probe.peer=172.16.0.1",
+                "probe.count=1",
+            ],
+        );
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "run {run}: {}\n{}",
+            stdout(&o),
+            stderr(&o)
+        );
+    }
 }
 
 /// `--mtu` reaches the guest (virtio config space and DHCP agree on it).
@@ -265,10 +299,7 @@ fn ipv6_reaches_the_hosts_loopback_through_the_gateway() {
 #[test]
 fn a_published_port_reaches_a_server_in_the_guest() {
     let probe = require!(kvm_and_probe());
-    let host_port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let host_port = free_port();
     let mut vm = Command::new(ringfence_bin())
         .args(["run", "--kernel"])
         .arg(&probe)

@@ -177,13 +177,17 @@ impl NetWorker {
         if let Ok(mut counters) = self.metrics.backend.lock() {
             *counters = self.parts.backend.counters();
         }
-        // Writes through the ring still reference `tx_slots` and guest memory.
+        // Writes through the ring still reference `tx_slots` and guest memory, and armed polls
+        // keep the backend's descriptors (a tap, listening sockets) open past our exit.
         let mut events = Vec::new();
-        if !self.lp.drain_io(Duration::from_secs(2), &mut events) {
-            tracing::error!(
-                in_flight = self.lp.io_in_flight(),
-                "virtio-net: TX writes did not complete; leaking their buffers"
+        if !self.lp.quiesce(Duration::from_secs(2), &mut events) {
+            tracing::warn!(
+                io_in_flight = self.lp.io_in_flight(),
+                "virtio-net: the ring did not settle at stop"
             );
+        }
+        if self.lp.io_in_flight() > 0 {
+            tracing::error!("virtio-net: TX writes did not complete; leaking their buffers");
             std::mem::forget(std::mem::take(&mut self.tx_slots));
             std::mem::forget(self.mem.clone());
         }

@@ -56,7 +56,7 @@ pub enum TapError {
         op: &'static str,
     },
     /// The interface is already attached by someone else.
-    #[error("tap {name} is busy: another process has it open; close it or pick another interface")]
+    #[error("tap {name} is busy: another process has had it open for over a second; close it or pick another interface")]
     Busy {
         /// Interface name.
         name: String,
@@ -72,6 +72,9 @@ pub enum TapError {
         source: io::Error,
     },
 }
+
+/// How long an attached (`EBUSY`) tap is retried before [`TapError::Busy`].
+const BUSY_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A tap interface used as the device's backend.
 #[derive(Debug)]
@@ -136,11 +139,23 @@ impl TapBackend {
             _pad: [0; 22],
         };
         req.name[..bytes.len()].copy_from_slice(bytes);
-        // SAFETY: TUNSETIFF reads and writes a `struct ifreq`; `req` has its layout (name,
-        // then the flags member of the union, padded to the full 40 bytes) and lives across
-        // the call.
-        if unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETIFF, &mut req as *mut IfReqFlags) } < 0 {
-            return Err(ioctl_err(name, "TUNSETIFF", io::Error::last_os_error()));
+        // A process that just closed the tap may still hold it for a moment (the kernel drops
+        // descriptors referenced by a dying process's io_uring after the process is gone), so
+        // EBUSY is retried for a bounded time before it is reported.
+        let busy_deadline = std::time::Instant::now() + BUSY_RETRY_FOR;
+        loop {
+            // SAFETY: TUNSETIFF reads and writes a `struct ifreq`; `req` has its layout (name,
+            // then the flags member of the union, padded to the full 40 bytes) and lives
+            // across the call.
+            if unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETIFF, &mut req as *mut IfReqFlags) } >= 0 {
+                break;
+            }
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::EBUSY) || std::time::Instant::now() >= busy_deadline
+            {
+                return Err(ioctl_err(name, "TUNSETIFF", err));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
         }
         let hdr_len: libc::c_int = super::super::header::VNET_HDR_LEN as libc::c_int;
         // SAFETY: TUNSETVNETHDRSZ reads one `int` through the pointer, which is valid.
