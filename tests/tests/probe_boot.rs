@@ -135,17 +135,17 @@ fn timeout_stops_a_guest_that_never_exits() {
     );
 }
 
-#[test]
-fn sigint_stops_the_vm_cleanly() {
-    let probe = probe_or_skip!();
+/// Starts a probe that spins for ever (with `extra` ringfence flags) and returns once its
+/// ready line is out, so the VM is surely running; the caller stops it.
+fn spawn_spinning_probe(probe: &std::path::Path, extra: &[&str]) -> std::process::Child {
     let mut child = Command::new(ringfence_bin())
-        .args(["run", "--kernel", probe.to_str().unwrap(), "--"])
-        .arg("probe.scenario=spin:1000000000000000")
+        .args(["run", "--kernel", probe.to_str().unwrap()])
+        .args(extra)
+        .args(["--", "probe.scenario=spin:1000000000000000"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn");
-    // Wait for the ready line so the VM is surely running.
     let mut out = child.stdout.take().unwrap();
     let mut buf = [0u8; 64];
     let mut seen = Vec::new();
@@ -156,6 +156,55 @@ fn sigint_stops_the_vm_cleanly() {
         assert!(n > 0, "stdout closed early");
         seen.extend_from_slice(&buf[..n]);
     }
+    child
+}
+
+/// `(thread name, nice)` of every thread of process `pid`, from /proc.
+fn thread_nice_values(pid: u32) -> Vec<(String, i64)> {
+    let mut threads = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task")).expect("task dir") {
+        let stat =
+            std::fs::read_to_string(entry.expect("task").path().join("stat")).expect("task stat");
+        let (open, close) = (stat.find('(').unwrap(), stat.rfind(')').unwrap());
+        // Fields after the name: state is the first, nice the 17th (stat field 19).
+        let nice = stat[close + 2..]
+            .split_whitespace()
+            .nth(16)
+            .and_then(|v| v.parse().ok())
+            .expect("nice field");
+        threads.push((stat[open + 1..close].to_string(), nice));
+    }
+    threads
+}
+
+#[test]
+fn vcpu_nice_lowers_the_vcpu_threads_only() {
+    let probe = probe_or_skip!();
+    let mut child = spawn_spinning_probe(&probe, &["--vcpus", "2", "--vcpu-nice", "7"]);
+    let threads = thread_nice_values(child.id());
+    let _ = child.kill();
+    let _ = child.wait();
+    let vcpus: Vec<_> = threads
+        .iter()
+        .filter(|(n, _)| n.starts_with("vcpu"))
+        .collect();
+    assert_eq!(vcpus.len(), 2, "{threads:?}");
+    assert!(vcpus.iter().all(|(_, nice)| *nice == 7), "{threads:?}");
+    // KVM's own workers in the process (`kvm-nx-lpage-recovery`) are created by the first
+    // KVM_RUN and inherit the vCPU's nice; every ringfence thread besides the vCPUs keeps 0.
+    assert!(
+        threads
+            .iter()
+            .filter(|(n, _)| !n.starts_with("vcpu") && !n.starts_with("kvm-"))
+            .all(|(_, nice)| *nice == 0),
+        "only vCPU threads are lowered: {threads:?}"
+    );
+}
+
+#[test]
+fn sigint_stops_the_vm_cleanly() {
+    let probe = probe_or_skip!();
+    let mut child = spawn_spinning_probe(&probe, &[]);
     // SAFETY: the pid is our live child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -241,6 +290,11 @@ fn bad_input_gives_one_clear_line_and_a_nonzero_exit() {
             "unexpected argument '--bogus-flag'",
         ),
         (&["run", "--mem", "lots"], 2, "invalid value 'lots'"),
+        (
+            &["run", "--vcpu-nice", "20"],
+            2,
+            "invalid value '20' for '--vcpu-nice <N>'",
+        ),
     ];
     for (args, code, needle) in cases {
         let o = ringfence(args);

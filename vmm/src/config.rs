@@ -14,6 +14,10 @@ pub const DEFAULT_MEM_MIB: u64 = 128;
 pub const DEFAULT_VCPUS: u8 = 1;
 /// Most vCPUs the MP table and APIC ids we build can describe.
 pub const MAX_VCPUS: u8 = 254;
+/// Default nice value of the vCPU threads (see [`VmConfig::vcpu_nice`]).
+pub const DEFAULT_VCPU_NICE: u8 = 0;
+/// Highest nice value Linux knows.
+pub const MAX_NICE: u8 = 19;
 
 /// Where the guest's serial output goes.
 pub enum Console {
@@ -60,6 +64,12 @@ pub struct VmConfig {
     pub legacy_pit: bool,
     /// Guest networking.
     pub net: NetSettings,
+    /// Nice value of the vCPU threads (0..=19), relative to the VMM's device threads, which
+    /// stay at the process's own. Above 0, work the guest is waiting for (a device thread
+    /// moving its packets) preempts a vCPU at once instead of queueing behind it, on a host
+    /// with fewer free cores than busy threads; the price is that the guest yields to every
+    /// other host process at the normal nice level too.
+    pub vcpu_nice: u8,
 }
 
 impl VmConfig {
@@ -76,6 +86,7 @@ impl VmConfig {
             pass_tsc_khz: false,
             legacy_pit: true,
             net: NetSettings::default(),
+            vcpu_nice: DEFAULT_VCPU_NICE,
         }
     }
 }

@@ -127,6 +127,11 @@ struct RunArgs {
     /// The guest's MAC address (default: random, locally administered).
     #[arg(long, value_name = "MAC", value_parser = parse_mac)]
     mac: Option<[u8; 6]>,
+    /// Nice value of the vCPU threads, 0..=19 (default 0). Raising it lets the VMM's device
+    /// threads preempt a busy vCPU at once when cores are short, which is what a guest that
+    /// busy-polls its rings needs; it also makes the guest yield to other host processes.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(0..=19))]
+    vcpu_nice: Option<u8>,
     /// Do not create the legacy i8254 PIT (the built-in probe guest never needs it; on nested
     /// hosts its teardown costs ~10 ms per VM).
     #[arg(long)]
@@ -228,6 +233,9 @@ fn run(mut args: RunArgs) -> Result<u8, String> {
     config.timeout = timeout;
     config.pass_tsc_khz = is_probe || config.cmdline.contains("probe.");
     config.legacy_pit = !(args.no_pit || is_probe);
+    if let Some(n) = args.vcpu_nice {
+        config.vcpu_nice = n;
+    }
     config.console = match args.console {
         Some(p) => Console::File(p),
         None => Console::Stdout,

@@ -60,16 +60,39 @@ impl VmShared {
     }
 }
 
-/// Starts vCPU `index` on its own thread.
+/// Starts vCPU `index` on its own thread, at nice value `nice` (see
+/// [`crate::config::VmConfig::vcpu_nice`]).
 pub fn spawn(
     index: u8,
     vcpu: VcpuFd,
     bus: Arc<IoBus>,
     shared: Arc<VmShared>,
+    nice: u8,
 ) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name(format!("vcpu{index}"))
-        .spawn(move || run(index, vcpu, &bus, &shared))
+        .spawn(move || {
+            if nice > 0 {
+                if let Err(e) = set_thread_nice(nice) {
+                    eprintln!("ringfence: warning: vCPU {index} stays at nice 0: {e}");
+                }
+            }
+            run(index, vcpu, &bus, &shared)
+        })
+}
+
+/// Sets the calling thread's nice value (Linux keeps one per thread).
+fn set_thread_nice(nice: u8) -> std::io::Result<()> {
+    // SAFETY: gettid has no arguments and cannot fail.
+    let tid = unsafe { libc::gettid() };
+    // SAFETY: setpriority only reads its integer arguments; PRIO_PROCESS with a thread id
+    // changes that one thread.
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, i32::from(nice)) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 fn run(index: u8, mut vcpu: VcpuFd, bus: &IoBus, shared: &VmShared) {

@@ -223,7 +223,7 @@ impl Vm {
         let started = Instant::now();
         let mut threads = Vec::with_capacity(vcpus.len());
         for (index, fd) in vcpus.into_iter().enumerate() {
-            match vcpu::spawn(index as u8, fd, bus.clone(), shared.clone()) {
+            match vcpu::spawn(index as u8, fd, bus.clone(), shared.clone(), cfg.vcpu_nice) {
                 Ok(t) => threads.push(t),
                 Err(e) => {
                     stop_vcpus(&shared, threads, VmExit::Internal("setup failed".into()));
