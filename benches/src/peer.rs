@@ -1,6 +1,8 @@
 //! Host-side traffic peers used by the end-to-end benchmarks and tests, the same for every
 //! system under test: a TCP sink, a TCP source, a TCP echo (for 1-byte ping-pong) and a UDP
-//! echo. Each serves a bounded number of connections and returns what it measured.
+//! echo. Each serves a bounded number of connections and returns what it measured. The same
+//! sink and source also run as clients ([`connect`]), which is how the benchmark measures the
+//! host's own loopback ceiling with no VM in the path.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -180,6 +182,68 @@ pub fn source_stream(mut s: TcpStream, bytes: u64) -> io::Result<(Transfer, Inst
         pattern_ok: true,
     };
     Ok((t, start, Instant::now()))
+}
+
+/// Connects to `addr`, retrying until `timeout` (the listener may still be starting), with
+/// the same read and write timeouts an accepted connection gets.
+pub fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match TcpStream::connect_timeout(&addr, timeout) {
+            Ok(s) => {
+                s.set_read_timeout(Some(timeout))?;
+                s.set_write_timeout(Some(timeout))?;
+                return Ok(s);
+            }
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("cannot connect to {addr}: {e}"),
+                ))
+            }
+        }
+    }
+}
+
+/// A thread that keeps one CPU busy until dropped: the stand-in for a guest vCPU that
+/// busy-polls its rings (as the probe guest does), so that a VM-less transfer measures the
+/// host under the same CPU pressure as a VM one.
+pub struct BusyCore {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<u64>>,
+}
+
+impl BusyCore {
+    /// Starts spinning.
+    pub fn start() -> Self {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut spins = 0u64;
+            while !flag.load(Ordering::Relaxed) {
+                spins = spins.wrapping_add(1);
+                std::hint::spin_loop();
+            }
+            spins
+        });
+        BusyCore {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for BusyCore {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// Echoes UDP datagrams until `idle` passes without one, or `max` datagrams were echoed.

@@ -8,8 +8,12 @@
 //! rf-peer echo    ADDR [--conns N] [--timeout S]       echo each connection until EOF
 //! rf-peer udp-echo ADDR [--max N] [--timeout S]        echo datagrams until idle
 //! rf-peer dns     ADDR NAME=IP[,IP]... [--timeout S]   static DNS responder (UDP)
+//! rf-peer send    ADDR BYTES [--busy-core]             client: connect, send BYTES of the pattern
+//! rf-peer recv    ADDR [--busy-core]                   client: connect, read to EOF, check it
 //! ```
-//! Prints `listening ADDR` once bound, then one JSON line per connection.
+//! Servers print `listening ADDR` once bound, then one JSON line per connection; clients print
+//! their one JSON line. `--busy-core` keeps one more CPU spinning during a client transfer,
+//! the way the probe guest's vCPU does, so a VM-less run faces the same CPU pressure.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::process::ExitCode;
@@ -40,7 +44,7 @@ fn flag(args: &[String], name: &str, default: u64) -> Result<u64, String> {
 fn run(args: Vec<String>) -> Result<(), String> {
     let mode = args
         .first()
-        .ok_or("usage: rf-peer sink|source|echo|udp-echo ADDR ...")?;
+        .ok_or("usage: rf-peer sink|source|echo|udp-echo|dns|send|recv ADDR ...")?;
     let addr: SocketAddr = args
         .get(1)
         .ok_or("missing ADDR (e.g. 127.0.0.1:5201)")?
@@ -75,6 +79,9 @@ fn run(args: Vec<String>) -> Result<(), String> {
         println!("{{\"role\":\"udp-echo\",\"datagrams\":{n}}}");
         return Ok(());
     }
+    if mode == "send" || mode == "recv" {
+        return client(mode, addr, &args, timeout);
+    }
     let listener = peer::listen(addr).map_err(|e| e.to_string())?;
     println!(
         "listening {}",
@@ -107,13 +114,39 @@ fn run(args: Vec<String>) -> Result<(), String> {
             other => return Err(format!("unknown mode {other:?}")),
         }
         .map_err(|e| e.to_string())?;
-        println!(
-            "{{\"role\":\"{mode}\",\"bytes\":{},\"seconds\":{:.6},\"gbps\":{:.3},\"pattern_ok\":{}}}",
-            t.bytes,
-            t.seconds,
-            t.gbps(),
-            t.pattern_ok
-        );
+        print_transfer(mode, &t);
     }
     Ok(())
+}
+
+/// `send` / `recv`: one client connection, optionally with a busy core beside it.
+fn client(mode: &str, addr: SocketAddr, args: &[String], timeout: Duration) -> Result<(), String> {
+    let busy = args
+        .iter()
+        .any(|a| a == "--busy-core")
+        .then(peer::BusyCore::start);
+    let s = peer::connect(addr, timeout).map_err(|e| e.to_string())?;
+    let (t, _, _) = if mode == "send" {
+        let bytes: u64 = args
+            .get(2)
+            .and_then(|b| b.parse().ok())
+            .ok_or("send needs BYTES")?;
+        peer::source_stream(s, bytes)
+    } else {
+        peer::sink_stream(s)
+    }
+    .map_err(|e| e.to_string())?;
+    drop(busy);
+    print_transfer(mode, &t);
+    Ok(())
+}
+
+fn print_transfer(role: &str, t: &peer::Transfer) {
+    println!(
+        "{{\"role\":\"{role}\",\"bytes\":{},\"seconds\":{:.6},\"gbps\":{:.3},\"pattern_ok\":{}}}",
+        t.bytes,
+        t.seconds,
+        t.gbps(),
+        t.pattern_ok
+    );
 }

@@ -23,6 +23,8 @@ pub struct RunSample {
     pub status: i32,
     /// Every line the process printed on stdout.
     pub stdout: Vec<String>,
+    /// What it printed on stderr (errors, warnings).
+    pub stderr: String,
     /// CPU times of the process (and of `also_sample`) when the result line appeared.
     pub cpu_at_result: Option<(super::procstat::CpuTimes, Option<super::procstat::CpuTimes>)>,
 }
@@ -55,6 +57,13 @@ pub fn run_measured_with(
         .spawn()
         .with_context(|| format!("cannot start {:?}", cmd.get_program()))?;
     let stdout = child.stdout.take().context("no stdout pipe")?;
+    let mut stderr_pipe = child.stderr.take().context("no stderr pipe")?;
+    // Drained on its own thread so a chatty child never blocks on a full pipe.
+    let stderr_reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr_pipe, &mut text);
+        text
+    });
     let marker = ready_marker.to_string();
     let (tx, rx) = mpsc::channel();
     let child_pid = child.id();
@@ -103,6 +112,7 @@ pub fn run_measured_with(
         bail!("wait4 failed: {}", std::io::Error::last_os_error());
     }
     let _ = reader.join();
+    let stderr = stderr_reader.join().unwrap_or_default();
     let (ready, stdout, cpu_at_result) = rx.recv().unwrap_or((None, Vec::new(), None));
     let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, (t.tv_usec as u32) * 1000);
     // std's Child would try to reap again on wait(); we never call it, and dropping it is fine.
@@ -114,6 +124,7 @@ pub fn run_measured_with(
         max_rss_kib: usage.ru_maxrss as u64,
         status,
         stdout,
+        stderr,
         cpu_at_result,
     })
 }

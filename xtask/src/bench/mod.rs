@@ -2,6 +2,7 @@
 //! report in `target/bench/`.
 
 mod boot;
+mod ceiling;
 mod measure;
 mod net;
 mod netns;
@@ -39,10 +40,11 @@ pub fn run(args: &[String]) -> Result<()> {
                 })?;
                 let names: Vec<String> = list.split(',').map(|s| s.trim().to_string()).collect();
                 for n in &names {
-                    if !net::System::ALL.iter().any(|s| s.name() == n) {
+                    if n != ceiling::NAME && !net::System::ALL.iter().any(|s| s.name() == n) {
                         bail!(
-                            "--systems: unknown system {n:?} (known: {})",
-                            net::System::ALL.map(|s| s.name()).join(", ")
+                            "--systems: unknown system {n:?} (known: {}, {})",
+                            net::System::ALL.map(|s| s.name()).join(", "),
+                            ceiling::NAME
                         );
                     }
                 }
@@ -203,7 +205,7 @@ fn run_net(
     };
     let mut systems = Vec::new();
     if user_backend_available(bin) {
-        systems.push(net::System::RingfenceUser);
+        systems.extend([net::System::RingfenceUser, net::System::RingfenceUserNice]);
     } else {
         report.notes.push(
             "ringfence-user: not measured — `--net user` is not available in this build.".into(),
@@ -223,6 +225,7 @@ fn run_net(
         bytes >> 20,
         systems.len() * reps * if quick { 8 } else { 20 }
     ));
+    let systems_run = systems.clone();
     for system in systems {
         if let Err(e) = harness.run_system(&ns, system, reps, report) {
             println!("\n    {}: failed: {e:#}", system.name());
@@ -231,7 +234,27 @@ fn run_net(
                 .push(format!("{}: not measured — {e:#}", system.name()));
         }
     }
+    let with_ceiling = only.is_none_or(|o| o.iter().any(|n| n == ceiling::NAME));
+    if with_ceiling {
+        if let Err(e) = ceiling::run(&ns, peer, bytes, reps, report) {
+            println!("\n    {}: failed: {e:#}", ceiling::NAME);
+            report
+                .notes
+                .push(format!("{}: not measured — {e:#}", ceiling::NAME));
+        }
+    }
     done(t);
+    if systems_run.contains(&net::System::RingfenceUserNice) {
+        report.notes.push(
+            "ringfence-user-nice: ringfence-user with `--vcpu-nice 10`, so its device thread preempts the busy-polling vCPU instead of queueing behind it (not the default: it also makes the guest yield to every other host process).".into(),
+        );
+    }
+    if with_ceiling {
+        report.notes.push(format!(
+            "{}: no VM — a native rf-peer client in the guest's place, same peers and bytes, with one more core kept busy the way the probe's vCPU is; the most any user-mode VMM could reach here between a guest and a host loopback socket.",
+            ceiling::NAME
+        ));
+    }
     report.notes.push(format!(
         "Network: the probe guest (128 MiB, 1 vCPU) per system in a private namespace; {reps} repetitions of: tcp-send and tcp-recv of {} MiB (throughput measured by the host-side rf-peer, pattern checked), and {} 1-byte TCP round trips (p50/p99 measured in the guest with its TSC). \
 cpu_s_per_gb = host CPU seconds (user+system minus guest time from /proc/PID/stat, VMM plus helper such as passt) per GB moved; rss_mib = VMM peak RSS plus helper. \

@@ -4,6 +4,7 @@
 //! | system | guest ↔ host path |
 //! |---|---|
 //! | `ringfence-user` | ringfence virtio-net → userspace netstack → host sockets |
+//! | `ringfence-user-nice` | the same with `--vcpu-nice 10` (device threads preempt the vCPU) |
 //! | `ringfence-tap` | ringfence virtio-net → tap (kernel) |
 //! | `qemu-tap` | QEMU microvm virtio-net (userspace, no vhost-net here) → tap |
 //! | `qemu-passt` | QEMU microvm virtio-net → passt over a stream socket |
@@ -24,6 +25,9 @@ use super::measure::{run_measured_with, RunSample};
 use super::netns::{BenchNetns, TAP_GUEST, TAP_HOST};
 use super::report::{Metric, Report};
 
+/// The vCPU nice value of `ringfence-user-nice`.
+const TUNED_VCPU_NICE: u8 = 10;
+
 /// Time limit for one guest run.
 const RUN_LIMIT: Duration = Duration::from_secs(180);
 
@@ -32,6 +36,8 @@ const RUN_LIMIT: Duration = Duration::from_secs(180);
 pub enum System {
     /// ringfence with the userspace netstack.
     RingfenceUser,
+    /// The same with the vCPU thread at nice [`TUNED_VCPU_NICE`].
+    RingfenceUserNice,
     /// ringfence on a tap.
     RingfenceTap,
     /// QEMU microvm on a tap.
@@ -44,8 +50,9 @@ pub enum System {
 
 impl System {
     /// Every system the suite knows, in report order.
-    pub const ALL: [System; 5] = [
+    pub const ALL: [System; 6] = [
         System::RingfenceUser,
+        System::RingfenceUserNice,
         System::RingfenceTap,
         System::QemuTap,
         System::QemuPasst,
@@ -56,6 +63,7 @@ impl System {
     pub fn name(self) -> &'static str {
         match self {
             System::RingfenceUser => "ringfence-user",
+            System::RingfenceUserNice => "ringfence-user-nice",
             System::RingfenceTap => "ringfence-tap",
             System::QemuTap => "qemu-tap",
             System::QemuPasst => "qemu-passt",
@@ -81,7 +89,7 @@ impl System {
         match self {
             System::RingfenceTap | System::QemuTap => TAP_HOST,
             // The netstack's gateway (first /30 of 172.16.0.0/12) reaches host loopback.
-            System::RingfenceUser => "172.16.0.1",
+            System::RingfenceUser | System::RingfenceUserNice => "172.16.0.1",
             // passt maps the (copied) default gateway to the host.
             System::QemuPasst => "198.51.100.254",
             System::QemuUser => "10.0.2.2",
@@ -138,7 +146,7 @@ impl NetBench<'_> {
         }
         let cmdline = cmdline.join(" ");
         match system {
-            System::RingfenceUser | System::RingfenceTap => {
+            System::RingfenceUser | System::RingfenceUserNice | System::RingfenceTap => {
                 let mut c = ns.command(self.ringfence);
                 c.arg("run")
                     .arg("--kernel")
@@ -152,6 +160,9 @@ impl NetBench<'_> {
                 } else {
                     // The peer is on the host's loopback: the `host` group must be allowed.
                     c.args(["user", "--net-rule", "allow@host"]);
+                }
+                if system == System::RingfenceUserNice {
+                    c.args(["--vcpu-nice", &TUNED_VCPU_NICE.to_string()]);
                 }
                 c
             }
@@ -245,9 +256,10 @@ impl NetBench<'_> {
             .find(|l| l.starts_with("{\"scenario\":"))
             .with_context(|| {
                 format!(
-                    "{}: no probe result (exit {:?}); output:\n{}",
+                    "{}: no probe result (exit {:?}); stderr: {}; output:\n{}",
                     system.name(),
                     run.sample.code(),
+                    run.sample.stderr.trim(),
                     run.sample.stdout.join("\n")
                 )
             })?;
@@ -256,13 +268,6 @@ impl NetBench<'_> {
             bail!("{}: probe reported failure: {line}", system.name());
         }
         Ok(v)
-    }
-
-    fn peer_result(child: Child) -> Result<serde_json::Value> {
-        let o = child.wait_with_output()?;
-        let text = String::from_utf8_lossy(&o.stdout);
-        let line = text.lines().last().unwrap_or("");
-        serde_json::from_str(line).with_context(|| format!("rf-peer said {text:?}"))
     }
 
     /// One bulk transfer over `flows` parallel connections (peer `role` sink or source);
@@ -297,7 +302,7 @@ impl NetBench<'_> {
         }
         let run = self.run_guest(ns, system, &words)?;
         Self::result(&run, system)?;
-        let r = Self::peer_result(peer)?;
+        let r = peer.result()?;
         let expected = if role == "sink" {
             self.bytes
         } else {
@@ -349,7 +354,7 @@ impl NetBench<'_> {
                 ],
             )?;
             Self::result(&run, system)?;
-            let sink = Self::peer_result(peer)?;
+            let sink = peer.result()?;
             if sink["bytes"] != self.bytes || sink["pattern_ok"] != true {
                 bail!(
                     "{}: sink got {sink} (expected {} intact bytes)",
@@ -393,7 +398,7 @@ impl NetBench<'_> {
                     r["pattern_ok"]
                 );
             }
-            let src = Self::peer_result(peer)?;
+            let src = peer.result()?;
             h2g.push(src["gbps"].as_f64().unwrap_or(0.0));
             host_cpu += cpu_of(&run);
             cpu_per_gb.push(host_cpu / (2.0 * self.bytes as f64 / 1e9));
@@ -417,7 +422,7 @@ impl NetBench<'_> {
                 ],
             )?;
             let r = Self::result(&run, system)?;
-            Self::peer_result(peer)?;
+            peer.result()?;
             p50.push(r["p50_us"].as_f64().unwrap_or(f64::NAN));
             p99.push(r["p99_us"].as_f64().unwrap_or(f64::NAN));
         }

@@ -64,7 +64,7 @@ impl BenchNetns {
     }
 
     /// Starts `rf-peer ARGS` and waits for its `listening` line.
-    pub fn peer(&self, bin: &Path, args: &[&str]) -> Result<Child> {
+    pub fn peer(&self, bin: &Path, args: &[&str]) -> Result<Peer> {
         use std::io::{BufRead, BufReader};
         let mut child = self
             .command(bin)
@@ -80,8 +80,38 @@ impl BenchNetns {
             let _ = child.kill();
             bail!("rf-peer did not start: {line:?}");
         }
-        Ok(child)
+        Ok(Peer { child: Some(child) })
     }
+}
+
+/// A running `rf-peer` server, killed if dropped before [`Peer::result`] (a failed run must
+/// not leave it holding its port for the next system).
+pub struct Peer {
+    child: Option<Child>,
+}
+
+impl Peer {
+    /// Waits for the peer to finish and returns its last JSON line.
+    pub fn result(mut self) -> Result<serde_json::Value> {
+        let child = self.child.take().context("rf-peer already reaped")?;
+        last_json_line(&child.wait_with_output()?.stdout)
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The last line of an `rf-peer` run's stdout, parsed as JSON.
+pub fn last_json_line(stdout: &[u8]) -> Result<serde_json::Value> {
+    let text = String::from_utf8_lossy(stdout);
+    let line = text.lines().last().unwrap_or("");
+    serde_json::from_str(line).with_context(|| format!("rf-peer said {text:?}"))
 }
 
 impl Drop for BenchNetns {

@@ -1,0 +1,99 @@
+//! The host's own loopback ceiling, measured in the same run as the VMs: no VM at all, a
+//! native `rf-peer send`/`recv` client in place of the guest, talking to the same `rf-peer`
+//! sink/source on the namespace's 127.0.0.1, with one more core kept busy (`--busy-core`) the
+//! way the probe guest's busy-polling vCPU keeps one busy. A user-mode VMM cannot move bytes
+//! between the guest and a host loopback socket faster than this: its device thread does the
+//! client's socket work and more, under the same CPU pressure. Reported as system
+//! `host-loopback`, so the report's ratio column shows how many times passt the host itself
+//! reaches.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+
+use super::netns::{last_json_line, BenchNetns};
+use super::report::{Metric, Report};
+
+/// The name of this pseudo-system in reports and `--systems`.
+pub const NAME: &str = "host-loopback";
+
+/// One client run against a peer already listening; returns the peer's measured Gbit/s after
+/// checking both ends agree on an intact byte count.
+fn transfer(
+    ns: &BenchNetns,
+    peer: &Path,
+    server: &[&str],
+    client: &[&str],
+    bytes: u64,
+) -> Result<f64> {
+    let server = ns.peer(peer, server)?;
+    let out = ns
+        .command(peer)
+        .args(client)
+        .output()
+        .context("running the rf-peer client")?;
+    if !out.status.success() {
+        bail!(
+            "rf-peer {}: {}",
+            client.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let c = last_json_line(&out.stdout)?;
+    let s = server.result()?;
+    for (side, v) in [("client", &c), ("server", &s)] {
+        if v["bytes"] != bytes || v["pattern_ok"] != true {
+            bail!("{NAME}: {side} reported {v} (expected {bytes} intact bytes)");
+        }
+    }
+    Ok(s["gbps"].as_f64().unwrap_or(0.0))
+}
+
+/// Measures `reps` transfers of `bytes` each way and appends `tcp_g2h_gbps` (client sends to
+/// the sink) and `tcp_h2g_gbps` (the source sends to the client).
+pub fn run(
+    ns: &BenchNetns,
+    peer: &Path,
+    bytes: u64,
+    reps: usize,
+    report: &mut Report,
+) -> Result<()> {
+    let (mut g2h, mut h2g) = (Vec::new(), Vec::new());
+    let n = bytes.to_string();
+    for rep in 0..reps {
+        print!("\r    {NAME:<15} repetition {}/{reps}", rep + 1);
+        let _ = std::io::Write::flush(&mut std::io::stdout());
+        g2h.push(transfer(
+            ns,
+            peer,
+            &["sink", "127.0.0.1:5111", "--timeout", "60"],
+            &[
+                "send",
+                "127.0.0.1:5111",
+                &n,
+                "--busy-core",
+                "--timeout",
+                "60",
+            ],
+            bytes,
+        )?);
+        h2g.push(transfer(
+            ns,
+            peer,
+            &["source", "127.0.0.1:5112", &n, "--timeout", "60"],
+            &["recv", "127.0.0.1:5112", "--busy-core", "--timeout", "60"],
+            bytes,
+        )?);
+    }
+    println!();
+    for (metric, samples) in [("tcp_g2h_gbps", g2h), ("tcp_h2g_gbps", h2g)] {
+        report.metrics.push(Metric {
+            system: NAME.into(),
+            metric: metric.into(),
+            unit: "Gbit/s".into(),
+            samples,
+            lower_is_better: false,
+        });
+    }
+    Ok(())
+}
