@@ -434,9 +434,21 @@ impl phy::RxToken for NetRxToken<'_> {
         F: FnOnce(&[u8]) -> R,
     {
         self.rx.stats_frames += 1;
-        let r = f(self.rx.bytes(self.frame));
-        self.rx.release(self.frame);
-        r
+        // Spelled out rather than `f(self.rx.bytes(..))` + `release`: that form does the
+        // same work but measured 25-30 % slower host->guest (6.3 against 8.9 Gbit/s, 5 runs
+        // each, 2026-11-24); the code generated around smoltcp's inlined receive path is
+        // the only difference, not pinned down further.
+        match self.frame {
+            RxFrame::Span { first, count, len } => {
+                let start = usize::from(first) * BUF_LEN + HDR_LEN;
+                let r = f(&self.rx.bufs[start..start + len]);
+                for id in first..first + count {
+                    self.rx.recycle(id);
+                }
+                r
+            }
+            RxFrame::Scratch { len } => f(&self.rx.scratch[..len]),
+        }
     }
 }
 
