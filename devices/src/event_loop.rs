@@ -140,6 +140,10 @@ pub struct EventLoop {
     polls: Vec<Option<ArmedPoll>>,
     free_slots: Vec<usize>,
     armed: HashMap<PollKey, usize>,
+    /// The `wanted` list of the last full [`EventLoop::sync_fds`] pass.
+    last_wanted: Vec<FdInterest>,
+    /// Polls that fired (and so are no longer armed) since the last `sync_fds`.
+    fired: Vec<PollKey>,
 }
 
 impl std::fmt::Debug for EventLoop {
@@ -166,6 +170,8 @@ impl EventLoop {
             polls: Vec::new(),
             free_slots: Vec::new(),
             armed: HashMap::new(),
+            last_wanted: Vec::new(),
+            fired: Vec::new(),
         })
     }
 
@@ -200,9 +206,59 @@ impl EventLoop {
         self.push(sqe)
     }
 
+    /// Arms a one-shot poll for `key`. `wanted` is the mark of the current `sync_fds` sweep
+    /// (between passes every mark is clear).
+    fn arm_poll(&mut self, key: PollKey, wanted: bool) -> Result<(), EventLoopError> {
+        let slot = match self.free_slots.pop() {
+            Some(i) => i,
+            None => {
+                self.polls.push(None);
+                self.polls.len() - 1
+            }
+        };
+        let mut mask = 0u32;
+        if key.readable {
+            mask |= libc::POLLIN as u32;
+        }
+        if key.writable {
+            mask |= libc::POLLOUT as u32;
+        }
+        let sqe = opcode::PollAdd::new(types::Fd(key.fd), mask)
+            .build()
+            .user_data((TAG_FD << TAG_SHIFT) | slot as u64);
+        self.push(sqe)?;
+        self.polls[slot] = Some(ArmedPoll {
+            key,
+            wanted,
+            cancelling: false,
+        });
+        self.armed.insert(key, slot);
+        Ok(())
+    }
+
     /// Makes the armed backend polls match `wanted`: arms a one-shot poll for each wanted
     /// (token, fd, events) not armed yet and cancels armed ones no longer wanted.
+    ///
+    /// Called once per loop pass with every descriptor the backend watches. When the list is
+    /// the same as last time (the common case: hundreds of idle flows, one busy), only the
+    /// polls that fired since are re-armed, so a pass costs one slice comparison rather
+    /// than a map lookup per descriptor (measured at 256 flows: 11 µs → see
+    /// `benches/benches/netstack.rs`, `worker_pass`).
     pub fn sync_fds(&mut self, wanted: &[FdInterest]) -> Result<(), EventLoopError> {
+        if wanted == self.last_wanted.as_slice() {
+            let fired = std::mem::take(&mut self.fired);
+            for key in &fired {
+                if !self.armed.contains_key(key) {
+                    self.arm_poll(*key, false)?;
+                }
+            }
+            self.fired = fired;
+            self.fired.clear();
+            return Ok(());
+        }
+        self.fired.clear();
+        self.last_wanted.clear();
+        self.last_wanted.extend_from_slice(wanted);
         for w in wanted {
             if !w.readable && !w.writable {
                 continue;
@@ -219,30 +275,7 @@ impl EventLoop {
                 }
                 continue;
             }
-            let slot = match self.free_slots.pop() {
-                Some(i) => i,
-                None => {
-                    self.polls.push(None);
-                    self.polls.len() - 1
-                }
-            };
-            let mut mask = 0u32;
-            if w.readable {
-                mask |= libc::POLLIN as u32;
-            }
-            if w.writable {
-                mask |= libc::POLLOUT as u32;
-            }
-            let sqe = opcode::PollAdd::new(types::Fd(w.fd), mask)
-                .build()
-                .user_data((TAG_FD << TAG_SHIFT) | slot as u64);
-            self.push(sqe)?;
-            self.polls[slot] = Some(ArmedPoll {
-                key,
-                wanted: true,
-                cancelling: false,
-            });
-            self.armed.insert(key, slot);
+            self.arm_poll(key, true)?;
         }
         for slot in 0..self.polls.len() {
             let Some(p) = self.polls[slot].as_mut() else {
@@ -400,6 +433,7 @@ impl EventLoop {
                             continue;
                         }
                         self.armed.remove(&p.key);
+                        self.fired.push(p.key);
                         let res = cqe.result();
                         let hup = (libc::POLLERR | libc::POLLHUP) as i32;
                         let readable = res < 0 || res & (libc::POLLIN as i32 | hup) != 0;
@@ -564,5 +598,52 @@ mod tests {
         drop(listener);
         std::net::TcpListener::bind(addr).expect("the port is free once the poll is gone");
         drop(lp);
+    }
+
+    /// With an unchanged list, a poll that fired is re-armed (and fires again while its fd
+    /// stays ready); a changed list still arms and cancels what differs.
+    #[test]
+    fn an_unchanged_list_rearms_only_the_fired_polls() {
+        let mut lp = EventLoop::new(16).unwrap();
+        let ready = EventFd::new(EFD_NONBLOCK).unwrap();
+        let quiet = EventFd::new(EFD_NONBLOCK).unwrap();
+        let list = [
+            FdInterest {
+                fd: ready.as_raw_fd(),
+                token: 1,
+                readable: true,
+                writable: false,
+            },
+            FdInterest {
+                fd: quiet.as_raw_fd(),
+                token: 2,
+                readable: true,
+                writable: false,
+            },
+        ];
+        let mut ev = Vec::new();
+        lp.sync_fds(&list).unwrap();
+        ready.write(1).unwrap();
+        for round in 0..3 {
+            ev.clear();
+            lp.wait(Some(Duration::from_secs(5)), &mut ev).unwrap();
+            assert_eq!(
+                ev,
+                vec![Event::Fd {
+                    token: 1,
+                    readable: true,
+                    writable: false
+                }],
+                "round {round}"
+            );
+            assert_eq!(lp.armed_fds(), 1, "only the quiet poll is still armed");
+            lp.sync_fds(&list).unwrap();
+            assert_eq!(lp.armed_fds(), 2, "the fired poll is armed again");
+        }
+        lp.sync_fds(&list[1..]).unwrap();
+        assert_eq!(lp.armed_fds(), 1);
+        ev.clear();
+        lp.wait(Some(Duration::from_millis(20)), &mut ev).unwrap();
+        assert!(ev.is_empty(), "the dropped poll was cancelled: {ev:?}");
     }
 }

@@ -86,7 +86,7 @@ impl NetBackend for PolicyAwareBackend {
         self.inner.on_fd_ready(token, readable, writable);
     }
 
-    fn next_deadline(&self) -> Option<Instant> {
+    fn next_deadline(&mut self) -> Option<Instant> {
         self.inner.next_deadline()
     }
 

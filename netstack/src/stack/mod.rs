@@ -285,6 +285,14 @@ impl Netstack {
         std::mem::take(&mut self.core.interest)
     }
 
+    /// Puts interest changes back in front of the pending ones, for a front end that drained
+    /// them and hands the stack to another (test kit).
+    #[cfg(feature = "testkit")]
+    pub(crate) fn requeue_interest_changes(&mut self, mut changes: Vec<FdInterest>) {
+        changes.append(&mut self.core.interest);
+        self.core.interest = changes;
+    }
+
     /// A host fd registered under `token` is ready.
     pub fn on_fd_ready(&mut self, token: u64, readable: bool, writable: bool, now: Instant) {
         if token & LISTENER_TAG != 0 {
@@ -309,17 +317,16 @@ impl Netstack {
         }
     }
 
-    /// Earliest instant at which [`on_timer`](Self::on_timer) has work.
-    pub fn next_deadline(&self) -> Option<Instant> {
+    /// Earliest instant at which [`on_timer`](Self::on_timer) has work. Costs O(flows
+    /// changed since the last call), not O(flows): the device worker asks every loop pass.
+    pub fn next_deadline(&mut self) -> Option<Instant> {
         let idle = self.core.cfg.limits.udp_idle_timeout;
-        self.flows
-            .iter()
-            .map(|f| match f {
-                Flow::Tcp(c) => tcp::deadline(&self.core, c),
-                Flow::Udp(u) => u.last_activity + idle,
-            })
-            .chain(self.ping.deadline(idle))
-            .min()
+        let core = &self.core;
+        let flows = self.flows.next_deadline(|f| match f {
+            Flow::Tcp(c) => tcp::deadline(core, c),
+            Flow::Udp(u) => u.last_activity + idle,
+        });
+        flows.into_iter().chain(self.ping.deadline(idle)).min()
     }
 
     /// Runs timers due at `now`: connect/idle timeouts, retransmissions.

@@ -14,7 +14,7 @@ use smoltcp::wire::{
     Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
 };
 
-use crate::{InterestOp, NetConfig, Netstack, TxMeta};
+use crate::{FdInterest, InterestOp, NetConfig, Netstack, TxMeta};
 
 /// One TCP connection from a synthetic guest to the gateway (host loopback).
 pub struct SyntheticTcp {
@@ -54,20 +54,60 @@ impl SyntheticTcp {
             rx: vec![0u8; 65550],
             fds: HashMap::new(),
         };
-        s.emit(TcpControl::Syn, None, &[]);
-        s.seq += 1;
+        s.handshake();
+        s
+    }
+
+    /// SYN from the current guest port, then the ACK of the netstack's SYN-ACK. Panics if the
+    /// handshake does not complete within a few seconds (test helper).
+    fn handshake(&mut self) {
+        self.emit(TcpControl::Syn, None, &[]);
+        self.seq += 1;
         let until = Instant::now() + Duration::from_secs(5);
         while Instant::now() < until {
-            s.poll(10);
-            if let Some((ctl, seq, _)) = s.read_frame() {
+            self.poll(10);
+            if let Some((ctl, seq, _)) = self.read_frame() {
                 if ctl == TcpControl::Syn {
-                    s.ack = seq.wrapping_add(1);
-                    s.emit(TcpControl::None, Some(s.ack), &[]);
-                    return s;
+                    self.ack = seq.wrapping_add(1);
+                    self.emit(TcpControl::None, Some(self.ack), &[]);
+                    return;
                 }
             }
         }
         panic!("synthetic: handshake did not complete");
+    }
+
+    /// Opens `n` more connections to the same host port from other guest ports and leaves
+    /// them established and idle (the host must accept them), so per-loop costs can be
+    /// measured with many flows in the table. The first connection stays the one
+    /// [`send_segment`](Self::send_segment) and [`recv_segment`](Self::recv_segment) use.
+    pub fn open_idle(&mut self, n: u16) {
+        let main = (self.guest.1, self.seq, self.ack);
+        for i in 0..n {
+            self.guest.1 = main.0.wrapping_add(1 + i);
+            self.seq = 1000;
+            self.handshake();
+        }
+        (self.guest.1, self.seq, self.ack) = main;
+    }
+
+    /// The netstack with every connection opened so far, for driving it through another
+    /// front end (a device backend): the host fds this front end was polling are announced
+    /// again, so the new one learns of them from `take_interest_changes`.
+    pub fn into_netstack(mut self) -> Netstack {
+        let fds: Vec<FdInterest> = self
+            .fds
+            .iter()
+            .map(|(&token, &(fd, readable, writable))| FdInterest {
+                op: InterestOp::Add,
+                fd,
+                token,
+                readable,
+                writable,
+            })
+            .collect();
+        self.ns.requeue_interest_changes(fds);
+        self.ns
     }
 
     fn emit(&mut self, control: TcpControl, ack: Option<u32>, payload: &[u8]) {

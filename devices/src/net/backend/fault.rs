@@ -389,7 +389,7 @@ impl NetBackend for FaultBackend {
         self.inner.on_fd_ready(token, readable, writable);
     }
 
-    fn next_deadline(&self) -> Option<Instant> {
+    fn next_deadline(&mut self) -> Option<Instant> {
         let own = [
             self.tx_held.as_ref().map(|h| h.due),
             self.rx_wake.filter(|_| self.rx_pending()),

@@ -160,7 +160,7 @@ pub trait NetBackend: Send {
     }
 
     /// When the backend next needs [`on_timer`](Self::on_timer), if ever.
-    fn next_deadline(&self) -> Option<Instant> {
+    fn next_deadline(&mut self) -> Option<Instant> {
         None
     }
 

@@ -33,6 +33,8 @@ const TCP_CSUM_OFFSET: u16 = 16;
 pub struct UserBackend {
     stack: Netstack,
     fds: HashMap<u64, (RawFd, bool, bool)>,
+    /// `fds` as the list [`NetBackend::interests`] hands out.
+    wanted: Vec<FdInterest>,
     features: u64,
 }
 
@@ -53,6 +55,7 @@ impl UserBackend {
         Self {
             stack,
             fds: HashMap::new(),
+            wanted: Vec::new(),
             features: 0,
         }
     }
@@ -156,27 +159,35 @@ impl NetBackend for UserBackend {
     }
 
     fn interests(&mut self, _rx_space: bool, out: &mut Vec<FdInterest>) {
-        for change in self.stack.take_interest_changes() {
-            match change.op {
-                InterestOp::Add | InterestOp::Modify => {
-                    self.fds
-                        .insert(change.token, (change.fd, change.readable, change.writable));
-                }
-                InterestOp::Remove => {
-                    self.fds.remove(&change.token);
+        let changes = self.stack.take_interest_changes();
+        if !changes.is_empty() {
+            for change in changes {
+                match change.op {
+                    InterestOp::Add | InterestOp::Modify => {
+                        self.fds
+                            .insert(change.token, (change.fd, change.readable, change.writable));
+                    }
+                    InterestOp::Remove => {
+                        self.fds.remove(&change.token);
+                    }
                 }
             }
+            // Rebuilt only when something changed, in the map's order, which is stable
+            // while the map is: an unchanged list lets the event loop skip its per-fd work.
+            self.wanted.clear();
+            self.wanted
+                .extend(
+                    self.fds
+                        .iter()
+                        .map(|(&token, &(fd, readable, writable))| FdInterest {
+                            fd,
+                            token,
+                            readable,
+                            writable,
+                        }),
+                );
         }
-        out.extend(
-            self.fds
-                .iter()
-                .map(|(&token, &(fd, readable, writable))| FdInterest {
-                    fd,
-                    token,
-                    readable,
-                    writable,
-                }),
-        );
+        out.extend_from_slice(&self.wanted);
     }
 
     fn on_fd_ready(&mut self, token: u64, readable: bool, writable: bool) {
@@ -184,7 +195,7 @@ impl NetBackend for UserBackend {
             .on_fd_ready(token, readable, writable, Instant::now());
     }
 
-    fn next_deadline(&self) -> Option<Instant> {
+    fn next_deadline(&mut self) -> Option<Instant> {
         self.stack.next_deadline()
     }
 
