@@ -256,7 +256,9 @@ mod tests {
             guest: SocketAddr::from(([10, 0, 0, 2], port)),
             remote: SocketAddr::from(([10, 0, 0, 1], 53)),
         };
-        let fd = std::fs::File::open("/dev/null").expect("open /dev/null").into();
+        let fd = std::fs::File::open("/dev/null")
+            .expect("open /dev/null")
+            .into();
         Flow::Udp(UdpFlow {
             key,
             fd,
