@@ -181,7 +181,21 @@ fn thread_nice_values(pid: u32) -> Vec<(String, i64)> {
 fn vcpu_nice_lowers_the_vcpu_threads_only() {
     let probe = probe_or_skip!();
     let mut child = spawn_spinning_probe(&probe, &["--vcpus", "2", "--vcpu-nice", "7"]);
-    let threads = thread_nice_values(child.id());
+    // The ready line comes from vCPU 0; the second vCPU thread may still be starting (named
+    // and niced by itself), so look until both are there or 10 s pass.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let threads = loop {
+        let threads = thread_nice_values(child.id());
+        let settled = threads
+            .iter()
+            .filter(|(n, nice)| n.starts_with("vcpu") && *nice == 7)
+            .count()
+            == 2;
+        if settled || Instant::now() > deadline {
+            break threads;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
     let _ = child.kill();
     let _ = child.wait();
     let vcpus: Vec<_> = threads
