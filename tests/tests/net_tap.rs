@@ -46,13 +46,7 @@ fn back_to_back_vms_reattach_the_tap() {
                 "probe.count=2",
             ],
         );
-        assert_eq!(
-            o.status.code(),
-            Some(0),
-            "run {run}: {}\n{}",
-            stdout(&o),
-            stderr(&o)
-        );
+        assert_exit_ok(&o, &format!("run {run}"));
         assert_eq!(result_json(&o)["received"], 2, "run {run}");
     }
 }

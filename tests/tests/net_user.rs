@@ -74,13 +74,7 @@ fn back_to_back_vms_publish_the_same_port() {
                 "probe.count=1",
             ],
         );
-        assert_eq!(
-            o.status.code(),
-            Some(0),
-            "run {run}: {}\n{}",
-            stdout(&o),
-            stderr(&o)
-        );
+        assert_exit_ok(&o, &format!("run {run}"));
     }
 }
 

@@ -94,6 +94,17 @@ pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// Asserts that a run exited 0, showing `what` and its output otherwise.
+pub fn assert_exit_ok(o: &Output, what: &str) {
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{what}: {}\n{}",
+        stdout(o),
+        stderr(o)
+    );
+}
+
 /// The probe's JSON result line.
 pub fn result_json(o: &Output) -> serde_json::Value {
     let out = stdout(o);
