@@ -213,7 +213,7 @@ pub fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
 /// host under the same CPU pressure as a VM one.
 pub struct BusyCore {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    thread: Option<std::thread::JoinHandle<u64>>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl BusyCore {
@@ -223,12 +223,9 @@ impl BusyCore {
         let stop = std::sync::Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::spawn(move || {
-            let mut spins = 0u64;
             while !flag.load(Ordering::Relaxed) {
-                spins = spins.wrapping_add(1);
                 std::hint::spin_loop();
             }
-            spins
         });
         BusyCore {
             stop,

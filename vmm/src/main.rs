@@ -130,7 +130,7 @@ struct RunArgs {
     /// Nice value of the vCPU threads, 0..=19 (default 0). Raising it lets the VMM's device
     /// threads preempt a busy vCPU at once when cores are short, which is what a guest that
     /// busy-polls its rings needs; it also makes the guest yield to other host processes.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(0..=19))]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(0..=i64::from(ringfence::config::MAX_NICE)))]
     vcpu_nice: Option<u8>,
     /// Do not create the legacy i8254 PIT (the built-in probe guest never needs it; on nested
     /// hosts its teardown costs ~10 ms per VM).

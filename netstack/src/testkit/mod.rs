@@ -5,9 +5,8 @@
 //! Only built with the `testkit` feature; used by the integration tests and the
 //! criterion benches. Loops are bounded by the callers' iteration and time limits.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::io::{IoSlice, IoSliceMut};
-use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
 use smoltcp::iface::{Config, Interface, SocketSet};
@@ -15,7 +14,7 @@ use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
 use smoltcp::time::Instant as SInstant;
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, Ipv4Address};
 
-use crate::{InterestOp, NetConfig, Netstack, TxMeta};
+use crate::{InterestSet, NetConfig, Netstack, TxMeta};
 
 mod synthetic;
 pub use synthetic::SyntheticTcp;
@@ -106,7 +105,7 @@ pub struct Harness {
     /// Optional observer of netstack -> guest frames.
     pub observe: Option<FrameObserver>,
     held: Option<Vec<u8>>,
-    fds: HashMap<u64, (RawFd, bool, bool)>,
+    fds: InterestSet,
     start: Instant,
     rx: Vec<u8>,
     /// Frames passed each way (guest->netstack, netstack->guest).
@@ -161,7 +160,7 @@ impl Harness {
             fault_to_guest: None,
             observe: None,
             held: None,
-            fds: HashMap::new(),
+            fds: InterestSet::new(),
             start,
             rx: vec![0u8; 65550],
             frames: (0, 0),
@@ -267,39 +266,11 @@ impl Harness {
     }
 
     fn apply_interest(&mut self) {
-        for c in self.ns.take_interest_changes() {
-            match c.op {
-                InterestOp::Add | InterestOp::Modify => {
-                    self.fds.insert(c.token, (c.fd, c.readable, c.writable));
-                }
-                InterestOp::Remove => {
-                    self.fds.remove(&c.token);
-                }
-            }
-        }
+        self.fds.apply(self.ns.take_interest_changes());
     }
 
     fn poll_fds(&mut self, wait_ms: i32) {
-        let mut tokens = Vec::with_capacity(self.fds.len());
-        let mut pfds = Vec::with_capacity(self.fds.len());
-        for (&t, &(fd, r, w)) in &self.fds {
-            if !r && !w {
-                continue;
-            }
-            let mut ev = 0;
-            if r {
-                ev |= libc::POLLIN;
-            }
-            if w {
-                ev |= libc::POLLOUT;
-            }
-            tokens.push(t);
-            pfds.push(libc::pollfd {
-                fd,
-                events: ev,
-                revents: 0,
-            });
-        }
+        let (tokens, mut pfds) = self.fds.pollfds();
         if pfds.is_empty() {
             if wait_ms > 0 {
                 std::thread::sleep(Duration::from_millis(wait_ms as u64));

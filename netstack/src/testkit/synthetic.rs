@@ -2,10 +2,8 @@
 //! no guest stack. Measures the netstack's own per-segment cost (header parse/build and
 //! the host socket calls) without smoltcp's.
 
-use std::collections::HashMap;
 use std::io::{IoSlice, IoSliceMut};
 use std::net::{Ipv4Addr, SocketAddr};
-use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
 use smoltcp::phy::ChecksumCapabilities;
@@ -14,7 +12,7 @@ use smoltcp::wire::{
     Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
 };
 
-use crate::{FdInterest, InterestOp, NetConfig, Netstack, TxMeta};
+use crate::{InterestSet, NetConfig, Netstack, TxMeta};
 
 /// One TCP connection from a synthetic guest to the gateway (host loopback).
 pub struct SyntheticTcp {
@@ -28,7 +26,7 @@ pub struct SyntheticTcp {
     ack: u32,
     frame: Vec<u8>,
     rx: Vec<u8>,
-    fds: HashMap<u64, (RawFd, bool, bool)>,
+    fds: InterestSet,
 }
 
 impl SyntheticTcp {
@@ -52,7 +50,7 @@ impl SyntheticTcp {
             ack: 0,
             frame: Vec::with_capacity(65550),
             rx: vec![0u8; 65550],
-            fds: HashMap::new(),
+            fds: InterestSet::new(),
         };
         s.handshake();
         s
@@ -95,17 +93,7 @@ impl SyntheticTcp {
     /// front end (a device backend): the host fds this front end was polling are announced
     /// again, so the new one learns of them from `take_interest_changes`.
     pub fn into_netstack(mut self) -> Netstack {
-        let fds: Vec<FdInterest> = self
-            .fds
-            .iter()
-            .map(|(&token, &(fd, readable, writable))| FdInterest {
-                op: InterestOp::Add,
-                fd,
-                token,
-                readable,
-                writable,
-            })
-            .collect();
+        let fds = self.fds.to_changes();
         self.ns.requeue_interest_changes(fds);
         self.ns
     }
@@ -180,29 +168,8 @@ impl SyntheticTcp {
 
     /// Polls the netstack's host fds for up to `ms` and reports readiness.
     fn poll(&mut self, ms: i32) {
-        for c in self.ns.take_interest_changes() {
-            match c.op {
-                InterestOp::Remove => {
-                    self.fds.remove(&c.token);
-                }
-                _ => {
-                    self.fds.insert(c.token, (c.fd, c.readable, c.writable));
-                }
-            }
-        }
-        let mut toks = Vec::new();
-        let mut pfds = Vec::new();
-        for (&t, &(fd, r, w)) in &self.fds {
-            if r || w {
-                toks.push(t);
-                let ev = if r { libc::POLLIN } else { 0 } | if w { libc::POLLOUT } else { 0 };
-                pfds.push(libc::pollfd {
-                    fd,
-                    events: ev,
-                    revents: 0,
-                });
-            }
-        }
+        self.fds.apply(self.ns.take_interest_changes());
+        let (toks, mut pfds) = self.fds.pollfds();
         if pfds.is_empty() || crate::poll(&mut pfds, ms).unwrap_or(0) == 0 {
             return;
         }

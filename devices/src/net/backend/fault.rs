@@ -284,7 +284,8 @@ impl FaultBackend {
         self.rx_wake = Some(self.rx_wake.filter(|w| *w <= at).unwrap_or(at));
     }
 
-    fn rx_pending(&self) -> bool {
+    /// Whether a stashed (reordered) or duplicated frame waits to go to the guest.
+    fn holds_rx(&self) -> bool {
         self.rx_stash.is_some() || self.rx_dup.is_some()
     }
 }
@@ -368,14 +369,14 @@ impl NetBackend for FaultBackend {
     }
 
     fn rx_frame_len(&mut self) -> Option<usize> {
-        if self.rx_dup.is_some() || self.rx_stash.is_some() {
+        if self.holds_rx() {
             return None;
         }
         self.inner.rx_frame_len()
     }
 
     fn rx_pending(&self) -> Option<bool> {
-        if self.rx_dup.is_some() || self.rx_stash.is_some() {
+        if self.holds_rx() {
             return Some(true);
         }
         self.inner.rx_pending()
@@ -392,7 +393,7 @@ impl NetBackend for FaultBackend {
     fn next_deadline(&mut self) -> Option<Instant> {
         let own = [
             self.tx_held.as_ref().map(|h| h.due),
-            self.rx_wake.filter(|_| self.rx_pending()),
+            self.rx_wake.filter(|_| self.holds_rx()),
         ];
         own.into_iter()
             .flatten()
@@ -411,7 +412,7 @@ impl NetBackend for FaultBackend {
         }
         // The worker offers RX buffers right after this; if the guest has none, look again
         // a little later rather than spin.
-        if self.rx_pending() && self.rx_wake.is_some_and(|d| d <= now) {
+        if self.holds_rx() && self.rx_wake.is_some_and(|d| d <= now) {
             self.rx_wake = Some(now + MAX_HOLD);
         }
     }

@@ -9,11 +9,9 @@
 //! every iteration, which the loop turns into one-shot polls re-armed while wanted — the
 //! level-triggered semantics the netstack asks for.
 
-use std::collections::HashMap;
-use std::os::fd::RawFd;
 use std::time::Instant;
 
-use netstack::{InterestOp, Netstack, RxMeta, TxMeta};
+use netstack::{InterestSet, Netstack, RxMeta, TxMeta};
 
 use super::{BackendError, FdInterest, NetBackend, RxBuf, RxFrame, TxFrame};
 use crate::net::features::{
@@ -32,7 +30,7 @@ const TCP_CSUM_OFFSET: u16 = 16;
 /// Adapts a [`Netstack`] to the [`NetBackend`] trait.
 pub struct UserBackend {
     stack: Netstack,
-    fds: HashMap<u64, (RawFd, bool, bool)>,
+    fds: InterestSet,
     /// `fds` as the list [`NetBackend::interests`] hands out.
     wanted: Vec<FdInterest>,
     features: u64,
@@ -54,7 +52,7 @@ impl UserBackend {
     pub fn new(stack: Netstack) -> Self {
         Self {
             stack,
-            fds: HashMap::new(),
+            fds: InterestSet::new(),
             wanted: Vec::new(),
             features: 0,
         }
@@ -159,33 +157,20 @@ impl NetBackend for UserBackend {
     }
 
     fn interests(&mut self, _rx_space: bool, out: &mut Vec<FdInterest>) {
-        let changes = self.stack.take_interest_changes();
-        if !changes.is_empty() {
-            for change in changes {
-                match change.op {
-                    InterestOp::Add | InterestOp::Modify => {
-                        self.fds
-                            .insert(change.token, (change.fd, change.readable, change.writable));
-                    }
-                    InterestOp::Remove => {
-                        self.fds.remove(&change.token);
-                    }
-                }
-            }
-            // Rebuilt only when something changed, in the map's order, which is stable
-            // while the map is: an unchanged list lets the event loop skip its per-fd work.
+        if self.fds.apply(self.stack.take_interest_changes()) {
+            // Rebuilt only when something changed, in the set's order, which is stable
+            // while the set is: an unchanged list lets the event loop skip its per-fd work.
             self.wanted.clear();
-            self.wanted
-                .extend(
-                    self.fds
-                        .iter()
-                        .map(|(&token, &(fd, readable, writable))| FdInterest {
-                            fd,
-                            token,
-                            readable,
-                            writable,
-                        }),
-                );
+            self.wanted.extend(
+                self.fds
+                    .iter()
+                    .map(|(token, fd, readable, writable)| FdInterest {
+                        fd,
+                        token,
+                        readable,
+                        writable,
+                    }),
+            );
         }
         out.extend_from_slice(&self.wanted);
     }
