@@ -1,7 +1,7 @@
 //! Helpers shared by the datapath tests.
 
 use std::io::Write;
-use std::net::TcpListener;
+use std::net::{TcpListener, TcpStream};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -45,15 +45,23 @@ pub fn every_nth_payload(nth: u32, fault: Fault) -> impl FnMut(&[u8]) -> Fault +
     }
 }
 
+/// A host server on 127.0.0.1 that accepts one connection and runs `serve` on it in its own
+/// thread. Returns its port and the thread.
+pub fn serve_one<T: Send + 'static>(
+    serve: impl FnOnce(TcpStream) -> T + Send + 'static,
+) -> (u16, JoinHandle<T>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || serve(l.accept().unwrap().0));
+    (port, server)
+}
+
 /// A host server on 127.0.0.1 that writes `total` bytes of [`pattern`]`(total, seed)` to the
 /// first connection and closes it. Returns its port, the bytes it sends, and its thread.
 pub fn serve_download(total: usize, seed: u32) -> (u16, Vec<u8>, JoinHandle<()>) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
     let data = pattern(total, seed);
     let sent = data.clone();
-    let server = std::thread::spawn(move || {
-        let (mut c, _) = l.accept().unwrap();
+    let (port, server) = serve_one(move |mut c| {
         c.write_all(&data).unwrap();
         // Dropping `c` sends the FIN.
     });

@@ -11,7 +11,7 @@ use policy::{parse_rules, Action, CompiledPolicy, Policy, PolicyContext};
 use smoltcp::socket::{tcp, udp};
 use smoltcp::wire::{IpAddress, IpEndpoint};
 
-use crate::common::{cfg, connect_gateway, tcp_socket, wait_established};
+use crate::common::{cfg, connect_gateway, serve_one, tcp_socket, wait_established};
 
 pub fn compiled(rules: &str, default_egress: Action) -> Box<CompiledPolicy> {
     let (_, gw) = Harness::new(cfg()).ns.ipv4_addresses();
@@ -91,10 +91,7 @@ fn dns_name_not_allowed_is_refused_locally() {
 
 #[test]
 fn stricter_policy_cuts_live_flow() {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    let server = std::thread::spawn(move || {
-        let (mut c, _) = l.accept().unwrap();
+    let (port, server) = serve_one(move |mut c| {
         c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let mut b = [0u8; 8];
         c.read(&mut b).map_err(|e| e.kind())

@@ -11,17 +11,14 @@ use smoltcp::socket::tcp;
 use smoltcp::wire::{EthernetFrame, Ipv4Packet, TcpPacket};
 
 use crate::common::{
-    cfg, connect_gateway, drain_guest_socket, pattern, serve_download, tcp_payload_len, tcp_socket,
-    upload_step, wait_established,
+    cfg, connect_gateway, drain_guest_socket, pattern, serve_download, serve_one, tcp_payload_len,
+    tcp_socket, upload_step, wait_established,
 };
 
 /// Guest sends `req`, closes its write side; host reads to EOF, then answers and closes.
 #[test]
 fn guest_half_close_then_host_answers() {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    let server = std::thread::spawn(move || {
-        let (mut c, _) = l.accept().unwrap();
+    let (port, server) = serve_one(move |mut c| {
         let mut req = Vec::new();
         c.read_to_end(&mut req).unwrap();
         c.write_all(format!("got {}", req.len()).as_bytes())
@@ -60,10 +57,7 @@ fn guest_half_close_then_host_answers() {
 /// the 30 s connect timeout.
 #[test]
 fn a_lost_connect_completion_is_found_when_the_guest_retries_its_syn() {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    let server = std::thread::spawn(move || {
-        let (mut c, _) = l.accept().unwrap();
+    let (port, server) = serve_one(move |mut c| {
         c.write_all(b"hello").unwrap();
     });
     let mut h = Harness::new(cfg());
@@ -89,10 +83,7 @@ fn a_lost_connect_completion_is_found_when_the_guest_retries_its_syn() {
 
 #[test]
 fn host_reset_reaches_guest() {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    let server = std::thread::spawn(move || {
-        let (c, _) = l.accept().unwrap();
+    let (port, server) = serve_one(move |c| {
         // SO_LINGER 0 + close = RST.
         linger_zero(&c);
         drop(c);
@@ -135,10 +126,7 @@ fn linger_zero(c: &std::net::TcpStream) {
 
 #[test]
 fn guest_reset_reaches_host() {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    let server = std::thread::spawn(move || {
-        let (mut c, _) = l.accept().unwrap();
+    let (port, server) = serve_one(move |mut c| {
         c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let mut b = [0u8; 16];
         c.read(&mut b).map_err(|e| e.kind())
