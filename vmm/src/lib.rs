@@ -15,7 +15,6 @@ pub mod layout;
 pub mod linux_image;
 pub mod net;
 pub mod net_policy;
-pub mod net_policy_wake;
 pub mod net_user;
 pub mod probe_image;
 pub mod signals;

@@ -225,10 +225,7 @@ fn prepare_backend(settings: &NetSettings) -> Result<Option<PreparedNet>, NetSet
         NetBackendSpec::User => {
             let (stack, policy) = crate::net_user::build(&settings.user, mac)?;
             let mtu = Some(stack.mtu());
-            let backend = crate::net_policy_wake::PolicyAwareBackend::new(
-                UserBackend::new(stack),
-                policy.change_signal(),
-            );
+            let backend = UserBackend::new(stack).rejudge_on(policy.change_signal());
             Ok(Some(PreparedNet {
                 backend: Box::new(backend),
                 mac,

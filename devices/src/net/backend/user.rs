@@ -8,8 +8,17 @@
 //! netstack's persistent interest set (applied from its change list) and reports all of it on
 //! every iteration, which the loop turns into one-shot polls re-armed while wanted — the
 //! level-triggered semantics the netstack asks for.
+//!
+//! A policy that can change while the VM runs comes with an eventfd
+//! ([`UserBackend::rejudge_on`]): it sits in the same poll set under a reserved token, so a
+//! change wakes the device's loop even when the guest is idle, and every open flow is judged
+//! again at once (TCP flows the new policy denies are reset, UDP flows closed).
 
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
 use std::time::Instant;
+
+use vmm_sys_util::eventfd::EventFd;
 
 use netstack::{InterestSet, Netstack, RxMeta, TxMeta};
 
@@ -26,6 +35,8 @@ use crate::net::header::{
 const ETH_HDR_LEN: usize = 14;
 /// Offset of the checksum field in a TCP header.
 const TCP_CSUM_OFFSET: u16 = 16;
+/// Poll token of the policy-change eventfd (the netstack numbers its sockets from 0 upwards).
+const POLICY_TOKEN: u64 = u64::MAX;
 
 /// Adapts a [`Netstack`] to the [`NetBackend`] trait.
 pub struct UserBackend {
@@ -34,6 +45,8 @@ pub struct UserBackend {
     /// `fds` as the list [`NetBackend::interests`] hands out.
     wanted: Vec<FdInterest>,
     features: u64,
+    /// Written whenever the flow policy changes; see [`UserBackend::rejudge_on`].
+    policy_changed: Option<Arc<EventFd>>,
 }
 
 impl std::fmt::Debug for UserBackend {
@@ -55,6 +68,52 @@ impl UserBackend {
             fds: InterestSet::new(),
             wanted: Vec::new(),
             features: 0,
+            policy_changed: None,
+        }
+    }
+
+    /// Judges every open flow again whenever `changed` is written (the policy or the network
+    /// switch changed), instead of only the flows opened afterwards.
+    pub fn rejudge_on(mut self, changed: Arc<EventFd>) -> Self {
+        self.policy_changed = Some(changed);
+        self.rebuild_wanted();
+        self
+    }
+
+    /// Rebuilds the list [`NetBackend::interests`] hands out from the interest set, in the
+    /// set's order, which is stable while the set is: an unchanged list lets the event loop
+    /// skip its per-fd work.
+    fn rebuild_wanted(&mut self) {
+        self.wanted.clear();
+        self.wanted.extend(
+            self.fds
+                .iter()
+                .map(|(token, fd, readable, writable)| FdInterest {
+                    fd,
+                    token,
+                    readable,
+                    writable,
+                }),
+        );
+        if let Some(changed) = &self.policy_changed {
+            self.wanted.push(FdInterest {
+                fd: changed.as_raw_fd(),
+                token: POLICY_TOKEN,
+                readable: true,
+                writable: false,
+            });
+        }
+    }
+
+    /// Drains the policy-change eventfd (several changes in a row need one re-judgement) and
+    /// judges every open flow again.
+    fn rejudge_flows(&mut self) {
+        if let Some(changed) = &self.policy_changed {
+            let _ = changed.read();
+        }
+        let cut = self.stack.rejudge_flows();
+        if cut > 0 {
+            eprintln!("ringfence: policy change cut {cut} live flow(s)");
         }
     }
 
@@ -158,24 +217,16 @@ impl NetBackend for UserBackend {
 
     fn interests(&mut self, _rx_space: bool, out: &mut Vec<FdInterest>) {
         if self.fds.apply(self.stack.take_interest_changes()) {
-            // Rebuilt only when something changed, in the set's order, which is stable
-            // while the set is: an unchanged list lets the event loop skip its per-fd work.
-            self.wanted.clear();
-            self.wanted.extend(
-                self.fds
-                    .iter()
-                    .map(|(token, fd, readable, writable)| FdInterest {
-                        fd,
-                        token,
-                        readable,
-                        writable,
-                    }),
-            );
+            self.rebuild_wanted();
         }
         out.extend_from_slice(&self.wanted);
     }
 
     fn on_fd_ready(&mut self, token: u64, readable: bool, writable: bool) {
+        if token == POLICY_TOKEN && self.policy_changed.is_some() {
+            self.rejudge_flows();
+            return;
+        }
         self.stack
             .on_fd_ready(token, readable, writable, Instant::now());
     }
@@ -186,5 +237,48 @@ impl NetBackend for UserBackend {
 
     fn on_timer(&mut self, now: Instant) {
         self.stack.on_timer(now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backend() -> UserBackend {
+        let stack = Netstack::new(netstack::NetConfig::default()).expect("netstack");
+        UserBackend::new(stack)
+    }
+
+    #[test]
+    fn without_a_policy_signal_only_the_netstack_is_polled() {
+        let mut b = backend();
+        let mut out = Vec::new();
+        b.interests(true, &mut out);
+        assert!(out.iter().all(|i| i.token != POLICY_TOKEN));
+    }
+
+    #[test]
+    fn a_policy_change_is_polled_and_drained_by_the_backend_itself() {
+        let changed = Arc::new(EventFd::new(libc::EFD_NONBLOCK).expect("eventfd"));
+        let mut b = backend().rejudge_on(changed.clone());
+        let mut out = Vec::new();
+        b.interests(true, &mut out);
+        let policy: Vec<_> = out.iter().filter(|i| i.token == POLICY_TOKEN).collect();
+        assert_eq!(policy.len(), 1, "the eventfd is in the poll set once");
+        assert_eq!(policy[0].fd, changed.as_raw_fd());
+        assert!(policy[0].readable && !policy[0].writable);
+
+        // The list stays identical between changes (the event loop's fast path relies on it).
+        let mut again = Vec::new();
+        b.interests(true, &mut again);
+        assert_eq!(out, again);
+
+        changed.write(1).expect("signal");
+        changed.write(1).expect("signal");
+        b.on_fd_ready(POLICY_TOKEN, true, false);
+        let err = changed
+            .read()
+            .expect_err("both changes were drained by one re-judgement");
+        assert_eq!(err.kind(), std::io::ErrorKind::WouldBlock);
     }
 }
