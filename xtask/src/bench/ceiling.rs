@@ -12,7 +12,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 
 use super::netns::{last_json_line, BenchNetns};
-use super::report::{Metric, Report};
+use super::report::Metric;
 
 /// The name of this pseudo-system in reports and `--systems`.
 pub const NAME: &str = "host-loopback";
@@ -49,51 +49,55 @@ fn transfer(
     Ok(s["gbps"].as_f64().unwrap_or(0.0))
 }
 
-/// Measures `reps` transfers of `bytes` each way and appends `tcp_g2h_gbps` (client sends to
-/// the sink) and `tcp_h2g_gbps` (the source sends to the client).
-pub fn run(
-    ns: &BenchNetns,
-    peer: &Path,
-    bytes: u64,
-    reps: usize,
-    report: &mut Report,
-) -> Result<()> {
-    let (mut g2h, mut h2g) = (Vec::new(), Vec::new());
+/// The ceiling's figures so far, one entry per completed repetition.
+#[derive(Debug, Default)]
+pub struct Samples {
+    g2h: Vec<f64>,
+    h2g: Vec<f64>,
+}
+
+impl Samples {
+    /// The report's `tcp_g2h_gbps` (client sends to the sink) and `tcp_h2g_gbps` (the
+    /// source sends to the client) for [`NAME`].
+    pub fn into_metrics(self) -> Vec<Metric> {
+        [("tcp_g2h_gbps", self.g2h), ("tcp_h2g_gbps", self.h2g)]
+            .into_iter()
+            .map(|(metric, samples)| Metric {
+                system: NAME.into(),
+                metric: metric.into(),
+                unit: "Gbit/s".into(),
+                samples,
+                lower_is_better: false,
+            })
+            .collect()
+    }
+}
+
+/// Measures one transfer of `bytes` each way and appends both to `out`, both or none.
+pub fn run_rep(ns: &BenchNetns, peer: &Path, bytes: u64, out: &mut Samples) -> Result<()> {
     let n = bytes.to_string();
-    for rep in 0..reps {
-        print!("\r    {NAME:<15} repetition {}/{reps}", rep + 1);
-        let _ = std::io::Write::flush(&mut std::io::stdout());
-        g2h.push(transfer(
-            ns,
-            peer,
-            &["sink", "127.0.0.1:5111", "--timeout", "60"],
-            &[
-                "send",
-                "127.0.0.1:5111",
-                &n,
-                "--busy-core",
-                "--timeout",
-                "60",
-            ],
-            bytes,
-        )?);
-        h2g.push(transfer(
-            ns,
-            peer,
-            &["source", "127.0.0.1:5112", &n, "--timeout", "60"],
-            &["recv", "127.0.0.1:5112", "--busy-core", "--timeout", "60"],
-            bytes,
-        )?);
-    }
-    println!();
-    for (metric, samples) in [("tcp_g2h_gbps", g2h), ("tcp_h2g_gbps", h2g)] {
-        report.metrics.push(Metric {
-            system: NAME.into(),
-            metric: metric.into(),
-            unit: "Gbit/s".into(),
-            samples,
-            lower_is_better: false,
-        });
-    }
+    let g2h = transfer(
+        ns,
+        peer,
+        &["sink", "127.0.0.1:5111", "--timeout", "60"],
+        &[
+            "send",
+            "127.0.0.1:5111",
+            &n,
+            "--busy-core",
+            "--timeout",
+            "60",
+        ],
+        bytes,
+    )?;
+    let h2g = transfer(
+        ns,
+        peer,
+        &["source", "127.0.0.1:5112", &n, "--timeout", "60"],
+        &["recv", "127.0.0.1:5112", "--busy-core", "--timeout", "60"],
+        bytes,
+    )?;
+    out.g2h.push(g2h);
+    out.h2g.push(h2g);
     Ok(())
 }

@@ -18,7 +18,7 @@ use crate::{deps, probe};
 /// Parses bench options and runs the chosen suites.
 pub fn run(args: &[String]) -> Result<()> {
     let quick = args.iter().any(|a| a == "--quick");
-    let mut runs = if quick { 5 } else { 20 };
+    let mut runs: Option<usize> = None;
     let mut suites = Vec::new();
     let mut only: Option<Vec<String>> = None;
     let mut it = args.iter();
@@ -26,11 +26,12 @@ pub fn run(args: &[String]) -> Result<()> {
         match a.as_str() {
             "--quick" => {}
             "--runs" => {
-                runs = it
-                    .next()
-                    .and_then(|v| v.parse().ok())
-                    .filter(|n| *n > 0)
-                    .ok_or_else(|| anyhow::anyhow!("--runs needs a positive number"))?;
+                runs = Some(
+                    it.next()
+                        .and_then(|v| v.parse().ok())
+                        .filter(|n| *n > 0)
+                        .ok_or_else(|| anyhow::anyhow!("--runs needs a positive number"))?,
+                );
             }
             "--systems" => {
                 let list = it.next().ok_or_else(|| {
@@ -71,6 +72,7 @@ pub fn run(args: &[String]) -> Result<()> {
     };
     for suite in suites {
         if suite == "boot" {
+            let runs = runs.unwrap_or(if quick { 5 } else { 20 });
             let t = step(&format!(
                 "boot: ringfence vs qemu-microvm, {runs} runs each (about {} s)",
                 runs / 4 + 2
@@ -84,6 +86,7 @@ pub fn run(args: &[String]) -> Result<()> {
                 &probe_elf,
                 &peer_bin,
                 quick,
+                runs.unwrap_or(if quick { 2 } else { 5 }),
                 only.as_deref(),
                 &mut report,
             )?;
@@ -171,6 +174,7 @@ fn run_net(
     probe: &std::path::Path,
     peer: &std::path::Path,
     quick: bool,
+    reps: usize,
     only: Option<&[String]>,
     report: &mut report::Report,
 ) -> Result<()> {
@@ -181,7 +185,6 @@ fn run_net(
             .push("Network suite skipped: not running as root.".into());
         return Ok(());
     }
-    let reps = if quick { 2 } else { 5 };
     let bytes: u64 = if quick { 64 << 20 } else { 256 << 20 };
     let ns = netns::BenchNetns::create()?;
     let warm = measure::run_measured(
@@ -223,24 +226,48 @@ fn run_net(
         "net: {} systems x {reps} repetitions, {} MiB each way + ping-pong (about {} s)",
         systems.len(),
         bytes >> 20,
-        systems.len() * reps * if quick { 8 } else { 20 }
+        (systems.len() + 1) * reps * if quick { 1 } else { 3 }
     ));
-    let systems_run = systems.clone();
-    for system in systems {
-        if let Err(e) = harness.run_system(&ns, system, reps, report) {
-            println!("\n    {}: failed: {e:#}", system.name());
-            report
-                .notes
-                .push(format!("{}: not measured — {e:#}", system.name()));
-        }
-    }
     let with_ceiling = only.is_none_or(|o| o.iter().any(|n| n == ceiling::NAME));
+    let systems_run = systems.clone();
+    // Repetitions are interleaved (every system once, then again), each round starting one
+    // system later, so drift in the host's speed over the run hits every system alike.
+    let mut live: Vec<Contender> = systems
+        .into_iter()
+        .map(|s| Contender::Vm(s, net::NetSamples::default()))
+        .collect();
     if with_ceiling {
-        if let Err(e) = ceiling::run(&ns, peer, bytes, reps, report) {
-            println!("\n    {}: failed: {e:#}", ceiling::NAME);
-            report
-                .notes
-                .push(format!("{}: not measured — {e:#}", ceiling::NAME));
+        live.push(Contender::Ceiling(ceiling::Samples::default()));
+    }
+    for rep in 0..reps {
+        if !live.is_empty() {
+            live.rotate_left(rep.min(1));
+        }
+        live.retain_mut(|c| {
+            print!("\r    repetition {}/{reps}: {:<20}", rep + 1, c.name());
+            let _ = std::io::Write::flush(&mut std::io::stdout());
+            let res = match c {
+                Contender::Vm(system, samples) => harness.run_rep(&ns, *system, samples),
+                Contender::Ceiling(samples) => ceiling::run_rep(&ns, peer, bytes, samples),
+            };
+            if let Err(e) = res {
+                println!("\n    {}: failed: {e:#}", c.name());
+                report
+                    .notes
+                    .push(format!("{}: not measured — {e:#}", c.name()));
+                return false;
+            }
+            true
+        });
+    }
+    println!();
+    live.sort_by_key(Contender::order);
+    for c in live {
+        match c {
+            Contender::Vm(system, samples) => {
+                report.metrics.extend(samples.into_metrics(system.name()))
+            }
+            Contender::Ceiling(samples) => report.metrics.extend(samples.into_metrics()),
         }
     }
     done(t);
@@ -262,6 +289,33 @@ _p4 metrics: the same transfers over 4 parallel connections (probe.flows=4), agg
         bytes >> 20, harness.rr_count
     ));
     Ok(())
+}
+
+/// One entry of the network suite's round-robin: a VM system or the host's ceiling, with
+/// the figures of its repetitions so far.
+enum Contender {
+    Vm(net::System, net::NetSamples),
+    Ceiling(ceiling::Samples),
+}
+
+impl Contender {
+    fn name(&self) -> &'static str {
+        match self {
+            Contender::Vm(s, _) => s.name(),
+            Contender::Ceiling(_) => ceiling::NAME,
+        }
+    }
+
+    /// Report order: the systems in [`net::System::ALL`] order, then the ceiling.
+    fn order(&self) -> usize {
+        match self {
+            Contender::Vm(s, _) => net::System::ALL
+                .iter()
+                .position(|a| a == s)
+                .unwrap_or(usize::MAX),
+            Contender::Ceiling(_) => usize::MAX,
+        }
+    }
 }
 
 fn user_backend_available(bin: &std::path::Path) -> bool {

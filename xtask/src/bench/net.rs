@@ -23,7 +23,7 @@ use anyhow::{bail, Context, Result};
 use super::boot::{qemu_cmd, GUEST_MEM_MIB};
 use super::measure::{run_measured_with, RunSample};
 use super::netns::{BenchNetns, TAP_GUEST, TAP_HOST};
-use super::report::{Metric, Report};
+use super::report::Metric;
 
 /// The vCPU nice value of `ringfence-user-nice`.
 const TUNED_VCPU_NICE: u8 = 10;
@@ -317,142 +317,141 @@ impl NetBench<'_> {
         Ok(r["gbps"].as_f64().unwrap_or(0.0))
     }
 
-    /// Runs every repetition for `system` and appends its metrics.
-    pub fn run_system(
-        &self,
-        ns: &BenchNetns,
-        system: System,
-        reps: usize,
-        report: &mut Report,
-    ) -> Result<()> {
-        let mut g2h = Vec::new();
-        let mut h2g = Vec::new();
-        let mut g2h_p4 = Vec::new();
-        let mut h2g_p4 = Vec::new();
-        let mut p50 = Vec::new();
-        let mut p99 = Vec::new();
-        let mut cpu_per_gb = Vec::new();
-        let mut rss = Vec::new();
+    /// Runs one repetition for `system` (both transfers, the 4-flow transfers and the
+    /// ping-pong) and appends its figures to `out`, all or none.
+    pub fn run_rep(&self, ns: &BenchNetns, system: System, out: &mut NetSamples) -> Result<()> {
         let bind = system.peer_bind();
         let dial = system.peer_from_guest();
-        for rep in 0..reps {
-            print!("\r    {:<15} repetition {}/{reps}", system.name(), rep + 1);
-            let _ = std::io::Write::flush(&mut std::io::stdout());
-            let limit = "150";
-            // guest -> host
-            let peer = ns.peer(
-                self.peer,
-                &["sink", &format!("{bind}:5101"), "--timeout", limit],
-            )?;
-            let run = self.run_guest(
-                ns,
-                system,
-                &[
-                    "probe.scenario=tcp-send".into(),
-                    format!("probe.peer={dial}:5101"),
-                    format!("probe.bytes={}", self.bytes),
-                ],
-            )?;
-            Self::result(&run, system)?;
-            let sink = peer.result()?;
-            if sink["bytes"] != self.bytes || sink["pattern_ok"] != true {
-                bail!(
-                    "{}: sink got {sink} (expected {} intact bytes)",
-                    system.name(),
-                    self.bytes
-                );
-            }
-            g2h.push(sink["gbps"].as_f64().unwrap_or(0.0));
-            let mut host_cpu = cpu_of(&run);
-            rss.push((run.sample.max_rss_kib + run.helper_rss_kib) as f64 / 1024.0);
-
-            // host -> guest
-            let peer = ns.peer(
-                self.peer,
-                &[
-                    "source",
-                    &format!("{bind}:5102"),
-                    &self.bytes.to_string(),
-                    "--timeout",
-                    limit,
-                ],
-            )?;
-            let run = self.run_guest(
-                ns,
-                system,
-                &[
-                    "probe.scenario=tcp-recv".into(),
-                    format!("probe.peer={dial}:5102"),
-                    // Every byte checked against the pattern, at a fraction of SHA-256's
-                    // guest time: the guest must not be what is measured.
-                    "probe.verify=pattern".into(),
-                ],
-            )?;
-            let r = Self::result(&run, system)?;
-            if r["bytes"] != self.bytes || r["pattern_ok"] != true {
-                bail!(
-                    "{}: guest received {} of {} bytes (pattern_ok {})",
-                    system.name(),
-                    r["bytes"],
-                    self.bytes,
-                    r["pattern_ok"]
-                );
-            }
-            let src = peer.result()?;
-            h2g.push(src["gbps"].as_f64().unwrap_or(0.0));
-            host_cpu += cpu_of(&run);
-            cpu_per_gb.push(host_cpu / (2.0 * self.bytes as f64 / 1e9));
-
-            // The same with 4 parallel flows (aggregate throughput).
-            g2h_p4.push(self.bulk(ns, system, "sink", 5104, &[], 4)?);
-            h2g_p4.push(self.bulk(ns, system, "source", 5105, &[&self.bytes.to_string()], 4)?);
-
-            // 1-byte ping-pong
-            let peer = ns.peer(
-                self.peer,
-                &["echo", &format!("{bind}:5103"), "--timeout", limit],
-            )?;
-            let run = self.run_guest(
-                ns,
-                system,
-                &[
-                    "probe.scenario=tcp-rr".into(),
-                    format!("probe.peer={dial}:5103"),
-                    format!("probe.count={}", self.rr_count),
-                ],
-            )?;
-            let r = Self::result(&run, system)?;
-            peer.result()?;
-            p50.push(r["p50_us"].as_f64().unwrap_or(f64::NAN));
-            p99.push(r["p99_us"].as_f64().unwrap_or(f64::NAN));
+        let limit = "150";
+        // guest -> host
+        let peer = ns.peer(
+            self.peer,
+            &["sink", &format!("{bind}:5101"), "--timeout", limit],
+        )?;
+        let run = self.run_guest(
+            ns,
+            system,
+            &[
+                "probe.scenario=tcp-send".into(),
+                format!("probe.peer={dial}:5101"),
+                format!("probe.bytes={}", self.bytes),
+            ],
+        )?;
+        Self::result(&run, system)?;
+        let sink = peer.result()?;
+        if sink["bytes"] != self.bytes || sink["pattern_ok"] != true {
+            bail!(
+                "{}: sink got {sink} (expected {} intact bytes)",
+                system.name(),
+                self.bytes
+            );
         }
-        println!();
+        let g2h = sink["gbps"].as_f64().unwrap_or(0.0);
+        let mut host_cpu = cpu_of(&run);
+        let rss = (run.sample.max_rss_kib + run.helper_rss_kib) as f64 / 1024.0;
+
+        // host -> guest
+        let peer = ns.peer(
+            self.peer,
+            &[
+                "source",
+                &format!("{bind}:5102"),
+                &self.bytes.to_string(),
+                "--timeout",
+                limit,
+            ],
+        )?;
+        let run = self.run_guest(
+            ns,
+            system,
+            &[
+                "probe.scenario=tcp-recv".into(),
+                format!("probe.peer={dial}:5102"),
+                // Every byte checked against the pattern, at a fraction of SHA-256's
+                // guest time: the guest must not be what is measured.
+                "probe.verify=pattern".into(),
+            ],
+        )?;
+        let r = Self::result(&run, system)?;
+        if r["bytes"] != self.bytes || r["pattern_ok"] != true {
+            bail!(
+                "{}: guest received {} of {} bytes (pattern_ok {})",
+                system.name(),
+                r["bytes"],
+                self.bytes,
+                r["pattern_ok"]
+            );
+        }
+        let h2g = peer.result()?["gbps"].as_f64().unwrap_or(0.0);
+        host_cpu += cpu_of(&run);
+
+        // The same with 4 parallel flows (aggregate throughput).
+        let g2h_p4 = self.bulk(ns, system, "sink", 5104, &[], 4)?;
+        let h2g_p4 = self.bulk(ns, system, "source", 5105, &[&self.bytes.to_string()], 4)?;
+
+        // 1-byte ping-pong
+        let peer = ns.peer(
+            self.peer,
+            &["echo", &format!("{bind}:5103"), "--timeout", limit],
+        )?;
+        let run = self.run_guest(
+            ns,
+            system,
+            &[
+                "probe.scenario=tcp-rr".into(),
+                format!("probe.peer={dial}:5103"),
+                format!("probe.count={}", self.rr_count),
+            ],
+        )?;
+        let r = Self::result(&run, system)?;
+        peer.result()?;
+
+        out.g2h.push(g2h);
+        out.h2g.push(h2g);
+        out.g2h_p4.push(g2h_p4);
+        out.h2g_p4.push(h2g_p4);
+        out.p50.push(r["p50_us"].as_f64().unwrap_or(f64::NAN));
+        out.p99.push(r["p99_us"].as_f64().unwrap_or(f64::NAN));
+        out.cpu_per_gb
+            .push(host_cpu / (2.0 * self.bytes as f64 / 1e9));
+        out.rss.push(rss);
+        Ok(())
+    }
+}
+
+/// The figures of one system's repetitions so far, one entry per completed repetition.
+#[derive(Debug, Default)]
+pub struct NetSamples {
+    g2h: Vec<f64>,
+    h2g: Vec<f64>,
+    g2h_p4: Vec<f64>,
+    h2g_p4: Vec<f64>,
+    p50: Vec<f64>,
+    p99: Vec<f64>,
+    cpu_per_gb: Vec<f64>,
+    rss: Vec<f64>,
+}
+
+impl NetSamples {
+    /// The report's metrics for `system`.
+    pub fn into_metrics(self, system: &str) -> Vec<Metric> {
         let metric = |name: &str, unit: &str, samples: Vec<f64>, lower: bool| Metric {
-            system: system.name().into(),
+            system: system.into(),
             metric: name.into(),
             unit: unit.into(),
             samples,
             lower_is_better: lower,
         };
-        report
-            .metrics
-            .push(metric("tcp_g2h_gbps", "Gbit/s", g2h, false));
-        report
-            .metrics
-            .push(metric("tcp_h2g_gbps", "Gbit/s", h2g, false));
-        report
-            .metrics
-            .push(metric("tcp_g2h_gbps_p4", "Gbit/s", g2h_p4, false));
-        report
-            .metrics
-            .push(metric("tcp_h2g_gbps_p4", "Gbit/s", h2g_p4, false));
-        report.metrics.push(metric("rr_p50_us", "µs", p50, true));
-        report.metrics.push(metric("rr_p99_us", "µs", p99, true));
-        report
-            .metrics
-            .push(metric("cpu_s_per_gb", "s/GB", cpu_per_gb, true));
-        report.metrics.push(metric("rss_mib", "MiB", rss, true));
-        Ok(())
+        vec![
+            metric("tcp_g2h_gbps", "Gbit/s", self.g2h, false),
+            metric("tcp_h2g_gbps", "Gbit/s", self.h2g, false),
+            metric("tcp_g2h_gbps_p4", "Gbit/s", self.g2h_p4, false),
+            metric("tcp_h2g_gbps_p4", "Gbit/s", self.h2g_p4, false),
+            metric("rr_p50_us", "µs", self.p50, true),
+            metric("rr_p99_us", "µs", self.p99, true),
+            metric("cpu_s_per_gb", "s/GB", self.cpu_per_gb, true),
+            metric("rss_mib", "MiB", self.rss, true),
+        ]
     }
 }
 
