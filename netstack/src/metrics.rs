@@ -71,6 +71,10 @@ pub struct NetMetrics {
     pub tcp_window_update_resends: u64,
     /// Window probes sent to a guest whose window stayed closed with nothing in flight.
     pub tcp_window_probes: u64,
+    /// Host sockets reported readable with nothing behind the bytes already in flight to
+    /// the guest (a peek that would block). One per stall is expected: the next one parks
+    /// the flow until the guest's ACK instead of polling the socket.
+    pub tcp_readable_nothing_new: u64,
     /// Connections accepted on published ports.
     pub published_accepts: u64,
 
@@ -114,6 +118,7 @@ impl NetMetrics {
             ("tcp_ooo_flushed", self.tcp_ooo_flushed),
             ("tcp_window_update_resends", self.tcp_window_update_resends),
             ("tcp_window_probes", self.tcp_window_probes),
+            ("tcp_readable_nothing_new", self.tcp_readable_nothing_new),
             ("published_accepts", self.published_accepts),
             ("bytes_guest_to_host", self.bytes_guest_to_host),
             ("bytes_host_to_guest", self.bytes_host_to_guest),

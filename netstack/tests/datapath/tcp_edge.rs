@@ -415,3 +415,55 @@ fn lost_segments_to_guest_are_retransmitted_from_socket() {
 fn lost_segments_to_guest_without_peek_offset() {
     download_with_losses(true, 41007);
 }
+
+/// The guest's ACKs stop while a download fills the host socket with bytes in flight: the
+/// kernel then reports the socket readable on every poll whatever SO_RCVLOWAT says (receive
+/// memory nearly full, window closed), with nothing new to peek. The flow must wait for the
+/// guest's ACK instead of waking the loop each round, and resume intact once ACKs flow.
+#[test]
+fn download_waits_for_the_guest_ack_when_the_host_socket_is_full() {
+    let total = 32 << 20;
+    let data = pattern(total, 17);
+    let sent = data.clone();
+    let (port, _server) = serve_one(move |mut c| {
+        // The netstack resets the connection if the test fails early; the write error then
+        // is expected.
+        let _ = c.write_all(&data);
+    });
+    let mut h = Harness::new(cfg());
+    let s = tcp_socket(&mut h, 8 << 20);
+    connect_gateway(&mut h, s, port, 41700);
+    assert!(wait_established(&mut h, s));
+    let mut got = Vec::new();
+    assert!(
+        h.run_until(100_000, Duration::from_secs(10), |h| {
+            drain_guest_socket(h, s, &mut got);
+            got.len() >= 1 << 20
+        }),
+        "the download did not start"
+    );
+
+    // The guest keeps reading (its window stays open) but none of its frames arrive.
+    h.fault = Some(Box::new(|_| Fault::Drop));
+    let before = h.ns.metrics().tcp_readable_nothing_new;
+    for _ in 0..40 {
+        h.step(5);
+        drain_guest_socket(&mut h, s, &mut got);
+    }
+    let wakeups = h.ns.metrics().tcp_readable_nothing_new - before;
+    assert!(
+        wakeups < 10,
+        "{wakeups} readiness reports with nothing new in 40 loop rounds without guest ACKs"
+    );
+
+    h.fault = None;
+    let done = h.run_until(1_000_000, Duration::from_secs(30), |h| {
+        drain_guest_socket(h, s, &mut got);
+        got.len() >= total
+    });
+    assert!(done, "download stalled at {} of {total} bytes", got.len());
+    assert!(
+        got == sent,
+        "downloaded bytes differ from what the host sent"
+    );
+}
