@@ -15,9 +15,11 @@ usage: cargo xtask <command> [options]
 
 commands:
   demo                 install what is missing, build, boot the probe guest and show it working
-  test [--no-lint] [-- FILTER...]
-                       fmt --check, clippy -D warnings, build the probe guest, run every test
-  bench [boot] [--quick] [--runs N]
+  test [--no-lint] [--no-linux-image] [-- FILTER...]
+                       fmt --check, clippy -D warnings, build the probe guest and the Linux
+                       guest image (cached; ~6 min the first time), run every test
+                       (--no-linux-image: the Linux-guest tests then print SKIPPED)
+  bench [boot|net] [--quick] [--runs N] [--systems A,B]
                        benchmarks against QEMU on the same probe guest; writes target/bench/
   bench --linux        the same with the Linux guest (refuses where guest kernels are emulated)
   image                build the Linux guest image (kernel 6.1 + initramfs with the agent),

@@ -1,15 +1,18 @@
-//! `cargo xtask test`: the whole check CI runs — formatting, clippy, the probe guest build, and
-//! every unit, property, in-process and KVM test.
+//! `cargo xtask test`: the whole check CI runs — formatting, clippy, the probe guest and Linux
+//! guest image builds (both cached by input hash), and every unit, property, in-process, KVM
+//! and Linux-guest test.
 
 use anyhow::Result;
 
 use crate::util::{cargo, done, run, step, target_dir, workspace_root};
-use crate::{deps, probe};
+use crate::{deps, image, probe};
 
-/// Runs every check; `args` may contain `--no-lint` and test-name filters after `--`.
+/// Runs every check; `args` may contain `--no-lint`, `--no-linux-image` and test-name filters
+/// after `--`.
 pub fn run_all(args: &[String]) -> Result<()> {
     let started = std::time::Instant::now();
     let no_lint = args.iter().any(|a| a == "--no-lint");
+    let no_image = args.iter().any(|a| a == "--no-linux-image");
     let filters: Vec<&String> = args.iter().skip_while(|a| *a != "--").skip(1).collect();
     let root = workspace_root();
 
@@ -37,6 +40,18 @@ pub fn run_all(args: &[String]) -> Result<()> {
     }
 
     let probe_elf = probe::build()?;
+    // The Linux-guest tests (the agent under QEMU TCG, boot-protocol checks) run here too; a
+    // fresh machine builds the image once, later runs find it in the cache.
+    let linux_image = if no_image {
+        println!("    --no-linux-image: the Linux-guest tests will print SKIPPED");
+        None
+    } else {
+        let t = step("Linux guest image (cached by input hash; about 6 minutes the first time)");
+        let jobs = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let img = image::build(jobs)?;
+        done(t);
+        Some(img.dir)
+    };
 
     let t = step("cargo build --workspace --bins");
     run(cargo()
@@ -51,6 +66,9 @@ pub fn run_all(args: &[String]) -> Result<()> {
         .args(["test", "--workspace"])
         .env("RINGFENCE_PROBE", &probe_elf)
         .env("RINGFENCE_BIN", target_dir().join("debug/ringfence"));
+    if let Some(dir) = &linux_image {
+        cmd.env("RINGFENCE_LINUX_IMAGE", dir);
+    }
     if !filters.is_empty() {
         cmd.arg("--").args(filters);
     }
