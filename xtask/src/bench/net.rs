@@ -272,6 +272,29 @@ impl NetBench<'_> {
 
     /// One bulk transfer over `flows` parallel connections (peer `role` sink or source);
     /// returns the aggregate throughput the host-side peer measured, after checking every byte.
+    /// Starts the host-side peer with `peer_args`, then runs the guest scenario `scenario`
+    /// dialling it on `port` with `words`; returns the run, the guest's result line and the
+    /// peer's.
+    fn exchange(
+        &self,
+        ns: &BenchNetns,
+        system: System,
+        peer_args: &[&str],
+        (scenario, port): (&str, u16),
+        words: &[String],
+    ) -> Result<(GuestRun, serde_json::Value, serde_json::Value)> {
+        let peer = ns.peer(self.peer, peer_args)?;
+        let mut all = vec![
+            format!("probe.scenario={scenario}"),
+            format!("probe.peer={}:{port}", system.peer_from_guest()),
+        ];
+        all.extend_from_slice(words);
+        let run = self.run_guest(ns, system, &all)?;
+        let guest = Self::result(&run, system)?;
+        let host = peer.result()?;
+        Ok((run, guest, host))
+    }
+
     fn bulk(
         &self,
         ns: &BenchNetns,
@@ -286,23 +309,16 @@ impl NetBench<'_> {
         let mut args = vec![role, bind.as_str()];
         args.extend_from_slice(role_args);
         args.extend_from_slice(&["--conns", &conns, "--parallel", "--timeout", "150"]);
-        let peer = ns.peer(self.peer, &args)?;
         let scenario = if role == "sink" {
             "tcp-send"
         } else {
             "tcp-recv"
         };
-        let mut words = vec![
-            format!("probe.scenario={scenario}"),
-            format!("probe.peer={}:{port}", system.peer_from_guest()),
-            format!("probe.flows={flows}"),
-        ];
+        let mut words = vec![format!("probe.flows={flows}")];
         if role == "sink" {
             words.push(format!("probe.bytes={}", self.bytes));
         }
-        let run = self.run_guest(ns, system, &words)?;
-        Self::result(&run, system)?;
-        let r = peer.result()?;
+        let (_, _, r) = self.exchange(ns, system, &args, (scenario, port), &words)?;
         let expected = if role == "sink" {
             self.bytes
         } else {
@@ -321,24 +337,15 @@ impl NetBench<'_> {
     /// ping-pong) and appends its figures to `out`, all or none.
     pub fn run_rep(&self, ns: &BenchNetns, system: System, out: &mut NetSamples) -> Result<()> {
         let bind = system.peer_bind();
-        let dial = system.peer_from_guest();
         let limit = "150";
         // guest -> host
-        let peer = ns.peer(
-            self.peer,
-            &["sink", &format!("{bind}:5101"), "--timeout", limit],
-        )?;
-        let run = self.run_guest(
+        let (run, _, sink) = self.exchange(
             ns,
             system,
-            &[
-                "probe.scenario=tcp-send".into(),
-                format!("probe.peer={dial}:5101"),
-                format!("probe.bytes={}", self.bytes),
-            ],
+            &["sink", &format!("{bind}:5101"), "--timeout", limit],
+            ("tcp-send", 5101),
+            &[format!("probe.bytes={}", self.bytes)],
         )?;
-        Self::result(&run, system)?;
-        let sink = peer.result()?;
         if sink["bytes"] != self.bytes || sink["pattern_ok"] != true {
             bail!(
                 "{}: sink got {sink} (expected {} intact bytes)",
@@ -350,29 +357,22 @@ impl NetBench<'_> {
         let mut host_cpu = cpu_of(&run);
         let rss = (run.sample.max_rss_kib + run.helper_rss_kib) as f64 / 1024.0;
 
-        // host -> guest
-        let peer = ns.peer(
-            self.peer,
-            &[
-                "source",
-                &format!("{bind}:5102"),
-                &self.bytes.to_string(),
-                "--timeout",
-                limit,
-            ],
-        )?;
-        let run = self.run_guest(
+        // host -> guest: every byte checked against the pattern, at a fraction of SHA-256's
+        // guest time (the guest must not be what is measured).
+        let bytes = self.bytes.to_string();
+        let (run, r, source) = self.exchange(
             ns,
             system,
             &[
-                "probe.scenario=tcp-recv".into(),
-                format!("probe.peer={dial}:5102"),
-                // Every byte checked against the pattern, at a fraction of SHA-256's
-                // guest time: the guest must not be what is measured.
-                "probe.verify=pattern".into(),
+                "source",
+                &format!("{bind}:5102"),
+                &bytes,
+                "--timeout",
+                limit,
             ],
+            ("tcp-recv", 5102),
+            &["probe.verify=pattern".into()],
         )?;
-        let r = Self::result(&run, system)?;
         if r["bytes"] != self.bytes || r["pattern_ok"] != true {
             bail!(
                 "{}: guest received {} of {} bytes (pattern_ok {})",
@@ -382,29 +382,21 @@ impl NetBench<'_> {
                 r["pattern_ok"]
             );
         }
-        let h2g = peer.result()?["gbps"].as_f64().unwrap_or(0.0);
+        let h2g = source["gbps"].as_f64().unwrap_or(0.0);
         host_cpu += cpu_of(&run);
 
         // The same with 4 parallel flows (aggregate throughput).
         let g2h_p4 = self.bulk(ns, system, "sink", 5104, &[], 4)?;
-        let h2g_p4 = self.bulk(ns, system, "source", 5105, &[&self.bytes.to_string()], 4)?;
+        let h2g_p4 = self.bulk(ns, system, "source", 5105, &[&bytes], 4)?;
 
         // 1-byte ping-pong
-        let peer = ns.peer(
-            self.peer,
-            &["echo", &format!("{bind}:5103"), "--timeout", limit],
-        )?;
-        let run = self.run_guest(
+        let (_, r, _) = self.exchange(
             ns,
             system,
-            &[
-                "probe.scenario=tcp-rr".into(),
-                format!("probe.peer={dial}:5103"),
-                format!("probe.count={}", self.rr_count),
-            ],
+            &["echo", &format!("{bind}:5103"), "--timeout", limit],
+            ("tcp-rr", 5103),
+            &[format!("probe.count={}", self.rr_count)],
         )?;
-        let r = Self::result(&run, system)?;
-        peer.result()?;
 
         out.g2h.push(g2h);
         out.h2g.push(h2g);
