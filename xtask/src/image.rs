@@ -123,7 +123,7 @@ pub struct Image {
 
 /// Entry point: `cargo xtask image [--jobs N]`.
 pub fn run(args: &[String]) -> Result<()> {
-    let mut jobs = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let mut jobs = default_jobs();
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -146,6 +146,11 @@ pub fn run(args: &[String]) -> Result<()> {
         "run it (on a host where `ringfence doctor` says Linux guests run):\n  ringfence run --linux -- uname -a"
     );
     Ok(())
+}
+
+/// Kernel build jobs when none are asked for: one per CPU this process may use.
+pub fn default_jobs() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
 }
 
 /// Points `~/.cache/ringfence/linux` at the newest image, where `ringfence run --linux` looks.

@@ -47,8 +47,7 @@ pub fn run_all(args: &[String]) -> Result<()> {
         None
     } else {
         let t = step("Linux guest image (cached by input hash; about 6 minutes the first time)");
-        let jobs = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let img = image::build(jobs)?;
+        let img = image::build(image::default_jobs())?;
         done(t);
         Some(img.dir)
     };
