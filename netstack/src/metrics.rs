@@ -72,8 +72,9 @@ pub struct NetMetrics {
     /// Window probes sent to a guest whose window stayed closed with nothing in flight.
     pub tcp_window_probes: u64,
     /// Host sockets reported readable with nothing behind the bytes already in flight to
-    /// the guest (a peek that would block). One per stall is expected: the next one parks
-    /// the flow until the guest's ACK instead of polling the socket.
+    /// the guest (a peek that would block). Up to two per stall are expected: the first
+    /// raises `SO_RCVLOWAT`, the second parks the flow until the guest's ACK instead of
+    /// polling the socket.
     pub tcp_readable_nothing_new: u64,
     /// Connections accepted on published ports.
     pub published_accepts: u64,

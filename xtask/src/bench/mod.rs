@@ -240,8 +240,8 @@ fn run_net(
         live.push(Contender::Ceiling(ceiling::Samples::default()));
     }
     for rep in 0..reps {
-        if !live.is_empty() {
-            live.rotate_left(rep.min(1));
+        if rep > 0 && !live.is_empty() {
+            live.rotate_left(1);
         }
         live.retain_mut(|c| {
             print!("\r    repetition {}/{reps}: {:<20}", rep + 1, c.name());
