@@ -165,7 +165,7 @@ pub fn validate_resources(
         return Err(ConfigError::TooManyVcpus {
             asked: vcpus,
             limit: host_max_vcpus as u32,
-            why: "KVM's recommended vCPU count on this host",
+            why: "KVM's vCPU limit on this host",
         });
     }
     Ok(())

@@ -13,8 +13,11 @@ use crate::kvm::{KvmHost, REQUIRED_CAPS};
 const USER_ITERATIONS: u64 = 100_000_000;
 /// Iterations of the kernel-mode loop (sub-millisecond native; ~0.2 s where emulated).
 const KERNEL_ITERATIONS: u64 = 100_000;
-/// Kernel-mode loops this many times slower than user-mode ones mean emulation.
-const EMULATION_RATIO: f64 = 20.0;
+/// Kernel-mode loops this many times slower than user-mode ones mean emulation. Measured:
+/// 2270–3950x on hosts whose KVM emulates guest kernel mode; about 1x with hardware
+/// virtualization; 1–60x inside the nested harness's outer VM (QEMU TCG with SVM), where the
+/// kernel loop's 100 000 iterations are short enough for VM entry costs and host load to show.
+const EMULATION_RATIO: f64 = 200.0;
 
 /// The outcome of one check.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -32,6 +32,11 @@ pub enum VmExit {
         /// Its instruction pointer.
         rip: u64,
     },
+    /// The guest kernel panicked (it printed Linux's panic line, then rebooted or hung).
+    GuestPanic {
+        /// The panic line from the console.
+        message: String,
+    },
     /// `--timeout` expired.
     Timeout {
         /// The limit, in seconds.
@@ -49,7 +54,9 @@ impl VmExit {
         match self {
             VmExit::GuestStatus(v) => (*v & 0xff) as i32,
             VmExit::Reset | VmExit::PowerOff => 0,
-            VmExit::TripleFault { .. } | VmExit::DeadHalt { .. } => STATUS_GUEST_CRASH,
+            VmExit::TripleFault { .. } | VmExit::DeadHalt { .. } | VmExit::GuestPanic { .. } => {
+                STATUS_GUEST_CRASH
+            }
             VmExit::Timeout { .. } => STATUS_TIMEOUT,
             VmExit::Signal(sig) => 128 + sig,
             VmExit::Internal(_) => STATUS_VMM_ERROR,
@@ -70,6 +77,9 @@ impl fmt::Display for VmExit {
         match self {
             VmExit::GuestStatus(v) => write!(f, "guest exited with status {v}"),
             VmExit::Reset => write!(f, "guest requested a reset"),
+            VmExit::GuestPanic { message } => {
+                write!(f, "the guest kernel panicked: {message}")
+            }
             VmExit::PowerOff => write!(f, "guest powered off"),
             VmExit::TripleFault { vcpu, rip: Some(rip) } => {
                 write!(f, "vCPU {vcpu} triple-faulted (last RIP {rip:#x}); the guest crashed")

@@ -23,7 +23,9 @@ enum Command {
     ///
     /// The exit status is the value the guest wrote to the exit port (0xf4), or:
     /// 124 if --timeout expired, 125 if ringfence itself failed (bad input, KVM error),
-    /// 126 if the guest crashed (triple fault, halt with interrupts off), 128+N on signal N.
+    /// 126 if the guest crashed (triple fault, halt with interrupts off, kernel panic),
+    /// 128+N on signal N. With --net user, SIGUSR1 turns the guest's network off (live flows
+    /// cut) and SIGUSR2 back on.
     ///
     /// Examples:
     ///   ringfence run                                   # the built probe guest, "hello"
@@ -279,11 +281,53 @@ fn run(mut args: RunArgs) -> Result<u8, String> {
     if config.net.pcap.is_some() && config.net.backend == ringfence::net::NetBackendSpec::None {
         return Err("--pcap needs a network device: add --net user or --net tap:IFNAME".into());
     }
-    let exit = Vm::new(config).run().map_err(|e| e.to_string())?;
+    let user_net = config.net.backend == ringfence::net::NetBackendSpec::User;
+    let mut vm = Vm::new(config);
+    if user_net {
+        route_network_signals(vm.net_control())?;
+    }
+    let exit = vm.run().map_err(|e| e.to_string())?;
     if exit.is_abnormal() {
         eprintln!("ringfence: {exit}");
     }
     Ok(exit.status() as u8)
+}
+
+/// SIGUSR1 turns the guest's network off (live flows are cut, new ones refused), SIGUSR2
+/// turns it back on: an operator's switch, e.g. `kill -USR1 $(pidof ringfence)`.
+///
+/// The two signals are blocked in this thread before any other exists, so every thread
+/// inherits the mask and only the waiting thread below ever takes them.
+fn route_network_signals(control: ringfence::vm::NetControl) -> Result<(), String> {
+    // SAFETY: `set` is a local sigset_t initialised by sigemptyset before use; the calls only
+    // read and write it and the calling thread's signal mask.
+    let set = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGUSR1);
+        libc::sigaddset(&mut set, libc::SIGUSR2);
+        if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+            return Err("cannot block SIGUSR1/SIGUSR2 for the network switch".into());
+        }
+        set
+    };
+    std::thread::Builder::new()
+        .name("rf-net-switch".into())
+        .spawn(move || loop {
+            let mut sig = 0;
+            // SAFETY: `set` is a valid, initialised signal set and `sig` a valid out pointer.
+            if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
+                return;
+            }
+            let on = sig == libc::SIGUSR2;
+            match control.set_network_enabled(on) {
+                Ok(()) if on => eprintln!("ringfence: SIGUSR2: guest network on"),
+                Ok(()) => eprintln!("ringfence: SIGUSR1: guest network off (flows cut)"),
+                Err(e) => eprintln!("ringfence: network switch: {e}"),
+            }
+        })
+        .map_err(|e| format!("cannot start the network-switch thread: {e}"))?;
+    Ok(())
 }
 
 /// Parses `aa:bb:cc:dd:ee:ff`.

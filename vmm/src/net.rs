@@ -280,12 +280,38 @@ pub fn attach(
 
 /// The counters of a stopped device as one JSON object (`--net-stats`).
 pub fn stats_json(metrics: &devices::net::NetMetrics) -> String {
-    let map: serde_json::Map<String, serde_json::Value> = metrics
+    let mut map: serde_json::Map<String, serde_json::Value> = metrics
         .snapshot()
         .into_iter()
         .map(|(k, v)| (k, serde_json::Value::from(v)))
         .collect();
+    let acked = devices::net::NetMetrics::get(&metrics.features_acked);
+    map.insert("features".into(), feature_names(acked).into());
     serde_json::Value::Object(map).to_string()
+}
+
+/// Names of the virtio-net feature bits set in `bits` (virtio 1.2 §5.1.3, §6), for reports.
+pub fn feature_names(bits: u64) -> Vec<&'static str> {
+    use devices::net::features::*;
+    use devices::virtio::{VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
+    [
+        (VIRTIO_NET_F_CSUM, "CSUM"),
+        (VIRTIO_NET_F_GUEST_CSUM, "GUEST_CSUM"),
+        (VIRTIO_NET_F_MTU, "MTU"),
+        (VIRTIO_NET_F_MAC, "MAC"),
+        (VIRTIO_NET_F_GUEST_TSO4, "GUEST_TSO4"),
+        (VIRTIO_NET_F_GUEST_TSO6, "GUEST_TSO6"),
+        (VIRTIO_NET_F_HOST_TSO4, "HOST_TSO4"),
+        (VIRTIO_NET_F_HOST_TSO6, "HOST_TSO6"),
+        (VIRTIO_NET_F_MRG_RXBUF, "MRG_RXBUF"),
+        (VIRTIO_NET_F_STATUS, "STATUS"),
+        (VIRTIO_RING_F_EVENT_IDX, "EVENT_IDX"),
+        (VIRTIO_F_VERSION_1, "VERSION_1"),
+    ]
+    .into_iter()
+    .filter(|(bit, _)| bits & (1u64 << bit) != 0)
+    .map(|(_, name)| name)
+    .collect()
 }
 
 #[cfg(test)]
@@ -314,6 +340,15 @@ mod tests {
             .parse::<NetBackendSpec>()
             .unwrap_err()
             .contains("expected user"));
+    }
+
+    #[test]
+    fn feature_bits_are_named() {
+        assert_eq!(feature_names(0), Vec::<&str>::new());
+        assert_eq!(
+            feature_names((1 << 0) | (1 << 15) | (1 << 29) | (1 << 32)),
+            vec!["CSUM", "MRG_RXBUF", "EVENT_IDX", "VERSION_1"]
+        );
     }
 
     #[test]

@@ -147,10 +147,7 @@ impl Vm {
         let sink = open_console(cfg.console)?;
         let net_backend = crate::net::prepare(&cfg.net)?;
 
-        let vm = host
-            .kvm()
-            .create_vm()
-            .map_err(KvmError::ioctl("KVM_CREATE_VM"))?;
+        let vm = host.create_vm()?;
         vm.set_tss_address(KVM_TSS_ADDRESS)
             .map_err(KvmError::ioctl("KVM_SET_TSS_ADDR"))?;
         vm.create_irq_chip()
@@ -235,6 +232,14 @@ impl Vm {
         let exit = wait_for_exit(&shared, &bus, &threads, cfg.timeout, started);
         let exit = stop_vcpus(&shared, threads, exit);
         bus.flush_console();
+        // A Linux guest booted with panic=-1 reboots after a panic, and one without it hangs
+        // until --timeout: its console tells those apart from a reboot it asked for.
+        let exit = match (exit, bus.guest_panic()) {
+            (VmExit::Reset | VmExit::Timeout { .. }, Some(message)) => {
+                VmExit::GuestPanic { message }
+            }
+            (exit, _) => exit,
+        };
         // The vCPU threads are joined: dropping the bus stops the device workers (flushing
         // pcap files) while guest memory is still mapped.
         drop(bus);

@@ -240,6 +240,12 @@ impl VirtioDevice for Net {
         let mut parts = self.idle.take().ok_or_else(|| {
             ActivateError::Start("the backend was lost when a previous worker panicked".into())
         })?;
+        self.metrics
+            .features_offered
+            .store(self.avail_features, std::sync::atomic::Ordering::Relaxed);
+        self.metrics
+            .features_acked
+            .store(ctx.acked_features, std::sync::atomic::Ordering::Relaxed);
         if let Err(e) = parts.backend.activate(ctx.acked_features) {
             self.idle = Some(parts);
             return Err(ActivateError::Start(e.to_string()));

@@ -126,6 +126,11 @@ pub struct NetMetrics {
     /// Times RX ran out of guest room with frames pending and waited for the driver to post
     /// a batch of buffers.
     pub rx_starved: AtomicU64,
+    /// Feature bits the device offered the driver.
+    pub features_offered: AtomicU64,
+    /// Feature bits the driver acknowledged, as of the last activation (what the guest's
+    /// driver actually uses: offloads, EVENT_IDX, mergeable RX buffers).
+    pub features_acked: AtomicU64,
     /// The backend's own counters ([`crate::net::backend::NetBackend::counters`]), taken
     /// when its worker stops.
     pub backend: std::sync::Mutex<Vec<(String, u64)>>,
@@ -146,7 +151,7 @@ impl NetMetrics {
     /// `rx_malformed_<reason>` (only the non-zero ones), then the backend's counters as of
     /// its worker's last stop, for reports such as `--net-stats`.
     pub fn snapshot(&self) -> Vec<(String, u64)> {
-        let plain: [(&str, &AtomicU64); 19] = [
+        let plain: [(&str, &AtomicU64); 21] = [
             ("tx_frames", &self.tx_frames),
             ("tx_bytes", &self.tx_bytes),
             ("tx_dropped_backend_busy", &self.tx_dropped_backend_busy),
@@ -166,6 +171,8 @@ impl NetMetrics {
             ("loop_iterations", &self.loop_iterations),
             ("poll_ticks", &self.poll_ticks),
             ("rx_starved", &self.rx_starved),
+            ("features_offered", &self.features_offered),
+            ("features_acked", &self.features_acked),
         ];
         let mut out: Vec<(String, u64)> = plain
             .iter()

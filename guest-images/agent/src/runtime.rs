@@ -118,10 +118,32 @@ fn run_command(config: &AgentConfig) -> Outcome {
     }
 }
 
+/// Waits (at most `limit`) until the console has sent what the command wrote: the kernel's
+/// serial driver transmits from its buffer on interrupts, and the VMM stops the VM the moment
+/// the status reaches the exit port, so output still queued then would be lost (seen with
+/// two vCPUs: `nproc`'s "2" went missing in 3 runs of 6).
+fn drain_console(limit: std::time::Duration) {
+    let (done, wait) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new()
+        .name("drain".into())
+        .spawn(move || {
+            for fd in [libc::STDOUT_FILENO, libc::STDERR_FILENO] {
+                // SAFETY: tcdrain only waits on the descriptor; on one that is not a
+                // terminal it fails with ENOTTY, which is fine.
+                unsafe { libc::tcdrain(fd) };
+            }
+            let _ = done.send(());
+        });
+    if spawned.is_ok() {
+        let _ = wait.recv_timeout(limit);
+    }
+}
+
 /// Writes `code` to the exit port, then powers off if the VMM did not stop us. Never returns.
 pub fn report(code: u8) -> ! {
     let _ = io::stdout().flush();
     let _ = io::stderr().flush();
+    drain_console(std::time::Duration::from_secs(2));
     // SAFETY: sync has no preconditions.
     unsafe { libc::sync() };
     // SAFETY: ioperm only changes this process's I/O permission bitmap.

@@ -1,13 +1,16 @@
 //! Port I/O and MMIO dispatch for exits that reach userspace.
 //!
 //! Port devices: COM1 serial, the exit port (QEMU's `isa-debug-exit` convention at 0xf4, so the
-//! same probe ELF ends QEMU and ringfence alike), and the i8042 reset line. MMIO: the virtio-mmio
+//! same probe ELF ends QEMU and ringfence alike), and a minimal i8042 controller (its reset
+//! line, and answers for Linux's probe). MMIO: the virtio-mmio
 //! windows. Everything else reads as all-ones and ignores writes, as an empty bus would.
 
+pub mod i8042;
 pub mod serial;
 
 use std::sync::Mutex;
 
+use i8042::{I8042Effect, I8042};
 use serial::{SerialConsole, COM1_BASE, COM1_LEN};
 
 use crate::exit::VmExit;
@@ -17,7 +20,7 @@ pub const EXIT_PORT: u16 = 0xf4;
 /// Width of the exit port in bytes.
 pub const EXIT_PORT_LEN: u16 = 4;
 /// i8042 command port; command 0xfe pulses the CPU reset line.
-pub const I8042_COMMAND_PORT: u16 = 0x64;
+pub const I8042_COMMAND_PORT: u16 = i8042::COMMAND_PORT;
 /// The i8042 "pulse reset" command.
 pub const I8042_RESET: u8 = 0xfe;
 
@@ -39,6 +42,7 @@ struct MmioWindow {
 /// All devices that exits can reach, shared by the vCPU threads.
 pub struct IoBus {
     serial: Mutex<SerialConsole>,
+    i8042: Mutex<I8042>,
     mmio: Vec<MmioWindow>,
 }
 
@@ -56,6 +60,7 @@ impl IoBus {
     pub fn new(serial: SerialConsole) -> Self {
         IoBus {
             serial: Mutex::new(serial),
+            i8042: Mutex::new(I8042::default()),
             mmio: Vec::new(),
         }
     }
@@ -79,8 +84,19 @@ impl IoBus {
                 IoAction::Continue
             }
             EXIT_PORT => IoAction::Stop(VmExit::GuestStatus(le_value(data))),
-            I8042_COMMAND_PORT if data.first() == Some(&I8042_RESET) => {
-                IoAction::Stop(VmExit::Reset)
+            I8042_COMMAND_PORT | i8042::DATA_PORT => {
+                let (Some(&v), Ok(mut c)) = (data.first(), self.i8042.lock()) else {
+                    return IoAction::Continue;
+                };
+                let effect = if port == I8042_COMMAND_PORT {
+                    c.write_command(v)
+                } else {
+                    c.write_data(v)
+                };
+                match effect {
+                    I8042Effect::Reset => IoAction::Stop(VmExit::Reset),
+                    I8042Effect::None => IoAction::Continue,
+                }
             }
             _ => IoAction::Continue,
         }
@@ -95,13 +111,18 @@ impl IoBus {
                     .lock()
                     .map(|mut s| s.read((p - COM1_BASE) as u8))
                     .unwrap_or(0xff);
-                data.fill(0);
-                if let Some(b) = data.first_mut() {
-                    *b = v;
-                }
+                byte_read(data, v);
             }
-            // i8042 status: output buffer empty, input buffer empty.
-            I8042_COMMAND_PORT => data.fill(0),
+            I8042_COMMAND_PORT | i8042::DATA_PORT => {
+                let v = self.i8042.lock().map_or(0xff, |mut c| {
+                    if port == I8042_COMMAND_PORT {
+                        c.status()
+                    } else {
+                        c.read_data()
+                    }
+                });
+                byte_read(data, v);
+            }
             _ => data.fill(0xff),
         }
     }
@@ -132,11 +153,24 @@ impl IoBus {
         }
     }
 
+    /// The guest kernel's panic line, if its console showed one.
+    pub fn guest_panic(&self) -> Option<String> {
+        self.serial.lock().ok().and_then(|mut s| s.panic_line())
+    }
+
     /// Flushes the console (at VM exit).
     pub fn flush_console(&self) {
         if let Ok(mut s) = self.serial.lock() {
             s.flush();
         }
+    }
+}
+
+/// Fills an 8-bit device's read: the byte, then zeros for wider accesses.
+fn byte_read(data: &mut [u8], v: u8) {
+    data.fill(0);
+    if let Some(b) = data.first_mut() {
+        *b = v;
     }
 }
 

@@ -36,7 +36,11 @@ const LINE_LIMIT: usize = 4096;
 pub struct LineBuffer {
     inner: ConsoleSink,
     pending: Vec<u8>,
+    panic: Option<String>,
 }
+
+/// What a Linux guest prints when its kernel panics (`panic()` in kernel/panic.c).
+const LINUX_PANIC_MARKER: &[u8] = b"Kernel panic - not syncing";
 
 impl LineBuffer {
     /// Wraps `inner`.
@@ -44,12 +48,36 @@ impl LineBuffer {
         LineBuffer {
             inner,
             pending: Vec::with_capacity(256),
+            panic: None,
+        }
+    }
+
+    /// The first kernel panic line the guest printed, if any: a Linux guest booted with
+    /// `panic=-1` reboots after a panic, and this tells that reboot from one it asked for.
+    pub fn panic_line(&self) -> Option<&str> {
+        self.panic.as_deref()
+    }
+
+    /// Remembers the first panic line among `out`, the bytes about to be written.
+    fn watch(&mut self, end: usize) {
+        if self.panic.is_some() {
+            return;
+        }
+        let out = &self.pending[..end];
+        if let Some(at) = out
+            .windows(LINUX_PANIC_MARKER.len())
+            .position(|w| w == LINUX_PANIC_MARKER)
+        {
+            let line = &out[at..];
+            let line = &line[..line.iter().position(|&b| b == b'\n').unwrap_or(line.len())];
+            self.panic = Some(String::from_utf8_lossy(line).trim_end().to_string());
         }
     }
 
     /// Writes out everything buffered, partial line included.
     pub fn flush_all(&mut self) -> io::Result<()> {
         if !self.pending.is_empty() {
+            self.watch(self.pending.len());
             self.inner.write_all(&self.pending)?;
             self.pending.clear();
         }
@@ -68,6 +96,7 @@ impl Write for LineBuffer {
             return self.flush_all();
         }
         if let Some(end) = self.pending.iter().rposition(|&b| b == b'\n') {
+            self.watch(end + 1);
             self.inner.write_all(&self.pending[..=end])?;
             self.pending.drain(..=end);
             self.inner.flush()?;
@@ -104,6 +133,11 @@ impl SerialConsole {
     pub fn flush(&mut self) {
         let _ = self.uart.writer_mut().flush_all();
     }
+
+    /// The guest kernel's panic line, if it printed one (see [`LineBuffer::panic_line`]).
+    pub fn panic_line(&mut self) -> Option<String> {
+        self.uart.writer_mut().panic_line().map(String::from)
+    }
 }
 
 #[cfg(test)]
@@ -121,6 +155,22 @@ mod tests {
         fn flush(&mut self) -> io::Result<()> {
             Ok(())
         }
+    }
+
+    #[test]
+    fn a_kernel_panic_line_is_remembered() {
+        let log = Log::default();
+        let mut b = LineBuffer::new(Box::new(log.clone()));
+        b.write_all(b"[ 1.0] boot\n").unwrap();
+        b.flush().unwrap();
+        assert_eq!(b.panic_line(), None);
+        b.write_all(b"[ 2.0] Kernel panic - not syncing: sysrq triggered crash\r\nmore\n")
+            .unwrap();
+        b.flush().unwrap();
+        assert_eq!(
+            b.panic_line(),
+            Some("Kernel panic - not syncing: sysrq triggered crash")
+        );
     }
 
     #[test]

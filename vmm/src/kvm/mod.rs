@@ -118,9 +118,24 @@ impl KvmHost {
         self.kvm.check_extension(cap)
     }
 
-    /// The most vCPUs a VM may have on this host.
+    /// Creates a VM. `KVM_CREATE_VM` can fail with `EINTR` when a signal arrives while the
+    /// kernel sets the VM up (seen on nested hosts, where that takes long); that is retried,
+    /// a bounded number of times, and never ends a run.
+    pub fn create_vm(&self) -> Result<kvm_ioctls::VmFd, KvmError> {
+        const ATTEMPTS: u32 = 100;
+        let mut tries = 0;
+        loop {
+            match self.kvm.create_vm() {
+                Err(e) if e.errno() == libc::EINTR && tries + 1 < ATTEMPTS => tries += 1,
+                other => return other.map_err(KvmError::ioctl("KVM_CREATE_VM")),
+            }
+        }
+    }
+
+    /// The most vCPUs a VM may have on this host (`KVM_CAP_MAX_VCPUS`). More vCPUs than host
+    /// CPUs (KVM's "recommended" count) is allowed, as in other VMMs: they share the CPUs.
     pub fn max_vcpus(&self) -> usize {
-        self.kvm.get_nr_vcpus()
+        self.kvm.get_max_vcpus()
     }
 
     /// The KVM API version.

@@ -61,10 +61,7 @@ fn loop_code(iterations: u64) -> Vec<u8> {
 
 /// Runs `iterations` of a two-instruction loop at `ring` and times it.
 pub fn measure(host: &KvmHost, ring: Ring, iterations: u64) -> Result<LoopSpeed, KvmError> {
-    let vm = host
-        .kvm()
-        .create_vm()
-        .map_err(KvmError::ioctl("KVM_CREATE_VM"))?;
+    let vm = host.create_vm()?;
     vm.set_tss_address(crate::layout::KVM_TSS_ADDRESS)
         .map_err(KvmError::ioctl("KVM_SET_TSS_ADDR"))?;
     let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), SPEED_VM_MEM)])
