@@ -1,6 +1,6 @@
 //! `cargo xtask image`: the Linux guest image — a kernel from Debian's `linux-source-6.1` built
 //! on `tinyconfig` plus `guest-images/linux/ringfence.config`, and an initramfs (cpio newc,
-//! gzip) with the ringfence agent as `/init`, busybox, iperf3 and sockperf.
+//! gzip) with the ringfence agent as `/init`, busybox, iperf3, sockperf, curl and socat.
 //!
 //! Two cache levels under `~/.cache/ringfence/`:
 //! - `linux-kernel-<hash>/` (vmlinux, bzImage, config): hash of the fragment, the recipe
@@ -22,6 +22,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
 
+use crate::cpio::Cpio;
 use crate::util::{
     cache_dir, cargo, describe, done, have, is_root, run as run_cmd, step, target_dir,
     workspace_root,
@@ -34,7 +35,18 @@ const KERNEL_PACKAGE: &str = "linux-source-6.1";
 /// Where that package puts the tarball.
 const KERNEL_TARBALL: &str = "/usr/src/linux-source-6.1.tar.xz";
 /// Guest programs copied into the initramfs with the shared libraries `ldd` lists.
-const GUEST_PROGRAMS: &[&str] = &["/usr/bin/iperf3", "/usr/bin/sockperf"];
+/// GNU wget replaces busybox's applet: Debian's static busybox 1.35 crashes (SIGSEGV in its
+/// option parser) on `wget -T N`, the first option a sandbox user types. dash is `/bin/sh`:
+/// busybox's own shell runs its applets before anything on PATH (Debian builds it with
+/// FEATURE_SH_STANDALONE), so under it `sh -c 'wget ...'` would still reach the broken applet.
+const GUEST_PROGRAMS: &[&str] = &[
+    "/usr/bin/dash",
+    "/usr/bin/wget",
+    "/usr/bin/iperf3",
+    "/usr/bin/sockperf",
+    "/usr/bin/curl",
+    "/usr/bin/socat",
+];
 /// The static busybox.
 const BUSYBOX: &str = "/bin/busybox";
 
@@ -105,6 +117,26 @@ const NEEDS: &[Need] = &[
         package: "sockperf",
         file: "/usr/bin/sockperf",
         why: "latency tests inside the guest",
+    },
+    Need {
+        package: "dash",
+        file: "/usr/bin/dash",
+        why: "/bin/sh inside the guest (busybox's shell prefers its own applets)",
+    },
+    Need {
+        package: "wget",
+        file: "/usr/bin/wget",
+        why: "GNU wget inside the guest (busybox's crashes on -T)",
+    },
+    Need {
+        package: "curl",
+        file: "/usr/bin/curl",
+        why: "an HTTP(S) client inside the guest",
+    },
+    Need {
+        package: "socat",
+        file: "/usr/bin/socat",
+        why: "TCP/UDP relays and clients inside the guest",
     },
 ];
 
@@ -212,7 +244,7 @@ pub fn build(jobs: usize) -> Result<Image> {
     }
     let agent = build_agent()?;
     std::fs::create_dir_all(&image_dir)?;
-    let t = step("initramfs: agent, busybox, iperf3, sockperf and their libraries");
+    let t = step("initramfs: agent, busybox, iperf3, sockperf, curl, socat and their libraries");
     let cpio = initramfs(&agent, &linux_dir)?;
     let tmp = image_dir.join("initramfs.cpio.gz.tmp");
     gzip_to(&cpio, &tmp)?;
@@ -523,21 +555,19 @@ fn initramfs(agent: &Path, linux_dir: &Path) -> Result<Vec<u8>> {
     cpio.file(&BUSYBOX[1..], 0o755, &std::fs::read(BUSYBOX)?)?;
     let list = command_output(Command::new(BUSYBOX).arg("--list-full"))?;
     for applet in list.lines().map(str::trim).filter(|l| !l.is_empty()) {
-        if applet != "bin/busybox" {
+        // Programs the image ships itself take the applet's place.
+        let shipped = GUEST_PROGRAMS.iter().any(|p| p[1..] == *applet);
+        if applet == "bin/sh" {
+            cpio.symlink(applet, "/usr/bin/dash");
+        } else if applet != "bin/busybox" && !shipped {
             cpio.symlink(applet, "/bin/busybox");
         }
     }
     let mut libs = BTreeSet::new();
     for prog in GUEST_PROGRAMS {
-        cpio.file(&prog[1..], 0o755, &std::fs::read(prog)?)?;
-        let ldd = command_output(Command::new("ldd").arg(prog))?;
-        for word in ldd.split_whitespace().filter(|w| w.starts_with('/')) {
-            libs.insert(word.to_string());
-        }
+        cpio.program(&prog[1..], Path::new(prog), &mut libs)?;
     }
-    for lib in &libs {
-        cpio.file(&lib[1..], 0o755, &std::fs::read(lib)?)?;
-    }
+    cpio.libraries(&libs)?;
     Ok(cpio.finish())
 }
 
@@ -561,105 +591,9 @@ fn gzip_to(data: &[u8], path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// A newc ("070701") cpio archive writer: deterministic (mtime 0, uid/gid 0, inode numbers
-/// in order), parent directories created on demand.
-#[derive(Default)]
-struct Cpio {
-    out: Vec<u8>,
-    ino: u32,
-    dirs: BTreeSet<String>,
-}
-
-impl Cpio {
-    fn entry(&mut self, name: &str, mode: u32, data: &[u8], rdev: (u32, u32)) {
-        self.ino += 1;
-        let fields = [
-            self.ino,
-            mode,
-            0,
-            0,
-            1,
-            0,
-            data.len() as u32,
-            0,
-            0,
-            rdev.0,
-            rdev.1,
-            name.len() as u32 + 1,
-            0,
-        ];
-        self.out.extend_from_slice(b"070701");
-        for f in fields {
-            self.out.extend_from_slice(format!("{f:08x}").as_bytes());
-        }
-        self.out.extend_from_slice(name.as_bytes());
-        self.out.push(0);
-        self.pad();
-        self.out.extend_from_slice(data);
-        self.pad();
-    }
-
-    fn pad(&mut self) {
-        while self.out.len() & 3 != 0 {
-            self.out.push(0);
-        }
-    }
-
-    fn parents(&mut self, path: &str) {
-        if let Some((parent, _)) = path.rsplit_once('/') {
-            self.dir(parent);
-        }
-    }
-
-    fn dir(&mut self, path: &str) {
-        if path.is_empty() || self.dirs.contains(path) {
-            return;
-        }
-        self.parents(path);
-        self.dirs.insert(path.to_string());
-        self.entry(path, 0o040755, &[], (0, 0));
-    }
-
-    fn file(&mut self, path: &str, perm: u32, data: &[u8]) -> Result<()> {
-        if data.len() > u32::MAX as usize {
-            bail!("{path} is too large for a cpio archive");
-        }
-        self.parents(path);
-        self.entry(path, 0o100000 | perm, data, (0, 0));
-        Ok(())
-    }
-
-    fn symlink(&mut self, path: &str, target: &str) {
-        self.parents(path);
-        self.entry(path, 0o120777, target.as_bytes(), (0, 0));
-    }
-
-    fn node(&mut self, path: &str, mode: u32, major: u32, minor: u32) {
-        self.parents(path);
-        self.entry(path, mode, &[], (major, minor));
-    }
-
-    fn finish(mut self) -> Vec<u8> {
-        self.entry("TRAILER!!!", 0, &[], (0, 0));
-        self.out
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cpio_entries_are_aligned_and_terminated() {
-        let mut c = Cpio::default();
-        c.file("bin/x", 0o755, b"abc").unwrap();
-        let out = c.finish();
-        assert!(out.starts_with(b"070701"));
-        assert_eq!(out.len() % 4, 0);
-        assert!(out.windows(10).any(|w| w == b"TRAILER!!!"));
-        // "bin" directory first, then the file.
-        assert_eq!(&out[110..114], b"bin\0");
-    }
 
     #[test]
     fn config_lines_are_checked() {
