@@ -1,9 +1,11 @@
 //! ringfence developer tasks: `cargo xtask demo | test | bench | image`.
 
 mod bench;
+mod cpio;
 mod demo;
 mod deps;
 mod image;
+mod nested;
 mod probe;
 mod test;
 mod util;
@@ -14,27 +16,35 @@ const USAGE: &str = "\
 usage: cargo xtask <command> [options]
 
 commands:
-  demo                 install what is missing, build, boot the probe guest and show it working
-  test [--no-lint] [--no-linux-image] [-- FILTER...]
+  demo [--no-linux]    install what is missing, build, boot the probe guest, show its network
+                       and policy, then a Linux guest (in the nested outer VM where needed)
+  test [--no-lint] [--no-linux-image] [--no-nested] [-- FILTER...]
                        fmt --check, clippy -D warnings, build the probe guest and the Linux
-                       guest image (cached; ~6 min the first time), run every test
-                       (--no-linux-image: the Linux-guest tests then print SKIPPED)
+                       guest image (cached; ~6 min the first time), the nested harness's kit,
+                       run every test (--no-linux-image / --no-nested: the Linux-guest /
+                       nested tests then print SKIPPED)
   bench [boot|net] [--quick] [--runs N] [--systems A,B]
                        benchmarks against QEMU on the same probe guest; writes target/bench/
   bench --linux        the same with the Linux guest (refuses where guest kernels are emulated)
   image                build the Linux guest image (kernel 6.1 + initramfs with the agent),
                        cached in ~/.cache/ringfence/linux-<hash>/
   probe                build the probe guest only (cached in ~/.cache/ringfence)
+  nested [--build-only] [-- FILTER...]
+                       Linux guests under ringfence inside an outer VM (QEMU TCG with emulated
+                       AMD SVM), for hosts whose /dev/kvm emulates guest kernel mode: builds the
+                       kit (Debian cloud kernel + kvm modules, ringfence, the Linux image) and
+                       runs tests/tests/nested_linux.rs (part of `test` too)
 ";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
-        Some("demo") => demo::run_demo(),
+        Some("demo") => demo::run_demo(&args[1..]),
         Some("test") => test::run_all(&args[1..]),
         Some("bench") => bench::run(&args[1..]),
         Some("probe") => probe::build().map(|p| println!("{}", p.display())),
         Some("image") => image::run(&args[1..]),
+        Some("nested") => nested::run_cmd(&args[1..]),
         Some("-h") | Some("--help") | Some("help") | None => {
             print!("{USAGE}");
             return ExitCode::SUCCESS;

@@ -5,14 +5,15 @@
 use anyhow::Result;
 
 use crate::util::{cargo, done, run, step, target_dir, workspace_root};
-use crate::{deps, image, probe};
+use crate::{deps, image, nested, probe};
 
-/// Runs every check; `args` may contain `--no-lint`, `--no-linux-image` and test-name filters
-/// after `--`.
+/// Runs every check; `args` may contain `--no-lint`, `--no-linux-image`, `--no-nested` and
+/// test-name filters after `--`.
 pub fn run_all(args: &[String]) -> Result<()> {
     let started = std::time::Instant::now();
     let no_lint = args.iter().any(|a| a == "--no-lint");
     let no_image = args.iter().any(|a| a == "--no-linux-image");
+    let no_nested = no_image || args.iter().any(|a| a == "--no-nested");
     let filters: Vec<&String> = args.iter().skip_while(|a| *a != "--").skip(1).collect();
     let root = workspace_root();
 
@@ -58,8 +59,18 @@ pub fn run_all(args: &[String]) -> Result<()> {
         .args(["build", "--workspace", "--bins", "--quiet"]))?;
     done(t);
 
+    // The nested harness's kit: Linux guests under ringfence inside an outer VM
+    // (tests/tests/nested_linux.rs); it needs the binaries just built and the image.
+    let kit = match (&linux_image, no_nested) {
+        (Some(dir), false) => Some(nested::build_kit(dir)?),
+        _ => {
+            println!("    --no-nested: the nested Linux-guest tests will print SKIPPED");
+            None
+        }
+    };
+
     let t =
-        step("cargo test --workspace (unit, property, in-process, KVM and boot-protocol tests)");
+        step("cargo test --workspace (unit, property, in-process, KVM, boot-protocol and nested Linux-guest tests)");
     let mut cmd = cargo();
     cmd.current_dir(&root)
         .args(["test", "--workspace"])
@@ -67,6 +78,9 @@ pub fn run_all(args: &[String]) -> Result<()> {
         .env("RINGFENCE_BIN", target_dir().join("debug/ringfence"));
     if let Some(dir) = &linux_image {
         cmd.env("RINGFENCE_LINUX_IMAGE", dir);
+    }
+    if let Some(kit) = &kit {
+        cmd.env(nested::KIT_ENV, kit);
     }
     if !filters.is_empty() {
         cmd.arg("--").args(filters);

@@ -1,0 +1,154 @@
+//! `rf-nested`: the nested harness's program inside the outer VM (see
+//! `ringfence_tests::nested`).
+//!
+//! ```text
+//! rf-nested run LIST RESULTS        run the scenarios in LIST, result lines to RESULTS
+//! rf-nested get ADDR [SECS]         HTTP GET / from ADDR, retried until it answers; prints the body
+//! rf-nested udp ADDR TEXT [SECS]    send TEXT to ADDR, retried until a reply; prints the reply
+//! rf-nested outer KIT SCRIPT [SECS] (on the host) boot the outer VM from the kit in KIT, run
+//!                                   SCRIPT there as one scenario, print its output, exit with
+//!                                   its status
+//! ```
+//! The clients retry because a guest's server may not be up yet; they give up after SECS
+//! (default 30) with status 1.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use ringfence_tests::nested::runner;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("run") if args.len() == 3 => run(&args[1], &args[2]),
+        Some("get") if args.len() >= 2 => get(&args[1], secs(args.get(2))),
+        Some("udp") if args.len() >= 3 => udp(&args[1], &args[2], secs(args.get(3))),
+        Some("outer") if args.len() >= 3 => {
+            return outer(&args[1], &args[2], secs(args.get(3)));
+        }
+        _ => Err("usage: rf-nested run LIST RESULTS | get ADDR [SECS] | udp ADDR TEXT [SECS] | outer KIT SCRIPT [SECS]".into()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rf-nested: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs one ad-hoc scenario in an outer VM and mirrors its result.
+fn outer(kit: &str, script: &str, limit: Duration) -> ExitCode {
+    use ringfence_tests::nested::{outer, scenario::Scenario};
+    let kit_dir = std::path::PathBuf::from(kit);
+    let kit = outer::Kit {
+        kernel: kit_dir.join("vmlinuz"),
+        initrd: kit_dir.join("outer.cpio"),
+    };
+    let scenario = Scenario::new("adhoc", script).timeout(limit.as_secs());
+    let logs = kit_dir.join("../adhoc-logs");
+    match outer::run_suite(&kit, &[scenario], &logs) {
+        Ok(run) => match run.outcome("adhoc") {
+            Ok(o) => {
+                print!("{}", o.stdout);
+                eprint!("{}", o.stderr);
+                ExitCode::from(o.status.map_or(1, |s| s.clamp(0, 255) as u8))
+            }
+            Err(e) => {
+                eprintln!("rf-nested: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Err(e) => {
+            eprintln!("rf-nested: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn secs(arg: Option<&String>) -> Duration {
+    Duration::from_secs(arg.and_then(|s| s.parse().ok()).unwrap_or(30))
+}
+
+fn addr(text: &str) -> Result<SocketAddr, String> {
+    text.parse()
+        .map_err(|e| format!("bad address {text:?}: {e} (expected IP:PORT)"))
+}
+
+fn run(list: &str, results: &str) -> Result<(), String> {
+    println!("rf-nested: environment {}", runner::environment());
+    let out = std::fs::OpenOptions::new()
+        .write(true)
+        .open(results)
+        .map_err(|e| format!("cannot open the result port {results}: {e}"))?;
+    runner::run(std::path::Path::new(list), Box::new(out))
+}
+
+/// Retries `attempt` every 200 ms until it succeeds or `limit` passes.
+fn retry<T>(limit: Duration, mut attempt: impl FnMut() -> Result<T, String>) -> Result<T, String> {
+    let deadline = Instant::now() + limit;
+    loop {
+        match attempt() {
+            Ok(v) => return Ok(v),
+            Err(e) if Instant::now() >= deadline => {
+                return Err(format!("gave up after {} s: {e}", limit.as_secs()))
+            }
+            Err(e) => {
+                eprintln!("rf-nested: retrying: {e}");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+}
+
+fn get(target: &str, limit: Duration) -> Result<(), String> {
+    let to = addr(target)?;
+    let body = retry(limit, || {
+        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(5))
+            .map_err(|e| format!("connect {to}: {e}"))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .map_err(|e| e.to_string())?;
+        s.write_all(b"GET / HTTP/1.0\r\nHost: guest\r\n\r\n")
+            .map_err(|e| format!("send: {e}"))?;
+        let mut resp = Vec::new();
+        // A server that closes without reading the request makes its kernel reset the
+        // connection after the response: what arrived before the reset still counts.
+        if let Err(e) = s.read_to_end(&mut resp) {
+            if resp.is_empty() {
+                return Err(format!("read: {e}"));
+            }
+            eprintln!("rf-nested: the connection was reset after the response ({e})");
+        }
+        let text = String::from_utf8_lossy(&resp).into_owned();
+        match text.split_once("\r\n\r\n") {
+            Some((_, body)) => Ok(body.to_string()),
+            None if text.is_empty() => Err("the connection closed without a response".into()),
+            None => Ok(text),
+        }
+    })?;
+    print!("{body}");
+    Ok(())
+}
+
+fn udp(target: &str, text: &str, limit: Duration) -> Result<(), String> {
+    let to = addr(target)?;
+    let any: SocketAddr = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
+        .parse()
+        .map_err(|e| format!("{e}"))?;
+    let sock = UdpSocket::bind(any).map_err(|e| format!("bind: {e}"))?;
+    sock.set_read_timeout(Some(Duration::from_millis(500)))
+        .map_err(|e| e.to_string())?;
+    let reply = retry(limit, || {
+        sock.send_to(text.as_bytes(), to)
+            .map_err(|e| format!("send to {to}: {e}"))?;
+        let mut buf = [0u8; 2048];
+        let (n, _) = sock
+            .recv_from(&mut buf)
+            .map_err(|e| format!("no reply: {e}"))?;
+        Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+    })?;
+    println!("{reply}");
+    Ok(())
+}
