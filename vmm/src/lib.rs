@@ -2,13 +2,14 @@
 //!
 //! The library builds and runs a VM from a typed [`config::VmConfig`]; the `ringfence` binary
 //! is a thin CLI over it. Raw KVM calls live in [`kvm`]; boot protocols in [`boot`]; port I/O
-//! devices (serial, exit port, i8042) in [`io`]; the vCPU run loop in [`vcpu`]; the VM's life
-//! cycle in [`vm`].
+//! devices (serial, exit port, i8042) in [`io`]; the vCPU run loop in [`vcpu`]; building a VM in
+//! [`vm`]; a started VM (wait, kill, tear down) in [`handle`].
 
 pub mod boot;
 pub mod config;
 pub mod doctor;
 pub mod exit;
+pub mod handle;
 pub mod io;
 pub mod kvm;
 pub mod layout;
@@ -23,4 +24,5 @@ pub mod vm;
 
 pub use config::{Console, VmConfig};
 pub use exit::VmExit;
-pub use vm::{Vm, VmError};
+pub use handle::VmHandle;
+pub use vm::{NetControl, Vm, VmError};

@@ -279,7 +279,10 @@ fn run(mut args: RunArgs) -> Result<u8, String> {
     if config.net.pcap.is_some() && config.net.backend == ringfence::net::NetBackendSpec::None {
         return Err("--pcap needs a network device: add --net user or --net tap:IFNAME".into());
     }
-    let exit = Vm::new(config).run().map_err(|e| e.to_string())?;
+    let exit = Vm::new(config)
+        .route_stop_signals()
+        .run()
+        .map_err(|e| e.to_string())?;
     if exit.is_abnormal() {
         eprintln!("ringfence: {exit}");
     }

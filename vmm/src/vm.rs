@@ -1,15 +1,13 @@
-//! The VM life cycle: validate, create, load, run, stop.
+//! Building a VM: validate, create, load, start.
 //!
-//! [`Vm::run`] is the whole of `ringfence run`: it opens KVM, creates the VM with an in-kernel
-//! irqchip and PIT, maps guest memory, loads the kernel, builds the vCPUs, and then waits on one
-//! eventfd for the first of: a vCPU reporting an exit, a stop signal, or the timeout.
+//! [`Vm::start`] opens KVM, creates the VM with an in-kernel irqchip and PIT, maps guest
+//! memory, loads the kernel, builds the vCPUs and devices, and hands all of it to a
+//! [`VmHandle`] (see [`crate::handle`]), whose supervisor thread runs and tears it down.
+//! [`Vm::run`] (the whole of `ringfence run`) is `start()?.wait()`.
 
 use std::fs::File;
 use std::io::LineWriter;
-use std::os::unix::io::AsRawFd;
 use std::sync::Arc;
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
 
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::VmFd;
@@ -19,12 +17,11 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::boot::{self, BootError};
 use crate::config::{self, ConfigError, Console, VmConfig};
 use crate::exit::VmExit;
+use crate::handle::{Parts, VmHandle};
 use crate::io::serial::{ConsoleSink, SerialConsole};
 use crate::io::IoBus;
 use crate::kvm::{self, regs, KvmError, KvmHost};
 use crate::layout::{self, KVM_TSS_ADDRESS, SERIAL_IRQ};
-use crate::signals;
-use crate::vcpu::{self, VmShared};
 
 /// Errors that stop a VM from being built or run.
 #[derive(Debug, thiserror::Error)]
@@ -73,16 +70,11 @@ fn setup(what: &'static str) -> impl FnOnce(std::io::Error) -> VmError {
     move |source| VmError::Setup { what, source }
 }
 
-/// How often a running VM's vCPUs are kicked to check for a dead halt (and partial console
-/// lines are written out).
-const HALT_CHECK_INTERVAL: Duration = Duration::from_millis(500);
-/// How long stopping may take before the VMM gives up on a vCPU thread.
-const STOP_GRACE: Duration = Duration::from_secs(2);
-
 /// A VM ready to run.
 pub struct Vm {
     config: VmConfig,
-    policy_slot: Option<Arc<std::sync::Mutex<Option<crate::net_policy::PolicyHandle>>>>,
+    net: NetControl,
+    route_stop_signals: bool,
 }
 
 /// Changes the network policy of a running VM from another thread (library API).
@@ -92,6 +84,13 @@ pub struct NetControl {
 }
 
 impl NetControl {
+    /// Binds the controls to the live policy of a starting VM.
+    pub(crate) fn attach(&self, policy: crate::net_policy::PolicyHandle) {
+        if let Ok(mut slot) = self.slot.lock() {
+            *slot = Some(policy);
+        }
+    }
+
     fn handle(&self) -> Option<crate::net_policy::PolicyHandle> {
         self.slot.lock().ok().and_then(|s| s.clone())
     }
@@ -115,26 +114,42 @@ impl NetControl {
 }
 
 impl Vm {
-    /// Takes a configuration; nothing is created until [`Vm::run`].
+    /// Takes a configuration; nothing is created until [`Vm::start`] or [`Vm::run`].
     pub fn new(config: VmConfig) -> Self {
         Vm {
             config,
-            policy_slot: None,
+            net: NetControl::default(),
+            route_stop_signals: false,
         }
     }
 
-    /// A handle to change the network policy while [`Vm::run`] runs (on another thread).
+    /// A handle to change the network policy while the VM runs (on another thread); the same
+    /// as [`VmHandle::net_control`] after [`Vm::start`].
     pub fn net_control(&mut self) -> NetControl {
-        let control = NetControl::default();
-        self.policy_slot = Some(control.slot.clone());
-        control
+        self.net.clone()
     }
 
-    /// Builds the VM, runs it to its end and returns why it ended.
+    /// Lets SIGINT, SIGTERM and SIGHUP stop this VM (with [`VmExit::Signal`]) until it ends.
+    /// For a program running one VM (the `ringfence` CLI); a library with several VMs per
+    /// process leaves signals alone, which is the default. Only one running VM per process
+    /// can have them: [`Vm::start`] fails for a second one.
+    pub fn route_stop_signals(mut self) -> Self {
+        self.route_stop_signals = true;
+        self
+    }
+
+    /// Builds the VM, runs it to its end and returns why it ended: `start()?.wait()`.
     pub fn run(self) -> Result<VmExit, VmError> {
+        Ok(self.start()?.wait())
+    }
+
+    /// Builds the VM and starts its vCPUs; returns once the guest runs. The returned
+    /// [`VmHandle`] waits for, inspects and stops it; dropping the handle stops the VM.
+    pub fn start(self) -> Result<VmHandle, VmError> {
         let Vm {
             config: cfg,
-            policy_slot,
+            net,
+            route_stop_signals,
         } = self;
         let host = KvmHost::open()?;
         host.check_required_caps()?;
@@ -183,12 +198,9 @@ impl Vm {
         let mut bus = IoBus::new(SerialConsole::new(serial_irq, sink));
         let mut cmdline_text = cfg.cmdline.clone();
         let mut net_metrics = None;
+        let mut policy = None;
         if let Some(prepared) = net_backend {
-            if let (Some(policy), Some(slot)) = (&prepared.policy, &policy_slot) {
-                if let Ok(mut s) = slot.lock() {
-                    *s = Some(policy.clone());
-                }
-            }
+            policy = prepared.policy.clone();
             let dev = crate::net::attach(&vm, &mem, 0, prepared, &cfg.net)?;
             bus.add_mmio(dev.base, layout::VIRTIO_MMIO_WINDOW, dev.device);
             net_metrics = Some(dev.metrics);
@@ -214,35 +226,20 @@ impl Vm {
         boot::mptable::write(&mem, cfg.vcpus)
             .map_err(|e| BootError::BootParams(format!("MP table: {e}")))?;
 
-        let bus = Arc::new(bus);
-        let shared = Arc::new(VmShared::new().map_err(setup("exit eventfd"))?);
-
-        signals::install_vcpu_kick_handler().map_err(setup("vCPU kick signal handler"))?;
-        let _guard =
-            signals::route_stop_signals(&shared.exit_evt).map_err(setup("stop signal handlers"))?;
-        let started = Instant::now();
-        let mut threads = Vec::with_capacity(vcpus.len());
-        for (index, fd) in vcpus.into_iter().enumerate() {
-            match vcpu::spawn(index as u8, fd, bus.clone(), shared.clone(), cfg.vcpu_nice) {
-                Ok(t) => threads.push(t),
-                Err(e) => {
-                    stop_vcpus(&shared, threads, VmExit::Internal("setup failed".into()));
-                    return Err(setup("a vCPU thread")(e));
-                }
-            }
-        }
-
-        let exit = wait_for_exit(&shared, &bus, &threads, cfg.timeout, started);
-        let exit = stop_vcpus(&shared, threads, exit);
-        bus.flush_console();
-        // The vCPU threads are joined: dropping the bus stops the device workers (flushing
-        // pcap files) while guest memory is still mapped.
-        drop(bus);
-        drop(mem);
-        if let (true, Some(m)) = (cfg.net.stats, net_metrics) {
-            eprintln!("ringfence: net stats: {}", crate::net::stats_json(&m));
-        }
-        Ok(exit)
+        let parts = Parts {
+            vm,
+            host,
+            mem,
+            bus: Arc::new(bus),
+            vcpus,
+            vcpu_nice: cfg.vcpu_nice,
+            timeout: cfg.timeout,
+            net_metrics,
+            print_net_stats: cfg.net.stats,
+            policy,
+            route_stop_signals,
+        };
+        VmHandle::spawn(parts, net)
     }
 }
 
@@ -284,96 +281,9 @@ fn create_memory(vm: &VmFd, mem_bytes: u64, mib: u64) -> Result<GuestMemoryMmap,
             flags: 0,
         };
         // SAFETY: the region is a live mmap owned by `mem`, which outlives the VM's use of it:
-        // `Vm::run` keeps `mem` alive until every vCPU thread has been joined.
+        // the VM's supervisor keeps `mem` alive until every vCPU thread has been joined.
         unsafe { vm.set_user_memory_region(region_desc) }
             .map_err(KvmError::ioctl("KVM_SET_USER_MEMORY_REGION"))?;
     }
     Ok(mem)
-}
-
-/// Blocks until a vCPU reports an exit, a stop signal arrives, or the timeout expires.
-fn wait_for_exit(
-    shared: &VmShared,
-    bus: &IoBus,
-    threads: &[JoinHandle<()>],
-    timeout: Option<Duration>,
-    started: Instant,
-) -> VmExit {
-    let mut next_halt_check = Instant::now() + HALT_CHECK_INTERVAL;
-    loop {
-        if let Some(exit) = shared.exit() {
-            return exit;
-        }
-        if let Some(sig) = signals::stop_signal() {
-            return VmExit::Signal(sig);
-        }
-        let now = Instant::now();
-        if let Some(limit) = timeout {
-            if now.duration_since(started) >= limit {
-                return VmExit::Timeout {
-                    secs: limit.as_secs_f64(),
-                };
-            }
-        }
-        if now >= next_halt_check {
-            bus.flush_console();
-            kick(threads);
-            next_halt_check = now + HALT_CHECK_INTERVAL;
-        }
-        let mut wait = next_halt_check.saturating_duration_since(now);
-        if let Some(limit) = timeout {
-            wait = wait.min((started + limit).saturating_duration_since(now));
-        }
-        poll_readable(shared.exit_evt.as_raw_fd(), wait);
-        let _ = shared.exit_evt.read();
-    }
-}
-
-fn poll_readable(fd: i32, wait: Duration) {
-    let mut pfd = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    let ms = wait.as_millis().clamp(1, i32::MAX as u128) as i32;
-    // SAFETY: `pfd` is a valid pollfd for the duration of the call and nfds is 1.
-    unsafe {
-        libc::poll(&mut pfd, 1, ms);
-    }
-}
-
-fn kick(threads: &[JoinHandle<()>]) {
-    use std::os::unix::thread::JoinHandleExt;
-    for t in threads.iter().filter(|t| !t.is_finished()) {
-        // SAFETY: the pthread id comes from a JoinHandle we still own, so the thread has not
-        // been joined and its id is valid; the kick signal has a no-op handler installed.
-        unsafe {
-            libc::pthread_kill(t.as_pthread_t(), signals::vcpu_kick_signal());
-        }
-    }
-}
-
-/// Stops and joins every vCPU thread, returning the exit to report.
-fn stop_vcpus(shared: &VmShared, threads: Vec<JoinHandle<()>>, exit: VmExit) -> VmExit {
-    shared.request_stop(exit);
-    let deadline = Instant::now() + STOP_GRACE;
-    while threads.iter().any(|t| !t.is_finished()) && Instant::now() < deadline {
-        kick(&threads);
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    let stuck = threads.iter().filter(|t| !t.is_finished()).count();
-    for t in threads {
-        if t.is_finished() {
-            let _ = t.join();
-        }
-    }
-    let reported = shared
-        .exit()
-        .unwrap_or_else(|| VmExit::Internal("no exit recorded".into()));
-    if stuck > 0 {
-        return VmExit::Internal(format!(
-            "{stuck} vCPU thread(s) did not stop within {STOP_GRACE:?} after: {reported}"
-        ));
-    }
-    reported
 }

@@ -1,0 +1,207 @@
+//! End-to-end: ringfence as a library (`ringfence::Vm::start` and the `VmHandle`), several VMs
+//! in one test process, the probe guest on KVM. Life cycle first (wait, try_wait, kill, drop
+//! frees every thread and fd), then the network handles.
+//!
+//! The tests of this file run one at a time (see [`serial`]): the leak check counts the
+//! process's threads and fds, which any other VM running alongside would change.
+
+mod common;
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use common::*;
+use ringfence::{Console, Vm, VmConfig, VmExit, VmHandle};
+
+/// Spin iterations that keep the probe busy for well over a minute (1e8 take ~0.07 s here).
+const LONG_SPIN: &str = "probe.scenario=spin:1000000000000";
+/// Upper bound for any single wait in these tests; reaching it fails the test, never hangs it.
+const WAIT_LIMIT: Duration = Duration::from_secs(60);
+
+/// Serialises the tests of this file.
+fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Serial output collected in memory.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
+    }
+}
+
+/// A probe VM configuration as `ringfence run` builds it for the probe.
+fn probe_config(probe: &Path, words: &str, console: Captured) -> VmConfig {
+    let mut config = VmConfig::new(probe);
+    config.cmdline = words.into();
+    config.pass_tsc_khz = true;
+    config.legacy_pit = false;
+    config.console = Console::Sink(Box::new(console));
+    config.timeout = Some(Duration::from_secs(120));
+    config
+}
+
+fn start(probe: &Path, words: &str) -> (VmHandle, Captured) {
+    let out = Captured::default();
+    let vm = Vm::new(probe_config(probe, words, out.clone()))
+        .start()
+        .expect("start the probe VM");
+    (vm, out)
+}
+
+fn wait(vm: &VmHandle) -> VmExit {
+    vm.wait_timeout(WAIT_LIMIT)
+        .expect("the VM stops within the test's limit")
+}
+
+fn count_dir(path: &str) -> usize {
+    std::fs::read_dir(path).map(|d| d.count()).unwrap_or(0)
+}
+
+#[test]
+fn two_vms_in_one_process_exit_and_are_killed_independently() {
+    let probe = require!(kvm_and_probe());
+    let _one = serial();
+    let (spinner, _) = start(&probe, LONG_SPIN);
+    let (exiter, out) = start(&probe, "probe.scenario=exit:5");
+    assert_eq!(
+        wait(&exiter),
+        VmExit::GuestStatus(5),
+        "console: {}",
+        out.text()
+    );
+    assert_eq!(exiter.exit_status(), Some(5));
+    assert_eq!(exiter.try_wait().and_then(|e| e.guest_status()), Some(5));
+    assert!(
+        spinner.try_wait().is_none(),
+        "the spinning VM runs on after the other one exited"
+    );
+    assert!(spinner.is_running());
+    spinner.kill();
+    assert_eq!(wait(&spinner), VmExit::Killed);
+    spinner.kill(); // idempotent
+    assert_eq!(spinner.try_wait(), Some(VmExit::Killed));
+    assert_eq!(
+        spinner.wait(),
+        VmExit::Killed,
+        "wait after the end returns at once"
+    );
+}
+
+#[test]
+fn try_wait_is_none_while_running_then_the_exit() {
+    let probe = require!(kvm_and_probe());
+    let _one = serial();
+    let (vm, _) = start(&probe, LONG_SPIN);
+    assert_eq!(vm.try_wait(), None);
+    assert_eq!(vm.wait_timeout(Duration::from_millis(50)), None);
+    vm.kill();
+    assert_eq!(wait(&vm), VmExit::Killed);
+    assert_eq!(vm.try_wait(), Some(VmExit::Killed));
+}
+
+#[test]
+fn a_handle_waited_on_by_one_thread_is_killed_from_another() {
+    let probe = require!(kvm_and_probe());
+    let _one = serial();
+    let (vm, _) = start(&probe, LONG_SPIN);
+    let vm = Arc::new(vm);
+    let waiter = {
+        let vm = vm.clone();
+        std::thread::spawn(move || wait(&vm))
+    };
+    vm.kill();
+    assert_eq!(waiter.join().expect("waiter thread"), VmExit::Killed);
+}
+
+#[test]
+fn run_still_returns_the_guest_status() {
+    let probe = require!(kvm_and_probe());
+    let _one = serial();
+    let out = Captured::default();
+    let exit = Vm::new(probe_config(&probe, "probe.scenario=exit:3", out.clone()))
+        .run()
+        .expect("run");
+    assert_eq!(exit, VmExit::GuestStatus(3), "console: {}", out.text());
+    assert!(out.text().contains("probe: ready"), "{}", out.text());
+}
+
+#[test]
+fn dropping_handles_frees_every_thread_and_fd() {
+    let probe = require!(kvm_and_probe());
+    let _one = serial();
+    // One warm-up cycle: process-wide one-time set-up (signal handler, lazily opened files of
+    // the runtime) is not a leak.
+    drop(start(&probe, LONG_SPIN));
+    let tasks_before = count_dir("/proc/self/task");
+    let fds_before = count_dir("/proc/self/fd");
+    for i in 0..20 {
+        let (vm, _) = start(
+            &probe,
+            if i % 2 == 0 {
+                LONG_SPIN
+            } else {
+                "probe.scenario=exit:0"
+            },
+        );
+        if i % 4 == 1 {
+            assert_eq!(wait(&vm), VmExit::GuestStatus(0));
+        }
+        drop(vm);
+    }
+    let tasks_after = count_dir("/proc/self/task");
+    let fds_after = count_dir("/proc/self/fd");
+    eprintln!(
+        "leak check over 20 cycles: tasks {tasks_before} -> {tasks_after}, fds {fds_before} -> {fds_after}"
+    );
+    assert_eq!(tasks_after, tasks_before, "threads left behind");
+    assert_eq!(fds_after, fds_before, "fds left open");
+}
+
+#[test]
+fn a_second_vm_cannot_take_the_stop_signals() {
+    let probe = require!(kvm_and_probe());
+    let _one = serial();
+    let first = Vm::new(probe_config(&probe, LONG_SPIN, Captured::default()))
+        .route_stop_signals()
+        .start()
+        .expect("first VM");
+    let second = Vm::new(probe_config(&probe, LONG_SPIN, Captured::default()))
+        .route_stop_signals()
+        .start();
+    let err = second
+        .expect_err("only one VM may route stop signals")
+        .to_string();
+    assert!(err.contains("stop signals"), "{err}");
+    drop(first);
+    // Released with the first VM: a new one may take them.
+    let third = Vm::new(probe_config(
+        &probe,
+        "probe.scenario=exit:0",
+        Captured::default(),
+    ))
+    .route_stop_signals()
+    .start()
+    .expect("stop signals are free again");
+    assert_eq!(wait(&third), VmExit::GuestStatus(0));
+}
