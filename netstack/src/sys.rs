@@ -407,6 +407,33 @@ pub(crate) fn discard(fd: BorrowedFd<'_>, len: usize) -> io::Result<usize> {
     })
 }
 
+/// Drops `len` bytes from the head of a stream socket's receive queue by reading them into
+/// a scratch buffer on the stack: for sockets (AF_UNIX) where [`discard`]'s `MSG_TRUNC`
+/// does not work. Bounded: stops at `len`, at a would-block or at EOF.
+pub(crate) fn discard_by_reading(fd: BorrowedFd<'_>, len: usize) -> io::Result<usize> {
+    let mut scratch = [0u8; 16 * 1024];
+    let mut done = 0;
+    while done < len {
+        let want = (len - done).min(scratch.len());
+        // SAFETY: `scratch` is a live, writable buffer of at least `want` bytes.
+        let n = cvt_size(unsafe {
+            libc::recv(
+                fd.as_raw_fd(),
+                scratch.as_mut_ptr().cast(),
+                want,
+                libc::MSG_DONTWAIT,
+            )
+        });
+        match n {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if done > 0 && e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
 /// Whether `fd` is readable and writable right now (one `poll(2)` with a zero timeout;
 /// errors and hang-ups count as both, so the caller goes on to read the error).
 pub(crate) fn ready_now(fd: BorrowedFd<'_>) -> (bool, bool) {

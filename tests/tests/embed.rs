@@ -13,6 +13,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use common::*;
+use ringfence::embed::{NetHandleError, Proto};
+use ringfence::net::NetBackendSpec;
 use ringfence::{Console, Vm, VmConfig, VmExit, VmHandle};
 
 /// Spin iterations that keep the probe busy for well over a minute (1e8 take ~0.07 s here).
@@ -156,6 +158,19 @@ fn dropping_handles_frees_every_thread_and_fd() {
     let tasks_before = count_dir("/proc/self/task");
     let fds_before = count_dir("/proc/self/fd");
     for i in 0..20 {
+        if i % 4 == 3 {
+            // A user network with its device thread running and a live flow into the guest.
+            let out = Captured::default();
+            let vm = user_net_vm(&probe, "probe.scenario=serve probe.port=80", out.clone())
+                .start()
+                .expect("start");
+            wait_for_console(&vm, &out, "probe: listening");
+            let conn = vm.dial_guest(Proto::Tcp, 80).expect("dial_guest");
+            let listener = vm.listen(Proto::Tcp, 7000).expect("listen");
+            drop(vm);
+            drop((conn, listener));
+            continue;
+        }
         let (vm, _) = start(
             &probe,
             if i % 2 == 0 {
@@ -204,4 +219,122 @@ fn a_second_vm_cannot_take_the_stop_signals() {
     .start()
     .expect("stop signals are free again");
     assert_eq!(wait(&third), VmExit::GuestStatus(0));
+}
+
+/// A probe VM with `--net user` and the default policy.
+fn user_net_vm(probe: &Path, words: &str, console: Captured) -> Vm {
+    let mut config = probe_config(probe, words, console);
+    config.net.backend = NetBackendSpec::User;
+    Vm::new(config)
+}
+
+/// Waits (bounded) until the guest's console shows `text`.
+fn wait_for_console(vm: &VmHandle, out: &Captured, text: &str) {
+    for _ in 0..6000 {
+        if out.text().contains(text) {
+            return;
+        }
+        assert!(vm.is_running(), "the VM stopped first: {}", out.text());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("no {text:?} on the console within 60 s: {}", out.text());
+}
+
+#[test]
+fn dial_guest_reaches_a_guest_service_without_a_host_port() {
+    let probe = require!(kvm_and_probe());
+    let _one = serial();
+    let out = Captured::default();
+    let vm = user_net_vm(&probe, "probe.scenario=serve probe.port=8080", out.clone())
+        .start()
+        .expect("start");
+    wait_for_console(&vm, &out, "probe: listening");
+    let mut conn = vm.dial_guest(Proto::Tcp, 8080).expect("dial_guest");
+    conn.set_read_timeout(Some(WAIT_LIMIT)).expect("timeout");
+    let sent: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let writer = {
+        let mut w = conn.try_clone().expect("clone");
+        let sent = sent.clone();
+        std::thread::spawn(move || {
+            w.write_all(&sent).expect("write to the guest");
+            w.shutdown(std::net::Shutdown::Write).expect("shutdown");
+        })
+    };
+    let mut echoed = Vec::new();
+    std::io::Read::read_to_end(&mut conn, &mut echoed).expect("read the echo");
+    writer.join().expect("writer");
+    assert_eq!(echoed.len(), sent.len());
+    assert!(echoed == sent, "the echo differs from what was sent");
+    assert_eq!(wait(&vm), VmExit::GuestStatus(0), "console: {}", out.text());
+}
+
+#[test]
+fn listen_serves_the_guest_at_the_host_name_under_the_default_policy() {
+    let probe = require!(kvm_and_probe());
+    let _one = serial();
+    let out = Captured::default();
+    let mut vm = user_net_vm(
+        &probe,
+        "probe.scenario=tcp-send probe.peer=host.ringfence.internal:7000 probe.bytes=4M",
+        out.clone(),
+    );
+    let listener = vm.listen(Proto::Tcp, 7000).expect("listen before start");
+    let vm = vm.start().expect("start");
+    let mut conn = listener
+        .accept_timeout(WAIT_LIMIT)
+        .expect("accept")
+        .expect("the guest connects");
+    conn.set_read_timeout(Some(WAIT_LIMIT)).expect("timeout");
+    let mut got = Vec::new();
+    std::io::Read::read_to_end(&mut conn, &mut got).expect("read the upload");
+    assert_eq!(got.len(), 4 << 20);
+    assert!(
+        got.iter().enumerate().all(|(i, b)| *b == (i % 251) as u8),
+        "the upload follows the probe's pattern"
+    );
+    drop(conn);
+    assert_eq!(wait(&vm), VmExit::GuestStatus(0), "console: {}", out.text());
+}
+
+#[test]
+fn network_handles_explain_what_is_wrong() {
+    let probe = require!(kvm_and_probe());
+    let _one = serial();
+    // No user network.
+    let (plain, _) = start(&probe, LONG_SPIN);
+    let e = plain.listen(Proto::Tcp, 80).expect_err("no user net");
+    assert!(matches!(e, NetHandleError::NoUserNet), "{e}");
+    assert!(e.to_string().contains("--net user"), "{e}");
+    drop(plain);
+
+    let vm = user_net_vm(&probe, LONG_SPIN, Captured::default())
+        .start()
+        .expect("start");
+    let e = vm.listen(Proto::Tcp, 0).expect_err("port 0");
+    assert!(e.to_string().contains("1-65535"), "{e}");
+    assert!(matches!(
+        vm.dial_guest(Proto::Tcp, 0),
+        Err(NetHandleError::PortZero)
+    ));
+    assert!(matches!(
+        vm.listen(Proto::Udp, 53),
+        Err(NetHandleError::Unsupported { .. })
+    ));
+    let first = vm.listen(Proto::Tcp, 9000).expect("first listen");
+    let e = vm.listen(Proto::Tcp, 9000).expect_err("second listen");
+    assert!(matches!(e, NetHandleError::PortTaken { port: 9000 }), "{e}");
+    drop(first);
+    let again = vm.listen(Proto::Tcp, 9000).expect("free again after drop");
+
+    vm.kill();
+    assert_eq!(wait(&vm), VmExit::Killed);
+    assert!(matches!(
+        vm.dial_guest(Proto::Tcp, 80),
+        Err(NetHandleError::Stopped)
+    ));
+    assert!(matches!(
+        vm.listen(Proto::Tcp, 81),
+        Err(NetHandleError::Stopped)
+    ));
+    assert!(matches!(again.accept(), Err(NetHandleError::Stopped)));
 }

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use kvm_ioctls::{VcpuFd, VmFd};
 use vm_memory::GuestMemoryMmap;
 
+use crate::embed::GuestNet;
 use crate::exit::VmExit;
 use crate::io::IoBus;
 use crate::kvm::KvmHost;
@@ -61,6 +62,8 @@ pub(crate) struct Parts {
     pub policy: Option<PolicyHandle>,
     /// Whether SIGINT/SIGTERM/SIGHUP stop this VM (the CLI opts in; libraries do not).
     pub route_stop_signals: bool,
+    /// The embedding API's side of the `user` network, if the VM has one.
+    pub guest_net: Option<GuestNet>,
 }
 
 /// What the supervisor publishes for the handle.
@@ -89,6 +92,7 @@ pub struct VmHandle {
     status: Arc<Status>,
     supervisor: Option<JoinHandle<()>>,
     net: NetControl,
+    guest_net: Option<GuestNet>,
 }
 
 impl std::fmt::Debug for VmHandle {
@@ -113,6 +117,7 @@ impl VmHandle {
         if let Some(policy) = &parts.policy {
             net.attach(policy.clone());
         }
+        let guest_net = parts.guest_net.clone();
         let status = Arc::new(Status {
             exit: Mutex::new(None),
             done: Condvar::new(),
@@ -131,6 +136,7 @@ impl VmHandle {
             status,
             supervisor: Some(supervisor),
             net,
+            guest_net,
         };
         match started_rx.recv() {
             Ok(Ok(())) => Ok(handle),
@@ -209,6 +215,11 @@ impl VmHandle {
     pub fn net_control(&self) -> NetControl {
         self.net.clone()
     }
+
+    /// The embedding side of the `user` network ([`crate::embed`]), if the VM has one.
+    pub(crate) fn guest_net(&self) -> Option<&GuestNet> {
+        self.guest_net.as_ref()
+    }
 }
 
 impl Drop for VmHandle {
@@ -244,6 +255,7 @@ fn supervise(
         print_net_stats,
         policy: _,
         route_stop_signals: _,
+        guest_net: _,
     } = parts;
     let since = Instant::now();
     let mut threads = Vec::with_capacity(vcpus.len());

@@ -3,11 +3,13 @@
 //! The library builds and runs a VM from a typed [`config::VmConfig`]; the `ringfence` binary
 //! is a thin CLI over it. Raw KVM calls live in [`kvm`]; boot protocols in [`boot`]; port I/O
 //! devices (serial, exit port, i8042) in [`io`]; the vCPU run loop in [`vcpu`]; building a VM in
-//! [`vm`]; a started VM (wait, kill, tear down) in [`handle`].
+//! [`vm`]; a started VM (wait, kill, tear down) in [`handle`]; its network handles for the
+//! embedding program (dial into the guest, serve the guest, capture) in [`embed`].
 
 pub mod boot;
 pub mod config;
 pub mod doctor;
+pub mod embed;
 pub mod exit;
 pub mod handle;
 pub mod io;

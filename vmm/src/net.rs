@@ -7,7 +7,7 @@ use std::str::FromStr;
 
 use devices::net::backend::fault::{FaultBackend, FaultSpec, FaultSpecError};
 use devices::net::backend::tap::TapBackend;
-use devices::net::backend::user::UserBackend;
+use devices::net::backend::user::{StackControl, StackTask, UserBackend};
 use devices::net::backend::NetBackend;
 use devices::net::{Net, NetConfig};
 use devices::virtio::mmio::MmioTransport;
@@ -167,10 +167,14 @@ pub struct PreparedNet {
 }
 
 /// Opens the backend before anything else is created, so a bad `--net`, a taken published
-/// port or a wrong policy fails fast, before boot.
-pub fn prepare(settings: &NetSettings) -> Result<Option<PreparedNet>, NetSetupError> {
+/// port or a wrong policy fails fast, before boot. `control`: the embedding API's queue of
+/// netstack tasks (used by the `user` backend only).
+pub fn prepare(
+    settings: &NetSettings,
+    control: Option<(&StackControl, std::sync::mpsc::Receiver<StackTask>)>,
+) -> Result<Option<PreparedNet>, NetSetupError> {
     let faults = test_faults()?;
-    let prepared = prepare_backend(settings)?;
+    let prepared = prepare_backend(settings, control)?;
     Ok(match (faults, prepared) {
         (Some(spec), Some(p)) => {
             // Never on silently: it copies frames and perturbs the guest's traffic.
@@ -206,7 +210,10 @@ fn test_faults() -> Result<Option<FaultSpec>, NetSetupError> {
 }
 
 /// Opens the backend `settings` names (without the test fault hook).
-fn prepare_backend(settings: &NetSettings) -> Result<Option<PreparedNet>, NetSetupError> {
+fn prepare_backend(
+    settings: &NetSettings,
+    control: Option<(&StackControl, std::sync::mpsc::Receiver<StackTask>)>,
+) -> Result<Option<PreparedNet>, NetSetupError> {
     let mac = settings.mac.unwrap_or_else(random_mac);
     match &settings.backend {
         NetBackendSpec::None => Ok(None),
@@ -225,7 +232,12 @@ fn prepare_backend(settings: &NetSettings) -> Result<Option<PreparedNet>, NetSet
         NetBackendSpec::User => {
             let (stack, policy) = crate::net_user::build(&settings.user, mac)?;
             let mtu = Some(stack.mtu());
-            let backend = UserBackend::new(stack).rejudge_on(policy.change_signal());
+            let mut backend = UserBackend::new(stack).rejudge_on(policy.change_signal());
+            if let Some((control, tasks)) = control {
+                backend = backend.controlled_by(control, tasks).map_err(|e| {
+                    NetSetupError::Device(format!("cannot create the control eventfd: {e}"))
+                })?;
+            }
             Ok(Some(PreparedNet {
                 backend: Box::new(backend),
                 mac,

@@ -16,6 +16,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::boot::{self, BootError};
 use crate::config::{self, ConfigError, Console, VmConfig};
+use crate::embed::GuestNet;
 use crate::exit::VmExit;
 use crate::handle::{Parts, VmHandle};
 use crate::io::serial::{ConsoleSink, SerialConsole};
@@ -75,6 +76,8 @@ pub struct Vm {
     config: VmConfig,
     net: NetControl,
     route_stop_signals: bool,
+    guest_net: GuestNet,
+    net_tasks: std::sync::mpsc::Receiver<devices::net::backend::user::StackTask>,
 }
 
 /// Changes the network policy of a running VM from another thread (library API).
@@ -116,11 +119,24 @@ impl NetControl {
 impl Vm {
     /// Takes a configuration; nothing is created until [`Vm::start`] or [`Vm::run`].
     pub fn new(config: VmConfig) -> Self {
+        let (guest_net, net_tasks) = GuestNet::new();
         Vm {
             config,
             net: NetControl::default(),
             route_stop_signals: false,
+            guest_net,
+            net_tasks,
         }
+    }
+
+    /// Whether the VM will have the user-mode network (the embedding API's handles need it).
+    pub(crate) fn has_user_net(&self) -> bool {
+        self.config.net.backend == crate::net::NetBackendSpec::User
+    }
+
+    /// The embedding side of the VM's network.
+    pub(crate) fn guest_net(&self) -> &GuestNet {
+        &self.guest_net
     }
 
     /// A handle to change the network policy while the VM runs (on another thread); the same
@@ -146,10 +162,13 @@ impl Vm {
     /// Builds the VM and starts its vCPUs; returns once the guest runs. The returned
     /// [`VmHandle`] waits for, inspects and stops it; dropping the handle stops the VM.
     pub fn start(self) -> Result<VmHandle, VmError> {
+        let user_net = self.has_user_net();
         let Vm {
             config: cfg,
             net,
             route_stop_signals,
+            guest_net,
+            net_tasks,
         } = self;
         let host = KvmHost::open()?;
         host.check_required_caps()?;
@@ -160,7 +179,7 @@ impl Vm {
             host.max_vcpus(),
         )?;
         let sink = open_console(cfg.console)?;
-        let net_backend = crate::net::prepare(&cfg.net)?;
+        let net_backend = crate::net::prepare(&cfg.net, Some((guest_net.control(), net_tasks)))?;
 
         let vm = host
             .kvm()
@@ -238,6 +257,7 @@ impl Vm {
             print_net_stats: cfg.net.stats,
             policy,
             route_stop_signals,
+            guest_net: user_net.then_some(guest_net),
         };
         VmHandle::spawn(parts, net)
     }

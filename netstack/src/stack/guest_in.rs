@@ -136,6 +136,9 @@ impl Netstack {
             self.core.metrics.drop_unsupported += 1;
             return;
         }
+        if self.is_service_target(&ip.dst) && self.open_service_flow(ip, seg, key, now) {
+            return;
+        }
         let dns = seg.dst_port == 53 && self.core.addrs.is_gateway(&ip.dst);
         let target = if dns {
             // DNS over TCP goes to the upstream resolver, each query checked on the way.

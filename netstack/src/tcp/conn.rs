@@ -122,6 +122,9 @@ pub(crate) struct TcpConn {
     pub ingress_peer: Option<SocketAddr>,
     /// DNS over TCP to the gateway: per-query checks of the guest's stream.
     pub dns: Option<Box<super::DnsStream>>,
+    /// The host end is a Unix socket pair held by the embedder (not judged by the policy;
+    /// acknowledged bytes are discarded by reading, as `MSG_TRUNC` needs TCP).
+    pub embedder: bool,
     /// Cached `SO_SNDBUF` and how many more window computations may use it.
     pub sndbuf: u32,
     pub wnd_calls: u32,
@@ -190,6 +193,7 @@ impl TcpConn {
             peek_off: false,
             ingress_peer: None,
             dns: None,
+            embedder: false,
             sndbuf: 0,
             wnd_calls: 0,
             last_wnd: 0,

@@ -1,0 +1,265 @@
+//! The embedding API's network handles: connections between the embedding program and one
+//! VM's guest that never open a host port, and pcap capture started at run time.
+//!
+//! Everything here talks to the VM's netstack through its control queue
+//! ([`StackControl`]): a closure runs on the device thread between two batches, so the
+//! datapath takes no lock and no extra syscall for it. Connections are carried over Unix
+//! socket pairs: the netstack holds one end as the "host socket" of an ordinary TCP flow
+//! (the same translation as any other flow), the embedder gets the other end as a
+//! [`UnixStream`].
+//!
+//! - [`VmHandle::dial_guest`]: a stream into a guest service (as a published port's
+//!   connection would be, but with no host listener);
+//! - [`VmHandle::listen`] (also [`Vm::listen`] before start): a service only this guest can
+//!   reach, at the gateway address or `host.ringfence.internal`, whatever its policy says;
+//! - [`VmHandle::capture`]: pcap of the device's frames into any writer.
+//!
+//! This module owns no thread of its own except a capture's writer, and must never block the
+//! device thread.
+
+use std::collections::HashSet;
+use std::os::unix::net::UnixStream;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use devices::net::backend::user::{StackControl, StackTask};
+
+use crate::handle::VmHandle;
+use crate::vm::Vm;
+
+/// How many guest connections to a [`GuestListener`] may wait for `accept`; more are refused
+/// (the guest sees a reset).
+pub const LISTEN_BACKLOG: usize = 64;
+
+/// Transport protocol of a network handle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Proto {
+    /// TCP: a byte stream.
+    Tcp,
+    /// UDP: datagrams (not supported by the handles yet).
+    Udp,
+}
+
+/// Why a network handle could not be made or used.
+#[derive(Debug, thiserror::Error)]
+pub enum NetHandleError {
+    /// The VM has stopped; its network is gone.
+    #[error("the VM has stopped: its network handles no longer work (start a new VM)")]
+    Stopped,
+    /// The VM has no userspace network.
+    #[error("this needs the user-mode network: set VmConfig::net.backend to NetBackendSpec::User (--net user)")]
+    NoUserNet,
+    /// Port 0 was given.
+    #[error("port 0 is not a port: give 1-65535")]
+    PortZero,
+    /// A second `listen` on one port of one VM.
+    #[error("port {port} of this VM already has a listener: drop that GuestListener first")]
+    PortTaken {
+        /// The port asked for.
+        port: u16,
+    },
+    /// The protocol is not supported by this handle.
+    #[error("{what} supports only Proto::Tcp so far")]
+    Unsupported {
+        /// The handle.
+        what: &'static str,
+    },
+    /// A socket pair could not be created.
+    #[error("cannot create a socket pair: {0} (out of file descriptors?)")]
+    SocketPair(#[source] std::io::Error),
+}
+
+/// The embedding side of one VM's network: the netstack's control queue and the ports that
+/// have listeners. Shared by [`Vm`] (before start) and [`VmHandle`].
+#[derive(Clone, Debug)]
+pub(crate) struct GuestNet {
+    control: StackControl,
+    listening: Arc<Mutex<HashSet<u16>>>,
+}
+
+impl GuestNet {
+    /// A control queue; the receiver goes to the netstack when the VM is built.
+    pub(crate) fn new() -> (GuestNet, Receiver<StackTask>) {
+        let (control, tasks) = StackControl::new();
+        (
+            GuestNet {
+                control,
+                listening: Arc::default(),
+            },
+            tasks,
+        )
+    }
+
+    /// The control queue, for the `user` backend.
+    pub(crate) fn control(&self) -> &StackControl {
+        &self.control
+    }
+
+    fn run(&self, task: StackTask) -> Result<(), NetHandleError> {
+        self.control.run(task).map_err(|_| NetHandleError::Stopped)
+    }
+
+    fn listen(&self, proto: Proto, port: u16) -> Result<GuestListener, NetHandleError> {
+        if proto != Proto::Tcp {
+            return Err(NetHandleError::Unsupported { what: "listen" });
+        }
+        if port == 0 {
+            return Err(NetHandleError::PortZero);
+        }
+        {
+            let mut ports = self.listening.lock().unwrap_or_else(|e| e.into_inner());
+            if !ports.insert(port) {
+                return Err(NetHandleError::PortTaken { port });
+            }
+        }
+        let (tx, rx) = std::sync::mpsc::sync_channel(LISTEN_BACKLOG);
+        let listener = GuestListener {
+            accepted: rx,
+            port,
+            net: self.clone(),
+        };
+        self.run(Box::new(move |stack| stack.add_guest_service(port, tx)))?;
+        Ok(listener)
+    }
+
+    fn dial(&self, proto: Proto, port: u16) -> Result<UnixStream, NetHandleError> {
+        if proto != Proto::Tcp {
+            return Err(NetHandleError::Unsupported { what: "dial_guest" });
+        }
+        if port == 0 {
+            return Err(NetHandleError::PortZero);
+        }
+        let (ours, theirs) = UnixStream::pair().map_err(NetHandleError::SocketPair)?;
+        self.run(Box::new(move |stack| {
+            // On failure `theirs` is dropped here: the embedder's end reads EOF.
+            if let Err(e) = stack.connect_guest(theirs, port, Instant::now()) {
+                eprintln!("ringfence: dial_guest to port {port}: {e}");
+            }
+        }))?;
+        Ok(ours)
+    }
+}
+
+/// A service the guest reaches at the gateway address (or `host.ringfence.internal`) on one
+/// TCP port, from [`VmHandle::listen`]. Each guest connection arrives as a blocking
+/// [`UnixStream`]. Dropping it stops the service (later guest connections to the port are
+/// judged by the policy as ordinary host connections).
+#[derive(Debug)]
+pub struct GuestListener {
+    accepted: Receiver<UnixStream>,
+    port: u16,
+    net: GuestNet,
+}
+
+impl GuestListener {
+    /// Waits for the guest's next connection. Fails with [`NetHandleError::Stopped`] once
+    /// the VM has stopped.
+    pub fn accept(&self) -> Result<UnixStream, NetHandleError> {
+        self.accepted.recv().map_err(|_| NetHandleError::Stopped)
+    }
+
+    /// Like [`accept`](Self::accept), but returns `Ok(None)` after `limit`.
+    pub fn accept_timeout(&self, limit: Duration) -> Result<Option<UnixStream>, NetHandleError> {
+        match self.accepted.recv_timeout(limit) {
+            Ok(s) => Ok(Some(s)),
+            Err(RecvTimeoutError::Timeout) => Ok(None),
+            Err(RecvTimeoutError::Disconnected) => Err(NetHandleError::Stopped),
+        }
+    }
+
+    /// The guest-side port the service is on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+impl Drop for GuestListener {
+    fn drop(&mut self) {
+        let port = self.port;
+        self.net
+            .listening
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&port);
+        // A stopped VM has nothing to remove.
+        let _ = self.net.run(Box::new(move |stack| {
+            stack.remove_guest_service(port);
+        }));
+    }
+}
+
+impl Vm {
+    /// Like [`VmHandle::listen`], registered before the guest runs, so that a guest that
+    /// connects at once finds the service.
+    ///
+    /// ```no_run
+    /// use ringfence::embed::Proto;
+    /// use ringfence::net::NetBackendSpec;
+    /// use ringfence::{Vm, VmConfig};
+    ///
+    /// let mut config = VmConfig::new("probe.elf");
+    /// config.net.backend = NetBackendSpec::User;
+    /// let mut vm = Vm::new(config);
+    /// let tools = vm.listen(Proto::Tcp, 9000)?;
+    /// let vm = vm.start()?;
+    /// let conn = tools.accept()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn listen(&mut self, proto: Proto, port: u16) -> Result<GuestListener, NetHandleError> {
+        if !self.has_user_net() {
+            return Err(NetHandleError::NoUserNet);
+        }
+        self.guest_net().listen(proto, port)
+    }
+}
+
+impl VmHandle {
+    /// Opens a TCP connection into the guest's `port`, carried by the netstack with no host
+    /// port involved; the guest sees it come from the gateway address. Returns at once: if
+    /// nothing listens on the port, the guest resets the connection and the stream reads
+    /// EOF. Not subject to the guest's policy (the embedder is trusted).
+    ///
+    /// ```no_run
+    /// use std::io::{Read, Write};
+    /// use ringfence::embed::Proto;
+    /// # fn f(vm: &ringfence::VmHandle) -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut conn = vm.dial_guest(Proto::Tcp, 8080)?;
+    /// conn.write_all(b"ping")?;
+    /// let mut reply = [0u8; 4];
+    /// conn.read_exact(&mut reply)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn dial_guest(&self, proto: Proto, port: u16) -> Result<UnixStream, NetHandleError> {
+        let net = self.guest_net_checked()?;
+        net.dial(proto, port)
+    }
+
+    /// Serves `port` on the gateway addresses to this guest only: the guest connects to
+    /// `host.ringfence.internal:PORT` (or the gateway IP) and the connection is accepted from
+    /// the returned listener. No host port is opened, and the guest's policy does not apply
+    /// (the service is the embedder's own). One listener per port and VM.
+    ///
+    /// ```no_run
+    /// use std::io::Read;
+    /// use ringfence::embed::Proto;
+    /// # fn f(vm: &ringfence::VmHandle) -> Result<(), Box<dyn std::error::Error>> {
+    /// let listener = vm.listen(Proto::Tcp, 7000)?;
+    /// let mut conn = listener.accept()?;
+    /// let mut request = Vec::new();
+    /// conn.read_to_end(&mut request)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn listen(&self, proto: Proto, port: u16) -> Result<GuestListener, NetHandleError> {
+        let net = self.guest_net_checked()?;
+        net.listen(proto, port)
+    }
+
+    /// The VM's network control queue, or why it cannot be used.
+    fn guest_net_checked(&self) -> Result<&GuestNet, NetHandleError> {
+        if !self.is_running() {
+            return Err(NetHandleError::Stopped);
+        }
+        self.guest_net().ok_or(NetHandleError::NoUserNet)
+    }
+}
