@@ -338,3 +338,75 @@ fn network_handles_explain_what_is_wrong() {
     ));
     assert!(matches!(again.accept(), Err(NetHandleError::Stopped)));
 }
+
+/// The records of a pcap file in memory: (captured length, length on the wire) of each.
+fn pcap_records(bytes: &[u8]) -> (u32, Vec<(u32, u32)>) {
+    let word = |at: usize| u32::from_ne_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
+    assert!(bytes.len() >= 24, "no pcap header");
+    assert_eq!(word(0), 0xa1b2_c3d4, "pcap magic");
+    let snaplen = word(16);
+    let mut records = Vec::new();
+    let mut at = 24;
+    while at + 16 <= bytes.len() {
+        let (incl, orig) = (word(at + 8), word(at + 12));
+        records.push((incl, orig));
+        at += 16 + incl as usize;
+    }
+    assert_eq!(at, bytes.len(), "the last record is whole");
+    (snaplen, records)
+}
+
+#[test]
+fn capture_at_run_time_keeps_the_snap_length_and_counts_frames() {
+    let probe = require!(kvm_and_probe());
+    let _one = serial();
+    let out = Captured::default();
+    let mut vm = user_net_vm(
+        &probe,
+        "probe.scenario=tcp-send probe.peer=host.ringfence.internal:7000 probe.bytes=8M",
+        out.clone(),
+    );
+    let listener = vm.listen(Proto::Tcp, 7000).expect("listen");
+    let vm = vm.start().expect("start");
+    let pcap = Captured::default();
+    let mut capture = vm.capture(pcap.clone(), Some(128)).expect("capture");
+    let e = vm
+        .capture(std::io::sink(), None)
+        .expect_err("one capture at a time");
+    assert!(e.to_string().contains("already running"), "{e}");
+    let mut conn = listener
+        .accept_timeout(WAIT_LIMIT)
+        .expect("accept")
+        .expect("the guest connects");
+    conn.set_read_timeout(Some(WAIT_LIMIT)).expect("timeout");
+    let mut got = Vec::new();
+    std::io::Read::read_to_end(&mut conn, &mut got).expect("read the upload");
+    assert_eq!(got.len(), 8 << 20);
+    drop(conn);
+    assert_eq!(wait(&vm), VmExit::GuestStatus(0), "console: {}", out.text());
+    let dropped = capture.stop();
+    let bytes = pcap.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let (snaplen, records) = pcap_records(&bytes);
+    assert_eq!(snaplen, 128);
+    assert!(!records.is_empty());
+    assert!(records
+        .iter()
+        .all(|(incl, orig)| incl <= &128 && incl <= orig));
+    let payload: u64 = records.iter().map(|(_, orig)| u64::from(*orig)).sum();
+    eprintln!(
+        "capture: {} frames written, {dropped} dropped, {payload} bytes on the wire",
+        records.len()
+    );
+    assert_eq!(records.len() as u64, capture.written());
+    assert_eq!(capture.write_errors(), 0);
+    // Every frame of the upload was either written or counted.
+    assert!(
+        payload + dropped * 65_536 >= 8 << 20,
+        "the upload's frames are accounted for"
+    );
+    // A stopped VM has nothing to capture.
+    assert!(matches!(
+        vm.capture(std::io::sink(), None),
+        Err(NetHandleError::Stopped)
+    ));
+}

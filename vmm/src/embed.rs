@@ -12,18 +12,21 @@
 //!   connection would be, but with no host listener);
 //! - [`VmHandle::listen`] (also [`Vm::listen`] before start): a service only this guest can
 //!   reach, at the gateway address or `host.ringfence.internal`, whatever its policy says;
-//! - [`VmHandle::capture`]: pcap of the device's frames into any writer.
+//! - [`VmHandle::capture`]: pcap of the device's frames into any writer, started and stopped
+//!   at run time ([`Capture`]).
 //!
 //! This module owns no thread of its own except a capture's writer, and must never block the
 //! device thread.
 
 use std::collections::HashSet;
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use devices::net::backend::user::{StackControl, StackTask};
+use devices::net::pcap::{CaptureControl, CaptureSwitch, PcapError};
 
 use crate::handle::VmHandle;
 use crate::vm::Vm;
@@ -68,6 +71,14 @@ pub enum NetHandleError {
     /// A socket pair could not be created.
     #[error("cannot create a socket pair: {0} (out of file descriptors?)")]
     SocketPair(#[source] std::io::Error),
+    /// The VM has no network device to capture from.
+    #[error(
+        "the VM has no network device to capture: set VmConfig::net.backend (--net user or tap)"
+    )]
+    NoNetDevice,
+    /// The capture could not be started.
+    #[error(transparent)]
+    Capture(#[from] PcapError),
 }
 
 /// The embedding side of one VM's network: the netstack's control queue and the ports that
@@ -255,11 +266,92 @@ impl VmHandle {
         net.listen(proto, port)
     }
 
+    /// Starts a pcap capture of the network device's frames (both directions, as the device
+    /// sees them) into `out`, keeping the first `snaplen` bytes of each frame (`None`: whole
+    /// frames). The device thread only copies frames into a bounded pool; a writer thread
+    /// formats and writes them, and frames that find the pool empty are left out and counted
+    /// ([`Capture::dropped`]). One capture per VM at a time; stop it with [`Capture::stop`]
+    /// or by dropping it.
+    ///
+    /// ```no_run
+    /// # fn f(vm: &ringfence::VmHandle) -> Result<(), Box<dyn std::error::Error>> {
+    /// let file = std::fs::File::create("guest.pcap")?;
+    /// let mut capture = vm.capture(file, Some(128))?;
+    /// // ... traffic ...
+    /// let dropped = capture.stop();
+    /// # Ok(()) }
+    /// ```
+    pub fn capture(
+        &self,
+        out: impl std::io::Write + Send + 'static,
+        snaplen: Option<u32>,
+    ) -> Result<Capture, NetHandleError> {
+        if !self.is_running() {
+            return Err(NetHandleError::Stopped);
+        }
+        let switch = self
+            .capture_switch()
+            .ok_or(NetHandleError::NoNetDevice)?
+            .clone();
+        let control = switch.start(
+            Box::new(out),
+            snaplen.unwrap_or(devices::net::pcap::SNAPLEN_WHOLE),
+            "embedder capture".into(),
+        )?;
+        Ok(Capture {
+            control,
+            switch,
+            stopped: false,
+        })
+    }
+
     /// The VM's network control queue, or why it cannot be used.
     fn guest_net_checked(&self) -> Result<&GuestNet, NetHandleError> {
         if !self.is_running() {
             return Err(NetHandleError::Stopped);
         }
         self.guest_net().ok_or(NetHandleError::NoUserNet)
+    }
+}
+
+/// A running pcap capture from [`VmHandle::capture`]. Dropping it stops it.
+#[derive(Debug)]
+pub struct Capture {
+    control: CaptureControl,
+    switch: Arc<CaptureSwitch>,
+    stopped: bool,
+}
+
+impl Capture {
+    /// Frames written so far.
+    pub fn written(&self) -> u64 {
+        self.control.stats().written.load(Ordering::Relaxed)
+    }
+
+    /// Frames left out so far because the writer fell behind.
+    pub fn dropped(&self) -> u64 {
+        self.control.stats().dropped.load(Ordering::Relaxed)
+    }
+
+    /// Write errors of the output (the capture stops writing after the first).
+    pub fn write_errors(&self) -> u64 {
+        self.control.stats().write_errors.load(Ordering::Relaxed)
+    }
+
+    /// Stops the capture and waits (up to 10 s) until everything handed to the writer is
+    /// written and flushed; frames still in the device thread's current batch are left out.
+    /// Returns the number of frames dropped in all. Stopping twice does nothing more.
+    pub fn stop(&mut self) -> u64 {
+        if !self.stopped {
+            self.stopped = true;
+            self.switch.stop();
+        }
+        self.dropped()
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        self.stop();
     }
 }

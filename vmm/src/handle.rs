@@ -22,6 +22,8 @@ use std::time::{Duration, Instant};
 use kvm_ioctls::{VcpuFd, VmFd};
 use vm_memory::GuestMemoryMmap;
 
+use devices::net::pcap::CaptureSwitch;
+
 use crate::embed::GuestNet;
 use crate::exit::VmExit;
 use crate::io::IoBus;
@@ -64,6 +66,8 @@ pub(crate) struct Parts {
     pub route_stop_signals: bool,
     /// The embedding API's side of the `user` network, if the VM has one.
     pub guest_net: Option<GuestNet>,
+    /// The network device's capture switch, if the VM has a network device.
+    pub capture: Option<Arc<CaptureSwitch>>,
 }
 
 /// What the supervisor publishes for the handle.
@@ -93,6 +97,7 @@ pub struct VmHandle {
     supervisor: Option<JoinHandle<()>>,
     net: NetControl,
     guest_net: Option<GuestNet>,
+    capture: Option<Arc<CaptureSwitch>>,
 }
 
 impl std::fmt::Debug for VmHandle {
@@ -118,6 +123,7 @@ impl VmHandle {
             net.attach(policy.clone());
         }
         let guest_net = parts.guest_net.clone();
+        let capture = parts.capture.clone();
         let status = Arc::new(Status {
             exit: Mutex::new(None),
             done: Condvar::new(),
@@ -137,6 +143,7 @@ impl VmHandle {
             supervisor: Some(supervisor),
             net,
             guest_net,
+            capture,
         };
         match started_rx.recv() {
             Ok(Ok(())) => Ok(handle),
@@ -220,6 +227,11 @@ impl VmHandle {
     pub(crate) fn guest_net(&self) -> Option<&GuestNet> {
         self.guest_net.as_ref()
     }
+
+    /// The network device's capture switch, if the VM has a network device.
+    pub(crate) fn capture_switch(&self) -> Option<&Arc<CaptureSwitch>> {
+        self.capture.as_ref()
+    }
 }
 
 impl Drop for VmHandle {
@@ -256,6 +268,7 @@ fn supervise(
         policy: _,
         route_stop_signals: _,
         guest_net: _,
+        capture: _,
     } = parts;
     let since = Instant::now();
     let mut threads = Vec::with_capacity(vcpus.len());

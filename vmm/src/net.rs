@@ -66,6 +66,8 @@ pub struct NetSettings {
     pub backend: NetBackendSpec,
     /// Record every frame into this pcap file.
     pub pcap: Option<PathBuf>,
+    /// Bytes of each frame the pcap file keeps (`None`: whole frames).
+    pub pcap_snaplen: Option<u32>,
     /// The guest's MAC address (a random locally administered one when `None`).
     pub mac: Option<[u8; 6]>,
     /// Settings of the `user` backend (pools, DNS, published ports, limits, policy).
@@ -79,6 +81,7 @@ impl Default for NetSettings {
         NetSettings {
             backend: NetBackendSpec::None,
             pcap: None,
+            pcap_snaplen: None,
             mac: None,
             user: UserNetSettings::default(),
             stats: false,
@@ -139,6 +142,8 @@ pub struct AttachedNet {
     pub cmdline: String,
     /// The device's counters (live; read them after the VM stops for final figures).
     pub metrics: std::sync::Arc<devices::net::NetMetrics>,
+    /// Starts and stops pcap captures at run time.
+    pub capture: std::sync::Arc<devices::net::pcap::CaptureSwitch>,
 }
 
 /// A random locally administered unicast MAC.
@@ -259,12 +264,14 @@ pub fn attach(
     let config = NetConfig {
         mac: prepared.mac,
         pcap: settings.pcap.clone(),
+        pcap_snaplen: settings.pcap_snaplen,
         mtu: prepared.mtu,
         ..Default::default()
     };
     let net =
         Net::new(config, prepared.backend).map_err(|e| NetSetupError::Device(e.to_string()))?;
     let metrics = net.metrics();
+    let capture = net.capture_switch();
     let transport = MmioTransport::new(mem.clone(), Box::new(net))
         .map_err(|e| NetSetupError::Device(e.to_string()))?;
     let base = virtio_mmio_base(index);
@@ -287,6 +294,7 @@ pub fn attach(
             VIRTIO_MMIO_WINDOW / 1024
         ),
         metrics,
+        capture,
     })
 }
 

@@ -217,12 +217,14 @@ impl Vm {
         let mut bus = IoBus::new(SerialConsole::new(serial_irq, sink));
         let mut cmdline_text = cfg.cmdline.clone();
         let mut net_metrics = None;
+        let mut capture = None;
         let mut policy = None;
         if let Some(prepared) = net_backend {
             policy = prepared.policy.clone();
             let dev = crate::net::attach(&vm, &mem, 0, prepared, &cfg.net)?;
             bus.add_mmio(dev.base, layout::VIRTIO_MMIO_WINDOW, dev.device);
             net_metrics = Some(dev.metrics);
+            capture = Some(dev.capture);
             cmdline_text = format!("{} {}", dev.cmdline, cmdline_text);
         }
         if cfg.pass_tsc_khz && !cmdline_text.contains("probe.tsc_khz=") {
@@ -258,6 +260,7 @@ impl Vm {
             policy,
             route_stop_signals,
             guest_net: user_net.then_some(guest_net),
+            capture,
         };
         VmHandle::spawn(parts, net)
     }
