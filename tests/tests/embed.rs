@@ -410,3 +410,63 @@ fn capture_at_run_time_keeps_the_snap_length_and_counts_frames() {
         Err(NetHandleError::Stopped)
     ));
 }
+
+#[test]
+fn expose_carries_host_connections_into_the_guest() {
+    let probe = require!(kvm_and_probe());
+    let _one = serial();
+    let out = Captured::default();
+    let vm = user_net_vm(&probe, "probe.scenario=serve probe.port=8080", out.clone())
+        .start()
+        .expect("start");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind on loopback");
+    let exposed = vm.expose(Proto::Tcp, 8080, listener).expect("expose");
+    wait_for_console(&vm, &out, "probe: listening");
+    let mut conn = std::net::TcpStream::connect(exposed.local_addr()).expect("connect");
+    conn.set_read_timeout(Some(WAIT_LIMIT)).expect("timeout");
+    conn.write_all(b"through the host listener").expect("write");
+    conn.shutdown(std::net::Shutdown::Write).expect("shutdown");
+    let mut echoed = Vec::new();
+    std::io::Read::read_to_end(&mut conn, &mut echoed).expect("read the echo");
+    assert_eq!(echoed, b"through the host listener");
+    assert_eq!(wait(&vm), VmExit::GuestStatus(0), "console: {}", out.text());
+    drop(exposed);
+}
+
+#[test]
+fn dial_out_is_judged_by_the_guest_policy() {
+    let probe = require!(kvm_and_probe());
+    let _one = serial();
+    let target = std::net::TcpListener::bind("127.0.0.1:0").expect("bind on loopback");
+    let addr = target.local_addr().expect("addr");
+    for allow in [false, true] {
+        let out = Captured::default();
+        let mut config = probe_config(&probe, "probe.scenario=serve probe.port=80", out.clone());
+        config.net.backend = NetBackendSpec::User;
+        if allow {
+            config.net.user.policy.rules = vec![format!("allow@loopback:tcp:{}", addr.port())];
+        }
+        let vm = Vm::new(config).start().expect("start");
+        // The policy lives on the device thread, which runs once the guest set it up.
+        wait_for_console(&vm, &out, "probe: listening");
+        let r = vm.dial_out(Proto::Tcp, addr);
+        if allow {
+            let mut s = r.expect("allowed by the rule");
+            s.write_all(b"x").expect("write");
+            let (mut accepted, _) = target.accept().expect("accept");
+            let mut b = [0u8; 1];
+            std::io::Read::read_exact(&mut accepted, &mut b).expect("read");
+            assert_eq!(&b, b"x");
+        } else {
+            let e = r.expect_err("loopback is denied by default");
+            assert!(matches!(e, NetHandleError::Denied { .. }), "{e}");
+            assert!(e.to_string().contains("allow@127.0.0.1"), "{e}");
+        }
+        vm.kill();
+        assert_eq!(wait(&vm), VmExit::Killed);
+        assert!(matches!(
+            vm.dial_out(Proto::Tcp, addr),
+            Err(NetHandleError::Stopped)
+        ));
+    }
+}

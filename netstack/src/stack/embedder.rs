@@ -19,6 +19,7 @@ use std::os::unix::net::UnixStream;
 use std::sync::mpsc::{SyncSender, TrySendError};
 
 use super::*;
+use crate::gate::Verdict;
 
 /// First source port of embedder connections into the guest (the IANA dynamic range).
 const EMBEDDER_PORT_BASE: u16 = 49152;
@@ -51,6 +52,38 @@ impl Netstack {
         guest_port: u16,
         now: Instant,
     ) -> Result<(), EmbedderError> {
+        stream
+            .set_nonblocking(true)
+            .map_err(EmbedderError::SocketPair)?;
+        self.open_into_guest(OwnedFd::from(stream), true, guest_port, None, now)
+    }
+
+    /// Opens a TCP connection into the guest's `guest_port` for `stream`, a host TCP
+    /// connection the embedder accepted on a listener of its own (the embedding API's
+    /// `expose`): carried like a published port's connection (zero-copy), but not judged by
+    /// the flow gate.
+    pub fn connect_guest_tcp(
+        &mut self,
+        stream: std::net::TcpStream,
+        guest_port: u16,
+        now: Instant,
+    ) -> Result<(), EmbedderError> {
+        stream
+            .set_nonblocking(true)
+            .map_err(EmbedderError::SocketPair)?;
+        let peer = stream.peer_addr().ok();
+        let _ = sys::set_nodelay(stream.as_fd());
+        self.open_into_guest(OwnedFd::from(stream), false, guest_port, peer, now)
+    }
+
+    fn open_into_guest(
+        &mut self,
+        fd: OwnedFd,
+        unix_stream: bool,
+        guest_port: u16,
+        peer: Option<SocketAddr>,
+        now: Instant,
+    ) -> Result<(), EmbedderError> {
         if guest_port == 0 {
             return Err(EmbedderError::PortZero);
         }
@@ -62,9 +95,6 @@ impl Netstack {
                 open: self.flows.tcp_len(),
             });
         }
-        stream
-            .set_nonblocking(true)
-            .map_err(EmbedderError::SocketPair)?;
         let guest = SocketAddr::new(IpAddr::V4(self.core.addrs.guest4), guest_port);
         let mut key = FlowKey {
             proto: KeyProto::Tcp,
@@ -81,12 +111,32 @@ impl Netstack {
             }
         }
         let isn = self.isn(&key);
-        let mut conn = TcpConn::new(key, OwnedFd::from(stream), TcpState::SynSent, isn, now);
+        let mut conn = TcpConn::new(key, fd, TcpState::SynSent, isn, now);
         conn.embedder = true;
+        conn.unix_stream = unix_stream;
+        conn.ingress_peer = peer;
         conn.our_wscale = 7;
         conn.syn_pending = true;
         self.insert_tcp(conn);
         Ok(())
+    }
+
+    /// Whether the guest's policy lets the guest open a `proto` flow to `dst` now (the
+    /// embedding API's `dial_out` asks before connecting on the guest's behalf). A
+    /// destination on the gateway means the host's loopback, as for the guest's own flows;
+    /// the returned address is where to connect. A denial returns the verdict (with the
+    /// deciding rule's index, if a rule decided).
+    pub fn judge_egress(&self, proto: FlowProto, dst: SocketAddr) -> Result<SocketAddr, Verdict> {
+        let verdict =
+            self.gate
+                .decide(&self.flow_info(Direction::Egress, proto, dst.ip(), dst.port()));
+        if !verdict.allow {
+            return Err(verdict);
+        }
+        Ok(SocketAddr::new(
+            self.core.addrs.host_target(dst.ip()),
+            dst.port(),
+        ))
     }
 
     /// Makes `port` on the gateway addresses a service of the embedder: each connection the
@@ -149,6 +199,7 @@ impl Netstack {
         let isn = self.isn(&key);
         let mut conn = tcp::open_over(&self.core, key, OwnedFd::from(ours), seg, isn, now);
         conn.embedder = true;
+        conn.unix_stream = true;
         self.insert_tcp(conn);
         true
     }

@@ -252,7 +252,7 @@ fn on_ack(core: &mut Core, conn: &mut TcpConn, seg: &Segment, ack: u32, now: Ins
         }
         if data > 0 {
             // Frees the acknowledged bytes in the kernel without copying them.
-            let freed = if conn.embedder {
+            let freed = if conn.unix_stream {
                 sys::discard_by_reading(conn.fd.as_fd(), data as usize)
             } else {
                 sys::discard(conn.fd.as_fd(), data as usize)

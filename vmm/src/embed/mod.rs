@@ -12,6 +12,8 @@
 //!   connection would be, but with no host listener);
 //! - [`VmHandle::listen`] (also [`Vm::listen`] before start): a service only this guest can
 //!   reach, at the gateway address or `host.ringfence.internal`, whatever its policy says;
+//! - [`VmHandle::expose`] and [`VmHandle::dial_out`] ([`forward`]): a host listener of the
+//!   embedder's whose connections go into the guest, and a connection made as the guest;
 //! - [`VmHandle::capture`]: pcap of the device's frames into any writer, started and stopped
 //!   at run time ([`Capture`]).
 //!
@@ -30,6 +32,10 @@ use devices::net::pcap::{CaptureControl, CaptureSwitch, PcapError};
 
 use crate::handle::VmHandle;
 use crate::vm::Vm;
+
+pub mod forward;
+
+pub use forward::Exposed;
 
 /// How many guest connections to a [`GuestListener`] may wait for `accept`; more are refused
 /// (the guest sees a reset).
@@ -71,6 +77,35 @@ pub enum NetHandleError {
     /// A socket pair could not be created.
     #[error("cannot create a socket pair: {0} (out of file descriptors?)")]
     SocketPair(#[source] std::io::Error),
+    /// The guest's policy does not allow the destination of [`VmHandle::dial_out`].
+    #[error("the guest's policy denies {addr} ({by}); add a rule that allows it, e.g. --net-rule allow@{ip}:tcp:{port}", ip = addr.ip(), port = addr.port())]
+    Denied {
+        /// The destination asked for.
+        addr: std::net::SocketAddr,
+        /// What decided: a rule by number, or the default egress action.
+        by: String,
+    },
+    /// The guest has not brought its network device up, so its netstack cannot answer yet.
+    #[error("the guest's network device is not running yet (the guest has not set it up): retry once the guest is up")]
+    NotReady,
+    /// Connecting to the destination failed.
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        /// The destination (after mapping the gateway to the host's loopback).
+        addr: std::net::SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A thread could not be started.
+    #[error("cannot start the {what} thread: {source}")]
+    Thread {
+        /// Which thread.
+        what: &'static str,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The VM has no network device to capture from.
     #[error(
         "the VM has no network device to capture: set VmConfig::net.backend (--net user or tap)"
@@ -107,7 +142,7 @@ impl GuestNet {
         &self.control
     }
 
-    fn run(&self, task: StackTask) -> Result<(), NetHandleError> {
+    pub(crate) fn run(&self, task: StackTask) -> Result<(), NetHandleError> {
         self.control.run(task).map_err(|_| NetHandleError::Stopped)
     }
 
@@ -306,7 +341,7 @@ impl VmHandle {
     }
 
     /// The VM's network control queue, or why it cannot be used.
-    fn guest_net_checked(&self) -> Result<&GuestNet, NetHandleError> {
+    pub(crate) fn guest_net_checked(&self) -> Result<&GuestNet, NetHandleError> {
         if !self.is_running() {
             return Err(NetHandleError::Stopped);
         }
