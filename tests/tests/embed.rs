@@ -470,3 +470,16 @@ fn dial_out_is_judged_by_the_guest_policy() {
         ));
     }
 }
+
+#[test]
+fn an_idle_guest_halts_without_being_reported_dead() {
+    let probe = require!(kvm_and_probe());
+    let _one = serial();
+    let (vm, out) = start(&probe, "probe.scenario=idle");
+    wait_for_console(&vm, &out, "probe: idle");
+    // The supervisor checks a halted vCPU every 500 ms: a halt with interrupts enabled must
+    // not be mistaken for a dead one.
+    assert_eq!(vm.wait_timeout(Duration::from_millis(1500)), None);
+    vm.kill();
+    assert_eq!(wait(&vm), VmExit::Killed);
+}
