@@ -172,6 +172,16 @@ impl VmHandle {
     }
 
     /// The exit, if the VM has stopped and been torn down; `None` while it runs. Never blocks.
+    ///
+    /// ```no_run
+    /// # fn f(vm: ringfence::VmHandle) {
+    /// use std::time::Duration;
+    /// if vm.try_wait().is_none() && vm.wait_timeout(Duration::from_secs(5)).is_none() {
+    ///     vm.kill(); // still running after 5 s: stop it
+    /// }
+    /// println!("{}", vm.wait());
+    /// # }
+    /// ```
     pub fn try_wait(&self) -> Option<VmExit> {
         self.status
             .exit

@@ -98,22 +98,41 @@ impl NetControl {
         self.slot.lock().ok().and_then(|s| s.clone())
     }
 
-    /// Replaces the policy; new flows and DNS queries are judged by it at once. Fails if the
-    /// VM has no `user` network (yet) or the policy does not compile.
-    pub fn set_policy(&self, policy: &policy::Policy) -> Result<(), String> {
+    /// Replaces the policy; new flows and DNS queries are judged by it at once, and live
+    /// flows it denies are cut. Fails if the VM has no `user` network (or has not started)
+    /// or the policy does not compile.
+    ///
+    /// ```no_run
+    /// # fn f(vm: &ringfence::VmHandle, policy: &policy::Policy) -> Result<(), ringfence::vm::NetControlError> {
+    /// vm.net_control().set_policy(policy)?;
+    /// vm.net_control().set_network_enabled(false)?; // cut everything
+    /// # Ok(()) }
+    /// ```
+    pub fn set_policy(&self, policy: &policy::Policy) -> Result<(), NetControlError> {
         self.handle()
-            .ok_or("the VM has no user-mode network (or has not started)")?
+            .ok_or(NetControlError::NoUserNet)?
             .set_policy(policy)
-            .map_err(|e| e.to_string())
+            .map_err(NetControlError::Policy)
     }
 
     /// Turns the VM's network on or off; off refuses every new flow and DNS query.
-    pub fn set_network_enabled(&self, enabled: bool) -> Result<(), String> {
+    pub fn set_network_enabled(&self, enabled: bool) -> Result<(), NetControlError> {
         self.handle()
-            .ok_or("the VM has no user-mode network (or has not started)")?
+            .ok_or(NetControlError::NoUserNet)?
             .set_network_enabled(enabled);
         Ok(())
     }
+}
+
+/// Why a [`NetControl`] call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NetControlError {
+    /// The VM has no user-mode network, or has not started it yet.
+    #[error("the VM has no user-mode network (or has not started): use --net user (NetBackendSpec::User) and call this after Vm::start")]
+    NoUserNet,
+    /// The new policy does not compile.
+    #[error(transparent)]
+    Policy(#[from] crate::net_policy::PolicySetupError),
 }
 
 impl Vm {
@@ -149,6 +168,14 @@ impl Vm {
     /// For a program running one VM (the `ringfence` CLI); a library with several VMs per
     /// process leaves signals alone, which is the default. Only one running VM per process
     /// can have them: [`Vm::start`] fails for a second one.
+    ///
+    /// ```no_run
+    /// # let config = ringfence::VmConfig::new("vmlinux");
+    /// // Ctrl-C ends the VM with VmExit::Signal(2) instead of killing the process.
+    /// let exit = ringfence::Vm::new(config).route_stop_signals().run()?;
+    /// std::process::exit(exit.status());
+    /// # Ok::<(), ringfence::VmError>(())
+    /// ```
     pub fn route_stop_signals(mut self) -> Self {
         self.route_stop_signals = true;
         self
@@ -161,6 +188,24 @@ impl Vm {
 
     /// Builds the VM and starts its vCPUs; returns once the guest runs. The returned
     /// [`VmHandle`] waits for, inspects and stops it; dropping the handle stops the VM.
+    /// Nothing process-wide is changed (except the no-op handler of the vCPU kick signal,
+    /// `SIGRTMIN`), so a process may run many VMs at once.
+    ///
+    /// ```no_run
+    /// use ringfence::{Vm, VmConfig};
+    ///
+    /// let vms: Vec<_> = (0..4)
+    ///     .map(|i| {
+    ///         let mut config = VmConfig::new("probe.elf");
+    ///         config.cmdline = format!("probe.scenario=exit:{i}");
+    ///         Vm::new(config).start()
+    ///     })
+    ///     .collect::<Result<_, _>>()?;
+    /// for vm in &vms {
+    ///     println!("{}", vm.wait());
+    /// }
+    /// # Ok::<(), ringfence::VmError>(())
+    /// ```
     pub fn start(self) -> Result<VmHandle, VmError> {
         let user_net = self.has_user_net();
         let Vm {

@@ -27,10 +27,19 @@ use super::metrics::NetMetrics;
 
 /// Snap length meaning "whole frames" (covers TSO super-frames).
 pub const SNAPLEN_WHOLE: u32 = 262_144;
-/// Frames the pool holds: captured frames waiting for the writer, at most.
+/// Most frames the pool holds (captured frames waiting for the writer): with short snap
+/// lengths; whole-frame captures get fewer, so the pool stays within [`POOL_BYTES`].
 const POOL_FRAMES: usize = 1024;
+/// Fewest frames the pool holds.
+const POOL_FRAMES_MIN: usize = 64;
+/// What the pool's buffers may grow to in all, roughly (a TSO frame is up to 64 KiB).
+const POOL_BYTES: usize = 8 << 20;
 /// Frames the device thread collects before handing them to the writer.
 const BATCH_FRAMES: usize = 64;
+/// The writer looks at the queue this often, and is woken earlier only when a quarter of the
+/// pool is waiting: a bulk transfer then costs the host a few writer wake-ups per second, not
+/// one per device batch (on a host short of cores those wake-ups compete with the vCPU).
+const WRITER_TICK: Duration = Duration::from_millis(50);
 /// Initial capacity of a pooled buffer (grown once to the largest frame it carries).
 const BUFFER_START: usize = 2048;
 /// How long [`CaptureControl::stop`] waits for the writer to finish.
@@ -91,6 +100,8 @@ struct Queue {
     /// Set by [`CaptureControl::stop`]: record nothing more, the writer drains and ends.
     closed: AtomicBool,
     stats: CaptureStats,
+    /// Queued records that make the device wake the writer before its next tick.
+    wake_at: usize,
 }
 
 #[derive(Default)]
@@ -103,6 +114,9 @@ struct QueueState {
     producer_gone: bool,
     /// The writer has written everything and flushed.
     finished: bool,
+    /// [`PcapSink::sync`] requests, and the last one the writer completed.
+    sync_req: u64,
+    sync_done: u64,
 }
 
 impl Queue {
@@ -160,17 +174,22 @@ impl PcapSink {
             return Err(PcapError::SnaplenZero);
         }
         let snaplen = snaplen.min(SNAPLEN_WHOLE);
-        let queue = Arc::new(Queue::default());
+        let largest = (snaplen as usize).min(usize::from(u16::MAX) + 14);
+        let pool = (POOL_BYTES / largest).clamp(POOL_FRAMES_MIN, POOL_FRAMES);
+        let queue = Arc::new(Queue {
+            wake_at: pool / 4,
+            ..Queue::default()
+        });
         {
             let mut st = queue.lock();
-            st.full.reserve(POOL_FRAMES);
-            st.free.reserve(POOL_FRAMES);
+            st.full.reserve(pool);
+            st.free.reserve(pool);
         }
         let writer = {
             let queue = queue.clone();
             std::thread::Builder::new()
                 .name("pcap-writer".into())
-                .spawn(move || write_loop(&queue, out, snaplen))
+                .spawn(move || write_loop(&queue, out, snaplen, pool))
                 .map_err(PcapError::Thread)?
         };
         let first = (snaplen as usize).min(BUFFER_START);
@@ -178,9 +197,7 @@ impl PcapSink {
             queue: queue.clone(),
             snaplen: snaplen as usize,
             batch: Vec::with_capacity(BATCH_FRAMES),
-            free: (0..POOL_FRAMES)
-                .map(|_| Vec::with_capacity(first))
-                .collect(),
+            free: (0..pool).map(|_| Vec::with_capacity(first)).collect(),
             writer: Some(writer),
             label,
             report_to: None,
@@ -219,11 +236,11 @@ impl PcapSink {
     /// written (the worker calls this when it goes idle, when a batch is full, and at stop).
     pub fn flush(&mut self) {
         let mut st = self.queue.lock();
-        let had = !self.batch.is_empty();
         st.full.extend(self.batch.drain(..));
         self.free.append(&mut st.free);
+        let wake = st.full.len() >= self.queue.wake_at;
         drop(st);
-        if had {
+        if wake {
             self.queue.wake.notify_one();
         }
     }
@@ -231,6 +248,30 @@ impl PcapSink {
     /// Adds this capture's dropped frames and write errors to `metrics` when it ends.
     pub fn report_to(&mut self, metrics: Arc<NetMetrics>) {
         self.report_to = Some(metrics);
+    }
+
+    /// Hands the recorded frames to the writer and waits (up to [`STOP_WAIT`]) until it has
+    /// written and flushed everything queued. For the worker's stop (device reset, VM end),
+    /// never on the datapath.
+    pub fn sync(&mut self) {
+        self.flush();
+        let deadline = Instant::now() + STOP_WAIT;
+        let mut st = self.queue.lock();
+        st.sync_req += 1;
+        let target = st.sync_req;
+        self.queue.wake.notify_all();
+        while st.sync_done < target && !st.finished {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            st = self
+                .queue
+                .wake
+                .wait_timeout(st, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
     }
 
     /// Where the capture goes (a file path or the embedder's label).
@@ -305,24 +346,45 @@ impl CaptureControl {
     }
 }
 
-/// The writer thread: pcap header, then records as they come, until the capture ends.
-fn write_loop(queue: &Queue, out: Box<dyn Write + Send>, snaplen: u32) {
+/// The writer thread: pcap header, then records as they come, until the capture ends. Looks
+/// at the queue every [`WRITER_TICK`] (or when woken); writes its buffer out when it finds the
+/// queue empty, so an idle capture is on disk within a tick.
+fn write_loop(queue: &Queue, out: Box<dyn Write + Send>, snaplen: u32, pool: usize) {
     let mut out = BufWriter::with_capacity(256 * 1024, out);
     let mut ok = write_file_header(&mut out, snaplen).is_ok();
-    let mut work: VecDeque<Record> = VecDeque::with_capacity(POOL_FRAMES);
-    let mut done: Vec<Vec<u8>> = Vec::with_capacity(POOL_FRAMES);
+    let mut work: VecDeque<Record> = VecDeque::with_capacity(pool);
+    let mut done: Vec<Vec<u8>> = Vec::with_capacity(pool);
+    let mut unflushed = true;
     loop {
         {
             let mut st = queue.lock();
             st.free.append(&mut done);
-            while st.full.is_empty() && !st.producer_gone && !queue.closed.load(Ordering::SeqCst) {
-                st = queue.wake.wait(st).unwrap_or_else(|e| e.into_inner());
-            }
             if st.full.is_empty() {
-                break;
+                if unflushed {
+                    drop(st);
+                    if ok && out.flush().is_err() {
+                        queue.stats.write_errors.fetch_add(1, Ordering::Relaxed);
+                        ok = false;
+                    }
+                    unflushed = false;
+                    continue;
+                }
+                if st.sync_done != st.sync_req {
+                    st.sync_done = st.sync_req;
+                    queue.wake.notify_all();
+                }
+                if st.producer_gone || queue.closed.load(Ordering::SeqCst) {
+                    break;
+                }
+                st = queue
+                    .wake
+                    .wait_timeout(st, WRITER_TICK)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
             }
             std::mem::swap(&mut st.full, &mut work);
         }
+        unflushed |= !work.is_empty();
         for rec in work.drain(..) {
             if ok {
                 ok = write_record(&mut out, &rec).is_ok();
@@ -333,10 +395,6 @@ fn write_loop(queue: &Queue, out: Box<dyn Write + Send>, snaplen: u32) {
                 }
             }
             done.push(rec.data);
-        }
-        if ok && out.flush().is_err() {
-            queue.stats.write_errors.fetch_add(1, Ordering::Relaxed);
-            ok = false;
         }
     }
     if ok && out.flush().is_err() {
@@ -481,7 +539,7 @@ mod tests {
             PcapSink::start(Box::new(std::io::sink()), 64, "t".into()).unwrap();
         let mut frame = vec![1u8; 100];
         let v = iov(&mut frame);
-        let n = POOL_FRAMES * 4;
+        let n = POOL_FRAMES * 8;
         for _ in 0..n {
             sink.record(&v, 0, 100);
         }

@@ -194,7 +194,8 @@ impl NetWorker {
             std::mem::forget(self.mem.clone());
         }
         if let Some(p) = self.parts.pcap.as_mut() {
-            p.flush();
+            // Everything captured so far is in the output when the worker has stopped.
+            p.sync();
         }
         self.parts
     }
