@@ -33,7 +33,7 @@ const POOL_FRAMES: usize = 1024;
 /// Fewest frames the pool holds.
 const POOL_FRAMES_MIN: usize = 64;
 /// What the pool's buffers may grow to in all, roughly (a TSO frame is up to 64 KiB).
-const POOL_BYTES: usize = 8 << 20;
+const POOL_BYTES: usize = 32 << 20;
 /// Frames the device thread collects before handing them to the writer.
 const BATCH_FRAMES: usize = 64;
 /// The writer looks at the queue this often, and is woken earlier only when a quarter of the
@@ -350,7 +350,8 @@ impl CaptureControl {
 /// at the queue every [`WRITER_TICK`] (or when woken); writes its buffer out when it finds the
 /// queue empty, so an idle capture is on disk within a tick.
 fn write_loop(queue: &Queue, out: Box<dyn Write + Send>, snaplen: u32, pool: usize) {
-    let mut out = BufWriter::with_capacity(256 * 1024, out);
+    // Records of large frames (above the capacity) bypass the buffer: one copy less.
+    let mut out = BufWriter::with_capacity(64 * 1024, out);
     let mut ok = write_file_header(&mut out, snaplen).is_ok();
     let mut work: VecDeque<Record> = VecDeque::with_capacity(pool);
     let mut done: Vec<Vec<u8>> = Vec::with_capacity(pool);
