@@ -337,6 +337,11 @@ fn network_handles_explain_what_is_wrong() {
         Err(NetHandleError::Stopped)
     ));
     assert!(matches!(again.accept(), Err(NetHandleError::Stopped)));
+    let e = vm
+        .net_control()
+        .set_network_enabled(false)
+        .expect_err("a stopped VM");
+    assert!(e.to_string().contains("stopped"), "{e}");
 }
 
 /// The records of a pcap file in memory: (captured length, length on the wire) of each.

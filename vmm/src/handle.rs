@@ -132,9 +132,14 @@ impl VmHandle {
         let supervisor = {
             let shared = shared.clone();
             let status = status.clone();
+            let net = net.clone();
             std::thread::Builder::new()
                 .name("vm-supervisor".into())
-                .spawn(move || supervise(parts, shared, status, guard, started_tx))
+                .spawn(move || {
+                    supervise(parts, shared, status, guard, started_tx, || {
+                        net.mark_stopped()
+                    })
+                })
                 .map_err(setup("the VM supervisor thread"))?
         };
         let handle = VmHandle {
@@ -264,6 +269,7 @@ fn supervise(
     status: Arc<Status>,
     signal_guard: Option<StopSignalGuard>,
     started: mpsc::SyncSender<std::io::Result<()>>,
+    on_stopped: impl FnOnce(),
 ) {
     let Parts {
         vm,
@@ -315,6 +321,7 @@ fn supervise(
     if let (true, Some(m)) = (print_net_stats, net_metrics) {
         eprintln!("ringfence: net stats: {}", crate::net::stats_json(&m));
     }
+    on_stopped();
     let mut slot = status.exit.lock().unwrap_or_else(|e| e.into_inner());
     *slot = Some(exit);
     status.done.notify_all();

@@ -84,6 +84,7 @@ pub struct Vm {
 #[derive(Clone, Default)]
 pub struct NetControl {
     slot: Arc<std::sync::Mutex<Option<crate::net_policy::PolicyHandle>>>,
+    stopped: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl NetControl {
@@ -91,6 +92,15 @@ impl NetControl {
     pub(crate) fn attach(&self, policy: crate::net_policy::PolicyHandle) {
         if let Ok(mut slot) = self.slot.lock() {
             *slot = Some(policy);
+        }
+    }
+
+    /// Called when the VM has stopped: later calls fail with [`NetControlError::Stopped`].
+    pub(crate) fn mark_stopped(&self) {
+        self.stopped
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Ok(mut slot) = self.slot.lock() {
+            *slot = None;
         }
     }
 
@@ -109,6 +119,7 @@ impl NetControl {
     /// # Ok(()) }
     /// ```
     pub fn set_policy(&self, policy: &policy::Policy) -> Result<(), NetControlError> {
+        self.check_running()?;
         self.handle()
             .ok_or(NetControlError::NoUserNet)?
             .set_policy(policy)
@@ -117,6 +128,7 @@ impl NetControl {
 
     /// Turns the VM's network on or off; off refuses every new flow and DNS query.
     pub fn set_network_enabled(&self, enabled: bool) -> Result<(), NetControlError> {
+        self.check_running()?;
         self.handle()
             .ok_or(NetControlError::NoUserNet)?
             .set_network_enabled(enabled);
@@ -124,9 +136,21 @@ impl NetControl {
     }
 }
 
+impl NetControl {
+    fn check_running(&self) -> Result<(), NetControlError> {
+        if self.stopped.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(NetControlError::Stopped);
+        }
+        Ok(())
+    }
+}
+
 /// Why a [`NetControl`] call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum NetControlError {
+    /// The VM has stopped.
+    #[error("the VM has stopped: its network policy can no longer be changed")]
+    Stopped,
     /// The VM has no user-mode network, or has not started it yet.
     #[error("the VM has no user-mode network (or has not started): use --net user (NetBackendSpec::User) and call this after Vm::start")]
     NoUserNet,
