@@ -344,23 +344,6 @@ fn network_handles_explain_what_is_wrong() {
     assert!(e.to_string().contains("stopped"), "{e}");
 }
 
-/// The records of a pcap file in memory: (captured length, length on the wire) of each.
-fn pcap_records(bytes: &[u8]) -> (u32, Vec<(u32, u32)>) {
-    let word = |at: usize| u32::from_ne_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
-    assert!(bytes.len() >= 24, "no pcap header");
-    assert_eq!(word(0), 0xa1b2_c3d4, "pcap magic");
-    let snaplen = word(16);
-    let mut records = Vec::new();
-    let mut at = 24;
-    while at + 16 <= bytes.len() {
-        let (incl, orig) = (word(at + 8), word(at + 12));
-        records.push((incl, orig));
-        at += 16 + incl as usize;
-    }
-    assert_eq!(at, bytes.len(), "the last record is whole");
-    (snaplen, records)
-}
-
 #[test]
 fn capture_at_run_time_keeps_the_snap_length_and_counts_frames() {
     let probe = require!(kvm_and_probe());

@@ -250,7 +250,7 @@ impl PcapSink {
         self.report_to = Some(metrics);
     }
 
-    /// Hands the recorded frames to the writer and waits (up to [`STOP_WAIT`]) until it has
+    /// Hands the recorded frames to the writer and waits (up to 10 s) until it has
     /// written and flushed everything queued. For the worker's stop (device reset, VM end),
     /// never on the datapath.
     pub fn sync(&mut self) {
