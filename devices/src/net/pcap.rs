@@ -44,6 +44,8 @@ const WRITER_TICK: Duration = Duration::from_millis(50);
 const BUFFER_START: usize = 2048;
 /// How long [`CaptureControl::stop`] waits for the writer to finish.
 const STOP_WAIT: Duration = Duration::from_secs(10);
+/// How long a dropped sink (device teardown) waits for the writer before leaving it.
+const DROP_WAIT: Duration = Duration::from_secs(2);
 
 /// Why a capture could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -250,12 +252,12 @@ impl PcapSink {
         self.report_to = Some(metrics);
     }
 
-    /// Hands the recorded frames to the writer and waits (up to 10 s) until it has
+    /// Hands the recorded frames to the writer and waits (up to 2 s) until it has
     /// written and flushed everything queued. For the worker's stop (device reset, VM end),
     /// never on the datapath.
     pub fn sync(&mut self) {
         self.flush();
-        let deadline = Instant::now() + STOP_WAIT;
+        let deadline = Instant::now() + DROP_WAIT;
         let mut st = self.queue.lock();
         st.sync_req += 1;
         let target = st.sync_req;
@@ -274,6 +276,25 @@ impl PcapSink {
         }
     }
 
+    /// Waits up to `limit` until the writer thread has finished; returns whether it has.
+    fn wait_finished(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        let mut st = self.queue.lock();
+        while !st.finished {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            st = self
+                .queue
+                .wake
+                .wait_timeout(st, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        true
+    }
+
     /// Where the capture goes (a file path or the embedder's label).
     pub fn label(&self) -> &str {
         &self.label
@@ -284,9 +305,15 @@ impl Drop for PcapSink {
     fn drop(&mut self) {
         self.flush();
         self.queue.lock().producer_gone = true;
-        self.queue.wake.notify_one();
-        if let Some(w) = self.writer.take() {
-            let _ = w.join();
+        self.queue.wake.notify_all();
+        // Joined only once it has finished: an output that blocks (a pipe nobody reads) must
+        // not hang the device's teardown. Such a writer is left to end on its own.
+        if self.wait_finished(DROP_WAIT) {
+            if let Some(w) = self.writer.take() {
+                let _ = w.join();
+            }
+        } else {
+            tracing::warn!(to = %self.label, "pcap writer still blocked in its output; leaving it");
         }
         if let Some(m) = &self.report_to {
             let s = &self.queue.stats;
@@ -555,6 +582,30 @@ mod tests {
             n as u64,
             "every frame is written or counted as dropped"
         );
+    }
+
+    /// An output that never returns from `write`.
+    struct Stuck(Arc<std::sync::Barrier>);
+
+    impl Write for Stuck {
+        fn write(&mut self, _buf: &[u8]) -> std::io::Result<usize> {
+            self.0.wait();
+            Err(std::io::Error::other("released"))
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_blocked_output_does_not_hang_the_device() {
+        let release = Arc::new(std::sync::Barrier::new(2));
+        let (sink, _control) =
+            PcapSink::start(Box::new(Stuck(release.clone())), 64, "t".into()).unwrap();
+        let queue = sink.queue.clone();
+        drop(sink); // comes back although the writer is stuck
+        assert!(!queue.lock().finished);
+        release.wait();
     }
 
     #[test]
