@@ -17,6 +17,7 @@ pub mod kvm;
 pub mod layout;
 pub mod linux_image;
 pub mod net;
+pub mod net_control;
 pub mod net_policy;
 pub mod net_user;
 pub mod probe_image;

@@ -24,6 +24,8 @@ use crate::io::IoBus;
 use crate::kvm::{self, regs, KvmError, KvmHost};
 use crate::layout::{self, KVM_TSS_ADDRESS, SERIAL_IRQ};
 
+pub use crate::net_control::{NetControl, NetControlError};
+
 /// Errors that stop a VM from being built or run.
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
@@ -78,85 +80,6 @@ pub struct Vm {
     route_stop_signals: bool,
     guest_net: GuestNet,
     net_tasks: std::sync::mpsc::Receiver<devices::net::backend::user::StackTask>,
-}
-
-/// Changes the network policy of a running VM from another thread (library API).
-#[derive(Clone, Default)]
-pub struct NetControl {
-    slot: Arc<std::sync::Mutex<Option<crate::net_policy::PolicyHandle>>>,
-    stopped: Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl NetControl {
-    /// Binds the controls to the live policy of a starting VM.
-    pub(crate) fn attach(&self, policy: crate::net_policy::PolicyHandle) {
-        if let Ok(mut slot) = self.slot.lock() {
-            *slot = Some(policy);
-        }
-    }
-
-    /// Called when the VM has stopped: later calls fail with [`NetControlError::Stopped`].
-    pub(crate) fn mark_stopped(&self) {
-        self.stopped
-            .store(true, std::sync::atomic::Ordering::SeqCst);
-        if let Ok(mut slot) = self.slot.lock() {
-            *slot = None;
-        }
-    }
-
-    fn handle(&self) -> Option<crate::net_policy::PolicyHandle> {
-        self.slot.lock().ok().and_then(|s| s.clone())
-    }
-
-    /// Replaces the policy; new flows and DNS queries are judged by it at once, and live
-    /// flows it denies are cut. Fails if the VM has no `user` network (or has not started)
-    /// or the policy does not compile.
-    ///
-    /// ```no_run
-    /// # fn f(vm: &ringfence::VmHandle, policy: &policy::Policy) -> Result<(), ringfence::vm::NetControlError> {
-    /// vm.net_control().set_policy(policy)?;
-    /// vm.net_control().set_network_enabled(false)?; // cut everything
-    /// # Ok(()) }
-    /// ```
-    pub fn set_policy(&self, policy: &policy::Policy) -> Result<(), NetControlError> {
-        self.check_running()?;
-        self.handle()
-            .ok_or(NetControlError::NoUserNet)?
-            .set_policy(policy)
-            .map_err(NetControlError::Policy)
-    }
-
-    /// Turns the VM's network on or off; off refuses every new flow and DNS query.
-    pub fn set_network_enabled(&self, enabled: bool) -> Result<(), NetControlError> {
-        self.check_running()?;
-        self.handle()
-            .ok_or(NetControlError::NoUserNet)?
-            .set_network_enabled(enabled);
-        Ok(())
-    }
-}
-
-impl NetControl {
-    fn check_running(&self) -> Result<(), NetControlError> {
-        if self.stopped.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(NetControlError::Stopped);
-        }
-        Ok(())
-    }
-}
-
-/// Why a [`NetControl`] call failed.
-#[derive(Debug, thiserror::Error)]
-pub enum NetControlError {
-    /// The VM has stopped.
-    #[error("the VM has stopped: its network policy can no longer be changed")]
-    Stopped,
-    /// The VM has no user-mode network, or has not started it yet.
-    #[error("the VM has no user-mode network (or has not started): use --net user (NetBackendSpec::User) and call this after Vm::start")]
-    NoUserNet,
-    /// The new policy does not compile.
-    #[error(transparent)]
-    Policy(#[from] crate::net_policy::PolicySetupError),
 }
 
 impl Vm {
