@@ -76,6 +76,17 @@ struct Status {
     done: Condvar,
 }
 
+impl Status {
+    /// Records the exit (the first one stays) and wakes every waiter.
+    fn publish(&self, exit: VmExit) {
+        let mut slot = self.exit.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.is_none() {
+            *slot = Some(exit);
+        }
+        self.done.notify_all();
+    }
+}
+
 /// A running (or stopped) VM, returned by [`Vm::start`](crate::Vm::start).
 ///
 /// `Send + Sync`: share it behind an `Arc` to wait on one thread and kill from another.
@@ -136,9 +147,18 @@ impl VmHandle {
             std::thread::Builder::new()
                 .name("vm-supervisor".into())
                 .spawn(move || {
-                    supervise(parts, shared, status, guard, started_tx, || {
-                        net.mark_stopped()
-                    })
+                    let run = std::panic::AssertUnwindSafe(|| {
+                        supervise(parts, shared, status.clone(), guard, started_tx, &net)
+                    });
+                    // A panic must not leave wait() blocked forever: publish an exit anyway
+                    // (what the unwinding dropped is released; the rest leaks).
+                    if std::panic::catch_unwind(run).is_err() {
+                        net.mark_stopped();
+                        status.publish(VmExit::Internal(
+                            "the VM's supervisor thread panicked (a ringfence bug); the VM is stopped"
+                                .into(),
+                        ));
+                    }
                 })
                 .map_err(setup("the VM supervisor thread"))?
         };
@@ -269,7 +289,7 @@ fn supervise(
     status: Arc<Status>,
     signal_guard: Option<StopSignalGuard>,
     started: mpsc::SyncSender<std::io::Result<()>>,
-    on_stopped: impl FnOnce(),
+    net: &NetControl,
 ) {
     let Parts {
         vm,
@@ -321,10 +341,9 @@ fn supervise(
     if let (true, Some(m)) = (print_net_stats, net_metrics) {
         eprintln!("ringfence: net stats: {}", crate::net::stats_json(&m));
     }
-    on_stopped();
-    let mut slot = status.exit.lock().unwrap_or_else(|e| e.into_inner());
-    *slot = Some(exit);
-    status.done.notify_all();
+    // Handles fail cleanly from the moment wait() can return.
+    net.mark_stopped();
+    status.publish(exit);
 }
 
 /// Blocks until a vCPU reports an exit, the VM is killed, a routed stop signal arrives, or the
