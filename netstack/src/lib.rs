@@ -51,4 +51,4 @@ pub use crate::gate::{AllowAll, Direction, FlowGate, FlowInfo, FlowProto, Swappa
 pub use crate::interest_set::InterestSet;
 pub use crate::metrics::NetMetrics;
 pub use crate::stack::{EmbedderError, Netstack};
-pub use crate::sys::poll;
+pub use crate::sys::{poll, seqpacket_pair};

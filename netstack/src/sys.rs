@@ -42,6 +42,24 @@ fn cvt_size(ret: libc::ssize_t) -> io::Result<usize> {
     }
 }
 
+/// A connected pair of non-blocking, close-on-exec Unix `SOCK_SEQPACKET` sockets: message
+/// boundaries are kept (one datagram per message) and, unlike `SOCK_DGRAM`, one end reads EOF
+/// once the other is closed. Carries the embedder's UDP flows.
+pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: `fds` is a live array of two ints for socketpair(2) to fill.
+    cvt(unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    })?;
+    // SAFETY: socketpair succeeded, so both are fresh descriptors owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
 /// Opens a non-blocking, close-on-exec socket of `kind` for the address family of `v6`.
 pub(crate) fn socket(v6: bool, kind: SockKind) -> io::Result<OwnedFd> {
     let domain = if v6 { libc::AF_INET6 } else { libc::AF_INET };

@@ -471,3 +471,52 @@ fn an_idle_guest_halts_without_being_reported_dead() {
     vm.kill();
     assert_eq!(wait(&vm), VmExit::Killed);
 }
+
+#[test]
+fn listen_packet_answers_the_guests_datagrams() {
+    let probe = require!(kvm_and_probe());
+    let _one = serial();
+    let out = Captured::default();
+    let mut vm = user_net_vm(
+        &probe,
+        "probe.scenario=udp-echo probe.peer=host.ringfence.internal:5300 probe.count=20",
+        out.clone(),
+    );
+    let listener = vm.listen_packet(5300).expect("listen_packet before start");
+    let e = vm
+        .listen_packet(5300)
+        .expect_err("one UDP listener per port");
+    assert!(matches!(e, NetHandleError::PortTaken { port: 5300 }), "{e}");
+    let vm = vm.start().expect("start");
+    let flow = listener
+        .accept_timeout(WAIT_LIMIT)
+        .expect("accept")
+        .expect("the guest sends");
+    flow.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let echo = std::thread::spawn(move || {
+        let mut echoed = 0u32;
+        let mut b = [0u8; 2048];
+        // Bounded: the probe sends 20 datagrams plus one warm-up.
+        for _ in 0..1000 {
+            match flow.recv(&mut b) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    flow.send(&b[..n]).expect("echo");
+                    echoed += 1;
+                }
+            }
+        }
+        echoed
+    });
+    assert_eq!(wait(&vm), VmExit::GuestStatus(0), "console: {}", out.text());
+    let echoed = echo.join().expect("echo thread");
+    assert!(echoed >= 20, "echoed {echoed}");
+    let j: serde_json::Value = out
+        .text()
+        .lines()
+        .find(|l| l.starts_with("{\"scenario\""))
+        .and_then(|l| serde_json::from_str(l).ok())
+        .expect("result line");
+    assert_eq!(j["received"], 20, "{j}");
+}

@@ -10,6 +10,11 @@
 //!   `host.ringfence.internal`) on a service's port, the flow starts as a completed host
 //!   connect whose socket is a fresh pair, the other end handed to the service's queue.
 //!
+//! UDP works the same way over Unix `SOCK_SEQPACKET` socket pairs ([`crate::seqpacket_pair`];
+//! one pair per guest 4-tuple, each datagram one message): [`Netstack::connect_guest_udp`]
+//! and [`Netstack::add_guest_udp_service`]; such flows end after the UDP idle timeout like
+//! any other, which the embedder sees as EOF on its socket.
+//!
 //! These flows are the embedder's own, so the flow gate is not asked about them and a
 //! policy change never cuts them. They never touch the per-packet path: only opening a flow
 //! differs from a host TCP flow.
@@ -20,6 +25,7 @@ use std::sync::mpsc::{SyncSender, TrySendError};
 
 use super::*;
 use crate::gate::Verdict;
+use crate::udp::UdpFlow;
 
 /// First source port of embedder connections into the guest (the IANA dynamic range).
 const EMBEDDER_PORT_BASE: u16 = 49152;
@@ -202,6 +208,112 @@ impl Netstack {
         conn.unix_stream = true;
         self.insert_tcp(conn);
         true
+    }
+
+    /// Opens a UDP flow into the guest's `guest_port` over `socket` (one end of a
+    /// [`crate::seqpacket_pair`]; the caller keeps the other): each message the caller sends
+    /// reaches the guest as a datagram from the gateway address, and the guest's replies
+    /// come back as messages. Not judged by the flow gate.
+    pub fn connect_guest_udp(
+        &mut self,
+        socket: OwnedFd,
+        guest_port: u16,
+        now: Instant,
+    ) -> Result<(), EmbedderError> {
+        if guest_port == 0 {
+            return Err(EmbedderError::PortZero);
+        }
+        if !self.flows.has_room() {
+            self.core.metrics.flows_over_limit += 1;
+            return Err(EmbedderError::TooManyConnections {
+                open: self.flows.len(),
+            });
+        }
+        let guest = SocketAddr::new(IpAddr::V4(self.core.addrs.guest4), guest_port);
+        let mut key = FlowKey {
+            proto: KeyProto::Udp,
+            guest,
+            remote: SocketAddr::new(IpAddr::V4(self.core.addrs.gateway4), EMBEDDER_PORT_BASE),
+        };
+        // Bounded: at most this many source ports are tried.
+        for _ in 0..1024 {
+            self.embedder_port = self.embedder_port.wrapping_add(1);
+            let port = EMBEDDER_PORT_BASE + self.embedder_port % (u16::MAX - EMBEDDER_PORT_BASE);
+            key.remote.set_port(port);
+            if self.flows.lookup(&key).is_none() {
+                break;
+            }
+        }
+        let flow = UdpFlow::over_embedder_socket(key, socket, now);
+        match self.insert_embedder_udp(flow) {
+            Some(_) => Ok(()),
+            None => Err(EmbedderError::TooManyConnections {
+                open: self.flows.len(),
+            }),
+        }
+    }
+
+    /// Makes UDP `port` on the gateway addresses a service of the embedder: the first
+    /// datagram of each new guest 4-tuple hands `accepted` one end of a
+    /// [`crate::seqpacket_pair`] (non-blocking) that carries that flow's datagrams both ways
+    /// as messages. A full queue drops the datagram (the guest gets ICMP "prohibited"); a
+    /// dropped receiver removes the service. Reachable whatever the policy says.
+    pub fn add_guest_udp_service(&mut self, port: u16, accepted: SyncSender<OwnedFd>) {
+        self.udp_services.insert(port, accepted);
+    }
+
+    /// Stops serving UDP `port`. Returns whether a service was there.
+    pub fn remove_guest_udp_service(&mut self, port: u16) -> bool {
+        self.udp_services.remove(&port).is_some()
+    }
+
+    /// Whether a new guest UDP flow to `dst:port` is for an embedder service.
+    pub(super) fn is_udp_service_target(&self, dst: &IpAddr, port: u16) -> bool {
+        !self.udp_services.is_empty()
+            && self.udp_services.contains_key(&port)
+            && self.core.addrs.is_gateway(dst)
+    }
+
+    /// A new guest UDP flow to a service port: a socket pair, one end to the service.
+    pub(super) fn open_udp_service_flow(&mut self, key: FlowKey, now: Instant) -> Option<u64> {
+        let port = key.remote.port();
+        let accepted = self.udp_services.get(&port)?;
+        if !self.flows.has_room() {
+            self.core.metrics.flows_over_limit += 1;
+            return None;
+        }
+        let Ok((ours, theirs)) = sys::seqpacket_pair() else {
+            self.core.metrics.drop_host_error += 1;
+            return None;
+        };
+        match accepted.try_send(theirs) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                self.core.metrics.flows_over_limit += 1;
+                return None;
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                self.udp_services.remove(&port);
+                return None;
+            }
+        }
+        self.insert_embedder_udp(UdpFlow::over_embedder_socket(key, ours, now))
+    }
+
+    fn insert_embedder_udp(&mut self, mut flow: UdpFlow) -> Option<u64> {
+        flow.registered = true;
+        let fd = flow.fd.as_raw_fd();
+        match self.flows.insert(Flow::Udp(flow)) {
+            Some(t) => {
+                self.core.metrics.flows_opened += 1;
+                self.core.interest(InterestOp::Add, fd, t, true, false);
+                Some(t)
+            }
+            None => {
+                self.core.metrics.flows_over_limit += 1;
+                None
+            }
+        }
     }
 
     /// Whether a guest SYN to `dst` may be for an embedder service.

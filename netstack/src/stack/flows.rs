@@ -38,7 +38,7 @@ impl Netstack {
                     ),
                 },
                 Some(Flow::Udp(u)) => {
-                    if u.dns {
+                    if u.dns || u.embedder {
                         continue;
                     }
                     (

@@ -60,6 +60,8 @@ pub struct Netstack {
     ping: PingRelay,
     /// Embedder services on the gateway addresses, by port ([`Netstack::add_guest_service`]).
     services: HashMap<u16, std::sync::mpsc::SyncSender<std::os::unix::net::UnixStream>>,
+    /// Embedder UDP services on the gateway addresses, by port.
+    udp_services: HashMap<u16, std::sync::mpsc::SyncSender<OwnedFd>>,
     /// Rotates the source ports of embedder connections into the guest.
     embedder_port: u16,
 }
@@ -106,6 +108,7 @@ impl Netstack {
             scratch: Vec::new(),
             ping: PingRelay::new(),
             services: HashMap::new(),
+            udp_services: HashMap::new(),
             embedder_port: 0,
         })
     }

@@ -138,3 +138,98 @@ fn judge_egress_maps_the_gateway_to_loopback_and_applies_the_gate() {
     assert!(target.ip().is_loopback());
     assert_eq!(target.port(), 80);
 }
+
+fn guest_udp_socket(h: &mut Harness, port: u16) -> smoltcp::iface::SocketHandle {
+    use smoltcp::socket::udp;
+    let rx = udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 8], vec![0; 16384]);
+    let tx = udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 8], vec![0; 16384]);
+    let s = h.sockets.add(udp::Socket::new(rx, tx));
+    h.sockets.get_mut::<udp::Socket>(s).bind(port).unwrap();
+    s
+}
+
+#[test]
+fn a_guest_udp_service_gets_each_flow_as_a_datagram_socket() {
+    use smoltcp::socket::udp;
+    use smoltcp::wire::{IpAddress, IpEndpoint};
+    let mut h = Harness::with_gate(cfg(), Box::new(DenyAll));
+    let (tx, rx) = std::sync::mpsc::sync_channel(4);
+    h.ns.add_guest_udp_service(5353, tx);
+    let s = guest_udp_socket(&mut h, 41000);
+    let gw = IpEndpoint::new(IpAddress::Ipv4(h.gateway()), 5353);
+    h.sockets
+        .get_mut::<udp::Socket>(s)
+        .send_slice(b"ping", gw)
+        .unwrap();
+    let mut service: Option<std::os::unix::net::UnixDatagram> = None;
+    let ok = h.run_until(10_000, Duration::from_secs(10), |_| {
+        service = rx
+            .try_recv()
+            .ok()
+            .map(std::os::unix::net::UnixDatagram::from);
+        service.is_some()
+    });
+    assert!(ok, "the service got no flow");
+    let service = service.unwrap();
+    service.set_nonblocking(false).unwrap();
+    service
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut b = [0u8; 64];
+    let n = service.recv(&mut b).unwrap();
+    assert_eq!(&b[..n], b"ping");
+    service.send(b"pong").unwrap();
+    let mut got = None;
+    let ok = h.run_until(10_000, Duration::from_secs(10), |h| {
+        let sock = h.sockets.get_mut::<udp::Socket>(s);
+        if let Ok((data, meta)) = sock.recv() {
+            got = Some((data.to_vec(), meta.endpoint));
+        }
+        got.is_some()
+    });
+    assert!(ok, "the guest got no answer");
+    let (data, from) = got.unwrap();
+    assert_eq!(data, b"pong");
+    assert_eq!(from, gw, "the answer comes from the service's address");
+    assert_eq!(h.ns.metrics().flows_denied, 0);
+    assert!(h.ns.remove_guest_udp_service(5353));
+}
+
+#[test]
+fn connect_guest_udp_carries_datagrams_both_ways() {
+    use smoltcp::socket::udp;
+    let mut h = Harness::with_gate(cfg(), Box::new(DenyAll));
+    let s = guest_udp_socket(&mut h, 7000);
+    let (ours, theirs) = netstack::seqpacket_pair().unwrap();
+    let ours = std::os::unix::net::UnixDatagram::from(ours);
+    ours.set_nonblocking(false).unwrap();
+    h.ns.connect_guest_udp(theirs, 7000, Instant::now())
+        .unwrap();
+    ours.send(b"hello guest").unwrap();
+    let mut got = None;
+    let ok = h.run_until(10_000, Duration::from_secs(10), |h| {
+        let sock = h.sockets.get_mut::<udp::Socket>(s);
+        if let Ok((data, meta)) = sock.recv() {
+            got = Some((data.to_vec(), meta.endpoint));
+        }
+        got.is_some()
+    });
+    assert!(ok, "the guest got nothing");
+    let (data, from) = got.unwrap();
+    assert_eq!(data, b"hello guest");
+    assert_eq!(from.addr, smoltcp::wire::IpAddress::Ipv4(h.gateway()));
+    h.sockets
+        .get_mut::<udp::Socket>(s)
+        .send_slice(b"hello embedder", from)
+        .unwrap();
+    for _ in 0..100 {
+        h.step(1);
+    }
+    ours.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut b = [0u8; 64];
+    let n = ours.recv(&mut b).unwrap();
+    assert_eq!(&b[..n], b"hello embedder");
+    // The flow's end reads as EOF (SOCK_SEQPACKET), not as a read that never returns.
+    drop(h);
+    assert_eq!(ours.recv(&mut b).unwrap(), 0);
+}

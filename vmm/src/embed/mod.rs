@@ -34,19 +34,21 @@ use crate::handle::VmHandle;
 use crate::vm::Vm;
 
 pub mod forward;
+pub mod packet;
 
 pub use forward::Exposed;
+pub use packet::{GuestPacketConn, GuestPacketListener};
 
 /// How many guest connections to a [`GuestListener`] may wait for `accept`; more are refused
 /// (the guest sees a reset).
 pub const LISTEN_BACKLOG: usize = 64;
 
 /// Transport protocol of a network handle.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Proto {
     /// TCP: a byte stream.
     Tcp,
-    /// UDP: datagrams (not supported by the handles yet).
+    /// UDP: datagrams (see [`VmHandle::listen_packet`] and [`VmHandle::dial_guest_packet`]).
     Udp,
 }
 
@@ -69,7 +71,7 @@ pub enum NetHandleError {
         port: u16,
     },
     /// The protocol is not supported by this handle.
-    #[error("{what} supports only Proto::Tcp so far")]
+    #[error("{what} carries TCP streams only: for UDP use listen_packet / dial_guest_packet")]
     Unsupported {
         /// The handle.
         what: &'static str,
@@ -121,7 +123,8 @@ pub enum NetHandleError {
 #[derive(Clone, Debug)]
 pub(crate) struct GuestNet {
     control: StackControl,
-    listening: Arc<Mutex<HashSet<u16>>>,
+    /// Ports with a listener: (protocol, port).
+    listening: Arc<Mutex<HashSet<(Proto, u16)>>>,
 }
 
 impl GuestNet {
@@ -146,6 +149,24 @@ impl GuestNet {
         self.control.run(task).map_err(|_| NetHandleError::Stopped)
     }
 
+    /// Marks `(proto, port)` as listened on; fails if it already is.
+    pub(crate) fn claim(&self, proto: Proto, port: u16) -> Result<(), NetHandleError> {
+        let mut ports = self.listening.lock().unwrap_or_else(|e| e.into_inner());
+        if ports.insert((proto, port)) {
+            Ok(())
+        } else {
+            Err(NetHandleError::PortTaken { port })
+        }
+    }
+
+    /// Undoes [`claim`](Self::claim).
+    pub(crate) fn release(&self, proto: Proto, port: u16) {
+        self.listening
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&(proto, port));
+    }
+
     fn listen(&self, proto: Proto, port: u16) -> Result<GuestListener, NetHandleError> {
         if proto != Proto::Tcp {
             return Err(NetHandleError::Unsupported { what: "listen" });
@@ -153,12 +174,7 @@ impl GuestNet {
         if port == 0 {
             return Err(NetHandleError::PortZero);
         }
-        {
-            let mut ports = self.listening.lock().unwrap_or_else(|e| e.into_inner());
-            if !ports.insert(port) {
-                return Err(NetHandleError::PortTaken { port });
-            }
-        }
+        self.claim(Proto::Tcp, port)?;
         let (tx, rx) = std::sync::mpsc::sync_channel(LISTEN_BACKLOG);
         let listener = GuestListener {
             accepted: rx,
@@ -223,11 +239,7 @@ impl GuestListener {
 impl Drop for GuestListener {
     fn drop(&mut self) {
         let port = self.port;
-        self.net
-            .listening
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&port);
+        self.net.release(Proto::Tcp, port);
         // A stopped VM has nothing to remove.
         let _ = self.net.run(Box::new(move |stack| {
             stack.remove_guest_service(port);
