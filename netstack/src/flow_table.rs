@@ -268,6 +268,7 @@ mod tests {
             queued: false,
             dns: false,
             peer: None,
+            embedder: false,
         })
     }
 

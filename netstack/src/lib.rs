@@ -50,5 +50,5 @@ pub use crate::error::NetError;
 pub use crate::gate::{AllowAll, Direction, FlowGate, FlowInfo, FlowProto, SwappableGate, Verdict};
 pub use crate::interest_set::InterestSet;
 pub use crate::metrics::NetMetrics;
-pub use crate::stack::Netstack;
-pub use crate::sys::poll;
+pub use crate::stack::{EmbedderError, Netstack};
+pub use crate::sys::{poll, seqpacket_pair};

@@ -42,6 +42,24 @@ fn cvt_size(ret: libc::ssize_t) -> io::Result<usize> {
     }
 }
 
+/// A connected pair of non-blocking, close-on-exec Unix `SOCK_SEQPACKET` sockets: message
+/// boundaries are kept (one datagram per message) and, unlike `SOCK_DGRAM`, one end reads EOF
+/// once the other is closed. Carries the embedder's UDP flows.
+pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: `fds` is a live array of two ints for socketpair(2) to fill.
+    cvt(unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    })?;
+    // SAFETY: socketpair succeeded, so both are fresh descriptors owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
 /// Opens a non-blocking, close-on-exec socket of `kind` for the address family of `v6`.
 pub(crate) fn socket(v6: bool, kind: SockKind) -> io::Result<OwnedFd> {
     let domain = if v6 { libc::AF_INET6 } else { libc::AF_INET };
@@ -405,6 +423,33 @@ pub(crate) fn discard(fd: BorrowedFd<'_>, len: usize) -> io::Result<usize> {
             libc::MSG_DONTWAIT | libc::MSG_TRUNC,
         )
     })
+}
+
+/// Drops `len` bytes from the head of a stream socket's receive queue by reading them into
+/// a scratch buffer on the stack: for sockets (AF_UNIX) where [`discard`]'s `MSG_TRUNC`
+/// does not work. Bounded: stops at `len`, at a would-block or at EOF.
+pub(crate) fn discard_by_reading(fd: BorrowedFd<'_>, len: usize) -> io::Result<usize> {
+    let mut scratch = [0u8; 16 * 1024];
+    let mut done = 0;
+    while done < len {
+        let want = (len - done).min(scratch.len());
+        // SAFETY: `scratch` is a live, writable buffer of at least `want` bytes.
+        let n = cvt_size(unsafe {
+            libc::recv(
+                fd.as_raw_fd(),
+                scratch.as_mut_ptr().cast(),
+                want,
+                libc::MSG_DONTWAIT,
+            )
+        });
+        match n {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if done > 0 && e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
 }
 
 /// Whether `fd` is readable and writable right now (one `poll(2)` with a zero timeout;

@@ -38,6 +38,9 @@ pub(crate) struct UdpFlow {
     /// Published UDP port: `fd` is a duplicate of the listener socket and guest datagrams
     /// go to this peer. Such a flow never registers its fd (the listener reads).
     pub peer: Option<SocketAddr>,
+    /// The host end is the embedder's (a Unix datagram socket pair): not judged by the
+    /// policy, never cut by a change.
+    pub embedder: bool,
 }
 
 impl UdpFlow {
@@ -55,7 +58,24 @@ impl UdpFlow {
             queued: false,
             dns: false,
             peer: None,
+            embedder: false,
         })
+    }
+
+    /// A flow whose host socket is `fd`, one end of a connected Unix datagram socket pair
+    /// the embedder holds the other end of.
+    pub(crate) fn over_embedder_socket(key: FlowKey, fd: OwnedFd, now: Instant) -> Self {
+        UdpFlow {
+            key,
+            fd,
+            last_activity: now,
+            host_readable: false,
+            registered: false,
+            queued: false,
+            dns: false,
+            peer: None,
+            embedder: true,
+        }
     }
 
     /// A flow for `peer` of a published UDP port, answering through `listener_fd`.
@@ -74,6 +94,7 @@ impl UdpFlow {
             queued: false,
             dns: false,
             peer: Some(peer),
+            embedder: false,
         }
     }
 

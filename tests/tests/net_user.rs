@@ -412,3 +412,32 @@ fn bad_user_network_settings_fail_before_boot() {
     assert_eq!(o.status.code(), Some(125));
     assert!(stderr(&o).contains("need --net user"), "{}", stderr(&o));
 }
+
+#[test]
+fn pcap_snaplen_keeps_the_first_bytes_of_every_frame() {
+    let probe = require!(kvm_and_probe());
+    let path = std::env::temp_dir().join(format!("ringfence-snaplen-{}.pcap", std::process::id()));
+    let o = run_user(
+        &probe,
+        &[
+            "--pcap",
+            path.to_str().expect("utf-8 temp path"),
+            "--pcap-snaplen",
+            "64",
+        ],
+        &[
+            "probe.scenario=resolve",
+            "probe.name=host.ringfence.internal",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let bytes = std::fs::read(&path).expect("pcap written");
+    let (snaplen, records) = pcap_records(&bytes);
+    assert_eq!(snaplen, 64);
+    assert!(records.iter().all(|(incl, _)| *incl <= 64));
+    let frames = records.len();
+    let cut = records.iter().filter(|(_, orig)| *orig > 64).count();
+    // DHCP discover/offer/request/ack, the DNS query and its answer at least.
+    assert!(frames >= 6 && cut >= 4, "{frames} frames, {cut} cut");
+    let _ = std::fs::remove_file(&path);
+}

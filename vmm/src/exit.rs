@@ -8,6 +8,8 @@ pub const STATUS_TIMEOUT: i32 = 124;
 pub const STATUS_VMM_ERROR: i32 = 125;
 /// Exit status when the guest crashed or stopped without reporting a status.
 pub const STATUS_GUEST_CRASH: i32 = 126;
+/// Exit status of a VM its embedder killed (as for a process killed by SIGKILL).
+pub const STATUS_KILLED: i32 = 128 + 9;
 
 /// The reason a VM stopped.
 #[derive(Clone, Debug, PartialEq)]
@@ -44,6 +46,8 @@ pub enum VmExit {
     },
     /// The VMM received a signal (Ctrl-C, SIGTERM).
     Signal(i32),
+    /// The embedder stopped the VM ([`crate::VmHandle::kill`], or dropping the handle).
+    Killed,
     /// KVM reported something the VMM cannot continue from.
     Internal(String),
 }
@@ -59,7 +63,16 @@ impl VmExit {
             }
             VmExit::Timeout { .. } => STATUS_TIMEOUT,
             VmExit::Signal(sig) => 128 + sig,
+            VmExit::Killed => STATUS_KILLED,
             VmExit::Internal(_) => STATUS_VMM_ERROR,
+        }
+    }
+
+    /// The status the guest itself reported through the exit port, if it did.
+    pub fn guest_status(&self) -> Option<u32> {
+        match self {
+            VmExit::GuestStatus(v) => Some(*v),
+            _ => None,
         }
     }
 
@@ -95,6 +108,7 @@ impl fmt::Display for VmExit {
                 write!(f, "guest did not exit within {secs} s (--timeout); stopped it")
             }
             VmExit::Signal(sig) => write!(f, "stopped by signal {sig}"),
+            VmExit::Killed => write!(f, "stopped by its embedder (VmHandle::kill)"),
             VmExit::Internal(why) => write!(f, "VM stopped: {why}"),
         }
     }

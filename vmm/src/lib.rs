@@ -2,18 +2,22 @@
 //!
 //! The library builds and runs a VM from a typed [`config::VmConfig`]; the `ringfence` binary
 //! is a thin CLI over it. Raw KVM calls live in [`kvm`]; boot protocols in [`boot`]; port I/O
-//! devices (serial, exit port, i8042) in [`io`]; the vCPU run loop in [`vcpu`]; the VM's life
-//! cycle in [`vm`].
+//! devices (serial, exit port, i8042) in [`io`]; the vCPU run loop in [`vcpu`]; building a VM in
+//! [`vm`]; a started VM (wait, kill, tear down) in [`handle`]; its network handles for the
+//! embedding program (dial into the guest, serve the guest, capture) in [`embed`].
 
 pub mod boot;
 pub mod config;
 pub mod doctor;
+pub mod embed;
 pub mod exit;
+pub mod handle;
 pub mod io;
 pub mod kvm;
 pub mod layout;
 pub mod linux_image;
 pub mod net;
+pub mod net_control;
 pub mod net_policy;
 pub mod net_user;
 pub mod probe_image;
@@ -23,4 +27,5 @@ pub mod vm;
 
 pub use config::{Console, VmConfig};
 pub use exit::VmExit;
-pub use vm::{Vm, VmError};
+pub use handle::VmHandle;
+pub use vm::{NetControl, Vm, VmError};

@@ -122,6 +122,10 @@ struct RunArgs {
     /// Record every frame the guest sends and receives into FILE (pcap).
     #[arg(long, value_name = "FILE")]
     pcap: Option<PathBuf>,
+    /// With --pcap: keep only the first N bytes of each frame (e.g. 128 for headers; cheaper
+    /// on bulk transfers). Default: whole frames.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=262144))]
+    pcap_snaplen: Option<u32>,
     /// When the VM stops, print the network device's counters (frames, bytes, drops by
     /// reason, kicks, interrupts, event-loop iterations) as one JSON line on stderr.
     #[arg(long)]
@@ -254,6 +258,7 @@ fn run(mut args: RunArgs) -> Result<u8, String> {
     config.net = ringfence::net::NetSettings {
         backend: args.net,
         pcap: args.pcap,
+        pcap_snaplen: args.pcap_snaplen,
         stats: args.net_stats,
         mac: args.mac,
         user: ringfence::net_user::UserNetSettings {
@@ -278,11 +283,14 @@ fn run(mut args: RunArgs) -> Result<u8, String> {
             "--net-stats needs a network device: add --net user or --net tap:IFNAME".into(),
         );
     }
+    if config.net.pcap_snaplen.is_some() && config.net.pcap.is_none() {
+        return Err("--pcap-snaplen needs --pcap FILE".into());
+    }
     if config.net.pcap.is_some() && config.net.backend == ringfence::net::NetBackendSpec::None {
         return Err("--pcap needs a network device: add --net user or --net tap:IFNAME".into());
     }
     let user_net = config.net.backend == ringfence::net::NetBackendSpec::User;
-    let mut vm = Vm::new(config);
+    let mut vm = Vm::new(config).route_stop_signals();
     if user_net {
         route_network_signals(vm.net_control())?;
     }

@@ -7,7 +7,7 @@ use std::str::FromStr;
 
 use devices::net::backend::fault::{FaultBackend, FaultSpec, FaultSpecError};
 use devices::net::backend::tap::TapBackend;
-use devices::net::backend::user::UserBackend;
+use devices::net::backend::user::{StackControl, StackTask, UserBackend};
 use devices::net::backend::NetBackend;
 use devices::net::{Net, NetConfig};
 use devices::virtio::mmio::MmioTransport;
@@ -66,6 +66,8 @@ pub struct NetSettings {
     pub backend: NetBackendSpec,
     /// Record every frame into this pcap file.
     pub pcap: Option<PathBuf>,
+    /// Bytes of each frame the pcap file keeps (`None`: whole frames).
+    pub pcap_snaplen: Option<u32>,
     /// The guest's MAC address (a random locally administered one when `None`).
     pub mac: Option<[u8; 6]>,
     /// Settings of the `user` backend (pools, DNS, published ports, limits, policy).
@@ -79,6 +81,7 @@ impl Default for NetSettings {
         NetSettings {
             backend: NetBackendSpec::None,
             pcap: None,
+            pcap_snaplen: None,
             mac: None,
             user: UserNetSettings::default(),
             stats: false,
@@ -139,6 +142,8 @@ pub struct AttachedNet {
     pub cmdline: String,
     /// The device's counters (live; read them after the VM stops for final figures).
     pub metrics: std::sync::Arc<devices::net::NetMetrics>,
+    /// Starts and stops pcap captures at run time.
+    pub capture: std::sync::Arc<devices::net::pcap::CaptureSwitch>,
 }
 
 /// A random locally administered unicast MAC.
@@ -167,10 +172,14 @@ pub struct PreparedNet {
 }
 
 /// Opens the backend before anything else is created, so a bad `--net`, a taken published
-/// port or a wrong policy fails fast, before boot.
-pub fn prepare(settings: &NetSettings) -> Result<Option<PreparedNet>, NetSetupError> {
+/// port or a wrong policy fails fast, before boot. `control`: the embedding API's queue of
+/// netstack tasks (used by the `user` backend only).
+pub fn prepare(
+    settings: &NetSettings,
+    control: Option<(&StackControl, std::sync::mpsc::Receiver<StackTask>)>,
+) -> Result<Option<PreparedNet>, NetSetupError> {
     let faults = test_faults()?;
-    let prepared = prepare_backend(settings)?;
+    let prepared = prepare_backend(settings, control)?;
     Ok(match (faults, prepared) {
         (Some(spec), Some(p)) => {
             // Never on silently: it copies frames and perturbs the guest's traffic.
@@ -206,7 +215,10 @@ fn test_faults() -> Result<Option<FaultSpec>, NetSetupError> {
 }
 
 /// Opens the backend `settings` names (without the test fault hook).
-fn prepare_backend(settings: &NetSettings) -> Result<Option<PreparedNet>, NetSetupError> {
+fn prepare_backend(
+    settings: &NetSettings,
+    control: Option<(&StackControl, std::sync::mpsc::Receiver<StackTask>)>,
+) -> Result<Option<PreparedNet>, NetSetupError> {
     let mac = settings.mac.unwrap_or_else(random_mac);
     match &settings.backend {
         NetBackendSpec::None => Ok(None),
@@ -225,7 +237,12 @@ fn prepare_backend(settings: &NetSettings) -> Result<Option<PreparedNet>, NetSet
         NetBackendSpec::User => {
             let (stack, policy) = crate::net_user::build(&settings.user, mac)?;
             let mtu = Some(stack.mtu());
-            let backend = UserBackend::new(stack).rejudge_on(policy.change_signal());
+            let mut backend = UserBackend::new(stack).rejudge_on(policy.change_signal());
+            if let Some((control, tasks)) = control {
+                backend = backend.controlled_by(control, tasks).map_err(|e| {
+                    NetSetupError::Device(format!("cannot create the control eventfd: {e}"))
+                })?;
+            }
             Ok(Some(PreparedNet {
                 backend: Box::new(backend),
                 mac,
@@ -247,12 +264,14 @@ pub fn attach(
     let config = NetConfig {
         mac: prepared.mac,
         pcap: settings.pcap.clone(),
+        pcap_snaplen: settings.pcap_snaplen,
         mtu: prepared.mtu,
         ..Default::default()
     };
     let net =
         Net::new(config, prepared.backend).map_err(|e| NetSetupError::Device(e.to_string()))?;
     let metrics = net.metrics();
+    let capture = net.capture_switch();
     let transport = MmioTransport::new(mem.clone(), Box::new(net))
         .map_err(|e| NetSetupError::Device(e.to_string()))?;
     let base = virtio_mmio_base(index);
@@ -275,6 +294,7 @@ pub fn attach(
             VIRTIO_MMIO_WINDOW / 1024
         ),
         metrics,
+        capture,
     })
 }
 

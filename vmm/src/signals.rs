@@ -1,5 +1,7 @@
 //! Process signals: a no-op handler for the vCPU kick signal (so `KVM_RUN` returns `EINTR`),
-//! and SIGINT/SIGTERM/SIGHUP handlers that wake the VMM's main loop through an eventfd.
+//! and, only for a VM started with [`crate::Vm::route_stop_signals`] (the CLI),
+//! SIGINT/SIGTERM/SIGHUP handlers that wake that VM's supervisor through its eventfd.
+//! Library users with many VMs per process get the kick handler only.
 
 use std::io;
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -53,11 +55,20 @@ pub fn install_vcpu_kick_handler() -> io::Result<()> {
     result
 }
 
-/// Routes SIGINT, SIGTERM and SIGHUP to `evt` until the returned guard is dropped.
+/// Routes SIGINT, SIGTERM and SIGHUP to `evt` until the returned guard is dropped. Only one
+/// eventfd at a time: fails with `AddrInUse` while another guard is alive.
 pub fn route_stop_signals(evt: &EventFd) -> io::Result<StopSignalGuard> {
     use std::os::unix::io::AsRawFd;
+    if STOP_EVENT_FD
+        .compare_exchange(-1, evt.as_raw_fd(), Ordering::SeqCst, Ordering::SeqCst)
+        .is_err()
+    {
+        return Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            "stop signals already go to another running VM in this process (only one VM may use Vm::route_stop_signals at a time)",
+        ));
+    }
     LAST_STOP_SIGNAL.store(0, Ordering::SeqCst);
-    STOP_EVENT_FD.store(evt.as_raw_fd(), Ordering::SeqCst);
     for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
         install(sig, stop_handler)?;
     }

@@ -1,15 +1,13 @@
-//! The VM life cycle: validate, create, load, run, stop.
+//! Building a VM: validate, create, load, start.
 //!
-//! [`Vm::run`] is the whole of `ringfence run`: it opens KVM, creates the VM with an in-kernel
-//! irqchip and PIT, maps guest memory, loads the kernel, builds the vCPUs, and then waits on one
-//! eventfd for the first of: a vCPU reporting an exit, a stop signal, or the timeout.
+//! [`Vm::start`] opens KVM, creates the VM with an in-kernel irqchip and PIT, maps guest
+//! memory, loads the kernel, builds the vCPUs and devices, and hands all of it to a
+//! [`VmHandle`] (see [`crate::handle`]), whose supervisor thread runs and tears it down.
+//! [`Vm::run`] (the whole of `ringfence run`) is `start()?.wait()`.
 
 use std::fs::File;
 use std::io::LineWriter;
-use std::os::unix::io::AsRawFd;
 use std::sync::Arc;
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
 
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::VmFd;
@@ -18,13 +16,15 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::boot::{self, BootError};
 use crate::config::{self, ConfigError, Console, VmConfig};
+use crate::embed::GuestNet;
 use crate::exit::VmExit;
+use crate::handle::{Parts, VmHandle};
 use crate::io::serial::{ConsoleSink, SerialConsole};
 use crate::io::IoBus;
 use crate::kvm::{self, regs, KvmError, KvmHost};
 use crate::layout::{self, KVM_TSS_ADDRESS, SERIAL_IRQ};
-use crate::signals;
-use crate::vcpu::{self, VmShared};
+
+pub use crate::net_control::{NetControl, NetControlError};
 
 /// Errors that stop a VM from being built or run.
 #[derive(Debug, thiserror::Error)]
@@ -73,68 +73,94 @@ fn setup(what: &'static str) -> impl FnOnce(std::io::Error) -> VmError {
     move |source| VmError::Setup { what, source }
 }
 
-/// How often a running VM's vCPUs are kicked to check for a dead halt (and partial console
-/// lines are written out).
-const HALT_CHECK_INTERVAL: Duration = Duration::from_millis(500);
-/// How long stopping may take before the VMM gives up on a vCPU thread.
-const STOP_GRACE: Duration = Duration::from_secs(2);
-
 /// A VM ready to run.
 pub struct Vm {
     config: VmConfig,
-    policy_slot: Option<Arc<std::sync::Mutex<Option<crate::net_policy::PolicyHandle>>>>,
-}
-
-/// Changes the network policy of a running VM from another thread (library API).
-#[derive(Clone, Default)]
-pub struct NetControl {
-    slot: Arc<std::sync::Mutex<Option<crate::net_policy::PolicyHandle>>>,
-}
-
-impl NetControl {
-    fn handle(&self) -> Option<crate::net_policy::PolicyHandle> {
-        self.slot.lock().ok().and_then(|s| s.clone())
-    }
-
-    /// Replaces the policy; new flows and DNS queries are judged by it at once. Fails if the
-    /// VM has no `user` network (yet) or the policy does not compile.
-    pub fn set_policy(&self, policy: &policy::Policy) -> Result<(), String> {
-        self.handle()
-            .ok_or("the VM has no user-mode network (or has not started)")?
-            .set_policy(policy)
-            .map_err(|e| e.to_string())
-    }
-
-    /// Turns the VM's network on or off; off refuses every new flow and DNS query.
-    pub fn set_network_enabled(&self, enabled: bool) -> Result<(), String> {
-        self.handle()
-            .ok_or("the VM has no user-mode network (or has not started)")?
-            .set_network_enabled(enabled);
-        Ok(())
-    }
+    net: NetControl,
+    route_stop_signals: bool,
+    guest_net: GuestNet,
+    net_tasks: std::sync::mpsc::Receiver<devices::net::backend::user::StackTask>,
 }
 
 impl Vm {
-    /// Takes a configuration; nothing is created until [`Vm::run`].
+    /// Takes a configuration; nothing is created until [`Vm::start`] or [`Vm::run`].
     pub fn new(config: VmConfig) -> Self {
+        let (guest_net, net_tasks) = GuestNet::new();
         Vm {
             config,
-            policy_slot: None,
+            net: NetControl::default(),
+            route_stop_signals: false,
+            guest_net,
+            net_tasks,
         }
     }
 
-    /// A handle to change the network policy while [`Vm::run`] runs (on another thread).
-    pub fn net_control(&mut self) -> NetControl {
-        let control = NetControl::default();
-        self.policy_slot = Some(control.slot.clone());
-        control
+    /// Whether the VM will have the user-mode network (the embedding API's handles need it).
+    pub(crate) fn has_user_net(&self) -> bool {
+        self.config.net.backend == crate::net::NetBackendSpec::User
     }
 
-    /// Builds the VM, runs it to its end and returns why it ended.
+    /// The embedding side of the VM's network.
+    pub(crate) fn guest_net(&self) -> &GuestNet {
+        &self.guest_net
+    }
+
+    /// A handle to change the network policy while the VM runs (on another thread); the same
+    /// as [`VmHandle::net_control`] after [`Vm::start`].
+    pub fn net_control(&mut self) -> NetControl {
+        self.net.clone()
+    }
+
+    /// Lets SIGINT, SIGTERM and SIGHUP stop this VM (with [`VmExit::Signal`]) until it ends.
+    /// For a program running one VM (the `ringfence` CLI); a library with several VMs per
+    /// process leaves signals alone, which is the default. Only one running VM per process
+    /// can have them: [`Vm::start`] fails for a second one.
+    ///
+    /// ```no_run
+    /// # let config = ringfence::VmConfig::new("vmlinux");
+    /// // Ctrl-C ends the VM with VmExit::Signal(2) instead of killing the process.
+    /// let exit = ringfence::Vm::new(config).route_stop_signals().run()?;
+    /// std::process::exit(exit.status());
+    /// # Ok::<(), ringfence::VmError>(())
+    /// ```
+    pub fn route_stop_signals(mut self) -> Self {
+        self.route_stop_signals = true;
+        self
+    }
+
+    /// Builds the VM, runs it to its end and returns why it ended: `start()?.wait()`.
     pub fn run(self) -> Result<VmExit, VmError> {
+        Ok(self.start()?.wait())
+    }
+
+    /// Builds the VM and starts its vCPUs; returns once the guest runs. The returned
+    /// [`VmHandle`] waits for, inspects and stops it; dropping the handle stops the VM.
+    /// Nothing process-wide is changed (except the no-op handler of the vCPU kick signal,
+    /// `SIGRTMIN`), so a process may run many VMs at once.
+    ///
+    /// ```no_run
+    /// use ringfence::{Vm, VmConfig};
+    ///
+    /// let vms: Vec<_> = (0..4)
+    ///     .map(|i| {
+    ///         let mut config = VmConfig::new("probe.elf");
+    ///         config.cmdline = format!("probe.scenario=exit:{i}");
+    ///         Vm::new(config).start()
+    ///     })
+    ///     .collect::<Result<_, _>>()?;
+    /// for vm in &vms {
+    ///     println!("{}", vm.wait());
+    /// }
+    /// # Ok::<(), ringfence::VmError>(())
+    /// ```
+    pub fn start(self) -> Result<VmHandle, VmError> {
+        let user_net = self.has_user_net();
         let Vm {
             config: cfg,
-            policy_slot,
+            net,
+            route_stop_signals,
+            guest_net,
+            net_tasks,
         } = self;
         let host = KvmHost::open()?;
         host.check_required_caps()?;
@@ -145,7 +171,7 @@ impl Vm {
             host.max_vcpus(),
         )?;
         let sink = open_console(cfg.console)?;
-        let net_backend = crate::net::prepare(&cfg.net)?;
+        let net_backend = crate::net::prepare(&cfg.net, Some((guest_net.control(), net_tasks)))?;
 
         let vm = host.create_vm()?;
         vm.set_tss_address(KVM_TSS_ADDRESS)
@@ -180,15 +206,14 @@ impl Vm {
         let mut bus = IoBus::new(SerialConsole::new(serial_irq, sink));
         let mut cmdline_text = cfg.cmdline.clone();
         let mut net_metrics = None;
+        let mut capture = None;
+        let mut policy = None;
         if let Some(prepared) = net_backend {
-            if let (Some(policy), Some(slot)) = (&prepared.policy, &policy_slot) {
-                if let Ok(mut s) = slot.lock() {
-                    *s = Some(policy.clone());
-                }
-            }
+            policy = prepared.policy.clone();
             let dev = crate::net::attach(&vm, &mem, 0, prepared, &cfg.net)?;
             bus.add_mmio(dev.base, layout::VIRTIO_MMIO_WINDOW, dev.device);
             net_metrics = Some(dev.metrics);
+            capture = Some(dev.capture);
             cmdline_text = format!("{} {}", dev.cmdline, cmdline_text);
         }
         if cfg.pass_tsc_khz && !cmdline_text.contains("probe.tsc_khz=") {
@@ -211,43 +236,22 @@ impl Vm {
         boot::mptable::write(&mem, cfg.vcpus)
             .map_err(|e| BootError::BootParams(format!("MP table: {e}")))?;
 
-        let bus = Arc::new(bus);
-        let shared = Arc::new(VmShared::new().map_err(setup("exit eventfd"))?);
-
-        signals::install_vcpu_kick_handler().map_err(setup("vCPU kick signal handler"))?;
-        let _guard =
-            signals::route_stop_signals(&shared.exit_evt).map_err(setup("stop signal handlers"))?;
-        let started = Instant::now();
-        let mut threads = Vec::with_capacity(vcpus.len());
-        for (index, fd) in vcpus.into_iter().enumerate() {
-            match vcpu::spawn(index as u8, fd, bus.clone(), shared.clone(), cfg.vcpu_nice) {
-                Ok(t) => threads.push(t),
-                Err(e) => {
-                    stop_vcpus(&shared, threads, VmExit::Internal("setup failed".into()));
-                    return Err(setup("a vCPU thread")(e));
-                }
-            }
-        }
-
-        let exit = wait_for_exit(&shared, &bus, &threads, cfg.timeout, started);
-        let exit = stop_vcpus(&shared, threads, exit);
-        bus.flush_console();
-        // A Linux guest booted with panic=-1 reboots after a panic, and one without it hangs
-        // until --timeout: its console tells those apart from a reboot it asked for.
-        let exit = match (exit, bus.guest_panic()) {
-            (VmExit::Reset | VmExit::Timeout { .. }, Some(message)) => {
-                VmExit::GuestPanic { message }
-            }
-            (exit, _) => exit,
+        let parts = Parts {
+            vm,
+            host,
+            mem,
+            bus: Arc::new(bus),
+            vcpus,
+            vcpu_nice: cfg.vcpu_nice,
+            timeout: cfg.timeout,
+            net_metrics,
+            print_net_stats: cfg.net.stats,
+            policy,
+            route_stop_signals,
+            guest_net: user_net.then_some(guest_net),
+            capture,
         };
-        // The vCPU threads are joined: dropping the bus stops the device workers (flushing
-        // pcap files) while guest memory is still mapped.
-        drop(bus);
-        drop(mem);
-        if let (true, Some(m)) = (cfg.net.stats, net_metrics) {
-            eprintln!("ringfence: net stats: {}", crate::net::stats_json(&m));
-        }
-        Ok(exit)
+        VmHandle::spawn(parts, net)
     }
 }
 
@@ -289,96 +293,9 @@ fn create_memory(vm: &VmFd, mem_bytes: u64, mib: u64) -> Result<GuestMemoryMmap,
             flags: 0,
         };
         // SAFETY: the region is a live mmap owned by `mem`, which outlives the VM's use of it:
-        // `Vm::run` keeps `mem` alive until every vCPU thread has been joined.
+        // the VM's supervisor keeps `mem` alive until every vCPU thread has been joined.
         unsafe { vm.set_user_memory_region(region_desc) }
             .map_err(KvmError::ioctl("KVM_SET_USER_MEMORY_REGION"))?;
     }
     Ok(mem)
-}
-
-/// Blocks until a vCPU reports an exit, a stop signal arrives, or the timeout expires.
-fn wait_for_exit(
-    shared: &VmShared,
-    bus: &IoBus,
-    threads: &[JoinHandle<()>],
-    timeout: Option<Duration>,
-    started: Instant,
-) -> VmExit {
-    let mut next_halt_check = Instant::now() + HALT_CHECK_INTERVAL;
-    loop {
-        if let Some(exit) = shared.exit() {
-            return exit;
-        }
-        if let Some(sig) = signals::stop_signal() {
-            return VmExit::Signal(sig);
-        }
-        let now = Instant::now();
-        if let Some(limit) = timeout {
-            if now.duration_since(started) >= limit {
-                return VmExit::Timeout {
-                    secs: limit.as_secs_f64(),
-                };
-            }
-        }
-        if now >= next_halt_check {
-            bus.flush_console();
-            kick(threads);
-            next_halt_check = now + HALT_CHECK_INTERVAL;
-        }
-        let mut wait = next_halt_check.saturating_duration_since(now);
-        if let Some(limit) = timeout {
-            wait = wait.min((started + limit).saturating_duration_since(now));
-        }
-        poll_readable(shared.exit_evt.as_raw_fd(), wait);
-        let _ = shared.exit_evt.read();
-    }
-}
-
-fn poll_readable(fd: i32, wait: Duration) {
-    let mut pfd = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    let ms = wait.as_millis().clamp(1, i32::MAX as u128) as i32;
-    // SAFETY: `pfd` is a valid pollfd for the duration of the call and nfds is 1.
-    unsafe {
-        libc::poll(&mut pfd, 1, ms);
-    }
-}
-
-fn kick(threads: &[JoinHandle<()>]) {
-    use std::os::unix::thread::JoinHandleExt;
-    for t in threads.iter().filter(|t| !t.is_finished()) {
-        // SAFETY: the pthread id comes from a JoinHandle we still own, so the thread has not
-        // been joined and its id is valid; the kick signal has a no-op handler installed.
-        unsafe {
-            libc::pthread_kill(t.as_pthread_t(), signals::vcpu_kick_signal());
-        }
-    }
-}
-
-/// Stops and joins every vCPU thread, returning the exit to report.
-fn stop_vcpus(shared: &VmShared, threads: Vec<JoinHandle<()>>, exit: VmExit) -> VmExit {
-    shared.request_stop(exit);
-    let deadline = Instant::now() + STOP_GRACE;
-    while threads.iter().any(|t| !t.is_finished()) && Instant::now() < deadline {
-        kick(&threads);
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    let stuck = threads.iter().filter(|t| !t.is_finished()).count();
-    for t in threads {
-        if t.is_finished() {
-            let _ = t.join();
-        }
-    }
-    let reported = shared
-        .exit()
-        .unwrap_or_else(|| VmExit::Internal("no exit recorded".into()));
-    if stuck > 0 {
-        return VmExit::Internal(format!(
-            "{stuck} vCPU thread(s) did not stop within {STOP_GRACE:?} after: {reported}"
-        ));
-    }
-    reported
 }

@@ -13,7 +13,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::backend::NetBackend;
 use super::features::*;
 use super::metrics::NetMetrics;
-use super::pcap::{PcapError, PcapSink};
+use super::pcap::{CaptureSwitch, PcapError, PcapSink, SNAPLEN_WHOLE};
 use super::poll_window::PollWindow;
 use super::worker::{NetWorker, WorkerParts};
 use crate::event_loop::EventLoop;
@@ -61,6 +61,8 @@ pub struct NetConfig {
     pub rx_starve_wait: Duration,
     /// Capture every frame, both directions, into this pcap file.
     pub pcap: Option<PathBuf>,
+    /// Bytes of each frame the pcap file keeps (`None`: whole frames).
+    pub pcap_snaplen: Option<u32>,
     /// Link MTU announced in config space with VIRTIO_NET_F_MTU (68..=65535): the largest IP
     /// packet the guest should send, and the largest the backend will deliver. `None` does not
     /// offer the feature; the link is then a standard 1500-byte Ethernet.
@@ -76,6 +78,7 @@ impl Default for NetConfig {
             poll_window_max: DEFAULT_POLL_WINDOW_MAX,
             rx_starve_wait: DEFAULT_RX_STARVE_WAIT,
             pcap: None,
+            pcap_snaplen: None,
             mtu: None,
         }
     }
@@ -108,6 +111,7 @@ pub struct Net {
     acked_features: u64,
     config_space: [u8; CONFIG_SPACE_LEN],
     metrics: Arc<NetMetrics>,
+    capture: Arc<CaptureSwitch>,
     idle: Option<WorkerParts>,
     running: Option<Running>,
 }
@@ -129,13 +133,20 @@ impl Net {
         if qs < 2 || !qs.is_power_of_two() || qs > 32768 {
             return Err(NetError::QueueSize(qs));
         }
+        let metrics = Arc::new(NetMetrics::default());
         let pcap = match &config.pcap {
-            Some(p) => Some(PcapSink::create(p)?),
+            Some(p) => {
+                let snaplen = config.pcap_snaplen.unwrap_or(SNAPLEN_WHOLE);
+                let mut sink = PcapSink::create_with_snaplen(p, snaplen)?;
+                sink.report_to(metrics.clone());
+                Some(sink)
+            }
             None => None,
         };
         if let Some(mtu) = config.mtu.filter(|&m| m < MIN_MTU) {
             return Err(NetError::Mtu(mtu));
         }
+        let capture = Arc::new(CaptureSwitch::default());
         let mtu_bit = config.mtu.map_or(0, |_| 1u64 << VIRTIO_NET_F_MTU);
         let avail_features = [
             VIRTIO_F_VERSION_1,
@@ -163,13 +174,23 @@ impl Net {
             avail_features,
             acked_features: 0,
             config_space,
-            metrics: Arc::new(NetMetrics::default()),
-            idle: Some(WorkerParts { backend, pcap }),
+            metrics,
+            capture: capture.clone(),
+            idle: Some(WorkerParts {
+                backend,
+                pcap,
+                capture,
+            }),
             running: None,
         })
     }
 
-    /// The device's counters (shared with its worker).
+    /// Starts and stops pcap captures while the device runs (see [`CaptureSwitch`]).
+    pub fn capture_switch(&self) -> Arc<CaptureSwitch> {
+        self.capture.clone()
+    }
+
+    /// The device's counters (shared with its worker; live).
     pub fn metrics(&self) -> Arc<NetMetrics> {
         self.metrics.clone()
     }

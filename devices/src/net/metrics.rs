@@ -117,7 +117,8 @@ pub struct NetMetrics {
     /// Queues the device stopped serving until reset because the driver published an avail
     /// index more than a queue size ahead (virtio 1.2 §2.7.13.3).
     pub queues_broken: AtomicU64,
-    /// Frames that could not be written to the pcap file.
+    /// Frames left out of pcap captures (the writer fell behind) plus capture write errors,
+    /// added when a capture ends.
     pub pcap_errors: AtomicU64,
     /// Event-loop iterations (one `io_uring_enter` or poll round each).
     pub loop_iterations: AtomicU64,

@@ -30,7 +30,7 @@ use super::backend::{BackendError, FdInterest, NetBackend, RxBuf, RxFrame, TxFra
 use super::features::{VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_MRG_RXBUF};
 use super::header::VNET_HDR_LEN;
 use super::metrics::NetMetrics;
-use super::pcap::PcapSink;
+use super::pcap::{CaptureSwitch, PcapSink};
 use super::poll_window::PollWindow;
 use super::queue_io::{TxChain, MAX_FRAME_LEN};
 use super::rx_buffers::RxBuffers;
@@ -67,6 +67,8 @@ const RX_BUDGET: usize = 256;
 pub(crate) struct WorkerParts {
     pub backend: Box<dyn NetBackend>,
     pub pcap: Option<PcapSink>,
+    /// Captures started and stopped while the device runs.
+    pub capture: Arc<CaptureSwitch>,
 }
 
 /// State of one running virtio-net worker.
@@ -192,9 +194,8 @@ impl NetWorker {
             std::mem::forget(self.mem.clone());
         }
         if let Some(p) = self.parts.pcap.as_mut() {
-            if let Err(e) = p.flush() {
-                tracing::warn!(error = %e, "virtio-net: pcap flush failed");
-            }
+            // Everything captured so far is in the output when the worker has stopped.
+            p.sync();
         }
         self.parts
     }
@@ -251,6 +252,13 @@ impl NetWorker {
             self.lp.wait(timeout, &mut self.events)?;
             NetMetrics::add(&self.metrics.loop_iterations, 1);
 
+            if let Some(mut sink) = self.parts.capture.take_change() {
+                if let Some(s) = sink.as_mut() {
+                    s.report_to(self.metrics.clone());
+                }
+                // The old sink (if any) hands over its last batch and ends its writer.
+                self.parts.pcap = sink;
+            }
             let mut events = std::mem::take(&mut self.events);
             if sleeping && self.rx_starved_since.is_none() {
                 if let Some(t) = last_activity {
@@ -450,9 +458,7 @@ impl NetWorker {
     fn flush_pcap(&mut self) {
         self.pcap_dirty = false;
         if let Some(p) = self.parts.pcap.as_mut() {
-            if p.flush().is_err() {
-                NetMetrics::add(&self.metrics.pcap_errors, 1);
-            }
+            p.flush();
         }
     }
 
@@ -549,9 +555,7 @@ impl NetWorker {
             let frame_len = c.frame.len();
             bytes += frame_len;
             if let Some(p) = self.parts.pcap.as_mut() {
-                if p.record(&c.full, VNET_HDR_LEN, frame_len).is_err() {
-                    NetMetrics::add(&self.metrics.pcap_errors, 1);
-                }
+                p.record(&c.full, VNET_HDR_LEN, frame_len);
                 self.pcap_dirty = true;
             }
             if let (Some(s), Some(fd)) = (slot, self.tx_fd) {
@@ -689,11 +693,7 @@ impl NetWorker {
             };
             let frame_len = written - VNET_HDR_LEN;
             if let Some(p) = self.parts.pcap.as_mut() {
-                if p.record(&self.rx_bufs.full, VNET_HDR_LEN, frame_len)
-                    .is_err()
-                {
-                    NetMetrics::add(&self.metrics.pcap_errors, 1);
-                }
+                p.record(&self.rx_bufs.full, VNET_HDR_LEN, frame_len);
                 self.pcap_dirty = true;
             }
             self.rx_bufs.complete(written, &mut self.rx_used);

@@ -41,6 +41,10 @@ pub const IDT_ENTRIES: usize = 32;
 /// delivered, so #UD itself is the gate.
 pub const CPL0_SPIN_MAGIC: u64 = 0x5350_494e_4350_4c30; // "SPINCPL0"
 
+/// Value in `rax` that turns a `ud2` at CPL3 into `sti; hlt; cli` at CPL0 (the `idle`
+/// scenario): the vCPU sleeps in the host kernel until an interrupt, then returns to CPL3.
+pub const CPL0_IDLE_MAGIC: u64 = 0x4944_4c45_5f48_4c54; // "IDLE_HLT"
+
 /// Size in bytes of one exception entry stub in `exception_stubs`.
 pub const EXCEPTION_STUB_SIZE: usize = 16;
 
@@ -128,12 +132,13 @@ exception_stubs:
 exception_common:
     /* Stack: vector, error code, RIP, CS, RFLAGS, RSP, SS. A #UD with
        rax = CPL0_SPIN_MAGIC is the cpl0spin request: spin rcx turns at
-       CPL0, step over the ud2 and return. */
+       CPL0, step over the ud2 and return; rax = CPL0_IDLE_MAGIC is the idle
+       request (below). */
     cmpq $6, (%rsp)
     jne 4f
     movabsq $0x5350494e43504c30, %r11
     cmpq %r11, %rax
-    jne 4f
+    jne 5f
     testq %rcx, %rcx
     jz 3f
 2:  decq %rcx
@@ -141,6 +146,15 @@ exception_common:
 3:  addq $2, 16(%rsp)
     addq $16, %rsp
     iretq
+5:  /* rax = CPL0_IDLE_MAGIC: halt until an interrupt (sti's shadow covers
+       hlt, so none is taken before the halt), then return to CPL3. */
+    movabsq $0x49444c455f484c54, %r11
+    cmpq %r11, %rax
+    jne 4f
+    sti
+    hlt
+    cli
+    jmp 3b
 4:  movq %rsp, %rdi
     andq $-16, %rsp
     call exception_report           /* never returns: prints and exits 0x71 */

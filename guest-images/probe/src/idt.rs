@@ -5,10 +5,12 @@
 //! [`exception_report`] at CPL0 to print the vector, RIP and error code and
 //! exit with status 0x71, so a crash is reported rather than triple-faulting.
 //! A `ud2` with `rax` = `CPL0_SPIN_MAGIC` is the gate to the CPL0 spin loop
-//! used by `cpl0spin` (software interrupts raise #UD on this host).
+//! used by `cpl0spin` (software interrupts raise #UD on this host), and with
+//! `CPL0_IDLE_MAGIC` the gate to `sti; hlt` used by `idle`.
 
 use crate::boot::{
-    self, CPL0_SPIN_MAGIC, EXCEPTION_STUB_SIZE, EXCEPTION_VECTORS, IDT_ENTRIES, KERNEL_CS,
+    self, CPL0_IDLE_MAGIC, CPL0_SPIN_MAGIC, EXCEPTION_STUB_SIZE, EXCEPTION_VECTORS, IDT_ENTRIES,
+    KERNEL_CS,
 };
 use crate::exit::{exit, STATUS_EXCEPTION};
 
@@ -80,6 +82,22 @@ pub fn cpl0_spin(iterations: u64) {
             "ud2",
             in("rax") CPL0_SPIN_MAGIC,
             inout("rcx") iterations => _,
+            out("r11") _,
+            options(nostack)
+        )
+    };
+}
+
+/// Halts the vCPU at CPL0 with interrupts enabled (through the #UD gate, see
+/// `boot::CPL0_IDLE_MAGIC`) until an interrupt arrives, then returns to CPL3 with
+/// interrupts off again. The host sees a halted vCPU: no CPU time is spent meanwhile.
+pub fn cpl0_idle() {
+    // SAFETY: the #UD handler recognises the magic in rax, runs `sti; hlt; cli`, steps
+    // over the 2-byte ud2 and returns; it clobbers r11 only.
+    unsafe {
+        core::arch::asm!(
+            "ud2",
+            in("rax") CPL0_IDLE_MAGIC,
             out("r11") _,
             options(nostack)
         )

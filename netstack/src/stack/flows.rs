@@ -19,6 +19,8 @@ impl Netstack {
         let mut cut = 0;
         for token in tokens {
             let (info_dir, proto, dst, port, is_tcp) = match self.flows.get_mut(token) {
+                // The embedder's own connections are not the guest's policy's business.
+                Some(Flow::Tcp(c)) if c.embedder => continue,
                 Some(Flow::Tcp(c)) => match c.ingress_peer {
                     Some(peer) => (
                         Direction::Ingress,
@@ -36,7 +38,7 @@ impl Netstack {
                     ),
                 },
                 Some(Flow::Udp(u)) => {
-                    if u.dns {
+                    if u.dns || u.embedder {
                         continue;
                     }
                     (

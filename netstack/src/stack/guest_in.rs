@@ -136,6 +136,9 @@ impl Netstack {
             self.core.metrics.drop_unsupported += 1;
             return;
         }
+        if self.is_service_target(&ip.dst) && self.open_service_flow(ip, seg, key, now) {
+            return;
+        }
         let dns = seg.dst_port == 53 && self.core.addrs.is_gateway(&ip.dst);
         let target = if dns {
             // DNS over TCP goes to the upstream resolver, each query checked on the way.
@@ -229,6 +232,15 @@ impl Netstack {
         }
         let token = match self.flows.lookup(&key) {
             Some(t) => t,
+            None if !is_dns && self.is_udp_service_target(&ip.dst, dport) => {
+                match self.open_udp_service_flow(key, now) {
+                    Some(t) => t,
+                    None => {
+                        let head = &f.header()[ip.l4_off..ip.l4_off + 8];
+                        return icmp::push_prohibited(&mut self.core, ip, head);
+                    }
+                }
+            }
             None => match self.open_udp(key, host_dst, is_dns, now) {
                 Some(t) => t,
                 None => {

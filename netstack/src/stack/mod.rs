@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::io::{IoSlice, IoSliceMut};
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::Instant;
 
 use smoltcp::wire::IpProtocol;
@@ -30,8 +30,11 @@ use crate::tcp::{self, After, Produced, Segment, TcpConn, TcpState};
 use crate::udp::UdpFlow;
 use crate::{arp, dhcp, dns, icmp, ipaddr, sys};
 
+mod embedder;
 mod flows;
 mod guest_in;
+
+pub use embedder::EmbedderError;
 
 use flows::{push_udp_ctrl, sync_udp};
 
@@ -55,6 +58,12 @@ pub struct Netstack {
     epoch: Instant,
     scratch: Vec<u8>,
     ping: PingRelay,
+    /// Embedder services on the gateway addresses, by port ([`Netstack::add_guest_service`]).
+    services: HashMap<u16, std::sync::mpsc::SyncSender<std::os::unix::net::UnixStream>>,
+    /// Embedder UDP services on the gateway addresses, by port.
+    udp_services: HashMap<u16, std::sync::mpsc::SyncSender<OwnedFd>>,
+    /// Rotates the source ports of embedder connections into the guest.
+    embedder_port: u16,
 }
 
 impl Netstack {
@@ -98,6 +107,9 @@ impl Netstack {
             epoch: Instant::now(),
             scratch: Vec::new(),
             ping: PingRelay::new(),
+            services: HashMap::new(),
+            udp_services: HashMap::new(),
+            embedder_port: 0,
         })
     }
 

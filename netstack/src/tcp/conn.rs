@@ -122,6 +122,11 @@ pub(crate) struct TcpConn {
     pub ingress_peer: Option<SocketAddr>,
     /// DNS over TCP to the gateway: per-query checks of the guest's stream.
     pub dns: Option<Box<super::DnsStream>>,
+    /// The flow is the embedder's own: not judged by the policy, never cut by a change.
+    pub embedder: bool,
+    /// The host end is a Unix socket (pair): acknowledged bytes are discarded by reading,
+    /// as `MSG_TRUNC` needs TCP.
+    pub unix_stream: bool,
     /// Cached `SO_SNDBUF` and how many more window computations may use it.
     pub sndbuf: u32,
     pub wnd_calls: u32,
@@ -190,6 +195,8 @@ impl TcpConn {
             peek_off: false,
             ingress_peer: None,
             dns: None,
+            embedder: false,
+            unix_stream: false,
             sndbuf: 0,
             wnd_calls: 0,
             last_wnd: 0,

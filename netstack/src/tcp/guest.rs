@@ -4,7 +4,7 @@
 
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::time::Instant;
 
 use smoltcp::wire::TcpControl;
@@ -30,11 +30,24 @@ pub(crate) fn open_from_guest(
 ) -> io::Result<TcpConn> {
     let fd = sys::socket(target.is_ipv6(), SockKind::Stream)?;
     sys::connect(fd.as_fd(), &target)?;
+    Ok(open_over(core, key, fd, seg, isn, now))
+}
+
+/// A flow for a guest SYN over `fd`, a stream socket whose connect was started (or, for a
+/// socket pair, is already complete: it reports writable at once).
+pub(crate) fn open_over(
+    core: &Core,
+    key: FlowKey,
+    fd: OwnedFd,
+    seg: &Segment,
+    isn: u32,
+    now: Instant,
+) -> TcpConn {
     let mut conn = TcpConn::new(key, fd, TcpState::Connecting, isn, now);
     conn.rcv_nxt = seg.seq.wrapping_add(1);
     conn.take_guest_options(seg, core.cfg.mtu);
     conn.connect_deadline = Some(now + core.cfg.limits.connect_timeout);
-    Ok(conn)
+    conn
 }
 
 /// Handles one guest segment for an existing connection.
@@ -239,7 +252,12 @@ fn on_ack(core: &mut Core, conn: &mut TcpConn, seg: &Segment, ack: u32, now: Ins
         }
         if data > 0 {
             // Frees the acknowledged bytes in the kernel without copying them.
-            if sys::discard(conn.fd.as_fd(), data as usize).is_err() {
+            let freed = if conn.unix_stream {
+                sys::discard_by_reading(conn.fd.as_fd(), data as usize)
+            } else {
+                sys::discard(conn.fd.as_fd(), data as usize)
+            };
+            if freed.is_err() {
                 core.metrics.drop_host_error += 1;
             }
         }

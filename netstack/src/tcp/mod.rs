@@ -78,7 +78,7 @@ mod ooo;
 
 pub(crate) use conn::{push_rst_for, Segment, TcpConn, TcpState};
 pub(crate) use dns_stream::DnsStream;
-pub(crate) use guest::{on_guest_segment, open_from_guest};
+pub(crate) use guest::{on_guest_segment, open_from_guest, open_over};
 pub(crate) use host::deadline;
 pub(crate) use host::{next_frame, on_ready, on_timer, Produced};
 pub(crate) use ooo::OooBudget;

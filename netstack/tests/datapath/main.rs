@@ -4,6 +4,7 @@
 mod basic;
 mod common;
 mod dns_tcp;
+mod embedder;
 mod ipv6;
 mod netns;
 mod policy;

@@ -231,3 +231,22 @@ pub fn peer_result(child: Child) -> serde_json::Value {
     serde_json::from_str(line)
         .unwrap_or_else(|_| panic!("rf-peer output {out:?}, stderr {}", stderr(&o)))
 }
+
+/// The snap length and records of a pcap file in memory: (captured length, length on the wire)
+/// of each. Parsed here because the pcap-file crate rejects records longer on the wire than the
+/// snap length, which is what a capture with a snap length is made of (tcpdump reads them).
+pub fn pcap_records(bytes: &[u8]) -> (u32, Vec<(u32, u32)>) {
+    let word = |at: usize| u32::from_ne_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
+    assert!(bytes.len() >= 24, "no pcap header");
+    assert_eq!(word(0), 0xa1b2_c3d4, "pcap magic");
+    let snaplen = word(16);
+    let mut records = Vec::new();
+    let mut at = 24;
+    while at + 16 <= bytes.len() {
+        let (incl, orig) = (word(at + 8), word(at + 12));
+        records.push((incl, orig));
+        at += 16 + incl as usize;
+    }
+    assert_eq!(at, bytes.len(), "the last record is whole");
+    (snaplen, records)
+}

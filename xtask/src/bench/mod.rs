@@ -1,14 +1,18 @@
 //! `cargo xtask bench`: ringfence against QEMU on the same probe guest, in one run, with a
-//! report in `target/bench/`.
+//! report in `target/bench/`. `cargo xtask bench idle` (not in the default set) measures what
+//! an idle VM costs the host.
 
 mod boot;
 mod ceiling;
+mod idle;
 mod measure;
 mod net;
 mod netns;
 mod procstat;
 mod report;
 mod svg;
+
+use std::time::Duration;
 
 use anyhow::{bail, Result};
 
@@ -53,9 +57,10 @@ pub fn run(args: &[String]) -> Result<()> {
             }
             "boot" => suites.push("boot"),
             "net" => suites.push("net"),
+            "idle" => suites.push("idle"),
             "--linux" => bail!("{}", linux_refusal()),
             other => {
-                bail!("unknown bench option {other:?} (try: boot, net, --quick, --runs N, --systems A,B, --linux)")
+                bail!("unknown bench option {other:?} (try: boot, net, idle, --quick, --runs N, --systems A,B, --linux)")
             }
         }
     }
@@ -78,6 +83,16 @@ pub fn run(args: &[String]) -> Result<()> {
                 runs / 4 + 2
             ));
             boot::run(&bin, &probe_elf, runs, &mut report)?;
+            done(t);
+        }
+        if suite == "idle" {
+            let runs = runs.unwrap_or(if quick { 1 } else { 3 });
+            let window = Duration::from_secs(if quick { 5 } else { 20 });
+            let t = step(&format!(
+                "idle: host CPU of an idle and a spinning probe VM, {runs} x {} s each",
+                window.as_secs()
+            ));
+            idle::run(&bin, &probe_elf, runs, window, &mut report)?;
             done(t);
         }
         if suite == "net" {

@@ -13,9 +13,14 @@
 //! ([`UserBackend::rejudge_on`]): it sits in the same poll set under a reserved token, so a
 //! change wakes the device's loop even when the guest is idle, and every open flow is judged
 //! again at once (TCP flows the new policy denies are reset, UDP flows closed).
+//!
+//! The embedding API reaches the netstack the same way ([`UserBackend::controlled_by`]):
+//! closures ([`StackTask`]) queued by other threads and an eventfd under a second reserved
+//! token; the device thread runs them between batches, so the netstack needs no lock.
 
 use std::os::fd::AsRawFd;
-use std::sync::Arc;
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use vmm_sys_util::eventfd::EventFd;
@@ -37,6 +42,53 @@ const ETH_HDR_LEN: usize = 14;
 const TCP_CSUM_OFFSET: u16 = 16;
 /// Poll token of the policy-change eventfd (the netstack numbers its sockets from 0 upwards).
 const POLICY_TOKEN: u64 = u64::MAX;
+/// Poll token of the control eventfd ([`UserBackend::controlled_by`]).
+const CONTROL_TOKEN: u64 = u64::MAX - 1;
+/// Most control tasks run per wake-up; the rest wait for the next loop round.
+const TASKS_PER_WAKE: usize = 64;
+
+/// Work for the netstack, run on the device thread (see [`StackControl`]).
+pub type StackTask = Box<dyn FnOnce(&mut Netstack) + Send>;
+
+/// The sending side of a [`UserBackend`]'s control queue: other threads hand it closures
+/// that run on the device thread with the netstack. Tasks queued before the device runs
+/// (the guest has not activated it yet) wait and run first thing when it does.
+#[derive(Clone, Debug)]
+pub struct StackControl {
+    tasks: Sender<StackTask>,
+    wake: Arc<OnceLock<EventFd>>,
+}
+
+/// Why a task could not be queued.
+#[derive(Debug, thiserror::Error)]
+pub enum StackControlError {
+    /// The backend was dropped (the VM stopped).
+    #[error("the network device is gone: the VM has stopped")]
+    Gone,
+}
+
+impl StackControl {
+    /// A control queue; the receiving half goes to [`UserBackend::controlled_by`].
+    pub fn new() -> (StackControl, Receiver<StackTask>) {
+        let (tasks, rx) = std::sync::mpsc::channel();
+        (
+            StackControl {
+                tasks,
+                wake: Arc::new(OnceLock::new()),
+            },
+            rx,
+        )
+    }
+
+    /// Queues `task` and wakes the device thread.
+    pub fn run(&self, task: StackTask) -> Result<(), StackControlError> {
+        self.tasks.send(task).map_err(|_| StackControlError::Gone)?;
+        if let Some(evt) = self.wake.get() {
+            let _ = evt.write(1);
+        }
+        Ok(())
+    }
+}
 
 /// Adapts a [`Netstack`] to the [`NetBackend`] trait.
 pub struct UserBackend {
@@ -47,6 +99,8 @@ pub struct UserBackend {
     features: u64,
     /// Written whenever the flow policy changes; see [`UserBackend::rejudge_on`].
     policy_changed: Option<Arc<EventFd>>,
+    /// Control tasks and the eventfd that announces them; see [`UserBackend::controlled_by`].
+    control: Option<(Arc<OnceLock<EventFd>>, Receiver<StackTask>)>,
 }
 
 impl std::fmt::Debug for UserBackend {
@@ -69,7 +123,43 @@ impl UserBackend {
             wanted: Vec::new(),
             features: 0,
             policy_changed: None,
+            control: None,
         }
+    }
+
+    /// Runs the tasks queued through `control` (whose receiving half is `tasks`) on the
+    /// device thread. Creates the wake-up eventfd now; fails only if that fails.
+    pub fn controlled_by(
+        mut self,
+        control: &StackControl,
+        tasks: Receiver<StackTask>,
+    ) -> std::io::Result<Self> {
+        let evt = EventFd::new(libc::EFD_NONBLOCK)?;
+        // Tasks queued before now are announced by this first write.
+        evt.write(1)?;
+        let _ = control.wake.set(evt);
+        self.control = Some((control.wake.clone(), tasks));
+        self.rebuild_wanted();
+        Ok(self)
+    }
+
+    /// Drains the control eventfd and runs queued tasks (at most [`TASKS_PER_WAKE`]; with
+    /// more waiting, the eventfd is written again so the loop comes back for them).
+    fn run_control_tasks(&mut self) {
+        let Some((wake, tasks)) = &self.control else {
+            return;
+        };
+        let Some(evt) = wake.get() else {
+            return;
+        };
+        let _ = evt.read();
+        for _ in 0..TASKS_PER_WAKE {
+            match tasks.try_recv() {
+                Ok(task) => task(&mut self.stack),
+                Err(_) => return,
+            }
+        }
+        let _ = evt.write(1);
     }
 
     /// Judges every open flow again whenever `changed` is written (the policy or the network
@@ -99,6 +189,14 @@ impl UserBackend {
             self.wanted.push(FdInterest {
                 fd: changed.as_raw_fd(),
                 token: POLICY_TOKEN,
+                readable: true,
+                writable: false,
+            });
+        }
+        if let Some(evt) = self.control.as_ref().and_then(|(wake, _)| wake.get()) {
+            self.wanted.push(FdInterest {
+                fd: evt.as_raw_fd(),
+                token: CONTROL_TOKEN,
                 readable: true,
                 writable: false,
             });
@@ -227,6 +325,10 @@ impl NetBackend for UserBackend {
             self.rejudge_flows();
             return;
         }
+        if token == CONTROL_TOKEN && self.control.is_some() {
+            self.run_control_tasks();
+            return;
+        }
         self.stack
             .on_fd_ready(token, readable, writable, Instant::now());
     }
@@ -255,6 +357,31 @@ mod tests {
         let mut out = Vec::new();
         b.interests(true, &mut out);
         assert!(out.iter().all(|i| i.token != POLICY_TOKEN));
+    }
+
+    #[test]
+    fn control_tasks_queued_before_the_device_runs_are_run_when_it_polls() {
+        let (control, tasks) = StackControl::new();
+        let ran = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        for _ in 0..3 {
+            let ran = ran.clone();
+            control
+                .run(Box::new(move |_stack: &mut Netstack| {
+                    ran.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }))
+                .expect("queue");
+        }
+        let mut b = backend().controlled_by(&control, tasks).expect("eventfd");
+        let mut out = Vec::new();
+        b.interests(true, &mut out);
+        assert_eq!(out.iter().filter(|i| i.token == CONTROL_TOKEN).count(), 1);
+        b.on_fd_ready(CONTROL_TOKEN, true, false);
+        assert_eq!(ran.load(std::sync::atomic::Ordering::SeqCst), 3);
+        drop(b);
+        assert!(
+            control.run(Box::new(|_| {})).is_err(),
+            "a dropped backend refuses tasks"
+        );
     }
 
     #[test]

@@ -58,6 +58,25 @@ pub fn spin(ctx: &Context<'_>, arg: Option<&str>, cpl0: bool) -> Outcome {
     Outcome { json, status: 0 }
 }
 
+/// `idle`: halt the vCPU until the VM is stopped (no interrupt source is set up, so every
+/// wake-up — the VMM's periodic kick — halts again). For measuring what an idle VM costs
+/// the host; never returns.
+pub fn idle(ctx: &Context<'_>) -> Outcome {
+    crate::println!("probe: idle (halting until the VM is stopped)");
+    #[cfg(not(test))]
+    {
+        let _ = ctx;
+        loop {
+            crate::idt::cpl0_idle();
+        }
+    }
+    #[cfg(test)]
+    Outcome {
+        json: ctx.json("idle", true),
+        status: 0,
+    }
+}
+
 /// `fault:KIND`: crash on purpose, to test crash reporting. `ud` (#UD),
 /// `gp` (`hlt` at CPL3), `pf` (read the first byte above the mapped 4 GiB) end in the CPL0
 /// reporter (status 0x71); `panic` ends in the panic handler (0x70).

@@ -75,6 +75,7 @@ pub fn run(ctx: &Context<'_>) -> Outcome {
         "exit" => basic::exit_with(ctx, arg),
         "spin" => basic::spin(ctx, arg, false),
         "cpl0spin" => basic::spin(ctx, arg, true),
+        "idle" => basic::idle(ctx),
         "fault" => basic::fault(ctx, arg),
         "ping" => datagram::ping(ctx),
         "udp-echo" => datagram::udp_echo(ctx),
@@ -88,7 +89,7 @@ pub fn run(ctx: &Context<'_>) -> Outcome {
             ctx,
             name,
             format!(
-                "unknown scenario {name:?}; known: hello, exit:N, spin:N, cpl0spin:N, fault:KIND, ping, udp-echo, \
+                "unknown scenario {name:?}; known: hello, exit:N, spin:N, cpl0spin:N, idle, fault:KIND, ping, udp-echo, \
                  tcp-send, tcp-recv, tcp-rr, connect, serve, resolve"
             ),
         ),
