@@ -42,7 +42,7 @@ fn smoke_or_skip() -> bool {
     if !native {
         let _ = std::io::Write::write_fmt(
             &mut std::io::stderr(),
-            format_args!("SKIPPED: Linux smoke test needs hardware virtualization: {verdict}\n"),
+            format_args!("SKIPPED: Linux smoke test needs hardware virtualization ({verdict}); on this host the same checks run in the nested harness (tests/tests/nested_linux.rs)\n"),
         ); // uncaptured, so CI logs show it
         return false;
     }

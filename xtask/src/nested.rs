@@ -88,9 +88,27 @@ pub fn run_cmd(args: &[String]) -> Result<()> {
 /// Assembles the kit from the debug binaries `cargo build --workspace --bins` made and the
 /// Linux image in `image_dir`; returns the kit directory.
 pub fn build_kit(image_dir: &Path) -> Result<PathBuf> {
+    build_kit_with(image_dir, None)
+}
+
+/// Firmware QEMU microvm loads (qboot), for the benchmark kit.
+const QEMU_FILES: &[&str] = &[
+    "/usr/share/qemu/qboot.rom",
+    "/usr/share/qemu/bios-microvm.bin",
+];
+
+/// [`build_kit`]; given a (release) `ringfence` binary, the benchmark kit instead: that
+/// binary, QEMU and its microvm firmware (the Linux boot benchmark compares ringfence with
+/// QEMU inside the same outer VM), in `target/nested/bench-kit/`.
+pub fn build_kit_with(image_dir: &Path, bench_ringfence: Option<&Path>) -> Result<PathBuf> {
+    let with_qemu = bench_ringfence.is_some();
     let t = step("nested harness kit: outer kernel, modules, ringfence, runner, Linux image");
     let kernel = outer_kernel()?;
-    let kit = target_dir().join("nested/kit");
+    let kit = target_dir().join(if with_qemu {
+        "nested/bench-kit"
+    } else {
+        "nested/kit"
+    });
     std::fs::create_dir_all(&kit)?;
     std::fs::copy(kernel.join("vmlinuz"), kit.join("vmlinuz"))
         .context("copying the outer kernel")?;
@@ -124,9 +142,13 @@ pub fn build_kit(image_dir: &Path) -> Result<PathBuf> {
     let debug = target_dir().join("debug");
     for bin in ["ringfence", "rf-nested"] {
         let stripped = kit.join(bin);
+        let built = match (bin, bench_ringfence) {
+            ("ringfence", Some(release)) => release.to_path_buf(),
+            _ => debug.join(bin),
+        };
         run(Command::new("objcopy")
             .arg("--strip-debug")
-            .arg(debug.join(bin))
+            .arg(built)
             .arg(&stripped))
         .with_context(|| format!("{bin} is not built: run `cargo build --workspace --bins`"))?;
         cpio.program(&format!("usr/bin/{bin}"), &stripped, &mut libs)?;
@@ -134,9 +156,23 @@ pub fn build_kit(image_dir: &Path) -> Result<PathBuf> {
     for prog in OUTER_PROGRAMS {
         cpio.program(&prog[1..], Path::new(prog), &mut libs)?;
     }
+    if with_qemu {
+        let qemu = "/usr/bin/qemu-system-x86_64";
+        cpio.program(&qemu[1..], Path::new(qemu), &mut libs)?;
+        for f in QEMU_FILES {
+            // bios-microvm.bin is a link to qboot.rom in Debian's package.
+            let real = std::fs::canonicalize(f).with_context(|| format!("{f} is missing"))?;
+            cpio.file(&f[1..], 0o644, &read(&real)?)?;
+        }
+    }
     cpio.libraries(&libs)?;
     let guest = "root/.cache/ringfence/linux";
-    for f in ["bzImage", "initramfs.cpio.gz"] {
+    let files: &[&str] = if with_qemu {
+        &["bzImage", "vmlinux", "initramfs.cpio.gz"]
+    } else {
+        &["bzImage", "initramfs.cpio.gz"]
+    };
+    for f in files {
         cpio.file(&format!("{guest}/{f}"), 0o644, &read(&image_dir.join(f))?)?;
     }
     let archive = cpio.finish();

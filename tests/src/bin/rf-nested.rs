@@ -5,6 +5,8 @@
 //! rf-nested run LIST RESULTS        run the scenarios in LIST, result lines to RESULTS
 //! rf-nested get ADDR [SECS]         HTTP GET / from ADDR, retried until it answers; prints the body
 //! rf-nested udp ADDR TEXT [SECS]    send TEXT to ADDR, retried until a reply; prints the reply
+//! rf-nested time LABEL CMD ARGS... run CMD (output to /dev/null), print
+//!                                   `TIME LABEL <ms> <exit status>`
 //! rf-nested outer KIT SCRIPT [SECS] (on the host) boot the outer VM from the kit in KIT, run
 //!                                   SCRIPT there as one scenario, print its output, exit with
 //!                                   its status
@@ -25,10 +27,11 @@ fn main() -> ExitCode {
         Some("run") if args.len() == 3 => run(&args[1], &args[2]),
         Some("get") if args.len() >= 2 => get(&args[1], secs(args.get(2))),
         Some("udp") if args.len() >= 3 => udp(&args[1], &args[2], secs(args.get(3))),
+        Some("time") if args.len() >= 3 => time(&args[1], &args[2..]),
         Some("outer") if args.len() >= 3 => {
             return outer(&args[1], &args[2], secs(args.get(3)));
         }
-        _ => Err("usage: rf-nested run LIST RESULTS | get ADDR [SECS] | udp ADDR TEXT [SECS] | outer KIT SCRIPT [SECS]".into()),
+        _ => Err("usage: rf-nested run LIST RESULTS | get ADDR [SECS] | udp ADDR TEXT [SECS] | time LABEL CMD... | outer KIT SCRIPT [SECS]".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -66,6 +69,24 @@ fn outer(kit: &str, script: &str, limit: Duration) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Times one command from spawn to exit (for ratios between systems in one outer VM).
+fn time(label: &str, cmd: &[String]) -> Result<(), String> {
+    let started = Instant::now();
+    let status = std::process::Command::new(&cmd[0])
+        .args(&cmd[1..])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .map_err(|e| format!("cannot run {}: {e}", cmd[0]))?;
+    println!(
+        "TIME {label} {:.1} {}",
+        started.elapsed().as_secs_f64() * 1e3,
+        status.code().unwrap_or(-1)
+    );
+    Ok(())
 }
 
 fn secs(arg: Option<&String>) -> Duration {

@@ -16,6 +16,9 @@ use super::scenario::{Outcome, Scenario, RESULT_PREFIX};
 
 /// Environment variable naming the kit directory.
 pub const KIT_ENV: &str = "RINGFENCE_NESTED_KIT";
+/// The outer VM's CPU model (`$RINGFENCE_NESTED_CPU` overrides it): QEMU's software CPU
+/// with AMD SVM and nested paging.
+pub const DEFAULT_CPU: &str = "qemu64,+svm,+npt";
 /// fw_cfg name under which the outer VM finds the scenario list.
 pub const FW_CFG_NAME: &str = "opt/ringfence/scenarios.json";
 /// Time the outer VM gets for booting and loading its modules.
@@ -269,7 +272,8 @@ fn boot_once(
 
 fn start_qemu(kit: &Kit, list: &Path, console: &Path, results: &Path) -> Result<Child, String> {
     let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args(["-accel", "tcg", "-cpu", "qemu64,+svm,+npt", "-m", "2048"])
+    let cpu = std::env::var("RINGFENCE_NESTED_CPU").unwrap_or_else(|_| DEFAULT_CPU.into());
+    cmd.args(["-accel", "tcg", "-cpu", &cpu, "-m", "2048"])
         .args([
             "-smp",
             "1",

@@ -22,6 +22,8 @@ const STATUS_OBF: u8 = 0x01;
 const STATUS_SYS: u8 = 0x04;
 /// Status: the last write was a command.
 const STATUS_CMD: u8 = 0x08;
+/// Status: keyboard not inhibited (the key lock is open; Linux warns when it reads clear).
+const STATUS_UNLOCKED: u8 = 0x10;
 
 /// Command byte: keyboard interrupt enabled, system flag, scancode translation.
 const CTR_DEFAULT: u8 = 0x45;
@@ -75,7 +77,7 @@ impl Default for I8042 {
 impl I8042 {
     /// The status register.
     pub fn status(&self) -> u8 {
-        let mut s = STATUS_SYS;
+        let mut s = STATUS_SYS | STATUS_UNLOCKED;
         if !self.output.is_empty() {
             s |= STATUS_OBF;
         }

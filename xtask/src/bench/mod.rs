@@ -6,6 +6,7 @@ mod boot;
 mod ceiling;
 mod idle;
 mod measure;
+mod nested_linux;
 mod net;
 mod netns;
 mod procstat;
@@ -25,6 +26,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let mut runs: Option<usize> = None;
     let mut suites = Vec::new();
     let mut only: Option<Vec<String>> = None;
+    let (mut linux, mut nested_flag) = (false, false);
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -58,23 +60,37 @@ pub fn run(args: &[String]) -> Result<()> {
             "boot" => suites.push("boot"),
             "net" => suites.push("net"),
             "idle" => suites.push("idle"),
-            "--linux" => bail!("{}", linux_refusal()),
+            "--linux" => linux = true,
+            "--nested" => nested_flag = true,
             other => {
-                bail!("unknown bench option {other:?} (try: boot, net, idle, --quick, --runs N, --systems A,B, --linux)")
+                bail!("unknown bench option {other:?} (try: boot, net, idle, --quick, --runs N, --systems A,B, --linux [--nested])")
             }
         }
+    }
+    match (linux, nested_flag) {
+        (true, true) => suites.push("linux-nested"),
+        (true, false) => bail!("{}", linux_refusal()),
+        (false, true) => bail!("--nested goes with --linux: cargo xtask bench --linux --nested"),
+        (false, false) => {}
     }
     if suites.is_empty() {
         suites = vec!["boot", "net"];
     }
     deps::ensure_all(&[deps::TEST_PACKAGES, deps::BENCH_PACKAGES])?;
-    let (bin, peer_bin) = crate::util::build_release_binaries()?;
-    let probe_elf = probe::build()?;
-
     let mut report = report::Report {
         host: host_facts(),
         ..Default::default()
     };
+    if suites.contains(&"linux-nested") {
+        nested_linux::run_bench(runs.unwrap_or(if quick { 3 } else { 10 }), &mut report)?;
+        suites.retain(|s| *s != "linux-nested");
+    }
+    if suites.is_empty() {
+        return finish(&report);
+    }
+    let (bin, peer_bin) = crate::util::build_release_binaries()?;
+    let probe_elf = probe::build()?;
+
     for suite in suites {
         if suite == "boot" {
             let runs = runs.unwrap_or(if quick { 5 } else { 20 });
@@ -107,10 +123,15 @@ pub fn run(args: &[String]) -> Result<()> {
             )?;
         }
     }
+    finish(&report)
+}
+
+/// Writes the report and its charts into `target/bench/` and prints the Markdown.
+fn finish(report: &report::Report) -> Result<()> {
     let dir = target_dir().join("bench");
     report.write(&dir)?;
     if let Some(svg) = svg::grouped_bars(
-        &report,
+        report,
         "TCP throughput, probe guest (higher is better)",
         &["tcp_g2h_gbps", "tcp_h2g_gbps"],
         "Gbit/s",
@@ -118,7 +139,7 @@ pub fn run(args: &[String]) -> Result<()> {
         std::fs::write(dir.join("throughput.svg"), svg)?;
     }
     if let Some(svg) = svg::grouped_bars(
-        &report,
+        report,
         "1-byte TCP ping-pong (lower is better)",
         &["rr_p50_us", "rr_p99_us"],
         "µs",
@@ -126,7 +147,7 @@ pub fn run(args: &[String]) -> Result<()> {
         std::fs::write(dir.join("latency.svg"), svg)?;
     }
     if let Some(svg) = svg::grouped_bars(
-        &report,
+        report,
         "Boot, process start to exit (lower is better)",
         &["boot_ready_ms", "boot_exit_ms"],
         "ms",
@@ -178,7 +199,7 @@ fn linux_refusal() -> String {
         });
     match verdict {
         Some((true, _)) => "--linux: this host runs guest kernels at full speed, but the Linux benchmark (iperf3/sockperf in the guest) is not implemented yet".into(),
-        Some((false, why)) => format!("--linux needs a host where guest kernels run at full speed: {why} (see `ringfence doctor`)"),
+        Some((false, why)) => format!("--linux needs a host where guest kernels run at full speed: {why} (see `ringfence doctor`); here, `cargo xtask bench --linux --nested` compares boot times inside the nested harness's outer VM"),
         None => format!("--linux: cannot ask `{} doctor --json`; build ringfence first", bin.display()),
     }
 }
