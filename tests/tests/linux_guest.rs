@@ -146,8 +146,19 @@ fn linux_image_boots_under_ringfence() {
         match &native {
             Ok(()) => assert_eq!(r.status, Some(3), "stdout: {}", r.stdout),
             Err(verdict) => {
-                // Loading must succeed; the kernel then runs (slowly) until --timeout.
-                assert_eq!(r.status, Some(124), "stderr: {}", r.stderr);
+                // Loading must succeed; the kernel then runs (slowly) until --timeout, or until
+                // it reaches an instruction this host's KVM cannot emulate (design §3 item 2:
+                // e.g. xrstor in fpu__init_system_xstate), which ends the run with KVM's
+                // internal error. A load failure ends it with 125 and the loader's message.
+                let stopped_by_emulator = r.status == Some(125)
+                    && r.stderr.contains("KVM internal error on vCPU 0");
+                assert!(
+                    r.status == Some(124) || stopped_by_emulator,
+                    "{}: status {:?}, stderr: {}",
+                    kernel.display(),
+                    r.status,
+                    r.stderr
+                );
                 let _ = std::io::Write::write_fmt(
                     &mut std::io::stderr(),
                     format_args!("SKIPPED (only load checked): {verdict}\n"),
