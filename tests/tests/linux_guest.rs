@@ -150,8 +150,8 @@ fn linux_image_boots_under_ringfence() {
                 // it reaches an instruction this host's KVM cannot emulate (design §3 item 2:
                 // e.g. xrstor in fpu__init_system_xstate), which ends the run with KVM's
                 // internal error. A load failure ends it with 125 and the loader's message.
-                let stopped_by_emulator = r.status == Some(125)
-                    && r.stderr.contains("KVM internal error on vCPU 0");
+                let stopped_by_emulator =
+                    r.status == Some(125) && r.stderr.contains("KVM internal error on vCPU 0");
                 assert!(
                     r.status == Some(124) || stopped_by_emulator,
                     "{}: status {:?}, stderr: {}",

@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
 
-use crate::util::{cargo, describe, is_root, run, status, step, workspace_root};
+use crate::util::{describe, is_root, run, status, step};
 use crate::{deps, image, nested, probe};
 
 /// Runs the demo; `--no-linux` skips the Linux guest (which builds the image the first time).
@@ -147,15 +147,7 @@ fn linux_guest(bin: &Path) -> Result<()> {
     }
     println!("    this host emulates guest kernel mode, so Linux guests run here only inside an outer VM (QEMU TCG with AMD SVM; about a minute)");
     step("a Linux guest under ringfence, inside the nested harness's outer VM");
-    run(cargo().current_dir(workspace_root()).args([
-        "build",
-        "--quiet",
-        "-p",
-        "ringfence",
-        "-p",
-        "ringfence-tests",
-        "--bins",
-    ]))?;
+    nested::build_binaries()?;
     let kit = nested::build_kit(&img.dir)?;
     let script = format!("ringfence run --linux --vcpus 2 --timeout 120 -- sh -c '{guest}'");
     let mut cmd = Command::new(crate::util::target_dir().join("debug/rf-nested"));

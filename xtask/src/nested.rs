@@ -56,17 +56,7 @@ pub fn run_cmd(args: &[String]) -> Result<()> {
     }
     deps::ensure_all(&[deps::TEST_PACKAGES])?;
     let linux = image::build(image::default_jobs())?;
-    let t = step("cargo build -p ringfence -p ringfence-tests --bins");
-    run(cargo().current_dir(workspace_root()).args([
-        "build",
-        "--quiet",
-        "-p",
-        "ringfence",
-        "-p",
-        "ringfence-tests",
-        "--bins",
-    ]))?;
-    done(t);
+    build_binaries()?;
     let kit = build_kit(&linux.dir)?;
     println!("    kit: {}", kit.display());
     if build_only {
@@ -81,6 +71,22 @@ pub fn run_cmd(args: &[String]) -> Result<()> {
         cmd.arg("--").args(filters);
     }
     run(&mut cmd)?;
+    done(t);
+    Ok(())
+}
+
+/// Builds the debug `ringfence` and `rf-nested` binaries the kit takes.
+pub fn build_binaries() -> Result<()> {
+    let t = step("cargo build -p ringfence -p ringfence-tests --bins");
+    run(cargo().current_dir(workspace_root()).args([
+        "build",
+        "--quiet",
+        "-p",
+        "ringfence",
+        "-p",
+        "ringfence-tests",
+        "--bins",
+    ]))?;
     done(t);
     Ok(())
 }

@@ -12,7 +12,7 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 
 use super::report::{Metric, Report};
-use crate::util::{cargo, done, run, step, target_dir, workspace_root};
+use crate::util::{done, step, target_dir};
 
 use crate::{image, nested};
 
@@ -24,15 +24,7 @@ const IMAGE: &str = "/root/.cache/ringfence/linux";
 /// Runs `runs` interleaved rounds and adds the boot metrics to `report`.
 pub fn run_bench(runs: usize, report: &mut Report) -> Result<()> {
     let img = image::build(image::default_jobs())?;
-    run(cargo().current_dir(workspace_root()).args([
-        "build",
-        "--quiet",
-        "-p",
-        "ringfence",
-        "-p",
-        "ringfence-tests",
-        "--bins",
-    ]))?;
+    nested::build_binaries()?;
     // The release ringfence, as users run it; QEMU is Debian's release build too.
     let (release, _) = crate::util::build_release_binaries()?;
     let kit = nested::build_kit_with(&img.dir, Some(&release))?;
