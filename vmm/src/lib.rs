@@ -3,7 +3,7 @@
 //! The library builds and runs a VM from a typed [`config::VmConfig`]; the `ringfence` binary
 //! is a thin CLI over it. Raw KVM calls live in [`kvm`]; boot protocols in [`boot`]; port I/O
 //! devices (serial, exit port, i8042) in [`io`]; the vCPU run loop in [`vcpu`]; the VM's life
-//! cycle in [`vm`].
+//! cycle in [`vm`]; seccomp filters and privilege dropping in [`sandbox`].
 
 pub mod boot;
 pub mod config;
@@ -17,6 +17,7 @@ pub mod net;
 pub mod net_policy;
 pub mod net_user;
 pub mod probe_image;
+pub mod sandbox;
 pub mod signals;
 pub mod vcpu;
 pub mod vm;

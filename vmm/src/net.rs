@@ -243,11 +243,13 @@ pub fn attach(
     index: u32,
     prepared: PreparedNet,
     settings: &NetSettings,
+    launcher: devices::thread::ThreadLauncher,
 ) -> Result<AttachedNet, NetSetupError> {
     let config = NetConfig {
         mac: prepared.mac,
         pcap: settings.pcap.clone(),
         mtu: prepared.mtu,
+        launcher,
         ..Default::default()
     };
     let net =

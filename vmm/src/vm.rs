@@ -23,6 +23,7 @@ use crate::io::serial::{ConsoleSink, SerialConsole};
 use crate::io::IoBus;
 use crate::kvm::{self, regs, KvmError, KvmHost};
 use crate::layout::{self, KVM_TSS_ADDRESS, SERIAL_IRQ};
+use crate::sandbox::{privileges, CapabilityPlan, Sandbox};
 use crate::signals;
 use crate::vcpu::{self, VmShared};
 
@@ -58,6 +59,9 @@ pub enum VmError {
     /// The network device could not be set up.
     #[error(transparent)]
     Net(#[from] crate::net::NetSetupError),
+    /// The seccomp filters or the privilege drop could not be set up.
+    #[error(transparent)]
+    Sandbox(#[from] crate::sandbox::SandboxError),
     /// A thread, eventfd or signal handler could not be set up.
     #[error("cannot set up {what}: {source}")]
     Setup {
@@ -144,6 +148,7 @@ impl Vm {
             config::host_memory_mib(),
             host.max_vcpus(),
         )?;
+        let caps = CapabilityPlan::for_config(&cfg);
         let sink = open_console(cfg.console)?;
         let net_backend = crate::net::prepare(&cfg.net)?;
 
@@ -183,13 +188,16 @@ impl Vm {
         let mut bus = IoBus::new(SerialConsole::new(serial_irq, sink));
         let mut cmdline_text = cfg.cmdline.clone();
         let mut net_metrics = None;
+        // Every host resource is open: drop what is not needed before any thread starts.
+        let sandbox = Sandbox::start(cfg.seccomp, caps)?;
         if let Some(prepared) = net_backend {
             if let (Some(policy), Some(slot)) = (&prepared.policy, &policy_slot) {
                 if let Ok(mut s) = slot.lock() {
                     *s = Some(policy.clone());
                 }
             }
-            let dev = crate::net::attach(&vm, &mem, 0, prepared, &cfg.net)?;
+            let launcher = sandbox.worker_launcher();
+            let dev = crate::net::attach(&vm, &mem, 0, prepared, &cfg.net, launcher)?;
             bus.add_mmio(dev.base, layout::VIRTIO_MMIO_WINDOW, dev.device);
             net_metrics = Some(dev.metrics);
             cmdline_text = format!("{} {}", dev.cmdline, cmdline_text);
@@ -223,13 +231,25 @@ impl Vm {
         let started = Instant::now();
         let mut threads = Vec::with_capacity(vcpus.len());
         for (index, fd) in vcpus.into_iter().enumerate() {
-            match vcpu::spawn(index as u8, fd, bus.clone(), shared.clone(), cfg.vcpu_nice) {
+            let start = sandbox.vcpu_start();
+            match vcpu::spawn(
+                index as u8,
+                fd,
+                bus.clone(),
+                shared.clone(),
+                cfg.vcpu_nice,
+                start,
+            ) {
                 Ok(t) => threads.push(t),
                 Err(e) => {
                     stop_vcpus(&shared, threads, VmExit::Internal("setup failed".into()));
                     return Err(setup("a vCPU thread")(e));
                 }
             }
+        }
+        if let Err(e) = sandbox.lock_vmm_thread() {
+            stop_vcpus(&shared, threads, VmExit::Internal("setup failed".into()));
+            return Err(e.into());
         }
 
         let exit = wait_for_exit(&shared, &bus, &threads, cfg.timeout, started);
@@ -239,6 +259,7 @@ impl Vm {
         // pcap files) while guest memory is still mapped.
         drop(bus);
         drop(mem);
+        sandbox.finish();
         if let (true, Some(m)) = (cfg.net.stats, net_metrics) {
             eprintln!("ringfence: net stats: {}", crate::net::stats_json(&m));
         }
@@ -283,6 +304,13 @@ fn create_memory(vm: &VmFd, mem_bytes: u64, mib: u64) -> Result<GuestMemoryMmap,
             userspace_addr: host_addr as u64,
             flags: 0,
         };
+        // SAFETY: the region is a live mmap of `region.len()` bytes owned by `mem`.
+        unsafe { privileges::exclude_from_core_dumps(host_addr, region.len() as usize) }.map_err(
+            |e| VmError::Memory {
+                mib,
+                reason: format!("MADV_DONTDUMP: {e}"),
+            },
+        )?;
         // SAFETY: the region is a live mmap owned by `mem`, which outlives the VM's use of it:
         // `Vm::run` keeps `mem` alive until every vCPU thread has been joined.
         unsafe { vm.set_user_memory_region(region_desc) }
