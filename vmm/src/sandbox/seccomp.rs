@@ -492,7 +492,7 @@ mod tests {
                 kind.name(),
                 bpf.len()
             );
-            // Listed by `cargo test -p ringfence filters -- --nocapture` (docs/security.md).
+            // Listed by `cargo test -p ringfence every_filter -- --nocapture` (docs/security.md).
             let count = allowed_count(kind).expect("count");
             println!(
                 "{}: {count} syscalls, {} BPF instructions",
