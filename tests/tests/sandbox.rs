@@ -282,3 +282,38 @@ fn net_user_runs_as_an_unprivileged_user() {
     assert_eq!(r["bytes"], 10_000_000, "{r}");
     assert_eq!(r["pattern_ok"], true, "{r}");
 }
+
+/// With `ping_group_range` excluding us (as on our hosts), guest pings to a host other than
+/// the gateway go through a raw ICMP socket the netstack opens lazily, after the capability
+/// drop: a root start keeps CAP_NET_RAW for it.
+#[test]
+fn a_root_start_still_relays_guest_pings_after_dropping_privileges() {
+    let probe = require!(kvm_and_probe());
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED: the raw ICMP fallback needs a root start");
+        return;
+    }
+    let o = Command::new(ringfence_bin())
+        .args(["run", "--kernel"])
+        .arg(&probe)
+        .args([
+            "--net",
+            "user",
+            "--net-preset",
+            "allow-all",
+            "--timeout",
+            "60",
+        ])
+        .args([
+            "--",
+            "probe.scenario=ping",
+            "probe.peer=127.0.0.1",
+            "probe.count=3",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run ringfence");
+    assert_exit_ok(&o, "ping 127.0.0.1 from the guest");
+    assert_eq!(result_json(&o)["received"], 3, "{}", stdout(&o));
+}
