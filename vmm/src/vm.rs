@@ -140,6 +140,7 @@ impl Vm {
             config: cfg,
             policy_slot,
         } = self;
+        crate::sandbox::ensure_unfiltered_thread()?;
         let host = KvmHost::open()?;
         host.check_required_caps()?;
         config::validate_resources(

@@ -68,6 +68,12 @@ pub enum SandboxError {
     /// Dropping privileges failed.
     #[error("cannot drop privileges: {0}")]
     Privileges(String),
+    /// `Vm::run` was called on a thread that already runs under one of our filters.
+    #[error(
+        "this thread already runs under ringfence's {0} seccomp filter (from an earlier \
+         Vm::run); run each VM on a thread of its own, or set VmConfig::seccomp to Off"
+    )]
+    AlreadyFiltered(&'static str),
     /// The launcher thread could not be created.
     #[error("cannot start the device launcher thread: {0}")]
     Launcher(#[source] std::io::Error),
@@ -198,6 +204,15 @@ impl Sandbox {
     }
 }
 
+/// Fails if the calling thread already installed one of our filters (a second `Vm::run` on
+/// the thread of an earlier one could not even open /dev/kvm).
+pub fn ensure_unfiltered_thread() -> Result<(), SandboxError> {
+    match seccomp::current_kind() {
+        Some(kind) => Err(SandboxError::AlreadyFiltered(kind.name())),
+        None => Ok(()),
+    }
+}
+
 fn test_violation_kind() -> Option<ThreadKind> {
     let value = std::env::var(TEST_VIOLATION_ENV).ok()?;
     let kind = ThreadKind::ALL.into_iter().find(|k| k.name() == value)?;
@@ -216,5 +231,37 @@ fn test_violation(asked: Option<ThreadKind>, kind: ThreadKind) {
         unsafe {
             libc::getpgid(0);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seccomp_mode_parses_or_says_what_it_expects() {
+        assert_eq!("on".parse::<SeccompMode>(), Ok(SeccompMode::On));
+        assert_eq!("off".parse::<SeccompMode>(), Ok(SeccompMode::Off));
+        assert!("no"
+            .parse::<SeccompMode>()
+            .unwrap_err()
+            .contains("expected on or off"));
+    }
+
+    #[test]
+    fn a_thread_that_ran_a_vm_is_told_to_use_another() {
+        let verdict = std::thread::spawn(|| {
+            let before = ensure_unfiltered_thread().is_ok();
+            let filter = seccomp::compile(ThreadKind::Vmm).expect("compile");
+            seccomp::install(ThreadKind::Vmm, &filter).expect("install");
+            (
+                before,
+                ensure_unfiltered_thread().map_err(|e| e.to_string()),
+            )
+        })
+        .join()
+        .expect("thread");
+        assert!(verdict.0);
+        assert!(verdict.1.unwrap_err().contains("thread of its own"));
     }
 }

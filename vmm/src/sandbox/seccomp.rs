@@ -315,6 +315,12 @@ fn rules_for(kind: ThreadKind) -> Result<Rules, SandboxError> {
     Ok(rules)
 }
 
+/// The kind whose filter the calling thread installed, if any.
+pub fn current_kind() -> Option<ThreadKind> {
+    let code = KIND.with(|k| k.get());
+    ThreadKind::ALL.into_iter().find(|k| k.code() == code)
+}
+
 /// How many syscalls `kind` may make (for docs and the report).
 pub fn allowed_count(kind: ThreadKind) -> Result<usize, SandboxError> {
     Ok(rules_for(kind)?.len())
@@ -381,12 +387,19 @@ pub fn compile(kind: ThreadKind) -> Result<KindFilter, SandboxError> {
 /// Installs the filters of `kind` on the calling thread (no_new_privs first). The open
 /// filter goes first: once the allow-list is in, installing another filter may be refused.
 pub fn install(kind: ThreadKind, filter: &KindFilter) -> Result<(), SandboxError> {
-    KIND.with(|k| k.set(kind.code()));
-    for program in [&filter.deny_open, &filter.allow] {
-        seccompiler::apply_filter(program).map_err(|e| SandboxError::Install {
-            kind: kind.name(),
-            reason: e.to_string(),
-        })?;
+    // Set before the allow-list goes in, so a trap right after it names the kind; cleared
+    // again if no filter went in at all.
+    let previous = KIND.with(|k| k.replace(kind.code()));
+    for (i, program) in [&filter.deny_open, &filter.allow].into_iter().enumerate() {
+        if let Err(e) = seccompiler::apply_filter(program) {
+            if i == 0 {
+                KIND.with(|k| k.set(previous));
+            }
+            return Err(SandboxError::Install {
+                kind: kind.name(),
+                reason: e.to_string(),
+            });
+        }
     }
     Ok(())
 }
