@@ -98,6 +98,10 @@ const KVM_GET_REGS: u64 = ioc(IOC_READ, KVMIO, 0x81, 144);
 const KVM_GET_MP_STATE: u64 = ioc(IOC_READ, KVMIO, 0x98, 4);
 /// `TUNSETOFFLOAD` (the tap backend sets offloads when the guest activates the device).
 const TUNSETOFFLOAD: u64 = ioc(IOC_WRITE, b'T' as u64, 208, 4);
+/// `io_uring_register` opcodes a new ring needs (include/uapi/linux/io_uring.h).
+const IORING_REGISTER_RESTRICTIONS: u64 = 11;
+/// Enables a ring created disabled, once its restrictions are in.
+const IORING_REGISTER_ENABLE_RINGS: u64 = 12;
 /// `TIOCOUTQ` (= SIOCOUTQ: unsent bytes of a TCP socket).
 const TIOCOUTQ: u64 = libc::TIOCOUTQ;
 /// `FIONREAD` (= SIOCINQ).
@@ -204,7 +208,9 @@ fn worker(rules: &mut Rules) -> Result<(), SandboxError> {
         rules,
         &[
             libc::SYS_io_uring_enter,
-            libc::SYS_io_uring_register,
+            // The netstack checks a socket's readiness with a zero-timeout poll.
+            libc::SYS_poll,
+            libc::SYS_ppoll,
             libc::SYS_connect,
             libc::SYS_bind,
             libc::SYS_listen,
@@ -262,8 +268,16 @@ fn rules_for(kind: ThreadKind) -> Result<Rules, SandboxError> {
         }
         ThreadKind::Vcpu => {
             common(&mut rules)?;
-            // Activating a device on the guest's request creates its ring and stop eventfd.
+            // Activating a device on the guest's request creates its ring and stop eventfd,
+            // and locks the ring to the loop's operations before enabling it.
             allow(&mut rules, &[libc::SYS_io_uring_setup, libc::SYS_eventfd2]);
+            allow_arg_in(
+                &mut rules,
+                libc::SYS_io_uring_register,
+                1,
+                Len::Dword,
+                &[IORING_REGISTER_RESTRICTIONS, IORING_REGISTER_ENABLE_RINGS],
+            )?;
             allow_arg_in(
                 &mut rules,
                 libc::SYS_ioctl,
