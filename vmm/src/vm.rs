@@ -189,7 +189,7 @@ impl Vm {
         let mut bus = IoBus::new(SerialConsole::new(serial_irq, sink));
         let mut cmdline_text = cfg.cmdline.clone();
         let mut net_metrics = None;
-        // Every host resource is open: drop what is not needed before any thread starts.
+        // Before any thread starts (the launcher for device workers is the first).
         let sandbox = Sandbox::start(cfg.seccomp, caps)?;
         if let Some(prepared) = net_backend {
             if let (Some(policy), Some(slot)) = (&prepared.policy, &policy_slot) {
@@ -226,6 +226,8 @@ impl Vm {
         let bus = Arc::new(bus);
         let shared = Arc::new(VmShared::new().map_err(setup("exit eventfd"))?);
 
+        // Every host resource is open: drop what is not needed before the vCPUs start.
+        sandbox.drop_privileges()?;
         signals::install_vcpu_kick_handler().map_err(setup("vCPU kick signal handler"))?;
         let _guard =
             signals::route_stop_signals(&shared.exit_evt).map_err(setup("stop signal handlers"))?;

@@ -33,8 +33,10 @@ pub(super) fn start(
     let handle = std::thread::Builder::new()
         .name("rf-launcher".into())
         .spawn(move || {
-            let installed = super::privileges::narrow_capabilities(keep_caps)
-                .and_then(|()| seccomp::install(ThreadKind::Launcher, &programs.launcher));
+            // Started before the VMM thread drops its capabilities: drop ours now, bounding
+            // set included (workers inherit it).
+            let installed = super::privileges::drop_capabilities(keep_caps)
+                .and_then(|_| seccomp::install(ThreadKind::Launcher, &programs.launcher));
             let ok = installed.is_ok();
             let _ = ready_tx.send(installed);
             if !ok {

@@ -5,10 +5,11 @@
 //! inherited descriptors, `no_new_privs`, dropping capabilities, excluding guest memory from
 //! core dumps: [`privileges`]), and the launcher thread that starts device workers so they
 //! do not inherit a vCPU's filter. [`Sandbox`] is the one object `Vm::run` drives, in order:
-//! [`Sandbox::start`] once every host resource is open and before any thread exists;
-//! [`Sandbox::worker_launcher`] for the devices; [`Sandbox::vcpu_start`] as the first thing
-//! each vCPU thread runs; [`Sandbox::lock_vmm_thread`] before the run loop; and
-//! [`Sandbox::finish`] once the devices are gone. It never opens a host resource itself.
+//! [`Sandbox::start`] before any thread exists; [`Sandbox::worker_launcher`] for the
+//! devices; [`Sandbox::drop_privileges`] once every host resource is open;
+//! [`Sandbox::vcpu_start`] as the first thing each vCPU thread runs;
+//! [`Sandbox::lock_vmm_thread`] before the run loop; and [`Sandbox::finish`] once the devices
+//! are gone. It never opens a host resource itself.
 
 mod launcher;
 pub mod privileges;
@@ -119,6 +120,7 @@ impl CapabilityPlan {
 
 /// The VMM's least-privilege state for one `Vm::run`.
 pub struct Sandbox {
+    caps: CapabilityPlan,
     keep_caps: u64,
     programs: Option<Arc<Programs>>,
     launcher: Option<ThreadLauncher>,
@@ -127,16 +129,16 @@ pub struct Sandbox {
 }
 
 impl Sandbox {
-    /// Drops every capability the plan does not name (nothing happens without
-    /// capabilities), and with seccomp on compiles the filters, installs the SIGSYS reporter
-    /// and starts the launcher thread. Call it after every host resource the VM needs is
-    /// open and before any other thread starts.
+    /// Sets `no_new_privs`, and with seccomp on compiles the filters, installs the SIGSYS
+    /// reporter and starts the launcher thread (which drops its own capabilities to the
+    /// plan's `keep` at once). Call it before any other thread starts; the calling thread
+    /// keeps its capabilities until [`Sandbox::drop_privileges`].
     pub fn start(mode: SeccompMode, caps: CapabilityPlan) -> Result<Self, SandboxError> {
-        privileges::drop_capabilities(caps.keep | caps.during_start)?;
         privileges::set_no_new_privs()?;
         let keep_caps = caps.keep;
         if mode == SeccompMode::Off {
             return Ok(Sandbox {
+                caps,
                 keep_caps,
                 programs: None,
                 launcher: None,
@@ -154,12 +156,21 @@ impl Sandbox {
         seccomp::install_sigsys_handler()?;
         let (launcher, thread) = launcher::start(programs.clone(), violation, keep_caps)?;
         Ok(Sandbox {
+            caps,
             keep_caps,
             programs: Some(programs),
             launcher: Some(launcher),
             launcher_thread: Some(thread),
             violation,
         })
+    }
+
+    /// Drops every capability of the calling thread the plan does not name (nothing happens
+    /// without capabilities), bounding and ambient sets included. Call it once every host
+    /// resource the VM needs is open (KVM, memory, tap, listeners, pcap, kernel and initrd)
+    /// and before the vCPU threads start, which inherit the reduced set.
+    pub fn drop_privileges(&self) -> Result<(), SandboxError> {
+        privileges::drop_capabilities(self.caps.keep | self.caps.during_start).map(|_| ())
     }
 
     /// How devices start their worker threads: through the launcher when filters are on.
