@@ -46,6 +46,12 @@
 //!   straight into guest memory): a batch of N TX frames then costs no syscall of its own.
 //!   The TX chain stays owned by the device until the write completes.
 //!
+//! * **The ring can do nothing else.** It is created disabled and restricted
+//!   (`IORING_REGISTER_RESTRICTIONS`) to the four operations above (poll add/remove, write,
+//!   writev), no SQE flags and no later registrations, before it is enabled. seccomp cannot
+//!   see the operations a ring runs, so this is what keeps a compromised worker from opening
+//!   files or sockets through the ring (docs/security.md).
+//!
 //! This module never dereferences guest memory and submits no operation that writes into a
 //! buffer of ours. The only operations that read caller memory are `writev`s, whose owner
 //! waits for them ([`EventLoop::quiesce`]) before releasing their iovecs.
@@ -55,6 +61,7 @@ use std::io;
 use std::os::fd::RawFd;
 use std::time::Duration;
 
+use io_uring::register::Restriction;
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
 use crate::net::backend::FdInterest;
@@ -111,7 +118,18 @@ pub enum EventLoopError {
     /// io_uring_enter failed.
     #[error("io_uring_enter failed: {0}")]
     Enter(io::Error),
+    /// The ring could not be limited to the operations the loop uses.
+    #[error("cannot restrict the io_uring to its operations (IORING_REGISTER_RESTRICTIONS, Linux 5.10+): {0}")]
+    Restrict(io::Error),
 }
+
+/// The only operations the loop submits; the ring refuses every other one.
+const ALLOWED_OPS: [u8; 4] = [
+    opcode::PollAdd::CODE,
+    opcode::PollRemove::CODE,
+    opcode::Write::CODE,
+    opcode::Writev::CODE,
+];
 
 /// What a backend poll waits for; identifies an armed poll.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -158,11 +176,25 @@ impl std::fmt::Debug for EventLoop {
 impl EventLoop {
     /// Creates a ring with `entries` submission slots.
     pub fn new(entries: u32) -> Result<Self, EventLoopError> {
-        let ring =
-            IoUring::new(entries).map_err(|source| EventLoopError::Setup { entries, source })?;
+        let ring = IoUring::builder()
+            .setup_r_disabled()
+            .build(entries)
+            .map_err(|source| EventLoopError::Setup { entries, source })?;
         if !ring.params().is_feature_ext_arg() {
             return Err(EventLoopError::NoExtArg);
         }
+        // No SQE flags and no registrations are listed, so none are allowed either.
+        let mut allowed: Vec<Restriction> = ALLOWED_OPS
+            .iter()
+            .map(|&op| Restriction::sqe_op(op))
+            .collect();
+        let submitter = ring.submitter();
+        submitter
+            .register_restrictions(&mut allowed)
+            .map_err(EventLoopError::Restrict)?;
+        submitter
+            .register_enable_rings()
+            .map_err(EventLoopError::Restrict)?;
         Ok(Self {
             ring,
             eventfds: Vec::new(),
@@ -478,6 +510,27 @@ mod tests {
     use super::*;
     use std::os::fd::AsRawFd;
     use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+    #[test]
+    fn the_ring_refuses_operations_the_loop_does_not_use() {
+        let mut lp = EventLoop::new(4).unwrap();
+        let path = c"/proc/self/status";
+        let open = opcode::OpenAt::new(types::Fd(libc::AT_FDCWD), path.as_ptr())
+            .build()
+            .user_data(7);
+        // SAFETY: `path` is a static C string that outlives the submission.
+        unsafe { lp.ring.submission().push(&open) }.expect("queue has room");
+        lp.ring.submit_and_wait(1).expect("enter");
+        let cqe = lp.ring.completion().next().expect("a completion");
+        assert_eq!(cqe.user_data(), 7);
+        assert_eq!(
+            cqe.result(),
+            -libc::EACCES,
+            "openat through the ring must be refused"
+        );
+        // Registering anything later is refused too.
+        assert!(lp.ring.submitter().register_files(&[0]).is_err());
+    }
 
     #[test]
     fn eventfds_fds_and_signals_arrive_as_events() {

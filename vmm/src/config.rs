@@ -70,6 +70,10 @@ pub struct VmConfig {
     /// with fewer free cores than busy threads; the price is that the guest yields to every
     /// other host process at the normal nice level too.
     pub vcpu_nice: u8,
+    /// Per-thread seccomp filters (on by default; see docs/security.md). With filters on,
+    /// [`crate::Vm::run`] filters the thread that calls it for good: embedders run it on a
+    /// thread of its own.
+    pub seccomp: crate::sandbox::SeccompMode,
 }
 
 impl VmConfig {
@@ -87,6 +91,7 @@ impl VmConfig {
             legacy_pit: true,
             net: NetSettings::default(),
             vcpu_nice: DEFAULT_VCPU_NICE,
+            seccomp: crate::sandbox::SeccompMode::On,
         }
     }
 }

@@ -68,6 +68,8 @@ pub(crate) struct Parts {
     pub guest_net: Option<GuestNet>,
     /// The network device's capture switch, if the VM has a network device.
     pub capture: Option<Arc<CaptureSwitch>>,
+    /// Seccomp filters and capabilities: the vCPU threads and the supervisor take theirs.
+    pub sandbox: crate::sandbox::Sandbox,
 }
 
 /// What the supervisor publishes for the handle.
@@ -305,17 +307,25 @@ fn supervise(
         route_stop_signals: _,
         guest_net: _,
         capture: _,
+        sandbox,
     } = parts;
     let since = Instant::now();
     let mut threads = Vec::with_capacity(vcpus.len());
     let mut spawn_error = None;
     for (index, fd) in vcpus.into_iter().enumerate() {
-        match vcpu::spawn(index as u8, fd, bus.clone(), shared.clone(), vcpu_nice) {
+        let start = sandbox.vcpu_start();
+        match vcpu::spawn(index as u8, fd, bus.clone(), shared.clone(), vcpu_nice, start) {
             Ok(t) => threads.push(t),
             Err(e) => {
                 spawn_error = Some(e);
                 break;
             }
+        }
+    }
+    // Every thread of this VM is started: the supervisor takes the VMM filter for good.
+    if spawn_error.is_none() {
+        if let Err(e) = sandbox.lock_vmm_thread() {
+            spawn_error = Some(std::io::Error::other(e.to_string()));
         }
     }
     let exit = match spawn_error {
@@ -344,6 +354,7 @@ fn supervise(
     drop(mem);
     drop(vm);
     drop(host);
+    sandbox.finish();
     if let (true, Some(m)) = (print_net_stats, net_metrics) {
         eprintln!("ringfence: net stats: {}", crate::net::stats_json(&m));
     }

@@ -4,7 +4,8 @@
 //! is a thin CLI over it. Raw KVM calls live in [`kvm`]; boot protocols in [`boot`]; port I/O
 //! devices (serial, exit port, i8042) in [`io`]; the vCPU run loop in [`vcpu`]; building a VM in
 //! [`vm`]; a started VM (wait, kill, tear down) in [`handle`]; its network handles for the
-//! embedding program (dial into the guest, serve the guest, capture) in [`embed`].
+//! embedding program (dial into the guest, serve the guest, capture) in [`embed`]; seccomp
+//! filters and privilege dropping in [`sandbox`].
 
 pub mod boot;
 pub mod config;
@@ -21,6 +22,7 @@ pub mod net_control;
 pub mod net_policy;
 pub mod net_user;
 pub mod probe_image;
+pub mod sandbox;
 pub mod signals;
 pub mod vcpu;
 pub mod vm;

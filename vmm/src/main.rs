@@ -138,6 +138,10 @@ struct RunArgs {
     /// busy-polls its rings needs; it also makes the guest yield to other host processes.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(0..=i64::from(ringfence::config::MAX_NICE)))]
     vcpu_nice: Option<u8>,
+    /// Per-thread seccomp filters: on (default) or off, to debug a "disallowed syscall"
+    /// report (see docs/security.md).
+    #[arg(long, value_name = "on|off", default_value = "on")]
+    seccomp: ringfence::sandbox::SeccompMode,
     /// Do not create the legacy i8254 PIT (the built-in probe guest never needs it; on nested
     /// hosts its teardown costs ~10 ms per VM).
     #[arg(long)]
@@ -149,6 +153,11 @@ struct RunArgs {
 }
 
 fn main() -> ExitCode {
+    // First, before anything opens a descriptor: nothing inherited stays open.
+    if let Err(e) = ringfence::sandbox::privileges::close_inherited_fds() {
+        eprintln!("ringfence: error: cannot close inherited file descriptors: {e}");
+        return ExitCode::from(STATUS_VMM_ERROR as u8);
+    }
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => match run(*args) {
@@ -236,6 +245,7 @@ fn run(mut args: RunArgs) -> Result<u8, String> {
     config.cmdline = cmdline.trim().to_string();
     config.mem_mib = args.mem;
     config.vcpus = vcpus;
+    config.seccomp = args.seccomp;
     config.timeout = timeout;
     config.pass_tsc_khz = is_probe || config.cmdline.contains("probe.");
     config.legacy_pit = !(args.no_pit || is_probe);

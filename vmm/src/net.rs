@@ -260,12 +260,14 @@ pub fn attach(
     index: u32,
     prepared: PreparedNet,
     settings: &NetSettings,
+    launcher: devices::thread::ThreadLauncher,
 ) -> Result<AttachedNet, NetSetupError> {
     let config = NetConfig {
         mac: prepared.mac,
         pcap: settings.pcap.clone(),
         pcap_snaplen: settings.pcap_snaplen,
         mtu: prepared.mtu,
+        launcher,
         ..Default::default()
     };
     let net =

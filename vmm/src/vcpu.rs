@@ -61,13 +61,14 @@ impl VmShared {
 }
 
 /// Starts vCPU `index` on its own thread, at nice value `nice` (see
-/// [`crate::config::VmConfig::vcpu_nice`]).
+/// [`crate::config::VmConfig::vcpu_nice`]), after running `sandbox` (its seccomp filter).
 pub fn spawn(
     index: u8,
     vcpu: VcpuFd,
     bus: Arc<IoBus>,
     shared: Arc<VmShared>,
     nice: u8,
+    sandbox: crate::sandbox::ThreadStart,
 ) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name(format!("vcpu{index}"))
@@ -76,6 +77,10 @@ pub fn spawn(
                 if let Err(e) = set_thread_nice(nice) {
                     eprintln!("ringfence: warning: vCPU {index} stays at nice 0: {e}");
                 }
+            }
+            if let Err(e) = sandbox() {
+                shared.request_stop(VmExit::Internal(e.to_string()));
+                return;
             }
             run(index, vcpu, &bus, &shared)
         })

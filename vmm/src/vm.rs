@@ -23,6 +23,7 @@ use crate::io::serial::{ConsoleSink, SerialConsole};
 use crate::io::IoBus;
 use crate::kvm::{self, regs, KvmError, KvmHost};
 use crate::layout::{self, KVM_TSS_ADDRESS, SERIAL_IRQ};
+use crate::sandbox::{privileges, CapabilityPlan, Sandbox};
 
 pub use crate::net_control::{NetControl, NetControlError};
 
@@ -58,6 +59,9 @@ pub enum VmError {
     /// The network device could not be set up.
     #[error(transparent)]
     Net(#[from] crate::net::NetSetupError),
+    /// The seccomp filters or the privilege drop could not be set up.
+    #[error(transparent)]
+    Sandbox(#[from] crate::sandbox::SandboxError),
     /// A thread, eventfd or signal handler could not be set up.
     #[error("cannot set up {what}: {source}")]
     Setup {
@@ -162,6 +166,7 @@ impl Vm {
             guest_net,
             net_tasks,
         } = self;
+        crate::sandbox::ensure_unfiltered_thread()?;
         let host = KvmHost::open()?;
         host.check_required_caps()?;
         config::validate_resources(
@@ -170,6 +175,7 @@ impl Vm {
             config::host_memory_mib(),
             host.max_vcpus(),
         )?;
+        let caps = CapabilityPlan::for_config(&cfg);
         let sink = open_console(cfg.console)?;
         let net_backend = crate::net::prepare(&cfg.net, Some((guest_net.control(), net_tasks)))?;
 
@@ -208,9 +214,12 @@ impl Vm {
         let mut net_metrics = None;
         let mut capture = None;
         let mut policy = None;
+        // Before any thread starts (the launcher for device workers is the first).
+        let sandbox = Sandbox::start(cfg.seccomp, caps)?;
         if let Some(prepared) = net_backend {
             policy = prepared.policy.clone();
-            let dev = crate::net::attach(&vm, &mem, 0, prepared, &cfg.net)?;
+            let launcher = sandbox.worker_launcher();
+            let dev = crate::net::attach(&vm, &mem, 0, prepared, &cfg.net, launcher)?;
             bus.add_mmio(dev.base, layout::VIRTIO_MMIO_WINDOW, dev.device);
             net_metrics = Some(dev.metrics);
             capture = Some(dev.capture);
@@ -236,6 +245,8 @@ impl Vm {
         boot::mptable::write(&mem, cfg.vcpus)
             .map_err(|e| BootError::BootParams(format!("MP table: {e}")))?;
 
+        // Every host resource is open: drop what is not needed before the vCPUs start.
+        sandbox.drop_privileges()?;
         let parts = Parts {
             vm,
             host,
@@ -250,6 +261,7 @@ impl Vm {
             route_stop_signals,
             guest_net: user_net.then_some(guest_net),
             capture,
+            sandbox,
         };
         VmHandle::spawn(parts, net)
     }
@@ -292,6 +304,13 @@ fn create_memory(vm: &VmFd, mem_bytes: u64, mib: u64) -> Result<GuestMemoryMmap,
             userspace_addr: host_addr as u64,
             flags: 0,
         };
+        // SAFETY: the region is a live mmap of `region.len()` bytes owned by `mem`.
+        unsafe { privileges::exclude_from_core_dumps(host_addr, region.len() as usize) }.map_err(
+            |e| VmError::Memory {
+                mib,
+                reason: format!("MADV_DONTDUMP: {e}"),
+            },
+        )?;
         // SAFETY: the region is a live mmap owned by `mem`, which outlives the VM's use of it:
         // the VM's supervisor keeps `mem` alive until every vCPU thread has been joined.
         unsafe { vm.set_user_memory_region(region_desc) }

@@ -97,6 +97,12 @@ pub fn build_kit(image_dir: &Path) -> Result<PathBuf> {
     build_kit_with(image_dir, None)
 }
 
+/// Programs the benchmark kit adds: the baselines and the host side of iperf3.
+const BENCH_PROGRAMS: &[&str] = &[
+    "/usr/bin/qemu-system-x86_64",
+    "/usr/bin/passt",
+    "/usr/bin/iperf3",
+];
 /// Firmware QEMU microvm loads (qboot), for the benchmark kit.
 const QEMU_FILES: &[&str] = &[
     "/usr/share/qemu/qboot.rom",
@@ -105,7 +111,7 @@ const QEMU_FILES: &[&str] = &[
 
 /// [`build_kit`]; given a (release) `ringfence` binary, the benchmark kit instead: that
 /// binary, QEMU and its microvm firmware (the Linux boot benchmark compares ringfence with
-/// QEMU inside the same outer VM), in `target/nested/bench-kit/`.
+/// QEMU inside the same outer VM), passt and iperf3, in `target/nested/bench-kit/`.
 pub fn build_kit_with(image_dir: &Path, bench_ringfence: Option<&Path>) -> Result<PathBuf> {
     let with_qemu = bench_ringfence.is_some();
     let t = step("nested harness kit: outer kernel, modules, ringfence, runner, Linux image");
@@ -126,13 +132,18 @@ pub fn build_kit_with(image_dir: &Path, bench_ringfence: Option<&Path>) -> Resul
         cpio.dir(d);
     }
     cpio.node("dev/console", 0o020600, 5, 1);
-    // tcpdump drops privileges to its own user, even when it only reads a file.
+    // tcpdump drops privileges to its own user, even when it only reads a file; passt to
+    // nobody.
     cpio.file(
         "etc/passwd",
         0o644,
-        b"root:x:0:0:root:/root:/bin/sh\ntcpdump:x:100:100:tcpdump:/:/bin/false\n",
+        b"root:x:0:0:root:/root:/bin/sh\ntcpdump:x:100:100:tcpdump:/:/bin/false\nnobody:x:65534:65534:nobody:/:/bin/false\n",
     )?;
-    cpio.file("etc/group", 0o644, b"root:x:0:\ntcpdump:x:100:\n")?;
+    cpio.file(
+        "etc/group",
+        0o644,
+        b"root:x:0:\ntcpdump:x:100:\nnogroup:x:65534:\n",
+    )?;
     cpio.file("bin/busybox", 0o755, &read(Path::new("/bin/busybox"))?)?;
     let init = workspace_root().join("tests/nested/init.sh");
     cpio.file("init", 0o755, &read(&init)?)?;
@@ -163,8 +174,9 @@ pub fn build_kit_with(image_dir: &Path, bench_ringfence: Option<&Path>) -> Resul
         cpio.program(&prog[1..], Path::new(prog), &mut libs)?;
     }
     if with_qemu {
-        let qemu = "/usr/bin/qemu-system-x86_64";
-        cpio.program(&qemu[1..], Path::new(qemu), &mut libs)?;
+        for prog in BENCH_PROGRAMS {
+            cpio.program(&prog[1..], Path::new(prog), &mut libs)?;
+        }
         for f in QEMU_FILES {
             // bios-microvm.bin is a link to qboot.rom in Debian's package.
             let real = std::fs::canonicalize(f).with_context(|| format!("{f} is missing"))?;

@@ -4,7 +4,7 @@
 
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -17,6 +17,7 @@ use super::pcap::{CaptureSwitch, PcapError, PcapSink, SNAPLEN_WHOLE};
 use super::poll_window::PollWindow;
 use super::worker::{NetWorker, WorkerParts};
 use crate::event_loop::EventLoop;
+use crate::thread::ThreadLauncher;
 use crate::virtio::{
     ActivateContext, ActivateError, VirtioDevice, TYPE_NET, VIRTIO_F_VERSION_1,
     VIRTIO_RING_F_EVENT_IDX,
@@ -67,6 +68,8 @@ pub struct NetConfig {
     /// packet the guest should send, and the largest the backend will deliver. `None` does not
     /// offer the feature; the link is then a standard 1500-byte Ethernet.
     pub mtu: Option<u16>,
+    /// Starts the worker thread on activation (default: from the activating thread).
+    pub launcher: ThreadLauncher,
 }
 
 impl Default for NetConfig {
@@ -80,6 +83,7 @@ impl Default for NetConfig {
             pcap: None,
             pcap_snaplen: None,
             mtu: None,
+            launcher: ThreadLauncher::default(),
         }
     }
 }
@@ -100,7 +104,9 @@ pub enum NetError {
 
 struct Running {
     stop: EventFd,
-    handle: JoinHandle<WorkerParts>,
+    handle: JoinHandle<()>,
+    /// Where the worker leaves the backend when it stops.
+    parts: Arc<Mutex<Option<WorkerParts>>>,
 }
 
 /// A virtio-net device in front of a [`NetBackend`].
@@ -200,9 +206,17 @@ impl Net {
             if let Err(e) = run.stop.write(1) {
                 tracing::error!(error = %e, "virtio-net: cannot signal the worker to stop");
             }
-            match run.handle.join() {
-                Ok(parts) => self.idle = Some(parts),
-                Err(_) => tracing::error!("virtio-net: worker thread panicked; backend lost"),
+            let parts = run
+                .handle
+                .join()
+                .ok()
+                .and_then(|()| match run.parts.lock() {
+                    Ok(mut slot) => slot.take(),
+                    Err(_) => None,
+                });
+            match parts {
+                Some(parts) => self.idle = Some(parts),
+                None => tracing::error!("virtio-net: worker thread panicked; backend lost"),
             }
         }
     }
@@ -297,19 +311,25 @@ impl VirtioDevice for Net {
         let poll_window = PollWindow::new(self.config.poll_window, self.config.poll_window_max);
         let link_mtu = self.config.mtu.unwrap_or(STD_MTU);
         let starve_wait = self.config.rx_starve_wait;
-        let spawn = std::thread::Builder::new()
-            .name("rf-virtio-net".into())
-            .spawn(move || {
-                let stop_fd = worker_stop.as_raw_fd();
-                let worker = NetWorker::new(ctx, parts, metrics, poll_window, lp, link_mtu)
-                    .with_rx_starve_wait(starve_wait);
-                let parts = worker.run(stop_fd);
-                drop(worker_stop);
-                parts
-            });
-        match spawn {
+        let slot = Arc::new(Mutex::new(None));
+        let worker_slot = slot.clone();
+        let body = Box::new(move || {
+            let stop_fd = worker_stop.as_raw_fd();
+            let worker = NetWorker::new(ctx, parts, metrics, poll_window, lp, link_mtu)
+                .with_rx_starve_wait(starve_wait);
+            let parts = worker.run(stop_fd);
+            drop(worker_stop);
+            if let Ok(mut s) = worker_slot.lock() {
+                *s = Some(parts);
+            }
+        });
+        match self.config.launcher.launch("rf-virtio-net", body) {
             Ok(handle) => {
-                self.running = Some(Running { stop, handle });
+                self.running = Some(Running {
+                    stop,
+                    handle,
+                    parts: slot,
+                });
                 Ok(())
             }
             Err(e) => Err(ActivateError::Start(format!(
