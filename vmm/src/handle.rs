@@ -314,7 +314,14 @@ fn supervise(
     let mut spawn_error = None;
     for (index, fd) in vcpus.into_iter().enumerate() {
         let start = sandbox.vcpu_start();
-        match vcpu::spawn(index as u8, fd, bus.clone(), shared.clone(), vcpu_nice, start) {
+        match vcpu::spawn(
+            index as u8,
+            fd,
+            bus.clone(),
+            shared.clone(),
+            vcpu_nice,
+            start,
+        ) {
             Ok(t) => threads.push(t),
             Err(e) => {
                 spawn_error = Some(e);
