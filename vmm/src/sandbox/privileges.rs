@@ -129,6 +129,16 @@ pub fn drop_capabilities(keep: u64) -> Result<u64, SandboxError> {
         if keep & (1 << cap) != 0 {
             continue;
         }
+        // A thread that started a VM before has dropped its bounding set already (and with it
+        // CAP_SETPCAP): only what is still there needs dropping.
+        // SAFETY: prctl with PR_CAPBSET_READ only reads its integer argument.
+        let present = unsafe { libc::prctl(libc::PR_CAPBSET_READ, cap as libc::c_ulong, 0, 0, 0) };
+        if present == 0 {
+            continue;
+        }
+        if present < 0 {
+            break; // past the kernel's last capability
+        }
         // SAFETY: prctl with PR_CAPBSET_DROP only reads its integer arguments.
         let rc = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
         if rc != 0 {

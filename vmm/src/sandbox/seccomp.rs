@@ -106,6 +106,8 @@ const IORING_REGISTER_ENABLE_RINGS: u64 = 12;
 const TIOCOUTQ: u64 = libc::TIOCOUTQ;
 /// `FIONREAD` (= SIOCINQ).
 const FIONREAD: u64 = libc::FIONREAD;
+/// `FIONBIO` (set or clear O_NONBLOCK).
+const FIONBIO: u64 = libc::FIONBIO;
 
 /// One syscall's rules: empty = always allowed; otherwise allowed when any rule matches.
 type Rules = BTreeMap<i64, Vec<SeccompRule>>;
@@ -238,12 +240,22 @@ fn worker(rules: &mut Rules) -> Result<(), SandboxError> {
         Len::Dword,
         &[libc::AF_INET as u64, libc::AF_INET6 as u64],
     )?;
+    // The embedding API's connections (dial_guest, listen) are Unix socket pairs the worker
+    // creates when it opens the guest-side flow.
+    allow_arg_in(
+        rules,
+        libc::SYS_socketpair,
+        0,
+        Len::Dword,
+        &[libc::AF_UNIX as u64],
+    )?;
     allow_arg_in(
         rules,
         libc::SYS_ioctl,
         1,
         Len::Dword,
-        &[TIOCOUTQ, FIONREAD, TUNSETOFFLOAD],
+        // FIONBIO: std's set_nonblocking on the embedding API's socket pairs.
+        &[TIOCOUTQ, FIONREAD, FIONBIO, TUNSETOFFLOAD],
     )?;
     Ok(())
 }
