@@ -300,11 +300,15 @@ fn run(mut args: RunArgs) -> Result<u8, String> {
         return Err("--pcap needs a network device: add --net user or --net tap:IFNAME".into());
     }
     let user_net = config.net.backend == ringfence::net::NetBackendSpec::User;
+    let seccomp = config.seccomp;
     let mut vm = Vm::new(config).route_stop_signals();
     if user_net {
-        route_network_signals(vm.net_control())?;
+        route_network_signals(vm.net_control(), seccomp)?;
     }
-    let exit = vm.run().map_err(|e| e.to_string())?;
+    let handle = vm.start().map_err(|e| e.to_string())?;
+    // The VM runs on threads of its own, each under its filter; this one only waits now.
+    ringfence::sandbox::filter_calling_thread(seccomp).map_err(|e| e.to_string())?;
+    let exit = handle.wait();
     if exit.is_abnormal() {
         eprintln!("ringfence: {exit}");
     }
@@ -316,7 +320,10 @@ fn run(mut args: RunArgs) -> Result<u8, String> {
 ///
 /// The two signals are blocked in this thread before any other exists, so every thread
 /// inherits the mask and only the waiting thread below ever takes them.
-fn route_network_signals(control: ringfence::vm::NetControl) -> Result<(), String> {
+fn route_network_signals(
+    control: ringfence::vm::NetControl,
+    seccomp: ringfence::sandbox::SeccompMode,
+) -> Result<(), String> {
     // SAFETY: `set` is a local sigset_t initialised by sigemptyset before use; the calls only
     // read and write it and the calling thread's signal mask.
     let set = unsafe {
@@ -331,21 +338,33 @@ fn route_network_signals(control: ringfence::vm::NetControl) -> Result<(), Strin
     };
     std::thread::Builder::new()
         .name("rf-net-switch".into())
-        .spawn(move || loop {
-            let mut sig = 0;
-            // SAFETY: `set` is a valid, initialised signal set and `sig` a valid out pointer.
-            if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
+        .spawn(move || {
+            if let Err(e) = ringfence::sandbox::filter_calling_thread(seccomp) {
+                eprintln!("ringfence: network switch: {e}; SIGUSR1/SIGUSR2 are ignored");
                 return;
             }
-            let on = sig == libc::SIGUSR2;
-            match control.set_network_enabled(on) {
-                Ok(()) if on => eprintln!("ringfence: SIGUSR2: guest network on"),
-                Ok(()) => eprintln!("ringfence: SIGUSR1: guest network off (flows cut)"),
-                Err(e) => eprintln!("ringfence: network switch: {e}"),
-            }
+            network_switch_loop(&set, &control);
         })
         .map_err(|e| format!("cannot start the network-switch thread: {e}"))?;
     Ok(())
+}
+
+/// Waits for SIGUSR1/SIGUSR2 (blocked in `set`) and switches the network; never returns
+/// unless sigwait fails.
+fn network_switch_loop(set: &libc::sigset_t, control: &ringfence::vm::NetControl) {
+    loop {
+        let mut sig = 0;
+        // SAFETY: `set` is a valid, initialised signal set and `sig` a valid out pointer.
+        if unsafe { libc::sigwait(set, &mut sig) } != 0 {
+            return;
+        }
+        let on = sig == libc::SIGUSR2;
+        match control.set_network_enabled(on) {
+            Ok(()) if on => eprintln!("ringfence: SIGUSR2: guest network on"),
+            Ok(()) => eprintln!("ringfence: SIGUSR1: guest network off (flows cut)"),
+            Err(e) => eprintln!("ringfence: network switch: {e}"),
+        }
+    }
 }
 
 /// Parses `aa:bb:cc:dd:ee:ff`.

@@ -215,6 +215,20 @@ impl Sandbox {
     }
 }
 
+/// Puts the calling thread under the VMM filter (nothing with seccomp off, or when it carries
+/// one of our filters already): for threads of a program that runs a VM and otherwise only
+/// waits, such as the `ringfence` CLI's main thread once [`crate::Vm::start`] returned, so
+/// that no thread of the process stays unfiltered.
+pub fn filter_calling_thread(mode: SeccompMode) -> Result<(), SandboxError> {
+    if mode == SeccompMode::Off || seccomp::current_kind().is_some() {
+        return Ok(());
+    }
+    // Without CAP_SYS_ADMIN a filter needs no_new_privs on the thread first.
+    privileges::set_no_new_privs()?;
+    let filter = seccomp::compile(ThreadKind::Vmm)?;
+    seccomp::install(ThreadKind::Vmm, &filter)
+}
+
 /// Fails if the calling thread already installed one of our filters (a second `Vm::run` on
 /// the thread of an earlier one could not even open /dev/kvm).
 pub fn ensure_unfiltered_thread() -> Result<(), SandboxError> {

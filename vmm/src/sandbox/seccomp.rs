@@ -266,7 +266,11 @@ fn rules_for(kind: ThreadKind) -> Result<Rules, SandboxError> {
     match kind {
         ThreadKind::Vmm => {
             common(&mut rules)?;
-            allow(&mut rules, &[libc::SYS_poll, libc::SYS_ppoll]);
+            // rt_sigtimedwait: the CLI's network-switch thread waits for SIGUSR1/SIGUSR2.
+            allow(
+                &mut rules,
+                &[libc::SYS_poll, libc::SYS_ppoll, libc::SYS_rt_sigtimedwait],
+            );
             // Restoring the stop-signal handlers at the end, never SIGSYS's.
             rules.insert(
                 libc::SYS_rt_sigaction,
