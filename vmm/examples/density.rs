@@ -139,15 +139,29 @@ fn idle_config(probe: &Path, mem_mib: u64, flag: Arc<ReadyFlag>) -> VmConfig {
     config
 }
 
-/// Starts one idle VM and waits for its ready line; returns the handle and start→ready time.
-fn start_ready(probe: &Path, mem_mib: u64) -> Result<(VmHandle, Duration), String> {
+/// How long one VM took: inside `Vm::start` (the VMM building it), and start → ready.
+#[derive(Clone, Copy)]
+struct StartTimes {
+    build: Duration,
+    ready: Duration,
+}
+
+/// Starts one idle VM and waits for its ready line.
+fn start_ready(probe: &Path, mem_mib: u64) -> Result<(VmHandle, StartTimes), String> {
     let flag = Arc::new(ReadyFlag::default());
     let t0 = Instant::now();
     let vm = Vm::new(idle_config(probe, mem_mib, flag.clone()))
         .start()
         .map_err(|e| error_chain(&e))?;
+    let build = t0.elapsed();
     match flag.wait(READY_LIMIT) {
-        Some(at) => Ok((vm, at.duration_since(t0))),
+        Some(at) => Ok((
+            vm,
+            StartTimes {
+                build,
+                ready: at.duration_since(t0),
+            },
+        )),
         None => Err(format!(
             "the guest did not print {:?} within {READY_LIMIT:?} (exit: {:?})",
             String::from_utf8_lossy(READY),
@@ -175,6 +189,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 /// start call to the last guest's ready line.
 fn starts(probe: &Path, n: usize, rounds: usize) -> Res<()> {
     for round in 0..rounds {
+        let cpu0 = self_cpu();
         let t0 = Instant::now();
         let threads: Vec<_> = (0..n)
             .map(|_| {
@@ -184,18 +199,21 @@ fn starts(probe: &Path, n: usize, rounds: usize) -> Res<()> {
             .collect();
         let mut vms = Vec::with_capacity(n);
         let mut latencies = Vec::with_capacity(n);
+        let mut builds = Vec::with_capacity(n);
         let mut failure = None;
         for t in threads {
             match t.join() {
-                Ok(Ok((vm, lat))) => {
+                Ok(Ok((vm, times))) => {
                     vms.push(vm);
-                    latencies.push(lat.as_secs_f64() * 1e3);
+                    latencies.push(times.ready.as_secs_f64() * 1e3);
+                    builds.push(times.build.as_secs_f64() * 1e3);
                 }
                 Ok(Err(e)) => failure = Some(e),
                 Err(_) => failure = Some("a start thread panicked".into()),
             }
         }
         let all_ready = t0.elapsed();
+        let cpu1 = self_cpu();
         for vm in &vms {
             vm.kill();
         }
@@ -206,12 +224,18 @@ fn starts(probe: &Path, n: usize, rounds: usize) -> Res<()> {
             return Err(format!("round {round}: {e}").into());
         }
         latencies.sort_by(|a, b| a.total_cmp(b));
+        builds.sort_by(|a, b| a.total_cmp(b));
+        let per_vm = |secs: f64| 1e3 * secs / n as f64;
         emit(json!({
             "kind": "starts", "n": n, "round": round,
             "all_ready_s": all_ready.as_secs_f64(),
             "vms_per_s": n as f64 / all_ready.as_secs_f64(),
             "ready_ms_median": latencies[latencies.len() / 2],
             "ready_ms_max": latencies.last().copied().unwrap_or(f64::NAN),
+            "build_ms_median": builds[builds.len() / 2],
+            "guest_cpu_ms_per_vm": per_vm(cpu1.2 - cpu0.2),
+            "user_cpu_ms_per_vm": per_vm((cpu1.0 - cpu1.2) - (cpu0.0 - cpu0.2)),
+            "sys_cpu_ms_per_vm": per_vm(cpu1.1 - cpu0.1),
             "stop_all_s": stop.as_secs_f64(),
         }));
     }
@@ -227,6 +251,7 @@ struct Sample {
     fds: usize,
     mem_available_kib: u64,
     cpu_s: f64,
+    heap_in_use: usize,
 }
 
 impl Sample {
@@ -240,6 +265,7 @@ impl Sample {
             fds: count_dir("/proc/self/fd"),
             mem_available_kib: meminfo("MemAvailable:"),
             cpu_s: self_cpu_s(),
+            heap_in_use: heap_in_use(),
         }
     }
 
@@ -249,8 +275,17 @@ impl Sample {
             "rss_kib": self.rss_kib, "guest_rss_kib": self.guest_rss_kib,
             "guest_vma_kib": self.guest_vma_kib, "threads": self.threads, "fds": self.fds,
             "mem_available_kib": self.mem_available_kib, "cpu_s": self.cpu_s,
+            "heap_in_use_bytes": self.heap_in_use,
         })
     }
+}
+
+/// Bytes the allocator has handed out and not got back (all glibc arenas and mmapped
+/// chunks): growth here over start/stop cycles is a leak, growth of RSS alone is not.
+fn heap_in_use() -> usize {
+    // SAFETY: mallinfo2 only reads the allocator's statistics.
+    let info = unsafe { libc::mallinfo2() };
+    info.uordblks + info.hblkhd
 }
 
 fn count_dir(path: &str) -> usize {
@@ -272,20 +307,29 @@ fn meminfo(field: &str) -> u64 {
 
 /// User + system CPU seconds of this process (guest time included).
 fn self_cpu_s() -> f64 {
+    let (user, system, _) = self_cpu();
+    user + system
+}
+
+/// (user, system, guest) CPU seconds of this process; user includes guest, the time vCPU
+/// threads spend running guest code.
+fn self_cpu() -> (f64, f64, f64) {
+    const NONE: (f64, f64, f64) = (f64::NAN, f64::NAN, f64::NAN);
     let Ok(text) = std::fs::read_to_string("/proc/self/stat") else {
-        return f64::NAN;
+        return NONE;
     };
     let Some(close) = text.rfind(')') else {
-        return f64::NAN;
+        return NONE;
     };
     let fields: Vec<&str> = text[close + 1..].split_whitespace().collect();
-    // After "(comm)": state is field 3, utime 14, stime 15 (1-based over the whole line).
+    // After "(comm)": state is field 3, utime 14, stime 15, guest_time 43 (1-based over the
+    // whole line).
     let get = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<f64>().ok());
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     match (get(14), get(15)) {
-        (Some(u), Some(s)) => (u + s) / hz,
-        _ => f64::NAN,
+        (Some(u), Some(s)) => (u / hz, s / hz, get(43).unwrap_or(f64::NAN) / hz),
+        _ => NONE,
     }
 }
 

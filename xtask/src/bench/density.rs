@@ -161,6 +161,15 @@ pub fn run(ringfence: &Path, probe: &Path, runs: usize, report: &mut Report) -> 
             )
         })
         .collect();
+    let cpu_names = [
+        "guest_cpu_ms_per_vm",
+        "user_cpu_ms_per_vm",
+        "sys_cpu_ms_per_vm",
+    ];
+    let mut lib_cpu: Vec<Metric> = cpu_names
+        .iter()
+        .map(|k| metric("ringfence-lib", &format!("start_{k}_n100"), "ms", true))
+        .collect();
     let mut cli_rate: Vec<Metric> = CONCURRENCY
         .iter()
         .map(|n| {
@@ -182,6 +191,11 @@ pub fn run(ringfence: &Path, probe: &Path, runs: usize, report: &mut Report) -> 
                     lib_ready[i]
                         .samples
                         .extend(line["ready_ms_median"].as_f64());
+                    if *n == 100 {
+                        for (m, k) in lib_cpu.iter_mut().zip(cpu_names) {
+                            m.samples.extend(line[k].as_f64());
+                        }
+                    }
                 }
             }
             let secs = cli_round(ringfence, probe, *n)?;
@@ -192,6 +206,7 @@ pub fn run(ringfence: &Path, probe: &Path, runs: usize, report: &mut Report) -> 
     report.metrics.extend(lib_rate);
     report.metrics.extend(cli_rate);
     report.metrics.extend(lib_ready);
+    report.metrics.extend(lib_cpu);
 
     println!("    hold: idle {GUEST_MIB} MiB VMs until failure or {HOLD_MAX}");
     let lines = driver(
@@ -272,19 +287,26 @@ pub fn run(ringfence: &Path, probe: &Path, runs: usize, report: &mut Report) -> 
             true,
         );
         push(
+            &format!("cycles_heap_in_use_growth_bytes_vs_{label}"),
+            "bytes",
+            Some(diff("heap_in_use_bytes")),
+            true,
+        );
+        push(
             &format!("cycles_thread_growth_vs_{label}"),
             "threads",
             Some(diff("threads")),
             true,
         );
         cycle_notes.push(format!(
-            "after {from} cycles RSS {} KiB, {} fds, {} threads",
-            first["rss_kib"], first["fds"], first["threads"]
+            "after {from} cycles RSS {} KiB, heap in use {} B, {} fds, {} threads",
+            first["rss_kib"], first["heap_in_use_bytes"], first["fds"], first["threads"]
         ));
     }
     cycle_notes.push(format!(
-        "after {done}: RSS {} KiB, {} fds, {} threads; {:.1} s for all cycles",
+        "after {done}: RSS {} KiB, heap in use {} B, {} fds, {} threads; {:.1} s for all cycles",
         last["rss_kib"],
+        last["heap_in_use_bytes"],
         last["fds"],
         last["threads"],
         last["elapsed_s"].as_f64().unwrap_or(f64::NAN)
@@ -293,7 +315,8 @@ pub fn run(ringfence: &Path, probe: &Path, runs: usize, report: &mut Report) -> 
     report.notes.push(format!(
         "Density (driver `vmm/examples/density.rs`, release build, one process, the probe guest with {GUEST_MIB} MiB, no network, `probe.scenario=idle`): \
 vm_starts_per_s_nN = N VMs started at once (N threads each calling `Vm::start`), N / (time from the first call to the last guest's `probe: ready` line on its console sink); {runs} rounds, interleaved with ringfence-cli = N `ringfence run --net none --no-pit -- probe.scenario=exit:0` processes spawned at once, same clock. \
-ready_ms_median_nN: median per-VM start → ready within a round."
+ready_ms_median_nN: median per-VM start → ready within a round. \
+start_*_cpu_ms_per_vm_n100: the driver's CPU from /proc/self/stat over a round of 100 starts, per VM: guest (guest_time), user (utime − guest_time) and system."
     ));
     report.notes.push(format!(
         "Idle VMs held: started one after another to their ready line; stopped by: {hold_reason}. \
@@ -302,7 +325,7 @@ host_memavail = drop of the host's MemAvailable / VMs (adds KVM's kernel memory 
         if guest_ok { "passed" } else { "FAILED: guest VMAs ≠ VMs × guest size, split unreliable" }
     ));
     report.notes.push(format!(
-        "Start/stop cycles (start → ready → kill → drop, one VM at a time, {CYCLES} cycles; growth = end − start, and end − after 10 warm-up cycles): {}.",
+        "Start/stop cycles (start → ready → kill → drop, one VM at a time, {CYCLES} cycles; growth = end − start, and end − after 10 warm-up cycles; heap in use = glibc mallinfo2 uordblks + hblkhd, bytes allocated and not freed, which tells a leak from allocator caching in RSS): {}.",
         cycle_notes.join("; ")
     ));
     Ok(())
