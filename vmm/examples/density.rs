@@ -6,6 +6,7 @@
 //! density PROBE_ELF starts N ROUNDS     # N concurrent Vm::start() to "probe: ready", ROUNDS times
 //! density PROBE_ELF hold MAX MEM_MIB    # idle VMs held at once until failure, MAX, or low memory
 //! density PROBE_ELF cycles N            # N start/ready/kill/drop cycles; RSS, fds, threads
+//! density PROBE_ELF net N BYTES PORT     # N VMs each uploading BYTES to 127.0.0.1:PORT at once
 //! ```
 //!
 //! Every loop is bounded in count and time. RLIMIT_NOFILE is raised to its hard limit first.
@@ -29,11 +30,21 @@ const HOLD_TIME_LIMIT: Duration = Duration::from_secs(600);
 /// Window over which the CPU of the held idle VMs is measured.
 const IDLE_CPU_WINDOW: Duration = Duration::from_secs(5);
 
+/// `/proc/meminfo` fields compared before and after `hold`.
+const KERNEL_FIELDS: [&str; 6] = [
+    "KernelStack:",
+    "PageTables:",
+    "SecPageTables:",
+    "SUnreclaim:",
+    "Percpu:",
+    "VmallocUsed:",
+];
+
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
 fn main() -> Res<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: density PROBE_ELF (starts N ROUNDS | hold MAX MEM_MIB | cycles N)";
+    let usage = "usage: density PROBE_ELF (starts N ROUNDS | hold MAX MEM_MIB | cycles N | net N BYTES PORT)";
     let probe = PathBuf::from(args.first().ok_or(usage)?);
     let num = |i: usize| -> Res<usize> {
         let v = args.get(i).ok_or(usage)?;
@@ -46,6 +57,7 @@ fn main() -> Res<()> {
         Some("starts") => starts(&probe, num(2)?.max(1), num(3)?.max(1)),
         Some("hold") => hold(&probe, num(2)?, num(3)? as u64),
         Some("cycles") => cycles(&probe, num(2)?),
+        Some("net") => net(&probe, num(2)?, args.get(3).ok_or(usage)?, num(4)?),
         _ => Err(usage.into()),
     }
 }
@@ -395,6 +407,7 @@ fn smaps(guest_kib: u64) -> (u64, u64, u64) {
 fn hold(probe: &Path, max: usize, mem_mib: u64) -> Res<()> {
     let t0 = Instant::now();
     let base = Sample::take(mem_mib);
+    let base_kernel: Vec<u64> = KERNEL_FIELDS.iter().map(|f| meminfo(f)).collect();
     emit(base.json("hold", 0, t0.elapsed()));
     let mut vms: Vec<VmHandle> = Vec::new();
     let mut reason = format!("reached the bound of {max} VMs");
@@ -440,6 +453,17 @@ fn hold(probe: &Path, max: usize, mem_mib: u64) -> Res<()> {
         "idle_cpu_pct": 100.0 * cpu / IDLE_CPU_WINDOW.as_secs_f64(),
         "idle_window_s": IDLE_CPU_WINDOW.as_secs_f64(),
     }));
+    // Where the host memory outside the process went (KVM's per-VM structures, the vCPU
+    // threads' kernel stacks, page tables), per VM.
+    let kernel: serde_json::Map<String, serde_json::Value> = KERNEL_FIELDS
+        .iter()
+        .zip(&base_kernel)
+        .map(|(f, before)| {
+            let per_vm = (meminfo(f) as f64 - *before as f64) / n;
+            (f.trim_end_matches(':').to_string(), json!(per_vm))
+        })
+        .collect();
+    emit(json!({"kind": "hold_kernel_kib_per_vm", "fields": kernel}));
     let t_stop = Instant::now();
     for vm in &vms {
         vm.kill();
@@ -466,5 +490,49 @@ fn cycles(probe: &Path, n: usize) -> Res<()> {
             emit(Sample::take(64).json("cycles", i, t0.elapsed()));
         }
     }
+    Ok(())
+}
+
+/// `net`: `n` VMs with the user network, each running the probe's `tcp-send` of `bytes` to
+/// `host.ringfence.internal:port` (the host's loopback, allowed by an `allow@host` rule) at
+/// once; the peer (`rf-peer sink --parallel`) measures throughput. Prints this process's CPU
+/// over the whole run and how many guests exited 0.
+fn net(probe: &Path, n: usize, bytes: &str, port: usize) -> Res<()> {
+    let cpu0 = self_cpu();
+    let t0 = Instant::now();
+    let mut vms = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut config = VmConfig::new(probe);
+        config.cmdline = format!(
+            "probe.scenario=tcp-send probe.peer=host.ringfence.internal:{port} probe.bytes={bytes}"
+        );
+        config.pass_tsc_khz = true;
+        config.legacy_pit = false;
+        config.mem_mib = 64;
+        config.timeout = Some(Duration::from_secs(300));
+        config.console = Console::Sink(Box::new(std::io::sink()));
+        config.net.backend = ringfence::net::NetBackendSpec::User;
+        config.net.user.policy.rules = vec!["allow@host".into()];
+        vms.push(Vm::new(config).start().map_err(|e| error_chain(&e))?);
+    }
+    let mut ok = 0;
+    let mut exits = Vec::new();
+    for vm in &vms {
+        let exit = vm.wait();
+        if exit.guest_status() == Some(0) {
+            ok += 1;
+        } else {
+            exits.push(exit.to_string());
+        }
+    }
+    let wall = t0.elapsed();
+    let cpu1 = self_cpu();
+    drop(vms);
+    emit(json!({
+        "kind": "net", "n": n, "ok": ok, "failures": exits, "wall_s": wall.as_secs_f64(),
+        "user_s": (cpu1.0 - cpu1.2) - (cpu0.0 - cpu0.2),
+        "sys_s": cpu1.1 - cpu0.1,
+        "guest_s": cpu1.2 - cpu0.2,
+    }));
     Ok(())
 }

@@ -24,6 +24,10 @@ const GUEST_MIB: u64 = 64;
 const CYCLES: usize = 1000;
 /// Upper bound on one driver or CLI round.
 const ROUND_LIMIT: Duration = Duration::from_secs(900);
+/// VMs streaming to the host peer at once in the network part.
+const NET_VMS: usize = 8;
+/// What each of them uploads.
+const NET_BYTES: &str = "256M";
 /// The probe's ready line.
 const READY: &str = "probe: ready";
 
@@ -135,9 +139,98 @@ fn cli_round(bin: &Path, probe: &Path, n: usize) -> Result<f64> {
     Ok(last.duration_since(t0).as_secs_f64())
 }
 
+/// What one aggregate-network round measured.
+struct NetRound {
+    gbps: f64,
+    gb: f64,
+    vmm_host_cpu_s: f64,
+    guest_cpu_s: f64,
+    peer_cpu_s: f64,
+}
+
+/// One round of the network part: `rf-peer sink --parallel` on loopback, the driver's `net`
+/// mode against it; the peer's CPU from `wait4`'s rusage.
+fn net_round(driver_bin: &Path, peer: &Path, probe: &Path) -> Result<NetRound> {
+    let n = NET_VMS.to_string();
+    let mut child = Command::new(peer)
+        .args([
+            "sink",
+            "127.0.0.1:0",
+            "--conns",
+            &n,
+            "--parallel",
+            "--timeout",
+            "120",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("start {}", peer.display()))?;
+    let mut lines = BufReader::new(child.stdout.take().context("no stdout pipe")?).lines();
+    let first = lines.next().transpose()?.unwrap_or_default();
+    let Some(port) = first
+        .strip_prefix("listening ")
+        .and_then(|a| a.rsplit(':').next())
+        .map(str::to_string)
+    else {
+        let _ = child.kill();
+        let _ = child.wait();
+        bail!("rf-peer said {first:?} instead of `listening ADDR`");
+    };
+    let out = driver(driver_bin, probe, &["net", &n, NET_BYTES, &port]);
+    if out.is_err() {
+        // The guests will not connect: end the peer now rather than at its timeout.
+        let _ = child.kill();
+    }
+    let result = lines
+        .map_while(|l| l.ok())
+        .find_map(|l| serde_json::from_str::<Value>(&l).ok());
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: a zeroed rusage is a valid out-parameter.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `pid` is our child, not reaped yet (std's Child is never waited on after this);
+    // `status` and `usage` are valid out-parameters.
+    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    if rc != pid {
+        bail!(
+            "wait4 on rf-peer failed: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    let peer_cpu_s = tv(usage.ru_utime) + tv(usage.ru_stime);
+    let line = out?
+        .into_iter()
+        .find(|l| l["kind"] == "net")
+        .context("the density driver printed no net line")?;
+    if line["ok"].as_u64() != Some(NET_VMS as u64) {
+        bail!("not every guest's upload succeeded: {line}");
+    }
+    let peer_line = result.context("rf-peer printed no result")?;
+    if peer_line["pattern_ok"] != true {
+        bail!("rf-peer saw a corrupted stream: {peer_line}");
+    }
+    let f = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
+    Ok(NetRound {
+        gbps: f(&peer_line["gbps"]),
+        gb: f(&peer_line["bytes"]) / 1e9,
+        vmm_host_cpu_s: f(&line["user_s"]) + f(&line["sys_s"]),
+        guest_cpu_s: f(&line["guest_s"]),
+        peer_cpu_s,
+    })
+}
+
 /// The whole suite: `runs` interleaved rounds of starts (library and CLI) at each
 /// concurrency, then one `hold` and one `cycles` run.
-pub fn run(ringfence: &Path, probe: &Path, runs: usize, report: &mut Report) -> Result<()> {
+pub fn run(
+    ringfence: &Path,
+    peer: &Path,
+    probe: &Path,
+    runs: usize,
+    report: &mut Report,
+) -> Result<()> {
     let bin = build_driver()?;
     let mut lib_rate: Vec<Metric> = CONCURRENCY
         .iter()
@@ -203,6 +296,25 @@ pub fn run(ringfence: &Path, probe: &Path, runs: usize, report: &mut Report) -> 
         }
     }
     println!();
+    let sys_net = format!("ringfence-lib-{NET_VMS}vm");
+    let mut net_gbps = metric(&sys_net, "agg_tcp_g2h_gbps", "Gbit/s", false);
+    let mut net_host = metric(&sys_net, "host_cpu_s_per_gb", "s/GB", true);
+    let mut net_guest = metric(&sys_net, "guest_cpu_s_per_gb", "s/GB", true);
+    for round in 0..runs {
+        print!(
+            "\r    network round {}/{runs}: {NET_VMS} VMs x {NET_BYTES}",
+            round + 1
+        );
+        let _ = std::io::Write::flush(&mut std::io::stdout());
+        let r = net_round(&bin, peer, probe)?;
+        net_gbps.samples.push(r.gbps);
+        net_host
+            .samples
+            .push((r.vmm_host_cpu_s + r.peer_cpu_s) / r.gb);
+        net_guest.samples.push(r.guest_cpu_s / r.gb);
+    }
+    println!();
+    report.metrics.extend([net_gbps, net_host, net_guest]);
     report.metrics.extend(lib_rate);
     report.metrics.extend(cli_rate);
     report.metrics.extend(lib_ready);
@@ -259,6 +371,17 @@ pub fn run(ringfence: &Path, probe: &Path, runs: usize, report: &mut Report) -> 
         true,
     );
     let hold_reason = end["reason"].as_str().unwrap_or("?").to_string();
+    let kernel_split = lines
+        .iter()
+        .find(|l| l["kind"] == "hold_kernel_kib_per_vm")
+        .and_then(|l| l["fields"].as_object())
+        .map(|f| {
+            f.iter()
+                .map(|(k, v)| format!("{k} {:.0}", v.as_f64().unwrap_or(f64::NAN)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_else(|| "not reported".into());
     let guest_ok = end["guest_vma_ok"].as_bool().unwrap_or(false);
 
     println!("    cycles: {CYCLES} start/stop cycles");
@@ -270,7 +393,7 @@ pub fn run(ringfence: &Path, probe: &Path, runs: usize, report: &mut Report) -> 
         .context("the density driver printed no cycles line")?;
     let done = last["vms"].as_u64().unwrap_or(0);
     let mut cycle_notes = Vec::new();
-    for (from, label) in [(0, "start"), (10, "warm")] {
+    for (from, label) in [(0, "start"), (100, "warm")] {
         let Some(first) = at(from) else { continue };
         let diff =
             |k: &str| last[k].as_f64().unwrap_or(f64::NAN) - first[k].as_f64().unwrap_or(f64::NAN);
@@ -319,13 +442,17 @@ ready_ms_median_nN: median per-VM start → ready within a round. \
 start_*_cpu_ms_per_vm_n100: the driver's CPU from /proc/self/stat over a round of 100 starts, per VM: guest (guest_time), user (utime − guest_time) and system."
     ));
     report.notes.push(format!(
+        "Aggregate network ({sys_net}): {NET_VMS} VMs in the driver (`--net user`, rule `allow@host`, 64 MiB) each run the probe's tcp-send of {NET_BYTES} to one `rf-peer sink --parallel` on 127.0.0.1 at once; {runs} rounds. \
+agg_tcp_g2h_gbps = all bytes / (first connection's start → last one's end), measured by rf-peer; host_cpu_s_per_gb = (driver user + system − guest time, plus rf-peer's CPU) / GB; guest_cpu_s_per_gb = the vCPUs' guest time (the probe busy-polls) / GB."
+    ));
+    report.notes.push(format!(
         "Idle VMs held: started one after another to their ready line; stopped by: {hold_reason}. \
 vmm_overhead = (process RSS − RSS of the guest-RAM mappings) growth / VMs; guest_rss = RSS of the guest-RAM mappings (anonymous `rw-p` VMAs marked MADV_DONTDUMP, VmFlags `dd`, a multiple of the guest size; attribution check {}); \
-host_memavail = drop of the host's MemAvailable / VMs (adds KVM's kernel memory per VM); idle_cpu_pct_all_held = CPU of the whole process over 5 s with all of them idle.",
+host_memavail = drop of the host's MemAvailable / VMs (adds KVM's kernel memory per VM; /proc/meminfo growth per VM in KiB: {kernel_split}); idle_cpu_pct_all_held = CPU of the whole process over 5 s with all of them idle.",
         if guest_ok { "passed" } else { "FAILED: guest VMAs ≠ VMs × guest size, split unreliable" }
     ));
     report.notes.push(format!(
-        "Start/stop cycles (start → ready → kill → drop, one VM at a time, {CYCLES} cycles; growth = end − start, and end − after 10 warm-up cycles; heap in use = glibc mallinfo2 uordblks + hblkhd, bytes allocated and not freed, which tells a leak from allocator caching in RSS): {}.",
+        "Start/stop cycles (start → ready → kill → drop, one VM at a time, {CYCLES} cycles; growth = end − start, and end − after 100 warm-up cycles; heap in use = glibc mallinfo2 uordblks + hblkhd, bytes allocated and not freed, which tells a leak from allocator caching in RSS): {}.",
         cycle_notes.join("; ")
     ));
     Ok(())

@@ -117,9 +117,9 @@ pub fn run(args: &[String]) -> Result<()> {
         if suite == "density" {
             let runs = runs.unwrap_or(if quick { 2 } else { 5 });
             let t = step(&format!(
-                "density: VM starts ({runs} rounds of 1/10/100, library and CLI), idle VMs held, start/stop cycles (a few minutes)"
+                "density: VM starts ({runs} rounds of 1/10/100, library and CLI), 8 VMs streaming at once, idle VMs held, start/stop cycles (a few minutes)"
             ));
-            density::run(&bin, &probe_elf, runs, &mut report)?;
+            density::run(&bin, &peer_bin, &probe_elf, runs, &mut report)?;
             done(t);
         }
         if suite == "net" {
