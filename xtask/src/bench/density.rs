@@ -24,10 +24,9 @@ const GUEST_MIB: u64 = 64;
 const CYCLES: usize = 1000;
 /// Upper bound on one driver or CLI round.
 const ROUND_LIMIT: Duration = Duration::from_secs(900);
-/// VMs streaming to the host peer at once in the network part.
-const NET_VMS: usize = 8;
-/// What each of them uploads.
-const NET_BYTES: &str = "256M";
+/// VMs streaming to the host peer at once in the network part, and what each uploads (2 GiB
+/// in all either way).
+const NET_SETS: [(usize, &str); 2] = [(8, "256M"), (32, "64M")];
 /// The probe's ready line.
 const READY: &str = "probe: ready";
 
@@ -150,8 +149,14 @@ struct NetRound {
 
 /// One round of the network part: `rf-peer sink --parallel` on loopback, the driver's `net`
 /// mode against it; the peer's CPU from `wait4`'s rusage.
-fn net_round(driver_bin: &Path, peer: &Path, probe: &Path) -> Result<NetRound> {
-    let n = NET_VMS.to_string();
+fn net_round(
+    driver_bin: &Path,
+    peer: &Path,
+    probe: &Path,
+    vms: usize,
+    bytes: &str,
+) -> Result<NetRound> {
+    let n = vms.to_string();
     let mut child = Command::new(peer)
         .args([
             "sink",
@@ -178,7 +183,7 @@ fn net_round(driver_bin: &Path, peer: &Path, probe: &Path) -> Result<NetRound> {
         let _ = child.wait();
         bail!("rf-peer said {first:?} instead of `listening ADDR`");
     };
-    let out = driver(driver_bin, probe, &["net", &n, NET_BYTES, &port]);
+    let out = driver(driver_bin, probe, &["net", &n, bytes, &port]);
     if out.is_err() {
         // The guests will not connect: end the peer now rather than at its timeout.
         let _ = child.kill();
@@ -205,7 +210,7 @@ fn net_round(driver_bin: &Path, peer: &Path, probe: &Path) -> Result<NetRound> {
         .into_iter()
         .find(|l| l["kind"] == "net")
         .context("the density driver printed no net line")?;
-    if line["ok"].as_u64() != Some(NET_VMS as u64) {
+    if line["ok"].as_u64() != Some(vms as u64) {
         bail!("not every guest's upload succeeded: {line}");
     }
     let peer_line = result.context("rf-peer printed no result")?;
@@ -296,25 +301,32 @@ pub fn run(
         }
     }
     println!();
-    let sys_net = format!("ringfence-lib-{NET_VMS}vm");
-    let mut net_gbps = metric(&sys_net, "agg_tcp_g2h_gbps", "Gbit/s", false);
-    let mut net_host = metric(&sys_net, "host_cpu_s_per_gb", "s/GB", true);
-    let mut net_guest = metric(&sys_net, "guest_cpu_s_per_gb", "s/GB", true);
+    let mut net: Vec<[Metric; 3]> = NET_SETS
+        .iter()
+        .map(|(vms, _)| {
+            let sys = format!("ringfence-lib-{vms}vm");
+            [
+                metric(&sys, "agg_tcp_g2h_gbps", "Gbit/s", false),
+                metric(&sys, "host_cpu_s_per_gb", "s/GB", true),
+                metric(&sys, "guest_cpu_s_per_gb", "s/GB", true),
+            ]
+        })
+        .collect();
     for round in 0..runs {
-        print!(
-            "\r    network round {}/{runs}: {NET_VMS} VMs x {NET_BYTES}",
-            round + 1
-        );
-        let _ = std::io::Write::flush(&mut std::io::stdout());
-        let r = net_round(&bin, peer, probe)?;
-        net_gbps.samples.push(r.gbps);
-        net_host
-            .samples
-            .push((r.vmm_host_cpu_s + r.peer_cpu_s) / r.gb);
-        net_guest.samples.push(r.guest_cpu_s / r.gb);
+        for ((vms, bytes), [gbps, host, guest]) in NET_SETS.iter().zip(net.iter_mut()) {
+            print!(
+                "\r    network round {}/{runs}: {vms} VMs x {bytes}   ",
+                round + 1
+            );
+            let _ = std::io::Write::flush(&mut std::io::stdout());
+            let r = net_round(&bin, peer, probe, *vms, bytes)?;
+            gbps.samples.push(r.gbps);
+            host.samples.push((r.vmm_host_cpu_s + r.peer_cpu_s) / r.gb);
+            guest.samples.push(r.guest_cpu_s / r.gb);
+        }
     }
     println!();
-    report.metrics.extend([net_gbps, net_host, net_guest]);
+    report.metrics.extend(net.into_iter().flatten());
     report.metrics.extend(lib_rate);
     report.metrics.extend(cli_rate);
     report.metrics.extend(lib_ready);
@@ -442,8 +454,13 @@ ready_ms_median_nN: median per-VM start → ready within a round. \
 start_*_cpu_ms_per_vm_n100: the driver's CPU from /proc/self/stat over a round of 100 starts, per VM: guest (guest_time), user (utime − guest_time) and system."
     ));
     report.notes.push(format!(
-        "Aggregate network ({sys_net}): {NET_VMS} VMs in the driver (`--net user`, rule `allow@host`, 64 MiB) each run the probe's tcp-send of {NET_BYTES} to one `rf-peer sink --parallel` on 127.0.0.1 at once; {runs} rounds. \
-agg_tcp_g2h_gbps = all bytes / (first connection's start → last one's end), measured by rf-peer; host_cpu_s_per_gb = (driver user + system − guest time, plus rf-peer's CPU) / GB; guest_cpu_s_per_gb = the vCPUs' guest time (the probe busy-polls) / GB."
+        "Aggregate network (ringfence-lib-Nvm): N VMs in the driver (`--net user`, rule `allow@host`, 64 MiB, a device thread each) each run the probe's tcp-send to one `rf-peer sink --parallel` on 127.0.0.1 at once, 2 GiB in all ({}); {runs} rounds, interleaved. \
+agg_tcp_g2h_gbps = all bytes / (first connection's start → last one's end), measured by rf-peer; host_cpu_s_per_gb = (driver user + system − guest time, plus rf-peer's CPU) / GB; guest_cpu_s_per_gb = the vCPUs' guest time (the probe busy-polls) / GB.",
+        NET_SETS
+            .iter()
+            .map(|(vms, bytes)| format!("{vms} x {bytes}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     ));
     report.notes.push(format!(
         "Idle VMs held: started one after another to their ready line; stopped by: {hold_reason}. \
