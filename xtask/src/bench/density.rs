@@ -46,7 +46,7 @@ pub fn build_driver() -> Result<PathBuf> {
 
 /// Runs the driver with `args`; returns its JSON lines, or fails with its stderr.
 fn driver(bin: &Path, probe: &Path, args: &[&str]) -> Result<Vec<Value>> {
-    let child = Command::new(bin)
+    let mut child = Command::new(bin)
         .arg(probe)
         .args(args)
         .stdin(Stdio::null())
@@ -54,30 +54,45 @@ fn driver(bin: &Path, probe: &Path, args: &[&str]) -> Result<Vec<Value>> {
         .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("start {}", bin.display()))?;
-    let pid = child.id();
-    let killer = std::thread::spawn(move || {
-        let t = Instant::now();
-        while t.elapsed() < ROUND_LIMIT {
-            std::thread::sleep(Duration::from_millis(200));
-            if !Path::new(&format!("/proc/{pid}")).exists() {
-                return;
-            }
+    // Both pipes drained on their own threads, so a chatty driver never blocks on them.
+    let read_all = |mut pipe: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = pipe.read_to_string(&mut text);
+            text
+        })
+    };
+    let stdout = read_all(Box::new(child.stdout.take().context("no stdout pipe")?));
+    let stderr = read_all(Box::new(child.stderr.take().context("no stderr pipe")?));
+    let t = Instant::now();
+    // Polled rather than waited on, so a hung driver is killed at the round's bound (the
+    // child is not reaped before `kill`, so its pid cannot have been reused).
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
         }
-        // SAFETY: plain kill(2); at worst the pid is already a zombie we have not reaped.
-        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
-    });
-    let out = child.wait_with_output()?;
-    let _ = killer.join();
-    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        if t.elapsed() > ROUND_LIMIT {
+            let _ = child.kill();
+            break child.wait()?;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let out = stdout.join().unwrap_or_default();
+    let err = stderr.join().unwrap_or_default();
+    let lines: Vec<Value> = out
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect();
-    if !out.status.success() {
+    if !status.success() {
         bail!(
-            "density {}: {} ({})",
+            "density {}: {} ({status}{})",
             args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim(),
-            out.status
+            err.trim(),
+            if t.elapsed() > ROUND_LIMIT {
+                format!(", killed after {ROUND_LIMIT:?}")
+            } else {
+                String::new()
+            }
         );
     }
     Ok(lines)
