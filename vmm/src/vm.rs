@@ -297,6 +297,20 @@ fn create_memory(vm: &VmFd, mem_bytes: u64, mib: u64) -> Result<GuestMemoryMmap,
                 mib,
                 reason: e.to_string(),
             })?;
+        // Guest RAM stays out of the VMM's core dumps: it may hold the guest's secrets, and
+        // a supervisor of many VMs would otherwise dump all of them. This also keeps the
+        // mapping from merging with the allocator's anonymous mappings, so
+        // `/proc/PID/smaps` shows it as its own VMAs (flag `dd`), which the density
+        // benchmark uses to tell guest pages from the VMM's. Advisory: a failure is ignored.
+        // SAFETY: the range is exactly the live mapping `region` owns; MADV_DONTDUMP only
+        // changes a VMA flag and never the mapping's contents or validity.
+        unsafe {
+            libc::madvise(
+                host_addr.cast::<libc::c_void>(),
+                region.len() as usize,
+                libc::MADV_DONTDUMP,
+            )
+        };
         let region_desc = kvm_userspace_memory_region {
             slot: slot as u32,
             guest_phys_addr: region.start_addr().0,

@@ -1,9 +1,11 @@
 //! `cargo xtask bench`: ringfence against QEMU on the same probe guest, in one run, with a
 //! report in `target/bench/`. `cargo xtask bench idle` (not in the default set) measures what
-//! an idle VM costs the host.
+//! an idle VM costs the host; `cargo xtask bench density` (not in the default set either) how
+//! fast VMs start and how many idle ones one process holds.
 
 mod boot;
 mod ceiling;
+mod density;
 mod idle;
 mod measure;
 mod nested_linux;
@@ -60,10 +62,11 @@ pub fn run(args: &[String]) -> Result<()> {
             "boot" => suites.push("boot"),
             "net" => suites.push("net"),
             "idle" => suites.push("idle"),
+            "density" => suites.push("density"),
             "--linux" => linux = true,
             "--nested" => nested_flag = true,
             other => {
-                bail!("unknown bench option {other:?} (try: boot, net, idle, --quick, --runs N, --systems A,B, --linux [--nested])")
+                bail!("unknown bench option {other:?} (try: boot, net, idle, density, --quick, --runs N, --systems A,B, --linux [--nested])")
             }
         }
     }
@@ -111,6 +114,14 @@ pub fn run(args: &[String]) -> Result<()> {
             idle::run(&bin, &probe_elf, runs, window, &mut report)?;
             done(t);
         }
+        if suite == "density" {
+            let runs = runs.unwrap_or(if quick { 2 } else { 5 });
+            let t = step(&format!(
+                "density: VM starts ({runs} rounds of 1/10/100, library and CLI), 8 VMs streaming at once, idle VMs held, start/stop cycles (a few minutes)"
+            ));
+            density::run(&bin, &peer_bin, &probe_elf, runs, &mut report)?;
+            done(t);
+        }
         if suite == "net" {
             run_net(
                 &bin,
@@ -153,6 +164,18 @@ fn finish(report: &report::Report) -> Result<()> {
         "ms",
     ) {
         std::fs::write(dir.join("boot.svg"), svg)?;
+    }
+    if let Some(svg) = svg::grouped_bars(
+        report,
+        "VM starts to guest-ready per second, by concurrent starts (higher is better)",
+        &[
+            "vm_starts_per_s_n1",
+            "vm_starts_per_s_n10",
+            "vm_starts_per_s_n100",
+        ],
+        "VMs/s",
+    ) {
+        std::fs::write(dir.join("density.svg"), svg)?;
     }
     let md = std::fs::read_to_string(dir.join("report.md"))?;
     println!("\n{md}");
