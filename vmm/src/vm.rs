@@ -297,20 +297,6 @@ fn create_memory(vm: &VmFd, mem_bytes: u64, mib: u64) -> Result<GuestMemoryMmap,
                 mib,
                 reason: e.to_string(),
             })?;
-        // Guest RAM stays out of the VMM's core dumps: it may hold the guest's secrets, and
-        // a supervisor of many VMs would otherwise dump all of them. This also keeps the
-        // mapping from merging with the allocator's anonymous mappings, so
-        // `/proc/PID/smaps` shows it as its own VMAs (flag `dd`), which the density
-        // benchmark uses to tell guest pages from the VMM's. Advisory: a failure is ignored.
-        // SAFETY: the range is exactly the live mapping `region` owns; MADV_DONTDUMP only
-        // changes a VMA flag and never the mapping's contents or validity.
-        unsafe {
-            libc::madvise(
-                host_addr.cast::<libc::c_void>(),
-                region.len() as usize,
-                libc::MADV_DONTDUMP,
-            )
-        };
         let region_desc = kvm_userspace_memory_region {
             slot: slot as u32,
             guest_phys_addr: region.start_addr().0,
@@ -318,6 +304,10 @@ fn create_memory(vm: &VmFd, mem_bytes: u64, mib: u64) -> Result<GuestMemoryMmap,
             userspace_addr: host_addr as u64,
             flags: 0,
         };
+        // Guest RAM stays out of the VMM's core dumps: it may hold the guest's secrets, and
+        // a supervisor of many VMs would otherwise dump all of them. The flag also keeps the
+        // mapping from merging with the allocator's anonymous mappings, so `/proc/PID/smaps`
+        // shows it as VMAs of its own (flag `dd`), which the density benchmark relies on.
         // SAFETY: the region is a live mmap of `region.len()` bytes owned by `mem`.
         unsafe { privileges::exclude_from_core_dumps(host_addr, region.len() as usize) }.map_err(
             |e| VmError::Memory {
