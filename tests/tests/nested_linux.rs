@@ -23,7 +23,10 @@ const HOST: &str = "host.ringfence.internal";
 fn scenarios() -> Vec<Scenario> {
     vec![
         Scenario::new("status", &format!("{RUN} -- sh -c 'echo hi; exit 7'")),
-        Scenario::new("two_vcpus", &format!("{RUN} --vcpus 2 -- nproc")),
+        // The count comes back as the exit status: with two vCPUs the console's last line can
+        // still be in the guest's UART queue when the agent reports (an open bug, see
+        // docs/linux-guests.md), and this test is about SMP.
+        Scenario::new("two_vcpus", &format!("{RUN} --vcpus 2 -- sh -c 'exit $(nproc)'")),
         Scenario::new("boot", &format!("{RUN} -- sh /t/boot.sh")).guest_file(
             "/t/boot.sh",
             "echo \"CHECK uptime $(cut -d' ' -f1 /proc/uptime)\"\ndmesg\n",
@@ -206,12 +209,7 @@ fn command_output_and_status_come_back() {
 #[test]
 fn two_vcpus_are_online() {
     let o = outcome!("two_vcpus");
-    assert_status(o, 0);
-    assert!(
-        o.stdout.lines().any(|l| l.trim() == "2"),
-        "{}",
-        o.describe()
-    );
+    assert_status(o, 2);
 }
 
 #[test]

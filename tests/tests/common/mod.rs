@@ -71,17 +71,7 @@ macro_rules! require {
 
 /// Hex SHA-256 of `bytes` bytes of the probe's pattern `byte[i] = i % 251`.
 pub fn pattern_sha256(bytes: u64) -> String {
-    use sha2::{Digest, Sha256};
-    // A whole number of pattern periods, so every chunk continues the pattern.
-    let chunk: Vec<u8> = (0..251u64 * 4096).map(|i| (i % 251) as u8).collect();
-    let mut h = Sha256::new();
-    let mut left = bytes;
-    while left > 0 {
-        let n = left.min(chunk.len() as u64) as usize;
-        h.update(&chunk[..n]);
-        left -= n as u64;
-    }
-    format!("{:x}", h.finalize())
+    ringfence_tests::nested::services::pattern_sha256(bytes)
 }
 
 /// Stdout as text.
