@@ -101,21 +101,7 @@ impl Netstack {
                 open: self.flows.tcp_len(),
             });
         }
-        let guest = SocketAddr::new(IpAddr::V4(self.core.addrs.guest4), guest_port);
-        let mut key = FlowKey {
-            proto: KeyProto::Tcp,
-            guest,
-            remote: SocketAddr::new(IpAddr::V4(self.core.addrs.gateway4), EMBEDDER_PORT_BASE),
-        };
-        // Bounded: at most this many source ports are tried.
-        for _ in 0..1024 {
-            self.embedder_port = self.embedder_port.wrapping_add(1);
-            let port = EMBEDDER_PORT_BASE + self.embedder_port % (u16::MAX - EMBEDDER_PORT_BASE);
-            key.remote.set_port(port);
-            if self.flows.lookup(&key).is_none() {
-                break;
-            }
-        }
+        let key = self.embedder_key(KeyProto::Tcp, guest_port);
         let isn = self.isn(&key);
         let mut conn = TcpConn::new(key, fd, TcpState::SynSent, isn, now);
         conn.embedder = true;
@@ -229,21 +215,7 @@ impl Netstack {
                 open: self.flows.len(),
             });
         }
-        let guest = SocketAddr::new(IpAddr::V4(self.core.addrs.guest4), guest_port);
-        let mut key = FlowKey {
-            proto: KeyProto::Udp,
-            guest,
-            remote: SocketAddr::new(IpAddr::V4(self.core.addrs.gateway4), EMBEDDER_PORT_BASE),
-        };
-        // Bounded: at most this many source ports are tried.
-        for _ in 0..1024 {
-            self.embedder_port = self.embedder_port.wrapping_add(1);
-            let port = EMBEDDER_PORT_BASE + self.embedder_port % (u16::MAX - EMBEDDER_PORT_BASE);
-            key.remote.set_port(port);
-            if self.flows.lookup(&key).is_none() {
-                break;
-            }
-        }
+        let key = self.embedder_key(KeyProto::Udp, guest_port);
         let flow = UdpFlow::over_embedder_socket(key, socket, now);
         match self.insert_embedder_udp(flow) {
             Some(_) => Ok(()),
@@ -319,6 +291,27 @@ impl Netstack {
     /// Whether a guest SYN to `dst` may be for an embedder service.
     pub(super) fn is_service_target(&self, dst: &IpAddr) -> bool {
         !self.services.is_empty() && self.core.addrs.is_gateway(dst)
+    }
+
+    /// A flow key from the gateway to the guest's `guest_port` whose source port no flow
+    /// uses yet (embedder connections take ports from [`EMBEDDER_PORT_BASE`] up; at most
+    /// 1024 are tried, after which the last one tried is used).
+    fn embedder_key(&mut self, proto: KeyProto, guest_port: u16) -> FlowKey {
+        let guest = SocketAddr::new(IpAddr::V4(self.core.addrs.guest4), guest_port);
+        let mut key = FlowKey {
+            proto,
+            guest,
+            remote: SocketAddr::new(IpAddr::V4(self.core.addrs.gateway4), EMBEDDER_PORT_BASE),
+        };
+        for _ in 0..1024 {
+            self.embedder_port = self.embedder_port.wrapping_add(1);
+            let port = EMBEDDER_PORT_BASE + self.embedder_port % (u16::MAX - EMBEDDER_PORT_BASE);
+            key.remote.set_port(port);
+            if self.flows.lookup(&key).is_none() {
+                break;
+            }
+        }
+        key
     }
 
     /// The gateway's IPv4 address, as the guest sees the embedder's connections come from.
