@@ -79,7 +79,7 @@ i=0; while [ $i -lt 50 ] && ! ip -6 -o addr show dev eth0 scope global | grep -q
 echo "CHECK ipv6 $(ip -6 -o addr show dev eth0 scope global | awk '{{print $4}}' | head -n 1)"
 ping -c 2 -W 5 172.16.0.1 > /tmp/ping 2>&1; echo "CHECK ping $?"; cat /tmp/ping
 echo "CHECK resolve $(nslookup allowed.test 2>&1 | awk '/^Address:? / && $NF !~ /:53$/ {{print $NF}}' | tr '\n' ' ')"
-echo "CHECK wget $(wget -q -T 20 -O- http://$H:8080/ 2>&1)"
+echo "CHECK wget $(wget -4 -q -T 20 -O- http://$H:8080/ 2>&1)"
 echo "CHECK curl $(curl -4 -s -m 20 http://$H:8080/ 2>&1)"
 echo "CHECK curl6 $(curl -6 -s -m 20 http://$H:8080/ 2>&1)"
 echo "CHECK udp $(echo udp-hello | socat -T 5 - UDP:$H:7 2>&1)"
