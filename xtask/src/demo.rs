@@ -67,7 +67,7 @@ pub fn run_demo(args: &[String]) -> Result<()> {
     )?;
 
     // The network: a host server on loopback, reached through the netstack's host alias.
-    let (mut source, addr) = start_source(&peer)?;
+    let (mut source, mut said, addr) = start_source(&peer)?;
     let peer_word = format!("probe.peer=host.ringfence.internal:{}", addr.port());
     let fetched = show(
         "network: the guest downloads 64 MiB from a server on the host's 127.0.0.1 (allow@host)",
@@ -75,6 +75,11 @@ pub fn run_demo(args: &[String]) -> Result<()> {
         &["probe.scenario=tcp-recv", &peer_word],
         0,
     );
+    // The server's own account of the transfer (it exits after its one connection).
+    let mut line = String::new();
+    if fetched.is_ok() && said.read_line(&mut line).is_ok() && !line.is_empty() {
+        println!("    host server: {}", line.trim());
+    }
     let _ = source.kill();
     let _ = source.wait();
     fetched?;
@@ -105,8 +110,12 @@ pub fn run_demo(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Starts `rf-peer source` on an ephemeral loopback port; returns it and the bound address.
-fn start_source(peer: &Path) -> Result<(std::process::Child, std::net::SocketAddr)> {
+/// What the peer prints after its `listening` line.
+type PeerOutput = BufReader<std::process::ChildStdout>;
+
+/// Starts `rf-peer source` on an ephemeral loopback port; returns it, the rest of its output
+/// (kept open, so its result line has somewhere to go) and the bound address.
+fn start_source(peer: &Path) -> Result<(std::process::Child, PeerOutput, std::net::SocketAddr)> {
     let mut child = Command::new(peer)
         .args(["source", "127.0.0.1:0", "67108864", "--timeout", "60"])
         .stdout(Stdio::piped())
@@ -114,14 +123,13 @@ fn start_source(peer: &Path) -> Result<(std::process::Child, std::net::SocketAdd
         .spawn()
         .with_context(|| format!("starting {}", peer.display()))?;
     let mut line = String::new();
-    if let Some(out) = child.stdout.take() {
-        BufReader::new(out).read_line(&mut line)?;
-    }
+    let mut out = BufReader::new(child.stdout.take().context("rf-peer has no stdout")?);
+    out.read_line(&mut line)?;
     let addr = line
         .strip_prefix("listening ")
         .and_then(|a| a.trim().parse().ok())
         .with_context(|| format!("rf-peer did not say where it listens: {line:?}"))?;
-    Ok((child, addr))
+    Ok((child, out, addr))
 }
 
 /// A Linux guest running a command: directly on a host with full-speed guest kernels, else
