@@ -49,22 +49,16 @@ impl UdpFlow {
     pub(crate) fn open(key: FlowKey, host_dst: SocketAddr, now: Instant) -> io::Result<Self> {
         let fd = sys::socket(host_dst.is_ipv6(), SockKind::Datagram)?;
         sys::connect(fd.as_fd(), &host_dst)?;
-        Ok(UdpFlow {
-            key,
-            fd,
-            last_activity: now,
-            host_readable: false,
-            registered: false,
-            queued: false,
-            dns: false,
-            peer: None,
-            embedder: false,
-        })
+        Ok(Self::with_socket(key, fd, now, false))
     }
 
     /// A flow whose host socket is `fd`, one end of a connected Unix datagram socket pair
     /// the embedder holds the other end of.
     pub(crate) fn over_embedder_socket(key: FlowKey, fd: OwnedFd, now: Instant) -> Self {
+        Self::with_socket(key, fd, now, true)
+    }
+
+    fn with_socket(key: FlowKey, fd: OwnedFd, now: Instant, embedder: bool) -> Self {
         UdpFlow {
             key,
             fd,
@@ -74,7 +68,7 @@ impl UdpFlow {
             queued: false,
             dns: false,
             peer: None,
-            embedder: true,
+            embedder,
         }
     }
 

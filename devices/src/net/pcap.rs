@@ -122,6 +122,24 @@ struct QueueState {
 }
 
 impl Queue {
+    /// Waits up to `limit` until the writer thread has finished; returns whether it has.
+    fn wait_finished(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        let mut st = self.lock();
+        while !st.finished {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            st = self
+                .wake
+                .wait_timeout(st, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        true
+    }
+
     fn lock(&self) -> MutexGuard<'_, QueueState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -276,25 +294,6 @@ impl PcapSink {
         }
     }
 
-    /// Waits up to `limit` until the writer thread has finished; returns whether it has.
-    fn wait_finished(&self, limit: Duration) -> bool {
-        let deadline = Instant::now() + limit;
-        let mut st = self.queue.lock();
-        while !st.finished {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return false;
-            }
-            st = self
-                .queue
-                .wake
-                .wait_timeout(st, left)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
-        true
-    }
-
     /// Where the capture goes (a file path or the embedder's label).
     pub fn label(&self) -> &str {
         &self.label
@@ -308,7 +307,7 @@ impl Drop for PcapSink {
         self.queue.wake.notify_all();
         // Joined only once it has finished: an output that blocks (a pipe nobody reads) must
         // not hang the device's teardown. Such a writer is left to end on its own.
-        if self.wait_finished(DROP_WAIT) {
+        if self.queue.wait_finished(DROP_WAIT) {
             if let Some(w) = self.writer.take() {
                 let _ = w.join();
             }
@@ -349,21 +348,7 @@ impl CaptureControl {
     pub fn stop(&self) -> bool {
         self.queue.closed.store(true, Ordering::SeqCst);
         self.queue.wake.notify_all();
-        let deadline = Instant::now() + STOP_WAIT;
-        let mut st = self.queue.lock();
-        while !st.finished {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return false;
-            }
-            st = self
-                .queue
-                .wake
-                .wait_timeout(st, left)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
-        true
+        self.queue.wait_finished(STOP_WAIT)
     }
 
     /// Whether the capture has ended (stopped, or its device is gone) and everything was

@@ -217,7 +217,7 @@ impl Netstack {
         }
         let key = self.embedder_key(KeyProto::Udp, guest_port);
         let flow = UdpFlow::over_embedder_socket(key, socket, now);
-        match self.insert_embedder_udp(flow) {
+        match self.insert_udp_flow(flow) {
             Some(_) => Ok(()),
             None => Err(EmbedderError::TooManyConnections {
                 open: self.flows.len(),
@@ -269,23 +269,7 @@ impl Netstack {
                 return None;
             }
         }
-        self.insert_embedder_udp(UdpFlow::over_embedder_socket(key, ours, now))
-    }
-
-    fn insert_embedder_udp(&mut self, mut flow: UdpFlow) -> Option<u64> {
-        flow.registered = true;
-        let fd = flow.fd.as_raw_fd();
-        match self.flows.insert(Flow::Udp(flow)) {
-            Some(t) => {
-                self.core.metrics.flows_opened += 1;
-                self.core.interest(InterestOp::Add, fd, t, true, false);
-                Some(t)
-            }
-            None => {
-                self.core.metrics.flows_over_limit += 1;
-                None
-            }
-        }
+        self.insert_udp_flow(UdpFlow::over_embedder_socket(key, ours, now))
     }
 
     /// Whether a guest SYN to `dst` may be for an embedder service.

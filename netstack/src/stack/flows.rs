@@ -155,6 +155,12 @@ impl Netstack {
             }
         };
         flow.dns = dns;
+        self.insert_udp_flow(flow)
+    }
+
+    /// Puts a UDP flow in the table and asks for its host socket's readiness; `None` (and
+    /// a flows_over_limit count) when the table is full.
+    pub(super) fn insert_udp_flow(&mut self, mut flow: UdpFlow) -> Option<u64> {
         flow.registered = true;
         let fd = flow.fd.as_raw_fd();
         match self.flows.insert(Flow::Udp(flow)) {
