@@ -148,7 +148,7 @@ pub fn build_kit_with(image_dir: &Path, bench_ringfence: Option<&Path>) -> Resul
     let init = workspace_root().join("tests/nested/init.sh");
     cpio.file("init", 0o755, &read(&init)?)?;
     for m in MODULES {
-        let name = m.rsplit('/').next().unwrap_or(m);
+        let name = module_name(m);
         cpio.file(
             &format!("lib/modules/{name}"),
             0o644,
