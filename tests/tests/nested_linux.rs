@@ -5,11 +5,16 @@
 //! more than most scenarios); each test below checks one scenario's result.
 //!
 //! The kit comes from `cargo xtask test` or `cargo xtask nested` (`$RINGFENCE_NESTED_KIT`);
-//! without it every test prints `SKIPPED:` and why. Logs: `target/nested/logs/`.
+//! without it every test prints `SKIPPED:` and why. Logs: `target/nested/logs/`. On a host
+//! where `ringfence doctor` finds guest kernels at full speed the same scenarios run directly,
+//! in namespaces of their own (`ringfence_tests::nested::direct`; `$RINGFENCE_NESTED_MODE`
+//! = `direct` or `outer` overrides the choice).
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
+use ringfence_tests::harness::ringfence_bin;
+use ringfence_tests::nested::direct;
 use ringfence_tests::nested::outer::{run_suite, Kit, SuiteRun};
 use ringfence_tests::nested::scenario::{Outcome, Scenario};
 use ringfence_tests::nested::services::{pattern_sha256, SOURCE_BYTES};
@@ -152,8 +157,16 @@ static SUITE: OnceLock<Result<SuiteRun, String>> = OnceLock::new();
 /// cannot run here.
 fn suite() -> Option<&'static SuiteRun> {
     let run = SUITE.get_or_init(|| {
-        let kit = Kit::from_env()?;
         let logs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/nested/logs");
+        if run_directly()? {
+            let bin_dir = ringfence_bin()
+                .parent()
+                .map(PathBuf::from)
+                .ok_or("the ringfence binary has no directory")?;
+            return direct::run_suite(&bin_dir, &scenarios(), &logs.join("direct"))
+                .map_err(|e| format!("FAILED: {e}"));
+        }
+        let kit = Kit::from_env()?;
         run_suite(&kit, &scenarios(), &logs).map_err(|e| format!("FAILED: {e}"))
     });
     match run {
@@ -163,6 +176,22 @@ fn suite() -> Option<&'static SuiteRun> {
             let _ =
                 std::io::Write::write_fmt(&mut std::io::stderr(), format_args!("SKIPPED: {why}\n")); // uncaptured, so CI logs show it
             None
+        }
+    }
+}
+
+/// Whether the suite runs directly on this host ([`direct::MODE_ENV`], else `ringfence
+/// doctor`'s verdict) rather than in the outer VM.
+fn run_directly() -> Result<bool, String> {
+    match std::env::var(direct::MODE_ENV).as_deref() {
+        Ok("direct") => Ok(true),
+        Ok("outer") => Ok(false),
+        Ok(other) => Err(format!(
+            "FAILED: {}={other:?}: expected direct or outer",
+            direct::MODE_ENV
+        )),
+        Err(_) => {
+            direct::host_runs_guest_kernels(&ringfence_bin()).map_err(|e| format!("FAILED: {e}"))
         }
     }
 }

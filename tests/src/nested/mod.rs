@@ -13,11 +13,14 @@
 //!   a UDP echo), all inside the outer VM, on its loopback or on TEST-NET addresses of a dummy
 //!   interface: the outer VM has no network device, so no packet can leave it;
 //! - [`outer`]: the host side: boots the outer VM with the kit `cargo xtask nested` built,
-//!   shows progress, enforces the suite's time budget, keeps both consoles' logs.
+//!   shows progress, enforces the suite's time budget, keeps both consoles' logs;
+//! - [`direct`]: the same scenarios on a host whose KVM runs guest kernels at full speed, in
+//!   network and mount namespaces of their own instead of an outer VM.
 //!
 //! Everything runs at emulation speed: use it for correctness and for ratios between systems
 //! measured in the same outer VM, never for absolute figures.
 
+pub mod direct;
 pub mod outer;
 pub mod runner;
 pub mod scenario;
