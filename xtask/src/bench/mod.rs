@@ -9,6 +9,7 @@ mod density;
 mod idle;
 mod measure;
 mod nested_linux;
+mod nested_net;
 mod net;
 mod netns;
 mod procstat;
