@@ -39,6 +39,7 @@ mod publish;
 mod stack;
 mod sys;
 mod tcp;
+mod tls;
 mod udp;
 
 #[cfg(feature = "testkit")]
@@ -52,3 +53,4 @@ pub use crate::interest_set::InterestSet;
 pub use crate::metrics::NetMetrics;
 pub use crate::stack::{EmbedderError, Netstack};
 pub use crate::sys::{poll, seqpacket_pair};
+pub use crate::tls::{parse_client_hello, ClientHello, HelloError, MAX_CLIENT_HELLO};
