@@ -45,7 +45,9 @@ mod udp;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
-pub use crate::config::{Limits, NetConfig, PortProto, PublishedPort};
+pub use crate::config::{
+    Limits, NetConfig, PortProto, PublishedPort, TlsInspection, DEFAULT_TLS_PORT,
+};
 pub use crate::core::{FdInterest, InterestOp, RxGso, RxMeta, TxMeta};
 pub use crate::error::NetError;
 pub use crate::gate::{AllowAll, Direction, FlowGate, FlowInfo, FlowProto, SwappableGate, Verdict};
