@@ -61,6 +61,49 @@ impl Default for Limits {
     }
 }
 
+/// SNI policy on guest TLS flows, without interception (docs/architecture.md, "SNI
+/// policy"): on these ports the guest's ClientHello is read before the host connection is
+/// opened, and its server name is judged by the flow gate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsInspection {
+    /// Destination ports of guest TCP flows whose ClientHello is read (default 443; empty:
+    /// none). Bytes on these ports that are not a TLS handshake are refused.
+    pub ports: Vec<u16>,
+    /// Refuse a ClientHello that names no server (default: such flows are judged by their
+    /// address alone).
+    pub require_sni: bool,
+    /// How long after its SYN a guest has to complete its ClientHello (default 2 s).
+    pub hello_timeout: Duration,
+}
+
+/// Default TLS port whose ClientHello is judged.
+pub const DEFAULT_TLS_PORT: u16 = 443;
+
+impl Default for TlsInspection {
+    fn default() -> Self {
+        TlsInspection {
+            ports: vec![DEFAULT_TLS_PORT],
+            require_sni: false,
+            hello_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+impl TlsInspection {
+    /// No port inspected.
+    pub fn off() -> Self {
+        TlsInspection {
+            ports: Vec::new(),
+            ..TlsInspection::default()
+        }
+    }
+
+    /// Whether guest flows to `port` are inspected.
+    pub fn covers(&self, port: u16) -> bool {
+        self.ports.contains(&port)
+    }
+}
+
 /// Everything the netstack needs to serve one VM. All fields have defaults.
 #[derive(Clone, Debug)]
 pub struct NetConfig {
@@ -95,6 +138,8 @@ pub struct NetConfig {
     pub rx_checksum: bool,
     /// DHCP lease time.
     pub dhcp_lease: Duration,
+    /// SNI policy on TLS ports.
+    pub tls: TlsInspection,
 }
 
 impl Default for NetConfig {
@@ -114,6 +159,7 @@ impl Default for NetConfig {
             max_rx_frame: 1514,
             rx_checksum: true,
             dhcp_lease: Duration::from_secs(86400),
+            tls: TlsInspection::default(),
         }
     }
 }

@@ -160,7 +160,7 @@ impl FlowTable {
     }
 
     /// The flow named by `token`, if still alive.
-    fn get(&self, token: u64) -> Option<&Flow> {
+    pub(crate) fn get(&self, token: u64) -> Option<&Flow> {
         let (idx, generation) = split(token)?;
         let slot = self.slots.get(idx as usize)?;
         if slot.generation != generation {

@@ -39,12 +39,15 @@ mod publish;
 mod stack;
 mod sys;
 mod tcp;
+mod tls;
 mod udp;
 
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
-pub use crate::config::{Limits, NetConfig, PortProto, PublishedPort};
+pub use crate::config::{
+    Limits, NetConfig, PortProto, PublishedPort, TlsInspection, DEFAULT_TLS_PORT,
+};
 pub use crate::core::{FdInterest, InterestOp, RxGso, RxMeta, TxMeta};
 pub use crate::error::NetError;
 pub use crate::gate::{AllowAll, Direction, FlowGate, FlowInfo, FlowProto, SwappableGate, Verdict};
@@ -52,3 +55,4 @@ pub use crate::interest_set::InterestSet;
 pub use crate::metrics::NetMetrics;
 pub use crate::stack::{EmbedderError, Netstack};
 pub use crate::sys::{poll, seqpacket_pair};
+pub use crate::tls::{parse_client_hello, ClientHello, HelloError, MAX_CLIENT_HELLO};

@@ -8,7 +8,8 @@ use crate::cidr::canonical_ip;
 use crate::domain_name::{normalize_into, MAX_NAME_LEN};
 use crate::groups::{GroupSet, GroupTable};
 use crate::model::{
-    Action, Decision, DecisionCause, Destination, Direction, FlowQuery, Policy, PolicyContext, Rule,
+    Action, Decision, DecisionCause, Destination, Direction, FlowQuery, Policy, PolicyContext,
+    Protocol, Rule,
 };
 
 /// A policy evaluated by scanning its rules in order.
@@ -95,6 +96,28 @@ impl LinearPolicy {
             let names_it = matches!(rule.destination(), Destination::Any)
                 || dest_matches_name(rule.destination(), name);
             if names_it && dns_relevant(rule) {
+                return by_rule(rules, i);
+            }
+        }
+        self.dns_fallback()
+    }
+
+    /// Decides the server name a client named in its TLS ClientHello (SNI) on an egress flow
+    /// of `protocol` to `port`. The first egress rule that is `*` or names `name`, and whose
+    /// protocols and ports admit the flow, decides; address rules (CIDRs, groups) never match
+    /// a name. With no such rule, the DNS query fallback applies: refused when egress defaults
+    /// to deny and some allow rule names a domain, allowed otherwise. So a name rule gives a
+    /// server name the verdict it gives the same name's DNS query, and the netstack asks this
+    /// on top of [`decide`](Self::decide) for the flow's address, never instead of it.
+    pub fn decide_server_name(&self, name: &str, protocol: Protocol, port: u16) -> Decision {
+        let mut buf = [0u8; MAX_NAME_LEN + 1];
+        let name = normalize_into(name, &mut buf);
+        let rules = &self.policy.rules;
+        for (i, rule) in rules.iter().enumerate() {
+            let names_it = matches!(rule.destination(), Destination::Any)
+                || dest_matches_name(rule.destination(), name);
+            if names_it && rule.direction().covers(Direction::Egress) && rule.admits(protocol, port)
+            {
                 return by_rule(rules, i);
             }
         }

@@ -51,11 +51,14 @@ impl Netstack {
                 }
                 None => continue,
             };
-            if self
-                .gate
-                .decide(&self.flow_info(info_dir, proto, dst, port))
-                .allow
-            {
+            let info = self.flow_info(info_dir, proto, dst, port);
+            let server_name = match self.flows.get(token) {
+                Some(Flow::Tcp(c)) => c.server_name.as_deref(),
+                _ => None,
+            };
+            let allowed = self.gate.decide(&info).allow
+                && server_name.is_none_or(|n| self.gate.decide_server_name(&info, Some(n)).allow);
+            if allowed {
                 continue;
             }
             cut += 1;
