@@ -73,6 +73,10 @@ fn scenarios() -> Vec<Scenario> {
         Scenario::new("pcap", PCAP_OUTER),
         Scenario::new("tap", TAP_OUTER),
         Scenario::new("network_off", CUT_OUTER).guest_file("/t/cut.sh", CUT_GUEST),
+        Scenario::new("sni", SNI_OUTER)
+            .guest_file("/t/sni.sh", SNI_GUEST)
+            .guest_file("/t/require.sh", SNI_REQUIRED_GUEST)
+            .timeout(300),
     ]
 }
 
@@ -149,6 +153,25 @@ cat \"$RF_DIR/console\"; cat \"$RF_DIR/err\" >&2
 const CUT_GUEST: &str = "echo CHECK sending
 head -c 2000000000 /dev/zero | nc host.ringfence.internal 5201 > /tmp/reply 2>&1
 echo \"CHECK transfer status=$? reply=$(cat /tmp/reply)\"
+";
+
+/// Two runs with port 8443 (the outer VM's TLS server) inspected: one with `denied.test`
+/// denied, one requiring a server name.
+const SNI_OUTER: &str = "ringfence run --linux --mem 256 --timeout 150 --initrd \"$RF_INITRD\" --tls-ports 8443 --net-deny-domain denied.test --net-stats -- sh /t/sni.sh
+echo \"CHECK first_status $?\"
+ringfence run --linux --mem 256 --timeout 150 --initrd \"$RF_INITRD\" --tls-ports 8443 --tls-require-sni -- sh /t/require.sh
+echo \"CHECK second_status $?\"
+";
+
+/// curl names the server with `--resolve` (SNI = the name), sends none for an address.
+const SNI_GUEST: &str = "out=$(curl -sk -m 15 --resolve allowed.test:8443:192.0.2.10 https://allowed.test:8443/ 2>&1); echo \"CHECK sni_allowed status=$? $out\"
+curl -sk -m 15 --resolve denied.test:8443:192.0.2.10 https://denied.test:8443/ > /dev/null 2>&1; echo \"CHECK sni_denied status=$?\"
+out=$(curl -sk -m 15 https://192.0.2.10:8443/ 2>&1); echo \"CHECK sni_none status=$? $out\"
+curl -s -m 15 http://192.0.2.10:8443/ > /dev/null 2>&1; echo \"CHECK plain_on_tls_port status=$?\"
+";
+
+const SNI_REQUIRED_GUEST: &str = "curl -sk -m 15 https://192.0.2.10:8443/ > /dev/null 2>&1; echo \"CHECK required_none status=$?\"
+out=$(curl -sk -m 15 --resolve allowed.test:8443:192.0.2.10 https://allowed.test:8443/ 2>&1); echo \"CHECK required_named status=$? $out\"
 ";
 
 static SUITE: OnceLock<Result<SuiteRun, String>> = OnceLock::new();
@@ -505,4 +528,48 @@ fn switching_the_network_off_cuts_a_live_transfer() {
         o.describe()
     );
     assert_eq!(check(o, "status"), "0", "{}", o.describe());
+}
+
+#[test]
+fn tls_server_names_are_judged_by_the_policy() {
+    let o = outcome!("sni");
+    assert!(!o.timed_out, "{}", o.describe());
+    assert_eq!(check(o, "first_status"), "0", "{}", o.describe());
+    assert_eq!(check(o, "second_status"), "0", "{}", o.describe());
+    // An allowed name and no name (judged by the address, which is public) reach the server,
+    // which saw the name the guest sent.
+    assert_eq!(
+        check(o, "sni_allowed"),
+        "status=0 hello tls sni=allowed.test"
+    );
+    assert_eq!(check(o, "sni_none"), "status=0 hello tls sni=-");
+    assert_eq!(
+        check(o, "required_named"),
+        "status=0 hello tls sni=allowed.test"
+    );
+    // A denied name at the same address, a missing name where one is required, and plain
+    // HTTP on a TLS port are reset: curl fails without an answer.
+    for key in ["sni_denied", "required_none", "plain_on_tls_port"] {
+        let got = check(o, key);
+        assert!(
+            got.starts_with("status=") && got != "status=0",
+            "{key}: {got}\n{}",
+            o.describe()
+        );
+    }
+    assert!(
+        o.stderr.contains("policy denied") && o.stderr.contains("SNI denied.test"),
+        "{}",
+        o.describe()
+    );
+    assert!(
+        o.stderr.contains("\"netstack_tls_server_name_denied\":1"),
+        "{}",
+        o.describe()
+    );
+    assert!(
+        o.stderr.contains("\"netstack_tls_hello_malformed\":1"),
+        "{}",
+        o.describe()
+    );
 }

@@ -13,6 +13,7 @@
 //! | tcp 5201 | sink: reads to EOF, answers `sink bytes=N sha256=HEX` |
 //! | tcp 5202 | source: sends [`SOURCE_BYTES`] of the pattern `byte[i] = i % 251`, then closes |
 //! | udp 7 | echo |
+//! | tcp 8443 | TLS (self-signed), answering the server name it was sent ([`super::tls_service`]) |
 
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -141,6 +142,9 @@ pub fn start_all() -> Vec<String> {
             }
             Err(e) => failures.push(format!("tcp port {port}: {e}")),
         }
+    }
+    if let Err(e) = super::tls_service::start() {
+        failures.push(e);
     }
     match UdpSocket::bind(any(UDP_ECHO_PORT)) {
         Ok(s) => {
