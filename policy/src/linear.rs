@@ -89,17 +89,7 @@ impl LinearPolicy {
     /// such rule: allowed when egress defaults to allow, or when no allow rule names a domain;
     /// refused otherwise (design §7: DNS must not be a side door).
     pub fn decide_dns_query(&self, name: &str) -> Decision {
-        let mut buf = [0u8; MAX_NAME_LEN + 1];
-        let name = normalize_into(name, &mut buf);
-        let rules = &self.policy.rules;
-        for (i, rule) in rules.iter().enumerate() {
-            let names_it = matches!(rule.destination(), Destination::Any)
-                || dest_matches_name(rule.destination(), name);
-            if names_it && dns_relevant(rule) {
-                return by_rule(rules, i);
-            }
-        }
-        self.dns_fallback()
+        self.first_rule_naming(name, dns_relevant)
     }
 
     /// Decides the server name a client named in its TLS ClientHello (SNI) on an egress flow
@@ -110,14 +100,21 @@ impl LinearPolicy {
     /// server name the verdict it gives the same name's DNS query, and the netstack asks this
     /// on top of [`decide`](Self::decide) for the flow's address, never instead of it.
     pub fn decide_server_name(&self, name: &str, protocol: Protocol, port: u16) -> Decision {
+        self.first_rule_naming(name, |rule| {
+            rule.direction().covers(Direction::Egress) && rule.admits(protocol, port)
+        })
+    }
+
+    /// The first rule that is `*` or names `name` and that `relevant` accepts decides; with
+    /// none, the DNS fallback.
+    fn first_rule_naming(&self, name: &str, relevant: impl Fn(&Rule) -> bool) -> Decision {
         let mut buf = [0u8; MAX_NAME_LEN + 1];
         let name = normalize_into(name, &mut buf);
         let rules = &self.policy.rules;
         for (i, rule) in rules.iter().enumerate() {
             let names_it = matches!(rule.destination(), Destination::Any)
                 || dest_matches_name(rule.destination(), name);
-            if names_it && rule.direction().covers(Direction::Egress) && rule.admits(protocol, port)
-            {
+            if names_it && relevant(rule) {
                 return by_rule(rules, i);
             }
         }

@@ -320,34 +320,33 @@ impl TcpConn {
         if wnd < u32::from(self.guest_mss) * 2 && queued != Some(0) {
             self.want_write = true;
         }
-        self.last_wnd = (wnd >> self.our_wscale) as u16;
-        self.data_since_wnd = 0;
-        self.note_window();
-        if wnd < u32::from(self.guest_mss) {
-            // A short window: the reopening that follows must reach the guest.
-            self.small_wnd_sent = true;
-            self.wnd_reopened = false;
-            self.wnd_update_at = None;
-        } else if self.small_wnd_sent {
+        if !self.advertise(wnd) && self.small_wnd_sent {
             self.small_wnd_sent = false;
             self.wnd_reopened = true;
         }
         self.last_wnd
     }
 
-    /// The window while the guest's first bytes are held: the room left in the hold. A short
-    /// one is noted so that the window the host socket gives afterwards is re-sent until the
-    /// guest reacts.
-    fn hold_window(&mut self, room: u32) -> u16 {
-        let wnd = room.min(65535u32 << self.our_wscale);
+    /// Records `wnd` as the window sent to the guest; a short one (below one MSS) is noted so
+    /// that the reopening that follows reaches the guest. Returns whether it was short.
+    fn advertise(&mut self, wnd: u32) -> bool {
         self.last_wnd = (wnd >> self.our_wscale) as u16;
         self.data_since_wnd = 0;
         self.note_window();
-        if wnd < u32::from(self.guest_mss) {
+        let short = wnd < u32::from(self.guest_mss);
+        if short {
             self.small_wnd_sent = true;
             self.wnd_reopened = false;
             self.wnd_update_at = None;
         }
+        short
+    }
+
+    /// The window while the guest's first bytes are held: the room left in the hold. A short
+    /// one is noted so that the window the host socket gives afterwards is re-sent until the
+    /// guest reacts.
+    fn hold_window(&mut self, room: u32) -> u16 {
+        self.advertise(room.min(65535u32 << self.our_wscale));
         self.last_wnd
     }
 

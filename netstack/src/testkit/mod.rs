@@ -17,7 +17,9 @@ use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, Ipv4Add
 use crate::{InterestSet, NetConfig, Netstack, TxMeta};
 
 mod synthetic;
+mod tls;
 pub use synthetic::SyntheticTcp;
+pub use tls::rustls_client_hello;
 
 /// What the fault hook does with a frame the guest sent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -2,6 +2,7 @@
 //! without or with several names, garbage), real ones from rustls, and random input.
 
 use super::*;
+use crate::testkit::rustls_client_hello;
 use proptest::prelude::*;
 
 fn ext(ty: u16, data: &[u8]) -> Vec<u8> {
@@ -264,35 +265,18 @@ fn only_the_bound_is_looked_at() {
     );
 }
 
-fn rustls_hello(name: &str, sni: bool) -> Vec<u8> {
-    use std::sync::Arc;
-    // `ring` has no post-quantum key exchange, which a test client does not need.
-    #[allow(deprecated)]
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(rustls::RootCertStore::empty())
-        .with_no_client_auth();
-    config.enable_sni = sni;
-    let server = rustls::pki_types::ServerName::try_from(name.to_string()).unwrap();
-    let mut conn = rustls::ClientConnection::new(Arc::new(config), server).unwrap();
-    let mut out = Vec::new();
-    while conn.wants_write() {
-        conn.write_tls(&mut out).unwrap();
-    }
-    out
-}
-
 #[test]
 fn real_client_hellos_from_rustls() {
-    let s = rustls_hello("Api.Example.com", true);
+    let s = rustls_client_hello("Api.Example.com", true);
     let h = parse_client_hello(&s).unwrap();
     assert_eq!(h.server_name.as_deref(), Some("api.example.com"));
     assert_eq!(h.len, s.len());
-    assert_eq!(name_of(&rustls_hello("api.example.com", false)), Ok(None));
+    assert_eq!(
+        name_of(&rustls_client_hello("api.example.com", false)),
+        Ok(None)
+    );
     // An IP address is never sent as a server name (RFC 6066 §3).
-    assert_eq!(name_of(&rustls_hello("203.0.113.7", true)), Ok(None));
+    assert_eq!(name_of(&rustls_client_hello("203.0.113.7", true)), Ok(None));
     for frag in [1, 100] {
         let msg = &s[5..];
         assert_eq!(

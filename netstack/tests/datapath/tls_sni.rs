@@ -7,10 +7,9 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpListener;
-use std::sync::Arc;
 use std::time::Duration;
 
-use netstack::testkit::Harness;
+use netstack::testkit::{rustls_client_hello, Harness};
 use netstack::{NetConfig, TlsInspection};
 use policy::Action;
 use smoltcp::iface::SocketHandle;
@@ -20,27 +19,6 @@ use crate::common::{
     cfg, connect_gateway, drain_guest_socket, pattern, tcp_socket, wait_established,
 };
 use crate::policy::compiled;
-
-/// The ClientHello a rustls client sends for `name` (no SNI for an IP address or when
-/// `sni` is false).
-fn rustls_hello(name: &str, sni: bool) -> Vec<u8> {
-    // `ring` has no post-quantum key exchange, which a test client does not need.
-    #[allow(deprecated)]
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(rustls::RootCertStore::empty())
-        .with_no_client_auth();
-    config.enable_sni = sni;
-    let server = rustls::pki_types::ServerName::try_from(name.to_string()).unwrap();
-    let mut conn = rustls::ClientConnection::new(Arc::new(config), server).unwrap();
-    let mut out = Vec::new();
-    while conn.wants_write() {
-        conn.write_tls(&mut out).unwrap();
-    }
-    out
-}
 
 /// A hand-built ClientHello for `name` padded to about `size` bytes, in records of at most
 /// `frag` bytes (the netstack must reassemble them).
@@ -147,7 +125,7 @@ fn assert_never_connected(l: &TcpListener) {
 
 #[test]
 fn allowed_server_name_passes_with_every_byte_in_order() {
-    let hello = rustls_hello("api.example.com", true);
+    let hello = rustls_client_hello("api.example.com", true);
     let mut data = hello.clone();
     data.extend_from_slice(&pattern(5000, 3));
     let (port, server) = serve_reading(data.len());
@@ -181,7 +159,13 @@ fn denied_server_name_is_refused_even_when_the_address_is_allowed() {
     // Rule 0 allows the address; rule 1 denies the name the ClientHello claims.
     let gate = compiled("allow@host:tcp,deny@.evil.test", Action::Deny);
     let mut h = Harness::with_gate(tls_cfg(port, |_| {}), gate);
-    let (_, reset) = exchange(&mut h, port, 44102, &rustls_hello("www.evil.test", true), 1);
+    let (_, reset) = exchange(
+        &mut h,
+        port,
+        44102,
+        &rustls_client_hello("www.evil.test", true),
+        1,
+    );
     assert!(reset, "denied name must get a RST");
     assert_never_connected(&listener);
     let m = h.ns.metrics();
@@ -191,7 +175,7 @@ fn denied_server_name_is_refused_even_when_the_address_is_allowed() {
 
 #[test]
 fn no_server_name_is_judged_by_address_unless_one_is_required() {
-    let hello = rustls_hello("api.example.com", false);
+    let hello = rustls_client_hello("api.example.com", false);
     let (port, server) = serve_reading(hello.len());
     let gate = || compiled("allow@host:tcp,deny@.evil.test", Action::Deny);
     let mut h = Harness::with_gate(tls_cfg(port, |_| {}), gate());
@@ -228,7 +212,7 @@ fn silent_and_slow_guests_are_reset_at_the_deadline() {
         "{:?}",
         started.elapsed()
     );
-    let hello = rustls_hello("api.example.com", true);
+    let hello = rustls_client_hello("api.example.com", true);
     let (_, reset) = exchange(&mut h, port, 44106, &hello[..20], 1);
     assert!(reset, "a guest that sends too little must be reset");
     assert_never_connected(&listener);
@@ -271,7 +255,7 @@ fn an_oversized_hello_is_refused_and_counted() {
 
 #[test]
 fn a_policy_swap_re_judges_the_server_name_of_live_flows() {
-    let hello = rustls_hello("api.example.com", true);
+    let hello = rustls_client_hello("api.example.com", true);
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
     let server = std::thread::spawn(move || {
