@@ -213,7 +213,7 @@ fn vcpu_nice_lowers_the_vcpu_threads_only() {
         threads
             .iter()
             .filter(|(n, _)| !n.starts_with("vcpu") && !n.starts_with("kvm-"))
-            .all(|(_, nice)| i64::from(*nice) == i64::from(inherited)),
+            .all(|(_, nice)| *nice == i64::from(inherited)),
         "only vCPU threads are lowered: {threads:?}"
     );
 }
