@@ -73,6 +73,12 @@ fn scenarios() -> Vec<Scenario> {
         Scenario::new("pcap", PCAP_OUTER),
         Scenario::new("tap", TAP_OUTER),
         Scenario::new("network_off", CUT_OUTER).guest_file("/t/cut.sh", CUT_GUEST),
+        Scenario::new(
+            "faults",
+            &format!("RINGFENCE_TEST_FAULTS={WIRE_FAULTS} {RUN} --net-rule allow@host -- sh /t/faults.sh"),
+        )
+        .guest_file("/t/faults.sh", &faults_script())
+        .timeout(300),
         Scenario::new("sni", SNI_OUTER)
             .guest_file("/t/sni.sh", SNI_GUEST)
             .guest_file("/t/require.sh", SNI_REQUIRED_GUEST)
@@ -97,6 +103,23 @@ echo "CHECK up_sent $(sha256sum /tmp/up | cut -d' ' -f1)"
 echo "CHECK up_seen $(nc $H 5201 < /tmp/up)"
 rm -f /tmp/up
 echo "CHECK down $(nc $H 5202 | sha256sum | cut -d' ' -f1)"
+"#
+    )
+}
+
+/// The device-boundary fault hook's settings for the `faults` scenario (issue 19 item 6).
+const WIRE_FAULTS: &str = "loss=5,reorder=5,dup=1,seed=11";
+/// Bytes each way under [`WIRE_FAULTS`].
+const FAULT_BYTES: u64 = 16 << 20;
+
+/// 16 MiB each way through the faulty wire, hashed at both ends.
+fn faults_script() -> String {
+    format!(
+        r#"H={HOST}
+head -c {FAULT_BYTES} /dev/urandom > /tmp/up
+echo "CHECK up_sent $(sha256sum /tmp/up | cut -d' ' -f1)"
+echo "CHECK up_seen $(nc $H 5201 < /tmp/up)"
+echo "CHECK down $(nc $H 5202 | head -c {FAULT_BYTES} | sha256sum | cut -d' ' -f1)"
 "#
     )
 }
@@ -572,4 +595,39 @@ fn tls_server_names_are_judged_by_the_policy() {
         "{}",
         o.describe()
     );
+}
+
+#[test]
+fn tcp_stays_byte_exact_under_loss_reordering_and_duplication() {
+    let o = outcome!("faults");
+    assert_status(o, 0);
+    let sent = check(o, "up_sent");
+    assert_eq!(
+        check(o, "up_seen"),
+        format!("sink bytes={FAULT_BYTES} sha256={sent}"),
+        "{}",
+        o.describe()
+    );
+    assert_eq!(check(o, "down"), pattern_sha256(FAULT_BYTES));
+    // The hook's exit summary: every kind of fault happened, both ways.
+    let summary = o
+        .stderr
+        .lines()
+        .find_map(|l| l.split_once("TEST FAULTS SUMMARY: ").map(|(_, s)| s))
+        .unwrap_or_else(|| panic!("no fault summary\n{}", o.describe()));
+    for kind in [
+        "tx_lost",
+        "rx_lost",
+        "tx_reordered",
+        "rx_reordered",
+        "tx_duplicated",
+        "rx_duplicated",
+    ] {
+        let n: u64 = summary
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix(kind).and_then(|v| v.strip_prefix('=')))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        assert!(n > 0, "no {kind} in: {summary}");
+    }
 }
