@@ -1,5 +1,6 @@
 //! ringfence developer tasks: `cargo xtask demo | test | bench | image`.
 
+mod baselines;
 mod bench;
 mod cpio;
 mod demo;
@@ -23,8 +24,11 @@ commands:
                        guest image (cached; ~6 min the first time), the nested harness's kit,
                        run every test (--no-linux-image / --no-nested: the Linux-guest /
                        nested tests then print SKIPPED)
-  bench [boot|net] [--quick] [--runs N] [--systems A,B]
-                       benchmarks against QEMU on the same probe guest; writes target/bench/
+  bench [boot|net] [--quick] [--runs N] [--systems A,B] [--baselines latest|cached]
+                       benchmarks against QEMU on the same probe guest; writes target/bench/;
+                       --baselines latest first fetches QEMU 10 (bookworm-backports, unpacked)
+                       and builds passt 2025 (Debian 13 source) into
+                       ~/.cache/ringfence/baselines/ (nothing installed, no apt source added)
   bench --linux        the same with the Linux guest (refuses where guest kernels are emulated)
   image                build the Linux guest image (kernel 6.1 + initramfs with the agent),
                        cached in ~/.cache/ringfence/linux-<hash>/
