@@ -4,9 +4,8 @@
 
 use std::net::IpAddr;
 
-use crate::cidr::canonical_ip;
 use crate::domain_name::{normalize_into, MAX_NAME_LEN};
-use crate::groups::{GroupSet, GroupTable};
+use crate::groups::{judged_ip, GroupSet, GroupTable};
 use crate::model::{
     Action, Decision, DecisionCause, Destination, Direction, FlowQuery, Policy, PolicyContext,
     Protocol, Rule,
@@ -63,7 +62,7 @@ impl LinearPolicy {
     /// Decides a new flow: the first rule whose direction, destination (by address, or by the
     /// attributed name), protocol and port all match; else the direction's default.
     pub fn decide(&self, q: &FlowQuery<'_>) -> Decision {
-        let ip = canonical_ip(q.dst);
+        let ip = judged_ip(q.dst);
         let groups = self.groups.groups_of(ip);
         let mut buf = [0u8; MAX_NAME_LEN + 1];
         let name = q.domain.and_then(|d| normalize_into(d, &mut buf));
@@ -142,7 +141,7 @@ impl LinearPolicy {
     /// rule that matches `addr` or `name` and is an allow or an unconditional deny decides;
     /// with none, the egress default decides (so `allow-all` passes everything).
     pub fn check_dns_answer(&self, name: &str, addr: IpAddr) -> Decision {
-        let ip = canonical_ip(addr);
+        let ip = judged_ip(addr);
         let groups = self.groups.groups_of(ip);
         if !groups.intersects(GroupSet::REBIND_PROTECTED) {
             return Decision {

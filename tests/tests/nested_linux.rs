@@ -79,6 +79,9 @@ fn scenarios() -> Vec<Scenario> {
         )
         .guest_file("/t/faults.sh", &faults_script())
         .timeout(300),
+        Scenario::new("bypass", BYPASS_OUTER)
+            .guest_file("/t/bypass.sh", &bypass_script())
+            .timeout(400),
         Scenario::new("sni", SNI_OUTER)
             .guest_file("/t/sni.sh", SNI_GUEST)
             .guest_file("/t/require.sh", SNI_REQUIRED_GUEST)
@@ -106,6 +109,75 @@ echo "CHECK down $(nc $H 5202 | sha256sum | cut -d' ' -f1)"
 "#
     )
 }
+
+/// The bypass matrix (issue 19 item 3): each destination a `public-only` guest must not reach,
+/// as curl spells it, with whether a server answers it once the policy allows everything
+/// (the outer VM holds every address that can be held). Not live: the IPv4-compatible form
+/// (no route for it anywhere), and `0.0.0.0`, `127.0.0.2`, `::`, which the guest's own
+/// kernel keeps local, so they never reach the netstack (its handling of them is the policy's
+/// `loopback` group, tested in policy/src/groups.rs). The gateway's link-local address with a
+/// zone is the host alias.
+const BYPASS_CASES: &[(&str, &str, bool)] = &[
+    ("metadata", "http://169.254.169.254:8080/", true),
+    ("metadata, decimal", "http://2852039166:8080/", true),
+    ("metadata, octal", "http://0251.0376.0251.0376:8080/", true),
+    ("metadata, hex", "http://0xa9fea9fe:8080/", true),
+    ("metadata, mixed", "http://169.254.43518:8080/", true),
+    (
+        "IPv4-mapped IPv6",
+        "http://[::ffff:169.254.169.254]:8080/",
+        true,
+    ),
+    (
+        "IPv4-compatible IPv6",
+        "http://[::169.254.169.254]:8080/",
+        false,
+    ),
+    (
+        "NAT64 64:ff9b::/96",
+        "http://[64:ff9b::a9fe:a9fe]:8080/",
+        true,
+    ),
+    ("6to4 2002::/16", "http://[2002:a9fe:a9fe::1]:8080/", true),
+    (
+        "Teredo 2001::/32",
+        "http://[2001:0:a9fe:a9fe::5601:5601]:8080/",
+        true,
+    ),
+    ("0.0.0.0", "http://0.0.0.0:8080/", false),
+    ("127.0.0.2", "http://127.0.0.2:8080/", false),
+    ("::", "http://[::]:8080/", false),
+    (
+        "link-local with a zone",
+        "http://[fe80::1%25eth0]:8080/",
+        true,
+    ),
+    ("private 10.1.2.3", "http://10.1.2.3:8080/", true),
+    ("the gateway's other port", "http://172.16.0.1:8080/", true),
+    ("host alias", "http://host.ringfence.internal:8080/", true),
+    ("DNS into private space", "http://private.test:8080/", true),
+];
+
+/// The guest side of the matrix: every case, then UDP to the gateway's echo port.
+fn bypass_script() -> String {
+    let mut s = String::new();
+    for (_, url, _) in BYPASS_CASES {
+        s.push_str(&format!(
+            "out=$(curl -s -g -m 8 '{url}' 2>&1); echo \"CHECK bypass {url} status=$? $out\"\n"
+        ));
+    }
+    s.push_str("out=$(echo udp-bypass | socat -T 3 - UDP:172.16.0.1:7 2>&1); echo \"CHECK bypass udp://172.16.0.1:7 status=$? $out\"\n");
+    s
+}
+
+/// The matrix under the default policy, then with everything allowed (the live-server check).
+const BYPASS_OUTER: &str = "for p in public-only allow-all; do
+ringfence run --linux --mem 256 --timeout 150 --initrd \"$RF_INITRD\" --net-preset $p -- sh /t/bypass.sh > \"$RF_DIR/$p.out\" 2> \"$RF_DIR/$p.err\"
+echo \"CHECK status_$p $?\"
+tr -d '\\r' < \"$RF_DIR/$p.out\" | sed -n \"s/^CHECK bypass /CHECK $p /p\"
+sed \"s/^/$p: /\" \"$RF_DIR/$p.err\" >&2
+done
+";
 
 /// The device-boundary fault hook's settings for the `faults` scenario (issue 19 item 6).
 const WIRE_FAULTS: &str = "loss=5,reorder=5,dup=1,seed=11";
@@ -630,4 +702,47 @@ fn tcp_stays_byte_exact_under_loss_reordering_and_duplication() {
             .unwrap_or(0);
         assert!(n > 0, "no {kind} in: {summary}");
     }
+}
+
+#[test]
+fn the_bypass_matrix_reaches_nothing_under_public_only() {
+    let o = outcome!("bypass");
+    assert!(!o.timed_out, "{}", o.describe());
+    assert_eq!(check(o, "status_public-only"), "0", "{}", o.describe());
+    assert_eq!(check(o, "status_allow-all"), "0", "{}", o.describe());
+    let result = |run: &str, url: &str| -> String {
+        o.checks(run)
+            .into_iter()
+            .find_map(|c| c.strip_prefix(url).map(|r| r.trim().to_string()))
+            .unwrap_or_else(|| panic!("no {run} result for {url}\n{}", o.describe()))
+    };
+    let mut table = Vec::new();
+    for (name, url, live) in BYPASS_CASES {
+        let strict = result("public-only", url);
+        let open = result("allow-all", url);
+        table.push(format!("{name}: public-only [{strict}] allow-all [{open}]"));
+        assert!(
+            !strict.contains("hello from"),
+            "{name}: {url} reached a server under public-only: {strict}\n{}",
+            o.describe()
+        );
+        if *live {
+            assert!(
+                open.contains("hello from"),
+                "{name}: no live server behind {url} (allow-all: {open}), so its refusal proves nothing\n{}",
+                o.describe()
+            );
+        }
+    }
+    let udp = "udp://172.16.0.1:7";
+    let (strict, open) = (result("public-only", udp), result("allow-all", udp));
+    table.push(format!(
+        "UDP to the gateway's echo port: public-only [{strict}] allow-all [{open}]"
+    ));
+    assert!(!strict.contains("udp-bypass"), "{strict}");
+    assert!(open.contains("udp-bypass"), "no live UDP echo: {open}");
+    let _ = std::io::Write::write_fmt(
+        &mut std::io::stderr(),
+        format_args!("bypass matrix:\n{}\n", table.join("\n")),
+    );
 }

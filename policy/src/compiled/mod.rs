@@ -23,10 +23,10 @@ mod trie;
 
 use std::net::IpAddr;
 
-use crate::cidr::{canonical_ip, key_of};
+use crate::cidr::key_of;
 use crate::domain_name::query_name_bytes;
 use crate::error::PolicyError;
-use crate::groups::{group_prefixes, Group, GroupSet, GroupTable};
+use crate::groups::{group_prefixes, judged_ip, Group, GroupSet, GroupTable};
 use crate::model::{
     Action, Decision, DecisionCause, Destination, Direction, FlowQuery, Policy, PolicyContext,
     PortRange, Protocol, Rule, ALL_PROTOCOLS,
@@ -377,7 +377,7 @@ impl CompiledPolicy {
     /// direction's default.
     #[inline]
     pub fn decide(&self, q: &FlowQuery<'_>) -> Decision {
-        let ip = canonical_ip(q.dst);
+        let ip = judged_ip(q.dst);
         let by_addr = self.address_candidates(ip);
         let by_name = match q.domain {
             Some(name) => self.name_candidates(name),
@@ -461,7 +461,7 @@ impl CompiledPolicy {
     /// unconditional deny decides; with none, the egress default does (deny is reported as
     /// [`DecisionCause::RebindProtection`]).
     pub fn check_dns_answer(&self, name: &str, addr: IpAddr) -> Decision {
-        let ip = canonical_ip(addr);
+        let ip = judged_ip(addr);
         if !self
             .groups
             .groups_of(ip)

@@ -37,6 +37,11 @@ pub const DUMMY_ADDRESSES: &[&str] = &[
     "10.1.2.3/32",
     "169.254.169.254/32",
     "2001:db8::10/128",
+    // The metadata address embedded in IPv6 (NAT64, 6to4, Teredo): a policy that took these
+    // for plain IPv6 would reach the servers here.
+    "64:ff9b::a9fe:a9fe/128",
+    "2002:a9fe:a9fe::1/128",
+    "2001:0:a9fe:a9fe::5601:5601/128",
 ];
 
 /// HTTP port.
