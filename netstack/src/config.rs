@@ -38,6 +38,11 @@ pub struct Limits {
     pub max_tcp_connections: usize,
     /// Maximum entries in the flow table (TCP + UDP + ICMP).
     pub max_flows: usize,
+    /// Maximum simultaneous TCP connections accepted on published ports (host -> guest).
+    /// Below `max_tcp_connections`, so a connection flood from the host side cannot take
+    /// every slot the guest's own connections need; further connections are accepted and
+    /// reset at once.
+    pub max_published_connections: usize,
     /// How long a host connect may take before the guest gets a RST.
     pub connect_timeout: Duration,
     /// A TCP flow with no traffic in either direction for this long is reset.
@@ -53,6 +58,7 @@ impl Default for Limits {
         Limits {
             max_tcp_connections: 256,
             max_flows: 1024,
+            max_published_connections: 128,
             connect_timeout: Duration::from_secs(30),
             tcp_idle_timeout: Duration::from_secs(7200),
             udp_idle_timeout: Duration::from_secs(180),

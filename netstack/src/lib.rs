@@ -32,6 +32,7 @@ mod gate;
 mod icmp;
 mod interest_set;
 mod ipaddr;
+mod log_gate;
 mod metrics;
 mod ndp;
 mod ping;

@@ -43,12 +43,16 @@ pub struct NetMetrics {
     pub drop_dns_rebind: u64,
     /// Dropped: host socket error while sending (other than "would block").
     pub drop_host_error: u64,
+    /// Dropped: a control frame for the guest (ARP/ICMP/DHCP/DNS answer, RST, ICMP error)
+    /// because 4096 were already queued (a guest that asks faster than it reads).
+    pub drop_ctrl_overflow: u64,
 
     /// Flows (TCP connections, UDP/ICMP flows) opened.
     pub flows_opened: u64,
     /// Flows refused by the flow gate (policy).
     pub flows_denied: u64,
-    /// Flows refused because a limit was reached.
+    /// Flows refused because a limit was reached (flow table, TCP connections, published
+    /// connections, echo flows). Logged through a count-based gate.
     pub flows_over_limit: u64,
     /// Flows closed (any reason).
     pub flows_closed: u64,
@@ -122,6 +126,7 @@ impl NetMetrics {
             ("drop_icmp_no_socket", self.drop_icmp_no_socket),
             ("drop_dns_rebind", self.drop_dns_rebind),
             ("drop_host_error", self.drop_host_error),
+            ("drop_ctrl_overflow", self.drop_ctrl_overflow),
             ("flows_opened", self.flows_opened),
             ("flows_denied", self.flows_denied),
             ("flows_over_limit", self.flows_over_limit),

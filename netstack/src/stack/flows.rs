@@ -90,7 +90,7 @@ impl Netstack {
                 self.core.interest(InterestOp::Add, fd, token, false, false);
                 self.finish_tcp(token, After::Keep);
             }
-            None => self.core.metrics.flows_over_limit += 1,
+            None => self.core.refuse_over_limit("flow table"),
         }
     }
 
@@ -134,7 +134,7 @@ impl Netstack {
         now: Instant,
     ) -> Option<u64> {
         if !self.flows.has_room() {
-            self.core.metrics.flows_over_limit += 1;
+            self.core.refuse_over_limit("flow table");
             return None;
         }
         if !dns {
@@ -173,7 +173,7 @@ impl Netstack {
                 Some(t)
             }
             None => {
-                self.core.metrics.flows_over_limit += 1;
+                self.core.refuse_over_limit("flow table");
                 None
             }
         }
@@ -305,7 +305,7 @@ impl Netstack {
                     };
                     let flow = UdpFlow::published(key, dup, peer, now);
                     if self.flows.insert(Flow::Udp(flow)).is_none() {
-                        self.core.metrics.flows_over_limit += 1;
+                        self.core.refuse_over_limit("flow table");
                         continue;
                     }
                     self.core.metrics.flows_opened += 1;
@@ -364,10 +364,18 @@ impl Netstack {
                 let _ = sys::set_linger_zero(fd.as_fd());
                 continue;
             }
-            if self.flows.tcp_len() >= self.core.cfg.limits.max_tcp_connections
-                || !self.flows.has_room()
-            {
-                self.core.metrics.flows_over_limit += 1;
+            let limits = &self.core.cfg.limits;
+            let refused = if self.flows.tcp_ingress_len() >= limits.max_published_connections {
+                Some("published connections")
+            } else if self.flows.tcp_len() >= limits.max_tcp_connections {
+                Some("tcp connections")
+            } else if !self.flows.has_room() {
+                Some("flow table")
+            } else {
+                None
+            };
+            if let Some(what) = refused {
+                self.core.refuse_over_limit(what);
                 let _ = sys::set_linger_zero(fd.as_fd());
                 continue;
             }

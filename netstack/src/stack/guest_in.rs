@@ -152,7 +152,7 @@ impl Netstack {
         if self.flows.tcp_len() >= self.core.cfg.limits.max_tcp_connections
             || !self.flows.has_room()
         {
-            self.core.metrics.flows_over_limit += 1;
+            self.core.refuse_over_limit("tcp connections");
             return tcp::push_rst_for(&mut self.core, ip, seg);
         }
         // DNS is judged per query name (as over UDP), not as a flow.

@@ -16,8 +16,10 @@ use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, Ipv4Add
 
 use crate::{InterestSet, NetConfig, Netstack, TxMeta};
 
+mod forge;
 mod synthetic;
 mod tls;
+pub use forge::FrameForge;
 pub use synthetic::SyntheticTcp;
 pub use tls::rustls_client_hello;
 
@@ -220,6 +222,19 @@ impl Harness {
             self.step(1);
         }
         done(self)
+    }
+
+    /// Hands one frame to the netstack as if the guest had sent it (bypassing smoltcp and
+    /// the fault hook), e.g. a frame from a [`FrameForge`].
+    pub fn inject(&mut self, frame: &[u8]) {
+        self.frames.0 += 1;
+        self.ns
+            .handle_guest_frame(&[IoSlice::new(frame)], TxMeta::default(), Instant::now());
+    }
+
+    /// A [`FrameForge`] for this harness's guest.
+    pub fn forge(&self) -> FrameForge {
+        FrameForge::new(self.ns.config(), self.ns.ipv4_addresses().0)
     }
 
     fn pump_to_netstack(&mut self, now: Instant) {
