@@ -14,7 +14,6 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use netstack::testkit::{Fault, Harness};
 use smoltcp::socket::tcp;
-use smoltcp::wire::{IpAddress, IpEndpoint};
 
 const CHUNK: usize = 1 << 20;
 /// Data frames let through in each iteration before the burst.
@@ -55,15 +54,7 @@ fn bench_burst(c: &mut Criterion, burst: usize) {
             Fault::Pass
         }
     }));
-    let rx = tcp::SocketBuffer::new(vec![0; 256 * 1024]);
-    let tx = tcp::SocketBuffer::new(vec![0; 4096]);
-    let s = h.sockets.add(tcp::Socket::new(rx, tx));
-    let gw = IpEndpoint::new(IpAddress::Ipv4(h.gateway()), port);
-    let cx = h.iface.context();
-    h.sockets
-        .get_mut::<tcp::Socket>(s)
-        .connect(cx, gw, 49000)
-        .expect("connect");
+    let s = h.connect_gateway_tcp(port, 49000, 256 * 1024);
     let mut buf = vec![0u8; 65536];
     let mut group = c.benchmark_group("recovery");
     group.throughput(Throughput::Bytes(CHUNK as u64));

@@ -367,28 +367,12 @@ impl MmioTransport {
             },
             regs::INTERRUPT_ACK => self.interrupt.ack(v & (INT_USED_RING | INT_CONFIG)),
             regs::STATUS => self.write_status(v),
-            regs::QUEUE_NUM
-            | regs::QUEUE_READY
-            | regs::QUEUE_DESC_LOW
-            | regs::QUEUE_DESC_HIGH
-            | regs::QUEUE_AVAIL_LOW
-            | regs::QUEUE_AVAIL_HIGH
-            | regs::QUEUE_USED_LOW
-            | regs::QUEUE_USED_HIGH
-                if queues_open =>
-            {
+            o if is_queue_reg(o) && queues_open => {
                 if let Err(why) = self.write_queue_reg(offset, v) {
                     self.refuse(offset, 4, why);
                 }
             }
-            regs::QUEUE_NUM
-            | regs::QUEUE_READY
-            | regs::QUEUE_DESC_LOW
-            | regs::QUEUE_DESC_HIGH
-            | regs::QUEUE_AVAIL_LOW
-            | regs::QUEUE_AVAIL_HIGH
-            | regs::QUEUE_USED_LOW
-            | regs::QUEUE_USED_HIGH => self.refuse(
+            o if is_queue_reg(o) => self.refuse(
                 offset,
                 4,
                 "queue register written outside FEATURES_OK..DRIVER_OK",
@@ -563,3 +547,18 @@ const _: () = {
     const fn assert_send<T: Send>() {}
     assert_send::<MmioTransport>();
 };
+
+/// The registers of the selected queue's set-up, writable only while the driver sets queues up.
+fn is_queue_reg(offset: u64) -> bool {
+    matches!(
+        offset,
+        regs::QUEUE_NUM
+            | regs::QUEUE_READY
+            | regs::QUEUE_DESC_LOW
+            | regs::QUEUE_DESC_HIGH
+            | regs::QUEUE_AVAIL_LOW
+            | regs::QUEUE_AVAIL_HIGH
+            | regs::QUEUE_USED_LOW
+            | regs::QUEUE_USED_HIGH
+    )
+}
