@@ -44,6 +44,10 @@ mod udp;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzz_entry;
+
 pub use crate::config::{Limits, NetConfig, PortProto, PublishedPort};
 pub use crate::core::{FdInterest, InterestOp, RxGso, RxMeta, TxMeta};
 pub use crate::error::NetError;

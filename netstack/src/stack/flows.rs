@@ -191,10 +191,8 @@ impl Netstack {
             msg.extend_from_slice(&b[off.max(a) - a..(off + len).min(e) - a]);
         }
         let mut ok = true;
-        if let Some((name, addrs)) = dns::answer_addresses(&msg) {
-            ok = addrs
-                .iter()
-                .all(|a| self.gate.check_dns_answer(&name, *a).allow);
+        if let Some((name, addrs, allowed)) = dns::judge_answer(&msg, &*self.gate) {
+            ok = allowed;
             if ok {
                 if self.dns_names.len() + addrs.len() > MAX_DNS_NAMES {
                     self.dns_names.clear();
