@@ -4,8 +4,9 @@
 //! alias locally and to ask the flow gate), local answers (alias, REFUSED, SERVFAIL),
 //! and reading A/AAAA records out of upstream answers so later connections can be
 //! attributed to the domain they were resolved from. Never follows compression loops (a
-//! pointer must jump back to before where the name it continues began, past the header) and
-//! never reads past the message.
+//! pointer must jump back to before where the name it continues began, past the header),
+//! refuses labels containing `.` (the dotted name must mean the same labels the resolver
+//! sees) and never reads past the message.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -67,6 +68,11 @@ fn read_name(msg: &[u8], mut off: usize) -> Option<(String, usize)> {
             break;
         }
         let label = msg.get(off + 1..off + 1 + len)?;
+        // A `.` inside a label would make the dotted name we judge differ from the name the
+        // upstream resolves (`a.b` as one label is not `a` under `b`); no resolver sends one.
+        if label.contains(&b'.') {
+            return None;
+        }
         if !name.is_empty() {
             name.push('.');
         }
@@ -130,7 +136,10 @@ pub(crate) fn local_answer(query: &[u8], q: &Query, rcode: u8, answers: &[IpAddr
     out
 }
 
-/// A/AAAA addresses in an answer, with the name that was asked for.
+/// A/AAAA addresses in an answer, with the name that was asked for. Every answer record is
+/// read (a record takes at least 11 bytes, so the message length bounds the loop): an
+/// address the filter did not see must not reach the guest. `None` if any of them cannot be
+/// read.
 pub(crate) fn answer_addresses(msg: &[u8]) -> Option<(String, Vec<IpAddr>)> {
     if msg.len() < HDR || msg[2] & 0x80 == 0 {
         return None;
@@ -143,7 +152,7 @@ pub(crate) fn answer_addresses(msg: &[u8]) -> Option<(String, Vec<IpAddr>)> {
     let (qname, mut off) = read_name(msg, HDR)?;
     off += 4;
     let mut addrs = Vec::new();
-    for _ in 0..ancount.min(64) {
+    for _ in 0..ancount {
         let (_, o) = read_name(msg, off)?;
         let rr = msg.get(o..o + 10)?;
         let ty = u16::from_be_bytes([rr[0], rr[1]]);
@@ -167,7 +176,7 @@ pub(crate) fn answer_addresses(msg: &[u8]) -> Option<(String, Vec<IpAddr>)> {
 
 /// An upstream answer judged for rebind protection: the name asked for, its A/AAAA
 /// addresses and whether `gate` allows every one of them (a deny drops the whole answer).
-/// `None` if the message is not a parseable answer (it is then passed on unjudged).
+/// `None` if the message is not a readable answer; the caller drops it (fails closed).
 pub(crate) fn judge_answer(
     msg: &[u8],
     gate: &dyn crate::gate::FlowGate,
@@ -220,6 +229,24 @@ mod tests {
             0x00, 0x00, 0x00, 0x01,
         ];
         assert!(parse_query(&m).is_none());
+    }
+
+    /// Found by comparing the `dns` fuzz corpus with hickory-proto: a label holding a `.`
+    /// (`x` + `u.zz` + `test`) was read as `x.u.zz.test`, a name of four labels, so the
+    /// policy judged another name than the one the upstream would resolve.
+    #[test]
+    fn dots_inside_labels_are_rejected() {
+        let mut m = query(1, "x", TYPE_A);
+        m.truncate(12);
+        m.extend_from_slice(&[
+            1, b'x', 4, b'u', b'.', b'z', b'z', 4, b't', b'e', b's', b't', 0,
+        ]);
+        m.extend_from_slice(&[0, 1, 0, 1]);
+        assert!(parse_query(&m).is_none());
+        let mut a = m.clone();
+        a[2] |= 0x80;
+        assert!(answer_addresses(&a).is_none());
+        assert!(parse_query(&query(1, "x.u.zz.test", TYPE_A)).is_some());
     }
 
     #[test]
