@@ -146,9 +146,9 @@ fn main() {
         let ours = dns_parse_query(&msg).map(|q| (q.name, q.qtype));
         let theirs = hickory_query(&msg);
         let c = classify(&ours, &theirs);
-        if verbose && (c == 1 || c == 2) {
+        if verbose && (1..=3).contains(&c) {
             println!(
-                "query {}: netstack {ours:?} hickory {theirs:?}",
+                "query {} (class {c}): netstack {ours:?} hickory {theirs:?}",
                 f.display()
             );
         }
@@ -156,9 +156,9 @@ fn main() {
         let ours = dns_answer_addresses(&msg);
         let theirs = hickory_answer(&msg);
         let c = classify(&ours, &theirs);
-        if verbose && (c == 1 || c == 2) {
+        if verbose && (1..=3).contains(&c) {
             println!(
-                "answer {}: netstack {ours:?} hickory {theirs:?}",
+                "answer {} (class {c}): netstack {ours:?} hickory {theirs:?}",
                 f.display()
             );
         }
