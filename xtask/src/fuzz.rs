@@ -249,16 +249,7 @@ fn run_one(fuzz_dir: &Path, out: &Path, name: &str, seconds: u64) -> Result<Fuzz
         .with_context(|| format!("reading {}", log_path.display()))?;
     if !st.success() {
         let crash = crash_file(&text);
-        let why: Vec<&str> = text
-            .lines()
-            .filter(|l| {
-                l.contains("panicked at")
-                    || l.starts_with("SUMMARY")
-                    || l.contains("ERROR: AddressSanitizer")
-                    || l.contains("ERROR: libFuzzer")
-            })
-            .take(6)
-            .collect();
+        let why = failure_lines(&text);
         match crash {
             Some(path) => bail!(
                 "fuzz target {name} failed ({st}):\n    {}\n  crashing input: {}\n  reproduce: (cd fuzz && cargo +nightly fuzz run {name} {})\n  full log: {}",
@@ -280,6 +271,26 @@ fn run_one(fuzz_dir: &Path, out: &Path, name: &str, seconds: u64) -> Result<Fuzz
             log_path.display()
         )
     })
+}
+
+/// The lines of a failed run's log that say why: the panic and its message, the sanitizer's
+/// and libFuzzer's verdicts.
+fn failure_lines(log: &str) -> Vec<&str> {
+    let lines: Vec<&str> = log.lines().collect();
+    let mut why = Vec::new();
+    for (i, l) in lines.iter().enumerate() {
+        if l.contains("panicked at") {
+            why.push(*l);
+            why.extend(lines.get(i + 1).copied());
+        } else if l.starts_with("SUMMARY")
+            || l.contains("ERROR: AddressSanitizer")
+            || l.contains("ERROR: libFuzzer")
+        {
+            why.push(*l);
+        }
+    }
+    why.truncate(8);
+    why
 }
 
 /// The input libFuzzer saved (`Test unit written to PATH`), if it saved one.
@@ -342,6 +353,19 @@ mod tests {
             })
         );
         assert_eq!(parse_stats("nothing here"), None);
+    }
+
+    #[test]
+    fn failure_lines_keep_the_panic_message() {
+        let log = "#1 INITED\nthread '<unnamed>' panicked at fuzz_targets/x.rs:1:2:\nprinted JSON parses back\nstack backtrace:\n==1== ERROR: libFuzzer: deadly signal\n";
+        assert_eq!(
+            failure_lines(log),
+            vec![
+                "thread '<unnamed>' panicked at fuzz_targets/x.rs:1:2:",
+                "printed JSON parses back",
+                "==1== ERROR: libFuzzer: deadly signal"
+            ]
+        );
     }
 
     #[test]
