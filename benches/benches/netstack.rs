@@ -56,7 +56,6 @@ fn host_to_guest(c: &mut Criterion) {
 fn harness_host_to_guest(c: &mut Criterion) {
     use netstack::testkit::Harness;
     use smoltcp::socket::tcp;
-    use smoltcp::wire::{IpAddress, IpEndpoint};
     use std::time::Duration;
 
     const CHUNK: usize = 1 << 20;
@@ -71,15 +70,7 @@ fn harness_host_to_guest(c: &mut Criterion) {
         dns_upstreams: vec!["127.0.0.1:9".parse().unwrap()],
         ..netstack::NetConfig::default()
     });
-    let rx = tcp::SocketBuffer::new(vec![0; 256 * 1024]);
-    let tx = tcp::SocketBuffer::new(vec![0; 4096]);
-    let s = h.sockets.add(tcp::Socket::new(rx, tx));
-    let gw = IpEndpoint::new(IpAddress::Ipv4(h.gateway()), port);
-    let cx = h.iface.context();
-    h.sockets
-        .get_mut::<tcp::Socket>(s)
-        .connect(cx, gw, 49000)
-        .unwrap();
+    let s = h.connect_gateway_tcp(port, 49000, 256 * 1024);
     let mut buf = vec![0u8; 65536];
     let mut group = c.benchmark_group("netstack");
     group.throughput(Throughput::Bytes(CHUNK as u64));

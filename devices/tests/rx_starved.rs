@@ -36,11 +36,15 @@ fn starved(frames: u8, starve_wait: Duration) -> (NetHarness, Vec<Vec<u8>>) {
         rx_starve_wait: starve_wait,
         ..NetConfig::default()
     };
-    let h = NetHarness::new(LoopbackMode::Capture, cfg, features).unwrap();
+    let mut h = NetHarness::new(LoopbackMode::Capture, cfg, features).unwrap();
     let sent: Vec<Vec<u8>> = (0..frames).map(|i| frame(1000, i)).collect();
     for f in &sent {
         h.backend.inject(f);
     }
+    // A worker with no RX room does not poll the backend (backpressure stays there), so if
+    // it went to sleep before the frames came it would not see them: one RX notification,
+    // as a driver gives when it looks at the queue, makes it look.
+    h.driver.kick_always(RX_QUEUE);
     let deadline = Instant::now() + T;
     while get(&h.metrics.rx_starved) == 0 {
         assert!(

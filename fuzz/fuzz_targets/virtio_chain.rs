@@ -4,6 +4,8 @@
 //! real code then takes every chain: `TxChain::load` (walk, direction/length/range checks,
 //! the virtio-net header parsed from a copy) or `RxBuffers::refill/assemble/complete`
 //! (MRG_RXBUF spanning, `num_buffers`), and `UsedBatch::flush` publishes the used ring.
+//! Buffers overlapping a ring (this queue's, or the other queue's at 0x3000..0x5000) are
+//! refused, as the device does.
 //! Guest memory: two adjacent regions [0, 32K) + [32K, 64K) and one more at 128K after a gap.
 #![no_main]
 
@@ -13,6 +15,7 @@ use devices::net::header::VNET_HDR_LEN;
 use devices::net::queue_io::{TxChain, MAX_FRAME_LEN};
 use devices::net::rx_buffers::RxBuffers;
 use devices::net::NetMetrics;
+use devices::virtio::ring_layout::RingLayout;
 use devices::virtio::used_ring::{set_avail_event, UsedBatch};
 use libfuzzer_sys::fuzz_target;
 use ringfence_fuzz::Input;
@@ -71,6 +74,25 @@ fuzz_target!(|data: &[u8]| {
     if !q.is_valid(mem) {
         return;
     }
+    // The device refuses buffers that overlap any ring of its queues: this one's and, as
+    // the other queue of the pair, one more at fixed addresses.
+    let Ok(mut other) = Queue::new(256) else {
+        return;
+    };
+    if other.try_set_size(size).is_err()
+        || other
+            .try_set_desc_table_address(GuestAddress(0x3000))
+            .is_err()
+        || other
+            .try_set_avail_ring_address(GuestAddress(0x4000))
+            .is_err()
+        || other
+            .try_set_used_ring_address(GuestAddress(0x4800))
+            .is_err()
+    {
+        return;
+    }
+    let rings = RingLayout::of(&[&q, &other]);
     let metrics = NetMetrics::default();
     let mut batch = UsedBatch::with_capacity(usize::from(size));
 
@@ -82,7 +104,7 @@ fuzz_target!(|data: &[u8]| {
             let Some(c) = q.pop_descriptor_chain(mem) else {
                 break;
             };
-            match chain.load(c, mem) {
+            match chain.load(c, mem, &rings) {
                 Ok(()) => {
                     let _ = chain.header.is_gso();
                     assert!(chain.full.len() >= VNET_HDR_LEN + 14);
@@ -104,7 +126,7 @@ fuzz_target!(|data: &[u8]| {
         // RX: chains kept ready, frames laid out (merged if asked) and completed.
         let merge = flags & 0x04 != 0;
         let mut rx = RxBuffers::new(usize::from(size));
-        rx.refill(&mut q, mem, &mut batch, &metrics);
+        let _ = rx.refill(&mut q, mem, &rings, &mut batch, &metrics);
         let frame = [0x5au8; 1514];
         let max_len = if flags & 0x08 != 0 { 65_550 } else { 1526 };
         for i in 0..usize::from(size) {

@@ -38,6 +38,11 @@ pub struct Limits {
     pub max_tcp_connections: usize,
     /// Maximum entries in the flow table (TCP + UDP + ICMP).
     pub max_flows: usize,
+    /// Maximum simultaneous TCP connections accepted on published ports (host -> guest).
+    /// Below `max_tcp_connections`, so a connection flood from the host side cannot take
+    /// every slot the guest's own connections need; further connections are accepted and
+    /// reset at once.
+    pub max_published_connections: usize,
     /// How long a host connect may take before the guest gets a RST.
     pub connect_timeout: Duration,
     /// A TCP flow with no traffic in either direction for this long is reset.
@@ -53,11 +58,55 @@ impl Default for Limits {
         Limits {
             max_tcp_connections: 256,
             max_flows: 1024,
+            max_published_connections: 128,
             connect_timeout: Duration::from_secs(30),
             tcp_idle_timeout: Duration::from_secs(7200),
             udp_idle_timeout: Duration::from_secs(180),
             max_retransmits: 10,
         }
+    }
+}
+
+/// SNI policy on guest TLS flows, without interception (docs/architecture.md, "SNI
+/// policy"): on these ports the guest's ClientHello is read before the host connection is
+/// opened, and its server name is judged by the flow gate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsInspection {
+    /// Destination ports of guest TCP flows whose ClientHello is read (default 443; empty:
+    /// none). Bytes on these ports that are not a TLS handshake are refused.
+    pub ports: Vec<u16>,
+    /// Refuse a ClientHello that names no server (default: such flows are judged by their
+    /// address alone).
+    pub require_sni: bool,
+    /// How long after its SYN a guest has to complete its ClientHello (default 2 s).
+    pub hello_timeout: Duration,
+}
+
+/// Default TLS port whose ClientHello is judged.
+pub const DEFAULT_TLS_PORT: u16 = 443;
+
+impl Default for TlsInspection {
+    fn default() -> Self {
+        TlsInspection {
+            ports: vec![DEFAULT_TLS_PORT],
+            require_sni: false,
+            hello_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+impl TlsInspection {
+    /// No port inspected.
+    pub fn off() -> Self {
+        TlsInspection {
+            ports: Vec::new(),
+            ..TlsInspection::default()
+        }
+    }
+
+    /// Whether guest flows to `port` are inspected.
+    pub fn covers(&self, port: u16) -> bool {
+        self.ports.contains(&port)
     }
 }
 
@@ -95,6 +144,8 @@ pub struct NetConfig {
     pub rx_checksum: bool,
     /// DHCP lease time.
     pub dhcp_lease: Duration,
+    /// SNI policy on TLS ports.
+    pub tls: TlsInspection,
 }
 
 impl Default for NetConfig {
@@ -114,6 +165,7 @@ impl Default for NetConfig {
             max_rx_frame: 1514,
             rx_checksum: true,
             dhcp_lease: Duration::from_secs(86400),
+            tls: TlsInspection::default(),
         }
     }
 }

@@ -12,6 +12,7 @@ use smoltcp::wire::{EthernetAddress, IpProtocol};
 
 use crate::config::{Addressing, NetConfig};
 use crate::frame::build::{control_frame, Endpoints};
+use crate::log_gate::LogGate;
 use crate::metrics::NetMetrics;
 
 /// Most control frames queued for the guest; beyond this, new ones are dropped (counted).
@@ -90,6 +91,9 @@ impl CtrlQueue {
     pub(crate) fn is_empty(&self) -> bool {
         self.frames.is_empty()
     }
+    pub(crate) fn len(&self) -> usize {
+        self.frames.len()
+    }
     pub(crate) fn pop(&mut self) -> Option<Vec<u8>> {
         self.frames.pop_front()
     }
@@ -127,8 +131,10 @@ pub(crate) struct Core {
     pub guest_mac: EthernetAddress,
     /// The guest's IPv6 address, learned from its traffic.
     pub guest6: Option<Ipv6Addr>,
-    /// Control frames dropped because the queue was full.
-    pub ctrl_overflow: u64,
+    /// Log lines about flows refused at a limit (a flood costs a few dozen lines).
+    pub limit_log: LogGate,
+    /// Log lines about control frames dropped at a full queue.
+    pub ctrl_log: LogGate,
     /// Behave as on kernels without `SO_PEEK_OFF` for TCP (testkit only).
     pub no_peek_off: bool,
     /// Byte budget shared by the TCP out-of-order queues of all connections.
@@ -146,7 +152,8 @@ impl Core {
             interest: Vec::new(),
             ready: VecDeque::new(),
             guest6: None,
-            ctrl_overflow: 0,
+            limit_log: LogGate::new(),
+            ctrl_log: LogGate::new(),
             no_peek_off: false,
             ooo_budget: crate::tcp::OooBudget::default(),
         }
@@ -171,8 +178,7 @@ impl Core {
         fill: impl FnOnce(&mut [u8]),
     ) {
         let Some(mut buf) = self.ctrl.take_buf() else {
-            self.ctrl_overflow += 1;
-            return;
+            return self.ctrl_overflowed();
         };
         control_frame(&mut buf, ep, proto, l4_len, fill);
         self.ctrl.frames.push_back(buf);
@@ -181,13 +187,38 @@ impl Core {
     /// Queues a raw, already complete frame (ARP replies).
     pub(crate) fn push_raw(&mut self, len: usize, fill: impl FnOnce(&mut [u8])) {
         let Some(mut buf) = self.ctrl.take_buf() else {
-            self.ctrl_overflow += 1;
-            return;
+            return self.ctrl_overflowed();
         };
         buf.clear();
         buf.resize(len, 0);
         fill(&mut buf);
         self.ctrl.frames.push_back(buf);
+    }
+
+    /// Counts a control frame dropped at a full queue (a guest that sends requests faster
+    /// than it reads the answers) and logs it through [`Core::ctrl_log`].
+    fn ctrl_overflowed(&mut self) {
+        self.metrics.drop_ctrl_overflow += 1;
+        if let Some(total) = self.ctrl_log.admit() {
+            tracing::warn!(
+                total,
+                limit = CTRL_QUEUE_MAX,
+                "netstack: control frame for the guest dropped, queue full"
+            );
+        }
+    }
+
+    /// Counts a new flow refused because a limit was reached (`what` names the limit) and
+    /// logs it through [`Core::limit_log`]: the first 8, then every power of two.
+    pub(crate) fn refuse_over_limit(&mut self, what: &'static str) {
+        self.metrics.flows_over_limit += 1;
+        if let Some(total) = self.limit_log.admit() {
+            tracing::warn!(
+                limit = what,
+                total,
+                "netstack: new flow refused, limit reached"
+            );
+        }
     }
 
     /// Records an interest change.

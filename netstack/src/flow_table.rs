@@ -70,6 +70,8 @@ pub(crate) struct FlowTable {
     map: HashMap<FlowKey, u64>,
     max: usize,
     tcp: usize,
+    /// Live TCP flows accepted on published ports.
+    tcp_ingress: usize,
     /// Slots accessed mutably since the last [`FlowTable::next_deadline`].
     touched: Vec<u32>,
     /// (deadline, token) of every flow, plus stale entries (see the module doc).
@@ -85,6 +87,7 @@ impl FlowTable {
             map: HashMap::new(),
             max,
             tcp: 0,
+            tcp_ingress: 0,
             touched: Vec::new(),
             deadlines: BinaryHeap::new(),
         }
@@ -108,6 +111,11 @@ impl FlowTable {
         self.tcp
     }
 
+    /// Number of live TCP flows accepted on published ports.
+    pub(crate) fn tcp_ingress_len(&self) -> usize {
+        self.tcp_ingress
+    }
+
     /// Whether another flow fits.
     pub(crate) fn has_room(&self) -> bool {
         self.map.len() < self.max
@@ -124,8 +132,9 @@ impl FlowTable {
         if !self.has_room() || self.map.contains_key(flow.key()) {
             return None;
         }
-        if matches!(flow, Flow::Tcp(_)) {
+        if let Flow::Tcp(c) = &flow {
             self.tcp += 1;
+            self.tcp_ingress += usize::from(c.ingress_peer.is_some());
         }
         let key = *flow.key();
         let idx = match self.free.pop() {
@@ -160,7 +169,7 @@ impl FlowTable {
     }
 
     /// The flow named by `token`, if still alive.
-    fn get(&self, token: u64) -> Option<&Flow> {
+    pub(crate) fn get(&self, token: u64) -> Option<&Flow> {
         let (idx, generation) = split(token)?;
         let slot = self.slots.get(idx as usize)?;
         if slot.generation != generation {
@@ -216,8 +225,9 @@ impl FlowTable {
         slot.generation = (slot.generation + 1) & GEN_MASK;
         self.free.push(idx);
         self.map.remove(flow.key());
-        if matches!(flow, Flow::Tcp(_)) {
+        if let Flow::Tcp(c) = &flow {
             self.tcp -= 1;
+            self.tcp_ingress -= usize::from(c.ingress_peer.is_some());
         }
         Some(flow)
     }

@@ -2,8 +2,8 @@
 //!
 //! Owns the trait the policy engine is bound to ([`FlowGate`]) and an allow-all
 //! implementation. The netstack asks once per new flow (TCP SYN, first UDP datagram of
-//! a 4-tuple, ICMP echo flow, accepted published connection) and per DNS query name;
-//! it never caches a verdict across flows.
+//! a 4-tuple, ICMP echo flow, accepted published connection), per DNS query name and per
+//! TLS server name on inspected ports; it never caches a verdict across flows.
 
 use std::net::IpAddr;
 
@@ -86,6 +86,20 @@ pub trait FlowGate: Send {
         let _ = (name, addr);
         Verdict::ALLOW
     }
+    /// Verdict for the server name (SNI, lower-case, no trailing dot) of a guest's TLS
+    /// ClientHello on `flow`, a TCP flow to a TLS port that [`decide`](Self::decide) already
+    /// allowed by address: the flow goes ahead only if both allow it (the name is the
+    /// guest's claim, so it can narrow the address verdict but never widen it). `None`: the
+    /// ClientHello named no server and the netstack requires one; the netstack refuses it
+    /// whatever the answer and asks only so the refusal is reported like the gate's own.
+    fn decide_server_name(&self, flow: &FlowInfo<'_>, name: Option<&str>) -> Verdict {
+        let _ = flow;
+        if name.is_some() {
+            Verdict::ALLOW
+        } else {
+            Verdict::DENY
+        }
+    }
 }
 
 /// Gate that allows everything (the default until a policy is bound).
@@ -133,6 +147,21 @@ impl FlowGate for policy::CompiledPolicy {
     fn check_dns_answer(&self, name: &str, addr: IpAddr) -> Verdict {
         verdict(policy::CompiledPolicy::check_dns_answer(self, name, addr))
     }
+
+    fn decide_server_name(&self, flow: &FlowInfo<'_>, name: Option<&str>) -> Verdict {
+        let Some(name) = name else {
+            return Verdict::DENY;
+        };
+        let protocol = match flow.proto {
+            FlowProto::Tcp => policy::Protocol::Tcp,
+            FlowProto::Udp => policy::Protocol::Udp,
+            FlowProto::Icmpv4 => policy::Protocol::Icmpv4,
+            FlowProto::Icmpv6 => policy::Protocol::Icmpv6,
+        };
+        verdict(policy::CompiledPolicy::decide_server_name(
+            self, name, protocol, flow.port,
+        ))
+    }
 }
 
 /// A policy that another thread (the control plane) can swap at runtime, read lock-free
@@ -150,6 +179,9 @@ impl FlowGate for arc_swap::ArcSwap<policy::CompiledPolicy> {
     fn check_dns_answer(&self, name: &str, addr: IpAddr) -> Verdict {
         FlowGate::check_dns_answer(&**self.load(), name, addr)
     }
+    fn decide_server_name(&self, flow: &FlowInfo<'_>, name: Option<&str>) -> Verdict {
+        FlowGate::decide_server_name(&**self.load(), flow, name)
+    }
 }
 
 /// A shared gate (e.g. one policy for several VMs).
@@ -162,5 +194,8 @@ impl<G: FlowGate + Sync + ?Sized> FlowGate for std::sync::Arc<G> {
     }
     fn check_dns_answer(&self, name: &str, addr: IpAddr) -> Verdict {
         (**self).check_dns_answer(name, addr)
+    }
+    fn decide_server_name(&self, flow: &FlowInfo<'_>, name: Option<&str>) -> Verdict {
+        (**self).decide_server_name(flow, name)
     }
 }

@@ -32,6 +32,7 @@ mod gate;
 mod icmp;
 mod interest_set;
 mod ipaddr;
+mod log_gate;
 mod metrics;
 mod ndp;
 mod ping;
@@ -39,6 +40,7 @@ mod publish;
 mod stack;
 mod sys;
 mod tcp;
+mod tls;
 mod udp;
 
 #[cfg(feature = "testkit")]
@@ -48,7 +50,9 @@ pub mod testkit;
 #[doc(hidden)]
 pub mod fuzz_entry;
 
-pub use crate::config::{Limits, NetConfig, PortProto, PublishedPort};
+pub use crate::config::{
+    Limits, NetConfig, PortProto, PublishedPort, TlsInspection, DEFAULT_TLS_PORT,
+};
 pub use crate::core::{FdInterest, InterestOp, RxGso, RxMeta, TxMeta};
 pub use crate::error::NetError;
 pub use crate::gate::{AllowAll, Direction, FlowGate, FlowInfo, FlowProto, SwappableGate, Verdict};
@@ -56,3 +60,4 @@ pub use crate::interest_set::InterestSet;
 pub use crate::metrics::NetMetrics;
 pub use crate::stack::{EmbedderError, Netstack};
 pub use crate::sys::{poll, seqpacket_pair};
+pub use crate::tls::{parse_client_hello, ClientHello, HelloError, MAX_CLIENT_HELLO};

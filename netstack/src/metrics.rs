@@ -46,12 +46,16 @@ pub struct NetMetrics {
     pub drop_dns_malformed: u64,
     /// Dropped: host socket error while sending (other than "would block").
     pub drop_host_error: u64,
+    /// Dropped: a control frame for the guest (ARP/ICMP/DHCP/DNS answer, RST, ICMP error)
+    /// because 4096 were already queued (a guest that asks faster than it reads).
+    pub drop_ctrl_overflow: u64,
 
     /// Flows (TCP connections, UDP/ICMP flows) opened.
     pub flows_opened: u64,
     /// Flows refused by the flow gate (policy).
     pub flows_denied: u64,
-    /// Flows refused because a limit was reached.
+    /// Flows refused because a limit was reached (flow table, TCP connections, published
+    /// connections, echo flows). Logged through a count-based gate.
     pub flows_over_limit: u64,
     /// Flows closed (any reason).
     pub flows_closed: u64,
@@ -81,6 +85,21 @@ pub struct NetMetrics {
     pub tcp_readable_nothing_new: u64,
     /// Connections accepted on published ports.
     pub published_accepts: u64,
+    /// ClientHellos read on TLS ports and judged by the policy.
+    pub tls_hellos_judged: u64,
+    /// Of those, ClientHellos that named no server (judged by address alone, or refused
+    /// when a server name is required).
+    pub tls_no_server_name: u64,
+    /// TLS flows refused for their server name (or for naming none when one is required).
+    /// Also counted in `flows_denied`.
+    pub tls_server_name_denied: u64,
+    /// TLS-port flows refused because the guest's first bytes were not a TLS handshake, the
+    /// ClientHello was malformed, or the guest ended its stream before completing it.
+    pub tls_hello_malformed: u64,
+    /// TLS-port flows refused because the ClientHello needed more than 16 KiB.
+    pub tls_hello_oversized: u64,
+    /// TLS-port flows refused because the ClientHello was not complete in time.
+    pub tls_hello_timeouts: u64,
 
     /// Payload bytes from the guest accepted by host sockets.
     pub bytes_guest_to_host: u64,
@@ -111,6 +130,7 @@ impl NetMetrics {
             ("drop_dns_rebind", self.drop_dns_rebind),
             ("drop_dns_malformed", self.drop_dns_malformed),
             ("drop_host_error", self.drop_host_error),
+            ("drop_ctrl_overflow", self.drop_ctrl_overflow),
             ("flows_opened", self.flows_opened),
             ("flows_denied", self.flows_denied),
             ("flows_over_limit", self.flows_over_limit),
@@ -125,6 +145,12 @@ impl NetMetrics {
             ("tcp_window_probes", self.tcp_window_probes),
             ("tcp_readable_nothing_new", self.tcp_readable_nothing_new),
             ("published_accepts", self.published_accepts),
+            ("tls_hellos_judged", self.tls_hellos_judged),
+            ("tls_no_server_name", self.tls_no_server_name),
+            ("tls_server_name_denied", self.tls_server_name_denied),
+            ("tls_hello_malformed", self.tls_hello_malformed),
+            ("tls_hello_oversized", self.tls_hello_oversized),
+            ("tls_hello_timeouts", self.tls_hello_timeouts),
             ("bytes_guest_to_host", self.bytes_guest_to_host),
             ("bytes_host_to_guest", self.bytes_host_to_guest),
         ]

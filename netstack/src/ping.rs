@@ -171,7 +171,7 @@ impl PingRelay {
             Some(&t) => t,
             None => {
                 if self.sockets.len() >= MAX_ECHO_FLOWS {
-                    core.metrics.flows_over_limit += 1;
+                    core.refuse_over_limit("echo flows");
                     return false;
                 }
                 let Ok(fd) = sys::socket(p.dst.is_ipv6(), SockKind::Ping) else {
@@ -223,7 +223,7 @@ impl PingRelay {
             Some(i) => i,
             None => {
                 if self.idents.len() >= MAX_ECHO_FLOWS {
-                    core.metrics.flows_over_limit += 1;
+                    core.refuse_over_limit("echo flows");
                     return false;
                 }
                 let mut i = self.next_ident;
@@ -333,6 +333,11 @@ impl PingRelay {
         self.idents
             .retain(|_, p| now.saturating_duration_since(p.last) < idle);
         core.metrics.flows_closed += (before - self.idents.len()) as u64;
+    }
+
+    /// Live echo flows (ping sockets and raw-socket identifiers).
+    pub(crate) fn flow_count(&self) -> usize {
+        self.sockets.len() + self.idents.len()
     }
 
     /// Earliest instant an echo flow expires.

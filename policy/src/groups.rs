@@ -9,10 +9,13 @@
 //! - `169.254.169.254` belongs to `metadata` only, not `link-local`;
 //! - `0.0.0.0/8` and `::` are treated as `loopback`: Linux delivers a connect to them to the
 //!   local host, so they must not count as `public`;
+//! - an IPv6 address that embeds a non-public IPv4 address (NAT64, 6to4, Teredo,
+//!   IPv4-compatible; see [`judged_ip`]) is judged as that IPv4 address: a network with a
+//!   NAT64 gateway delivers `64:ff9b::a9fe:a9fe` to the metadata service;
 //! - `public` is every address in no other group.
 
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::cidr::{canonical_ip, IpCidr};
 
@@ -195,10 +198,11 @@ impl GroupTable {
         &self.host_addrs
     }
 
-    /// The groups `ip` belongs to; IPv4-mapped IPv6 is judged as IPv4. Linear in the (small,
-    /// fixed) number of group ranges and host addresses; never allocates.
+    /// The groups `ip` belongs to, judged as [`judged_ip`] (IPv4-mapped IPv6 as IPv4, IPv6
+    /// that embeds a non-public IPv4 as that IPv4). Linear in the (small, fixed) number of
+    /// group ranges and host addresses; never allocates.
     pub fn groups_of(&self, ip: IpAddr) -> GroupSet {
-        let ip = canonical_ip(ip);
+        let ip = judged_ip(ip);
         let mut raw = 0u8;
         for (cidr, group) in &self.prefixes {
             if cidr.contains(ip) {
@@ -209,6 +213,45 @@ impl GroupTable {
             raw |= Group::Host.bit();
         }
         GroupSet::resolve(GroupSet(raw))
+    }
+}
+
+/// The address a flow to `ip` is judged as, by both evaluators: [`canonical_ip`] (IPv4-mapped
+/// IPv6 as IPv4), and an IPv6 address that embeds an IPv4 address ([`embedded_ipv4`]) lying
+/// in a fixed non-public range (private, loopback, link-local, metadata, multicast) as that
+/// IPv4 address — so `64:ff9b::a9fe:a9fe` is `metadata`, and only rules that would let the
+/// IPv4 address through let it through. An embedded public address changes nothing.
+pub fn judged_ip(ip: IpAddr) -> IpAddr {
+    let ip = canonical_ip(ip);
+    let IpAddr::V6(v6) = ip else {
+        return ip;
+    };
+    static FIXED: std::sync::OnceLock<Vec<(IpCidr, Group)>> = std::sync::OnceLock::new();
+    let fixed = FIXED.get_or_init(group_prefixes);
+    embedded_ipv4(v6)
+        .into_iter()
+        .flatten()
+        .map(IpAddr::V4)
+        .find(|v4| fixed.iter().any(|(cidr, _)| cidr.contains(*v4)))
+        .unwrap_or(ip)
+}
+
+/// The IPv4 addresses an IPv6 address carries, where some network on the way may deliver
+/// traffic to them (design §7: no side door into a group): the NAT64 well-known prefix
+/// `64:ff9b::/96` (RFC 6052: the last 32 bits), 6to4 `2002::/16` (RFC 3056: bits 16–47),
+/// Teredo `2001::/32` (RFC 4380: the server in bits 32–63, the client inverted in the last
+/// 32) and the deprecated IPv4-compatible `::a.b.c.d` (`::` and `::1` excluded: they are
+/// loopback already).
+pub fn embedded_ipv4(v6: Ipv6Addr) -> [Option<Ipv4Addr>; 2] {
+    let bits = u128::from(v6);
+    let v4 = |shift: u32| Some(Ipv4Addr::from((bits >> shift) as u32));
+    let seg = v6.segments();
+    match seg {
+        [0x64, 0xff9b, 0, 0, 0, 0, _, _] => [v4(0), None],
+        [0x2002, ..] => [v4(80), None],
+        [0x2001, 0, ..] => [v4(64), Some(Ipv4Addr::from(!(bits as u32)))],
+        [0, 0, 0, 0, 0, 0, _, _] if bits > 1 => [v4(0), None],
+        _ => [None, None],
     }
 }
 
@@ -226,6 +269,28 @@ mod tests {
         groups_of(ip.parse().unwrap(), &["172.16.0.1".parse().unwrap()])
             .iter()
             .collect()
+    }
+
+    #[test]
+    fn ipv6_that_embeds_ipv4_is_in_the_embedded_groups() {
+        for embedded in [
+            "64:ff9b::a9fe:a9fe",
+            "2002:a9fe:a9fe::1",
+            "2001:0:a9fe:a9fe::5601:5601",
+            "2001:0:808:808::5601:5601",
+            "::169.254.169.254",
+        ] {
+            assert_eq!(g(embedded), vec![Group::Metadata], "{embedded}");
+        }
+        assert_eq!(g("64:ff9b::a01:203"), vec![Group::Private]);
+        assert_eq!(g("2002:7f00:1::"), vec![Group::Loopback]);
+        assert_eq!(g("64:ff9b::ac10:1"), vec![Group::Host]);
+        // Public IPv4 inside stays public; other IPv6 is untouched.
+        assert_eq!(g("64:ff9b::808:808"), vec![Group::Public]);
+        assert_eq!(g("2002:808:808::1"), vec![Group::Public]);
+        assert_eq!(g("2001:db8::1"), vec![Group::Public]);
+        assert_eq!(g("::"), vec![Group::Loopback]);
+        assert_eq!(g("::1"), vec![Group::Loopback]);
     }
 
     #[test]

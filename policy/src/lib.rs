@@ -37,7 +37,7 @@ pub use cidr::{canonical_ip, IpCidr};
 pub use compiled::{CompiledPolicy, CompiledStats, MAX_RULES};
 pub use domain_name::DomainName;
 pub use error::PolicyError;
-pub use groups::{groups_of, Group, GroupSet, GroupTable, ALL_GROUPS};
+pub use groups::{embedded_ipv4, groups_of, judged_ip, Group, GroupSet, GroupTable, ALL_GROUPS};
 pub use host_list::{parse_host_pattern, HostLists};
 pub use linear::LinearPolicy;
 pub use model::{

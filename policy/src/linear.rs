@@ -4,11 +4,11 @@
 
 use std::net::IpAddr;
 
-use crate::cidr::canonical_ip;
 use crate::domain_name::{normalize_into, MAX_NAME_LEN};
-use crate::groups::{GroupSet, GroupTable};
+use crate::groups::{judged_ip, GroupSet, GroupTable};
 use crate::model::{
-    Action, Decision, DecisionCause, Destination, Direction, FlowQuery, Policy, PolicyContext, Rule,
+    Action, Decision, DecisionCause, Destination, Direction, FlowQuery, Policy, PolicyContext,
+    Protocol, Rule,
 };
 
 /// A policy evaluated by scanning its rules in order.
@@ -62,7 +62,7 @@ impl LinearPolicy {
     /// Decides a new flow: the first rule whose direction, destination (by address, or by the
     /// attributed name), protocol and port all match; else the direction's default.
     pub fn decide(&self, q: &FlowQuery<'_>) -> Decision {
-        let ip = canonical_ip(q.dst);
+        let ip = judged_ip(q.dst);
         let groups = self.groups.groups_of(ip);
         let mut buf = [0u8; MAX_NAME_LEN + 1];
         let name = q.domain.and_then(|d| normalize_into(d, &mut buf));
@@ -88,13 +88,32 @@ impl LinearPolicy {
     /// such rule: allowed when egress defaults to allow, or when no allow rule names a domain;
     /// refused otherwise (design §7: DNS must not be a side door).
     pub fn decide_dns_query(&self, name: &str) -> Decision {
+        self.first_rule_naming(name, dns_relevant)
+    }
+
+    /// Decides the server name a client named in its TLS ClientHello (SNI) on an egress flow
+    /// of `protocol` to `port`. The first egress rule that is `*` or names `name`, and whose
+    /// protocols and ports admit the flow, decides; address rules (CIDRs, groups) never match
+    /// a name. With no such rule, the DNS query fallback applies: refused when egress defaults
+    /// to deny and some allow rule names a domain, allowed otherwise. So a name rule gives a
+    /// server name the verdict it gives the same name's DNS query, and the netstack asks this
+    /// on top of [`decide`](Self::decide) for the flow's address, never instead of it.
+    pub fn decide_server_name(&self, name: &str, protocol: Protocol, port: u16) -> Decision {
+        self.first_rule_naming(name, |rule| {
+            rule.direction().covers(Direction::Egress) && rule.admits(protocol, port)
+        })
+    }
+
+    /// The first rule that is `*` or names `name` and that `relevant` accepts decides; with
+    /// none, the DNS fallback.
+    fn first_rule_naming(&self, name: &str, relevant: impl Fn(&Rule) -> bool) -> Decision {
         let mut buf = [0u8; MAX_NAME_LEN + 1];
         let name = normalize_into(name, &mut buf);
         let rules = &self.policy.rules;
         for (i, rule) in rules.iter().enumerate() {
             let names_it = matches!(rule.destination(), Destination::Any)
                 || dest_matches_name(rule.destination(), name);
-            if names_it && dns_relevant(rule) {
+            if names_it && relevant(rule) {
                 return by_rule(rules, i);
             }
         }
@@ -122,7 +141,7 @@ impl LinearPolicy {
     /// rule that matches `addr` or `name` and is an allow or an unconditional deny decides;
     /// with none, the egress default decides (so `allow-all` passes everything).
     pub fn check_dns_answer(&self, name: &str, addr: IpAddr) -> Decision {
-        let ip = canonical_ip(addr);
+        let ip = judged_ip(addr);
         let groups = self.groups.groups_of(ip);
         if !groups.intersects(GroupSet::REBIND_PROTECTED) {
             return Decision {

@@ -222,6 +222,13 @@ proptest! {
                 port: *port,
             };
             prop_assert_eq!(compiled.decide(&q), linear.decide(&q), "flow {:?}", q);
+            if let Some(name) = domain {
+                prop_assert_eq!(
+                    compiled.decide_server_name(name, q.protocol, q.port),
+                    linear.decide_server_name(name, q.protocol, q.port),
+                    "server name {} {:?}", name, q
+                );
+            }
         }
         for (name, addr) in &answers {
             prop_assert_eq!(compiled.decide_dns_query(name), linear.decide_dns_query(name), "query {}", name);
@@ -251,6 +258,13 @@ proptest! {
                 port: *port,
             };
             prop_assert_eq!(compiled.decide(&q), linear.decide(&q), "flow {:?}", q);
+            if let Some(name) = domain {
+                prop_assert_eq!(
+                    compiled.decide_server_name(name, q.protocol, q.port),
+                    linear.decide_server_name(name, q.protocol, q.port),
+                    "server name {} {:?}", name, q
+                );
+            }
         }
         for (name, addr) in &answers {
             prop_assert_eq!(compiled.decide_dns_query(name), linear.decide_dns_query(name), "query {}", name);

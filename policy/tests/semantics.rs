@@ -72,6 +72,16 @@ impl Both {
         c
     }
 
+    fn server_name(&self, name: &str, port: u16) -> Decision {
+        let c = self.compiled.decide_server_name(name, Protocol::Tcp, port);
+        assert_eq!(
+            c,
+            self.linear.decide_server_name(name, Protocol::Tcp, port),
+            "evaluators disagree on server name {name}:{port}"
+        );
+        c
+    }
+
     fn answer(&self, name: &str, addr: &str) -> Decision {
         let addr: IpAddr = addr.parse().unwrap();
         let c = self.compiled.check_dns_answer(name, addr);
@@ -392,6 +402,56 @@ fn dns_queries_are_not_a_side_door() {
     // Deny by default without domain rules: names are not judged, IPs are.
     let p = Both::rules(Action::Deny, "allow@public:tcp:443");
     assert!(allowed(p.dns("anything.example")));
+}
+
+#[test]
+fn server_names_are_judged_like_dns_names_with_ports() {
+    // A deny-list: the name rule decides, address rules never match a name.
+    let mut policy = Policy::new(
+        Action::Deny,
+        Action::Allow,
+        parse_rules("allow@public:tcp:443,allow@host").unwrap(),
+    );
+    policy.prepend_deny_names(
+        &[policy::DomainName::parse("evil.test").unwrap()],
+        &[policy::DomainName::parse("ads.example").unwrap()],
+    );
+    let p = Both::new(&policy);
+    let d = p.server_name("evil.test", 443);
+    assert_eq!((d.action, d.rule), (Action::Deny, Some(0)));
+    assert_eq!(p.server_name("x.ads.example", 443).rule, Some(1));
+    assert_eq!(
+        p.dns("evil.test").rule,
+        Some(0),
+        "the same rule refuses the query"
+    );
+    let d = p.server_name("good.example", 443);
+    assert_eq!(
+        (d.action, d.rule),
+        (Action::Allow, None),
+        "no name rule: the address decides"
+    );
+    // An allow-list of names under deny: unnamed server names are refused, as DNS queries are.
+    let p = Both::rules(
+        Action::Deny,
+        "allow@.github.com:tcp:443,allow@203.0.113.5:tcp:443",
+    );
+    assert_eq!(p.server_name("api.github.com", 443).rule, Some(0));
+    let d = p.server_name("other.example", 443);
+    assert_eq!(
+        (d.action, d.cause),
+        (Action::Deny, DecisionCause::DnsNameNotAllowed)
+    );
+    assert_eq!(d.action, p.dns("other.example").action);
+    // Unlike a DNS query, a server name is on a known port: conditional rules count.
+    let p = Both::rules(Action::Allow, "deny@.evil.example:tcp:443,allow@*");
+    assert!(allowed(p.dns("www.evil.example")));
+    assert!(!allowed(p.server_name("www.evil.example", 443)));
+    assert!(allowed(p.server_name("www.evil.example", 8443)));
+    // `*` rules apply to names; ingress rules never do.
+    let p = Both::rules(Action::Allow, "deny@ingress:*,deny@*:tcp:443");
+    assert_eq!(p.server_name("a.example", 443).rule, Some(1));
+    assert!(allowed(p.server_name("a.example", 80)));
 }
 
 #[test]

@@ -252,3 +252,72 @@ fn a_rebinding_answer_never_reaches_the_guest() {
     );
     assert!(!stdout(&o).contains("10.1.2.3"), "{}", stdout(&o));
 }
+
+/// SNI policy on a real guest (`probe.scenario=tls-hello` sends a ClientHello to the echo
+/// peer at a public address the policy allows): an allowed server name gets its bytes
+/// echoed whole, a deny-listed one is reset and logged with the rule, and bytes that are
+/// not TLS on a TLS port are refused and counted in `--net-stats`.
+#[test]
+fn tls_server_names_are_judged_on_tls_ports() {
+    let probe = require!(netns_ready());
+    let ns = PolicyNetns::new("sni");
+    let port = ns.port.to_string();
+    let flags = [
+        "--tls-ports",
+        port.as_str(),
+        "--net-deny-domain",
+        ".evil.test",
+        "--net-stats",
+    ];
+    let peer = format!("probe.peer=203.0.113.10:{}", ns.port);
+    let hello = |name: &str| {
+        ns.probe(
+            &probe,
+            &flags,
+            &[
+                "probe.scenario=tls-hello".into(),
+                peer.clone(),
+                format!("probe.name={name}"),
+            ],
+        )
+    };
+    let o = hello("api.test");
+    assert_eq!(code(&o), Some(0), "{}\n{}", stdout(&o), stderr(&o));
+    assert!(
+        stdout(&o).contains("\"result\":\"echoed\""),
+        "{}",
+        stdout(&o)
+    );
+    assert!(
+        stderr(&o).contains("\"netstack_tls_hellos_judged\":1"),
+        "{}",
+        stderr(&o)
+    );
+    let o = hello("www.evil.test");
+    assert_eq!(code(&o), Some(1), "{}\n{}", stdout(&o), stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("policy denied")
+            && err.contains("SNI www.evil.test")
+            && err.contains("rule 0"),
+        "{err}"
+    );
+    assert!(
+        err.contains("\"netstack_tls_server_name_denied\":1"),
+        "{err}"
+    );
+    let o = ns.probe(
+        &probe,
+        &flags,
+        &[
+            "probe.scenario=tcp-send".into(),
+            peer.clone(),
+            "probe.bytes=64K".into(),
+        ],
+    );
+    // tcp-send cannot tell a reset after its last byte from a clean end, so the netstack's
+    // counters are the evidence: refused as not TLS, and no byte reached the peer.
+    let err = stderr(&o);
+    assert!(err.contains("\"netstack_tls_hello_malformed\":1"), "{err}");
+    assert!(err.contains("\"netstack_bytes_guest_to_host\":0"), "{err}");
+}

@@ -116,6 +116,17 @@ struct RunArgs {
     /// 64 KiB instead of per 1.5 KiB).
     #[arg(long, value_name = "BYTES", value_parser = ringfence::net_user::parse_mtu)]
     mtu: Option<u16>,
+    /// TCP ports on which the guest's TLS ClientHello is read before the host connection
+    /// opens, and its server name (SNI) judged by the same rules as DNS names: a name the
+    /// policy denies gets a RST even when the address is allowed. No interception: allowed
+    /// bytes go through unchanged. Bytes that are not a TLS ClientHello (within 16 KiB and
+    /// 2 s) are refused. Comma-separated; default 443; `none` turns it off.
+    #[arg(long, value_name = "LIST")]
+    tls_ports: Option<ringfence::net_user::TlsPorts>,
+    /// On --tls-ports, also refuse a ClientHello that names no server (by default such a
+    /// connection is judged by its address alone).
+    #[arg(long)]
+    tls_require_sni: bool,
     /// Most simultaneous TCP connections of the guest (default 256).
     #[arg(long, value_name = "N")]
     max_connections: Option<usize>,
@@ -261,9 +272,11 @@ fn run(mut args: RunArgs) -> Result<u8, String> {
         || !args.net_rule.is_empty()
         || args.net_config.is_some()
         || !args.net_deny_domain.is_empty()
-        || args.mtu.is_some();
+        || args.mtu.is_some()
+        || args.tls_ports.is_some()
+        || args.tls_require_sni;
     if uses_user_only && args.net != ringfence::net::NetBackendSpec::User {
-        return Err("-p, --mtu and the --net-* policy flags need --net user (a tap bypasses the netstack; its policy is the tap namespace's firewall)".into());
+        return Err("-p, --mtu, --tls-* and the --net-* policy flags need --net user (a tap bypasses the netstack; its policy is the tap namespace's firewall)".into());
     }
     config.net = ringfence::net::NetSettings {
         backend: args.net,
@@ -278,6 +291,8 @@ fn run(mut args: RunArgs) -> Result<u8, String> {
             publish: args.publish,
             max_connections: args.max_connections,
             mtu: args.mtu,
+            tls_ports: args.tls_ports.map(|p| p.0),
+            tls_require_sni: args.tls_require_sni,
             policy: ringfence::net_policy::PolicySettings {
                 preset: args.net_preset,
                 rules: args.net_rule,

@@ -267,6 +267,34 @@ impl FlowGate for PolicyGate {
         FlowGate::decide_dns(&**self.handle.compiled.load(), name)
     }
 
+    fn decide_server_name(&self, flow: &FlowInfo<'_>, name: Option<&str>) -> Verdict {
+        if !self.handle.network_enabled() {
+            return Verdict::DENY;
+        }
+        let policy = self.handle.compiled.load();
+        let v = FlowGate::decide_server_name(&**policy, flow, name);
+        if !v.allow {
+            let why = match (name, v.rule) {
+                (None, _) => "no server name and --tls-require-sni".to_string(),
+                (Some(_), Some(i)) => policy
+                    .rule(i)
+                    .map(|r| format!("rule {i}: {r}"))
+                    .unwrap_or_else(|| format!("rule {i}")),
+                (Some(_), None) => "no rule names it; egress defaults to deny".to_string(),
+            };
+            eprintln!(
+                "ringfence: policy denied {:?} {:?} to {}:{}{} SNI {} ({why})",
+                flow.direction,
+                flow.proto,
+                flow.dst,
+                flow.port,
+                flow.domain.map(|d| format!(" ({d})")).unwrap_or_default(),
+                name.unwrap_or("(none)"),
+            );
+        }
+        v
+    }
+
     fn check_dns_answer(&self, name: &str, addr: IpAddr) -> Verdict {
         FlowGate::check_dns_answer(&**self.handle.compiled.load(), name, addr)
     }
@@ -329,6 +357,25 @@ mod tests {
         h.set_network_enabled(true);
         h.set_policy(&Preset::None.policy()).unwrap();
         assert!(!g.decide(&flow("203.0.113.1", 443)).allow);
+    }
+
+    #[test]
+    fn server_names_narrow_allowed_addresses() {
+        let s = PolicySettings {
+            rules: vec!["allow@public:tcp:443".into()],
+            deny_domains: vec![".evil.test".into()],
+            ..Default::default()
+        };
+        let h = PolicyHandle::new(&build_policy(&s).unwrap(), vec![]).unwrap();
+        let g = h.gate();
+        let f = flow("203.0.113.8", 443);
+        assert!(g.decide(&f).allow);
+        assert!(g.decide_server_name(&f, Some("api.example.com")).allow);
+        let v = g.decide_server_name(&f, Some("www.evil.test"));
+        assert_eq!((v.allow, v.rule), (false, Some(0)));
+        assert!(!g.decide_server_name(&f, None).allow);
+        h.set_network_enabled(false);
+        assert!(!g.decide_server_name(&f, Some("api.example.com")).allow);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::str::FromStr;
 
-use netstack::{NetConfig, Netstack, PortProto, PublishedPort};
+use netstack::{NetConfig, Netstack, PortProto, PublishedPort, TlsInspection};
 
 use crate::net_policy::{build_policy, PolicyHandle, PolicySettings, PolicySetupError};
 
@@ -132,6 +132,36 @@ pub fn parse_dns(text: &str) -> Result<SocketAddr, String> {
         .map_err(|_| format!("bad --dns {text:?}: expected an IP address, optionally with :PORT"))
 }
 
+/// A `--tls-ports` list: TCP ports whose ClientHello's server name is judged.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsPorts(pub Vec<u16>);
+
+impl FromStr for TlsPorts {
+    type Err = String;
+
+    /// Parses `443`, `443,8443` (sorted, duplicates dropped), or `none` / an empty string
+    /// for no port.
+    fn from_str(text: &str) -> Result<Self, String> {
+        let t = text.trim();
+        if t.is_empty() || t == "none" {
+            return Ok(TlsPorts(Vec::new()));
+        }
+        let mut ports = Vec::new();
+        for item in t.split(',') {
+            let item = item.trim();
+            let port = parse_port(item).ok_or_else(|| {
+                format!(
+                    "bad --tls-ports {text:?}: {item:?} is not a port 1-65535; expected a list like 443,8443 or none"
+                )
+            })?;
+            ports.push(port);
+        }
+        ports.sort_unstable();
+        ports.dedup();
+        Ok(TlsPorts(ports))
+    }
+}
+
 /// Everything the `user` backend needs.
 #[derive(Clone, Debug, Default)]
 pub struct UserNetSettings {
@@ -149,6 +179,13 @@ pub struct UserNetSettings {
     pub mtu: Option<u16>,
     /// The network policy.
     pub policy: PolicySettings,
+    /// TCP ports whose TLS ClientHello is read before the host connection opens, its server
+    /// name (SNI) judged by the policy (`--tls-ports`; `None`: 443; empty: none). No
+    /// interception: the bytes are forwarded unchanged once allowed.
+    pub tls_ports: Option<Vec<u16>>,
+    /// Refuse a ClientHello that names no server (`--tls-require-sni`; default: such flows
+    /// are judged by their address alone). Needs at least one TLS port.
+    pub tls_require_sni: bool,
 }
 
 /// Errors building the user backend.
@@ -160,6 +197,29 @@ pub enum UserNetError {
     /// The netstack refused the configuration (e.g. a published port already in use).
     #[error("--net user: {0}")]
     Netstack(String),
+    /// The TLS settings contradict each other or name port 0.
+    #[error("{0}")]
+    Tls(String),
+}
+
+/// The netstack's TLS inspection from the settings, or why they cannot be used.
+fn tls_inspection(settings: &UserNetSettings) -> Result<TlsInspection, UserNetError> {
+    let mut tls = TlsInspection::default();
+    if let Some(ports) = &settings.tls_ports {
+        if ports.contains(&0) {
+            return Err(UserNetError::Tls(format!(
+                "--tls-ports {ports:?}: port 0 is not a port; give 1-65535"
+            )));
+        }
+        tls.ports = ports.clone();
+    }
+    if settings.tls_require_sni && tls.ports.is_empty() {
+        return Err(UserNetError::Tls(
+            "--tls-require-sni needs a TLS port, but --tls-ports is none".into(),
+        ));
+    }
+    tls.require_sni = settings.tls_require_sni;
+    Ok(tls)
 }
 
 /// Builds the netstack (binding published ports now, so conflicts fail before boot) and the
@@ -169,8 +229,10 @@ pub fn build(
     guest_mac: [u8; 6],
 ) -> Result<(Netstack, PolicyHandle), UserNetError> {
     let policy = build_policy(&settings.policy)?;
+    let tls = tls_inspection(settings)?;
     let handle = PolicyHandle::new(&policy, Vec::new())?;
     let mut cfg = NetConfig {
+        tls,
         guest_mac,
         dns_upstreams: settings.dns.clone(),
         mtu: settings.mtu.unwrap_or(DEFAULT_MTU),
@@ -243,6 +305,38 @@ mod tests {
             let e = bad.parse::<PublishSpec>().unwrap_err();
             assert!(e.contains(bad), "{e}");
         }
+    }
+
+    #[test]
+    fn tls_settings_parse_or_explain() {
+        assert_eq!("443".parse::<TlsPorts>(), Ok(TlsPorts(vec![443])));
+        assert_eq!(
+            " 8443, 443,443".parse::<TlsPorts>(),
+            Ok(TlsPorts(vec![443, 8443]))
+        );
+        assert_eq!("none".parse::<TlsPorts>(), Ok(TlsPorts(vec![])));
+        assert_eq!("".parse::<TlsPorts>(), Ok(TlsPorts(vec![])));
+        for bad in ["0", "443,https", "70000", "443,,8443", "-1"] {
+            let e = bad.parse::<TlsPorts>().unwrap_err();
+            assert!(e.contains("--tls-ports") && e.contains(bad), "{e}");
+        }
+        let s = |ports: Option<Vec<u16>>, require: bool| UserNetSettings {
+            tls_ports: ports,
+            tls_require_sni: require,
+            ..Default::default()
+        };
+        let t = tls_inspection(&s(None, false)).unwrap();
+        assert_eq!((t.ports, t.require_sni), (vec![443], false));
+        let t = tls_inspection(&s(Some(vec![8443]), true)).unwrap();
+        assert_eq!((t.ports, t.require_sni), (vec![8443], true));
+        let e = tls_inspection(&s(Some(vec![]), true))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--tls-require-sni"), "{e}");
+        let e = tls_inspection(&s(Some(vec![0]), false))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("port 0"), "{e}");
     }
 
     #[test]

@@ -215,7 +215,7 @@ impl Vm {
         let mut capture = None;
         let mut policy = None;
         // Before any thread starts (the launcher for device workers is the first).
-        let sandbox = Sandbox::start(cfg.seccomp, caps)?;
+        let sandbox = Sandbox::start(cfg.seccomp, caps, net_backend.is_some())?;
         if let Some(prepared) = net_backend {
             policy = prepared.policy.clone();
             let launcher = sandbox.worker_launcher();

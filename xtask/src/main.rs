@@ -1,5 +1,6 @@
 //! ringfence developer tasks: `cargo xtask demo | test | bench | image | fuzz`.
 
+mod baselines;
 mod bench;
 mod cpio;
 mod demo;
@@ -25,8 +26,11 @@ commands:
                        run every test (--no-linux-image / --no-nested: the Linux-guest /
                        nested tests then print SKIPPED), then every fuzz target for 30 s
                        (--no-fuzz skips them; without nightly they print SKIPPED)
-  bench [boot|net] [--quick] [--runs N] [--systems A,B]
-                       benchmarks against QEMU on the same probe guest; writes target/bench/
+  bench [boot|net] [--quick] [--runs N] [--systems A,B] [--baselines latest|cached]
+                       benchmarks against QEMU on the same probe guest; writes target/bench/;
+                       --baselines latest first fetches QEMU 10 (bookworm-backports, unpacked)
+                       and builds passt 2025 (Debian 13 source) into
+                       ~/.cache/ringfence/baselines/ (nothing installed, no apt source added)
   bench --linux        the same with the Linux guest (refuses where guest kernels are emulated)
   image                build the Linux guest image (kernel 6.1 + initramfs with the agent),
                        cached in ~/.cache/ringfence/linux-<hash>/

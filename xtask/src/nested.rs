@@ -102,6 +102,7 @@ const BENCH_PROGRAMS: &[&str] = &[
     "/usr/bin/qemu-system-x86_64",
     "/usr/bin/passt",
     "/usr/bin/iperf3",
+    "/usr/bin/sockperf",
 ];
 /// Firmware QEMU microvm loads (qboot), for the benchmark kit.
 const QEMU_FILES: &[&str] = &[
@@ -174,6 +175,8 @@ pub fn build_kit_with(image_dir: &Path, bench_ringfence: Option<&Path>) -> Resul
         cpio.program(&prog[1..], Path::new(prog), &mut libs)?;
     }
     if with_qemu {
+        // tests/nested/init.sh moves the root to a tmpfs first (passt pivot_roots).
+        cpio.file("etc/rf-tmpfs-root", 0o644, b"")?;
         for prog in BENCH_PROGRAMS {
             cpio.program(&prog[1..], Path::new(prog), &mut libs)?;
         }

@@ -18,8 +18,9 @@ use super::poll_window::PollWindow;
 use super::worker::{NetWorker, WorkerParts};
 use crate::event_loop::EventLoop;
 use crate::thread::ThreadLauncher;
+use crate::virtio::log_gate::LogGate;
 use crate::virtio::{
-    ActivateContext, ActivateError, VirtioDevice, TYPE_NET, VIRTIO_F_VERSION_1,
+    ActivateContext, ActivateError, TransportEvent, VirtioDevice, TYPE_NET, VIRTIO_F_VERSION_1,
     VIRTIO_RING_F_EVENT_IDX,
 };
 
@@ -120,6 +121,8 @@ pub struct Net {
     capture: Arc<CaptureSwitch>,
     idle: Option<WorkerParts>,
     running: Option<Running>,
+    /// Rate limit on the log lines of refused config-space writes.
+    config_write_log: LogGate,
 }
 
 impl std::fmt::Debug for Net {
@@ -188,6 +191,7 @@ impl Net {
                 capture,
             }),
             running: None,
+            config_write_log: LogGate::new(),
         })
     }
 
@@ -259,7 +263,15 @@ impl VirtioDevice for Net {
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
         // All virtio-net config fields we expose are read-only for the driver.
-        tracing::debug!(offset, len = data.len(), "virtio-net: ignored config write");
+        self.transport_event(TransportEvent::RefusedAccess);
+        if let Some(total) = self.config_write_log.admit() {
+            tracing::warn!(
+                offset,
+                len = data.len(),
+                refused_so_far = total,
+                "virtio-net: refused a write to read-only config space (rate-limited log)"
+            );
+        }
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
@@ -345,6 +357,15 @@ impl VirtioDevice for Net {
 
     fn is_activated(&self) -> bool {
         self.running.is_some()
+    }
+
+    fn transport_event(&self, event: TransportEvent) {
+        let counter = match event {
+            TransportEvent::Reset => &self.metrics.resets,
+            TransportEvent::RefusedAccess => &self.metrics.mmio_refused,
+            TransportEvent::NeedsReset => &self.metrics.needs_reset,
+        };
+        NetMetrics::add(counter, 1);
     }
 }
 

@@ -26,11 +26,14 @@ pub enum MalformedReason {
     TooLong,
     /// A TX frame shorter than an Ethernet header.
     FrameTooShort,
+    /// A buffer overlaps a descriptor table, avail ring or used ring of the device's queues
+    /// (see [`crate::virtio::ring_layout`]).
+    OverlapsRing,
 }
 
 impl MalformedReason {
     /// All reasons, in counter order.
-    pub const ALL: [MalformedReason; 8] = [
+    pub const ALL: [MalformedReason; 9] = [
         MalformedReason::BadHead,
         MalformedReason::Truncated,
         MalformedReason::TooManyDescriptors,
@@ -39,6 +42,7 @@ impl MalformedReason {
         MalformedReason::HeaderTooShort,
         MalformedReason::TooLong,
         MalformedReason::FrameTooShort,
+        MalformedReason::OverlapsRing,
     ];
 
     /// Short name used in logs and reports.
@@ -52,6 +56,7 @@ impl MalformedReason {
             MalformedReason::HeaderTooShort => "header_too_short",
             MalformedReason::TooLong => "too_long",
             MalformedReason::FrameTooShort => "frame_too_short",
+            MalformedReason::OverlapsRing => "overlaps_ring",
         }
     }
 }
@@ -59,7 +64,7 @@ impl MalformedReason {
 /// Malformed-chain counters for one queue, one per [`MalformedReason`].
 #[derive(Debug, Default)]
 pub struct MalformedCounters {
-    counts: [AtomicU64; 8],
+    counts: [AtomicU64; MalformedReason::ALL.len()],
 }
 
 impl MalformedCounters {
@@ -115,8 +120,17 @@ pub struct NetMetrics {
     /// Used rings the device could not write (bad queue addresses).
     pub used_ring_errors: AtomicU64,
     /// Queues the device stopped serving until reset because the driver published an avail
-    /// index more than a queue size ahead (virtio 1.2 §2.7.13.3).
+    /// index more than a queue size ahead (virtio 1.2 §2.7.13.3) or the used ring could not
+    /// be written.
     pub queues_broken: AtomicU64,
+    /// Times the device set DEVICE_NEEDS_RESET and sent a configuration change interrupt
+    /// (a broken queue, or an activation that failed on the driver's queue configuration).
+    pub needs_reset: AtomicU64,
+    /// Driver resets (Status written to 0) of a device that had been initialised.
+    pub resets: AtomicU64,
+    /// Register and configuration-space accesses refused: bad offset, width or value,
+    /// read-only registers and fields, writes the status state machine does not allow now.
+    pub mmio_refused: AtomicU64,
     /// Frames left out of pcap captures (the writer fell behind) plus capture write errors,
     /// added when a capture ends.
     pub pcap_errors: AtomicU64,
@@ -132,6 +146,9 @@ pub struct NetMetrics {
     /// Feature bits the driver acknowledged, as of the last activation (what the guest's
     /// driver actually uses: offloads, EVENT_IDX, mergeable RX buffers).
     pub features_acked: AtomicU64,
+    /// Rate limit on the log lines of malformed chains, both queues (not a counter; it is
+    /// here because every place that counts a malformed chain holds the metrics).
+    pub malformed_log: crate::virtio::log_gate::LogGate,
     /// The backend's own counters ([`crate::net::backend::NetBackend::counters`]), taken
     /// when its worker stops.
     pub backend: std::sync::Mutex<Vec<(String, u64)>>,
@@ -152,7 +169,7 @@ impl NetMetrics {
     /// `rx_malformed_<reason>` (only the non-zero ones), then the backend's counters as of
     /// its worker's last stop, for reports such as `--net-stats`.
     pub fn snapshot(&self) -> Vec<(String, u64)> {
-        let plain: [(&str, &AtomicU64); 21] = [
+        let plain: [(&str, &AtomicU64); 24] = [
             ("tx_frames", &self.tx_frames),
             ("tx_bytes", &self.tx_bytes),
             ("tx_dropped_backend_busy", &self.tx_dropped_backend_busy),
@@ -168,6 +185,9 @@ impl NetMetrics {
             ("interrupts_suppressed", &self.interrupts_suppressed),
             ("used_ring_errors", &self.used_ring_errors),
             ("queues_broken", &self.queues_broken),
+            ("needs_reset", &self.needs_reset),
+            ("resets", &self.resets),
+            ("mmio_refused", &self.mmio_refused),
             ("pcap_errors", &self.pcap_errors),
             ("loop_iterations", &self.loop_iterations),
             ("poll_ticks", &self.poll_ticks),

@@ -8,6 +8,13 @@
 //! from a copy. A chain that fails any check is rejected with a [`MalformedReason`]; the
 //! caller returns it to the used ring with length 0 and counts it.
 //!
+//! Buffers that overlap the device's own rings (descriptor tables, avail and used rings) are
+//! refused too ([`MalformedReason::OverlapsRing`], see [`crate::virtio::ring_layout`]); buffers
+//! that overlap each other are not detected (that would cost a search per chain) and need not
+//! be: the device only ever reaches guest memory through raw iovecs and vm-memory accessors,
+//! never through Rust references, so overlapping writes give the guest garbage, not the host
+//! undefined behaviour.
+//!
 //! virtio-queue's iterator already stops after `queue size` descriptors and on unreadable
 //! descriptors; we detect such a cut by the NEXT flag on the last descriptor we saw.
 
@@ -19,6 +26,7 @@ use vm_memory::{GuestMemory, GuestMemoryBackend, GuestMemoryMmap};
 use super::header::{VirtioNetHdr, VNET_HDR_LEN};
 use super::iov::GuestIov;
 use super::metrics::MalformedReason;
+use crate::virtio::ring_layout::RingLayout;
 
 /// Most descriptors the device accepts in one chain (Linux uses at most MAX_SKB_FRAGS + 2).
 pub const MAX_CHAIN_DESCRIPTORS: usize = 64;
@@ -34,10 +42,12 @@ pub const ETH_HDR_LEN: usize = 14;
 
 /// Walks `chain`, appending its buffers (which must all be device-writable if `writable`,
 /// all device-readable otherwise) to `iov`, and stops adding bytes past `max_len`
-/// (`too_long_is_error` decides whether exceeding it rejects the chain).
+/// (`too_long_is_error` decides whether exceeding it rejects the chain). A buffer that
+/// overlaps one of `rings` rejects the chain.
 fn walk<M>(
     chain: DescriptorChain<M>,
     mem: &GuestMemoryMmap,
+    rings: &RingLayout,
     writable: bool,
     max_len: usize,
     too_long_is_error: bool,
@@ -83,6 +93,9 @@ where
         if !GuestMemoryBackend::check_range(mem, desc.addr(), len) {
             return Err(MalformedReason::OutOfMemory);
         }
+        if rings.overlaps(desc.addr().0, len as u64) {
+            return Err(MalformedReason::OverlapsRing);
+        }
         for slice in GuestMemoryBackend::get_slices(mem, desc.addr(), take) {
             let slice = slice.map_err(|_| MalformedReason::OutOfMemory)?;
             if iov.segments() >= MAX_CHAIN_SEGMENTS {
@@ -125,11 +138,13 @@ impl TxChain {
         }
     }
 
-    /// Validates `chain` and loads it into `self`. On error `self.head` still names the chain.
+    /// Validates `chain` (none of its buffers may overlap `rings`) and loads it into `self`.
+    /// On error `self.head` still names the chain.
     pub fn load<M>(
         &mut self,
         chain: DescriptorChain<M>,
         mem: &GuestMemoryMmap,
+        rings: &RingLayout,
     ) -> Result<(), MalformedReason>
     where
         M: Deref,
@@ -137,7 +152,15 @@ impl TxChain {
     {
         self.head = chain.head_index();
         self.frame.clear();
-        walk(chain, mem, false, MAX_TX_CHAIN_LEN, true, &mut self.full)?;
+        walk(
+            chain,
+            mem,
+            rings,
+            false,
+            MAX_TX_CHAIN_LEN,
+            true,
+            &mut self.full,
+        )?;
         if self.full.len() < VNET_HDR_LEN {
             return Err(MalformedReason::HeaderTooShort);
         }
@@ -170,19 +193,29 @@ impl RxChain {
         }
     }
 
-    /// Validates `chain` and loads it into `self`. Bytes beyond the header plus the largest
-    /// frame are ignored (never written). On error `self.head` still names the chain.
+    /// Validates `chain` (none of its buffers may overlap `rings`) and loads it into `self`.
+    /// Bytes beyond the header plus the largest frame are ignored (never written). On error
+    /// `self.head` still names the chain.
     pub fn load<M>(
         &mut self,
         chain: DescriptorChain<M>,
         mem: &GuestMemoryMmap,
+        rings: &RingLayout,
     ) -> Result<(), MalformedReason>
     where
         M: Deref,
         M::Target: GuestMemory,
     {
         self.head = chain.head_index();
-        walk(chain, mem, true, MAX_TX_CHAIN_LEN, false, &mut self.iov)?;
+        walk(
+            chain,
+            mem,
+            rings,
+            true,
+            MAX_TX_CHAIN_LEN,
+            false,
+            &mut self.iov,
+        )?;
         if self.iov.len() < VNET_HDR_LEN {
             return Err(MalformedReason::HeaderTooShort);
         }

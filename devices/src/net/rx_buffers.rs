@@ -16,6 +16,7 @@ use super::header::VNET_HDR_LEN;
 use super::iov::GuestIov;
 use super::metrics::NetMetrics;
 use super::queue_io::{RxChain, MAX_CHAIN_SEGMENTS};
+use crate::virtio::ring_layout::RingLayout;
 use crate::virtio::used_ring::UsedBatch;
 
 /// RX chains owned by the device, in the order the guest posted them.
@@ -71,21 +72,24 @@ impl RxBuffers {
         self.last_chain_room
     }
 
-    /// Takes every available chain from `queue` (up to the queue size), validating each;
-    /// malformed ones go to `used` with length 0 and are counted.
+    /// Takes every available chain from `queue` (up to the queue size), validating each
+    /// (buffers overlapping `rings` are refused); malformed ones go to `used` with length 0
+    /// and are counted. Returns true if the queue ran out of chains before the device's
+    /// room for them did (the caller then checks the avail index for corruption).
     pub fn refill(
         &mut self,
         queue: &mut Queue,
         mem: &GuestMemoryMmap,
+        rings: &RingLayout,
         used: &mut UsedBatch,
         metrics: &NetMetrics,
-    ) {
+    ) -> bool {
         while self.ready.len() < self.capacity {
             let Some(chain) = queue.pop_descriptor_chain(mem) else {
-                return;
+                return true;
             };
             let mut slot = self.spare.pop().unwrap_or_default();
-            match slot.load(chain, mem) {
+            match slot.load(chain, mem, rings) {
                 Ok(()) => {
                     self.last_chain_room = slot.iov.len();
                     self.room += self.last_chain_room;
@@ -93,11 +97,20 @@ impl RxBuffers {
                 }
                 Err(reason) => {
                     metrics.rx_malformed.inc(reason);
+                    if let Some(total) = metrics.malformed_log.admit() {
+                        tracing::warn!(
+                            reason = reason.name(),
+                            head = slot.head,
+                            malformed_so_far = total,
+                            "virtio-net: dropped a malformed RX chain (rate-limited log)"
+                        );
+                    }
                     used.push(slot.head, 0);
                     self.spare.push(slot);
                 }
             }
         }
+        false
     }
 
     /// Lays out room for one frame: the front chain, or with `merge` front chains until

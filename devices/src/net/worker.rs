@@ -14,8 +14,11 @@
 //!    (`poll_window.rs`).
 //!
 //! The worker never panics on guest input: every malformed chain is returned with length 0
-//! and counted; a used ring it cannot write stops the worker until the driver resets the
-//! device.
+//! and counted (log lines rate-limited). A queue it cannot go on with (an impossible avail
+//! index, a used ring it cannot write) is marked broken: the worker stops serving it, sets
+//! DEVICE_NEEDS_RESET and sends a configuration change interrupt (virtio 1.2 §2.1.2), and
+//! waits for the driver's reset (which stops this worker; a new one starts on the next
+//! DRIVER_OK).
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::Ordering;
@@ -37,6 +40,7 @@ use super::rx_buffers::RxBuffers;
 use super::{RX_QUEUE, TX_QUEUE};
 use crate::event_loop::{Event, EventLoop, EventLoopError};
 use crate::virtio::interrupt::INT_USED_RING;
+use crate::virtio::ring_layout::RingLayout;
 use crate::virtio::used_ring::{set_avail_event, UsedBatch};
 use crate::virtio::{ActivateContext, Interrupt};
 
@@ -83,6 +87,8 @@ pub(crate) struct NetWorker {
     mrg_rxbuf: bool,
     max_rx_len: usize,
     rx_bufs: RxBuffers,
+    /// Where both queues' rings are: buffers overlapping them are refused.
+    rings: RingLayout,
     tx_chain: TxChain,
     /// Backend descriptor TX frames are written to through the ring (tap), if any.
     tx_fd: Option<RawFd>,
@@ -131,6 +137,7 @@ impl NetWorker {
         } else {
             VNET_HDR_LEN + usize::from(link_mtu) + L2_OVERHEAD
         };
+        let rings = RingLayout::of(&[&rx, &tx]);
         let rx_size = usize::from(rx.size());
         let tx_size = usize::from(tx.size());
         let tx_fd = parts.backend.ring_tx_fd();
@@ -146,6 +153,7 @@ impl NetWorker {
             mrg_rxbuf: has(VIRTIO_NET_F_MRG_RXBUF),
             max_rx_len,
             rx_bufs: RxBuffers::new(rx_size),
+            rings,
             tx_chain: TxChain::new(),
             tx_fd,
             tx_slots: (0..slots).map(|_| TxChain::new()).collect(),
@@ -426,22 +434,39 @@ impl NetWorker {
                 .is_some_and(|t| now.duration_since(t) >= self.starve_wait)
     }
 
-    /// Called when a queue yields no chain: if the driver's avail index is more than a queue
-    /// size ahead of ours, the queue is corrupt; mark it broken so we stop polling it.
-    fn check_avail(queue: &Queue, mem: &GuestMemoryMmap, broken: &mut bool, metrics: &NetMetrics) {
-        let Ok(idx) = queue.avail_idx(mem, Ordering::Acquire) else {
+    /// Called when a queue yields no chain: whether the driver's avail index is more than a
+    /// queue size ahead of ours (the queue is corrupt; virtio 1.2 §2.7.13.3).
+    fn avail_impossible(queue: &Queue, mem: &GuestMemoryMmap) -> bool {
+        queue
+            .avail_idx(mem, Ordering::Acquire)
+            .is_ok_and(|idx| idx.0.wrapping_sub(queue.next_avail()) > queue.size())
+    }
+
+    /// Stops serving queue `q` until the driver resets the device: sets DEVICE_NEEDS_RESET
+    /// and sends a configuration change interrupt (once per device activation), counts and
+    /// logs it. The queue is never looked at again, so the worker cannot spin on it.
+    fn mark_broken(&mut self, q: usize, why: &'static str) {
+        if self.broken[q] {
             return;
-        };
-        let ahead = idx.0.wrapping_sub(queue.next_avail());
-        if ahead > queue.size() {
-            *broken = true;
-            NetMetrics::add(&metrics.queues_broken, 1);
-            tracing::warn!(
-                avail_idx = idx.0,
-                next_avail = queue.next_avail(),
-                size = queue.size(),
-                "virtio-net: driver published an impossible avail index; queue ignored until reset"
-            );
+        }
+        self.broken[q] = true;
+        NetMetrics::add(&self.metrics.queues_broken, 1);
+        let queue = if q == RX_QUEUE { &self.rx } else { &self.tx };
+        tracing::warn!(
+            queue = q,
+            why,
+            avail_idx = queue.avail_idx(&self.mem, Ordering::Relaxed).map_or(0, |i| i.0),
+            next_avail = queue.next_avail(),
+            size = queue.size(),
+            "virtio-net: queue broken; ignored until the driver resets the device (DEVICE_NEEDS_RESET)"
+        );
+        match self.interrupt.signal_needs_reset() {
+            Ok(true) => NetMetrics::add(&self.metrics.needs_reset, 1),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(
+                error = %e,
+                "virtio-net: cannot send the configuration change interrupt"
+            ),
         }
     }
 
@@ -462,26 +487,27 @@ impl NetWorker {
         }
     }
 
-    /// Publishes a used batch; returns whether an interrupt is wanted.
+    /// Publishes a used batch; returns whether an interrupt is wanted, or `None` if the used
+    /// ring could not be written (the caller breaks the queue).
     fn publish(
         queue: &mut Queue,
         used: &mut UsedBatch,
         mem: &GuestMemoryMmap,
         metrics: &NetMetrics,
-    ) -> bool {
+    ) -> Option<bool> {
         if used.is_empty() {
-            return false;
+            return Some(false);
         }
         match used.flush(queue, mem) {
-            Ok(true) => true,
+            Ok(true) => Some(true),
             Ok(false) => {
                 NetMetrics::add(&metrics.interrupts_suppressed, 1);
-                false
+                Some(false)
             }
             Err(e) => {
                 tracing::warn!(error = %e, "virtio-net: cannot publish used ring");
                 NetMetrics::add(&metrics.used_ring_errors, 1);
-                false
+                None
             }
         }
     }
@@ -526,12 +552,9 @@ impl NetWorker {
                 if let Some(s) = slot {
                     self.tx_free.push(s);
                 }
-                Self::check_avail(
-                    &self.tx,
-                    &self.mem,
-                    &mut self.broken[TX_QUEUE],
-                    &self.metrics,
-                );
+                if Self::avail_impossible(&self.tx, &self.mem) {
+                    self.mark_broken(TX_QUEUE, "impossible avail index");
+                }
                 break;
             };
             done += 1;
@@ -539,13 +562,16 @@ impl NetWorker {
                 Some(s) => &mut self.tx_slots[s],
                 None => &mut self.tx_chain,
             };
-            if let Err(reason) = c.load(chain, &self.mem) {
+            if let Err(reason) = c.load(chain, &self.mem, &self.rings) {
                 self.metrics.tx_malformed.inc(reason);
-                tracing::debug!(
-                    reason = reason.name(),
-                    head = c.head,
-                    "virtio-net: dropped TX chain"
-                );
+                if let Some(total) = self.metrics.malformed_log.admit() {
+                    tracing::warn!(
+                        reason = reason.name(),
+                        head = c.head,
+                        malformed_so_far = total,
+                        "virtio-net: dropped a malformed TX chain (rate-limited log)"
+                    );
+                }
                 self.tx_used.push(c.head, 0);
                 if let Some(s) = slot {
                     self.tx_free.push(s);
@@ -596,7 +622,11 @@ impl NetWorker {
             self.tx_used.push(c.head, 0);
         }
         let completed = !self.tx_used.is_empty();
-        let irq = Self::publish(&mut self.tx, &mut self.tx_used, &self.mem, &self.metrics);
+        let irq = Self::publish(&mut self.tx, &mut self.tx_used, &self.mem, &self.metrics)
+            .unwrap_or_else(|| {
+                self.mark_broken(TX_QUEUE, "used ring not writable");
+                false
+            });
         (done > 0 || completed, irq)
     }
 
@@ -643,8 +673,17 @@ impl NetWorker {
             // Refills alone are not activity worth polling on: a driver reposting buffers
             // one at a time would keep the worker spinning. Room matters only with frames
             // pending, and then the worker is starved and waits for a batch.
-            self.rx_bufs
-                .refill(&mut self.rx, &self.mem, &mut self.rx_used, &self.metrics);
+            let ran_dry = self.rx_bufs.refill(
+                &mut self.rx,
+                &self.mem,
+                &self.rings,
+                &mut self.rx_used,
+                &self.metrics,
+            );
+            if ran_dry && Self::avail_impossible(&self.rx, &self.mem) {
+                self.mark_broken(RX_QUEUE, "impossible avail index");
+                break;
+            }
             work |= !self.rx_used.is_empty();
             if frames >= RX_BUDGET {
                 break;
@@ -713,7 +752,11 @@ impl NetWorker {
                 Some(now)
             }
         };
-        let irq = Self::publish(&mut self.rx, &mut self.rx_used, &self.mem, &self.metrics);
+        let irq = Self::publish(&mut self.rx, &mut self.rx_used, &self.mem, &self.metrics)
+            .unwrap_or_else(|| {
+                self.mark_broken(RX_QUEUE, "used ring not writable");
+                false
+            });
         (work, bytes, irq)
     }
 }

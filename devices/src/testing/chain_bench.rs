@@ -10,6 +10,7 @@ use super::driver::HarnessError;
 use super::layout::{rings, slot};
 use crate::net::header::VirtioNetHdr;
 use crate::net::queue_io::TxChain;
+use crate::virtio::ring_layout::RingLayout;
 use crate::virtio::used_ring::UsedBatch;
 
 /// A queue pre-filled with `batch` one-descriptor TX chains of `frame_len`-byte frames.
@@ -18,6 +19,7 @@ pub struct TxChainBench {
     mem: GuestMemoryMmap,
     queue: Queue,
     chain: TxChain,
+    rings: RingLayout,
     used: UsedBatch,
     batch: u16,
 }
@@ -50,6 +52,7 @@ impl TxChainBench {
         w(mem.write_obj(batch.to_le(), avail.unchecked_add(2)))?;
         Ok(Self {
             mem,
+            rings: RingLayout::of(&[&q]),
             queue: q,
             chain: TxChain::new(),
             used: UsedBatch::with_capacity(256),
@@ -61,7 +64,7 @@ impl TxChainBench {
     pub fn run(&mut self) -> usize {
         let mut bytes = 0;
         while let Some(c) = self.queue.pop_descriptor_chain(&self.mem) {
-            if self.chain.load(c, &self.mem).is_ok() {
+            if self.chain.load(c, &self.mem, &self.rings).is_ok() {
                 bytes += self.chain.frame.len();
             }
             self.used.push(self.chain.head, 0);

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 
-use super::layout::{rings, slot, MAX_QUEUE, MEM_SIZE, SLOT_SIZE};
+use super::layout::{rings_at, slot, MAX_QUEUE, MEM_SIZE, RING_BASE, SLOT_SIZE};
 use crate::net::header::{VirtioNetHdr, VNET_HDR_LEN};
 use crate::net::{RX_QUEUE, TX_QUEUE};
 use crate::virtio::interrupt::INT_USED_RING;
@@ -92,8 +92,8 @@ pub struct DriverQueue {
 }
 
 impl DriverQueue {
-    fn new(index: u16, size: u16) -> Self {
-        let (desc, avail, used) = rings(index);
+    fn new(index: u16, size: u16, ring_base: u64) -> Self {
+        let (desc, avail, used) = rings_at(ring_base, index);
         Self {
             index,
             size,
@@ -114,6 +114,11 @@ impl DriverQueue {
     pub fn free_descriptors(&self) -> usize {
         self.free.len()
     }
+
+    /// Guest addresses of this queue's descriptor table, avail ring and used ring.
+    pub fn ring_addresses(&self) -> (GuestAddress, GuestAddress, GuestAddress) {
+        (self.desc, self.avail, self.used)
+    }
 }
 
 /// An in-process virtio-net driver over the real [`MmioTransport`].
@@ -133,6 +138,9 @@ pub struct NetDriver {
     /// polling guest). Zero by default: on a loaded host a spinning driver starves the
     /// device worker.
     pub spin: Duration,
+    /// Where [`initialize`](Self::initialize) places the rings (queue 0's descriptor table;
+    /// see [`super::rings_at`]). Change it before a re-initialisation to move the rings.
+    pub ring_base: u64,
 }
 
 impl NetDriver {
@@ -147,11 +155,12 @@ impl NetDriver {
             mem,
             transport,
             features: 0,
-            rx: DriverQueue::new(RX_QUEUE as u16, 0),
-            tx: DriverQueue::new(TX_QUEUE as u16, 0),
+            rx: DriverQueue::new(RX_QUEUE as u16, 0, RING_BASE),
+            tx: DriverQueue::new(TX_QUEUE as u16, 0, RING_BASE),
             rx_pending: VecDeque::new(),
             interrupts: 0,
             spin: Duration::ZERO,
+            ring_base: RING_BASE,
         };
         d.initialize(driver_features)?;
         Ok(d)
@@ -184,7 +193,7 @@ impl NetDriver {
             self.write_reg(regs::QUEUE_SEL, u32::from(q));
             let max = self.read_reg(regs::QUEUE_NUM_MAX) as u16;
             let size = max.min(MAX_QUEUE);
-            let dq = DriverQueue::new(q, size);
+            let dq = DriverQueue::new(q, size, self.ring_base);
             // Fresh rings: zero flags/idx.
             let zeros = vec![0u8; 0x1000 * 12];
             self.mem

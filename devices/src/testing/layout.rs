@@ -9,9 +9,20 @@ pub const SLOT_SIZE: u64 = 0x11000;
 /// Largest queue size the layout supports.
 pub const MAX_QUEUE: u16 = 256;
 
-/// Rings of queue `q`: descriptor table, avail ring, used ring.
+/// Where the rings go by default.
+pub const RING_BASE: u64 = 0x1_0000;
+/// Another place for the rings, clear of [`RING_BASE`]'s (tests that re-initialise a device
+/// with new queue addresses).
+pub const ALT_RING_BASE: u64 = 0x5_0000;
+
+/// Rings of queue `q` at the default place: descriptor table, avail ring, used ring.
 pub fn rings(q: u16) -> (GuestAddress, GuestAddress, GuestAddress) {
-    let base = 0x1_0000 + u64::from(q) * 0x1_0000;
+    rings_at(RING_BASE, q)
+}
+
+/// Rings of queue `q` with the rings of queue 0 at `base` (each queue takes 0x10000 bytes).
+pub fn rings_at(base: u64, q: u16) -> (GuestAddress, GuestAddress, GuestAddress) {
+    let base = base + u64::from(q) * 0x1_0000;
     (
         GuestAddress(base),
         GuestAddress(base + 0x1000 * 4),

@@ -18,7 +18,7 @@ pub use chain_bench::TxChainBench;
 pub use driver::{
     DriverQueue, HarnessError, NetDriver, RawDesc, UsedElem, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
 };
-pub use layout::{MEM_SIZE, SLOT_SIZE};
+pub use layout::{rings_at, ALT_RING_BASE, MEM_SIZE, RING_BASE, SLOT_SIZE};
 
 use std::sync::Arc;
 

@@ -1,9 +1,11 @@
 //! The interrupt line of one virtio device: the InterruptStatus bits (shared between the
 //! device worker, which sets them, and the transport, where the driver reads and acks them)
-//! and the eventfd the VMM registers as an irqfd on the device's GSI.
+//! and the eventfd the VMM registers as an irqfd on the device's GSI. It also carries the
+//! device's DEVICE_NEEDS_RESET flag, which the worker raises together with a configuration
+//! change interrupt (virtio 1.2 §2.1.2) and the transport reports in the Status register.
 
 use std::io;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -16,6 +18,7 @@ pub const INT_CONFIG: u32 = 2;
 #[derive(Debug)]
 pub struct Interrupt {
     status: AtomicU32,
+    needs_reset: AtomicBool,
     evt: EventFd,
 }
 
@@ -24,6 +27,7 @@ impl Interrupt {
     pub fn new() -> io::Result<Self> {
         Ok(Self {
             status: AtomicU32::new(0),
+            needs_reset: AtomicBool::new(false),
             evt: EventFd::new(EFD_NONBLOCK)?,
         })
     }
@@ -49,9 +53,25 @@ impl Interrupt {
         self.status.fetch_and(!bits, Ordering::AcqRel);
     }
 
-    /// Clears all status bits (device reset).
+    /// Clears all status bits and the DEVICE_NEEDS_RESET flag (device reset).
     pub fn clear(&self) {
         self.status.store(0, Ordering::Release);
+        self.needs_reset.store(false, Ordering::Release);
+    }
+
+    /// Marks the device as needing a reset (virtio 1.2 §2.1.2: it hit an error it cannot
+    /// recover from) and sends a configuration change notification. Returns `Ok(true)` if the
+    /// flag was newly set, `Ok(false)` if it was already set (no second interrupt is sent).
+    pub fn signal_needs_reset(&self) -> io::Result<bool> {
+        if self.needs_reset.swap(true, Ordering::AcqRel) {
+            return Ok(false);
+        }
+        self.trigger(INT_CONFIG).map(|()| true)
+    }
+
+    /// Whether the device asked the driver for a reset (until the driver resets it).
+    pub fn needs_reset(&self) -> bool {
+        self.needs_reset.load(Ordering::Acquire)
     }
 
     /// Sets `bits` and signals the eventfd with a direct `write(2)`.

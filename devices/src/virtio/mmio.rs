@@ -9,7 +9,16 @@
 //! interrupts never pass through this code on the fast path.
 //!
 //! The transport never panics on what the driver writes: bad offsets, sizes and out-of-order
-//! writes are ignored and counted in [`MmioTransport::bad_accesses`].
+//! writes are refused (ignored; reads return 0), counted in [`MmioTransport::bad_accesses`]
+//! and in the device's metrics ([`TransportEvent::RefusedAccess`]), and logged through a
+//! [`LogGate`] so a write storm costs a handful of log lines.
+//!
+//! Reset and DEVICE_NEEDS_RESET (virtio 1.2 §2.1.2, §4.2.2.1): writing 0 to Status stops and
+//! joins the device worker, forgets every queue address and negotiated feature, clears
+//! InterruptStatus and DEVICE_NEEDS_RESET and reads back 0. DEVICE_NEEDS_RESET is reported in
+//! Status whenever the device raised it ([`Interrupt::signal_needs_reset`], from the worker
+//! or from a failed activation here); the driver must reset the device to clear it. The
+//! driver cannot set that bit itself.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -19,9 +28,11 @@ use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::interrupt::{INT_CONFIG, INT_USED_RING};
+use super::log_gate::LogGate;
 use super::{
-    ActivateContext, Interrupt, VirtioDevice, STATUS_DEVICE_NEEDS_RESET, STATUS_DRIVER_OK,
-    STATUS_FAILED, STATUS_FEATURES_OK, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
+    ActivateContext, Interrupt, TransportEvent, VirtioDevice, STATUS_DEVICE_NEEDS_RESET,
+    STATUS_DRIVER_OK, STATUS_FAILED, STATUS_FEATURES_OK, VIRTIO_F_VERSION_1,
+    VIRTIO_RING_F_EVENT_IDX,
 };
 
 /// Size of one device window.
@@ -163,6 +174,7 @@ pub struct MmioTransport {
     status: u32,
     config_generation: u32,
     bad_accesses: AtomicU64,
+    refusal_log: LogGate,
 }
 
 impl std::fmt::Debug for MmioTransport {
@@ -209,6 +221,7 @@ impl MmioTransport {
             status: 0,
             config_generation: 0,
             bad_accesses: AtomicU64::new(0),
+            refusal_log: LogGate::new(),
         })
     }
 
@@ -228,9 +241,14 @@ impl MmioTransport {
         &self.interrupt
     }
 
-    /// Current device status register.
+    /// Current device status register, as the driver reads it (with DEVICE_NEEDS_RESET if the
+    /// device raised it).
     pub fn status(&self) -> u32 {
-        self.status
+        if self.interrupt.needs_reset() {
+            self.status | STATUS_DEVICE_NEEDS_RESET
+        } else {
+            self.status
+        }
     }
 
     /// Number of ignored accesses (bad offset, size, or out-of-order write).
@@ -248,8 +266,20 @@ impl MmioTransport {
         self.reset();
     }
 
-    fn bad(&self) {
+    /// Refuses a driver access: counts it here and in the device's metrics, and logs it
+    /// (rate-limited).
+    fn refuse(&self, offset: u64, len: usize, why: &'static str) {
         self.bad_accesses.fetch_add(1, Ordering::Relaxed);
+        self.device.transport_event(TransportEvent::RefusedAccess);
+        if let Some(total) = self.refusal_log.admit() {
+            tracing::warn!(
+                offset,
+                len,
+                why,
+                refused_so_far = total,
+                "virtio-mmio: refused a driver register access (rate-limited log)"
+            );
+        }
     }
 
     fn selected_queue(&mut self) -> Option<&mut QueueConfig> {
@@ -262,7 +292,7 @@ impl MmioTransport {
         if offset >= regs::CONFIG {
             if offset.saturating_add(data.len() as u64) > MMIO_WINDOW_SIZE {
                 data.fill(0);
-                self.bad();
+                self.refuse(offset, data.len(), "read past the window");
                 return;
             }
             self.device.read_config(offset - regs::CONFIG, data);
@@ -270,7 +300,7 @@ impl MmioTransport {
         }
         if data.len() != 4 {
             data.fill(0);
-            self.bad();
+            self.refuse(offset, data.len(), "register read not 32 bits wide");
             return;
         }
         let v = match offset {
@@ -286,10 +316,10 @@ impl MmioTransport {
             regs::QUEUE_NUM_MAX => self.selected_queue().map_or(0, |q| u32::from(q.max_size)),
             regs::QUEUE_READY => self.selected_queue().map_or(0, |q| u32::from(q.ready)),
             regs::INTERRUPT_STATUS => self.interrupt.status(),
-            regs::STATUS => self.status,
+            regs::STATUS => self.status(),
             regs::CONFIG_GENERATION => self.config_generation,
             _ => {
-                self.bad();
+                self.refuse(offset, 4, "read of a write-only or unknown register");
                 0
             }
         };
@@ -301,14 +331,14 @@ impl MmioTransport {
         if offset >= regs::CONFIG {
             let in_window = offset.saturating_add(data.len() as u64) <= MMIO_WINDOW_SIZE;
             if !in_window || data.is_empty() {
-                self.bad();
+                self.refuse(offset, data.len(), "config write past the window");
                 return;
             }
             self.device.write_config(offset - regs::CONFIG, data);
             return;
         }
         let Ok(bytes) = <[u8; 4]>::try_from(data) else {
-            self.bad();
+            self.refuse(offset, data.len(), "register write not 32 bits wide");
             return;
         };
         let v = u32::from_le_bytes(bytes);
@@ -324,50 +354,49 @@ impl MmioTransport {
                     self.driver_features =
                         (self.driver_features & 0xffff_ffff) | (u64::from(v) << 32)
                 }
-                _ => self.bad(),
+                _ => self.refuse(offset, 4, "driver features word select out of range"),
             },
             regs::QUEUE_SEL => self.queue_select = v,
             regs::QUEUE_NOTIFY => match self.queue_evts.get(v as usize) {
                 Some(evt) => {
                     if evt.write(1).is_err() {
-                        self.bad();
+                        self.refuse(offset, 4, "queue notify eventfd full");
                     }
                 }
-                None => self.bad(),
+                None => self.refuse(offset, 4, "notify of a queue that does not exist"),
             },
             regs::INTERRUPT_ACK => self.interrupt.ack(v & (INT_USED_RING | INT_CONFIG)),
             regs::STATUS => self.write_status(v),
-            regs::QUEUE_NUM
-            | regs::QUEUE_READY
-            | regs::QUEUE_DESC_LOW
-            | regs::QUEUE_DESC_HIGH
-            | regs::QUEUE_AVAIL_LOW
-            | regs::QUEUE_AVAIL_HIGH
-            | regs::QUEUE_USED_LOW
-            | regs::QUEUE_USED_HIGH
-                if queues_open =>
-            {
-                if !self.write_queue_reg(offset, v) {
-                    self.bad();
+            o if is_queue_reg(o) && queues_open => {
+                if let Err(why) = self.write_queue_reg(offset, v) {
+                    self.refuse(offset, 4, why);
                 }
             }
-            _ => self.bad(),
+            o if is_queue_reg(o) => self.refuse(
+                offset,
+                4,
+                "queue register written outside FEATURES_OK..DRIVER_OK",
+            ),
+            regs::DRIVER_FEATURES => {
+                self.refuse(offset, 4, "driver features written after FEATURES_OK")
+            }
+            _ => self.refuse(offset, 4, "write to a read-only or unknown register"),
         }
     }
 
-    /// Applies a queue register write; returns false if it was invalid.
-    fn write_queue_reg(&mut self, offset: u64, v: u32) -> bool {
+    /// Applies a queue register write; says why if it was invalid.
+    fn write_queue_reg(&mut self, offset: u64, v: u32) -> Result<(), &'static str> {
         let Some(q) = self.selected_queue() else {
-            return false;
+            return Err("queue register of a queue that does not exist");
         };
         // Addresses and size may only change while the queue is not ready (virtio 1.2 §4.2.3.2).
         if q.ready && offset != regs::QUEUE_READY {
-            return false;
+            return Err("queue size or address written while the queue is ready");
         }
         match offset {
             regs::QUEUE_NUM => match u16::try_from(v) {
                 Ok(n) if n != 0 && n <= q.max_size && n.is_power_of_two() => q.size = n,
-                _ => return false,
+                _ => return Err("QueueNum zero, above QueueNumMax or not a power of two"),
             },
             regs::QUEUE_READY => q.ready = v == 1,
             regs::QUEUE_DESC_LOW => QueueConfig::set_low(&mut q.desc, v),
@@ -376,19 +405,35 @@ impl MmioTransport {
             regs::QUEUE_AVAIL_HIGH => QueueConfig::set_high(&mut q.avail, v),
             regs::QUEUE_USED_LOW => QueueConfig::set_low(&mut q.used, v),
             regs::QUEUE_USED_HIGH => QueueConfig::set_high(&mut q.used, v),
-            _ => return false,
+            _ => return Err("not a queue register"),
         }
-        true
+        Ok(())
     }
 
     fn write_status(&mut self, v: u32) {
         if v == 0 {
+            if self.status != 0 || self.interrupt.needs_reset() {
+                self.device.transport_event(TransportEvent::Reset);
+                tracing::info!(
+                    status = self.status(),
+                    "virtio-mmio: driver reset the device"
+                );
+            }
             self.reset();
+            return;
+        }
+        // Only the device sets DEVICE_NEEDS_RESET (virtio 1.2 §2.1.1).
+        if v & STATUS_DEVICE_NEEDS_RESET != 0 {
+            self.refuse(regs::STATUS, 4, "driver set DEVICE_NEEDS_RESET");
             return;
         }
         // The driver only ever adds bits (virtio 1.2 §3.1.1); clearing one is a driver bug.
         if v & self.status != self.status {
-            self.bad();
+            self.refuse(
+                regs::STATUS,
+                4,
+                "driver cleared a status bit without a reset",
+            );
             return;
         }
         let added = v & !self.status;
@@ -398,7 +443,7 @@ impl MmioTransport {
             if acked & (1 << VIRTIO_F_VERSION_1) == 0 {
                 // A modern transport needs VERSION_1: refuse FEATURES_OK so the driver sees it.
                 new &= !STATUS_FEATURES_OK;
-                self.bad();
+                self.refuse(regs::STATUS, 4, "FEATURES_OK without VIRTIO_F_VERSION_1");
             } else {
                 self.device.ack_features(acked);
             }
@@ -406,12 +451,20 @@ impl MmioTransport {
         if added & STATUS_DRIVER_OK != 0 {
             if new & STATUS_FEATURES_OK == 0 || self.status & STATUS_FAILED != 0 {
                 new &= !STATUS_DRIVER_OK;
-                self.bad();
+                self.refuse(
+                    regs::STATUS,
+                    4,
+                    "DRIVER_OK without FEATURES_OK, or after FAILED",
+                );
             } else if !self.activate() {
-                new |= STATUS_DEVICE_NEEDS_RESET;
                 self.config_generation = self.config_generation.wrapping_add(1);
-                if self.interrupt.trigger(INT_CONFIG).is_err() {
-                    self.bad();
+                match self.interrupt.signal_needs_reset() {
+                    Ok(true) => self.device.transport_event(TransportEvent::NeedsReset),
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(
+                        error = %e,
+                        "virtio-mmio: cannot send the configuration change interrupt"
+                    ),
                 }
             }
         }
@@ -494,3 +547,18 @@ const _: () = {
     const fn assert_send<T: Send>() {}
     assert_send::<MmioTransport>();
 };
+
+/// The registers of the selected queue's set-up, writable only while the driver sets queues up.
+fn is_queue_reg(offset: u64) -> bool {
+    matches!(
+        offset,
+        regs::QUEUE_NUM
+            | regs::QUEUE_READY
+            | regs::QUEUE_DESC_LOW
+            | regs::QUEUE_DESC_HIGH
+            | regs::QUEUE_AVAIL_LOW
+            | regs::QUEUE_AVAIL_HIGH
+            | regs::QUEUE_USED_LOW
+            | regs::QUEUE_USED_HIGH
+    )
+}

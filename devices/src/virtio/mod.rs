@@ -1,11 +1,15 @@
 //! Virtio building blocks shared by all devices: the [`VirtioDevice`] trait a transport drives,
 //! the interrupt line a device raises ([`Interrupt`]), the virtio-mmio transport ([`mmio`]) and
-//! the used-ring writer ([`used_ring`]) that publishes a whole batch with one index store.
+//! the used-ring writer ([`used_ring`]) that publishes a whole batch with one index store,
+//! the guest's ring locations ([`ring_layout`]) and the rate limit on misbehaviour log lines
+//! ([`log_gate`]).
 //!
 //! This module never touches KVM: the VMM wires the transport's eventfds to KVM itself.
 
 pub mod interrupt;
+pub mod log_gate;
 pub mod mmio;
+pub mod ring_layout;
 pub mod used_ring;
 
 pub use interrupt::Interrupt;
@@ -50,6 +54,20 @@ pub struct ActivateContext {
     pub interrupt: Arc<Interrupt>,
     /// The feature bits both sides agreed on.
     pub acked_features: u64,
+}
+
+/// Something the transport saw that the device counts in its metrics (the transport itself
+/// is device-agnostic and has no metrics of its own beyond [`mmio::MmioTransport::bad_accesses`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportEvent {
+    /// The driver reset the device (wrote 0 to Status while it was non-zero).
+    Reset,
+    /// A register or configuration-space access was refused (bad offset, width, value, a
+    /// read-only register, or a write the status state machine does not allow now).
+    RefusedAccess,
+    /// The transport set DEVICE_NEEDS_RESET (e.g. activation failed on a queue configuration
+    /// that does not fit guest memory).
+    NeedsReset,
 }
 
 /// Why a device could not start.
@@ -97,4 +115,8 @@ pub trait VirtioDevice: Send {
     fn reset(&mut self);
     /// Whether the worker is running.
     fn is_activated(&self) -> bool;
+    /// Counts a [`TransportEvent`] in the device's metrics; ignored by default.
+    fn transport_event(&self, event: TransportEvent) {
+        let _ = event;
+    }
 }

@@ -87,13 +87,16 @@ fn run_command(config: &AgentConfig) -> Outcome {
     for (k, v) in &config.env {
         cmd.env(OsString::from_vec(k.clone()), OsString::from_vec(v.clone()));
     }
-    // The command gets its own session so a shell can use the console as its terminal.
-    // SAFETY: setsid and ioctl are async-signal-safe and touch no state of the parent.
+    // The agent leads the session that has the console as its controlling terminal, and the
+    // command runs in a process group of its own in the foreground, so a shell has job
+    // control. Not the command's own session: when a session leader exits, Linux hangs up
+    // its controlling terminal, and the hang-up discards output still waiting in the serial
+    // driver — with two vCPUs the command's last line was often lost that way.
+    take_console();
+    // SAFETY: setpgid is async-signal-safe and touches no state of the parent.
     unsafe {
         cmd.pre_exec(|| {
-            libc::setsid();
-            // Best effort: make the console (stdin) the session's controlling terminal.
-            libc::ioctl(0, libc::TIOCSCTTY, 0);
+            libc::setpgid(0, 0);
             Ok(())
         });
     }
@@ -105,6 +108,7 @@ fn run_command(config: &AgentConfig) -> Outcome {
         }
     };
     let pid = child.id() as libc::pid_t;
+    give_console_to(pid);
     loop {
         let mut raw = 0;
         // SAFETY: `raw` is a valid out-pointer; waiting for any child is what PID 1 must do.
@@ -118,10 +122,32 @@ fn run_command(config: &AgentConfig) -> Outcome {
     }
 }
 
-/// Waits (at most `limit`) until the console has sent what the command wrote: the kernel's
-/// serial driver transmits from its buffer on interrupts, and the VMM stops the VM the moment
-/// the status reaches the exit port, so output still queued then would be lost (seen with
-/// two vCPUs: `nproc`'s "2" went missing in 3 runs of 6).
+/// Makes the agent the leader of a session whose controlling terminal is the console (stdin);
+/// best effort: without it the command simply has no job control.
+fn take_console() {
+    // SAFETY: setsid and ioctl(TIOCSCTTY) act on this process and the descriptor only; the
+    // agent runs as root, which TIOCSCTTY's argument 1 (take it from any other session) needs.
+    unsafe {
+        libc::setsid();
+        libc::ioctl(0, libc::TIOCSCTTY, 1);
+    }
+}
+
+/// Puts `pid`'s process group (made by the child too, whichever runs first) in the
+/// console's foreground.
+fn give_console_to(pid: libc::pid_t) {
+    // SAFETY: setpgid and tcsetpgrp only change process-group bookkeeping in the kernel;
+    // the agent is in the console's foreground group, so tcsetpgrp raises no SIGTTOU.
+    unsafe {
+        libc::setpgid(pid, pid);
+        libc::tcsetpgrp(0, pid);
+    }
+}
+
+/// Waits (at most `limit`) until the console has sent what was written to it: the kernel's
+/// serial driver transmits from its buffer on interrupts (with two vCPUs, possibly on the
+/// other one, later), and the VMM stops the VM the moment the status reaches the exit port,
+/// so output still queued then would be lost.
 fn drain_console(limit: std::time::Duration) {
     let (done, wait) = std::sync::mpsc::channel();
     let spawned = std::thread::Builder::new()

@@ -96,7 +96,7 @@ impl Netstack {
         if self.flows.tcp_len() >= self.core.cfg.limits.max_tcp_connections
             || !self.flows.has_room()
         {
-            self.core.metrics.flows_over_limit += 1;
+            self.core.refuse_over_limit("embedder flows");
             return Err(EmbedderError::TooManyConnections {
                 open: self.flows.tcp_len(),
             });
@@ -161,7 +161,7 @@ impl Netstack {
         if self.flows.tcp_len() >= self.core.cfg.limits.max_tcp_connections
             || !self.flows.has_room()
         {
-            self.core.metrics.flows_over_limit += 1;
+            self.core.refuse_over_limit("embedder flows");
             tcp::push_rst_for(&mut self.core, ip, seg);
             return true;
         }
@@ -178,7 +178,7 @@ impl Netstack {
         match accepted.try_send(theirs) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
-                self.core.metrics.flows_over_limit += 1;
+                self.core.refuse_over_limit("embedder flows");
                 tcp::push_rst_for(&mut self.core, ip, seg);
                 return true;
             }
@@ -210,7 +210,7 @@ impl Netstack {
             return Err(EmbedderError::PortZero);
         }
         if !self.flows.has_room() {
-            self.core.metrics.flows_over_limit += 1;
+            self.core.refuse_over_limit("embedder flows");
             return Err(EmbedderError::TooManyConnections {
                 open: self.flows.len(),
             });
@@ -251,7 +251,7 @@ impl Netstack {
         let port = key.remote.port();
         let accepted = self.udp_services.get(&port)?;
         if !self.flows.has_room() {
-            self.core.metrics.flows_over_limit += 1;
+            self.core.refuse_over_limit("embedder flows");
             return None;
         }
         let Ok((ours, theirs)) = sys::seqpacket_pair() else {
@@ -261,7 +261,7 @@ impl Netstack {
         match accepted.try_send(theirs) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
-                self.core.metrics.flows_over_limit += 1;
+                self.core.refuse_over_limit("embedder flows");
                 return None;
             }
             Err(TrySendError::Disconnected(_)) => {

@@ -51,11 +51,14 @@ impl Netstack {
                 }
                 None => continue,
             };
-            if self
-                .gate
-                .decide(&self.flow_info(info_dir, proto, dst, port))
-                .allow
-            {
+            let info = self.flow_info(info_dir, proto, dst, port);
+            let server_name = match self.flows.get(token) {
+                Some(Flow::Tcp(c)) => c.server_name.as_deref(),
+                _ => None,
+            };
+            let allowed = self.gate.decide(&info).allow
+                && server_name.is_none_or(|n| self.gate.decide_server_name(&info, Some(n)).allow);
+            if allowed {
                 continue;
             }
             cut += 1;
@@ -87,7 +90,7 @@ impl Netstack {
                 self.core.interest(InterestOp::Add, fd, token, false, false);
                 self.finish_tcp(token, After::Keep);
             }
-            None => self.core.metrics.flows_over_limit += 1,
+            None => self.core.refuse_over_limit("flow table"),
         }
     }
 
@@ -131,7 +134,7 @@ impl Netstack {
         now: Instant,
     ) -> Option<u64> {
         if !self.flows.has_room() {
-            self.core.metrics.flows_over_limit += 1;
+            self.core.refuse_over_limit("flow table");
             return None;
         }
         if !dns {
@@ -170,7 +173,7 @@ impl Netstack {
                 Some(t)
             }
             None => {
-                self.core.metrics.flows_over_limit += 1;
+                self.core.refuse_over_limit("flow table");
                 None
             }
         }
@@ -303,7 +306,7 @@ impl Netstack {
                     };
                     let flow = UdpFlow::published(key, dup, peer, now);
                     if self.flows.insert(Flow::Udp(flow)).is_none() {
-                        self.core.metrics.flows_over_limit += 1;
+                        self.core.refuse_over_limit("flow table");
                         continue;
                     }
                     self.core.metrics.flows_opened += 1;
@@ -362,10 +365,18 @@ impl Netstack {
                 let _ = sys::set_linger_zero(fd.as_fd());
                 continue;
             }
-            if self.flows.tcp_len() >= self.core.cfg.limits.max_tcp_connections
-                || !self.flows.has_room()
-            {
-                self.core.metrics.flows_over_limit += 1;
+            let limits = &self.core.cfg.limits;
+            let refused = if self.flows.tcp_ingress_len() >= limits.max_published_connections {
+                Some("published connections")
+            } else if self.flows.tcp_len() >= limits.max_tcp_connections {
+                Some("tcp connections")
+            } else if !self.flows.has_room() {
+                Some("flow table")
+            } else {
+                None
+            };
+            if let Some(what) = refused {
+                self.core.refuse_over_limit(what);
                 let _ = sys::set_linger_zero(fd.as_fd());
                 continue;
             }

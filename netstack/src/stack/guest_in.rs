@@ -157,7 +157,7 @@ impl Netstack {
         if self.flows.tcp_len() >= self.core.cfg.limits.max_tcp_connections
             || !self.flows.has_room()
         {
-            self.core.metrics.flows_over_limit += 1;
+            self.core.refuse_over_limit("tcp connections");
             return tcp::push_rst_for(&mut self.core, ip, seg);
         }
         // DNS is judged per query name (as over UDP), not as a flow.
@@ -172,7 +172,13 @@ impl Netstack {
             return tcp::push_rst_for(&mut self.core, ip, seg);
         }
         let isn = self.isn(&key);
-        let conn = match tcp::open_from_guest(&self.core, key, target, seg, isn, now) {
+        let opened = if !dns && self.core.cfg.tls.covers(seg.dst_port) {
+            let domain = self.dns_names.get(&ip.dst).cloned();
+            tcp::open_held(&self.core, key, target, domain, seg, isn, now)
+        } else {
+            tcp::open_from_guest(&self.core, key, target, seg, isn, now)
+        };
+        let conn = match opened {
             Ok(mut c) => {
                 if dns {
                     c.dns = Some(Box::default());

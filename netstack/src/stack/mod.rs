@@ -150,6 +150,27 @@ impl Netstack {
         self.flows.len()
     }
 
+    /// Number of live TCP flows (both directions; at most `max_tcp_connections`).
+    pub fn tcp_flow_count(&self) -> usize {
+        self.flows.tcp_len()
+    }
+
+    /// Number of live ICMP echo flows (kept outside the flow table, at most 256).
+    pub fn echo_flow_count(&self) -> usize {
+        self.ping.flow_count()
+    }
+
+    /// Control frames (ARP/ICMP/DHCP/DNS answers, RSTs) waiting for guest RX buffers (at
+    /// most 4096; beyond that they are dropped and counted in `drop_ctrl_overflow`).
+    pub fn queued_control_frames(&self) -> usize {
+        self.core.ctrl.len()
+    }
+
+    /// The configuration this netstack runs with (after start-up adjustments).
+    pub fn config(&self) -> &NetConfig {
+        &self.core.cfg
+    }
+
     /// Test hook: behave as on kernels whose TCP sockets lack `SO_PEEK_OFF` (before
     /// Linux 6.10), so the fallback path can be exercised here.
     #[cfg(feature = "testkit")]

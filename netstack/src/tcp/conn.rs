@@ -55,6 +55,10 @@ pub(crate) enum TcpState {
     SynAckSent,
     /// Published port: host connection accepted, our SYN sent to the guest.
     SynSent,
+    /// TLS port: the guest's handshake is complete and its first bytes are held for the
+    /// ClientHello check ([`super::sni_gate`]); the host connect has not started, or has not
+    /// finished, or the held bytes are still being written.
+    Holding,
     /// Data flows both ways (until the FINs).
     Established,
 }
@@ -122,6 +126,11 @@ pub(crate) struct TcpConn {
     pub ingress_peer: Option<SocketAddr>,
     /// DNS over TCP to the gateway: per-query checks of the guest's stream.
     pub dns: Option<Box<super::DnsStream>>,
+    /// TLS port: the guest's first bytes, held until its ClientHello is judged.
+    pub hello: Option<Box<super::sni_gate::HelloHold>>,
+    /// The server name the guest's ClientHello named and the policy allowed (re-judged on
+    /// policy changes).
+    pub server_name: Option<Box<str>>,
     /// The flow is the embedder's own: not judged by the policy, never cut by a change.
     pub embedder: bool,
     /// The host end is a Unix socket (pair): acknowledged bytes are discarded by reading,
@@ -195,6 +204,8 @@ impl TcpConn {
             peek_off: false,
             ingress_peer: None,
             dns: None,
+            hello: None,
+            server_name: None,
             embedder: false,
             unix_stream: false,
             sndbuf: 0,
@@ -252,6 +263,7 @@ impl TcpConn {
         match self.state {
             TcpState::Connecting => (false, true),
             TcpState::SynSent | TcpState::SynAckSent => (false, false),
+            TcpState::Holding => (false, self.hello.as_ref().is_some_and(|h| h.wants_write())),
             TcpState::Established => (
                 !self.host_eof
                     && !self.host_readable
@@ -287,6 +299,9 @@ impl TcpConn {
     /// Costs one `SIOCOUTQ` ioctl; `SO_SNDBUF` (which the kernel autotunes) is re-read
     /// every [`SNDBUF_REFRESH`] calls.
     pub(crate) fn advertised_window(&mut self) -> u16 {
+        if let Some(room) = self.hello.as_ref().map(|h| h.room()) {
+            return self.hold_window(room);
+        }
         let fd = self.fd.as_fd();
         if self.wnd_calls == 0 {
             self.sndbuf = sys::send_buffer_size(fd).unwrap_or(0);
@@ -305,18 +320,33 @@ impl TcpConn {
         if wnd < u32::from(self.guest_mss) * 2 && queued != Some(0) {
             self.want_write = true;
         }
-        self.last_wnd = (wnd >> self.our_wscale) as u16;
-        self.data_since_wnd = 0;
-        self.note_window();
-        if wnd < u32::from(self.guest_mss) {
-            // A short window: the reopening that follows must reach the guest.
-            self.small_wnd_sent = true;
-            self.wnd_reopened = false;
-            self.wnd_update_at = None;
-        } else if self.small_wnd_sent {
+        if !self.advertise(wnd) && self.small_wnd_sent {
             self.small_wnd_sent = false;
             self.wnd_reopened = true;
         }
+        self.last_wnd
+    }
+
+    /// Records `wnd` as the window sent to the guest; a short one (below one MSS) is noted so
+    /// that the reopening that follows reaches the guest. Returns whether it was short.
+    fn advertise(&mut self, wnd: u32) -> bool {
+        self.last_wnd = (wnd >> self.our_wscale) as u16;
+        self.data_since_wnd = 0;
+        self.note_window();
+        let short = wnd < u32::from(self.guest_mss);
+        if short {
+            self.small_wnd_sent = true;
+            self.wnd_reopened = false;
+            self.wnd_update_at = None;
+        }
+        short
+    }
+
+    /// The window while the guest's first bytes are held: the room left in the hold. A short
+    /// one is noted so that the window the host socket gives afterwards is re-sent until the
+    /// guest reacts.
+    fn hold_window(&mut self, room: u32) -> u16 {
+        self.advertise(room.min(65535u32 << self.our_wscale));
         self.last_wnd
     }
 

@@ -12,6 +12,7 @@ use smoltcp::wire::TcpControl;
 use super::conn::{push_segment, seq_diff, Header, Segment, TcpConn, TcpState, RTO_INITIAL};
 use super::dns_stream::DnsStreamError;
 use super::ooo::{OooQueue, Refused};
+use super::sni_gate::{self, HelloHold};
 use super::After;
 use crate::core::Core;
 use crate::flow_table::FlowKey;
@@ -31,6 +32,29 @@ pub(crate) fn open_from_guest(
     let fd = sys::socket(target.is_ipv6(), SockKind::Stream)?;
     sys::connect(fd.as_fd(), &target)?;
     Ok(open_over(core, key, fd, seg, isn, now))
+}
+
+/// A flow for a guest SYN to a TLS port (gate and limits already passed): the socket is
+/// made but not connected; the guest gets its SYN-ACK at once and its first bytes are held
+/// until the ClientHello is judged ([`super::sni_gate`]). `domain` is the name the address
+/// was learned from, for the log.
+pub(crate) fn open_held(
+    core: &Core,
+    key: FlowKey,
+    target: SocketAddr,
+    domain: Option<String>,
+    seg: &Segment,
+    isn: u32,
+    now: Instant,
+) -> io::Result<TcpConn> {
+    let fd = sys::socket(target.is_ipv6(), SockKind::Stream)?;
+    let mut conn = TcpConn::new(key, fd, TcpState::SynAckSent, isn, now);
+    conn.rcv_nxt = seg.seq.wrapping_add(1);
+    conn.take_guest_options(seg, core.cfg.mtu);
+    conn.syn_pending = true;
+    let deadline = now + core.cfg.tls.hello_timeout;
+    conn.hello = Some(Box::new(HelloHold::new(target, domain, deadline)));
+    Ok(conn)
 }
 
 /// A flow for a guest SYN over `fd`, a stream socket whose connect was started (or, for a
@@ -98,7 +122,7 @@ pub(crate) fn on_guest_segment(
                 _ => return After::Keep,
             }
         }
-        TcpState::Established => {
+        TcpState::Established | TcpState::Holding => {
             if seg.syn {
                 // RFC 5961 §4: answer a SYN in a synchronized state with a challenge ACK.
                 conn.ack_pending = true;
@@ -109,12 +133,16 @@ pub(crate) fn on_guest_segment(
     if let Some(ack) = seg.ack {
         on_ack(core, conn, seg, ack, now);
     }
-    if deliver(core, gate, conn, frame, seg).is_err() {
+    if deliver(core, gate, conn, frame, seg, now).is_err() {
         return After::Reset;
     }
     if seg.fin {
         let fin_seq = seg.seq.wrapping_add(seg.payload_len as u32);
-        if !conn.guest_fin && fin_seq == conn.rcv_nxt {
+        if conn.hello.is_some() {
+            if sni_gate::on_guest_fin(core, conn).is_some() {
+                return After::Reset;
+            }
+        } else if !conn.guest_fin && fin_seq == conn.rcv_nxt {
             pass_fin(conn);
         }
         conn.ack_pending = true;
@@ -148,8 +176,13 @@ fn queue_out_of_order(
     seg: &Segment,
 ) {
     let end = seg.seq.wrapping_add(seg.payload_len as u32);
-    // DNS streams are checked query by query as they flow; they never queue.
-    if conn.dns.is_some() || conn.guest_fin || seq_diff(end, conn.wnd_edge) > 0 {
+    // DNS streams are checked query by query as they flow, and held TLS bytes are judged in
+    // order; neither queues.
+    if conn.dns.is_some()
+        || conn.hello.is_some()
+        || conn.guest_fin
+        || seq_diff(end, conn.wnd_edge) > 0
+    {
         core.metrics.drop_out_of_window += 1;
         return;
     }
@@ -206,13 +239,24 @@ pub(crate) fn flush_ooo(core: &mut Core, conn: &mut TcpConn) -> io::Result<()> {
 }
 
 fn establish(core: &Core, conn: &mut TcpConn, una: u32) {
-    conn.state = TcpState::Established;
+    conn.state = if conn.hello.is_some() {
+        TcpState::Holding
+    } else {
+        TcpState::Established
+    };
     conn.snd_una = una;
     conn.snd_nxt = una;
     conn.snd_max = una;
     conn.rto_at = None;
     conn.retries = 0;
     conn.rto = RTO_INITIAL;
+    if conn.hello.is_none() {
+        host_connected(core, conn);
+    }
+}
+
+/// The host socket is connected and the guest side established: peeks may start.
+pub(crate) fn host_connected(core: &Core, conn: &mut TcpConn) {
     conn.peek_off = !core.no_peek_off && sys::set_peek_off(conn.fd.as_fd(), 0).is_ok();
     // The host may already have sent data: try a peek.
     conn.host_readable = true;
@@ -295,6 +339,7 @@ fn deliver(
     conn: &mut TcpConn,
     frame: &GuestFrame<'_, '_>,
     seg: &Segment,
+    now: Instant,
 ) -> Result<(), io::Error> {
     if seg.payload_len == 0 {
         return Ok(());
@@ -314,6 +359,19 @@ fn deliver(
         return Ok(());
     }
     let len = seg.payload_len - skip;
+    if conn.hello.is_some() {
+        let off = seg.payload_off + skip;
+        return match sni_gate::consume(core, gate, conn, frame, off, len, now) {
+            Ok(taken) => {
+                conn.rcv_nxt = conn.rcv_nxt.wrapping_add(taken as u32);
+                Ok(())
+            }
+            Err(refusal) => Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!("TLS flow refused: {refusal:?}"),
+            )),
+        };
+    }
     if let Some(dns) = conn.dns.as_mut() {
         let mut scratch = Vec::new();
         let fd = conn.fd.as_fd();

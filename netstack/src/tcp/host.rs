@@ -57,6 +57,7 @@ pub(crate) fn on_ready(
             }
         }
         TcpState::SynSent | TcpState::SynAckSent => After::Keep,
+        TcpState::Holding => super::sni_gate::on_ready(core, conn, readable, writable),
         TcpState::Established => {
             if readable {
                 conn.host_readable = true;
@@ -90,6 +91,9 @@ pub(crate) fn on_timer(core: &mut Core, conn: &mut TcpConn, now: Instant) -> Aft
         core.metrics.connect_failures += 1;
         return After::Reset;
     }
+    if super::sni_gate::on_timer(core, conn, now) != After::Keep {
+        return After::Reset;
+    }
     if now.saturating_duration_since(conn.last_activity) >= core.cfg.limits.tcp_idle_timeout {
         return After::Reset;
     }
@@ -109,7 +113,7 @@ pub(crate) fn on_timer(core: &mut Core, conn: &mut TcpConn, now: Instant) -> Aft
         match conn.state {
             TcpState::SynSent | TcpState::SynAckSent => conn.syn_pending = true,
             TcpState::Established => conn.rewind(),
-            TcpState::Connecting => {}
+            TcpState::Connecting | TcpState::Holding => {}
         }
         conn.rto = (conn.rto * 2).min(RTO_MAX);
         conn.rto_at = Some(now + conn.rto);
@@ -147,7 +151,13 @@ pub(crate) fn on_timer(core: &mut Core, conn: &mut TcpConn, now: Instant) -> Aft
 /// Earliest instant [`on_timer`] has work for this connection.
 pub(crate) fn deadline(core: &Core, conn: &TcpConn) -> Instant {
     let mut d = conn.last_activity + core.cfg.limits.tcp_idle_timeout;
+    let hello = conn
+        .hello
+        .as_ref()
+        .filter(|h| h.reading())
+        .map(|h| h.deadline);
     for t in [
+        hello,
         conn.connect_deadline,
         conn.rto_at,
         conn.wnd_update_at,
@@ -206,7 +216,9 @@ fn build_next(
         let n = write_header(core, from, to, &h, bufs, 0);
         return frame(n, None);
     }
-    if conn.state != TcpState::Established {
+    // A held connection (no host connection yet) only ever sends pure ACKs: it has no host
+    // data and no EOF, so it falls through to them.
+    if !matches!(conn.state, TcpState::Established | TcpState::Holding) {
         return Produced::Idle;
     }
     if conn.host_readable && !conn.host_eof && conn.window_avail() > 0 {

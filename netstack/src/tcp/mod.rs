@@ -63,6 +63,13 @@
 //! every query (up to its question) is held and checked by the flow gate before it leaves
 //! ([`dns_stream`]).
 //!
+//! **TLS ports** (`NetConfig::tls`): the SYN is judged by address as always, but the guest
+//! gets its SYN-ACK at once, before any host connect; its first bytes are copied into a
+//! bounded hold (16 KiB, ACKed as they arrive) until the ClientHello is complete, the
+//! server name is judged, and only then is the host connection opened and the held bytes
+//! written to it, first and in order ([`sni_gate`]). From then on the flow is the zero-copy
+//! path above. Denied, malformed, oversized or late ClientHellos get a RST.
+//!
 //! **Closing.** A guest FIN becomes `shutdown(SHUT_WR)` once all data before it was
 //! accepted; a host EOF (peek returns 0) becomes a FIN to the guest after all queued
 //! data. The flow is forgotten when both FINs are acknowledged (the guest keeps its
@@ -75,10 +82,11 @@ mod dns_stream;
 mod guest;
 mod host;
 mod ooo;
+mod sni_gate;
 
 pub(crate) use conn::{push_rst_for, Segment, TcpConn, TcpState};
 pub(crate) use dns_stream::DnsStream;
-pub(crate) use guest::{on_guest_segment, open_from_guest, open_over};
+pub(crate) use guest::{on_guest_segment, open_from_guest, open_held, open_over};
 pub(crate) use host::deadline;
 pub(crate) use host::{next_frame, on_ready, on_timer, Produced};
 pub(crate) use ooo::OooBudget;

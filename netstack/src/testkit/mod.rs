@@ -16,8 +16,12 @@ use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, Ipv4Add
 
 use crate::{InterestSet, NetConfig, Netstack, TxMeta};
 
+mod forge;
 mod synthetic;
+mod tls;
+pub use forge::FrameForge;
 pub use synthetic::SyntheticTcp;
+pub use tls::rustls_client_hello;
 
 /// What the fault hook does with a frame the guest sent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -178,6 +182,28 @@ impl Harness {
         self.ns.ipv4_addresses().1
     }
 
+    /// A guest TCP socket (`rx_bytes` of receive buffer, 4 KiB to send) connecting from
+    /// `local_port` to the gateway's `port`, which the netstack carries to the host's
+    /// loopback. Panics if smoltcp refuses (test set-up).
+    pub fn connect_gateway_tcp(
+        &mut self,
+        port: u16,
+        local_port: u16,
+        rx_bytes: usize,
+    ) -> smoltcp::iface::SocketHandle {
+        use smoltcp::socket::tcp;
+        let rx = tcp::SocketBuffer::new(vec![0; rx_bytes]);
+        let tx = tcp::SocketBuffer::new(vec![0; 4096]);
+        let s = self.sockets.add(tcp::Socket::new(rx, tx));
+        let gw = smoltcp::wire::IpEndpoint::new(IpAddress::Ipv4(self.gateway()), port);
+        let cx = self.iface.context();
+        self.sockets
+            .get_mut::<tcp::Socket>(s)
+            .connect(cx, gw, local_port)
+            .expect("smoltcp connect");
+        s
+    }
+
     /// One round: guest poll, guest frames -> netstack, host fds, timers, netstack
     /// frames -> guest, guest poll. Waits up to `wait_ms` for host fds if idle.
     pub fn step(&mut self, wait_ms: i32) {
@@ -218,6 +244,19 @@ impl Harness {
             self.step(1);
         }
         done(self)
+    }
+
+    /// Hands one frame to the netstack as if the guest had sent it (bypassing smoltcp and
+    /// the fault hook), e.g. a frame from a [`FrameForge`].
+    pub fn inject(&mut self, frame: &[u8]) {
+        self.frames.0 += 1;
+        self.ns
+            .handle_guest_frame(&[IoSlice::new(frame)], TxMeta::default(), Instant::now());
+    }
+
+    /// A [`FrameForge`] for this harness's guest.
+    pub fn forge(&self) -> FrameForge {
+        FrameForge::new(self.ns.config(), self.ns.ipv4_addresses().0)
     }
 
     fn pump_to_netstack(&mut self, now: Instant) {

@@ -12,4 +12,5 @@ mod tcp;
 mod tcp_edge;
 mod tcp_ooo;
 mod timers;
+mod tls_sni;
 mod udp;

@@ -23,10 +23,10 @@ mod trie;
 
 use std::net::IpAddr;
 
-use crate::cidr::{canonical_ip, key_of};
+use crate::cidr::key_of;
 use crate::domain_name::query_name_bytes;
 use crate::error::PolicyError;
-use crate::groups::{group_prefixes, Group, GroupSet, GroupTable};
+use crate::groups::{group_prefixes, judged_ip, Group, GroupSet, GroupTable};
 use crate::model::{
     Action, Decision, DecisionCause, Destination, Direction, FlowQuery, Policy, PolicyContext,
     PortRange, Protocol, Rule, ALL_PROTOCOLS,
@@ -81,6 +81,8 @@ pub struct CompiledPolicy {
     dns_relevant: SetId,
     /// The first `*` rule that can decide a DNS question.
     first_any_dns: Option<usize>,
+    /// The `*` rules, as a candidate set (server names are judged by name and `*` only).
+    any_dest: CandidateRef,
     /// Per rule: what confirms a candidate.
     meta: Vec<RuleMeta>,
     port_ranges: Vec<PortRange>,
@@ -189,6 +191,7 @@ impl CompiledPolicy {
         let v4 = PrefixTrie::build(v4, &mut leaf_of);
         let v6 = PrefixTrie::build(v6, &mut leaf_of);
         let domains = names.finish(&mut |r| store.intern(r, &mut arena));
+        let any_ref = store.intern(any_dest.clone(), &mut arena);
         let ports = PortClasses::build(rules, &mut arena);
 
         let mut proto_dir = [[EMPTY; 4]; 2];
@@ -268,6 +271,7 @@ impl CompiledPolicy {
             proto_dir,
             dns_relevant,
             first_any_dns,
+            any_dest: any_ref,
             meta,
             port_ranges,
             dns_fallback,
@@ -373,7 +377,7 @@ impl CompiledPolicy {
     /// direction's default.
     #[inline]
     pub fn decide(&self, q: &FlowQuery<'_>) -> Decision {
-        let ip = canonical_ip(q.dst);
+        let ip = judged_ip(q.dst);
         let by_addr = self.address_candidates(ip);
         let by_name = match q.domain {
             Some(name) => self.name_candidates(name),
@@ -425,13 +429,39 @@ impl CompiledPolicy {
         }
     }
 
+    /// Decides the server name a client named in its TLS ClientHello (SNI) on an egress flow
+    /// of `protocol` to `port`. The first egress rule that is `*` or names `name`, and whose
+    /// protocols and ports admit the flow, decides; address rules (CIDRs, groups) never match
+    /// a name. With no such rule, the DNS query fallback applies: refused
+    /// ([`DecisionCause::DnsNameNotAllowed`]) when egress defaults to deny and some allow rule
+    /// names a domain, allowed otherwise. A server name is claimed by the client, so callers
+    /// ask this on top of [`decide`](Self::decide) for the flow's address, never instead.
+    pub fn decide_server_name(&self, name: &str, protocol: Protocol, port: u16) -> Decision {
+        let by_name = self.name_candidates(name);
+        let proto_dir = self.proto_dir[0][protocol as usize];
+        let by_port = if protocol.has_ports() {
+            self.ports.set_for(port)
+        } else {
+            self.ports.portless()
+        };
+        let bit = proto_dir_bit(Direction::Egress, protocol);
+        let hit = self.first_of(self.any_dest, by_name, proto_dir, by_port, |r| {
+            let m = &self.meta[r];
+            m.proto_dir & bit != 0 && self.ports_admit(m, protocol, port)
+        });
+        match hit {
+            Some(r) => self.by_rule(r),
+            None => self.dns_fallback,
+        }
+    }
+
     /// Decides whether a DNS answer mapping `name` to `addr` may reach the guest (rebind
     /// protection). Addresses outside private, loopback, link-local, metadata and host pass.
     /// Otherwise the first egress rule matching `addr` or `name` that is an allow or an
     /// unconditional deny decides; with none, the egress default does (deny is reported as
     /// [`DecisionCause::RebindProtection`]).
     pub fn check_dns_answer(&self, name: &str, addr: IpAddr) -> Decision {
-        let ip = canonical_ip(addr);
+        let ip = judged_ip(addr);
         if !self
             .groups
             .groups_of(ip)

@@ -2,14 +2,18 @@
 //! `ringfence_tests::nested`).
 //!
 //! ```text
-//! rf-nested run LIST RESULTS        run the scenarios in LIST, result lines to RESULTS
+//! rf-nested run [--direct] LIST RESULTS
+//!                                   run the scenarios in LIST, result lines to RESULTS
+//!                                   (--direct: on a host, in namespaces of its own)
 //! rf-nested get ADDR [SECS]         HTTP GET / from ADDR, retried until it answers; prints the body
 //! rf-nested udp ADDR TEXT [SECS]    send TEXT to ADDR, retried until a reply; prints the reply
 //! rf-nested time LABEL CMD ARGS... run CMD (output to /dev/null), print
 //!                                   `TIME LABEL <ms> <exit status>`
-//! rf-nested outer KIT SCRIPT [SECS] (on the host) boot the outer VM from the kit in KIT, run
-//!                                   SCRIPT there as one scenario, print its output, exit with
-//!                                   its status
+//! rf-nested outer KIT SECS SCRIPT... (on the host) boot the outer VM from the kit in KIT,
+//!                                   run each SCRIPT there as a scenario of its own (deadline
+//!                                   SECS each; one that a frozen outer VM interrupts runs again
+//!                                   in a new one), print their outputs in order, exit with the
+//!                                   first failing status
 //! ```
 //! The clients retry because a guest's server may not be up yet; they give up after SECS
 //! (default 30) with status 1.
@@ -24,14 +28,15 @@ use ringfence_tests::nested::runner;
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
-        Some("run") if args.len() == 3 => run(&args[1], &args[2]),
+        Some("run") if args.len() == 3 => run(&args[1], &args[2], false),
+        Some("run") if args.len() == 4 && args[1] == "--direct" => run(&args[2], &args[3], true),
         Some("get") if args.len() >= 2 => get(&args[1], secs(args.get(2))),
         Some("udp") if args.len() >= 3 => udp(&args[1], &args[2], secs(args.get(3))),
         Some("time") if args.len() >= 3 => time(&args[1], &args[2..]),
-        Some("outer") if args.len() >= 3 => {
-            return outer(&args[1], &args[2], secs(args.get(3)));
+        Some("outer") if args.len() >= 4 => {
+            return outer(&args[1], secs(args.get(2)), &args[3..]);
         }
-        _ => Err("usage: rf-nested run LIST RESULTS | get ADDR [SECS] | udp ADDR TEXT [SECS] | time LABEL CMD... | outer KIT SCRIPT [SECS]".into()),
+        _ => Err("usage: rf-nested run [--direct] LIST RESULTS | get ADDR [SECS] | udp ADDR TEXT [SECS] | time LABEL CMD... | outer KIT SECS SCRIPT...".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -42,33 +47,47 @@ fn main() -> ExitCode {
     }
 }
 
-/// Runs one ad-hoc scenario in an outer VM and mirrors its result.
-fn outer(kit: &str, script: &str, limit: Duration) -> ExitCode {
+/// Runs ad-hoc scenarios in outer VMs and mirrors their results.
+fn outer(kit: &str, limit: Duration, scripts: &[String]) -> ExitCode {
     use ringfence_tests::nested::{outer, scenario::Scenario};
     let kit_dir = std::path::PathBuf::from(kit);
     let kit = outer::Kit {
         kernel: kit_dir.join("vmlinuz"),
         initrd: kit_dir.join("outer.cpio"),
     };
-    let scenario = Scenario::new("adhoc", script).timeout(limit.as_secs());
+    let scenarios: Vec<Scenario> = scripts
+        .iter()
+        .enumerate()
+        .map(|(i, script)| {
+            Scenario::new(&format!("adhoc-{}", i + 1), script).timeout(limit.as_secs())
+        })
+        .collect();
     let logs = kit_dir.join("../adhoc-logs");
-    match outer::run_suite(&kit, &[scenario], &logs) {
-        Ok(run) => match run.outcome("adhoc") {
+    let run = match outer::run_suite(&kit, &scenarios, &logs) {
+        Ok(run) => run,
+        Err(e) => {
+            eprintln!("rf-nested: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut status = 0;
+    for s in &scenarios {
+        match run.outcome(&s.name) {
             Ok(o) => {
                 print!("{}", o.stdout);
                 eprint!("{}", o.stderr);
-                ExitCode::from(o.status.map_or(1, |s| s.clamp(0, 255) as u8))
+                let st = o.status.map_or(1, |s| s.clamp(0, 255) as u8);
+                if status == 0 {
+                    status = st;
+                }
             }
             Err(e) => {
                 eprintln!("rf-nested: {e}");
-                ExitCode::FAILURE
+                status = status.max(1);
             }
-        },
-        Err(e) => {
-            eprintln!("rf-nested: {e}");
-            ExitCode::FAILURE
         }
     }
+    ExitCode::from(status)
 }
 
 /// Times one command from spawn to exit (for ratios between systems in one outer VM).
@@ -98,13 +117,13 @@ fn addr(text: &str) -> Result<SocketAddr, String> {
         .map_err(|e| format!("bad address {text:?}: {e} (expected IP:PORT)"))
 }
 
-fn run(list: &str, results: &str) -> Result<(), String> {
+fn run(list: &str, results: &str, direct: bool) -> Result<(), String> {
     println!("rf-nested: environment {}", runner::environment());
     let out = std::fs::OpenOptions::new()
         .write(true)
         .open(results)
         .map_err(|e| format!("cannot open the result port {results}: {e}"))?;
-    runner::run(std::path::Path::new(list), Box::new(out))
+    runner::run(std::path::Path::new(list), Box::new(out), direct)
 }
 
 /// Retries `attempt` every 200 ms until it succeeds or `limit` passes.

@@ -179,7 +179,13 @@ fn console_log(logs: &Path, boot: usize) -> PathBuf {
     }
 }
 
-fn record(logs: &Path, started: Instant, outcomes: &mut BTreeMap<String, Outcome>, o: Outcome) {
+/// Prints a progress line for `o`, keeps its log and records it.
+pub(super) fn record(
+    logs: &Path,
+    started: Instant,
+    outcomes: &mut BTreeMap<String, Outcome>,
+    o: Outcome,
+) {
     progress(&format!(
         "nested: [{:>4.0} s] {:<28} status {:?}{} ({:.1} s)",
         started.elapsed().as_secs_f64(),
@@ -318,7 +324,7 @@ fn start_qemu(kit: &Kit, list: &Path, console: &Path, results: &Path) -> Result<
 }
 
 /// Every complete result line written so far.
-fn read_results(path: &Path) -> Vec<Outcome> {
+pub(super) fn read_results(path: &Path) -> Vec<Outcome> {
     let text = std::fs::read(path).unwrap_or_default();
     let text = String::from_utf8_lossy(&text);
     let complete = text.rfind('\n').map_or("", |end| &text[..end]);
@@ -331,6 +337,6 @@ fn read_results(path: &Path) -> Vec<Outcome> {
 }
 
 /// One progress line on the real stderr (not captured by the test harness).
-fn progress(line: &str) {
+pub(super) fn progress(line: &str) {
     let _ = writeln!(std::io::stderr(), "{line}");
 }

@@ -18,15 +18,28 @@ use serde_json::{json, Value};
 
 use super::scenario::{Outcome, Scenario, RESULT_PREFIX};
 
-/// Where the runner finds the Linux image's initramfs inside the outer VM.
-pub const IMAGE_INITRAMFS: &str = "/root/.cache/ringfence/linux/initramfs.cpio.gz";
+/// The Linux image's initramfs: in `$RINGFENCE_LINUX_IMAGE`, else in
+/// `$HOME/.cache/ringfence/linux` (where the kit puts it inside the outer VM, and where
+/// `cargo xtask image` caches it on a host).
+fn image_initramfs() -> PathBuf {
+    let dir = std::env::var_os("RINGFENCE_LINUX_IMAGE").map_or_else(
+        || {
+            let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+            PathBuf::from(home).join(".cache/ringfence/linux")
+        },
+        PathBuf::from,
+    );
+    dir.join("initramfs.cpio.gz")
+}
 /// Name of the pseudo-scenario that reports the runner's own set-up.
 pub const SETUP_NAME: &str = "_setup";
 /// Most bytes of a stream kept in a result (the tail is kept: that is where failures show).
 const MAX_CAPTURE: usize = 512 * 1024;
 
-/// Runs every scenario in `list`, writing result lines to `results`.
-pub fn run(list: &Path, results: Box<dyn Write + Send>) -> Result<(), String> {
+/// Runs every scenario in `list`, writing result lines to `results`. `direct`: the runner
+/// is on a real host, in network and mount namespaces of its own (see
+/// [`super::direct`]), rather than in the outer VM.
+pub fn run(list: &Path, results: Box<dyn Write + Send>, direct: bool) -> Result<(), String> {
     let text = std::fs::read_to_string(list)
         .map_err(|e| format!("cannot read the scenario list {}: {e}", list.display()))?;
     let value: Value = serde_json::from_str(&text)
@@ -38,6 +51,9 @@ pub fn run(list: &Path, results: Box<dyn Write + Send>) -> Result<(), String> {
         .map(Scenario::from_json)
         .collect::<Result<Vec<_>, _>>()?;
 
+    if direct {
+        super::services::isolate_direct_run()?;
+    }
     let results = std::sync::Arc::new(std::sync::Mutex::new(results));
     spawn_heartbeat(results.clone());
     let mut failures = super::services::setup_outer_network();
@@ -200,7 +216,7 @@ fn prepare_initrd(s: &Scenario, dir: &Path) -> Result<PathBuf, String> {
     let io = |what: &str, e: std::io::Error| format!("{what}: {e}");
     std::fs::create_dir_all(dir).map_err(|e| io("scenario directory", e))?;
     if s.guest_files.is_empty() {
-        return Ok(PathBuf::from(IMAGE_INITRAMFS));
+        return Ok(image_initramfs());
     }
     let root = dir.join("guest");
     for (path, contents) in &s.guest_files {
@@ -222,7 +238,8 @@ fn prepare_initrd(s: &Scenario, dir: &Path) -> Result<PathBuf, String> {
     if !archive.status.success() || archive.stdout.is_empty() {
         return Err(format!("busybox cpio failed ({})", archive.status));
     }
-    let mut initrd = std::fs::read(IMAGE_INITRAMFS).map_err(|e| io(IMAGE_INITRAMFS, e))?;
+    let image = image_initramfs();
+    let mut initrd = std::fs::read(&image).map_err(|e| io(&image.display().to_string(), e))?;
     initrd.resize(initrd.len().next_multiple_of(4), 0);
     initrd.extend_from_slice(&archive.stdout);
     let out = dir.join("initrd");

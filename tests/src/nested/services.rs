@@ -13,6 +13,7 @@
 //! | tcp 5201 | sink: reads to EOF, answers `sink bytes=N sha256=HEX` |
 //! | tcp 5202 | source: sends [`SOURCE_BYTES`] of the pattern `byte[i] = i % 251`, then closes |
 //! | udp 7 | echo |
+//! | tcp 8443 | TLS (self-signed), answering the server name it was sent ([`super::tls_service`]) |
 
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -36,6 +37,11 @@ pub const DUMMY_ADDRESSES: &[&str] = &[
     "10.1.2.3/32",
     "169.254.169.254/32",
     "2001:db8::10/128",
+    // The metadata address embedded in IPv6 (NAT64, 6to4, Teredo): a policy that took these
+    // for plain IPv6 would reach the servers here.
+    "64:ff9b::a9fe:a9fe/128",
+    "2002:a9fe:a9fe::1/128",
+    "2001:0:a9fe:a9fe::5601:5601/128",
 ];
 
 /// HTTP port.
@@ -52,39 +58,77 @@ pub const SOURCE_BYTES: u64 = 64 << 20;
 /// How long a connection may sit idle before a server gives up on it.
 const IO_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// Prepares the outer VM's network: loopback up, a dummy interface with
-/// [`DUMMY_ADDRESSES`], `/etc/resolv.conf` pointing at the DNS server below (ringfence
-/// forwards guest queries there), and ping sockets for every group (so the netstack can
-/// answer guest pings; this is the outer VM's own setting). Returns what failed.
-pub fn setup_outer_network() -> Vec<String> {
-    let mut cmds: Vec<Vec<&str>> = vec![
-        vec!["ip", "link", "set", "lo", "up"],
-        vec!["ip", "link", "add", "rf-test", "type", "dummy"],
-        vec!["ip", "link", "set", "rf-test", "up"],
-    ];
-    for a in DUMMY_ADDRESSES {
-        cmds.push(vec!["ip", "addr", "add", a, "dev", "rf-test"]);
+/// For a direct run on a host (see [`super::direct`]): checks that this process is in a
+/// network namespace of its own (so the dummy interface, the servers' ports and the ping
+/// setting below touch nothing of the host's), then gives it a private `/tmp` and a private
+/// `/etc/resolv.conf` (bind-mounted, in the mount namespace `unshare` made) for
+/// [`setup_outer_network`] to write.
+pub fn isolate_direct_run() -> Result<(), String> {
+    let ns = |p: &str| std::fs::read_link(p).map_err(|e| format!("{p}: {e}"));
+    // The parent is the program that started `unshare`, in the host's namespaces.
+    // SAFETY: getppid has no preconditions and touches no memory.
+    let parent = unsafe { libc::getppid() };
+    let theirs = |kind: &str| ns(&format!("/proc/{parent}/ns/{kind}"));
+    if ns("/proc/self/ns/net")? == theirs("net")? || ns("/proc/self/ns/mnt")? == theirs("mnt")? {
+        return Err("a direct run must be in network and mount namespaces of its own (start it with `unshare --net --mount`); refusing to change the host's network".into());
     }
-    cmds.push(vec![
-        "sysctl",
-        "-w",
-        "net.ipv4.ping_group_range=0 2147483647",
-    ]);
-    let mut failures: Vec<String> = cmds
-        .iter()
-        .filter_map(|c| {
-            let ok = std::process::Command::new(c[0])
-                .args(&c[1..])
-                .stdout(std::process::Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
-            (!ok).then(|| format!("`{}` failed", c.join(" ")))
-        })
-        .collect();
+    command(&["mount", "--make-rprivate", "/"])?;
+    command(&["mount", "-t", "tmpfs", "rf-nested", "/tmp"])?;
+    std::fs::write("/tmp/resolv.conf", "").map_err(|e| format!("/tmp/resolv.conf: {e}"))?;
+    command(&["mount", "--bind", "/tmp/resolv.conf", "/etc/resolv.conf"])
+}
+
+/// Prepares the outer VM's network: loopback up, an interface `rf-test` with
+/// [`DUMMY_ADDRESSES`] (a dummy; a veth pair where the kernel has no dummy driver, as on some
+/// hosts of a direct run), `/etc/resolv.conf` pointing at the DNS server below (ringfence
+/// forwards guest queries there), and ping sockets for every group (so the netstack can
+/// answer guest pings; this is the namespace's own setting). Returns what failed.
+pub fn setup_outer_network() -> Vec<String> {
+    let mut failures = Vec::new();
+    let mut step = |args: &[&str]| {
+        if let Err(e) = command(args) {
+            failures.push(e);
+        }
+    };
+    step(&["ip", "link", "set", "lo", "up"]);
+    if command(&["ip", "link", "add", "rf-test", "type", "dummy"]).is_err() {
+        step(&[
+            "ip",
+            "link",
+            "add",
+            "rf-test",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "rf-test-peer",
+        ]);
+        step(&["ip", "link", "set", "rf-test-peer", "up"]);
+    }
+    step(&["ip", "link", "set", "rf-test", "up"]);
+    for a in DUMMY_ADDRESSES {
+        step(&["ip", "addr", "add", a, "dev", "rf-test"]);
+    }
+    step(&["sysctl", "-w", "net.ipv4.ping_group_range=0 2147483647"]);
     if let Err(e) = std::fs::write("/etc/resolv.conf", "nameserver 127.0.0.1\n") {
         failures.push(format!("/etc/resolv.conf: {e}"));
     }
     failures
+}
+
+/// Runs a set-up command (its output to /dev/null): `Err` names it when it fails.
+fn command(args: &[&str]) -> Result<(), String> {
+    let ok = std::process::Command::new(args[0])
+        .args(&args[1..])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("`{}` failed", args.join(" ")))
+    }
 }
 
 /// Starts every server on its own thread; returns the ones that failed to start.
@@ -103,6 +147,9 @@ pub fn start_all() -> Vec<String> {
             }
             Err(e) => failures.push(format!("tcp port {port}: {e}")),
         }
+    }
+    if let Err(e) = super::tls_service::start() {
+        failures.push(e);
     }
     match UdpSocket::bind(any(UDP_ECHO_PORT)) {
         Ok(s) => {

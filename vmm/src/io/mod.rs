@@ -11,7 +11,7 @@ pub mod serial;
 use std::sync::Mutex;
 
 use i8042::{I8042Effect, I8042};
-use serial::{SerialConsole, COM1_BASE, COM1_LEN};
+use serial::{PartialLineWaker, SerialConsole, COM1_BASE, COM1_LEN};
 
 use crate::exit::VmExit;
 
@@ -63,6 +63,19 @@ impl IoBus {
             i8042: Mutex::new(I8042::default()),
             mmio: Vec::new(),
         }
+    }
+
+    /// Has the console call `waker` when a partial line (a prompt) waits in its buffer, so
+    /// the supervisor can flush it soon without waking up periodically.
+    pub fn set_partial_waker(&self, waker: PartialLineWaker) {
+        if let Ok(mut s) = self.serial.lock() {
+            s.set_partial_waker(waker);
+        }
+    }
+
+    /// Whether a partial console line waits for [`flush_console`](Self::flush_console).
+    pub fn console_partial_pending(&self) -> bool {
+        self.serial.lock().is_ok_and(|mut s| s.partial_pending())
     }
 
     /// Places `device` at `[base, base + len)`.

@@ -32,12 +32,19 @@ const LINE_LIMIT: usize = 4096;
 ///
 /// The UART emulation flushes after every byte; passing those flushes through would cost one
 /// `write(2)` per guest byte. Complete lines go out at once; a partial line (a prompt) goes out
-/// on [`LineBuffer::flush_all`], which the VMM calls periodically and at exit.
+/// on [`LineBuffer::flush_all`], which the VMM calls shortly after the partial line starts
+/// (the buffer calls its waker then, once until the next `flush_all`) and at exit. So an idle
+/// guest costs the supervisor no periodic wake-ups for its console.
 pub struct LineBuffer {
     inner: ConsoleSink,
     pending: Vec<u8>,
     panic: Option<String>,
+    waker: Option<PartialLineWaker>,
+    partial_signalled: bool,
 }
+
+/// Called (from a vCPU thread) when a partial line is left buffered.
+pub type PartialLineWaker = Box<dyn Fn() + Send>;
 
 /// What a Linux guest prints when its kernel panics (`panic()` in kernel/panic.c).
 const LINUX_PANIC_MARKER: &[u8] = b"Kernel panic - not syncing";
@@ -49,7 +56,21 @@ impl LineBuffer {
             inner,
             pending: Vec::with_capacity(256),
             panic: None,
+            waker: None,
+            partial_signalled: false,
         }
+    }
+
+    /// Calls `waker` when a partial line is left buffered (once until the next
+    /// [`flush_all`](Self::flush_all)).
+    pub fn set_partial_waker(&mut self, waker: PartialLineWaker) {
+        self.waker = Some(waker);
+    }
+
+    /// Whether a partial line waits for [`flush_all`](Self::flush_all) since the waker was
+    /// called.
+    pub fn partial_pending(&self) -> bool {
+        self.partial_signalled
     }
 
     /// The first kernel panic line the guest printed, if any: a Linux guest booted with
@@ -76,6 +97,7 @@ impl LineBuffer {
 
     /// Writes out everything buffered, partial line included.
     pub fn flush_all(&mut self) -> io::Result<()> {
+        self.partial_signalled = false;
         if !self.pending.is_empty() {
             self.watch(self.pending.len());
             self.inner.write_all(&self.pending)?;
@@ -101,6 +123,12 @@ impl Write for LineBuffer {
             self.pending.drain(..=end);
             self.inner.flush()?;
         }
+        if !self.pending.is_empty() && !self.partial_signalled {
+            if let Some(wake) = &self.waker {
+                self.partial_signalled = true;
+                wake();
+            }
+        }
         Ok(())
     }
 }
@@ -116,6 +144,16 @@ impl SerialConsole {
         SerialConsole {
             uart: Serial::new(IrqTrigger(irq), LineBuffer::new(sink)),
         }
+    }
+
+    /// Calls `waker` when a partial line waits in the console buffer (see [`LineBuffer`]).
+    pub fn set_partial_waker(&mut self, waker: PartialLineWaker) {
+        self.uart.writer_mut().set_partial_waker(waker);
+    }
+
+    /// Whether a partial line waits to be flushed (see [`LineBuffer::partial_pending`]).
+    pub fn partial_pending(&mut self) -> bool {
+        self.uart.writer_mut().partial_pending()
     }
 
     /// A guest write of `value` to port `COM1_BASE + offset`.
@@ -155,6 +193,40 @@ mod tests {
         fn flush(&mut self) -> io::Result<()> {
             Ok(())
         }
+    }
+
+    #[test]
+    fn a_partial_line_is_signalled_once_until_flushed() {
+        let log = Log::default();
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut b = LineBuffer::new(Box::new(log.clone()));
+        let seen = calls.clone();
+        b.set_partial_waker(Box::new(move || {
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }));
+        let count = || calls.load(std::sync::atomic::Ordering::SeqCst);
+        b.write_all(b"whole line\n").unwrap();
+        b.flush().unwrap();
+        assert_eq!(
+            (count(), b.partial_pending()),
+            (0, false),
+            "a whole line needs no wake"
+        );
+        for byte in b"$ " {
+            b.write_all(&[*byte]).unwrap();
+            b.flush().unwrap();
+        }
+        assert_eq!(
+            (count(), b.partial_pending()),
+            (1, true),
+            "one wake for the prompt"
+        );
+        b.flush_all().unwrap();
+        assert!(!b.partial_pending());
+        assert_eq!(log.0.lock().unwrap().concat(), b"whole line\n$ ");
+        b.write_all(b">").unwrap();
+        b.flush().unwrap();
+        assert_eq!(count(), 2, "woken again after the flush");
     }
 
     #[test]

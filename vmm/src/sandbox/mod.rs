@@ -128,12 +128,35 @@ pub struct Sandbox {
     violation: Option<ThreadKind>,
 }
 
+/// The filters, compiled once per process: they depend on nothing but the thread kind, and
+/// compiling them is a measurable part of a VM's start.
+fn compiled_programs() -> Result<Arc<Programs>, SandboxError> {
+    static PROGRAMS: std::sync::OnceLock<Arc<Programs>> = std::sync::OnceLock::new();
+    if let Some(p) = PROGRAMS.get() {
+        return Ok(p.clone());
+    }
+    let programs = Arc::new(Programs {
+        vmm: seccomp::compile(ThreadKind::Vmm)?,
+        vcpu: seccomp::compile(ThreadKind::Vcpu)?,
+        worker: seccomp::compile(ThreadKind::Worker)?,
+        launcher: seccomp::compile(ThreadKind::Launcher)?,
+    });
+    Ok(PROGRAMS.get_or_init(|| programs).clone())
+}
+
 impl Sandbox {
     /// Sets `no_new_privs`, and with seccomp on compiles the filters, installs the SIGSYS
     /// reporter and starts the launcher thread (which drops its own capabilities to the
     /// plan's `keep` at once). Call it before any other thread starts; the calling thread
     /// keeps its capabilities until [`Sandbox::drop_privileges`].
-    pub fn start(mode: SeccompMode, caps: CapabilityPlan) -> Result<Self, SandboxError> {
+    ///
+    /// `with_workers`: whether the VM has devices that start worker threads; without them no
+    /// launcher thread is started (an idle VM with no network keeps one thread fewer).
+    pub fn start(
+        mode: SeccompMode,
+        caps: CapabilityPlan,
+        with_workers: bool,
+    ) -> Result<Self, SandboxError> {
         privileges::set_no_new_privs()?;
         let keep_caps = caps.keep;
         if mode == SeccompMode::Off {
@@ -147,20 +170,20 @@ impl Sandbox {
             });
         }
         let violation = test_violation_kind();
-        let programs = Arc::new(Programs {
-            vmm: seccomp::compile(ThreadKind::Vmm)?,
-            vcpu: seccomp::compile(ThreadKind::Vcpu)?,
-            worker: seccomp::compile(ThreadKind::Worker)?,
-            launcher: seccomp::compile(ThreadKind::Launcher)?,
-        });
+        let programs = compiled_programs()?;
         seccomp::install_sigsys_handler()?;
-        let (launcher, thread) = launcher::start(programs.clone(), violation, keep_caps)?;
+        let (launcher, launcher_thread) = if with_workers {
+            let (l, t) = launcher::start(programs.clone(), violation, keep_caps)?;
+            (Some(l), Some(t))
+        } else {
+            (None, None)
+        };
         Ok(Sandbox {
             caps,
             keep_caps,
             programs: Some(programs),
-            launcher: Some(launcher),
-            launcher_thread: Some(thread),
+            launcher,
+            launcher_thread,
             violation,
         })
     }

@@ -42,7 +42,22 @@ pub fn ringfence_cmd(bin: &Path, probe: &Path, cmdline: &str) -> Command {
 
 /// QEMU microvm's command for the probe (the same ELF and memory), with extra devices.
 pub fn qemu_cmd(probe: &Path, cmdline: &str, extra: &[&str]) -> Command {
-    let mut c = Command::new("qemu-system-x86_64");
+    qemu_cmd_at(Path::new("qemu-system-x86_64"), None, probe, cmdline, extra)
+}
+
+/// [`qemu_cmd`] with a given QEMU binary and, for a QEMU outside the system, its firmware
+/// directory (`-L`).
+pub fn qemu_cmd_at(
+    qemu: &Path,
+    firmware: Option<&Path>,
+    probe: &Path,
+    cmdline: &str,
+    extra: &[&str],
+) -> Command {
+    let mut c = Command::new(qemu);
+    if let Some(dir) = firmware {
+        c.arg("-L").arg(dir);
+    }
     // The same legacy devices as ringfence's probe runs: no PIT, PIC or RTC.
     c.args(["-M", "microvm,pit=off,pic=off,rtc=off", "-enable-kvm"])
         .args(["-cpu", "host,-arch-capabilities"])

@@ -9,6 +9,7 @@ mod density;
 mod idle;
 mod measure;
 mod nested_linux;
+mod nested_net;
 mod net;
 mod netns;
 mod procstat;
@@ -20,7 +21,7 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 
 use crate::util::{done, step, target_dir};
-use crate::{deps, probe};
+use crate::{baselines, deps, probe};
 
 /// Parses bench options and runs the chosen suites.
 pub fn run(args: &[String]) -> Result<()> {
@@ -29,6 +30,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let mut suites = Vec::new();
     let mut only: Option<Vec<String>> = None;
     let (mut linux, mut nested_flag) = (false, false);
+    let mut fetch_baselines = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -59,6 +61,13 @@ pub fn run(args: &[String]) -> Result<()> {
                 }
                 only = Some(names);
             }
+            "--baselines" => match it.next().map(String::as_str) {
+                Some("latest") => fetch_baselines = true,
+                Some("cached") => fetch_baselines = false,
+                other => bail!(
+                    "--baselines takes `latest` (fetch QEMU 10 and build passt 2025 into ~/.cache/ringfence/baselines/ if missing) or `cached` (use them only if already there, the default); got {other:?}"
+                ),
+            },
             "boot" => suites.push("boot"),
             "net" => suites.push("net"),
             "idle" => suites.push("idle"),
@@ -66,7 +75,7 @@ pub fn run(args: &[String]) -> Result<()> {
             "--linux" => linux = true,
             "--nested" => nested_flag = true,
             other => {
-                bail!("unknown bench option {other:?} (try: boot, net, idle, density, --quick, --runs N, --systems A,B, --linux [--nested])")
+                bail!("unknown bench option {other:?} (try: boot, net, idle, density, --quick, --runs N, --systems A,B, --baselines latest|cached, --linux [--nested])")
             }
         }
     }
@@ -80,6 +89,20 @@ pub fn run(args: &[String]) -> Result<()> {
         suites = vec!["boot", "net"];
     }
     deps::ensure_all(&[deps::TEST_PACKAGES, deps::BENCH_PACKAGES])?;
+    let strongest = if !suites.contains(&"net") {
+        None
+    } else if fetch_baselines {
+        let t = step(&format!(
+            "baselines: QEMU {} and passt {} into ~/.cache/ringfence/baselines/ (system packages and apt sources untouched)",
+            baselines::QEMU10_VERSION,
+            baselines::PASST_UPSTREAM
+        ));
+        let found = baselines::install_latest();
+        done(t);
+        Some(found)
+    } else {
+        Some(baselines::cached())
+    };
     let mut report = report::Report {
         host: host_facts(),
         ..Default::default()
@@ -127,9 +150,9 @@ pub fn run(args: &[String]) -> Result<()> {
                 &bin,
                 &probe_elf,
                 &peer_bin,
-                quick,
-                runs.unwrap_or(if quick { 2 } else { 5 }),
+                (quick, runs.unwrap_or(if quick { 2 } else { 5 })),
                 only.as_deref(),
+                strongest.clone(),
                 &mut report,
             )?;
         }
@@ -232,11 +255,12 @@ fn run_net(
     bin: &std::path::Path,
     probe: &std::path::Path,
     peer: &std::path::Path,
-    quick: bool,
-    reps: usize,
+    (quick, reps): (bool, usize),
     only: Option<&[String]>,
+    strongest: Option<baselines::Found>,
     report: &mut report::Report,
 ) -> Result<()> {
+    let strongest = strongest.unwrap_or_else(baselines::cached);
     if !crate::util::is_root() {
         println!("    SKIPPED net suite: it needs root for its network namespace and taps");
         report
@@ -264,6 +288,8 @@ fn run_net(
         tsc_khz,
         bytes,
         rr_count: if quick { 2000 } else { 10000 },
+        qemu10: strongest.qemu10.clone().ok(),
+        passt2025: strongest.passt2025.clone().ok(),
     };
     let mut systems = Vec::new();
     if user_backend_available(bin) {
@@ -278,8 +304,34 @@ fn run_net(
         systems.push(net::System::QemuPasst);
     }
     systems.push(net::System::QemuUser);
+    let mut absent = Vec::new();
+    for s in [
+        net::System::Qemu10Tap,
+        net::System::Qemu10Passt,
+        net::System::Qemu10PasstVhostUser,
+    ] {
+        let why = match (&strongest.qemu10, &strongest.passt2025) {
+            (Err(e), _) => Some(e.clone()),
+            (Ok(_), Err(e)) if s != net::System::Qemu10Tap => Some(e.clone()),
+            (Ok(q), _) if s == net::System::Qemu10PasstVhostUser && !q.vhost_user => {
+                Some(format!("{} lists no vhost-user netdev", q.binary.display()))
+            }
+            _ => None,
+        };
+        match why {
+            None => systems.push(s),
+            Some(why) => absent.push((s, why)),
+        }
+    }
     if let Some(only) = only {
         systems.retain(|s| only.iter().any(|n| n == s.name()));
+        absent.retain(|(s, _)| only.iter().any(|n| n == s.name()));
+    }
+    for (s, why) in absent {
+        println!("    {}: not measured — {why}", s.name());
+        report
+            .notes
+            .push(format!("{}: not measured — {why}", s.name()));
     }
     let t = step(&format!(
         "net: {} systems x {reps} repetitions, {} MiB each way + ping-pong (about {} s)",

@@ -9,6 +9,12 @@
 //! | `qemu-tap` | QEMU microvm virtio-net (userspace, no vhost-net here) → tap |
 //! | `qemu-passt` | QEMU microvm virtio-net → passt over a stream socket |
 //! | `qemu-user` | QEMU microvm virtio-net → slirp |
+//! | `qemu10-tap` | QEMU 10 microvm virtio-net → tap |
+//! | `qemu10-passt` | QEMU 10 microvm virtio-net → passt 2025 over a stream socket |
+//! | `qemu10-passt-vhost-user` | QEMU 10 microvm, shared memfd guest memory, `-netdev vhost-user` → `passt --vhost-user` (passt reads and writes the guest's rings itself) |
+//!
+//! QEMU 10 and passt 2025 come from [`crate::baselines`]; `qemu-*` are the system's QEMU and
+//! passt.
 //!
 //! Everything runs inside a namespace the harness creates; the peers are our own `rf-peer`
 //! (the same for every system), on the tap address for tap systems and on the namespace's
@@ -20,7 +26,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use super::boot::{qemu_cmd, GUEST_MEM_MIB};
+use super::boot::{qemu_cmd, qemu_cmd_at, GUEST_MEM_MIB};
 use super::measure::{run_measured_with, RunSample};
 use super::netns::{BenchNetns, TAP_GUEST, TAP_HOST};
 use super::report::Metric;
@@ -46,15 +52,24 @@ pub enum System {
     QemuPasst,
     /// QEMU microvm with slirp.
     QemuUser,
+    /// QEMU 10 microvm on a tap.
+    Qemu10Tap,
+    /// QEMU 10 microvm with passt 2025 over a stream socket.
+    Qemu10Passt,
+    /// QEMU 10 microvm with passt 2025 as its vhost-user backend.
+    Qemu10PasstVhostUser,
 }
 
 impl System {
     /// Every system the suite knows, in report order.
-    pub const ALL: [System; 6] = [
+    pub const ALL: [System; 9] = [
         System::RingfenceUser,
         System::RingfenceUserNice,
         System::RingfenceTap,
+        System::Qemu10Tap,
         System::QemuTap,
+        System::Qemu10PasstVhostUser,
+        System::Qemu10Passt,
         System::QemuPasst,
         System::QemuUser,
     ];
@@ -68,11 +83,32 @@ impl System {
             System::QemuTap => "qemu-tap",
             System::QemuPasst => "qemu-passt",
             System::QemuUser => "qemu-user",
+            System::Qemu10Tap => "qemu10-tap",
+            System::Qemu10Passt => "qemu10-passt",
+            System::Qemu10PasstVhostUser => "qemu10-passt-vhost-user",
         }
     }
 
     fn uses_tap(self) -> bool {
-        matches!(self, System::RingfenceTap | System::QemuTap)
+        matches!(
+            self,
+            System::RingfenceTap | System::QemuTap | System::Qemu10Tap
+        )
+    }
+
+    /// Whether the system runs QEMU 10 and passt 2025 from [`crate::baselines`].
+    pub fn needs_qemu10(self) -> bool {
+        matches!(
+            self,
+            System::Qemu10Tap | System::Qemu10Passt | System::Qemu10PasstVhostUser
+        )
+    }
+
+    fn uses_passt(self) -> bool {
+        matches!(
+            self,
+            System::QemuPasst | System::Qemu10Passt | System::Qemu10PasstVhostUser
+        )
     }
 
     /// Where the host-side peer listens.
@@ -87,11 +123,13 @@ impl System {
     /// The address the guest dials to reach the peer.
     fn peer_from_guest(self) -> &'static str {
         match self {
-            System::RingfenceTap | System::QemuTap => TAP_HOST,
+            System::RingfenceTap | System::QemuTap | System::Qemu10Tap => TAP_HOST,
             // The netstack's gateway (first /30 of 172.16.0.0/12) reaches host loopback.
             System::RingfenceUser | System::RingfenceUserNice => "172.16.0.1",
             // passt maps the (copied) default gateway to the host.
-            System::QemuPasst => "198.51.100.254",
+            System::QemuPasst | System::Qemu10Passt | System::Qemu10PasstVhostUser => {
+                "198.51.100.254"
+            }
             System::QemuUser => "10.0.2.2",
         }
     }
@@ -123,6 +161,10 @@ pub struct NetBench<'a> {
     pub bytes: u64,
     /// Ping-pong round trips per run.
     pub rr_count: u32,
+    /// QEMU 10, where the `qemu10-*` systems run.
+    pub qemu10: Option<crate::baselines::Qemu10>,
+    /// passt 2025, for `qemu10-passt` and `qemu10-passt-vhost-user`.
+    pub passt2025: Option<PathBuf>,
 }
 
 /// One guest run with a possible helper process (passt).
@@ -166,26 +208,48 @@ impl NetBench<'_> {
                 }
                 c
             }
-            System::QemuTap | System::QemuPasst | System::QemuUser => {
+            _ => {
                 let netdev = match system {
-                    System::QemuTap => {
+                    System::QemuTap | System::Qemu10Tap => {
                         "tap,id=n0,ifname=rfb0,script=no,downscript=no,vhost=off".to_string()
                     }
-                    System::QemuPasst => format!(
+                    System::QemuPasst | System::Qemu10Passt => format!(
                         "stream,id=n0,server=off,addr.type=unix,addr.path={}",
                         socket.display()
                     ),
+                    System::Qemu10PasstVhostUser => "vhost-user,id=n0,chardev=c0".to_string(),
                     _ => "user,id=n0".to_string(),
                 };
-                let extra = [
-                    "-global",
-                    "virtio-mmio.force-legacy=false",
-                    "-netdev",
-                    netdev.as_str(),
-                    "-device",
-                    "virtio-net-device,netdev=n0",
-                ];
-                let inner = qemu_cmd(self.probe, &cmdline, &extra);
+                let mut extra: Vec<String> = Vec::new();
+                if system == System::Qemu10PasstVhostUser {
+                    // vhost-user needs guest memory the backend can map: a shared memfd.
+                    extra.extend([
+                        "-object".into(),
+                        format!("memory-backend-memfd,id=mem,size={GUEST_MEM_MIB}M,share=on"),
+                        "-machine".into(),
+                        "memory-backend=mem".into(),
+                        "-chardev".into(),
+                        format!("socket,id=c0,path={}", socket.display()),
+                    ]);
+                }
+                extra.extend(
+                    [
+                        "-global",
+                        "virtio-mmio.force-legacy=false",
+                        "-netdev",
+                        netdev.as_str(),
+                        "-device",
+                        "virtio-net-device,netdev=n0",
+                    ]
+                    .map(String::from),
+                );
+                let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+                let inner = match (system.needs_qemu10(), &self.qemu10) {
+                    (true, Some(q)) => {
+                        qemu_cmd_at(&q.binary, Some(&q.firmware), self.probe, &cmdline, &extra)
+                    }
+                    _ => qemu_cmd(self.probe, &cmdline, &extra),
+                };
                 let mut c = ns.command(inner.get_program());
                 c.args(inner.get_args());
                 c
@@ -194,16 +258,24 @@ impl NetBench<'_> {
     }
 
     /// Starts passt for one QEMU run.
-    fn start_passt(&self, ns: &BenchNetns, socket: &Path) -> Result<Child> {
+    fn start_passt(&self, ns: &BenchNetns, system: System, socket: &Path) -> Result<Child> {
         let _ = std::fs::remove_file(socket);
-        let child = ns
-            .command("passt")
+        let program = match (system, &self.passt2025) {
+            (System::QemuPasst, _) => Path::new("passt"),
+            (_, Some(p)) => p.as_path(),
+            (_, None) => bail!("{}: passt 2025 is not available", system.name()),
+        };
+        let mut cmd = ns.command(program);
+        if system == System::Qemu10PasstVhostUser {
+            cmd.arg("--vhost-user");
+        }
+        let child = cmd
             .args(["--foreground", "--quiet", "--one-off", "--socket"])
             .arg(socket)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
-            .context("starting passt")?;
+            .with_context(|| format!("starting {}", program.display()))?;
         for _ in 0..200 {
             if socket.exists() {
                 return Ok(child);
@@ -215,8 +287,8 @@ impl NetBench<'_> {
 
     fn run_guest(&self, ns: &BenchNetns, system: System, words: &[String]) -> Result<GuestRun> {
         let socket = PathBuf::from(format!("/tmp/rf-bench-passt-{}.sock", std::process::id()));
-        let passt = if system == System::QemuPasst {
-            Some(self.start_passt(ns, &socket)?)
+        let passt = if system.uses_passt() {
+            Some(self.start_passt(ns, system, &socket)?)
         } else {
             None
         };

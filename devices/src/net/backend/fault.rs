@@ -46,6 +46,8 @@ pub struct FaultCounters {
     rx_reordered: AtomicU64,
     rx_duplicated: AtomicU64,
     rx_released_late: AtomicU64,
+    tx_lost: AtomicU64,
+    rx_lost: AtomicU64,
 }
 
 impl FaultCounters {
@@ -63,6 +65,8 @@ impl FaultCounters {
             rx_reordered: get(&self.rx_reordered),
             rx_duplicated: get(&self.rx_duplicated),
             rx_released_late: get(&self.rx_released_late),
+            tx_lost: get(&self.tx_lost),
+            rx_lost: get(&self.rx_lost),
         }
     }
 }
@@ -82,19 +86,25 @@ pub struct FaultStats {
     pub rx_duplicated: u64,
     /// Stashed frames for the guest handed out with no frame overtaking them.
     pub rx_released_late: u64,
+    /// Guest frames lost.
+    pub tx_lost: u64,
+    /// Frames for the guest lost.
+    pub rx_lost: u64,
 }
 
 impl fmt::Display for FaultStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "tx_reordered={} tx_duplicated={} tx_released_late={} rx_reordered={} rx_duplicated={} rx_released_late={}",
+            "tx_reordered={} tx_duplicated={} tx_released_late={} tx_lost={} rx_reordered={} rx_duplicated={} rx_released_late={} rx_lost={}",
             self.tx_reordered,
             self.tx_duplicated,
             self.tx_released_late,
+            self.tx_lost,
             self.rx_reordered,
             self.rx_duplicated,
-            self.rx_released_late
+            self.rx_released_late,
+            self.rx_lost
         )
     }
 }
@@ -254,8 +264,19 @@ impl FaultBackend {
         }
     }
 
-    /// Lets the inner backend write its next frame into private buffers and copies it out.
+    /// The inner backend's next frame that is not lost.
     fn recv_inner(&mut self, frame_capacity: usize) -> Result<Option<RxCopy>, BackendError> {
+        loop {
+            let next = self.recv_inner_once(frame_capacity)?;
+            if next.is_none() || !self.rng.chance(self.spec.rx.loss_pct) {
+                return Ok(next);
+            }
+            FaultCounters::bump(&self.counters.rx_lost);
+        }
+    }
+
+    /// Lets the inner backend write its next frame into private buffers and copies it out.
+    fn recv_inner_once(&mut self, frame_capacity: usize) -> Result<Option<RxCopy>, BackendError> {
         self.scratch_full.resize(VNET_HDR_LEN + frame_capacity, 0);
         self.scratch_frame.resize(frame_capacity, 0);
         let mut full = [IoSliceMut::new(&mut self.scratch_full)];
@@ -300,6 +321,10 @@ impl NetBackend for FaultBackend {
     }
 
     fn send(&mut self, frame: &TxFrame<'_>) -> Result<(), BackendError> {
+        if self.rng.chance(self.spec.tx.loss_pct) {
+            FaultCounters::bump(&self.counters.tx_lost);
+            return Ok(());
+        }
         let now = Instant::now();
         if self.tx_held.is_none() && self.rng.chance(self.spec.tx.reorder_pct) {
             self.tx_held = Some(HeldTx::copy(frame, now + MAX_HOLD));

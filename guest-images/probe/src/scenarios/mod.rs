@@ -9,6 +9,7 @@ mod net_common;
 mod resolve;
 mod tcp;
 mod tcp_multi;
+mod tls;
 
 use alloc::format;
 use alloc::string::String;
@@ -85,12 +86,13 @@ pub fn run(ctx: &Context<'_>) -> Outcome {
         "connect" => tcp::connect_only(ctx),
         "serve" => tcp::serve(ctx),
         "resolve" => resolve::resolve(ctx),
+        "tls-hello" => tls::hello(ctx),
         _ => usage_error(
             ctx,
             name,
             format!(
                 "unknown scenario {name:?}; known: hello, exit:N, spin:N, cpl0spin:N, idle, fault:KIND, ping, udp-echo, \
-                 tcp-send, tcp-recv, tcp-rr, connect, serve, resolve"
+                 tcp-send, tcp-recv, tcp-rr, connect, serve, resolve, tls-hello"
             ),
         ),
     }

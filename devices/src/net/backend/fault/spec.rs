@@ -1,4 +1,5 @@
-//! What the fault hook does, parsed from its one-line form (`reorder=5,dup=2,seed=7`), and the
+//! What the fault hook does, parsed from its one-line form (`loss=5,reorder=5,dup=1,seed=7`),
+//! and the
 //! seeded generator that decides, frame by frame, whether it does it.
 //!
 //! The generator is a xorshift64* sequence: tiny, deterministic for a seed, and good enough to
@@ -17,19 +18,25 @@ pub struct FaultRates {
     pub reorder_pct: u8,
     /// Percentage of frames delivered twice (0–100).
     pub dup_pct: u8,
+    /// Percentage of frames lost (0–100).
+    pub loss_pct: u8,
 }
 
 impl fmt::Display for FaultRates {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.loss_pct != 0 {
+            write!(f, "loss {}% ", self.loss_pct)?;
+        }
         write!(f, "reorder {}% dup {}%", self.reorder_pct, self.dup_pct)
     }
 }
 
 /// What the fault hook does: rates per direction and the generator's seed.
 ///
-/// One-line form: comma-separated `key=value` items. `reorder=PCT` and `dup=PCT` set both
-/// directions; `tx_reorder`, `tx_dup` (guest → host) and `rx_reorder`, `rx_dup` (host → guest)
-/// set one, overriding what comes before them; `seed=N` seeds the generator.
+/// One-line form: comma-separated `key=value` items. `loss=PCT`, `reorder=PCT` and `dup=PCT`
+/// set both directions; `tx_loss`, `tx_reorder`, `tx_dup` (guest → host) and `rx_loss`,
+/// `rx_reorder`, `rx_dup` (host → guest) set one, overriding what comes before them;
+/// `seed=N` seeds the generator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FaultSpec {
     /// Rates for frames the guest sends.
@@ -46,6 +53,7 @@ impl FaultSpec {
         let rates = FaultRates {
             reorder_pct,
             dup_pct,
+            loss_pct: 0,
         };
         FaultSpec {
             tx: rates,
@@ -79,7 +87,7 @@ impl fmt::Display for FaultSpec {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FaultSpecError {
     /// An item is not `key=value`, or the key is unknown.
-    #[error("bad fault spec item {item:?} in {spec:?}: expected comma-separated reorder=PCT, dup=PCT, tx_reorder=PCT, tx_dup=PCT, rx_reorder=PCT, rx_dup=PCT or seed=N (e.g. reorder=5,dup=2,seed=7)")]
+    #[error("bad fault spec item {item:?} in {spec:?}: expected comma-separated loss=PCT, reorder=PCT, dup=PCT, their tx_ and rx_ forms (tx_loss=PCT, rx_dup=PCT, ...) or seed=N (e.g. loss=5,reorder=5,dup=1,seed=7)")]
     Item {
         /// The whole spec.
         spec: String,
@@ -149,6 +157,7 @@ impl FromStr for FaultSpec {
                 match kind {
                     "reorder" => rates.reorder_pct = pct,
                     "dup" => rates.dup_pct = pct,
+                    "loss" => rates.loss_pct = pct,
                     _ => return Err(bad_item()),
                 }
             }
@@ -205,23 +214,27 @@ mod tests {
         assert_eq!(s.to_string(), "reorder 5% dup 2% seed 7");
         let s: FaultSpec = " dup=100 ".parse().unwrap();
         assert_eq!(s, FaultSpec::both_ways(0, 100, DEFAULT_SEED));
-        let s: FaultSpec = "reorder=5,dup=2,tx_reorder=0,rx_dup=3".parse().unwrap();
+        let s: FaultSpec = "loss=4,reorder=5,dup=2,tx_reorder=0,rx_dup=3,rx_loss=1"
+            .parse()
+            .unwrap();
         assert_eq!(
             (s.tx, s.rx),
             (
                 FaultRates {
                     reorder_pct: 0,
-                    dup_pct: 2
+                    dup_pct: 2,
+                    loss_pct: 4,
                 },
                 FaultRates {
                     reorder_pct: 5,
-                    dup_pct: 3
+                    dup_pct: 3,
+                    loss_pct: 1,
                 }
             )
         );
         assert_eq!(
             s.to_string(),
-            "guest to host reorder 0% dup 2%, host to guest reorder 5% dup 3%, seed 1"
+            "guest to host loss 4% reorder 0% dup 2%, host to guest loss 1% reorder 5% dup 3%, seed 1"
         );
     }
 
