@@ -1,7 +1,8 @@
 //! Entry points for the fuzz targets in `fuzz/` (feature `fuzzing`; not part of the API).
 //!
-//! The DNS code is crate-private; these thin wrappers let `fuzz/fuzz_targets/dns.rs` drive
-//! exactly the functions the datapath calls, over hostile bytes. Everything else the fuzzer
+//! The DNS code and the TLS ClientHello parser are crate-private; these thin wrappers and
+//! re-exports let `fuzz/fuzz_targets/dns.rs` and `tls_client_hello.rs` drive exactly the
+//! functions the datapath calls, over hostile bytes. Everything else the fuzzer
 //! needs (whole-frame handling) is the public [`crate::Netstack`] API. Nothing here opens a
 //! socket or keeps state.
 
@@ -9,6 +10,8 @@ use std::net::IpAddr;
 
 use crate::dns;
 use crate::gate::FlowGate;
+
+pub use crate::tls::{parse_client_hello, ClientHello, HelloError, MAX_CLIENT_HELLO};
 
 /// The first question of a DNS query, as the interception path sees it.
 #[derive(Debug, PartialEq, Eq)]

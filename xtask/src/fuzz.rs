@@ -34,6 +34,10 @@ pub const TARGETS: &[(&str, &str)] = &[
         "DNS query parse, local answers, A/AAAA extraction and the rebind filter",
     ),
     (
+        "tls_client_hello",
+        "the first bytes of a guest's TLS stream: records, reassembly, ClientHello, SNI",
+    ),
+    (
         "policy_rule",
         "CLI rule text: parse, print and re-parse, compiled vs linear evaluator",
     ),
