@@ -3,8 +3,10 @@
 //! Owns the minimal parsing we need: the first question of a query (to answer the host
 //! alias locally and to ask the flow gate), local answers (alias, REFUSED, SERVFAIL),
 //! and reading A/AAAA records out of upstream answers so later connections can be
-//! attributed to the domain they were resolved from. Never follows compression loops
-//! (pointer hops are bounded) and never reads past the message.
+//! attributed to the domain they were resolved from. Never follows compression loops (a
+//! pointer must jump back to before where the name it continues began, past the header),
+//! refuses labels containing `.` (the dotted name must mean the same labels the resolver
+//! sees) and never reads past the message.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -34,20 +36,28 @@ pub(crate) struct Query {
 
 /// Reads a (possibly compressed) name at `off`; returns it and the offset after it in
 /// the original position.
+///
+/// A compression pointer refers to a prior occurrence of a name (RFC 1035 §4.1.4), so it is
+/// followed only if it lands past the header and before the start of the labels it
+/// continues: every jump goes strictly backwards, which rules out loops, and a question copied
+/// into a local answer (same offsets) still means the same name.
 fn read_name(msg: &[u8], mut off: usize) -> Option<(String, usize)> {
     let mut name = String::new();
     let mut end = None;
     let mut hops = 0;
+    let mut before = off;
     loop {
         let len = *msg.get(off)? as usize;
         if len & 0xc0 == 0xc0 {
             let lo = *msg.get(off + 1)? as usize;
             end.get_or_insert(off + 2);
             hops += 1;
-            if hops > 16 {
+            let target = ((len & 0x3f) << 8) | lo;
+            if hops > 16 || target < HDR || target >= before {
                 return None;
             }
-            off = ((len & 0x3f) << 8) | lo;
+            before = target;
+            off = target;
             continue;
         }
         if len & 0xc0 != 0 {
@@ -58,6 +68,11 @@ fn read_name(msg: &[u8], mut off: usize) -> Option<(String, usize)> {
             break;
         }
         let label = msg.get(off + 1..off + 1 + len)?;
+        // A `.` inside a label would make the dotted name we judge differ from the name the
+        // upstream resolves (`a.b` as one label is not `a` under `b`); no resolver sends one.
+        if label.contains(&b'.') {
+            return None;
+        }
         if !name.is_empty() {
             name.push('.');
         }
@@ -121,7 +136,10 @@ pub(crate) fn local_answer(query: &[u8], q: &Query, rcode: u8, answers: &[IpAddr
     out
 }
 
-/// A/AAAA addresses in an answer, with the name that was asked for.
+/// A/AAAA addresses in an answer, with the name that was asked for. Every answer record is
+/// read (a record takes at least 11 bytes, so the message length bounds the loop): an
+/// address the filter did not see must not reach the guest. `None` if any of them cannot be
+/// read.
 pub(crate) fn answer_addresses(msg: &[u8]) -> Option<(String, Vec<IpAddr>)> {
     if msg.len() < HDR || msg[2] & 0x80 == 0 {
         return None;
@@ -134,7 +152,7 @@ pub(crate) fn answer_addresses(msg: &[u8]) -> Option<(String, Vec<IpAddr>)> {
     let (qname, mut off) = read_name(msg, HDR)?;
     off += 4;
     let mut addrs = Vec::new();
-    for _ in 0..ancount.min(64) {
+    for _ in 0..ancount {
         let (_, o) = read_name(msg, off)?;
         let rr = msg.get(o..o + 10)?;
         let ty = u16::from_be_bytes([rr[0], rr[1]]);
@@ -154,6 +172,18 @@ pub(crate) fn answer_addresses(msg: &[u8]) -> Option<(String, Vec<IpAddr>)> {
         off = o + 10 + rdlen;
     }
     Some((qname, addrs))
+}
+
+/// An upstream answer judged for rebind protection: the name asked for, its A/AAAA
+/// addresses and whether `gate` allows every one of them (a deny drops the whole answer).
+/// `None` if the message is not a readable answer; the caller drops it (fails closed).
+pub(crate) fn judge_answer(
+    msg: &[u8],
+    gate: &dyn crate::gate::FlowGate,
+) -> Option<(String, Vec<IpAddr>, bool)> {
+    let (name, addrs) = answer_addresses(msg)?;
+    let allowed = addrs.iter().all(|a| gate.check_dns_answer(&name, *a).allow);
+    Some((name, addrs, allowed))
 }
 
 #[cfg(test)]
@@ -188,6 +218,60 @@ mod tests {
         let (name, addrs) = answer_addresses(&a).unwrap();
         assert_eq!(name, "host.ringfence.internal");
         assert_eq!(addrs, vec![ip]);
+    }
+
+    /// Found by the `dns` fuzz target: a question whose name is a pointer into the header
+    /// parsed, and the local answer (new header, question copied) then named something else.
+    #[test]
+    fn pointers_into_the_header_are_rejected() {
+        let m = [
+            0x00, 0x01, 0x01, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x01, 0x00, 0x0c, 0xc0, 0x01,
+            0x00, 0x00, 0x00, 0x01,
+        ];
+        assert!(parse_query(&m).is_none());
+    }
+
+    /// Found by comparing the `dns` fuzz corpus with hickory-proto: a label holding a `.`
+    /// (`x` + `u.zz` + `test`) was read as `x.u.zz.test`, a name of four labels, so the
+    /// policy judged another name than the one the upstream would resolve.
+    #[test]
+    fn dots_inside_labels_are_rejected() {
+        let mut m = query(1, "x", TYPE_A);
+        m.truncate(12);
+        m.extend_from_slice(&[
+            1, b'x', 4, b'u', b'.', b'z', b'z', 4, b't', b'e', b's', b't', 0,
+        ]);
+        m.extend_from_slice(&[0, 1, 0, 1]);
+        assert!(parse_query(&m).is_none());
+        let mut a = m.clone();
+        a[2] |= 0x80;
+        assert!(answer_addresses(&a).is_none());
+        assert!(parse_query(&query(1, "x.u.zz.test", TYPE_A)).is_some());
+    }
+
+    #[test]
+    fn pointers_must_jump_backwards() {
+        // Pointer into its own name (loop through a label).
+        let mut m = query(1, "a", TYPE_A);
+        m.truncate(12);
+        m.extend_from_slice(&[1, b'a', 0xc0, 12, 0, 1, 0, 1]);
+        assert!(parse_query(&m).is_none());
+        // Forward pointer.
+        let mut m = query(1, "a", TYPE_A);
+        m.truncate(12);
+        m.extend_from_slice(&[0xc0, 20, 0, 1, 0, 1, 0, 0, 1, b'b', 0]);
+        assert!(parse_query(&m).is_none());
+        // An answer whose names point back at the question, as resolvers write them.
+        let mut a = query(2, "x.example", TYPE_A);
+        a[2] |= 0x80;
+        a[7] = 2;
+        a.extend_from_slice(&[0xc0, 14, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 192, 0, 2, 1]);
+        a.extend_from_slice(&[
+            1, b'w', 0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 192, 0, 2, 2,
+        ]);
+        let (name, addrs) = answer_addresses(&a).unwrap();
+        assert_eq!(name, "x.example");
+        assert_eq!(addrs.len(), 2);
     }
 
     #[test]

@@ -46,6 +46,10 @@ mod udp;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzz_entry;
+
 pub use crate::config::{
     Limits, NetConfig, PortProto, PublishedPort, TlsInspection, DEFAULT_TLS_PORT,
 };

@@ -41,6 +41,9 @@ pub struct NetMetrics {
     pub drop_icmp_no_socket: u64,
     /// Dropped: a DNS answer the gate refused (rebind protection).
     pub drop_dns_rebind: u64,
+    /// Dropped: an upstream DNS answer that could not be read, so could not be judged
+    /// (rebind protection fails closed).
+    pub drop_dns_malformed: u64,
     /// Dropped: host socket error while sending (other than "would block").
     pub drop_host_error: u64,
     /// Dropped: a control frame for the guest (ARP/ICMP/DHCP/DNS answer, RST, ICMP error)
@@ -125,6 +128,7 @@ impl NetMetrics {
             ("drop_too_big", self.drop_too_big),
             ("drop_icmp_no_socket", self.drop_icmp_no_socket),
             ("drop_dns_rebind", self.drop_dns_rebind),
+            ("drop_dns_malformed", self.drop_dns_malformed),
             ("drop_host_error", self.drop_host_error),
             ("drop_ctrl_overflow", self.drop_ctrl_overflow),
             ("flows_opened", self.flows_opened),

@@ -237,6 +237,9 @@ impl fmt::Display for Destination {
                     write!(f, "{c}")
                 }
             }
+            // A single label prints fully qualified (`intranet.`): bare, the rule syntax would
+            // read it as a group name or reject it.
+            Destination::Domain(d) if d.is_single_label() => write!(f, "{d}."),
             Destination::Domain(d) => write!(f, "{d}"),
             Destination::Suffix(d) => write!(f, ".{d}"),
             Destination::Group(g) => write!(f, "{g}"),

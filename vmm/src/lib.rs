@@ -27,6 +27,10 @@ pub mod signals;
 pub mod vcpu;
 pub mod vm;
 
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzz_entry;
+
 pub use config::{Console, VmConfig};
 pub use exit::VmExit;
 pub use handle::VmHandle;

@@ -1,10 +1,11 @@
-//! ringfence developer tasks: `cargo xtask demo | test | bench | image`.
+//! ringfence developer tasks: `cargo xtask demo | test | bench | image | fuzz`.
 
 mod baselines;
 mod bench;
 mod cpio;
 mod demo;
 mod deps;
+mod fuzz;
 mod image;
 mod nested;
 mod probe;
@@ -19,11 +20,12 @@ usage: cargo xtask <command> [options]
 commands:
   demo [--no-linux]    install what is missing, build, boot the probe guest, show its network
                        and policy, then a Linux guest (in the nested outer VM where needed)
-  test [--no-lint] [--no-linux-image] [--no-nested] [-- FILTER...]
+  test [--no-lint] [--no-linux-image] [--no-nested] [--no-fuzz] [-- FILTER...]
                        fmt --check, clippy -D warnings, build the probe guest and the Linux
                        guest image (cached; ~6 min the first time), the nested harness's kit,
                        run every test (--no-linux-image / --no-nested: the Linux-guest /
-                       nested tests then print SKIPPED)
+                       nested tests then print SKIPPED), then every fuzz target for 30 s
+                       (--no-fuzz skips them; without nightly they print SKIPPED)
   bench [boot|net] [--quick] [--runs N] [--systems A,B] [--baselines latest|cached]
                        benchmarks against QEMU on the same probe guest; writes target/bench/;
                        --baselines latest first fetches QEMU 10 (bookworm-backports, unpacked)
@@ -32,6 +34,10 @@ commands:
   bench --linux        the same with the Linux guest (refuses where guest kernels are emulated)
   image                build the Linux guest image (kernel 6.1 + initramfs with the agent),
                        cached in ~/.cache/ringfence/linux-<hash>/
+  fuzz [TARGET] [--seconds N] [--list]
+                       cargo-fuzz targets in fuzz/ on nightly (installs cargo-fuzz if missing):
+                       each target, or the named one, for N seconds (default 30); fails with
+                       the crashing input's path
   probe                build the probe guest only (cached in ~/.cache/ringfence)
   nested [--build-only] [-- FILTER...]
                        Linux guests under ringfence inside an outer VM (QEMU TCG with emulated
@@ -49,6 +55,7 @@ fn main() -> ExitCode {
         Some("probe") => probe::build().map(|p| println!("{}", p.display())),
         Some("image") => image::run(&args[1..]),
         Some("nested") => nested::run_cmd(&args[1..]),
+        Some("fuzz") => fuzz::run(&args[1..]),
         Some("-h") | Some("--help") | Some("help") | None => {
             print!("{USAGE}");
             return ExitCode::SUCCESS;

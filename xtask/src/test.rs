@@ -1,19 +1,20 @@
 //! `cargo xtask test`: the whole check CI runs — formatting, clippy, the probe guest and Linux
-//! guest image builds (both cached by input hash), and every unit, property, in-process, KVM
-//! and Linux-guest test.
+//! guest image builds (both cached by input hash), every unit, property, in-process, KVM
+//! and Linux-guest test, and a short run of every fuzz target.
 
 use anyhow::Result;
 
 use crate::util::{cargo, done, run, step, target_dir, workspace_root};
-use crate::{deps, image, nested, probe};
+use crate::{deps, fuzz, image, nested, probe};
 
-/// Runs every check; `args` may contain `--no-lint`, `--no-linux-image`, `--no-nested` and
-/// test-name filters after `--`.
+/// Runs every check; `args` may contain `--no-lint`, `--no-linux-image`, `--no-nested`,
+/// `--no-fuzz` and test-name filters after `--`.
 pub fn run_all(args: &[String]) -> Result<()> {
     let started = std::time::Instant::now();
     let no_lint = args.iter().any(|a| a == "--no-lint");
     let no_image = args.iter().any(|a| a == "--no-linux-image");
     let no_nested = no_image || args.iter().any(|a| a == "--no-nested");
+    let no_fuzz = args.iter().any(|a| a == "--no-fuzz");
     let filters: Vec<&String> = args.iter().skip_while(|a| *a != "--").skip(1).collect();
     let root = workspace_root();
 
@@ -87,6 +88,16 @@ pub fn run_all(args: &[String]) -> Result<()> {
     }
     run(&mut cmd)?;
     done(t);
+
+    // Every fuzz target for a short while (nightly + cargo-fuzz, see `cargo xtask fuzz`).
+    if no_fuzz {
+        println!("    --no-fuzz: the fuzz targets were not run");
+    } else if !fuzz::nightly_available() {
+        println!("SKIPPED: fuzz targets: no nightly toolchain (rustup toolchain install nightly)");
+    } else {
+        let names: Vec<&str> = fuzz::TARGETS.iter().map(|(n, _)| *n).collect();
+        fuzz::run_targets(&names, fuzz::DEFAULT_SECONDS)?;
+    }
 
     println!(
         "\nall checks passed in {:.0} s",

@@ -180,7 +180,8 @@ impl Netstack {
     }
 
     /// Checks an upstream DNS answer against the gate (rebind protection) and records its
-    /// A/AAAA addresses so later flows carry the domain. Returns false to drop it.
+    /// A/AAAA addresses so later flows carry the domain. Returns false to drop it (counted):
+    /// refused by the gate, or unreadable, so unjudged.
     pub(super) fn learn_dns(&mut self, bufs: &[IoSliceMut<'_>], off: usize, len: usize) -> bool {
         let mut msg = std::mem::take(&mut self.scratch);
         msg.clear();
@@ -193,12 +194,12 @@ impl Netstack {
             }
             msg.extend_from_slice(&b[off.max(a) - a..(off + len).min(e) - a]);
         }
-        let mut ok = true;
-        if let Some((name, addrs)) = dns::answer_addresses(&msg) {
-            ok = addrs
-                .iter()
-                .all(|a| self.gate.check_dns_answer(&name, *a).allow);
-            if ok {
+        let mut ok = false;
+        match dns::judge_answer(&msg, &*self.gate) {
+            None => self.core.metrics.drop_dns_malformed += 1,
+            Some((_, _, false)) => self.core.metrics.drop_dns_rebind += 1,
+            Some((name, addrs, true)) => {
+                ok = true;
                 if self.dns_names.len() + addrs.len() > MAX_DNS_NAMES {
                     self.dns_names.clear();
                 }

@@ -274,7 +274,6 @@ impl Netstack {
                         Some((n, meta, payload_off)) => {
                             if dns && !self.learn_dns(bufs, payload_off, n - payload_off) {
                                 // Rebind protection: the guest never sees this answer.
-                                self.core.metrics.drop_dns_rebind += 1;
                                 continue;
                             }
                             Some((n, meta))

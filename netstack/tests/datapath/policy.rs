@@ -197,6 +197,62 @@ fn domain_rules_follow_dns_answers_and_block_rebinding() {
     assert!(dns_roundtrip(&mut h, "good.test").is_some());
 }
 
+/// Rebind protection fails closed: an answer whose 65th record points into a private range
+/// is judged whole (only 64 records used to be read), and an answer that cannot be read is
+/// dropped instead of passed on unjudged (both found while comparing the `dns` fuzz corpus
+/// with hickory-proto).
+#[test]
+fn long_and_unreadable_dns_answers_fail_closed() {
+    let resolver = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let up = resolver.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while let Ok((n, from)) = resolver.recv_from(&mut buf) {
+            let q = &buf[..n];
+            let mut r = q.to_vec();
+            r[2] = 0x81;
+            r[3] = 0x80;
+            let record = |r: &mut Vec<u8>, addr: [u8; 4]| {
+                r.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4]);
+                r.extend_from_slice(&addr);
+            };
+            match &q[13..17] {
+                // 64 public addresses, then a private one.
+                b"many" => {
+                    r[6..8].copy_from_slice(&65u16.to_be_bytes());
+                    for i in 0..64u8 {
+                        record(&mut r, [192, 0, 2, i]);
+                    }
+                    record(&mut r, [10, 0, 0, 1]);
+                }
+                // A private address, then a record cut short.
+                b"trnc" => {
+                    r[7] = 2;
+                    record(&mut r, [10, 0, 0, 1]);
+                    r.extend_from_slice(&[0xc0, 12, 0, 1]);
+                }
+                _ => {
+                    r[7] = 1;
+                    record(&mut r, [192, 0, 2, 1]);
+                }
+            }
+            let _ = resolver.send_to(&r, from);
+        }
+    });
+    let mut h = Harness::with_gate(
+        NetConfig {
+            dns_upstreams: vec![up],
+            ..cfg()
+        },
+        compiled("allow@public", Action::Deny),
+    );
+    assert!(dns_roundtrip(&mut h, "many.test").is_none());
+    assert_eq!(h.ns.metrics().drop_dns_rebind, 1);
+    assert!(dns_roundtrip(&mut h, "trnc.test").is_none());
+    assert_eq!(h.ns.metrics().drop_dns_malformed, 1);
+    assert!(dns_roundtrip(&mut h, "good.test").is_some());
+}
+
 fn dns_roundtrip(h: &mut Harness, name: &str) -> Option<Vec<u8>> {
     let rx = udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 4], vec![0; 4096]);
     let tx = udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 4], vec![0; 4096]);

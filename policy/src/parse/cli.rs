@@ -6,7 +6,9 @@
 //! - `DIRECTION` is `egress` (the default), `ingress` or `any`.
 //! - `DEST` is `*`, a group (`public`, `private`, `loopback`, `link-local`, `metadata`,
 //!   `multicast`, `host`), an IP or CIDR, a domain with at least one dot (`example.com`), or a
-//!   suffix (`.example.com` or `*.example.com`: the apex and all subdomains).
+//!   suffix (`.example.com` or `*.example.com`: the apex and all subdomains). A single-label
+//!   name is a domain only when written fully qualified, with a trailing dot (`intranet.`):
+//!   that is how one is printed (host lists and `deny_domains` accept single labels).
 //! - `PROTOS` is a comma list of `tcp`, `udp`, `icmpv4`, `icmpv6`, or `*` for all.
 //! - `PORTS` is a comma list of ports (`443`) and inclusive ranges (`8000-9000`); it needs
 //!   `PROTOS` before it.
@@ -248,7 +250,9 @@ pub fn parse_destination(token: &str, rule: &str) -> Result<Destination, PolicyE
         None => (false, token),
     };
     let domain = DomainName::parse(name).map_err(|why| bad(format!("{why}; {DEST_EXPECTED}")))?;
-    if domain.is_single_label() && !suffix {
+    // `intranet.` (fully qualified, RFC 1034 §3.1) is a single-label domain; bare `intranet`
+    // could be a mistyped group.
+    if domain.is_single_label() && !suffix && !token.ends_with('.') {
         return Err(bad(format!(
             "not a known group, and a domain needs at least one dot; {DEST_EXPECTED}"
         )));

@@ -18,7 +18,7 @@ use linux_loader::cmdline::Cmdline;
 use linux_loader::loader::bzimage::BzImage;
 use linux_loader::loader::elf::{Elf, PvhBootCapability};
 use linux_loader::loader::{load_cmdline, KernelLoader};
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vm_memory::{GuestAddress, GuestMemoryMmap, ReadVolatile};
 
 use crate::kvm::regs::EntryMode;
 use crate::layout::{CMDLINE_MAX_SIZE, CMDLINE_START, HIMEM_START};
@@ -84,6 +84,11 @@ pub enum KernelFormat {
 
 /// Sniffs the format of `file` from its magic numbers, rewinding it afterwards.
 pub fn detect_format(file: &mut File, path: &Path) -> Result<KernelFormat, BootError> {
+    detect_format_of(file, path)
+}
+
+/// [`detect_format`] over any seekable reader (`path` only names it in errors).
+fn detect_format_of<R: Read + Seek>(file: &mut R, path: &Path) -> Result<KernelFormat, BootError> {
     let read_err = |source| BootError::KernelFile {
         path: path.to_path_buf(),
         source,
@@ -116,7 +121,7 @@ pub fn detect_format(file: &mut File, path: &Path) -> Result<KernelFormat, BootE
     })
 }
 
-fn read_up_to(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
+fn read_up_to<R: Read>(file: &mut R, buf: &mut [u8]) -> io::Result<usize> {
     let mut filled = 0;
     while filled < buf.len() {
         match file.read(&mut buf[filled..])? {
@@ -129,12 +134,15 @@ fn read_up_to(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
 
 /// Refuses a bzImage shorter than its setup header declares (see
 /// [`bzimage::check_file_size`]), rewinding the file afterwards.
-fn check_bzimage_size(file: &mut File, path: &Path) -> Result<(), BootError> {
+fn check_bzimage_size<R: Read + Seek>(
+    file: &mut R,
+    len: u64,
+    path: &Path,
+) -> Result<(), BootError> {
     let read_err = |source| BootError::KernelFile {
         path: path.to_path_buf(),
         source,
     };
-    let len = file.metadata().map_err(read_err)?.len();
     let mut head = [0u8; 0x206];
     let n = read_up_to(file, &mut head).map_err(read_err)?;
     file.seek(SeekFrom::Start(0)).map_err(read_err)?;
@@ -172,23 +180,38 @@ pub fn load_kernel(
     initrd: Option<&Path>,
     cmdline: &Cmdline,
 ) -> Result<LoadedKernel, BootError> {
-    let mut file = File::open(kernel).map_err(|source| BootError::KernelFile {
+    let file_err = |source| BootError::KernelFile {
         path: kernel.to_path_buf(),
         source,
-    })?;
-    let format = detect_format(&mut file, kernel)?;
+    };
+    let mut file = File::open(kernel).map_err(file_err)?;
+    let len = file.metadata().map_err(file_err)?.len();
+    load_kernel_from(mem, mem_bytes, &mut file, len, kernel, initrd, cmdline)
+}
+
+/// [`load_kernel`] from any seekable reader holding `len` bytes of kernel image (the fuzz
+/// targets load from memory); `kernel` only names the image in errors.
+pub(crate) fn load_kernel_from<F: Read + ReadVolatile + Seek>(
+    mem: &GuestMemoryMmap,
+    mem_bytes: u64,
+    file: &mut F,
+    len: u64,
+    kernel: &Path,
+    initrd: Option<&Path>,
+    cmdline: &Cmdline,
+) -> Result<LoadedKernel, BootError> {
+    let format = detect_format_of(file, kernel)?;
     let load_err = |e: linux_loader::loader::Error| BootError::Load {
         path: kernel.to_path_buf(),
         reason: e.to_string(),
     };
     let result = match format {
         KernelFormat::Elf => {
-            Elf::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START))).map_err(load_err)?
+            Elf::load(mem, None, file, Some(GuestAddress(HIMEM_START))).map_err(load_err)?
         }
         KernelFormat::BzImage => {
-            check_bzimage_size(&mut file, kernel)?;
-            BzImage::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START)))
-                .map_err(load_err)?
+            check_bzimage_size(file, len, kernel)?;
+            BzImage::load(mem, None, file, Some(GuestAddress(HIMEM_START))).map_err(load_err)?
         }
     };
     load_cmdline(mem, GuestAddress(CMDLINE_START), cmdline)
