@@ -21,7 +21,7 @@ mod synthetic;
 mod tls;
 pub use forge::FrameForge;
 pub use synthetic::SyntheticTcp;
-pub use tls::rustls_client_hello;
+pub use tls::{rustls_client_hello, tls_records};
 
 /// What the fault hook does with a frame the guest sent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -22,3 +22,14 @@ pub fn rustls_client_hello(name: &str, sni: bool) -> Vec<u8> {
     }
     out
 }
+
+/// `msg` (a handshake message) in TLS handshake records of at most `frag` bytes each.
+pub fn tls_records(msg: &[u8], frag: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    for c in msg.chunks(frag.max(1)) {
+        out.extend_from_slice(&[22, 3, 1]);
+        out.extend_from_slice(&(c.len() as u16).to_be_bytes());
+        out.extend_from_slice(c);
+    }
+    out
+}

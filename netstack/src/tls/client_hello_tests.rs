@@ -50,13 +50,7 @@ fn hello_msg(exts: Option<&[u8]>) -> Vec<u8> {
 
 /// `msg` in handshake records of at most `frag` bytes each.
 fn records(msg: &[u8], frag: usize) -> Vec<u8> {
-    let mut out = Vec::new();
-    for c in msg.chunks(frag) {
-        out.extend_from_slice(&[22, 3, 1]);
-        out.extend_from_slice(&(c.len() as u16).to_be_bytes());
-        out.extend_from_slice(c);
-    }
-    out
+    crate::testkit::tls_records(msg, frag)
 }
 
 fn with_exts(exts: &[Vec<u8>]) -> Vec<u8> {

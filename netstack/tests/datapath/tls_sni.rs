@@ -9,7 +9,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::TcpListener;
 use std::time::Duration;
 
-use netstack::testkit::{rustls_client_hello, Harness};
+use netstack::testkit::{rustls_client_hello, tls_records, Harness};
 use netstack::{NetConfig, TlsInspection};
 use policy::Action;
 use smoltcp::iface::SocketHandle;
@@ -44,13 +44,7 @@ fn big_hello(name: &str, size: usize, frag: usize) -> Vec<u8> {
     let mut msg = vec![1];
     msg.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
     msg.extend_from_slice(&body);
-    let mut out = Vec::new();
-    for c in msg.chunks(frag) {
-        out.extend_from_slice(&[22, 3, 1]);
-        out.extend_from_slice(&(c.len() as u16).to_be_bytes());
-        out.extend_from_slice(c);
-    }
-    out
+    tls_records(&msg, frag)
 }
 
 /// The test config with `port` as the only TLS port, changed by `f`.
