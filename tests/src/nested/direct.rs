@@ -4,7 +4,7 @@
 //! The runner (`rf-nested run --direct`) starts under `unshare --net --mount`: a network
 //! namespace of its own holds the dummy interface with the TEST-NET, private and metadata
 //! addresses and the servers' ports, and a mount namespace of its own gives it a private
-//! `/tmp` and `/etc/resolv.conf`; the runner refuses to start in the host's namespaces. So a
+//! `/etc/resolv.conf`; the runner refuses to start in the host's namespaces. So a
 //! direct run, like an outer VM, reaches nothing outside itself. ringfence and `rf-nested`
 //! come from the build's binary directory, the Linux image from the host's image cache.
 //!

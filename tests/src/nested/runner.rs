@@ -52,7 +52,7 @@ pub fn run(list: &Path, results: Box<dyn Write + Send>, direct: bool) -> Result<
         .collect::<Result<Vec<_>, _>>()?;
 
     if direct {
-        super::services::isolate_direct_run()?;
+        super::services::isolate_direct_run(list.parent().unwrap_or(Path::new(".")))?;
     }
     let results = std::sync::Arc::new(std::sync::Mutex::new(results));
     spawn_heartbeat(results.clone());

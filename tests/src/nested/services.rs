@@ -58,12 +58,12 @@ pub const SOURCE_BYTES: u64 = 64 << 20;
 /// How long a connection may sit idle before a server gives up on it.
 const IO_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// For a direct run on a host (see [`super::direct`]): checks that this process is in a
-/// network namespace of its own (so the dummy interface, the servers' ports and the ping
-/// setting below touch nothing of the host's), then gives it a private `/tmp` and a private
-/// `/etc/resolv.conf` (bind-mounted, in the mount namespace `unshare` made) for
-/// [`setup_outer_network`] to write.
-pub fn isolate_direct_run() -> Result<(), String> {
+/// For a direct run on a host (see [`super::direct`]): checks that this process is in network
+/// and mount namespaces of its own (so the test interface, the servers' ports and the ping
+/// setting below touch nothing of the host's), then bind-mounts a private `/etc/resolv.conf`
+/// (a file in `dir`, the run's log directory) for [`setup_outer_network`] to write. Nothing
+/// is mounted over `/tmp`: the build's binaries may live there.
+pub fn isolate_direct_run(dir: &std::path::Path) -> Result<(), String> {
     let ns = |p: &str| std::fs::read_link(p).map_err(|e| format!("{p}: {e}"));
     // The parent is the program that started `unshare`, in the host's namespaces.
     // SAFETY: getppid has no preconditions and touches no memory.
@@ -73,9 +73,10 @@ pub fn isolate_direct_run() -> Result<(), String> {
         return Err("a direct run must be in network and mount namespaces of its own (start it with `unshare --net --mount`); refusing to change the host's network".into());
     }
     command(&["mount", "--make-rprivate", "/"])?;
-    command(&["mount", "-t", "tmpfs", "rf-nested", "/tmp"])?;
-    std::fs::write("/tmp/resolv.conf", "").map_err(|e| format!("/tmp/resolv.conf: {e}"))?;
-    command(&["mount", "--bind", "/tmp/resolv.conf", "/etc/resolv.conf"])
+    let resolv = dir.join("resolv.conf");
+    std::fs::write(&resolv, "").map_err(|e| format!("{}: {e}", resolv.display()))?;
+    let resolv = resolv.to_string_lossy();
+    command(&["mount", "--bind", &resolv, "/etc/resolv.conf"])
 }
 
 /// Prepares the outer VM's network: loopback up, an interface `rf-test` with
