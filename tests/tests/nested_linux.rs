@@ -158,9 +158,13 @@ const BYPASS_CASES: &[(&str, &str, bool)] = &[
     ("DNS into private space", "http://private.test:8080/", true),
 ];
 
-/// The guest side of the matrix: every case, then UDP to the gateway's echo port.
+/// The guest side of the matrix: every case, then UDP to the gateway's echo port. It first
+/// waits (at most 10 s) for SLAAC: without a global IPv6 address the IPv6 cases would fail in
+/// the guest, not at the policy.
 fn bypass_script() -> String {
-    let mut s = String::new();
+    let mut s = String::from(
+        "i=0; while [ $i -lt 50 ] && ! ip -6 -o addr show dev eth0 scope global | grep -q inet6; do sleep 0.2; i=$((i+1)); done\n",
+    );
     for (_, url, _) in BYPASS_CASES {
         s.push_str(&format!(
             "out=$(curl -s -g -m 8 '{url}' 2>&1); echo \"CHECK bypass {url} status=$? $out\"\n"
