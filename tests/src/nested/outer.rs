@@ -84,8 +84,9 @@ impl SuiteRun {
 
 /// Boots the outer VM with `scenarios` and collects their outcomes, printing progress on
 /// stderr. When the outer VM freezes (no heartbeat for [`STALL_GRACE`]) or ends early, the
-/// scenario it was on runs again with the rest in a fresh outer VM; a second interruption of
-/// the same scenario records it as failed. At most [`MAX_BOOTS`] outer VMs. Fails only when
+/// scenario it was on runs again with the rest in a fresh outer VM, up to
+/// [`MAX_INTERRUPTIONS`] times; one more interruption of the same scenario records it as
+/// failed. At most [`MAX_BOOTS`] outer VMs. Fails only when
 /// the outer VM cannot be started at all.
 pub fn run_suite(kit: &Kit, scenarios: &[Scenario], logs: &Path) -> Result<SuiteRun, String> {
     std::fs::create_dir_all(logs)
@@ -111,7 +112,8 @@ pub fn run_suite(kit: &Kit, scenarios: &[Scenario], logs: &Path) -> Result<Suite
             (BootEnd::Stalled(why) | BootEnd::Exited(why), Some(stuck)) => {
                 let where_ = format!("{why} during {}", stuck.name);
                 early_end = Some(where_.clone());
-                if !interrupted.contains(&stuck.name) {
+                let times = interrupted.iter().filter(|n| **n == stuck.name).count();
+                if times < MAX_INTERRUPTIONS {
                     // Once is the emulator's (QEMU TCG's nested SVM can freeze the outer VM):
                     // the scenario runs again, first, in a fresh outer VM.
                     progress(&format!(
@@ -121,13 +123,14 @@ pub fn run_suite(kit: &Kit, scenarios: &[Scenario], logs: &Path) -> Result<Suite
                     continue;
                 }
                 progress(&format!(
-                    "nested: {where_} again; the rest go to a new outer VM"
+                    "nested: {where_} again ({MAX_INTERRUPTIONS} times already); the rest go to a new outer VM"
                 ));
                 let failed = Outcome {
                     name: stuck.name.clone(),
                     timed_out: true,
                     stderr: format!(
-                        "rf-nested: {why} during this scenario, twice (outer console: {})",
+                        "rf-nested: {why} during this scenario, {} times (outer console: {})",
+                        MAX_INTERRUPTIONS + 1,
                         console_log(logs, boot).display()
                     ),
                     ..Default::default()
@@ -158,6 +161,10 @@ pub fn run_suite(kit: &Kit, scenarios: &[Scenario], logs: &Path) -> Result<Suite
 
 /// Outer VMs one suite may boot (the first, and one after each stall).
 pub const MAX_BOOTS: usize = 5;
+/// How often one scenario may be interrupted by a frozen or crashed outer VM and still run
+/// again (QEMU 7.2's TCG freezes about once in 20 inner boots; a CI run once saw it twice in
+/// a row on the same scenario).
+pub const MAX_INTERRUPTIONS: usize = 2;
 /// Silence on the result port (the runner's heartbeat comes every 5 s) after which the outer
 /// VM counts as frozen.
 pub const STALL_GRACE: Duration = Duration::from_secs(45);
