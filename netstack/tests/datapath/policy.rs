@@ -128,26 +128,15 @@ fn domain_rules_follow_dns_answers_and_block_rebinding() {
             drop(c);
         }
     });
-    let resolver = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let up = resolver.local_addr().unwrap();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 512];
-        while let Ok((n, from)) = resolver.recv_from(&mut buf) {
-            let q = &buf[..n];
-            // Every name resolves to 192.0.2.1, except names starting with "evil".
-            let addr = if q[13..17] == *b"evil" {
-                [10, 0, 0, 1]
-            } else {
-                [192, 0, 2, 1]
-            };
-            let mut r = q.to_vec();
-            r[2] = 0x81;
-            r[3] = 0x80;
-            r[7] = 1;
-            r.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4]);
-            r.extend_from_slice(&addr);
-            let _ = resolver.send_to(&r, from);
-        }
+    let up = fake_resolver(|q, r| {
+        // Every name resolves to 192.0.2.1, except names starting with "evil".
+        let addr = if q[13..17] == *b"evil" {
+            [10, 0, 0, 1]
+        } else {
+            [192, 0, 2, 1]
+        };
+        r[7] = 1;
+        a_record(r, addr);
     });
     let cfg = NetConfig {
         dns_upstreams: vec![up],
@@ -203,40 +192,24 @@ fn domain_rules_follow_dns_answers_and_block_rebinding() {
 /// with hickory-proto).
 #[test]
 fn long_and_unreadable_dns_answers_fail_closed() {
-    let resolver = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let up = resolver.local_addr().unwrap();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 512];
-        while let Ok((n, from)) = resolver.recv_from(&mut buf) {
-            let q = &buf[..n];
-            let mut r = q.to_vec();
-            r[2] = 0x81;
-            r[3] = 0x80;
-            let record = |r: &mut Vec<u8>, addr: [u8; 4]| {
-                r.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4]);
-                r.extend_from_slice(&addr);
-            };
-            match &q[13..17] {
-                // 64 public addresses, then a private one.
-                b"many" => {
-                    r[6..8].copy_from_slice(&65u16.to_be_bytes());
-                    for i in 0..64u8 {
-                        record(&mut r, [192, 0, 2, i]);
-                    }
-                    record(&mut r, [10, 0, 0, 1]);
-                }
-                // A private address, then a record cut short.
-                b"trnc" => {
-                    r[7] = 2;
-                    record(&mut r, [10, 0, 0, 1]);
-                    r.extend_from_slice(&[0xc0, 12, 0, 1]);
-                }
-                _ => {
-                    r[7] = 1;
-                    record(&mut r, [192, 0, 2, 1]);
-                }
+    let up = fake_resolver(|q, r| match &q[13..17] {
+        // 64 public addresses, then a private one.
+        b"many" => {
+            r[6..8].copy_from_slice(&65u16.to_be_bytes());
+            for i in 0..64u8 {
+                a_record(r, [192, 0, 2, i]);
             }
-            let _ = resolver.send_to(&r, from);
+            a_record(r, [10, 0, 0, 1]);
+        }
+        // A private address, then a record cut short.
+        b"trnc" => {
+            r[7] = 2;
+            a_record(r, [10, 0, 0, 1]);
+            r.extend_from_slice(&[0xc0, 12, 0, 1]);
+        }
+        _ => {
+            r[7] = 1;
+            a_record(r, [192, 0, 2, 1]);
         }
     });
     let mut h = Harness::with_gate(
@@ -302,4 +275,29 @@ fn swappable_gate_swap_then_rejudge_cuts_flow() {
     assert!(h.run_until(10_000, Duration::from_secs(5), |h| {
         h.sockets.get::<tcp::Socket>(s).state() == tcp::State::Closed
     }));
+}
+
+/// A DNS server on 127.0.0.1 that answers every query with the query itself turned into a
+/// response (flags 0x8180), to which `answer(query, response)` adds records and counts.
+fn fake_resolver(answer: impl Fn(&[u8], &mut Vec<u8>) + Send + 'static) -> std::net::SocketAddr {
+    let resolver = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let up = resolver.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while let Ok((n, from)) = resolver.recv_from(&mut buf) {
+            let q = &buf[..n];
+            let mut r = q.to_vec();
+            r[2] = 0x81;
+            r[3] = 0x80;
+            answer(q, &mut r);
+            let _ = resolver.send_to(&r, from);
+        }
+    });
+    up
+}
+
+/// Appends an A record for the question's name (compression pointer to offset 12), TTL 60.
+fn a_record(r: &mut Vec<u8>, addr: [u8; 4]) {
+    r.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4]);
+    r.extend_from_slice(&addr);
 }
