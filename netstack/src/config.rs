@@ -80,6 +80,9 @@ pub struct TlsInspection {
     pub require_sni: bool,
     /// How long after its SYN a guest has to complete its ClientHello (default 2 s).
     pub hello_timeout: Duration,
+    /// The interception proxy allowed flows are handed to (`None`: every allowed flow is
+    /// spliced to its destination).
+    pub handoff: Option<crate::tls::HandoffRef>,
 }
 
 /// Default TLS port whose ClientHello is judged.
@@ -91,6 +94,7 @@ impl Default for TlsInspection {
             ports: vec![DEFAULT_TLS_PORT],
             require_sni: false,
             hello_timeout: Duration::from_secs(2),
+            handoff: None,
         }
     }
 }
@@ -107,6 +111,11 @@ impl TlsInspection {
     /// Whether guest flows to `port` are inspected.
     pub fn covers(&self, port: u16) -> bool {
         self.ports.contains(&port)
+    }
+
+    /// Whether guest UDP to `port` is refused: an intercepted port whose proxy blocks QUIC.
+    pub fn blocks_udp(&self, port: u16) -> bool {
+        self.covers(port) && self.handoff.as_ref().is_some_and(|h| h.0.blocks_quic())
     }
 }
 

@@ -60,4 +60,7 @@ pub use crate::interest_set::InterestSet;
 pub use crate::metrics::NetMetrics;
 pub use crate::stack::{EmbedderError, Netstack};
 pub use crate::sys::{poll, seqpacket_pair};
-pub use crate::tls::{parse_client_hello, ClientHello, HelloError, MAX_CLIENT_HELLO};
+pub use crate::tls::{
+    parse_client_hello, ClientHello, HandedFlow, HandoffRef, HelloError, TlsHandoff,
+    MAX_CLIENT_HELLO,
+};

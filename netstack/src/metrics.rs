@@ -100,6 +100,14 @@ pub struct NetMetrics {
     pub tls_hello_oversized: u64,
     /// TLS-port flows refused because the ClientHello was not complete in time.
     pub tls_hello_timeouts: u64,
+    /// Allowed TLS flows handed to the interception proxy.
+    pub tls_intercepted: u64,
+    /// Allowed TLS flows the proxy did not want (a `bypass` name): spliced untouched.
+    pub tls_spliced: u64,
+    /// TLS flows reset because the proxy could not take them (no socket pair, proxy gone).
+    pub tls_handoff_failures: u64,
+    /// Guest UDP datagrams to an intercepted port refused so QUIC falls back to TLS.
+    pub quic_blocked: u64,
 
     /// Payload bytes from the guest accepted by host sockets.
     pub bytes_guest_to_host: u64,
@@ -151,6 +159,10 @@ impl NetMetrics {
             ("tls_hello_malformed", self.tls_hello_malformed),
             ("tls_hello_oversized", self.tls_hello_oversized),
             ("tls_hello_timeouts", self.tls_hello_timeouts),
+            ("tls_intercepted", self.tls_intercepted),
+            ("tls_spliced", self.tls_spliced),
+            ("tls_handoff_failures", self.tls_handoff_failures),
+            ("quic_blocked", self.quic_blocked),
             ("bytes_guest_to_host", self.bytes_guest_to_host),
             ("bytes_host_to_guest", self.bytes_host_to_guest),
         ]

@@ -221,6 +221,12 @@ impl Netstack {
         if !self.source_ok(ip) {
             return;
         }
+        if self.core.cfg.tls.blocks_udp(dport) {
+            // QUIC to an intercepted port: refused (ICMP), so the client falls back to TLS.
+            self.core.metrics.quic_blocked += 1;
+            let head = &f.header()[ip.l4_off..ip.l4_off + 8];
+            return icmp::push_prohibited(&mut self.core, ip, head);
+        }
         let key = FlowKey {
             proto: KeyProto::Udp,
             guest: SocketAddr::new(ip.src, sport),

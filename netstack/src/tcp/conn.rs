@@ -118,6 +118,9 @@ pub(crate) struct TcpConn {
     pub connect_deadline: Option<Instant>,
     /// Interest currently registered with the event loop (read, write).
     pub registered: (bool, bool),
+    /// `fd` was replaced since it was registered (a flow handed to the TLS proxy): the
+    /// registration must name the new descriptor.
+    pub fd_replaced: bool,
     /// Already on the core's ready list.
     pub queued: bool,
     /// `SO_PEEK_OFF` works on this socket.
@@ -200,6 +203,7 @@ impl TcpConn {
             last_activity: now,
             connect_deadline: None,
             registered: (false, false),
+            fd_replaced: false,
             queued: false,
             peek_off: false,
             ingress_peer: None,

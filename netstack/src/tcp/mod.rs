@@ -68,7 +68,10 @@
 //! bounded hold (16 KiB, ACKed as they arrive) until the ClientHello is complete, the
 //! server name is judged, and only then is the host connection opened and the held bytes
 //! written to it, first and in order ([`sni_gate`]). From then on the flow is the zero-copy
-//! path above. Denied, malformed, oversized or late ClientHellos get a RST.
+//! path above. Denied, malformed, oversized or late ClientHellos get a RST. With an
+//! interception proxy (`TlsInspection::handoff`), an allowed flow it wants is instead carried
+//! over one end of a Unix socket pair (as embedder flows are) and the proxy gets the other
+//! end: the held ClientHello is the first thing it reads.
 //!
 //! **Closing.** A guest FIN becomes `shutdown(SHUT_WR)` once all data before it was
 //! accepted; a host EOF (peek returns 0) becomes a FIN to the guest after all queued
@@ -110,7 +113,8 @@ pub(crate) enum After {
 /// Brings the flow's fd interest and ready-list membership up to date.
 pub(crate) fn sync(core: &mut Core, token: u64, conn: &mut TcpConn) {
     let want = conn.desired_interest();
-    if want != conn.registered {
+    if want != conn.registered || conn.fd_replaced {
+        conn.fd_replaced = false;
         core.interest(
             InterestOp::Modify,
             conn.fd.as_raw_fd(),

@@ -15,7 +15,8 @@
 
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
 use std::time::Instant;
 
 use super::conn::TcpConn;
@@ -24,7 +25,7 @@ use crate::core::Core;
 use crate::frame::GuestFrame;
 use crate::gate::{Direction, FlowGate, FlowInfo, FlowProto};
 use crate::sys;
-use crate::tls::{parse_client_hello, HelloError, MAX_CLIENT_HELLO};
+use crate::tls::{parse_client_hello, HandedFlow, HelloError, MAX_CLIENT_HELLO};
 
 /// Where a held connection is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -194,6 +195,15 @@ fn judge(
         core.metrics.flows_denied += 1;
         return Err(Refusal::Denied);
     }
+    if let Some(name) = hello.server_name.as_deref() {
+        if hand_over(core, conn, name)? {
+            conn.server_name = Some(name.into());
+            return Ok(());
+        }
+    }
+    let Some(hold) = conn.hello.as_mut() else {
+        return Ok(());
+    };
     conn.server_name = hello.server_name.map(String::into_boxed_str);
     // Connected at once or in progress: either way writability reports the outcome.
     if sys::connect(conn.fd.as_fd(), &hold.target).is_err() {
@@ -203,6 +213,50 @@ fn judge(
     hold.phase = Phase::Connecting;
     conn.connect_deadline = Some(now + core.cfg.limits.connect_timeout);
     Ok(())
+}
+
+/// Hands an allowed flow to the interception proxy if there is one and it wants `name`:
+/// the host side becomes our end of a fresh Unix socket pair (connected at once, so the
+/// held bytes are flushed next), the proxy gets the other end. Returns whether it did.
+fn hand_over(core: &mut Core, conn: &mut TcpConn, name: &str) -> Result<bool, Refusal> {
+    let Some(handoff) = core.cfg.tls.handoff.clone() else {
+        return Ok(false);
+    };
+    if !handoff.0.intercepts(name) {
+        core.metrics.tls_spliced += 1;
+        return Ok(false);
+    }
+    let Some(hold) = conn.hello.as_mut() else {
+        return Ok(false);
+    };
+    let (ours, theirs) = match UnixStream::pair() {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::debug!(error = %e, "no socket pair for the TLS proxy");
+            core.metrics.tls_handoff_failures += 1;
+            return Err(Refusal::Host);
+        }
+    };
+    if ours.set_nonblocking(true).is_err() || theirs.set_nonblocking(true).is_err() {
+        core.metrics.tls_handoff_failures += 1;
+        return Err(Refusal::Host);
+    }
+    let flow = HandedFlow {
+        stream: theirs,
+        target: hold.target,
+        guest: conn.key.guest,
+        server_name: name.to_string(),
+    };
+    if !handoff.0.take(flow) {
+        core.metrics.tls_handoff_failures += 1;
+        return Err(Refusal::Host);
+    }
+    core.metrics.tls_intercepted += 1;
+    // The old socket was never connected; dropping it closes it.
+    conn.fd = OwnedFd::from(ours);
+    conn.fd_replaced = true;
+    hold.phase = Phase::Flushing;
+    Ok(true)
 }
 
 /// Readiness of the host socket of a held connection: the connect finished (or failed), or
