@@ -65,7 +65,10 @@ impl CertAuthority {
             .map_err(|e| ProxyError::Ca(e.to_string()))?;
         let mut dn = DistinguishedName::new();
         dn.push(DnType::OrganizationName, "ringfence");
-        dn.push(DnType::CommonName, format!("ringfence interception CA {label}"));
+        dn.push(
+            DnType::CommonName,
+            format!("ringfence interception CA {label}"),
+        );
         params.distinguished_name = dn;
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         params.key_usages = vec![
@@ -198,7 +201,9 @@ impl CertAuthority {
         params.use_authority_key_identifier_extension = true;
         validity(&mut params, 0);
         let key = KeyPair::generate().map_err(bad)?;
-        let cert = params.signed_by(&key, &self.issuer, &self.key).map_err(bad)?;
+        let cert = params
+            .signed_by(&key, &self.issuer, &self.key)
+            .map_err(bad)?;
         let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
         let signing = self
             .provider
@@ -256,7 +261,10 @@ mod tests {
         assert_eq!(again.cert_pem(), ca.cert_pem());
         let other = CertAuthority::generate("other").unwrap();
         let e = CertAuthority::from_pem(ca.cert_pem(), &other.key.serialize_pem()).unwrap_err();
-        assert!(e.to_string().contains("is the key the certificate's"), "{e}");
+        assert!(
+            e.to_string().contains("is the key the certificate's"),
+            "{e}"
+        );
         let e = CertAuthority::from_pem("junk", &key_pem).unwrap_err();
         assert!(e.to_string().contains("does not parse"), "{e}");
     }

@@ -61,7 +61,10 @@ async fn try_serve(shared: &Arc<Shared>, flow: HandedFlow) -> Result<(), String>
     let sni = hello.server_name().unwrap_or_default().to_ascii_lowercase();
     if !sni.eq_ignore_ascii_case(&flow.server_name) {
         // The netstack judged the same bytes; a difference means a parser disagreement.
-        return Err(format!("SNI {sni:?} is not the judged {:?}", flow.server_name));
+        return Err(format!(
+            "SNI {sni:?} is not the judged {:?}",
+            flow.server_name
+        ));
     }
     let alpn: Vec<Vec<u8>> = hello
         .alpn()
@@ -154,7 +157,14 @@ async fn try_serve(shared: &Arc<Shared>, flow: HandedFlow) -> Result<(), String>
 /// Whether `first` starts like an HTTP/1 request line (a method token and a space).
 fn looks_like_http1(first: &[u8]) -> bool {
     const METHODS: [&[u8]; 9] = [
-        b"GET ", b"POST ", b"PUT ", b"HEAD ", b"DELETE ", b"OPTIONS ", b"PATCH ", b"CONNECT ",
+        b"GET ",
+        b"POST ",
+        b"PUT ",
+        b"HEAD ",
+        b"DELETE ",
+        b"OPTIONS ",
+        b"PATCH ",
+        b"CONNECT ",
         b"TRACE ",
     ];
     METHODS.iter().any(|m| first.starts_with(m))

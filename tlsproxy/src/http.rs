@@ -157,7 +157,10 @@ fn check_authority<B>(
     let from_header = match req.headers().get(HOST).map(|h| h.to_str()) {
         Some(Ok(h)) => Some(host_of(h).to_string()),
         Some(Err(_)) => {
-            return Err(text(StatusCode::BAD_REQUEST, "ringfence: unreadable Host header\n".into()))
+            return Err(text(
+                StatusCode::BAD_REQUEST,
+                "ringfence: unreadable Host header\n".into(),
+            ))
         }
         None => None,
     };
@@ -232,7 +235,12 @@ async fn rewrite_body(
             let bytes = body
                 .collect()
                 .await
-                .map_err(|e| text(StatusCode::BAD_REQUEST, format!("ringfence: request body: {e}\n")))?
+                .map_err(|e| {
+                    text(
+                        StatusCode::BAD_REQUEST,
+                        format!("ringfence: request body: {e}\n"),
+                    )
+                })?
                 .to_bytes();
             let out = match shared.cfg.secrets.rewrite(&bytes, &ctx.sni, ctx.verified) {
                 Rewrite::Unchanged => bytes,
@@ -242,7 +250,9 @@ async fn rewrite_body(
                 }
                 Rewrite::Violation(v) => return Err(blocked(shared, &v)),
             };
-            parts.headers.insert(CONTENT_LENGTH, HeaderValue::from(out.len()));
+            parts
+                .headers
+                .insert(CONTENT_LENGTH, HeaderValue::from(out.len()));
             Ok(Full::new(out).map_err(|never| match never {}).boxed())
         }
         _ => {
@@ -280,11 +290,17 @@ impl RewriteBody {
 
     /// The end of the stream (or trailers): what the rewriter still holds.
     fn finish(&mut self) -> Result<Option<Frame<Bytes>>, BoxError> {
-        let tail = match self.rw.finish(&self.shared.cfg.secrets, &self.ctx.sni, self.ctx.verified) {
+        let tail = match self
+            .rw
+            .finish(&self.shared.cfg.secrets, &self.ctx.sni, self.ctx.verified)
+        {
             Ok(t) => t,
             Err(v) => return Err(self.violated(&v)),
         };
-        stats::add(&self.shared.stats.secrets_substituted, self.rw.replaced as u64);
+        stats::add(
+            &self.shared.stats.secrets_substituted,
+            self.rw.replaced as u64,
+        );
         self.rw.replaced = 0;
         Ok((!tail.is_empty()).then(|| Frame::data(Bytes::from(tail))))
     }

@@ -36,8 +36,8 @@ pub use http::BUFFER_MAX;
 pub use pattern::HostPattern;
 pub use proxy::{ProxyConfig, ProxyWorker, TerminateHook, TlsProxy, DEFAULT_MAX_FLOWS};
 pub use secrets::{
-    Rewrite, Secret, SecretSet, SecretSource, SecretSpec, StreamRewriter, Violation,
-    ViolationMode, PLACEHOLDER_LEN, PLACEHOLDER_PREFIX,
+    Rewrite, Secret, SecretSet, SecretSource, SecretSpec, StreamRewriter, Violation, ViolationMode,
+    PLACEHOLDER_LEN, PLACEHOLDER_PREFIX,
 };
 pub use stats::ProxyStats;
 pub use upstream::UpstreamTrust;

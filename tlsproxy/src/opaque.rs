@@ -32,12 +32,10 @@ where
         loop {
             let n = gr.read(&mut buf).await.map_err(|e| e.to_string())?;
             if n == 0 {
-                let tail = rw
-                    .finish(secrets, &ctx.sni, ctx.verified)
-                    .map_err(|v| {
-                        shared.violation(&v);
-                        "secret violation".to_string()
-                    })?;
+                let tail = rw.finish(secrets, &ctx.sni, ctx.verified).map_err(|v| {
+                    shared.violation(&v);
+                    "secret violation".to_string()
+                })?;
                 uw.write_all(&tail).await.map_err(|e| e.to_string())?;
                 stats::add(&shared.stats.secrets_substituted, rw.replaced as u64);
                 let _ = uw.shutdown().await;

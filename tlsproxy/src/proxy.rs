@@ -114,7 +114,11 @@ impl Shared {
             }
         }
         if self.cfg.violation == ViolationMode::Terminate {
-            let hook = self.terminate.lock().unwrap_or_else(|p| p.into_inner()).take();
+            let hook = self
+                .terminate
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
             if let Some(hook) = hook {
                 hook(v);
             }
@@ -122,7 +126,10 @@ impl Shared {
     }
 }
 
-fn server_config(ca: &Arc<CertAuthority>, alpn: Vec<Vec<u8>>) -> Result<Arc<ServerConfig>, ProxyError> {
+fn server_config(
+    ca: &Arc<CertAuthority>,
+    alpn: Vec<Vec<u8>>,
+) -> Result<Arc<ServerConfig>, ProxyError> {
     let mut cfg = ServerConfig::builder_with_provider(crate::provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| ProxyError::Config(e.to_string()))?
@@ -185,7 +192,11 @@ impl TlsProxy {
 
     /// Sets what runs when a violation stops the VM ([`ViolationMode::Terminate`]).
     pub fn on_terminate(&self, hook: TerminateHook) {
-        *self.shared.terminate.lock().unwrap_or_else(|p| p.into_inner()) = Some(hook);
+        *self
+            .shared
+            .terminate
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(hook);
     }
 
     /// The counters.

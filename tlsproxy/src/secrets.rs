@@ -63,7 +63,9 @@ impl SecretSpec {
         flag: &str,
         source: impl FnOnce(&str) -> SecretSource,
     ) -> Result<Self, String> {
-        let usage = || format!("expected {flag} NAME=VALUE@HOST[,HOST...], for example {flag} API_KEY=...@api.example.com");
+        let usage = || {
+            format!("expected {flag} NAME=VALUE@HOST[,HOST...], for example {flag} API_KEY=...@api.example.com")
+        };
         let (env, rest) = text
             .split_once('=')
             .ok_or_else(|| format!("bad {flag} {:?}: no '='; {}", redact(text), usage()))?;
@@ -73,7 +75,10 @@ impl SecretSpec {
             ));
         }
         let (value, hosts) = rest.rsplit_once('@').ok_or_else(|| {
-            format!("bad {flag} for {env}: no '@HOST' naming where the secret may be sent; {}", usage())
+            format!(
+                "bad {flag} for {env}: no '@HOST' naming where the secret may be sent; {}",
+                usage()
+            )
         })?;
         if value.is_empty() {
             return Err(format!("bad {flag} for {env}: the value is empty"));
@@ -112,7 +117,7 @@ impl SecretSpec {
                 v
             }
             SecretSource::HostEnv(var) => std::env::var_os(var)
-                .map(|v| std::os::unix::ffi::OsStringExt::into_vec(v))
+                .map(std::os::unix::ffi::OsStringExt::into_vec)
                 .ok_or_else(|| {
                     ProxyError::Config(format!(
                         "secret {}: the host environment has no variable {var}",
@@ -121,7 +126,10 @@ impl SecretSpec {
                 })?,
         };
         if value.is_empty() {
-            return Err(ProxyError::Config(format!("secret {}: the value is empty", self.env)));
+            return Err(ProxyError::Config(format!(
+                "secret {}: the value is empty",
+                self.env
+            )));
         }
         Ok(Secret {
             env: self.env.clone(),
@@ -157,18 +165,16 @@ fn new_placeholder() -> Result<String, ProxyError> {
         // SAFETY: the pointer and length describe the unfilled tail of `bytes`, which
         // getrandom(2) writes at most that many bytes into.
         let n = unsafe {
-            libc::getrandom(
-                bytes[filled..].as_mut_ptr().cast(),
-                bytes.len() - filled,
-                0,
-            )
+            libc::getrandom(bytes[filled..].as_mut_ptr().cast(), bytes.len() - filled, 0)
         };
         if n < 0 {
             let e = std::io::Error::last_os_error();
             if e.kind() == std::io::ErrorKind::Interrupted {
                 continue;
             }
-            return Err(ProxyError::Config(format!("no random bytes for a placeholder: {e}")));
+            return Err(ProxyError::Config(format!(
+                "no random bytes for a placeholder: {e}"
+            )));
         }
         filled += n as usize;
     }
@@ -361,7 +367,12 @@ impl StreamRewriter {
     }
 
     /// The end of the stream: the bytes still held back.
-    pub fn finish(&mut self, set: &SecretSet, host: &str, verified: bool) -> Result<Vec<u8>, Violation> {
+    pub fn finish(
+        &mut self,
+        set: &SecretSet,
+        host: &str,
+        verified: bool,
+    ) -> Result<Vec<u8>, Violation> {
         let rest = std::mem::take(&mut self.carry);
         match set.rewrite(&rest, host, verified) {
             Rewrite::Unchanged => Ok(rest),

@@ -51,7 +51,9 @@ impl UpstreamTrust {
             }
             for c in certs {
                 roots.add(c).map_err(|e| {
-                    ProxyError::Config(format!("--tls-upstream-ca {name}: unusable certificate: {e}"))
+                    ProxyError::Config(format!(
+                        "--tls-upstream-ca {name}: unusable certificate: {e}"
+                    ))
                 })?;
             }
         }
@@ -73,7 +75,10 @@ impl UpstreamTrust {
     }
 
     /// A client configuration offering `alpn` (the guest's list, carried through).
-    pub(crate) fn client_config(&self, alpn: Vec<Vec<u8>>) -> Result<Arc<ClientConfig>, ProxyError> {
+    pub(crate) fn client_config(
+        &self,
+        alpn: Vec<Vec<u8>>,
+    ) -> Result<Arc<ClientConfig>, ProxyError> {
         let builder = ClientConfig::builder_with_provider(self.provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| ProxyError::Config(e.to_string()))?;

@@ -50,6 +50,14 @@ pub enum VmExit {
     Killed,
     /// KVM reported something the VMM cannot continue from.
     Internal(String),
+    /// The guest sent a secret's placeholder towards a host the secret is not for, under
+    /// `--secret-violation terminate`.
+    SecretViolation {
+        /// The secret's guest variable.
+        secret: String,
+        /// The host it was headed to.
+        host: String,
+    },
 }
 
 impl VmExit {
@@ -63,7 +71,7 @@ impl VmExit {
             }
             VmExit::Timeout { .. } => STATUS_TIMEOUT,
             VmExit::Signal(sig) => 128 + sig,
-            VmExit::Killed => STATUS_KILLED,
+            VmExit::Killed | VmExit::SecretViolation { .. } => STATUS_KILLED,
             VmExit::Internal(_) => STATUS_VMM_ERROR,
         }
     }
@@ -110,6 +118,10 @@ impl fmt::Display for VmExit {
             VmExit::Signal(sig) => write!(f, "stopped by signal {sig}"),
             VmExit::Killed => write!(f, "stopped by its embedder (VmHandle::kill)"),
             VmExit::Internal(why) => write!(f, "VM stopped: {why}"),
+            VmExit::SecretViolation { secret, host } => write!(
+                f,
+                "stopped: the guest sent the placeholder of secret {secret} towards {host}, which it is not allowed for (--secret-violation terminate)"
+            ),
         }
     }
 }

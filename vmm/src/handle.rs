@@ -78,6 +78,25 @@ pub(crate) struct Parts {
     pub capture: Option<Arc<CaptureSwitch>>,
     /// Seccomp filters and capabilities: the vCPU threads and the supervisor take theirs.
     pub sandbox: crate::sandbox::Sandbox,
+    /// The TLS proxy (`--tls-intercept`), stopped and joined after the devices.
+    pub tls: Option<TlsParts>,
+}
+
+/// The running TLS proxy of a VM: stopped and its thread joined when dropped.
+pub(crate) struct TlsParts {
+    /// The handle (stats, CA, stop).
+    pub proxy: Arc<tlsproxy::TlsProxy>,
+    /// Its thread (taken when joined).
+    pub thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for TlsParts {
+    fn drop(&mut self) {
+        self.proxy.stop();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// What the supervisor publishes for the handle.
@@ -148,6 +167,15 @@ impl VmHandle {
         }
         if let Some(policy) = &parts.policy {
             net.attach(policy.clone());
+        }
+        if let Some(tls) = &parts.tls {
+            let shared = shared.clone();
+            tls.proxy.on_terminate(Box::new(move |v| {
+                shared.request_stop(VmExit::SecretViolation {
+                    secret: v.env.clone(),
+                    host: v.host.clone(),
+                });
+            }));
         }
         let guest_net = parts.guest_net.clone();
         let capture = parts.capture.clone();
@@ -322,6 +350,7 @@ fn supervise(
         guest_net: _,
         capture: _,
         sandbox,
+        tls,
     } = parts;
     let since = Instant::now();
     let mut threads = Vec::with_capacity(vcpus.len());
@@ -377,8 +406,14 @@ fn supervise(
     drop(host);
     sandbox.finish();
     if let (true, Some(m)) = (print_net_stats, net_metrics) {
-        eprintln!("ringfence: net stats: {}", crate::net::stats_json(&m));
+        let tls_stats = tls.as_ref().map(|t| t.proxy.stats().snapshot());
+        eprintln!(
+            "ringfence: net stats: {}",
+            crate::net::stats_json(&m, tls_stats.unwrap_or_default())
+        );
     }
+    // Stops the proxy and joins its thread.
+    drop(tls);
     // Handles fail cleanly from the moment wait() can return.
     net.mark_stopped();
     status.publish(exit);

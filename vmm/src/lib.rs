@@ -24,6 +24,7 @@ pub mod net_user;
 pub mod probe_image;
 pub mod sandbox;
 pub mod signals;
+pub mod tls_intercept;
 pub mod vcpu;
 pub mod vm;
 

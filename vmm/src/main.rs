@@ -127,6 +127,8 @@ struct RunArgs {
     /// connection is judged by its address alone).
     #[arg(long)]
     tls_require_sni: bool,
+    #[command(flatten)]
+    intercept: ringfence::tls_intercept::InterceptArgs,
     /// Most simultaneous TCP connections of the guest (default 256).
     #[arg(long, value_name = "N")]
     max_connections: Option<usize>,
@@ -274,7 +276,8 @@ fn run(mut args: RunArgs) -> Result<u8, String> {
         || !args.net_deny_domain.is_empty()
         || args.mtu.is_some()
         || args.tls_ports.is_some()
-        || args.tls_require_sni;
+        || args.tls_require_sni
+        || args.intercept.any();
     if uses_user_only && args.net != ringfence::net::NetBackendSpec::User {
         return Err("-p, --mtu, --tls-* and the --net-* policy flags need --net user (a tap bypasses the netstack; its policy is the tap namespace's firewall)".into());
     }
@@ -293,6 +296,7 @@ fn run(mut args: RunArgs) -> Result<u8, String> {
             mtu: args.mtu,
             tls_ports: args.tls_ports.map(|p| p.0),
             tls_require_sni: args.tls_require_sni,
+            tls_intercept: args.intercept.settings()?,
             policy: ringfence::net_policy::PolicySettings {
                 preset: args.net_preset,
                 rules: args.net_rule,

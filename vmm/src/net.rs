@@ -169,6 +169,8 @@ pub struct PreparedNet {
     pub policy: Option<PolicyHandle>,
     /// Link MTU the device announces (`user`: the netstack's); `None` = not announced.
     pub mtu: Option<u16>,
+    /// The TLS proxy of the `user` backend with `--tls-intercept`.
+    pub intercept: Option<crate::tls_intercept::PreparedIntercept>,
 }
 
 /// Opens the backend before anything else is created, so a bad `--net`, a taken published
@@ -232,10 +234,11 @@ fn prepare_backend(
                 mac,
                 policy: None,
                 mtu: None,
+                intercept: None,
             }))
         }
         NetBackendSpec::User => {
-            let (stack, policy) = crate::net_user::build(&settings.user, mac)?;
+            let (stack, policy, intercept) = crate::net_user::build(&settings.user, mac)?;
             let mtu = Some(stack.mtu());
             let mut backend = UserBackend::new(stack).rejudge_on(policy.change_signal());
             if let Some((control, tasks)) = control {
@@ -248,6 +251,7 @@ fn prepare_backend(
                 mac,
                 policy: Some(policy),
                 mtu,
+                intercept,
             }))
         }
     }
@@ -301,11 +305,12 @@ pub fn attach(
 }
 
 /// The counters of a stopped device as one JSON object (`--net-stats`).
-pub fn stats_json(metrics: &devices::net::NetMetrics) -> String {
+pub fn stats_json(metrics: &devices::net::NetMetrics, extra: Vec<(&'static str, u64)>) -> String {
     let mut map: serde_json::Map<String, serde_json::Value> = metrics
         .snapshot()
         .into_iter()
         .map(|(k, v)| (k, serde_json::Value::from(v)))
+        .chain(extra.into_iter().map(|(k, v)| (k.to_string(), v.into())))
         .collect();
     let acked = devices::net::NetMetrics::get(&metrics.features_acked);
     map.insert("features".into(), feature_names(acked).into());

@@ -186,6 +186,8 @@ pub struct UserNetSettings {
     /// Refuse a ClientHello that names no server (`--tls-require-sni`; default: such flows
     /// are judged by their address alone). Needs at least one TLS port.
     pub tls_require_sni: bool,
+    /// TLS interception and secrets (`--tls-intercept`; `None`: off). Needs a TLS port.
+    pub tls_intercept: Option<crate::tls_intercept::InterceptSettings>,
 }
 
 /// Errors building the user backend.
@@ -219,17 +221,35 @@ fn tls_inspection(settings: &UserNetSettings) -> Result<TlsInspection, UserNetEr
         ));
     }
     tls.require_sni = settings.tls_require_sni;
+    if settings.tls_intercept.is_some() && tls.ports.is_empty() {
+        return Err(UserNetError::Tls(
+            "--tls-intercept needs a TLS port, but --tls-ports is none".into(),
+        ));
+    }
     Ok(tls)
 }
 
-/// Builds the netstack (binding published ports now, so conflicts fail before boot) and the
-/// live policy handle bound to it.
-pub fn build(
-    settings: &UserNetSettings,
-    guest_mac: [u8; 6],
-) -> Result<(Netstack, PolicyHandle), UserNetError> {
+/// What [`build`] makes: the netstack, its live policy and, with interception, the VM's TLS
+/// proxy.
+pub type BuiltUserNet = (
+    Netstack,
+    PolicyHandle,
+    Option<crate::tls_intercept::PreparedIntercept>,
+);
+
+/// Builds the netstack (binding published ports now, so conflicts fail before boot), the
+/// live policy handle bound to it and the TLS proxy if interception is on.
+pub fn build(settings: &UserNetSettings, guest_mac: [u8; 6]) -> Result<BuiltUserNet, UserNetError> {
     let policy = build_policy(&settings.policy)?;
-    let tls = tls_inspection(settings)?;
+    let mut tls = tls_inspection(settings)?;
+    let intercept = match &settings.tls_intercept {
+        Some(i) => {
+            let prepared = crate::tls_intercept::prepare(i).map_err(UserNetError::Tls)?;
+            tls.handoff = Some(netstack::HandoffRef(prepared.proxy.clone()));
+            Some(prepared)
+        }
+        None => None,
+    };
     let handle = PolicyHandle::new(&policy, Vec::new())?;
     let mut cfg = NetConfig {
         tls,
@@ -267,7 +287,7 @@ pub fn build(
     let (_, gw4) = stack.ipv4_addresses();
     let (_, gw6) = stack.ipv6_addresses();
     handle.set_host_addrs(vec![IpAddr::V4(gw4), IpAddr::V6(gw6)])?;
-    Ok((stack, handle))
+    Ok((stack, handle, intercept))
 }
 
 #[cfg(test)]

@@ -214,11 +214,31 @@ impl Vm {
         let mut net_metrics = None;
         let mut capture = None;
         let mut policy = None;
+        let mut tls = None;
+        let mut initrd_files = Vec::new();
         // Before any thread starts (the launcher for device workers is the first).
         let sandbox = Sandbox::start(cfg.seccomp, caps, net_backend.is_some())?;
-        if let Some(prepared) = net_backend {
+        if let Some(mut prepared) = net_backend {
             policy = prepared.policy.clone();
             let launcher = sandbox.worker_launcher();
+            if let Some(intercept) = prepared.intercept.take() {
+                let worker = intercept.worker;
+                let thread = launcher
+                    .launch(
+                        "rf-tls-proxy",
+                        Box::new(move || {
+                            if let Err(e) = worker.run() {
+                                eprintln!("ringfence: the TLS proxy stopped: {e}");
+                            }
+                        }),
+                    )
+                    .map_err(setup("the TLS proxy thread"))?;
+                initrd_files = intercept.guest_files;
+                tls = Some(crate::handle::TlsParts {
+                    proxy: intercept.proxy,
+                    thread: Some(thread),
+                });
+            }
             let dev = crate::net::attach(&vm, &mem, 0, prepared, &cfg.net, launcher)?;
             bus.add_mmio(dev.base, layout::VIRTIO_MMIO_WINDOW, dev.device);
             net_metrics = Some(dev.metrics);
@@ -231,13 +251,16 @@ impl Vm {
             }
         }
         let cmdline = boot::build_cmdline(&cmdline_text)?;
-        let loaded = boot::load_kernel(
-            &mem,
-            mem_bytes,
-            &cfg.kernel,
-            cfg.initrd.as_deref(),
-            &cmdline,
-        )?;
+        let appended = if initrd_files.is_empty() {
+            Vec::new()
+        } else {
+            boot::initrd::cpio_newc(&initrd_files)
+        };
+        let initrd = cfg.initrd.as_deref().map(|path| boot::initrd::Initrd {
+            path,
+            appended: &appended,
+        });
+        let loaded = boot::load_kernel(&mem, mem_bytes, &cfg.kernel, initrd, &cmdline)?;
         if let Some(bsp) = vcpus.first() {
             regs::set_entry_state(bsp, &mem, loaded.entry)?;
         }
@@ -262,6 +285,7 @@ impl Vm {
             guest_net: user_net.then_some(guest_net),
             capture,
             sandbox,
+            tls,
         };
         VmHandle::spawn(parts, net)
     }

@@ -14,6 +14,7 @@
 //! - [`runtime`]: the PID-1-only side effects.
 
 pub mod cmdline;
+pub mod host_files;
 pub mod netplan;
 pub mod protocol;
 pub mod runtime;

@@ -14,6 +14,7 @@ use std::os::unix::process::CommandExt;
 use std::process::Command;
 
 use crate::cmdline::{self, AgentConfig};
+use crate::host_files;
 use crate::netplan::{self, NetStep};
 use crate::status::{self, Outcome};
 
@@ -25,13 +26,14 @@ pub fn run_as_init() -> ! {
     mount_filesystems();
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let has_eth0 = std::path::Path::new("/sys/class/net/eth0").exists();
-    let config = match cmdline::parse(&cmdline, has_eth0) {
+    let mut config = match cmdline::parse(&cmdline, has_eth0) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("ringfence-agent: {e}");
             report(status::AGENT_FAILURE);
         }
     };
+    install_host_files(&mut config);
     for step in netplan::plan(&config.net, &config.dns) {
         if let Err(e) = execute(&step) {
             eprintln!("ringfence-agent: network step {step:?} failed: {e}");
@@ -67,6 +69,33 @@ fn mount_filesystems() {
     mount("devtmpfs", "/dev", "devtmpfs");
     mount("tmpfs", "/tmp", "tmpfs");
     mount("tmpfs", "/run", "tmpfs");
+}
+
+/// Installs what the VMM shipped ([`host_files`]): the interception CA into the trust store
+/// (and the variables that point TLS stacks at it), secret placeholders into the command's
+/// environment. Variables from the command line win over both.
+fn install_host_files(config: &mut AgentConfig) {
+    let mut extra = Vec::new();
+    if let Ok(ca) = std::fs::read(host_files::CA_FILE) {
+        let bundle = std::path::Path::new(host_files::SYSTEM_BUNDLE);
+        let existing = std::fs::read(bundle).unwrap_or_default();
+        let written = bundle
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| std::fs::write(bundle, host_files::bundle_with(&existing, &ca)));
+        match written {
+            Ok(()) => extra.extend(host_files::trust_env()),
+            Err(e) => eprintln!(
+                "ringfence-agent: cannot install the TLS interception CA into {}: {e}",
+                host_files::SYSTEM_BUNDLE
+            ),
+        }
+    }
+    if let Ok(text) = std::fs::read(host_files::ENV_FILE) {
+        extra.extend(host_files::parse_env(&text));
+    }
+    extra.retain(|(k, _)| !config.env.iter().any(|(have, _)| have == k));
+    config.env.splice(0..0, extra);
 }
 
 /// Runs the command with the console as stdio, reaping every orphan until it ends.

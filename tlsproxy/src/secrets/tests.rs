@@ -89,7 +89,10 @@ fn secret_specs_parse_or_say_what_to_write() {
         "terminate".parse::<ViolationMode>(),
         Ok(ViolationMode::Terminate)
     );
-    assert!("x".parse::<ViolationMode>().unwrap_err().contains("block-and-log"));
+    assert!("x"
+        .parse::<ViolationMode>()
+        .unwrap_err()
+        .contains("block-and-log"));
 }
 
 #[test]

@@ -111,7 +111,9 @@ impl Upstream {
                 while let Ok((tcp, _)) = l.accept().await {
                     let (acceptor, log) = (acceptor.clone(), log.clone());
                     tokio::spawn(async move {
-                        let Ok(tls) = acceptor.accept(tcp).await else { return };
+                        let Ok(tls) = acceptor.accept(tcp).await else {
+                            return;
+                        };
                         let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
                         let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                             let log = log.clone();
@@ -149,8 +151,18 @@ impl Upstream {
 
 async fn record(log: Arc<Mutex<Vec<Seen>>>, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let (parts, body) = req.into_parts();
-    let body = body.collect().await.map(|b| b.to_bytes().to_vec()).unwrap_or_default();
-    let header = |n: &str| parts.headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes().to_vec())
+        .unwrap_or_default();
+    let header = |n: &str| {
+        parts
+            .headers
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
     let seen = Seen {
         version: format!("{:?}", parts.version),
         uri: parts
@@ -257,7 +269,8 @@ pub fn secrets(spec: &str) -> SecretSet {
 
 impl ProxyEnv {
     pub fn start(upstream_ca: String, f: impl FnOnce(&mut ProxyConfig)) -> ProxyEnv {
-        let trust = UpstreamTrust::new(&[("test-ca.pem".into(), upstream_ca.into_bytes())], true).unwrap();
+        let trust =
+            UpstreamTrust::new(&[("test-ca.pem".into(), upstream_ca.into_bytes())], true).unwrap();
         Self::with(trust, f)
     }
 
@@ -305,7 +318,14 @@ impl ProxyEnv {
         self.request_trusting(up, sni, alpn, &ca, req)
     }
 
-    pub fn request_trusting(&self, up: &Upstream, sni: &str, alpn: Alpn, ca_pem: &str, req: TestReq) -> Reply {
+    pub fn request_trusting(
+        &self,
+        up: &Upstream,
+        sni: &str,
+        alpn: Alpn,
+        ca_pem: &str,
+        req: TestReq,
+    ) -> Reply {
         let (ours, theirs) = StdUnixStream::pair().unwrap();
         theirs.set_nonblocking(true).unwrap();
         ours.set_nonblocking(true).unwrap();
@@ -317,12 +337,15 @@ impl ProxyEnv {
         };
         assert!(netstack::TlsHandoff::take(&*self.proxy, flow));
         let mut reply = rt().block_on(async {
-            tokio::time::timeout(Duration::from_secs(20), guest_exchange(ours, sni, alpn, ca_pem, req))
-                .await
-                .unwrap_or_else(|_| Reply {
-                    error: Some("timed out".into()),
-                    ..Reply::default()
-                })
+            tokio::time::timeout(
+                Duration::from_secs(20),
+                guest_exchange(ours, sni, alpn, ca_pem, req),
+            )
+            .await
+            .unwrap_or_else(|_| Reply {
+                error: Some("timed out".into()),
+                ..Reply::default()
+            })
         });
         if let Some(i) = reply.seen_index() {
             reply.seen = up.seen().get(i).cloned();
@@ -333,7 +356,9 @@ impl ProxyEnv {
 
 impl Reply {
     fn seen_index(&self) -> Option<usize> {
-        self.body.strip_prefix("upstream-ok#").and_then(|i| i.parse().ok())
+        self.body
+            .strip_prefix("upstream-ok#")
+            .and_then(|i| i.parse().ok())
     }
 }
 
@@ -346,7 +371,13 @@ impl Drop for ProxyEnv {
     }
 }
 
-async fn guest_exchange(sock: StdUnixStream, sni: &str, alpn: Alpn, ca_pem: &str, req: TestReq) -> Reply {
+async fn guest_exchange(
+    sock: StdUnixStream,
+    sni: &str,
+    alpn: Alpn,
+    ca_pem: &str,
+    req: TestReq,
+) -> Reply {
     let fail = |e: String| Reply {
         error: Some(e),
         ..Reply::default()
@@ -364,7 +395,10 @@ async fn guest_exchange(sock: StdUnixStream, sni: &str, alpn: Alpn, ca_pem: &str
         .with_no_client_auth();
     cfg.alpn_protocols = alpn.protocols();
     let name = ServerName::try_from(sni.to_string()).unwrap();
-    let tls = match tokio_rustls::TlsConnector::from(Arc::new(cfg)).connect(name, sock).await {
+    let tls = match tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(name, sock)
+        .await
+    {
         Ok(t) => t,
         Err(e) => return fail(format!("handshake: {e}")),
     };
@@ -385,7 +419,8 @@ async fn guest_exchange(sock: StdUnixStream, sni: &str, alpn: Alpn, ca_pem: &str
     if !req.chunked && req.method == "POST" {
         b = b.header("content-length", req.body.len());
     }
-    let body: http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible> = if req.chunked {
+    let body: http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible> = if req.chunked
+    {
         Chunks(req.body).boxed()
     } else {
         Full::new(Bytes::from(req.body)).boxed()
@@ -393,7 +428,8 @@ async fn guest_exchange(sock: StdUnixStream, sni: &str, alpn: Alpn, ca_pem: &str
     let request = b.body(body).unwrap();
     let io = TokioIo::new(tls);
     let resp = if h2 {
-        let (mut s, c) = match hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await {
+        let (mut s, c) = match hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await
+        {
             Ok(x) => x,
             Err(e) => return fail(format!("h2: {e}")),
         };
@@ -417,7 +453,12 @@ async fn guest_exchange(sock: StdUnixStream, sni: &str, alpn: Alpn, ca_pem: &str
         .get("x-seen")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let body = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     let mut body = String::from_utf8_lossy(&body).into_owned();
     if let Some(i) = seen {
         body = format!("{body}#{i}");
@@ -432,5 +473,8 @@ async fn guest_exchange(sock: StdUnixStream, sni: &str, alpn: Alpn, ca_pem: &str
 }
 
 pub fn stat(s: &[(&'static str, u64)], name: &str) -> u64 {
-    s.iter().find(|(n, _)| *n == name).map(|(_, v)| *v).unwrap_or_else(|| panic!("no counter {name}"))
+    s.iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, v)| *v)
+        .unwrap_or_else(|| panic!("no counter {name}"))
 }

@@ -177,7 +177,7 @@ pub fn load_kernel(
     mem: &GuestMemoryMmap,
     mem_bytes: u64,
     kernel: &Path,
-    initrd: Option<&Path>,
+    initrd: Option<initrd::Initrd<'_>>,
     cmdline: &Cmdline,
 ) -> Result<LoadedKernel, BootError> {
     let file_err = |source| BootError::KernelFile {
@@ -197,7 +197,7 @@ pub(crate) fn load_kernel_from<F: Read + ReadVolatile + Seek>(
     file: &mut F,
     len: u64,
     kernel: &Path,
-    initrd: Option<&Path>,
+    initrd: Option<initrd::Initrd<'_>>,
     cmdline: &Cmdline,
 ) -> Result<LoadedKernel, BootError> {
     let format = detect_format_of(file, kernel)?;
@@ -229,7 +229,7 @@ pub(crate) fn load_kernel_from<F: Read + ReadVolatile + Seek>(
                 _ => return Err(BootError::NoPvhNote(kernel.to_path_buf())),
             };
             let placed = initrd
-                .map(|p| initrd::load(mem, p, result.kernel_end, low_end))
+                .map(|i| initrd::load(mem, i, result.kernel_end, low_end))
                 .transpose()?;
             pvh::write_start_info(mem, mem_bytes, placed)?;
             Ok(LoadedKernel {
@@ -245,7 +245,7 @@ pub(crate) fn load_kernel_from<F: Read + ReadVolatile + Seek>(
             bzimage::check_header(&hdr)?;
             let max = u64::from(hdr.initrd_addr_max).max(0x37ff_ffff) + 1;
             let placed = initrd
-                .map(|p| initrd::load(mem, p, result.kernel_end, low_end.min(max)))
+                .map(|i| initrd::load(mem, i, result.kernel_end, low_end.min(max)))
                 .transpose()?;
             bzimage::write_zero_page(mem, mem_bytes, hdr, cmdline_len, placed)?;
             Ok(LoadedKernel {

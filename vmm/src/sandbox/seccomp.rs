@@ -230,6 +230,13 @@ fn worker(rules: &mut Rules) -> Result<(), SandboxError> {
             libc::SYS_recvmmsg,
             libc::SYS_readv,
             libc::SYS_getgid,
+            // The TLS proxy's thread (launched like a device worker) runs a tokio runtime:
+            // epoll for readiness, an eventfd to be woken by the netstack's handoffs.
+            libc::SYS_epoll_create1,
+            libc::SYS_epoll_ctl,
+            libc::SYS_epoll_wait,
+            libc::SYS_epoll_pwait,
+            libc::SYS_eventfd2,
         ],
     );
     // Host sockets are IPv4/IPv6 only (TCP, UDP, ICMP ping or raw ICMP).
