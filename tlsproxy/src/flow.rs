@@ -75,10 +75,18 @@ async fn try_serve(shared: &Arc<Shared>, flow: HandedFlow) -> Result<(), String>
         Ok(Ok(t)) => t,
         Ok(Err(e)) => {
             stats::add(&shared.stats.upstream_unreachable, 1);
+            shared.log(format_args!(
+                "TLS proxy: cannot reach {sni} at {}: {e}",
+                flow.target
+            ));
             return Err(format!("upstream {}: {e}", flow.target));
         }
         Err(_) => {
             stats::add(&shared.stats.upstream_unreachable, 1);
+            shared.log(format_args!(
+                "TLS proxy: connecting to {sni} at {} timed out",
+                flow.target
+            ));
             return Err(format!("upstream {}: connect timed out", flow.target));
         }
     };
@@ -93,11 +101,18 @@ async fn try_serve(shared: &Arc<Shared>, flow: HandedFlow) -> Result<(), String>
         Ok(Ok(u)) => u,
         Ok(Err(e)) => {
             stats::add(&shared.stats.upstream_verify_failed, 1);
-            tracing::warn!(server = %sni, target = %flow.target, error = %e, "upstream TLS refused; the guest's handshake is cut");
+            shared.log(format_args!(
+                "TLS proxy: the upstream {sni} at {} failed its TLS handshake ({e}); the guest's connection is cut (a private CA? --tls-upstream-ca FILE)",
+                flow.target
+            ));
             return Err(format!("upstream handshake: {e}"));
         }
         Err(_) => {
             stats::add(&shared.stats.upstream_unreachable, 1);
+            shared.log(format_args!(
+                "TLS proxy: the upstream {sni} at {} did not finish its handshake in time",
+                flow.target
+            ));
             return Err("upstream handshake timed out".into());
         }
     };
@@ -113,6 +128,9 @@ async fn try_serve(shared: &Arc<Shared>, flow: HandedFlow) -> Result<(), String>
         }
         Err(_) => {
             stats::add(&shared.stats.guest_handshake_failed, 1);
+            shared.log(format_args!(
+                "TLS proxy: the guest did not finish its handshake for {sni} in time"
+            ));
             return Err("guest handshake timed out".into());
         }
     };

@@ -34,7 +34,9 @@ pub use ca::CertAuthority;
 pub use error::ProxyError;
 pub use http::BUFFER_MAX;
 pub use pattern::HostPattern;
-pub use proxy::{ProxyConfig, ProxyWorker, TerminateHook, TlsProxy, DEFAULT_MAX_FLOWS};
+pub use proxy::{
+    ProxyConfig, ProxyWorker, TerminateHook, TlsProxy, DEFAULT_MAX_FLOWS, DEFAULT_TIMEOUT,
+};
 pub use secrets::{
     Rewrite, Secret, SecretSet, SecretSource, SecretSpec, StreamRewriter, Violation, ViolationMode,
     PLACEHOLDER_LEN, PLACEHOLDER_PREFIX,

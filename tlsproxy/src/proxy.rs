@@ -17,6 +17,10 @@ use crate::secrets::{SecretSet, Violation, ViolationMode};
 use crate::stats::{self, ProxyStats};
 use crate::upstream::UpstreamTrust;
 
+/// How long the upstream connect and each handshake may take. Generous: a guest under
+/// emulation (the nested test harness) needs seconds for a handshake.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Intercepted flows served at once; more are refused (the netstack resets them).
 pub const DEFAULT_MAX_FLOWS: usize = 1024;
 
@@ -43,7 +47,7 @@ pub struct ProxyConfig {
 
 impl ProxyConfig {
     /// A configuration with `ca`, `upstream` and defaults for the rest (no bypass, no
-    /// secrets, block-and-log, QUIC allowed, [`DEFAULT_MAX_FLOWS`], 10 s).
+    /// secrets, block-and-log, QUIC allowed, [`DEFAULT_MAX_FLOWS`], [`DEFAULT_TIMEOUT`]).
     pub fn new(ca: Arc<CertAuthority>, upstream: UpstreamTrust) -> Self {
         ProxyConfig {
             ca,
@@ -53,7 +57,7 @@ impl ProxyConfig {
             violation: ViolationMode::default(),
             block_quic: false,
             max_flows: DEFAULT_MAX_FLOWS,
-            timeout: Duration::from_secs(10),
+            timeout: DEFAULT_TIMEOUT,
         }
     }
 }
@@ -72,8 +76,8 @@ pub(crate) struct Shared {
     logged: AtomicUsize,
 }
 
-/// Violations written to stderr before the log goes quiet (the counter keeps counting).
-const VIOLATION_LOG_MAX: usize = 100;
+/// Lines written to stderr before the log goes quiet (the counters keep counting).
+const LOG_MAX: usize = 100;
 
 impl Shared {
     /// The server configuration that offers the guest exactly `alpn` (the upstream's pick).
@@ -84,6 +88,17 @@ impl Shared {
             Some(b"http/1.1") => self.server[2].clone(),
             Some(other) => server_config(&self.cfg.ca, vec![other.to_vec()])?,
         })
+    }
+
+    /// Writes `line` to stderr, unless [`LOG_MAX`] lines were written already (a guest must
+    /// not be able to flood the host's log).
+    pub fn log(&self, line: std::fmt::Arguments<'_>) {
+        let n = self.logged.fetch_add(1, Ordering::Relaxed);
+        if n < LOG_MAX {
+            eprintln!("ringfence: {line}");
+        } else if n == LOG_MAX {
+            eprintln!("ringfence: TLS proxy: further messages suppressed (see --net-stats)");
+        }
     }
 
     /// Reports a violation per the configured mode.
@@ -104,14 +119,10 @@ impl Shared {
             .unwrap_or_default();
         match self.cfg.violation {
             ViolationMode::Block => {}
-            ViolationMode::BlockAndLog | ViolationMode::Terminate => {
-                if self.logged.fetch_add(1, Ordering::Relaxed) < VIOLATION_LOG_MAX {
-                    eprintln!(
-                        "ringfence: secret {} blocked: the guest sent its placeholder towards {}, but it may only go to {allowed} over a verified connection; the request was cut and the value never sent",
-                        v.env, v.host
-                    );
-                }
-            }
+            ViolationMode::BlockAndLog | ViolationMode::Terminate => self.log(format_args!(
+                "secret {} blocked: the guest sent its placeholder towards {}, but it may only go to {allowed} over a verified connection; the request was cut and the value never sent",
+                v.env, v.host
+            )),
         }
         if self.cfg.violation == ViolationMode::Terminate {
             let hook = self

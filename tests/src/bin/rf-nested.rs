@@ -9,6 +9,9 @@
 //! rf-nested udp ADDR TEXT [SECS]    send TEXT to ADDR, retried until a reply; prints the reply
 //! rf-nested time LABEL CMD ARGS... run CMD (output to /dev/null), print
 //!                                   `TIME LABEL <ms> <exit status>`
+//! rf-nested guest-ram PID MIB LABEL=TEXT...
+//!                                   count each TEXT in the guest RAM of VMM process PID
+//!                                   (guest of MIB MiB); prints `CHECK ram_LABEL N` lines
 //! rf-nested outer KIT SECS SCRIPT... (on the host) boot the outer VM from the kit in KIT,
 //!                                   run each SCRIPT there as a scenario of its own (deadline
 //!                                   SECS each; one that a frozen outer VM interrupts runs again
@@ -33,10 +36,11 @@ fn main() -> ExitCode {
         Some("get") if args.len() >= 2 => get(&args[1], secs(args.get(2))),
         Some("udp") if args.len() >= 3 => udp(&args[1], &args[2], secs(args.get(3))),
         Some("time") if args.len() >= 3 => time(&args[1], &args[2..]),
+        Some("guest-ram") if args.len() >= 4 => guest_ram(&args[1], &args[2], &args[3..]),
         Some("outer") if args.len() >= 4 => {
             return outer(&args[1], secs(args.get(2)), &args[3..]);
         }
-        _ => Err("usage: rf-nested run [--direct] LIST RESULTS | get ADDR [SECS] | udp ADDR TEXT [SECS] | time LABEL CMD... | outer KIT SECS SCRIPT...".into()),
+        _ => Err("usage: rf-nested run [--direct] LIST RESULTS | get ADDR [SECS] | udp ADDR TEXT [SECS] | time LABEL CMD... | guest-ram PID MIB LABEL=TEXT... | outer KIT SECS SCRIPT...".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -45,6 +49,22 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Counts strings in a VM's guest RAM and prints one `CHECK ram_LABEL N` line each.
+fn guest_ram(pid: &str, mib: &str, labelled: &[String]) -> Result<(), String> {
+    let pid: u32 = pid.parse().map_err(|_| format!("bad PID {pid:?}"))?;
+    let mib: u64 = mib.parse().map_err(|_| format!("bad MIB {mib:?}"))?;
+    let pairs: Vec<(&str, &str)> = labelled
+        .iter()
+        .map(|l| l.split_once('=').ok_or(format!("{l:?} is not LABEL=TEXT")))
+        .collect::<Result<_, _>>()?;
+    let patterns: Vec<&[u8]> = pairs.iter().map(|(_, t)| t.as_bytes()).collect();
+    let counts = ringfence_tests::nested::guest_ram::count_in_guest(pid, mib, &patterns)?;
+    for ((label, _), n) in pairs.iter().zip(counts) {
+        println!("CHECK ram_{label} {n}");
+    }
+    Ok(())
 }
 
 /// Runs ad-hoc scenarios in outer VMs and mirrors their results.

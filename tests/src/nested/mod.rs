@@ -21,8 +21,10 @@
 //! measured in the same outer VM, never for absolute figures.
 
 pub mod direct;
+pub mod guest_ram;
 pub mod outer;
 pub mod runner;
 pub mod scenario;
 pub mod services;
+pub mod tls_scripts;
 pub mod tls_service;
