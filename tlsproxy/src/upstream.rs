@@ -2,7 +2,8 @@
 //! going, verified against the host's roots plus any extra CA the configuration names
 //! (or, when asked, not verified at all: then no secret is ever sent on it).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
@@ -11,11 +12,16 @@ use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme
 
 use crate::error::ProxyError;
 
+/// Client configurations kept, one per ALPN offer: reusing one keeps its session cache, so
+/// a second flow to an upstream resumes its TLS session instead of a full handshake.
+const CONFIG_CACHE_MAX: usize = 16;
+
 /// The roots upstream certificates are checked against.
 pub struct UpstreamTrust {
     roots: Arc<RootCertStore>,
     verify: bool,
     provider: Arc<CryptoProvider>,
+    configs: Mutex<HashMap<Vec<Vec<u8>>, Arc<ClientConfig>>>,
 }
 
 impl std::fmt::Debug for UpstreamTrust {
@@ -66,6 +72,7 @@ impl UpstreamTrust {
             roots: Arc::new(roots),
             verify,
             provider: crate::provider(),
+            configs: Mutex::new(HashMap::new()),
         })
     }
 
@@ -74,11 +81,25 @@ impl UpstreamTrust {
         self.verify
     }
 
-    /// A client configuration offering `alpn` (the guest's list, carried through).
+    /// A client configuration offering `alpn` (the guest's list, carried through), shared by
+    /// every flow with the same offer.
     pub(crate) fn client_config(
         &self,
         alpn: Vec<Vec<u8>>,
     ) -> Result<Arc<ClientConfig>, ProxyError> {
+        let mut cache = self.configs.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(cfg) = cache.get(&alpn) {
+            return Ok(cfg.clone());
+        }
+        let cfg = self.new_client_config(alpn.clone())?;
+        if cache.len() >= CONFIG_CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert(alpn, cfg.clone());
+        Ok(cfg)
+    }
+
+    fn new_client_config(&self, alpn: Vec<Vec<u8>>) -> Result<Arc<ClientConfig>, ProxyError> {
         let builder = ClientConfig::builder_with_provider(self.provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| ProxyError::Config(e.to_string()))?;

@@ -38,6 +38,10 @@ pub const TARGETS: &[(&str, &str)] = &[
         "the first bytes of a guest's TLS stream: records, reassembly, ClientHello, SNI",
     ),
     (
+        "secret_rewrite",
+        "guest request bytes through the TLS proxy's secrets rewriter: whole vs streamed, violations",
+    ),
+    (
         "policy_rule",
         "CLI rule text: parse, print and re-parse, compiled vs linear evaluator",
     ),

@@ -1,7 +1,8 @@
 //! `cargo xtask bench`: ringfence against QEMU on the same probe guest, in one run, with a
 //! report in `target/bench/`. `cargo xtask bench idle` (not in the default set) measures what
 //! an idle VM costs the host; `cargo xtask bench density` (not in the default set either) how
-//! fast VMs start and how many idle ones one process holds.
+//! fast VMs start and how many idle ones one process holds; `cargo xtask bench tls` what TLS
+//! interception costs one flow.
 
 mod boot;
 mod ceiling;
@@ -15,6 +16,7 @@ mod netns;
 mod procstat;
 mod report;
 mod svg;
+mod tls;
 
 use std::time::Duration;
 
@@ -72,10 +74,11 @@ pub fn run(args: &[String]) -> Result<()> {
             "net" => suites.push("net"),
             "idle" => suites.push("idle"),
             "density" => suites.push("density"),
+            "tls" => suites.push("tls"),
             "--linux" => linux = true,
             "--nested" => nested_flag = true,
             other => {
-                bail!("unknown bench option {other:?} (try: boot, net, idle, density, --quick, --runs N, --systems A,B, --baselines latest|cached, --linux [--nested])")
+                bail!("unknown bench option {other:?} (try: boot, net, idle, density, tls, --quick, --runs N, --systems A,B, --baselines latest|cached, --linux [--nested])")
             }
         }
     }
@@ -143,6 +146,15 @@ pub fn run(args: &[String]) -> Result<()> {
                 "density: VM starts ({runs} rounds of 1/10/100, library and CLI), 8 VMs streaming at once, idle VMs held, start/stop cycles (a few minutes)"
             ));
             density::run(&bin, &peer_bin, &probe_elf, runs, &mut report)?;
+            done(t);
+        }
+        if suite == "tls" {
+            let rounds = runs.unwrap_or(if quick { 3 } else { 5 });
+            let t = step(&format!(
+                "tls: one TLS flow direct vs intercepted, {rounds} interleaved rounds (about {} s)",
+                rounds * 4
+            ));
+            tls::run(rounds, &mut report)?;
             done(t);
         }
         if suite == "net" {

@@ -174,6 +174,8 @@ impl Report {
 pub fn baselines_for(system: &str, metric: &str) -> &'static [&'static str] {
     if metric.starts_with("boot_") || metric == "vmm_cpu_ms" || metric == "rss_overhead_mib" {
         &["qemu-microvm"]
+    } else if metric.starts_with("tls_") {
+        &["tls-direct"]
     } else if system.ends_with("-tap") {
         &["qemu10-tap", "qemu-tap"]
     } else {
