@@ -83,6 +83,9 @@ pub struct TlsInspection {
     /// The interception proxy allowed flows are handed to (`None`: every allowed flow is
     /// spliced to its destination).
     pub handoff: Option<crate::tls::HandoffRef>,
+    /// Placeholders of secrets: found on a flow the proxy does not see (plain TCP, UDP), the
+    /// flow is reset or the datagram dropped (`None`: not looked for).
+    pub placeholders: Option<std::sync::Arc<crate::secret_guard::PlaceholderGuard>>,
 }
 
 /// Default TLS port whose ClientHello is judged.
@@ -95,6 +98,7 @@ impl Default for TlsInspection {
             require_sni: false,
             hello_timeout: Duration::from_secs(2),
             handoff: None,
+            placeholders: None,
         }
     }
 }

@@ -135,6 +135,8 @@ pub(crate) struct Core {
     pub limit_log: LogGate,
     /// Log lines about control frames dropped at a full queue.
     pub ctrl_log: LogGate,
+    /// Log lines about placeholders of secrets on plaintext flows.
+    pub secret_log: LogGate,
     /// Behave as on kernels without `SO_PEEK_OFF` for TCP (testkit only).
     pub no_peek_off: bool,
     /// Byte budget shared by the TCP out-of-order queues of all connections.
@@ -142,6 +144,19 @@ pub(crate) struct Core {
 }
 
 impl Core {
+    /// Counts and logs a secret's placeholder found on a plaintext flow to `dst`.
+    pub fn placeholder_violation(&mut self, dst: std::net::SocketAddr, proto: &str) {
+        self.metrics.secret_plaintext_violations += 1;
+        if let Some(total) = self.secret_log.admit() {
+            tracing::warn!(
+                %dst,
+                proto,
+                total,
+                "netstack: a secret's placeholder on a plaintext flow (not through the TLS proxy): cut"
+            );
+        }
+    }
+
     pub(crate) fn new(cfg: NetConfig, addrs: Addressing) -> Self {
         Core {
             guest_mac: addrs.guest_mac,
@@ -154,6 +169,7 @@ impl Core {
             guest6: None,
             limit_log: LogGate::new(),
             ctrl_log: LogGate::new(),
+            secret_log: LogGate::new(),
             no_peek_off: false,
             ooo_budget: crate::tcp::OooBudget::default(),
         }

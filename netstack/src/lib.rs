@@ -37,6 +37,7 @@ mod metrics;
 mod ndp;
 mod ping;
 mod publish;
+mod secret_guard;
 mod stack;
 mod sys;
 mod tcp;
@@ -58,6 +59,7 @@ pub use crate::error::NetError;
 pub use crate::gate::{AllowAll, Direction, FlowGate, FlowInfo, FlowProto, SwappableGate, Verdict};
 pub use crate::interest_set::InterestSet;
 pub use crate::metrics::NetMetrics;
+pub use crate::secret_guard::PlaceholderGuard;
 pub use crate::stack::{EmbedderError, Netstack};
 pub use crate::sys::{poll, seqpacket_pair};
 pub use crate::tls::{

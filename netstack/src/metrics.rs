@@ -108,6 +108,9 @@ pub struct NetMetrics {
     pub tls_handoff_failures: u64,
     /// Guest UDP datagrams to an intercepted port refused so QUIC falls back to TLS.
     pub quic_blocked: u64,
+    /// Flows reset and datagrams dropped because they carried a secret's placeholder outside
+    /// the TLS proxy (plaintext).
+    pub secret_plaintext_violations: u64,
 
     /// Payload bytes from the guest accepted by host sockets.
     pub bytes_guest_to_host: u64,
@@ -163,6 +166,10 @@ impl NetMetrics {
             ("tls_spliced", self.tls_spliced),
             ("tls_handoff_failures", self.tls_handoff_failures),
             ("quic_blocked", self.quic_blocked),
+            (
+                "secret_plaintext_violations",
+                self.secret_plaintext_violations,
+            ),
             ("bytes_guest_to_host", self.bytes_guest_to_host),
             ("bytes_host_to_guest", self.bytes_host_to_guest),
         ]

@@ -107,6 +107,17 @@ impl UdpFlow {
             core.metrics.drop_too_fragmented += 1;
             return;
         };
+        if let Some(g) = core.cfg.tls.placeholders.clone() {
+            let mut pieces: [&[u8]; MAX_SEGS] = [&[]; MAX_SEGS];
+            for (p, s) in pieces.iter_mut().zip(&iov[..n]) {
+                *p = s;
+            }
+            // A datagram is a message of its own: no bytes before it count.
+            if g.finds(&[], &pieces[..n]) {
+                core.placeholder_violation(self.key.remote, "udp");
+                return;
+            }
+        }
         match sys::send_vectored(self.fd.as_fd(), &iov[..n], self.peer.as_ref()) {
             Ok(sent) => core.metrics.bytes_guest_to_host += sent as u64,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => core.metrics.drop_host_busy += 1,

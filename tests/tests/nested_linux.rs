@@ -728,6 +728,7 @@ fn tls_interception_shows_our_ca_verifies_upstreams_and_keeps_secrets_out_of_the
         "\"tls_proxy_upstream_verify_failed\":1",
         "\"netstack_tls_spliced\":1",
         "\"netstack_quic_blocked\":1",
+        "\"netstack_secret_plaintext_violations\":1",
     ] {
         assert!(o.stderr.contains(counter), "{counter}\n{d}");
     }

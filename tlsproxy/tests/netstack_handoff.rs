@@ -168,3 +168,71 @@ fn udp_to_an_intercepted_port_is_refused_when_quic_is_blocked() {
         "the datagram reached the host"
     );
 }
+
+#[test]
+fn a_placeholder_on_a_plaintext_flow_resets_it_and_a_datagram_is_dropped() {
+    let up = Upstream::start("api.example.test", Alpn::H1);
+    let env = ProxyEnv::start(up.ca_pem(), |c| {
+        c.secrets = secrets("API_KEY=the-real-key@api.example.test");
+    });
+    let ph = env.placeholder("API_KEY");
+    let guard = netstack::PlaceholderGuard::new(
+        tlsproxy::PLACEHOLDER_PREFIX.as_bytes(),
+        vec![ph.clone().into_bytes()],
+    )
+    .map(Arc::new);
+    let mut cfg = NetConfig::default();
+    cfg.tls.handoff = Some(HandoffRef(env.proxy.clone()));
+    cfg.tls.placeholders = guard;
+    let mut h = Harness::new(cfg);
+    // Plain HTTP to a host server: the request carrying the placeholder never arrives.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let got = std::thread::spawn(move || {
+        let (mut c, _) = l.accept().unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut all = Vec::new();
+        let _ = c.read_to_end(&mut all);
+        all
+    });
+    let s = h.connect_gateway_tcp(port, 40010, 65536);
+    let req = format!("GET /?key={ph} HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut sent = 0;
+    h.run_until(200_000, Duration::from_secs(20), |h| {
+        let sock = h.sockets.get_mut::<tcp::Socket>(s);
+        if sock.may_send() && sent < req.len() {
+            sent += sock.send_slice(&req.as_bytes()[sent..]).unwrap_or(0);
+        }
+        matches!(sock.state(), tcp::State::Closed)
+    });
+    assert_eq!(
+        h.sockets.get::<tcp::Socket>(s).state(),
+        tcp::State::Closed,
+        "the flow was reset"
+    );
+    let received = got.join().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&received).contains("rf_secret_"),
+        "{received:?}"
+    );
+    assert_eq!(h.ns.metrics().secret_plaintext_violations, 1);
+    // A datagram carrying it is dropped; one without it goes through.
+    let sink = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    sink.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let uport = sink.local_addr().unwrap().port();
+    let gw = h.ns.ipv4_addresses().1;
+    let mut forge = h.forge();
+    let bad = forge
+        .udp(50001, gw, uport, format!("k={ph}").as_bytes())
+        .to_vec();
+    let good = forge.udp(50001, gw, uport, b"clean").to_vec();
+    h.inject(&bad);
+    h.inject(&good);
+    for _ in 0..20 {
+        h.step(2);
+    }
+    let mut buf = [0u8; 128];
+    let n = sink.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"clean");
+    assert_eq!(h.ns.metrics().secret_plaintext_violations, 2);
+}

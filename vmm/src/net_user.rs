@@ -246,6 +246,7 @@ pub fn build(settings: &UserNetSettings, guest_mac: [u8; 6]) -> Result<BuiltUser
         Some(i) => {
             let prepared = crate::tls_intercept::prepare(i).map_err(UserNetError::Tls)?;
             tls.handoff = Some(netstack::HandoffRef(prepared.proxy.clone()));
+            tls.placeholders = prepared.guard.clone();
             Some(prepared)
         }
         None => None,

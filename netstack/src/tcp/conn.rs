@@ -121,6 +121,11 @@ pub(crate) struct TcpConn {
     /// `fd` was replaced since it was registered (a flow handed to the TLS proxy): the
     /// registration must name the new descriptor.
     pub fd_replaced: bool,
+    /// The flow was handed to the TLS proxy (`fd` is our end of its socket pair).
+    pub to_proxy: bool,
+    /// The last bytes sent to the host, to find a secret's placeholder split between
+    /// segments (empty unless the VM has secrets).
+    pub guard_tail: Vec<u8>,
     /// Already on the core's ready list.
     pub queued: bool,
     /// `SO_PEEK_OFF` works on this socket.
@@ -204,6 +209,8 @@ impl TcpConn {
             connect_deadline: None,
             registered: (false, false),
             fd_replaced: false,
+            to_proxy: false,
+            guard_tail: Vec::new(),
             queued: false,
             peek_off: false,
             ingress_peer: None,

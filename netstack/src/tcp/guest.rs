@@ -176,10 +176,11 @@ fn queue_out_of_order(
     seg: &Segment,
 ) {
     let end = seg.seq.wrapping_add(seg.payload_len as u32);
-    // DNS streams are checked query by query as they flow, and held TLS bytes are judged in
-    // order; neither queues.
+    // DNS streams are checked query by query as they flow, held TLS bytes are judged in
+    // order, and flows scanned for placeholders are scanned in order; none of them queues.
     if conn.dns.is_some()
         || conn.hello.is_some()
+        || scans_placeholders(core, conn)
         || conn.guest_fin
         || seq_diff(end, conn.wnd_edge) > 0
     {
@@ -393,8 +394,27 @@ fn deliver(
         core.metrics.drop_too_fragmented += 1;
         return Ok(());
     };
+    let guard = core
+        .cfg
+        .tls
+        .placeholders
+        .clone()
+        .filter(|_| scans_placeholders(core, conn));
+    let mut pieces: [&[u8]; MAX_SEGS] = [&[]; MAX_SEGS];
+    for (p, s) in pieces.iter_mut().zip(&iov[..n]) {
+        *p = s;
+    }
+    if let Some(g) = &guard {
+        if g.finds(&conn.guard_tail, &pieces[..n]) {
+            core.placeholder_violation(conn.key.remote, "tcp");
+            return Err(io::Error::from(io::ErrorKind::PermissionDenied));
+        }
+    }
     match sys::send_vectored(conn.fd.as_fd(), &iov[..n], None) {
         Ok(sent) => {
+            if let Some(g) = &guard {
+                g.advance(&mut conn.guard_tail, &pieces[..n], sent);
+            }
             conn.rcv_nxt = conn.rcv_nxt.wrapping_add(sent as u32);
             core.metrics.bytes_guest_to_host += sent as u64;
             if sent < len {
@@ -413,6 +433,12 @@ fn deliver(
         }
         Err(e) => Err(e),
     }
+}
+
+/// Whether the guest's bytes on `conn` are scanned for secrets' placeholders: when the VM has
+/// secrets, on every flow but those the TLS proxy serves (it judges placeholders itself).
+fn scans_placeholders(core: &Core, conn: &TcpConn) -> bool {
+    core.cfg.tls.placeholders.is_some() && !conn.to_proxy
 }
 
 /// Queues an immediate ACK for `rcv_nxt` (duplicate ACK after a hole).

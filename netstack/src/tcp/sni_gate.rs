@@ -255,6 +255,7 @@ fn hand_over(core: &mut Core, conn: &mut TcpConn, name: &str) -> Result<bool, Re
     // The old socket was never connected; dropping it closes it.
     conn.fd = OwnedFd::from(ours);
     conn.fd_replaced = true;
+    conn.to_proxy = true;
     hold.phase = Phase::Flushing;
     Ok(true)
 }

@@ -48,6 +48,7 @@ code=$(curl -s -m 60 -o /dev/null -w '%{http_code}' -H 'Host: other.test' $R all
 curl -s -m 60 $R wrong.test:8443:192.0.2.10 https://wrong.test:8443/ > /dev/null 2>&1; echo \"CHECK wrong_cert status=$?\"
 echo \"CHECK bypass $(curl -skv -m 60 $R bypass.test:8443:192.0.2.10 https://bypass.test:8443/ 2>&1 | grep -o 'issuer:.*' | head -1)\"
 echo quic | socat -T 2 - UDP:192.0.2.10:8443 > /dev/null 2>&1; echo \"CHECK quic status=$?\"
+out=$(curl -s -m 60 \"http://192.0.2.10:8080/?k=$API_KEY\" 2>&1); echo \"CHECK plaintext status=$? $out\"
 echo \"CHECK memdump\"
 sleep 600
 ";

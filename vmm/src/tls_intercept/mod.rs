@@ -53,6 +53,8 @@ pub struct PreparedIntercept {
     pub worker: ProxyWorker,
     /// Files for the guest's initrd: (path without leading '/', contents).
     pub guest_files: Vec<(String, Vec<u8>)>,
+    /// The placeholders, for the netstack to refuse on plaintext flows (`None`: no secrets).
+    pub guard: Option<Arc<netstack::PlaceholderGuard>>,
 }
 
 fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, String> {
@@ -130,6 +132,14 @@ pub fn prepare(settings: &InterceptSettings) -> Result<PreparedIntercept, String
         std::fs::write(out, ca.cert_pem())
             .map_err(|e| format!("--tls-ca-out {}: cannot write: {e}", out.display()))?;
     }
+    let guard = netstack::PlaceholderGuard::new(
+        tlsproxy::PLACEHOLDER_PREFIX.as_bytes(),
+        secrets
+            .iter()
+            .map(|s| s.placeholder().as_bytes().to_vec())
+            .collect(),
+    )
+    .map(Arc::new);
     let mut cfg = ProxyConfig::new(ca, trust);
     cfg.bypass = settings.bypass.clone();
     cfg.secrets = SecretSet::new(secrets);
@@ -144,6 +154,7 @@ pub fn prepare(settings: &InterceptSettings) -> Result<PreparedIntercept, String
         proxy,
         worker,
         guest_files,
+        guard,
     })
 }
 
@@ -168,6 +179,7 @@ mod tests {
         let env = String::from_utf8(p.guest_files[1].1.clone()).unwrap();
         assert!(env.starts_with("API_KEY=rf_secret_"), "{env}");
         assert!(!env.contains("hunter2"));
+        assert!(p.guard.is_some());
         assert_eq!(std::fs::read_to_string(&out).unwrap(), p.proxy.ca_pem());
         let _ = std::fs::remove_dir_all(&dir);
     }
