@@ -46,4 +46,5 @@ pub use model::{
 };
 pub use parse::cli::{parse_destination, parse_rule, parse_rules};
 pub use parse::document::{PolicyDocument, PortsSpec, RuleSpec};
+pub use parse::tls_section::{tls_section, SecretSection, TlsSection};
 pub use presets::{Preset, ALL_PRESETS};

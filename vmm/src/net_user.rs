@@ -229,6 +229,38 @@ fn tls_inspection(settings: &UserNetSettings) -> Result<TlsInspection, UserNetEr
     Ok(tls)
 }
 
+/// The settings with the `tls` section of `--net-config` applied, if it has one (`None`: use
+/// the settings as they are). The section and the `--tls-*`/`--secret*` flags exclude each
+/// other.
+fn with_config_tls(settings: &UserNetSettings) -> Result<Option<UserNetSettings>, UserNetError> {
+    let Some(path) = &settings.policy.config_file else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| UserNetError::Tls(format!("--net-config {}: {e}", path.display())))?;
+    let toml = path.extension().is_some_and(|e| e == "toml");
+    let section = policy::tls_section(&text, toml)
+        .map_err(|e| UserNetError::Tls(format!("--net-config {}: {e}", path.display())))?;
+    let Some(section) = section else {
+        return Ok(None);
+    };
+    if settings.tls_ports.is_some() || settings.tls_require_sni || settings.tls_intercept.is_some()
+    {
+        return Err(UserNetError::Tls(format!(
+            "--net-config {} has a tls section and TLS flags were given too: use one or the other",
+            path.display()
+        )));
+    }
+    let (ports, require_sni, intercept) =
+        crate::tls_intercept::from_section(&section).map_err(UserNetError::Tls)?;
+    Ok(Some(UserNetSettings {
+        tls_ports: ports,
+        tls_require_sni: require_sni,
+        tls_intercept: intercept,
+        ..settings.clone()
+    }))
+}
+
 /// What [`build`] makes: the netstack, its live policy and, with interception, the VM's TLS
 /// proxy.
 pub type BuiltUserNet = (
@@ -241,6 +273,8 @@ pub type BuiltUserNet = (
 /// live policy handle bound to it and the TLS proxy if interception is on.
 pub fn build(settings: &UserNetSettings, guest_mac: [u8; 6]) -> Result<BuiltUserNet, UserNetError> {
     let policy = build_policy(&settings.policy)?;
+    let with_file = with_config_tls(settings)?;
+    let settings = with_file.as_ref().unwrap_or(settings);
     let mut tls = tls_inspection(settings)?;
     let intercept = match &settings.tls_intercept {
         Some(i) => {

@@ -58,6 +58,10 @@ pub struct PolicyDocument {
     /// Host patterns denied before `rules` (see `host_list`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub block_hosts: Vec<String>,
+    /// TLS settings (SNI policy, interception, secrets); not part of the policy itself
+    /// (see `parse::tls_section`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<crate::parse::tls_section::TlsSection>,
 }
 
 /// One rule as written in JSON or TOML.

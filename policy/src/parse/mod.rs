@@ -3,3 +3,4 @@
 
 pub mod cli;
 pub mod document;
+pub mod tls_section;

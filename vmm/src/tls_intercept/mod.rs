@@ -4,8 +4,10 @@
 //! shipped in an initrd appended at boot (docs/architecture.md, "TLS interception").
 
 mod args;
+mod section;
 
 pub use args::InterceptArgs;
+pub use section::{from_section, SectionSettings};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
