@@ -9,7 +9,8 @@
 //!   [`BUFFER_MAX`] are rewritten whole and their length fixed up; longer or chunked bodies are
 //!   rewritten as they stream (sent chunked over HTTP/1.1).
 //!
-//! Responses are relayed unchanged. Protocol upgrades (WebSocket) are not carried.
+//! Responses are relayed unchanged. An HTTP/1.1 upgrade (WebSocket) the upstream accepts
+//! becomes an opaque relay of both streams ([`crate::opaque`]).
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -19,7 +20,7 @@ use std::task::{ready, Context, Poll};
 use bytes::Bytes;
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::body::{Body, Frame, Incoming};
-use hyper::header::{HeaderValue, CONTENT_LENGTH, HOST};
+use hyper::header::{HeaderValue, CONTENT_LENGTH, HOST, UPGRADE};
 use hyper::http::request::Parts;
 use hyper::{Request, Response, StatusCode, Uri};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -82,7 +83,7 @@ where
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(upstream))
             .await
             .map_err(|e| format!("upstream HTTP/1.1: {e}"))?;
-        tokio::spawn(conn);
+        tokio::spawn(conn.with_upgrades());
         Upstream::H1(tokio::sync::Mutex::new(sender))
     };
     let up = Arc::new(up);
@@ -99,6 +100,7 @@ where
     } else {
         hyper::server::conn::http1::Builder::new()
             .serve_connection(io, svc)
+            .with_upgrades()
             .await
     };
     served.map_err(|e| format!("guest HTTP: {e}"))
@@ -109,12 +111,16 @@ async fn handle(
     ctx: &Arc<FlowCtx>,
     up: &Upstream,
     h2: bool,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     stats::add(&shared.stats.http_requests, 1);
     if let Err(resp) = check_authority(shared, ctx, &req) {
         return resp;
     }
+    // An HTTP/1.1 protocol upgrade (WebSocket): once both sides switched, the streams are
+    // relayed as opaque bytes (placeholders still rewritten or refused).
+    let guest_upgrade =
+        (!h2 && req.headers().contains_key(UPGRADE)).then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     let secrets = &shared.cfg.secrets;
     let body: ProxyBody = if secrets.is_empty() {
@@ -130,7 +136,21 @@ async fn handle(
     };
     set_target_form(&mut parts, &ctx.sni, h2);
     match up.send(Request::from_parts(parts, body)).await {
-        Ok(resp) => resp.map(|b| b.map_err(BoxError::from).boxed()),
+        Ok(mut resp) => {
+            if let (StatusCode::SWITCHING_PROTOCOLS, Some(guest)) = (resp.status(), guest_upgrade) {
+                let upstream = hyper::upgrade::on(&mut resp);
+                let (shared, ctx) = (shared.clone(), ctx.clone());
+                tokio::spawn(async move {
+                    let (Ok(g), Ok(u)) = tokio::join!(guest, upstream) else {
+                        return;
+                    };
+                    stats::add(&shared.stats.opaque_flows, 1);
+                    let _ =
+                        crate::opaque::relay(&shared, &ctx, TokioIo::new(g), TokioIo::new(u)).await;
+                });
+            }
+            resp.map(|b| b.map_err(BoxError::from).boxed())
+        }
         Err(e) => text(
             StatusCode::BAD_GATEWAY,
             format!("ringfence: the upstream {} failed: {e}\n", ctx.sni),

@@ -337,9 +337,9 @@ impl SecretSet {
     }
 }
 
-/// Rewrites a stream that arrives in pieces (a request body): a placeholder split between
-/// two pieces is still found, because the last `PLACEHOLDER_LEN - 1` bytes of each piece
-/// wait for the next.
+/// Rewrites a stream that arrives in pieces (a request body, an upgraded connection): a
+/// placeholder split between two pieces is still found, because an end of a piece that could
+/// begin one (at most `PLACEHOLDER_LEN - 1` bytes) waits for the next.
 #[derive(Debug, Default)]
 pub struct StreamRewriter {
     carry: Vec<u8>,
@@ -357,9 +357,9 @@ impl StreamRewriter {
         verified: bool,
     ) -> Result<Vec<u8>, Violation> {
         self.carry.extend_from_slice(piece);
-        // A placeholder starting before `limit` ends inside what is held, so it can be judged
-        // now; one starting in the last PLACEHOLDER_LEN - 1 bytes waits for the next piece.
-        let limit = self.carry.len() - (PLACEHOLDER_LEN - 1).min(self.carry.len());
+        // Only the end that could be the start of a placeholder waits for the next piece;
+        // everything before it can be judged now (an interactive stream is not held up).
+        let limit = self.carry.len() - set.partial_suffix(&self.carry);
         let (out, end, n) = set.rewrite_upto(&self.carry, host, verified, limit)?;
         self.replaced += n;
         self.carry.drain(..end);
@@ -386,6 +386,21 @@ impl StreamRewriter {
 }
 
 impl SecretSet {
+    /// The length of the longest end of `data` that is the beginning (not the whole) of a
+    /// placeholder.
+    fn partial_suffix(&self, data: &[u8]) -> usize {
+        let longest = (PLACEHOLDER_LEN - 1).min(data.len());
+        (1..=longest)
+            .rev()
+            .find(|&k| {
+                let end = &data[data.len() - k..];
+                self.secrets
+                    .iter()
+                    .any(|s| s.placeholder.as_bytes().starts_with(end))
+            })
+            .unwrap_or(0)
+    }
+
     /// Rewrites `data` up to `limit`: placeholders starting before `limit` are replaced (they
     /// must be complete in `data`), bytes before `limit` not part of one are copied. Returns
     /// the output, how far into `data` it reaches, and the count replaced.

@@ -223,3 +223,36 @@ fn bad_secret_and_ca_input_is_refused_with_the_reason() {
         .unwrap_err();
     assert!(e.to_string().contains("empty.pem"), "{e}");
 }
+
+#[test]
+fn a_websocket_style_upgrade_is_relayed_with_secrets_rewritten_or_refused() {
+    let up = Upstream::start("api.example.test", Alpn::H1);
+    let env = ProxyEnv::start(up.ca_pem(), |c| {
+        c.secrets = secrets("API_KEY=real-value@api.example.test");
+    });
+    let ph = env.placeholder("API_KEY");
+    // The echo shows what reached the upstream: the value, in place of the placeholder.
+    let got = env
+        .upgrade_echo(
+            &up,
+            "api.example.test",
+            format!("auth {ph}!").as_bytes(),
+            16,
+        )
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&got), "auth real-value!");
+    let plain = env
+        .upgrade_echo(&up, "api.example.test", b"no secret here", 14)
+        .unwrap();
+    assert_eq!(plain, b"no secret here");
+    // For a host the secret is not for, the upgraded stream is cut before the bytes leave.
+    let env2 = ProxyEnv::start(up.ca_pem(), |c| {
+        c.secrets = secrets("API_KEY=real-value@models.example.test");
+    });
+    let ph2 = env2.placeholder("API_KEY");
+    let got = env2
+        .upgrade_echo(&up, "api.example.test", format!("auth {ph2}").as_bytes(), 1)
+        .unwrap();
+    assert!(got.is_empty(), "{got:?}");
+    assert_eq!(stat(&env2.stats(), "tls_proxy_secret_violations"), 1);
+}

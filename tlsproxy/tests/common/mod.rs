@@ -127,6 +127,7 @@ impl Upstream {
                         } else {
                             let _ = hyper::server::conn::http1::Builder::new()
                                 .serve_connection(io, svc)
+                                .with_upgrades()
                                 .await;
                         }
                     });
@@ -149,7 +150,29 @@ impl Upstream {
     }
 }
 
-async fn record(log: Arc<Mutex<Vec<Seen>>>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn record(log: Arc<Mutex<Vec<Seen>>>, mut req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.headers().contains_key("upgrade") {
+        // `Upgrade: echo`: switch protocols, then echo every byte back.
+        let on = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let Ok(u) = on.await else { return };
+            let mut io = TokioIo::new(u);
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = io.read(&mut buf).await {
+                if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let mut resp = Response::new(Full::new(Bytes::new()));
+        *resp.status_mut() = hyper::StatusCode::SWITCHING_PROTOCOLS;
+        resp.headers_mut()
+            .insert("connection", "upgrade".parse().unwrap());
+        resp.headers_mut()
+            .insert("upgrade", "echo".parse().unwrap());
+        return resp;
+    }
     let (parts, body) = req.into_parts();
     let body = body
         .collect()
@@ -469,6 +492,82 @@ async fn guest_exchange(
         negotiated,
         seen: None,
         error: None,
+    }
+}
+
+impl ProxyEnv {
+    /// Upgrades an HTTP/1.1 request to `sni` to the upstream's echo protocol, sends `msg`
+    /// and returns what comes back (until `want` bytes or the end).
+    pub fn upgrade_echo(
+        &self,
+        up: &Upstream,
+        sni: &str,
+        msg: &[u8],
+        want: usize,
+    ) -> Result<Vec<u8>, String> {
+        let (ours, theirs) = StdUnixStream::pair().unwrap();
+        theirs.set_nonblocking(true).unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let flow = netstack::HandedFlow {
+            stream: theirs,
+            target: up.addr,
+            guest: "10.0.2.15:40001".parse().unwrap(),
+            server_name: sni.to_string(),
+        };
+        assert!(netstack::TlsHandoff::take(&*self.proxy, flow));
+        let ca = self.proxy.ca_pem().to_string();
+        let (sni, msg) = (sni.to_string(), msg.to_vec());
+        rt().block_on(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let sock = tokio::net::UnixStream::from_std(ours).unwrap();
+            let mut roots = rustls::RootCertStore::empty();
+            for c in rustls::pki_types::pem::PemObject::pem_slice_iter(ca.as_bytes()) {
+                roots.add(c.unwrap()).unwrap();
+            }
+            let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+            let name = ServerName::try_from(sni.clone()).unwrap();
+            let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+                .connect(name, sock)
+                .await
+                .map_err(|e| e.to_string())?;
+            let (mut s, c) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+                .await
+                .map_err(|e| e.to_string())?;
+            tokio::spawn(c.with_upgrades());
+            let req = Request::builder()
+                .uri("/ws")
+                .header("host", &sni)
+                .header("connection", "upgrade")
+                .header("upgrade", "echo")
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            let mut resp = s.send_request(req).await.map_err(|e| e.to_string())?;
+            if resp.status() != hyper::StatusCode::SWITCHING_PROTOCOLS {
+                return Err(format!("status {}", resp.status()));
+            }
+            let u = hyper::upgrade::on(&mut resp)
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut io = TokioIo::new(u);
+            io.write_all(&msg).await.map_err(|e| e.to_string())?;
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            let read = tokio::time::timeout(Duration::from_secs(10), async {
+                while got.len() < want {
+                    match io.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+            });
+            let _ = read.await;
+            Ok(got)
+        })
     }
 }
 
