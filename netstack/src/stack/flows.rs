@@ -200,12 +200,7 @@ impl Netstack {
             Some((_, _, false)) => self.core.metrics.drop_dns_rebind += 1,
             Some((name, addrs, true)) => {
                 ok = true;
-                if self.dns_names.len() + addrs.len() > MAX_DNS_NAMES {
-                    self.dns_names.clear();
-                }
-                for a in addrs {
-                    self.dns_names.insert(a, name.clone());
-                }
+                remember_names(&mut self.dns_names, &name, addrs);
             }
         }
         self.scratch = msg;
@@ -401,6 +396,17 @@ impl Netstack {
             conn.syn_pending = true;
             self.insert_tcp(conn);
         }
+    }
+}
+
+/// Records the addresses of an allowed DNS answer (UDP or TCP) so later flows to them carry
+/// `name`; the map is bounded by [`MAX_DNS_NAMES`] (cleared when full).
+pub(super) fn remember_names(names: &mut HashMap<IpAddr, String>, name: &str, addrs: Vec<IpAddr>) {
+    if names.len() + addrs.len() > MAX_DNS_NAMES {
+        names.clear();
+    }
+    for a in addrs {
+        names.insert(a, name.to_string());
     }
 }
 
