@@ -6,6 +6,8 @@
 mod basic;
 mod datagram;
 mod net_common;
+mod raw;
+mod raw_frame;
 mod resolve;
 mod tcp;
 mod tcp_multi;
@@ -87,12 +89,13 @@ pub fn run(ctx: &Context<'_>) -> Outcome {
         "serve" => tcp::serve(ctx),
         "resolve" => resolve::resolve(ctx),
         "tls-hello" => tls::hello(ctx),
+        "raw" => raw::raw(ctx, arg),
         _ => usage_error(
             ctx,
             name,
             format!(
                 "unknown scenario {name:?}; known: hello, exit:N, spin:N, cpl0spin:N, idle, fault:KIND, ping, udp-echo, \
-                 tcp-send, tcp-recv, tcp-rr, connect, serve, resolve, tls-hello"
+                 tcp-send, tcp-recv, tcp-rr, connect, serve, resolve, tls-hello, raw:CASE"
             ),
         ),
     }
