@@ -57,6 +57,9 @@ pub struct NetMetrics {
     /// Flows refused because a limit was reached (flow table, TCP connections, published
     /// connections, echo flows). Logged through a count-based gate.
     pub flows_over_limit: u64,
+    /// Guest SYNs refused because `max_half_open_tcp` connections were already half open
+    /// (also counted in `flows_over_limit`).
+    pub tcp_half_open_refused: u64,
     /// Flows closed (any reason).
     pub flows_closed: u64,
     /// TCP host connects that failed or timed out.
@@ -134,6 +137,7 @@ impl NetMetrics {
             ("flows_opened", self.flows_opened),
             ("flows_denied", self.flows_denied),
             ("flows_over_limit", self.flows_over_limit),
+            ("tcp_half_open_refused", self.tcp_half_open_refused),
             ("flows_closed", self.flows_closed),
             ("connect_failures", self.connect_failures),
             ("rst_to_guest", self.rst_to_guest),

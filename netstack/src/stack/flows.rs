@@ -82,10 +82,14 @@ impl Netstack {
         }
     }
 
-    pub(super) fn insert_tcp(&mut self, conn: TcpConn) {
+    pub(super) fn insert_tcp(&mut self, mut conn: TcpConn) {
         let fd = conn.fd.as_raw_fd();
+        let half_open = conn.ingress_peer.is_none()
+            && matches!(conn.state, TcpState::Connecting | TcpState::SynAckSent);
+        conn.half_open = half_open;
         match self.flows.insert(Flow::Tcp(Box::new(conn))) {
             Some(token) => {
+                self.core.tcp_half_open += usize::from(half_open);
                 self.core.metrics.flows_opened += 1;
                 self.core.interest(InterestOp::Add, fd, token, false, false);
                 self.finish_tcp(token, After::Keep);
@@ -106,6 +110,9 @@ impl Netstack {
             return;
         };
         self.core.metrics.flows_closed += 1;
+        if conn.half_open {
+            self.core.tcp_half_open -= 1;
+        }
         self.core
             .interest(InterestOp::Remove, conn.fd.as_raw_fd(), token, false, false);
         match after {
@@ -133,8 +140,9 @@ impl Netstack {
         dns: bool,
         now: Instant,
     ) -> Option<u64> {
-        if !self.flows.has_room() {
-            self.core.refuse_over_limit("flow table");
+        if !self.flows.has_room_for_other() {
+            self.core
+                .refuse_over_limit("flow table (outside the TCP reserve)");
             return None;
         }
         if !dns {

@@ -98,7 +98,10 @@ impl Netstack {
         }
         Ok(Netstack {
             core,
-            flows: FlowTable::new(cfg.limits.max_flows),
+            flows: FlowTable::new(
+                cfg.limits.max_flows,
+                cfg.limits.tcp_reserved_flows.min(cfg.limits.max_flows / 2),
+            ),
             gate,
             listeners,
             dns_names: HashMap::new(),
@@ -153,6 +156,17 @@ impl Netstack {
     /// Number of live TCP flows (both directions; at most `max_tcp_connections`).
     pub fn tcp_flow_count(&self) -> usize {
         self.flows.tcp_len()
+    }
+
+    /// Number of guest-initiated TCP connections not yet established (at most
+    /// `max_half_open_tcp`).
+    pub fn tcp_half_open_count(&self) -> usize {
+        self.core.tcp_half_open
+    }
+
+    /// Number of live flows other than TCP (at most `max_flows` minus the TCP reserve).
+    pub fn other_flow_count(&self) -> usize {
+        self.flows.other_len()
     }
 
     /// Number of live ICMP echo flows (kept outside the flow table, at most 256).

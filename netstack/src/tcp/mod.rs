@@ -110,6 +110,10 @@ pub(crate) enum After {
 
 /// Brings the flow's fd interest and ready-list membership up to date.
 pub(crate) fn sync(core: &mut Core, token: u64, conn: &mut TcpConn) {
+    if conn.half_open && !matches!(conn.state, TcpState::Connecting | TcpState::SynAckSent) {
+        conn.half_open = false;
+        core.tcp_half_open -= 1;
+    }
     let want = conn.desired_interest();
     if want != conn.registered {
         core.interest(
