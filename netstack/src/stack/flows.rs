@@ -82,6 +82,13 @@ impl Netstack {
         }
     }
 
+    /// Raises the high-water marks after an insert.
+    fn note_peaks(&mut self) {
+        let m = &mut self.core.metrics;
+        m.flows_peak = m.flows_peak.max(self.flows.len() as u64);
+        m.tcp_half_open_peak = m.tcp_half_open_peak.max(self.core.tcp_half_open as u64);
+    }
+
     pub(super) fn insert_tcp(&mut self, mut conn: TcpConn) {
         let fd = conn.fd.as_raw_fd();
         let half_open = conn.ingress_peer.is_none()
@@ -90,6 +97,7 @@ impl Netstack {
         match self.flows.insert(Flow::Tcp(Box::new(conn))) {
             Some(token) => {
                 self.core.tcp_half_open += usize::from(half_open);
+                self.note_peaks();
                 self.core.metrics.flows_opened += 1;
                 self.core.interest(InterestOp::Add, fd, token, false, false);
                 self.finish_tcp(token, After::Keep);
@@ -177,6 +185,7 @@ impl Netstack {
         match self.flows.insert(Flow::Udp(flow)) {
             Some(t) => {
                 self.core.metrics.flows_opened += 1;
+                self.note_peaks();
                 self.core.interest(InterestOp::Add, fd, t, true, false);
                 Some(t)
             }

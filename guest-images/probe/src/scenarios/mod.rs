@@ -5,6 +5,7 @@
 
 mod basic;
 mod datagram;
+mod flood;
 mod net_common;
 mod raw;
 mod raw_frame;
@@ -90,12 +91,13 @@ pub fn run(ctx: &Context<'_>) -> Outcome {
         "resolve" => resolve::resolve(ctx),
         "tls-hello" => tls::hello(ctx),
         "raw" => raw::raw(ctx, arg),
+        "flood" => flood::flood(ctx, arg),
         _ => usage_error(
             ctx,
             name,
             format!(
                 "unknown scenario {name:?}; known: hello, exit:N, spin:N, cpl0spin:N, idle, fault:KIND, ping, udp-echo, \
-                 tcp-send, tcp-recv, tcp-rr, connect, serve, resolve, tls-hello, raw:CASE"
+                 tcp-send, tcp-recv, tcp-rr, connect, serve, resolve, tls-hello, raw:CASE, flood:syn|udp"
             ),
         ),
     }

@@ -26,8 +26,8 @@ use alloc::vec::Vec;
 
 use super::net_common::{bring_up, failure, json, DEFAULT_TIMEOUT_MS};
 use super::raw_frame::{
-    arp_gateway, classify, icmp, ip_frame, ipv4_header, recv, send, tcp, udp, Link, Seen, ACK,
-    FIN, MF, PROTO_ICMP, PROTO_TCP, PROTO_UDP, SYN,
+    arp_gateway, classify, icmp, ip_frame, ipv4_header, recv, send, tcp, udp, Link, Seen, ACK, FIN,
+    MF, PROTO_ICMP, PROTO_TCP, PROTO_UDP, SYN,
 };
 use super::{usage_error, Context, Outcome};
 use crate::clock::rdtsc;
@@ -219,11 +219,21 @@ pub fn raw(ctx: &Context<'_>, case: Option<&str>) -> Outcome {
         "icmp-unreach" | "icmp-ttl" => {
             // The quoted packet: peer:port -> us:sport, as if peer had sent it to us.
             let quoted_tcp = tcp(peer, me, port, sport, isn, 0, SYN, &[]);
-            let mut quoted =
-                ipv4_header(peer, me, PROTO_TCP, 5, 0, quoted_tcp.len()).to_vec();
+            let mut quoted = ipv4_header(peer, me, PROTO_TCP, 5, 0, quoted_tcp.len()).to_vec();
             quoted.extend_from_slice(&quoted_tcp[..8]);
-            let (ty, code) = if case == "icmp-unreach" { (3, 3) } else { (11, 0) };
-            first.push(ip_frame(&s.link, peer, PROTO_ICMP, 6, 0, &icmp(ty, code, &quoted)));
+            let (ty, code) = if case == "icmp-unreach" {
+                (3, 3)
+            } else {
+                (11, 0)
+            };
+            first.push(ip_frame(
+                &s.link,
+                peer,
+                PROTO_ICMP,
+                6,
+                0,
+                &icmp(ty, code, &quoted),
+            ));
         }
         _ => {
             // dns-udp: a query for api.test, A.
@@ -246,16 +256,31 @@ pub fn raw(ctx: &Context<'_>, case: Option<&str>) -> Outcome {
     if case == "simopen" {
         // Listen without answering, then send the SYN-ACK of a simultaneous open: our SYN
         // again, acknowledging an arbitrary number (the other side sent no SYN).
-        listen(dev, &s.link, peer, port, sport, isn, 100 * s.tsc_ms, &mut tally, false);
+        listen(
+            dev,
+            &s.link,
+            peer,
+            port,
+            sport,
+            isn,
+            100 * s.tsc_ms,
+            &mut tally,
+            false,
+        );
         let seg = tcp(me, peer, sport, port, isn, 0x0bad_cafe, SYN | ACK, &[]);
         send(dev, &ip_frame(&s.link, peer, PROTO_TCP, 8, 0, &seg));
         dev.flush();
     }
     let ticks = wait_ms * s.tsc_ms;
-    listen(dev, &s.link, peer, port, sport, isn, ticks, &mut tally, true);
+    listen(
+        dev, &s.link, peer, port, sport, isn, ticks, &mut tally, true,
+    );
     let json = json(ctx, "raw", true, Some(&run))
         .str("case", case)
-        .str("peer", &format!("{}.{}.{}.{}:{port}", peer[0], peer[1], peer[2], peer[3]))
+        .str(
+            "peer",
+            &format!("{}.{}.{}.{}:{port}", peer[0], peer[1], peer[2], peer[3]),
+        )
         .str("outcome", tally.outcome())
         .u64("synack", tally.synack)
         .u64("rst", tally.rst)
