@@ -1,5 +1,5 @@
 //! `flood:syn|udp probe.peer=IPV4:PORT [probe.count=N] [probe.hold_ms=MS]
-//! [probe.drain_ms=MS]`: N (default 100 000) hand-built SYNs or UDP datagrams, each of a
+//! [probe.drain_ms=MS] [probe.repeat=R]`: N (default 100 000) hand-built SYNs or UDP datagrams, each of a
 //! new flow (distinct source port x destination port), as fast as the TX ring takes them;
 //! floods and limits, docs/security.md. The guest never completes a handshake during the
 //! flood, so the netstack's TCP flows stay half open.
@@ -9,7 +9,8 @@
 //! `flood: sent`, pause, drain (`drain_ms`, default 3000: a SYN-ACK the netstack
 //! retransmits is answered with a RST, so its half-open flows end without waiting for the
 //! ~60 s of retransmissions; UDP flows end by the netstack's idle timeout), `flood:
-//! drained`, pause, then the JSON line with what came back.
+//! drained`, pause; all of it `repeat` times (default 1: a second flood shows whether the
+//! first left anything behind), then the JSON line with what came back.
 
 use alloc::format;
 
@@ -107,42 +108,50 @@ pub fn flood(ctx: &Context<'_>, kind: Option<&str>) -> Outcome {
     let (link, peer) = (s.link, s.peer);
     let dev = &mut run.stack.dev;
     let mut a = Answers::default();
+    let repeat = ms("probe.repeat", 1).clamp(1, 10);
     crate::println!("flood: baseline");
     pause(dev, &link, peer, &mut a, hold, false);
-    let t0 = rdtsc();
     let mut ring_full = 0u64;
-    let deadline = rdtsc() + 120_000 * s.tsc_ms;
-    let mut sent = 0u64;
-    while sent < n && rdtsc() < deadline {
-        let i = sent as u32;
-        let sport = 1024 + (i % SPORTS) as u16;
-        let dport = s.port.wrapping_add((i / SPORTS) as u16);
-        let frame = if kind == "syn" {
-            let seg = tcp(link.ip, peer, sport, dport, 1, 0, SYN, &[]);
-            ip_frame(&link, peer, PROTO_TCP, i as u16, 0, &seg)
-        } else {
-            let d = udp(link.ip, peer, sport, dport, b"flood");
-            ip_frame(&link, peer, PROTO_UDP, i as u16, 0, &d)
-        };
-        if send(dev, &frame) {
-            sent += 1;
-            if sent % 32 == 0 {
+    let mut sent_total = 0u64;
+    let mut flood_ns = 0u64;
+    for _ in 0..repeat {
+        let t0 = rdtsc();
+        let deadline = rdtsc() + 120_000 * s.tsc_ms;
+        let mut sent = 0u64;
+        while sent < n && rdtsc() < deadline {
+            let i = sent as u32;
+            let sport = 1024 + (i % SPORTS) as u16;
+            let dport = s.port.wrapping_add((i / SPORTS) as u16);
+            let frame = if kind == "syn" {
+                let seg = tcp(link.ip, peer, sport, dport, 1, 0, SYN, &[]);
+                ip_frame(&link, peer, PROTO_TCP, i as u16, 0, &seg)
+            } else {
+                let d = udp(link.ip, peer, sport, dport, b"flood");
+                ip_frame(&link, peer, PROTO_UDP, i as u16, 0, &d)
+            };
+            if send(dev, &frame) {
+                sent += 1;
+                if sent % 32 == 0 {
+                    dev.flush();
+                    take(dev, &link, peer, &mut a, false);
+                }
+            } else {
+                ring_full += 1;
                 dev.flush();
                 take(dev, &link, peer, &mut a, false);
             }
-        } else {
-            ring_full += 1;
-            dev.flush();
-            take(dev, &link, peer, &mut a, false);
         }
+        dev.flush();
+        flood_ns += ctx.clock.ticks_to_ns(rdtsc() - t0);
+        sent_total += sent;
+        crate::println!("flood: sent");
+        pause(dev, &link, peer, &mut a, hold, false);
+        pause(dev, &link, peer, &mut a, drain, true);
+        crate::println!("flood: drained");
+        pause(dev, &link, peer, &mut a, hold, true);
     }
-    dev.flush();
-    let flood_ns = ctx.clock.ticks_to_ns(rdtsc() - t0);
-    crate::println!("flood: sent");
-    pause(dev, &link, peer, &mut a, hold, false);
-    pause(dev, &link, peer, &mut a, drain, true);
-    crate::println!("flood: drained");
-    pause(dev, &link, peer, &mut a, hold, true);
+    let sent = sent_total;
+    let n = n * repeat;
     let ok = sent == n;
     let json = json(ctx, "flood", ok, Some(&run))
         .str("kind", kind)
