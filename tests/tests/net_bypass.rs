@@ -45,6 +45,7 @@ impl BypassNetns {
             "10.1.2.3/32",
             "169.254.169.254/32",
             "198.51.100.53/32",
+            "2001:db8::10/128",
         ] {
             ip(&["-n", &name, "addr", "add", a, "dev", "lo"]);
         }
@@ -73,7 +74,8 @@ impl BypassNetns {
     /// address (same port as before once it is known) and the TCP server on the outside
     /// resolver's port 53.
     fn start_counted(&mut self) {
-        let bind = format!("0.0.0.0:{}", self.port);
+        // Dual-stack: IPv4 and IPv6 (and IPv4-mapped) connections alike.
+        let bind = format!("[::]:{}", self.port);
         for (what, bind) in [("echo", bind.as_str()), ("tcp-53", "198.51.100.53:53")] {
             let mut c = self.command(&peer_bin());
             c.args([
@@ -115,7 +117,7 @@ impl BypassNetns {
         c
     }
 
-    /// Boots the probe's `raw:CASE` at `peer` under `flags`.
+    /// Boots the probe's `raw:CASE` (`raw6:CASE` for an IPv6 peer) at `peer` under `flags`.
     fn raw(&self, probe: &std::path::Path, flags: &[&str], case: &str, peer: &str) -> Output {
         self.command(&ringfence_bin())
             .args(["run", "--kernel"])
@@ -124,7 +126,10 @@ impl BypassNetns {
             .args(["--dns", &format!("127.0.0.1:{}", self.dns_port)])
             .args(flags)
             .arg("--")
-            .arg(format!("probe.scenario=raw:{case}"))
+            .arg(format!(
+                "probe.scenario={}:{case}",
+                if peer.starts_with('[') { "raw6" } else { "raw" }
+            ))
             .arg(format!("probe.peer={peer}"))
             .args(["probe.timeout_ms=3000", "probe.wait_ms=400"])
             .stdin(Stdio::null())
@@ -260,6 +265,49 @@ const ROWS: &[Row] = &[
     Row {
         case: "syn",
         peer: "198.51.100.53:53",
+        policy: DOMAIN_ONLY,
+        refused: &["rst"],
+        allow_all: "synack",
+    },
+    // IPv6 (raw6): loopback, the unspecified address, IPv4-mapped metadata, fragments.
+    Row {
+        case: "syn",
+        peer: "[::1]:PORT",
+        policy: PUBLIC_ONLY,
+        refused: &["rst"],
+        allow_all: "synack",
+    },
+    Row {
+        case: "syn",
+        peer: "[::]:PORT",
+        policy: PUBLIC_ONLY,
+        refused: &["none"],
+        allow_all: "none",
+    },
+    Row {
+        case: "syn",
+        peer: "[::ffff:169.254.169.254]:PORT",
+        policy: PUBLIC_ONLY,
+        refused: &["rst"],
+        allow_all: "synack",
+    },
+    Row {
+        case: "frag",
+        peer: "[2001:db8::10]:PORT",
+        policy: PUBLIC_ONLY,
+        refused: &["none"],
+        allow_all: "none",
+    },
+    Row {
+        case: "frag-overlap",
+        peer: "[::1]:PORT",
+        policy: PUBLIC_ONLY,
+        refused: &["none"],
+        allow_all: "none",
+    },
+    Row {
+        case: "syn",
+        peer: "[2001:db8::10]:PORT",
         policy: DOMAIN_ONLY,
         refused: &["rst"],
         allow_all: "synack",
