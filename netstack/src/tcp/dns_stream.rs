@@ -103,7 +103,7 @@ pub(crate) fn judge_next_answer(
         return AnswerStep::Go;
     }
     if got < base + 2 {
-        return wait(conn, base + 2);
+        return incomplete(conn, got > base, base + 2);
     }
     let mlen = usize::from(u16::from_be_bytes([scratch[base], scratch[base + 1]]));
     let want = base + 2 + mlen;
@@ -112,7 +112,7 @@ pub(crate) fn judge_next_answer(
     }
     match peek(conn, scratch, want) {
         Ok(n) if n >= want => {}
-        Ok(_) => return wait(conn, want),
+        Ok(_) => return incomplete(conn, true, want),
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => return wait(conn, want),
         Err(_) => return AnswerStep::Unreadable,
     }
@@ -137,7 +137,17 @@ fn peek(conn: &TcpConn, scratch: &mut Vec<u8>, want: usize) -> io::Result<usize>
     sys::recv_vectored(conn.fd.as_fd(), &mut iov, true).map(|r| r.len)
 }
 
-/// An answer is not complete yet: sleep until the socket holds `want` bytes (or closes).
+/// An answer is not complete yet. If the resolver already closed after part of it
+/// (`started`), it never will be: unreadable, the stream is reset. Otherwise sleep until
+/// the socket holds `want` bytes.
+fn incomplete(conn: &mut TcpConn, started: bool, want: usize) -> AnswerStep {
+    if started && sys::peer_closed(conn.fd.as_fd()) {
+        return AnswerStep::Unreadable;
+    }
+    wait(conn, want)
+}
+
+/// Sleeps until the socket holds `want` bytes (or closes).
 fn wait(conn: &mut TcpConn, want: usize) -> AnswerStep {
     conn.host_readable = false;
     let want = u32::try_from(want).unwrap_or(u32::MAX);

@@ -297,3 +297,44 @@ fn tcp_dns_answers_get_rebind_protection() {
     }
     assert!(crate::policy::dns_roundtrip(&mut h, "good.test").is_some());
 }
+
+/// A resolver that closes in the middle of an answer: the part never reaches the guest, the
+/// stream is reset at once (not left open until the idle timeout) and counted as unreadable.
+#[test]
+fn a_tcp_answer_cut_short_resets_the_stream() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let up = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let Ok((mut c, _)) = l.accept() else {
+            return;
+        };
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut len = [0u8; 2];
+        if c.read_exact(&mut len).is_err() {
+            return;
+        }
+        let mut q = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        if c.read_exact(&mut q).is_err() {
+            return;
+        }
+        let a = answer_for(&q);
+        let mut msg = (a.len() as u16).to_be_bytes().to_vec();
+        msg.extend_from_slice(&a[..a.len() / 2]);
+        let _ = c.write_all(&msg);
+        // Dropped here: FIN after half an answer.
+    });
+    let mut h = Harness::new(NetConfig {
+        dns_upstreams: vec![up],
+        ..cfg()
+    });
+    let s = connect_dns(&mut h, 48300);
+    assert!(wait_established(&mut h, s));
+    let (got, closed) = tcp_roundtrip(&mut h, s, "good.test");
+    assert!(closed, "stream left open");
+    assert!(
+        got.is_empty(),
+        "the guest got {} bytes of a cut answer",
+        got.len()
+    );
+    assert_eq!(h.ns.metrics().drop_dns_malformed, 1);
+}
