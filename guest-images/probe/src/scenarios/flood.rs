@@ -131,7 +131,7 @@ pub fn flood(ctx: &Context<'_>, kind: Option<&str>) -> Outcome {
             };
             if send(dev, &frame) {
                 sent += 1;
-                if sent % 32 == 0 {
+                if sent.is_multiple_of(32) {
                     dev.flush();
                     take(dev, &link, peer, &mut a, false);
                 }
