@@ -338,3 +338,54 @@ fn a_tcp_answer_cut_short_resets_the_stream() {
     );
     assert_eq!(h.ns.metrics().drop_dns_malformed, 1);
 }
+
+/// Names in answers over TCP are attributed like those over UDP: a domain rule allows
+/// `www.example.com`'s address once the guest resolved it over TCP, while the bare address
+/// was denied before. Runs in a test netns so the "public" TEST-NET server is ours.
+#[test]
+fn tcp_dns_answers_attribute_names_to_addresses() {
+    let Some(_ns) = crate::netns::enter_netns(false) else {
+        return;
+    };
+    let server = TcpListener::bind("192.0.2.1:0").unwrap();
+    let port = server.local_addr().unwrap().port();
+    std::thread::spawn(move || while server.accept().is_ok() {});
+    // Answers every name but the rebinding variants with 192.0.2.1.
+    let up = rebinding_resolver(2);
+    let rules = format!("allow@.example.com:tcp:{port}");
+    let mut h = Harness::with_gate(
+        NetConfig {
+            dns_upstreams: vec![up],
+            ..cfg()
+        },
+        crate::policy::compiled(&rules, Action::Deny),
+    );
+    let target = IpEndpoint::new(
+        IpAddress::Ipv4(smoltcp::wire::Ipv4Address::new(192, 0, 2, 1)),
+        port,
+    );
+    let s0 = tcp_socket(&mut h, 4096);
+    let cx = h.iface.context();
+    h.sockets
+        .get_mut::<tcp::Socket>(s0)
+        .connect(cx, target, 43110)
+        .unwrap();
+    assert!(
+        !wait_established(&mut h, s0),
+        "unattributed address must be denied"
+    );
+    let d = connect_dns(&mut h, 48400);
+    assert!(wait_established(&mut h, d));
+    let (answer, closed) = tcp_roundtrip(&mut h, d, "www.example.com");
+    assert!(!closed && answer.ends_with(&[192, 0, 2, 1]), "{answer:?}");
+    let s1 = tcp_socket(&mut h, 4096);
+    let cx = h.iface.context();
+    h.sockets
+        .get_mut::<tcp::Socket>(s1)
+        .connect(cx, target, 43111)
+        .unwrap();
+    assert!(
+        wait_established(&mut h, s1),
+        "attributed address must be allowed"
+    );
+}
