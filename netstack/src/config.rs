@@ -43,6 +43,15 @@ pub struct Limits {
     /// every slot the guest's own connections need; further connections are accepted and
     /// reset at once.
     pub max_published_connections: usize,
+    /// Maximum guest-initiated TCP connections not yet established (host connect in
+    /// progress, or SYN-ACK sent and not acknowledged). Below `max_tcp_connections`, so a
+    /// guest's SYN flood (or connects to hosts that never answer) cannot take the slots of
+    /// connections that complete; a SYN beyond it gets a RST.
+    pub max_half_open_tcp: usize,
+    /// Slots of the flow table only TCP may use (capped at half the table): UDP and other
+    /// flows fill at most `max_flows - tcp_reserved_flows`, so a UDP flood cannot lock new
+    /// TCP connections out.
+    pub tcp_reserved_flows: usize,
     /// How long a host connect may take before the guest gets a RST.
     pub connect_timeout: Duration,
     /// A TCP flow with no traffic in either direction for this long is reset.
@@ -59,6 +68,8 @@ impl Default for Limits {
             max_tcp_connections: 256,
             max_flows: 1024,
             max_published_connections: 128,
+            max_half_open_tcp: 128,
+            tcp_reserved_flows: 256,
             connect_timeout: Duration::from_secs(30),
             tcp_idle_timeout: Duration::from_secs(7200),
             udp_idle_timeout: Duration::from_secs(180),

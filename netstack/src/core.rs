@@ -141,6 +141,9 @@ pub(crate) struct Core {
     pub no_peek_off: bool,
     /// Byte budget shared by the TCP out-of-order queues of all connections.
     pub ooo_budget: crate::tcp::OooBudget,
+    /// Guest-initiated TCP connections not yet established (host connect in progress, or
+    /// SYN-ACK sent and not acknowledged): capped by `Limits::max_half_open_tcp`.
+    pub tcp_half_open: usize,
 }
 
 impl Core {
@@ -172,6 +175,7 @@ impl Core {
             secret_log: LogGate::new(),
             no_peek_off: false,
             ooo_budget: crate::tcp::OooBudget::default(),
+            tcp_half_open: 0,
         }
     }
 

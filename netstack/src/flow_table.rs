@@ -69,6 +69,9 @@ pub(crate) struct FlowTable {
     free: Vec<u32>,
     map: HashMap<FlowKey, u64>,
     max: usize,
+    /// Most flows other than TCP (UDP, embedder datagram services): `max` minus the slots
+    /// reserved for TCP, so a UDP flood cannot take the room new TCP connections need.
+    max_other: usize,
     tcp: usize,
     /// Live TCP flows accepted on published ports.
     tcp_ingress: usize,
@@ -79,13 +82,15 @@ pub(crate) struct FlowTable {
 }
 
 impl FlowTable {
-    /// An empty table holding at most `max` flows.
-    pub(crate) fn new(max: usize) -> Self {
+    /// An empty table holding at most `max` flows, of which `tcp_reserve` are only for
+    /// TCP.
+    pub(crate) fn new(max: usize, tcp_reserve: usize) -> Self {
         FlowTable {
             slots: Vec::new(),
             free: Vec::new(),
             map: HashMap::new(),
             max,
+            max_other: max.saturating_sub(tcp_reserve),
             tcp: 0,
             tcp_ingress: 0,
             touched: Vec::new(),
@@ -121,6 +126,16 @@ impl FlowTable {
         self.map.len() < self.max
     }
 
+    /// Number of live flows other than TCP.
+    pub(crate) fn other_len(&self) -> usize {
+        self.map.len() - self.tcp
+    }
+
+    /// Whether another flow other than TCP fits (outside the TCP reserve).
+    pub(crate) fn has_room_for_other(&self) -> bool {
+        self.has_room() && self.other_len() < self.max_other
+    }
+
     /// Token of the flow with `key`.
     pub(crate) fn lookup(&self, key: &FlowKey) -> Option<u64> {
         self.map.get(key).copied()
@@ -129,7 +144,11 @@ impl FlowTable {
     /// Inserts a flow and returns its token; `None` (and the flow, with its socket, is
     /// dropped) if the table is full or the key is taken.
     pub(crate) fn insert(&mut self, flow: Flow) -> Option<u64> {
-        if !self.has_room() || self.map.contains_key(flow.key()) {
+        let room = match &flow {
+            Flow::Tcp(_) => self.has_room(),
+            _ => self.has_room_for_other(),
+        };
+        if !room || self.map.contains_key(flow.key()) {
             return None;
         }
         if let Flow::Tcp(c) = &flow {
@@ -294,7 +313,7 @@ mod tests {
     #[test]
     fn next_deadline_matches_a_full_scan() {
         let base = Instant::now();
-        let mut table = FlowTable::new(64);
+        let mut table = FlowTable::new(64, 0);
         let mut live: Vec<u64> = Vec::new();
         let mut rng = 0x2545_f491_4f6c_dd1du64;
         let mut next = move || {

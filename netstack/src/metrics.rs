@@ -57,6 +57,13 @@ pub struct NetMetrics {
     /// Flows refused because a limit was reached (flow table, TCP connections, published
     /// connections, echo flows). Logged through a count-based gate.
     pub flows_over_limit: u64,
+    /// Guest SYNs refused because `max_half_open_tcp` connections were already half open
+    /// (also counted in `flows_over_limit`).
+    pub tcp_half_open_refused: u64,
+    /// Most flows ever in the flow table at once (a high-water mark, not a counter).
+    pub flows_peak: u64,
+    /// Most guest TCP connections ever half open at once (a high-water mark).
+    pub tcp_half_open_peak: u64,
     /// Flows closed (any reason).
     pub flows_closed: u64,
     /// TCP host connects that failed or timed out.
@@ -145,6 +152,9 @@ impl NetMetrics {
             ("flows_opened", self.flows_opened),
             ("flows_denied", self.flows_denied),
             ("flows_over_limit", self.flows_over_limit),
+            ("tcp_half_open_refused", self.tcp_half_open_refused),
+            ("flows_peak", self.flows_peak),
+            ("tcp_half_open_peak", self.tcp_half_open_peak),
             ("flows_closed", self.flows_closed),
             ("connect_failures", self.connect_failures),
             ("rst_to_guest", self.rst_to_guest),

@@ -473,6 +473,20 @@ pub(crate) fn ready_now(fd: BorrowedFd<'_>) -> (bool, bool) {
     }
 }
 
+/// Whether the peer of stream socket `fd` has closed its side (`POLLRDHUP`, or a hang-up or
+/// error), from one `poll(2)` with a zero timeout.
+pub(crate) fn peer_closed(fd: BorrowedFd<'_>) -> bool {
+    let mut p = [libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLRDHUP,
+        revents: 0,
+    }];
+    match poll(&mut p, 0) {
+        Ok(1) => p[0].revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0,
+        _ => false,
+    }
+}
+
 /// Polls `fds` once with `timeout_ms` (used by tests and by start-up probes).
 pub fn poll(fds: &mut [libc::pollfd], timeout_ms: i32) -> io::Result<usize> {
     // SAFETY: `fds` is a valid, exclusively borrowed array of pollfd of the given length.

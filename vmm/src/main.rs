@@ -132,6 +132,10 @@ struct RunArgs {
     /// Most simultaneous TCP connections of the guest (default 256).
     #[arg(long, value_name = "N")]
     max_connections: Option<usize>,
+    /// Seconds a guest UDP (or ICMP echo) flow may stay idle before it is closed and its
+    /// host socket freed (default 180).
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=86400))]
+    udp_idle_timeout: Option<u64>,
     /// Record every frame the guest sends and receives into FILE (pcap).
     #[arg(long, value_name = "FILE")]
     pcap: Option<PathBuf>,
@@ -293,6 +297,7 @@ fn run(mut args: RunArgs) -> Result<u8, String> {
             dns: args.dns,
             publish: args.publish,
             max_connections: args.max_connections,
+            udp_idle_timeout: args.udp_idle_timeout,
             mtu: args.mtu,
             tls_ports: args.tls_ports.map(|p| p.0),
             tls_require_sni: args.tls_require_sni,

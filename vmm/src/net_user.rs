@@ -175,6 +175,8 @@ pub struct UserNetSettings {
     pub publish: Vec<PublishSpec>,
     /// Most simultaneous connections (default 256).
     pub max_connections: Option<usize>,
+    /// Seconds a UDP or ICMP flow may stay idle before it is closed (default 180).
+    pub udp_idle_timeout: Option<u64>,
     /// Link MTU (default [`DEFAULT_MTU`]).
     pub mtu: Option<u16>,
     /// The network policy.
@@ -303,6 +305,9 @@ pub fn build(settings: &UserNetSettings, guest_mac: [u8; 6]) -> Result<BuiltUser
     }
     if let Some(n) = settings.max_connections {
         cfg.limits.max_tcp_connections = n;
+    }
+    if let Some(secs) = settings.udp_idle_timeout {
+        cfg.limits.udp_idle_timeout = std::time::Duration::from_secs(secs);
     }
     cfg.published = settings
         .publish

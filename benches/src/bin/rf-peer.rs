@@ -6,6 +6,9 @@
 //!                                                      (source: BYTES split over the N)
 //! rf-peer source  ADDR BYTES [--conns N] [--timeout S] send BYTES of the pattern i % 251
 //! rf-peer echo    ADDR [--conns N] [--timeout S]       echo each connection until EOF
+//!                 [--keep-going]                       ... a connection that fails (e.g. is
+//!                                                      reset) prints an error line, the
+//!                                                      server goes on
 //! rf-peer udp-echo ADDR [--max N] [--timeout S]        echo datagrams until idle
 //! rf-peer dns     ADDR NAME=IP[,IP]... [--timeout S]   static DNS responder (UDP)
 //! rf-peer send    ADDR BYTES [--busy-core]             client: connect, send BYTES of the pattern
@@ -88,6 +91,7 @@ fn run(args: Vec<String>) -> Result<(), String> {
         listener.local_addr().map_err(|e| e.to_string())?
     );
     let parallel = args.iter().any(|a| a == "--parallel");
+    let keep_going = args.iter().any(|a| a == "--keep-going");
     let rounds = if parallel { 1 } else { conns };
     for _ in 0..rounds {
         let t = match mode.as_str() {
@@ -112,8 +116,16 @@ fn run(args: Vec<String>) -> Result<(), String> {
             }
             "echo" => peer::echo_one(&listener, timeout),
             other => return Err(format!("unknown mode {other:?}")),
-        }
-        .map_err(|e| e.to_string())?;
+        };
+        let t = match t {
+            // An accept that timed out is not a connection: stop either way.
+            Err(e) if keep_going && e.kind() != std::io::ErrorKind::TimedOut => {
+                let e = e.to_string().replace('"', "'");
+                println!("{{\"role\":\"{mode}\",\"error\":\"{e}\"}}");
+                continue;
+            }
+            t => t.map_err(|e| e.to_string())?,
+        };
         print_transfer(mode, &t);
     }
     Ok(())

@@ -209,7 +209,7 @@ impl Netstack {
         if guest_port == 0 {
             return Err(EmbedderError::PortZero);
         }
-        if !self.flows.has_room() {
+        if !self.flows.has_room_for_other() {
             self.core.refuse_over_limit("embedder flows");
             return Err(EmbedderError::TooManyConnections {
                 open: self.flows.len(),
@@ -250,7 +250,7 @@ impl Netstack {
     pub(super) fn open_udp_service_flow(&mut self, key: FlowKey, now: Instant) -> Option<u64> {
         let port = key.remote.port();
         let accepted = self.udp_services.get(&port)?;
-        if !self.flows.has_room() {
+        if !self.flows.has_room_for_other() {
             self.core.refuse_over_limit("embedder flows");
             return None;
         }

@@ -82,10 +82,22 @@ impl Netstack {
         }
     }
 
-    pub(super) fn insert_tcp(&mut self, conn: TcpConn) {
+    /// Raises the high-water marks after an insert.
+    fn note_peaks(&mut self) {
+        let m = &mut self.core.metrics;
+        m.flows_peak = m.flows_peak.max(self.flows.len() as u64);
+        m.tcp_half_open_peak = m.tcp_half_open_peak.max(self.core.tcp_half_open as u64);
+    }
+
+    pub(super) fn insert_tcp(&mut self, mut conn: TcpConn) {
         let fd = conn.fd.as_raw_fd();
+        let half_open = conn.ingress_peer.is_none()
+            && matches!(conn.state, TcpState::Connecting | TcpState::SynAckSent);
+        conn.half_open = half_open;
         match self.flows.insert(Flow::Tcp(Box::new(conn))) {
             Some(token) => {
+                self.core.tcp_half_open += usize::from(half_open);
+                self.note_peaks();
                 self.core.metrics.flows_opened += 1;
                 self.core.interest(InterestOp::Add, fd, token, false, false);
                 self.finish_tcp(token, After::Keep);
@@ -106,6 +118,9 @@ impl Netstack {
             return;
         };
         self.core.metrics.flows_closed += 1;
+        if conn.half_open {
+            self.core.tcp_half_open -= 1;
+        }
         self.core
             .interest(InterestOp::Remove, conn.fd.as_raw_fd(), token, false, false);
         match after {
@@ -133,8 +148,9 @@ impl Netstack {
         dns: bool,
         now: Instant,
     ) -> Option<u64> {
-        if !self.flows.has_room() {
-            self.core.refuse_over_limit("flow table");
+        if !self.flows.has_room_for_other() {
+            self.core
+                .refuse_over_limit("flow table (outside the TCP reserve)");
             return None;
         }
         if !dns {
@@ -169,6 +185,7 @@ impl Netstack {
         match self.flows.insert(Flow::Udp(flow)) {
             Some(t) => {
                 self.core.metrics.flows_opened += 1;
+                self.note_peaks();
                 self.core.interest(InterestOp::Add, fd, t, true, false);
                 Some(t)
             }
@@ -200,12 +217,7 @@ impl Netstack {
             Some((_, _, false)) => self.core.metrics.drop_dns_rebind += 1,
             Some((name, addrs, true)) => {
                 ok = true;
-                if self.dns_names.len() + addrs.len() > MAX_DNS_NAMES {
-                    self.dns_names.clear();
-                }
-                for a in addrs {
-                    self.dns_names.insert(a, name.clone());
-                }
+                remember_names(&mut self.dns_names, &name, addrs);
             }
         }
         self.scratch = msg;
@@ -401,6 +413,17 @@ impl Netstack {
             conn.syn_pending = true;
             self.insert_tcp(conn);
         }
+    }
+}
+
+/// Records the addresses of an allowed DNS answer (UDP or TCP) so later flows to them carry
+/// `name`; the map is bounded by [`MAX_DNS_NAMES`] (cleared when full).
+pub(super) fn remember_names(names: &mut HashMap<IpAddr, String>, name: &str, addrs: Vec<IpAddr>) {
+    if names.len() + addrs.len() > MAX_DNS_NAMES {
+        names.clear();
+    }
+    for a in addrs {
+        names.insert(a, name.to_string());
     }
 }
 

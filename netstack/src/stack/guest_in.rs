@@ -160,6 +160,11 @@ impl Netstack {
             self.core.refuse_over_limit("tcp connections");
             return tcp::push_rst_for(&mut self.core, ip, seg);
         }
+        if self.core.tcp_half_open >= self.core.cfg.limits.max_half_open_tcp {
+            self.core.metrics.tcp_half_open_refused += 1;
+            self.core.refuse_over_limit("half-open tcp connections");
+            return tcp::push_rst_for(&mut self.core, ip, seg);
+        }
         // DNS is judged per query name (as over UDP), not as a flow.
         let verdict = self.gate.decide(&self.flow_info(
             Direction::Egress,

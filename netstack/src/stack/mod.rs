@@ -26,7 +26,7 @@ use crate::gate::{AllowAll, Direction, FlowGate, FlowInfo, FlowProto};
 use crate::metrics::NetMetrics;
 use crate::ping::PingRelay;
 use crate::publish::{self, Listener};
-use crate::tcp::{self, After, Produced, Segment, TcpConn, TcpState};
+use crate::tcp::{self, After, AnswerStep, Produced, Segment, TcpConn, TcpState};
 use crate::udp::UdpFlow;
 use crate::{arp, dhcp, dns, icmp, ipaddr, sys};
 
@@ -36,7 +36,7 @@ mod guest_in;
 
 pub use embedder::EmbedderError;
 
-use flows::{push_udp_ctrl, sync_udp};
+use flows::{push_udp_ctrl, remember_names, sync_udp};
 
 /// Largest TCP segment without payload: Ethernet, IPv6 and a TCP header with full options.
 const TCP_CONTROL_FRAME_MAX: usize = 14 + 40 + 60;
@@ -98,7 +98,10 @@ impl Netstack {
         }
         Ok(Netstack {
             core,
-            flows: FlowTable::new(cfg.limits.max_flows),
+            flows: FlowTable::new(
+                cfg.limits.max_flows,
+                cfg.limits.tcp_reserved_flows.min(cfg.limits.max_flows / 2),
+            ),
             gate,
             listeners,
             dns_names: HashMap::new(),
@@ -153,6 +156,17 @@ impl Netstack {
     /// Number of live TCP flows (both directions; at most `max_tcp_connections`).
     pub fn tcp_flow_count(&self) -> usize {
         self.flows.tcp_len()
+    }
+
+    /// Number of guest-initiated TCP connections not yet established (at most
+    /// `max_half_open_tcp`).
+    pub fn tcp_half_open_count(&self) -> usize {
+        self.core.tcp_half_open
+    }
+
+    /// Number of live flows other than TCP (at most `max_flows` minus the TCP reserve).
+    pub fn other_flow_count(&self) -> usize {
+        self.flows.other_len()
     }
 
     /// Number of live ICMP echo flows (kept outside the flow table, at most 256).
@@ -250,6 +264,31 @@ impl Netstack {
                 None => continue,
                 Some(Flow::Tcp(conn)) => {
                     conn.queued = false;
+                    if conn.dns.is_some() {
+                        let mut scratch = std::mem::take(&mut self.scratch);
+                        let step = tcp::judge_next_answer(conn, &*self.gate, &mut scratch);
+                        self.scratch = scratch;
+                        let refused = match step {
+                            AnswerStep::Go => false,
+                            AnswerStep::Allowed(name, addrs) => {
+                                remember_names(&mut self.dns_names, &name, addrs);
+                                false
+                            }
+                            AnswerStep::Refused => {
+                                self.core.metrics.drop_dns_rebind += 1;
+                                true
+                            }
+                            AnswerStep::Unreadable => {
+                                self.core.metrics.drop_dns_malformed += 1;
+                                true
+                            }
+                        };
+                        if refused {
+                            // The guest sees no byte of the answer: the stream ends here.
+                            self.finish_tcp(token, After::Reset);
+                            continue;
+                        }
+                    }
                     match tcp::next_frame(&mut self.core, conn, bufs, now) {
                         Produced::Frame(n, meta) => {
                             tcp::sync(&mut self.core, token, conn);

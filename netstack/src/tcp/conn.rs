@@ -132,6 +132,8 @@ pub(crate) struct TcpConn {
     pub peek_off: bool,
     /// For published-port connections: the host peer that connected (ingress).
     pub ingress_peer: Option<SocketAddr>,
+    /// Counted in `Core::tcp_half_open` (guest-initiated, not yet established).
+    pub half_open: bool,
     /// DNS over TCP to the gateway: per-query checks of the guest's stream.
     pub dns: Option<Box<super::DnsStream>>,
     /// TLS port: the guest's first bytes, held until its ClientHello is judged.
@@ -214,6 +216,7 @@ impl TcpConn {
             queued: false,
             peek_off: false,
             ingress_peer: None,
+            half_open: false,
             dns: None,
             hello: None,
             server_name: None,

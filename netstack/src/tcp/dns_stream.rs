@@ -7,12 +7,19 @@
 //! they are held, so a stub resolver that writes the length prefix separately does not
 //! stall); once the question is complete and allowed they are sent, and the rest of the
 //! message goes straight from guest memory. A denied query resets the connection.
-//! Answers are not yet checked on this path (rebind protection and domain attribution
-//! apply to UDP answers only).
+//!
+//! Answers (resolver -> guest) get the same check as answers over UDP: rebind protection
+//! and domain attribution. Such a flow peeks without `SO_PEEK_OFF` (every peek starts at
+//! the oldest unacknowledged byte), so before any byte of an answer is peeked into the
+//! guest's buffers the whole message is peeked into a scratch buffer and judged
+//! ([`judge_next_answer`]); only bytes of judged messages are ever sent to the guest. A
+//! refused or unreadable answer resets the connection (the guest sees no byte of it).
 
-use std::io::{self, IoSlice};
-use std::os::fd::BorrowedFd;
+use std::io::{self, IoSlice, IoSliceMut};
+use std::net::IpAddr;
+use std::os::fd::{AsFd, BorrowedFd};
 
+use super::conn::{seq_diff, TcpConn, TcpState};
 use crate::dns;
 use crate::frame::GuestFrame;
 use crate::gate::FlowGate;
@@ -28,6 +35,134 @@ pub(crate) struct DnsStream {
     remaining: usize,
     /// Start of the current message, held until its question is complete.
     held: Vec<u8>,
+    /// Resolver -> guest: sequence number (towards the guest) up to which the answers have
+    /// been judged and allowed; set when the host connection is up.
+    answers_to: Option<u32>,
+}
+
+/// What [`judge_next_answer`] found in the resolver's stream.
+#[derive(Debug)]
+pub(crate) enum AnswerStep {
+    /// Nothing to judge now (bytes of judged answers are still to be sent, the stream is
+    /// not established, or an answer is incomplete): go on with the flow as usual.
+    Go,
+    /// The next answer was judged and allowed: its name and A/AAAA addresses.
+    Allowed(String, Vec<IpAddr>),
+    /// The next answer points where the policy forbids (rebind protection): reset.
+    Refused,
+    /// The next answer cannot be read, so cannot be judged: reset (fails closed).
+    Unreadable,
+}
+
+/// Largest DNS-over-TCP message plus its length prefix.
+const MSG_MAX: usize = 2 + 65535;
+
+/// Bytes of judged answers the guest may be sent beyond `snd_nxt`; `None` for a flow that
+/// is not DNS over TCP (no limit).
+pub(crate) fn answer_room(conn: &TcpConn) -> Option<u32> {
+    let to = conn.dns.as_ref()?.answers_to.unwrap_or(conn.snd_nxt);
+    Some(seq_diff(to, conn.snd_nxt).max(0) as u32)
+}
+
+/// Marks the start of the resolver's stream (the host connection is up). Such a flow must
+/// peek without `SO_PEEK_OFF` so the judging peeks here do not move the data peeks' offset.
+pub(crate) fn answers_start(conn: &mut TcpConn) {
+    let first = conn.isn.wrapping_add(1);
+    if let Some(d) = conn.dns.as_mut() {
+        d.answers_to.get_or_insert(first);
+    }
+}
+
+/// When every judged byte has been sent to the guest, peeks the resolver's next whole
+/// answer into `scratch` and judges it with `gate`. An allowed answer becomes sendable.
+/// Sets `host_eof` when the resolver closed after its last whole answer.
+pub(crate) fn judge_next_answer(
+    conn: &mut TcpConn,
+    gate: &dyn FlowGate,
+    scratch: &mut Vec<u8>,
+) -> AnswerStep {
+    if conn.state != TcpState::Established || !conn.host_readable || conn.host_eof {
+        return AnswerStep::Go;
+    }
+    let Some(to) = conn.dns.as_ref().and_then(|d| d.answers_to) else {
+        return AnswerStep::Go;
+    };
+    if seq_diff(to, conn.snd_nxt) > 0 {
+        return AnswerStep::Go;
+    }
+    // Bytes in the socket before the first unjudged one (all sent, not yet acknowledged).
+    let base = seq_diff(to, conn.snd_una).max(0) as usize;
+    let got = match peek(conn, scratch, base + 2) {
+        Ok(n) => n,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return wait(conn, base + 2),
+        Err(_) => return AnswerStep::Unreadable,
+    };
+    if got == 0 && base == 0 {
+        // The resolver closed and everything before was acknowledged: the FIN may go.
+        conn.host_eof = true;
+        return AnswerStep::Go;
+    }
+    if got < base + 2 {
+        return incomplete(conn, got > base, base + 2);
+    }
+    let mlen = usize::from(u16::from_be_bytes([scratch[base], scratch[base + 1]]));
+    let want = base + 2 + mlen;
+    if want > base + MSG_MAX {
+        return AnswerStep::Unreadable;
+    }
+    match peek(conn, scratch, want) {
+        Ok(n) if n >= want => {}
+        Ok(_) => return incomplete(conn, true, want),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return wait(conn, want),
+        Err(_) => return AnswerStep::Unreadable,
+    }
+    let step = match dns::judge_answer(&scratch[base + 2..want], gate) {
+        None => AnswerStep::Unreadable,
+        Some((_, _, false)) => AnswerStep::Refused,
+        Some((name, addrs, true)) => AnswerStep::Allowed(name, addrs),
+    };
+    if matches!(step, AnswerStep::Allowed(..)) {
+        if let Some(d) = conn.dns.as_mut() {
+            d.answers_to = Some(to.wrapping_add((2 + mlen) as u32));
+        }
+    }
+    step
+}
+
+/// Peeks up to `want` bytes from the head of the socket into `scratch`.
+fn peek(conn: &TcpConn, scratch: &mut Vec<u8>, want: usize) -> io::Result<usize> {
+    scratch.clear();
+    scratch.resize(want, 0);
+    let mut iov = [IoSliceMut::new(&mut scratch[..])];
+    sys::recv_vectored(conn.fd.as_fd(), &mut iov, true).map(|r| r.len)
+}
+
+/// An answer is not complete yet. If the resolver already closed after part of it
+/// (`started`), it never will be: unreadable, the stream is reset. Otherwise sleep until
+/// the socket holds `want` bytes.
+fn incomplete(conn: &mut TcpConn, started: bool, want: usize) -> AnswerStep {
+    if started && sys::peer_closed(conn.fd.as_fd()) {
+        return AnswerStep::Unreadable;
+    }
+    wait(conn, want)
+}
+
+/// Sleeps until the socket holds `want` bytes (or closes).
+fn wait(conn: &mut TcpConn, want: usize) -> AnswerStep {
+    conn.host_readable = false;
+    let want = u32::try_from(want).unwrap_or(u32::MAX);
+    if want == conn.lowat {
+        // Woken with the mark already there and still short: the resolver closed in the
+        // middle of an answer (or the kernel reports readiness for memory pressure). Wait
+        // for the guest's next ACK or the idle timeout rather than spin.
+        conn.peek_exhausted = true;
+    } else {
+        match sys::set_rcvlowat(conn.fd.as_fd(), want) {
+            Ok(()) => conn.lowat = want,
+            Err(_) => conn.peek_exhausted = true,
+        }
+    }
+    AnswerStep::Go
 }
 
 /// Why a DNS-over-TCP stream must be reset.

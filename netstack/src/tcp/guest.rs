@@ -258,7 +258,11 @@ fn establish(core: &Core, conn: &mut TcpConn, una: u32) {
 
 /// The host socket is connected and the guest side established: peeks may start.
 pub(crate) fn host_connected(core: &Core, conn: &mut TcpConn) {
-    conn.peek_off = !core.no_peek_off && sys::set_peek_off(conn.fd.as_fd(), 0).is_ok();
+    // DNS over TCP peeks whole answers to judge them before any byte is sent, so its
+    // peeks always start at the oldest unacknowledged byte (no SO_PEEK_OFF).
+    conn.peek_off =
+        conn.dns.is_none() && !core.no_peek_off && sys::set_peek_off(conn.fd.as_fd(), 0).is_ok();
+    super::dns_stream::answers_start(conn);
     // The host may already have sent data: try a peek.
     conn.host_readable = true;
 }

@@ -310,6 +310,10 @@ fn peek_data(
         const FALLBACK_MAX_IN_FLIGHT: usize = 256 * 1024;
         max = max.min(FALLBACK_MAX_IN_FLIGHT.saturating_sub(in_flight));
     }
+    if let Some(room) = super::dns_stream::answer_room(conn) {
+        // DNS over TCP: only bytes of answers already judged go to the guest.
+        max = max.min(room as usize);
+    }
     if max == 0 {
         return Ok(None);
     }

@@ -60,8 +60,9 @@
 //! copied into the guest buffer (54-74 bytes per segment).
 //!
 //! **DNS over TCP** to the gateway is relayed to the upstream resolver, but the start of
-//! every query (up to its question) is held and checked by the flow gate before it leaves
-//! ([`dns_stream`]).
+//! every query (up to its question) is held and checked by the flow gate before it leaves,
+//! and every answer is peeked whole and judged (rebind protection, attribution) before
+//! any byte of it is sent to the guest ([`dns_stream`]).
 //!
 //! **TLS ports** (`NetConfig::tls`): the SYN is judged by address as always, but the guest
 //! gets its SYN-ACK at once, before any host connect; its first bytes are copied into a
@@ -88,7 +89,7 @@ mod ooo;
 mod sni_gate;
 
 pub(crate) use conn::{push_rst_for, Segment, TcpConn, TcpState};
-pub(crate) use dns_stream::DnsStream;
+pub(crate) use dns_stream::{judge_next_answer, AnswerStep, DnsStream};
 pub(crate) use guest::{on_guest_segment, open_from_guest, open_held, open_over};
 pub(crate) use host::deadline;
 pub(crate) use host::{next_frame, on_ready, on_timer, Produced};
@@ -112,6 +113,10 @@ pub(crate) enum After {
 
 /// Brings the flow's fd interest and ready-list membership up to date.
 pub(crate) fn sync(core: &mut Core, token: u64, conn: &mut TcpConn) {
+    if conn.half_open && !matches!(conn.state, TcpState::Connecting | TcpState::SynAckSent) {
+        conn.half_open = false;
+        core.tcp_half_open -= 1;
+    }
     let want = conn.desired_interest();
     if want != conn.registered || conn.fd_replaced {
         conn.fd_replaced = false;

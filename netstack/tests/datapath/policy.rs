@@ -226,7 +226,7 @@ fn long_and_unreadable_dns_answers_fail_closed() {
     assert!(dns_roundtrip(&mut h, "good.test").is_some());
 }
 
-fn dns_roundtrip(h: &mut Harness, name: &str) -> Option<Vec<u8>> {
+pub(crate) fn dns_roundtrip(h: &mut Harness, name: &str) -> Option<Vec<u8>> {
     let rx = udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 4], vec![0; 4096]);
     let tx = udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 4], vec![0; 4096]);
     let s = h.sockets.add(udp::Socket::new(rx, tx));
@@ -279,7 +279,9 @@ fn swappable_gate_swap_then_rejudge_cuts_flow() {
 
 /// A DNS server on 127.0.0.1 that answers every query with the query itself turned into a
 /// response (flags 0x8180), to which `answer(query, response)` adds records and counts.
-fn fake_resolver(answer: impl Fn(&[u8], &mut Vec<u8>) + Send + 'static) -> std::net::SocketAddr {
+pub(crate) fn fake_resolver(
+    answer: impl Fn(&[u8], &mut Vec<u8>) + Send + 'static,
+) -> std::net::SocketAddr {
     let resolver = UdpSocket::bind("127.0.0.1:0").unwrap();
     let up = resolver.local_addr().unwrap();
     std::thread::spawn(move || {

@@ -5,7 +5,11 @@
 
 mod basic;
 mod datagram;
+mod flood;
 mod net_common;
+mod raw;
+mod raw6;
+mod raw_frame;
 mod resolve;
 mod tcp;
 mod tcp_multi;
@@ -87,12 +91,15 @@ pub fn run(ctx: &Context<'_>) -> Outcome {
         "serve" => tcp::serve(ctx),
         "resolve" => resolve::resolve(ctx),
         "tls-hello" => tls::hello(ctx),
+        "raw" => raw::raw(ctx, arg),
+        "raw6" => raw6::raw6(ctx, arg),
+        "flood" => flood::flood(ctx, arg),
         _ => usage_error(
             ctx,
             name,
             format!(
                 "unknown scenario {name:?}; known: hello, exit:N, spin:N, cpl0spin:N, idle, fault:KIND, ping, udp-echo, \
-                 tcp-send, tcp-recv, tcp-rr, connect, serve, resolve, tls-hello"
+                 tcp-send, tcp-recv, tcp-rr, connect, serve, resolve, tls-hello, raw:CASE, raw6:CASE, flood:syn|udp"
             ),
         ),
     }
