@@ -44,7 +44,17 @@ impl PolicyNetns {
             children: Vec::new(),
         };
         let mut c = ns.command(&peer_bin());
-        c.args(["echo", "0.0.0.0:0", "--conns", "1000", "--timeout", "120"]);
+        // --keep-going: a reset connection must not end the server, or a later refusal would
+        // be an absent server rather than the policy.
+        c.args([
+            "echo",
+            "0.0.0.0:0",
+            "--conns",
+            "1000",
+            "--timeout",
+            "120",
+            "--keep-going",
+        ]);
         let (child, addr) = start_peer(c);
         ns.port = addr.port();
         ns.children.push(child);
@@ -201,12 +211,9 @@ fn allow_host_opens_the_host_and_deny_rules_win_first() {
 fn domain_rules_allow_api_and_refuse_evil_even_in_dns() {
     let probe = require!(netns_ready());
     let ns = PolicyNetns::new("domain");
-    let flags = [
-        "--net-default-egress",
-        "deny",
-        "--net-rule",
-        "allow@api.test:tcp",
-    ];
+    // A domain-only policy: no preset rules (public-only's `allow@public` would admit
+    // 203.0.113.11 whatever the default says), one name allowed.
+    let flags = ["--net-preset", "none", "--net-rule", "allow@api.test:tcp"];
     let o = ns.resolve(&probe, &flags, "api.test");
     assert_eq!(code(&o), Some(0), "{}\n{}", stdout(&o), stderr(&o));
     assert!(stdout(&o).contains("203.0.113.10"), "{}", stdout(&o));
@@ -229,6 +236,23 @@ fn domain_rules_allow_api_and_refuse_evil_even_in_dns() {
     assert_eq!(code(&o), Some(1), "{}", stdout(&o));
     let o = ns.connect(&probe, &["--net-deny-domain", "evil.test"], "evil.test");
     assert_ne!(code(&o), Some(0), "deny-listed name: {}", stdout(&o));
+    // The refusals above were the policy's: the same server answers when nothing refuses.
+    let o = ns.connect(&probe, &["--net-preset", "allow-all"], "203.0.113.11");
+    assert_eq!(
+        code(&o),
+        Some(0),
+        "live server check: {}\n{}",
+        stdout(&o),
+        stderr(&o)
+    );
+    let o = ns.connect(&probe, &[], "evil.test");
+    assert_eq!(
+        code(&o),
+        Some(0),
+        "live server by name: {}\n{}",
+        stdout(&o),
+        stderr(&o)
+    );
 }
 
 #[test]
