@@ -78,6 +78,9 @@ pub(crate) struct Parts {
     pub capture: Option<Arc<CaptureSwitch>>,
     /// Seccomp filters and capabilities: the vCPU threads and the supervisor take theirs.
     pub sandbox: crate::sandbox::Sandbox,
+    /// The VM's subnets from its [`Host`](crate::host::Host)'s pools, given back once the VM
+    /// is torn down.
+    pub addresses: Option<crate::host::AddressLease>,
 }
 
 /// What the supervisor publishes for the handle.
@@ -322,6 +325,7 @@ fn supervise(
         guest_net: _,
         capture: _,
         sandbox,
+        addresses,
     } = parts;
     let since = Instant::now();
     let mut threads = Vec::with_capacity(vcpus.len());
@@ -376,6 +380,8 @@ fn supervise(
     drop(vm);
     drop(host);
     sandbox.finish();
+    // Only now (the netstack and its sockets are gone) may another VM take the subnets.
+    drop(addresses);
     if let (true, Some(m)) = (print_net_stats, net_metrics) {
         eprintln!("ringfence: net stats: {}", crate::net::stats_json(&m));
     }

@@ -254,6 +254,8 @@ fn prepare_backend(
 }
 
 /// Creates virtio-net device `index` over the prepared backend, wires its eventfds into `vm`.
+/// `pool`: the shared device thread to serve it on (`None`: a worker thread of its own,
+/// started by `launcher`).
 pub fn attach(
     vm: &VmFd,
     mem: &GuestMemoryMmap,
@@ -261,6 +263,7 @@ pub fn attach(
     prepared: PreparedNet,
     settings: &NetSettings,
     launcher: devices::thread::ThreadLauncher,
+    pool: Option<devices::pool::DeviceThread>,
 ) -> Result<AttachedNet, NetSetupError> {
     let config = NetConfig {
         mac: prepared.mac,
@@ -268,6 +271,7 @@ pub fn attach(
         pcap_snaplen: settings.pcap_snaplen,
         mtu: prepared.mtu,
         launcher,
+        pool,
         ..Default::default()
     };
     let net =

@@ -186,6 +186,12 @@ pub struct UserNetSettings {
     /// Refuse a ClientHello that names no server (`--tls-require-sni`; default: such flows
     /// are judged by their address alone). Needs at least one TLS port.
     pub tls_require_sni: bool,
+    /// Which /30 of the IPv4 pool this VM takes (0, the first, unless a
+    /// [`Host`](crate::host::Host) hands out distinct ones).
+    pub ipv4_index: u32,
+    /// Which /64 of the IPv6 pool this VM takes (0 unless a [`Host`](crate::host::Host) hands
+    /// out distinct ones).
+    pub ipv6_index: u32,
 }
 
 /// Errors building the user backend.
@@ -240,6 +246,8 @@ pub fn build(
         max_rx_frame: 1514,
         ..NetConfig::default()
     };
+    cfg.ipv4_index = settings.ipv4_index;
+    cfg.ipv6_index = settings.ipv6_index;
     if let Some(pool) = settings.ipv4_pool {
         cfg.ipv4_pool = pool;
     }
