@@ -64,6 +64,12 @@ pub(crate) trait PooledDevice: Send {
 }
 
 /// Why a shared device thread could not be started or used.
+///
+/// ```
+/// use devices::pool::DeviceThreadError;
+///
+/// assert!(DeviceThreadError::Gone.to_string().contains("has ended"));
+/// ```
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceThreadError {
     /// The pool ring could not be created.
@@ -140,6 +146,15 @@ impl DeviceThread {
     /// Starts a shared device thread called `name` through `launcher` (which decides which
     /// thread creates it and what it runs under: the VMM's installs the device worker's
     /// seccomp filter, as for a worker thread of one device).
+    ///
+    /// ```
+    /// # use devices::{pool::DeviceThread, thread::ThreadLauncher};
+    /// let threads: Vec<DeviceThread> = (0..2)
+    ///     .map(|i| DeviceThread::spawn(&format!("rf-devices-{i}"), &ThreadLauncher::direct()))
+    ///     .collect::<Result<_, _>>()?;
+    /// assert_eq!(threads.len(), 2);
+    /// # Ok::<(), devices::pool::DeviceThreadError>(())
+    /// ```
     pub fn spawn(name: &str, launcher: &ThreadLauncher) -> Result<Self, DeviceThreadError> {
         let ring = EventLoop::new(POOL_RING_ENTRIES)?;
         let wake = EventFd::new(EFD_NONBLOCK).map_err(DeviceThreadError::Spawn)?;
@@ -180,22 +195,55 @@ impl DeviceThread {
     }
 
     /// The thread's name.
+    ///
+    /// ```
+    /// # use devices::{pool::DeviceThread, thread::ThreadLauncher};
+    /// let t = DeviceThread::spawn("rf-devices-0", &ThreadLauncher::direct())?;
+    /// assert_eq!(t.name(), "rf-devices-0");
+    /// # Ok::<(), devices::pool::DeviceThreadError>(())
+    /// ```
     pub fn name(&self) -> &str {
         &self.0.name
     }
 
     /// Devices attached and running on this thread now.
+    ///
+    /// ```
+    /// # use devices::{pool::DeviceThread, thread::ThreadLauncher};
+    /// let t = DeviceThread::spawn("rf-devices-0", &ThreadLauncher::direct())?;
+    /// assert_eq!(t.devices(), 0); // a device attaches when its guest activates it
+    /// # Ok::<(), devices::pool::DeviceThreadError>(())
+    /// ```
     pub fn devices(&self) -> usize {
         self.0.shared.devices.load(Ordering::Relaxed)
     }
 
     /// Passes of the thread's loop so far (each turns every due device once).
+    ///
+    /// ```
+    /// # use devices::{pool::DeviceThread, thread::ThreadLauncher};
+    /// let t = DeviceThread::spawn("rf-devices-0", &ThreadLauncher::direct())?;
+    /// let before = t.passes();
+    /// assert!(t.passes() >= before);
+    /// # Ok::<(), devices::pool::DeviceThreadError>(())
+    /// ```
     pub fn passes(&self) -> usize {
         self.0.shared.passes.load(Ordering::Relaxed)
     }
 
-    /// Handles held: the caller's, clones kept for later devices, and one per running
-    /// device. What a [`crate::net::NetConfig::pool`] balancer compares.
+    /// Handles held: the caller's, clones kept for later devices, and one per device given
+    /// this thread ([`crate::net::NetConfig::pool`]), from its creation to its drop: what a
+    /// balancer placing new devices compares.
+    ///
+    /// ```
+    /// # use devices::{pool::DeviceThread, thread::ThreadLauncher};
+    /// let t = DeviceThread::spawn("rf-devices-0", &ThreadLauncher::direct())?;
+    /// let for_a_device = t.clone();
+    /// assert_eq!(t.handles(), 2);
+    /// drop(for_a_device);
+    /// assert_eq!(t.handles(), 1);
+    /// # Ok::<(), devices::pool::DeviceThreadError>(())
+    /// ```
     pub fn handles(&self) -> usize {
         Arc::strong_count(&self.0)
     }
@@ -252,7 +300,17 @@ impl PoolLoop {
                     continue;
                 };
                 if slot.due || slot.deadline.is_some_and(|d| d <= now) {
-                    match slot.device.turn() {
+                    // A device that panics (a bug) stops alone; the others keep their thread.
+                    let device = &mut slot.device;
+                    let turn =
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| device.turn()))
+                            .unwrap_or_else(|_| {
+                                tracing::error!(
+                                    "a device panicked on the shared device thread; it is stopped"
+                                );
+                                Turn::Stop
+                            });
+                    match turn {
                         Turn::Wait(wait) => {
                             slot.due = false;
                             slot.deadline = wait.map(|w| Instant::now() + w);
@@ -341,7 +399,12 @@ impl PoolLoop {
             // Counted out before its owner hears back, so `devices()` is exact once the
             // owner's stop returned.
             self.shared.devices.fetch_sub(1, Ordering::Relaxed);
-            slot.device.finish();
+            let device = slot.device;
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| device.finish())).is_err() {
+                tracing::error!(
+                    "a device panicked while it was finished on the shared device thread"
+                );
+            }
             self.free.push(index);
         }
     }
@@ -352,5 +415,154 @@ impl PoolLoop {
         for index in 0..self.slots.len() {
             self.remove(index);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+
+    /// A device whose "ring" is an eventfd: it counts its turns, stops when told, and can be
+    /// made to panic on its next turn.
+    struct Fake {
+        wake: EventFd,
+        turns: Arc<AtomicUsize>,
+        stop: Arc<AtomicBool>,
+        panic: Arc<AtomicBool>,
+        finished: mpsc::Sender<()>,
+    }
+
+    impl PooledDevice for Fake {
+        fn wake_fd(&self) -> RawFd {
+            self.wake.as_raw_fd()
+        }
+
+        fn turn(&mut self) -> Turn {
+            // Consume the wake-up, as a device drains its ring.
+            let _ = self.wake.read();
+            self.turns.fetch_add(1, Ordering::SeqCst);
+            if self.panic.load(Ordering::SeqCst) {
+                panic!("a device bug");
+            }
+            if self.stop.load(Ordering::SeqCst) {
+                Turn::Stop
+            } else {
+                Turn::Wait(None)
+            }
+        }
+
+        fn finish(self: Box<Self>) {
+            let _ = self.finished.send(());
+        }
+    }
+
+    struct Handle {
+        wake: EventFd,
+        turns: Arc<AtomicUsize>,
+        stop: Arc<AtomicBool>,
+        panic: Arc<AtomicBool>,
+        finished: mpsc::Receiver<()>,
+    }
+
+    fn fake(thread: &DeviceThread) -> Handle {
+        let wake = EventFd::new(EFD_NONBLOCK).unwrap();
+        let (finished_tx, finished) = mpsc::channel();
+        let h = Handle {
+            wake: wake.try_clone().unwrap(),
+            turns: Arc::new(AtomicUsize::new(0)),
+            stop: Arc::new(AtomicBool::new(false)),
+            panic: Arc::new(AtomicBool::new(false)),
+            finished,
+        };
+        thread
+            .attach(Box::new(Fake {
+                wake,
+                turns: h.turns.clone(),
+                stop: h.stop.clone(),
+                panic: h.panic.clone(),
+                finished: finished_tx,
+            }))
+            .unwrap();
+        h
+    }
+
+    fn until(what: &str, f: impl Fn() -> bool) {
+        for _ in 0..5000 {
+            if f() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        panic!("not within 5 s: {what}");
+    }
+
+    #[test]
+    fn a_device_is_turned_when_its_ring_fires_and_leaves_when_it_stops() {
+        let thread = DeviceThread::spawn("rf-pool-test", &ThreadLauncher::direct()).unwrap();
+        let a = fake(&thread);
+        let b = fake(&thread);
+        until("both got their first turn", || {
+            a.turns.load(Ordering::SeqCst) == 1 && b.turns.load(Ordering::SeqCst) == 1
+        });
+        assert_eq!(thread.devices(), 2);
+        // Only the device whose ring fired is turned.
+        a.wake.write(1).unwrap();
+        until("a turned again", || a.turns.load(Ordering::SeqCst) == 2);
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(b.turns.load(Ordering::SeqCst), 1, "b's ring stayed quiet");
+        // A device that says Stop is finished and counted out; the other stays.
+        a.stop.store(true, Ordering::SeqCst);
+        a.wake.write(1).unwrap();
+        a.finished.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert_eq!(thread.devices(), 1);
+        b.wake.write(1).unwrap();
+        until("b still served", || b.turns.load(Ordering::SeqCst) == 2);
+        b.stop.store(true, Ordering::SeqCst);
+        b.wake.write(1).unwrap();
+        b.finished.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert_eq!(thread.devices(), 0);
+    }
+
+    #[test]
+    fn a_device_that_panics_stops_alone() {
+        let thread = DeviceThread::spawn("rf-pool-test", &ThreadLauncher::direct()).unwrap();
+        let bad = fake(&thread);
+        let good = fake(&thread);
+        until("first turns", || good.turns.load(Ordering::SeqCst) == 1);
+        bad.panic.store(true, Ordering::SeqCst);
+        bad.wake.write(1).unwrap();
+        bad.finished
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the panicked device is finished");
+        until("counted out", || thread.devices() == 1);
+        good.wake.write(1).unwrap();
+        until("the other device is still served", || {
+            good.turns.load(Ordering::SeqCst) == 2
+        });
+        // The thread ends (when its handle is dropped) once no device is left.
+        good.stop.store(true, Ordering::SeqCst);
+        good.wake.write(1).unwrap();
+        good.finished.recv_timeout(Duration::from_secs(5)).unwrap();
+    }
+
+    #[test]
+    fn a_thread_whose_handles_are_gone_takes_no_device() {
+        let thread = DeviceThread::spawn("rf-pool-test", &ThreadLauncher::direct()).unwrap();
+        let jobs = thread.0.jobs.lock().unwrap().take();
+        drop(jobs);
+        let wake = EventFd::new(EFD_NONBLOCK).unwrap();
+        let (finished, _rx) = mpsc::channel();
+        let err = thread
+            .attach(Box::new(Fake {
+                wake,
+                turns: Arc::default(),
+                stop: Arc::default(),
+                panic: Arc::default(),
+                finished,
+            }))
+            .unwrap_err();
+        assert!(matches!(err, DeviceThreadError::Gone), "{err}");
+        assert_eq!(thread.devices(), 0);
     }
 }

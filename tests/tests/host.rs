@@ -231,6 +231,59 @@ fn shared_device_threads_run_under_the_worker_filter() {
     drop(host);
 }
 
+/// The nice value (field 19 of /proc/self/task/TID/stat) of each thread named `prefix*`.
+fn nice_of_threads(prefix: &str) -> Vec<i64> {
+    let mut values = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task")
+        .expect("tasks")
+        .flatten()
+    {
+        let dir = task.path();
+        let name = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if !name.trim_end().starts_with(prefix) {
+            continue;
+        }
+        let stat = std::fs::read_to_string(dir.join("stat")).unwrap_or_default();
+        let after = stat.rfind(')').map_or("", |i| &stat[i + 1..]);
+        // After "(comm)" the state is field 3, so field 19 is the 17th word.
+        if let Some(v) = after
+            .split_whitespace()
+            .nth(16)
+            .and_then(|v| v.parse().ok())
+        {
+            values.push(v);
+        }
+    }
+    values
+}
+
+#[test]
+fn shared_device_threads_take_the_nice_value_asked_for() {
+    let _probe = require!(kvm_and_probe());
+    let _one = serial();
+    let with_nice = |nice: i8| {
+        Host::new(HostConfig {
+            device_threads: DeviceThreads::Shared(2),
+            device_thread_nice: nice,
+            ..HostConfig::default()
+        })
+    };
+    // Lowering a thread's priority needs no privilege.
+    let host = with_nice(5).expect("host at nice 5");
+    assert_eq!(nice_of_threads("rf-devices-"), vec![5, 5]);
+    drop(host);
+    // Raising it needs CAP_SYS_NICE: root gets it, anyone else a clear error.
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        let host = with_nice(-5).expect("host at nice -5");
+        assert_eq!(nice_of_threads("rf-devices-"), vec![-5, -5]);
+        drop(host);
+    } else {
+        let err = with_nice(-5).expect_err("no CAP_SYS_NICE").to_string();
+        assert!(err.contains("CAP_SYS_NICE"), "{err}");
+    }
+}
+
 #[test]
 fn stopping_vms_of_a_host_returns_threads_and_fds_to_their_baseline() {
     let probe = require!(kvm_and_probe());

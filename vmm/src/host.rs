@@ -33,6 +33,14 @@ use crate::vm::{Vm, VmError};
 use crate::VmHandle;
 
 /// Which threads serve the VMs' devices.
+///
+/// ```
+/// use ringfence::host::DeviceThreads;
+///
+/// assert_eq!(DeviceThreads::default(), DeviceThreads::Shared(0)); // one per core
+/// let compare_with = DeviceThreads::PerVm; // what Vm::start does
+/// # let _ = compare_with;
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DeviceThreads {
     /// This many shared device threads (0: one per core the process may use).
@@ -48,6 +56,19 @@ impl Default for DeviceThreads {
 }
 
 /// How a [`Host`] is set up.
+///
+/// ```
+/// use ringfence::host::{DeviceThreads, HostConfig};
+/// use ringfence::sandbox::SeccompMode;
+///
+/// let config = HostConfig {
+///     device_threads: DeviceThreads::Shared(4),
+///     seccomp: SeccompMode::On,
+///     device_thread_nice: 0,
+/// };
+/// assert_eq!(HostConfig::default().seccomp, SeccompMode::On);
+/// # let _ = config;
+/// ```
 #[derive(Clone, Copy, Debug, Default)]
 pub struct HostConfig {
     /// Shared device threads (the default: one per core) or a thread per device.
@@ -55,9 +76,25 @@ pub struct HostConfig {
     /// Whether the shared device threads run under the device worker's seccomp filter (on by
     /// default; each VM's own threads follow its `VmConfig::seccomp`).
     pub seccomp: SeccompMode,
+    /// Nice value of the shared device threads (default 0, the process's priority). A shared
+    /// thread does the device work of many VMs but gets the CPU share of one thread; a
+    /// negative value (needs `CAP_SYS_NICE`) gives it more, against busy vCPUs and every other
+    /// process of the host, which is why it is opt-in (docs/decisions.md). Ignored with
+    /// [`DeviceThreads::PerVm`].
+    pub device_thread_nice: i8,
 }
 
 /// Why a [`Host`] could not be set up.
+///
+/// ```
+/// use ringfence::host::{Host, HostConfig, HostError};
+///
+/// match Host::new(HostConfig::default()) {
+///     Ok(host) => println!("{} device threads", host.device_threads()),
+///     Err(HostError::Sandbox(e)) => eprintln!("seccomp: {e}"),
+///     Err(e) => eprintln!("{e}"),
+/// }
+/// ```
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
     /// A shared device thread could not be started.
@@ -122,7 +159,8 @@ impl Host {
         let threads = if count == 0 {
             Vec::new()
         } else {
-            let launcher = sandbox::device_thread_launcher(config.seccomp)?;
+            let launcher =
+                sandbox::device_thread_launcher(config.seccomp, config.device_thread_nice)?;
             (0..count)
                 .map(|i| DeviceThread::spawn(&format!("rf-devices-{i}"), &launcher))
                 .collect::<Result<_, _>>()?
@@ -167,17 +205,41 @@ impl Host {
     }
 
     /// How many shared device threads the host runs (0 with [`DeviceThreads::PerVm`]).
+    ///
+    /// ```
+    /// use ringfence::host::{DeviceThreads, Host, HostConfig};
+    ///
+    /// let host = Host::new(HostConfig { device_threads: DeviceThreads::PerVm, ..Default::default() })?;
+    /// assert_eq!(host.device_threads(), 0);
+    /// # Ok::<(), ringfence::host::HostError>(())
+    /// ```
     pub fn device_threads(&self) -> usize {
         self.threads.len()
     }
 
     /// The setting the host was made with.
+    ///
+    /// ```
+    /// use ringfence::host::{DeviceThreads, Host};
+    ///
+    /// let host = Host::new(Default::default())?;
+    /// assert_eq!(host.mode(), DeviceThreads::Shared(0));
+    /// # Ok::<(), ringfence::host::HostError>(())
+    /// ```
     pub fn mode(&self) -> DeviceThreads {
         self.mode
     }
 
     /// Network devices each shared device thread serves now (activated by their guest and
     /// not yet stopped), in thread order.
+    ///
+    /// ```
+    /// use ringfence::host::{DeviceThreads, Host, HostConfig};
+    ///
+    /// let host = Host::new(HostConfig { device_threads: DeviceThreads::Shared(3), ..Default::default() })?;
+    /// assert_eq!(host.vms_per_device_thread(), [0, 0, 0]);
+    /// # Ok::<(), ringfence::host::HostError>(())
+    /// ```
     pub fn vms_per_device_thread(&self) -> Vec<usize> {
         self.threads.iter().map(DeviceThread::devices).collect()
     }

@@ -13,7 +13,19 @@ use std::sync::{Arc, Mutex};
 
 use super::{DEFAULT_IPV4_POOL as DEFAULT_V4, DEFAULT_IPV6_POOL as DEFAULT_V6};
 
-/// Why a VM got no addresses.
+/// Why a VM got no addresses ([`VmError::Addresses`](crate::VmError::Addresses) from
+/// [`Host::start`](super::Host::start)).
+///
+/// ```
+/// use ringfence::host::AddressPoolError;
+///
+/// let e = AddressPoolError::Ipv4Exhausted {
+///     pool: "10.0.0.0".parse().unwrap(),
+///     prefix: 29,
+///     capacity: 2,
+/// };
+/// assert!(e.to_string().contains("10.0.0.0/29 is exhausted"));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AddressPoolError {
     /// Every /30 of the IPv4 pool is taken by a running VM.
@@ -126,7 +138,16 @@ impl AddressPools {
     }
 }
 
-/// One VM's /30 and /64, given back when dropped.
+/// One VM's /30 and /64, given back when dropped. A [`Host`](super::Host) keeps it with the
+/// VM until the VM has been torn down; it is public only so that the error and the indices
+/// can be named.
+///
+/// ```no_run
+/// # fn f(lease: ringfence::host::AddressLease) {
+/// // Index 3 of 172.16.0.0/12: gateway 172.16.0.13, guest 172.16.0.14.
+/// println!("/30 #{} and /64 #{}", lease.ipv4_index(), lease.ipv6_index());
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct AddressLease {
     pools: AddressPools,
