@@ -328,6 +328,13 @@ impl EventLoop {
         Ok(())
     }
 
+    /// The ring's own descriptor: it polls readable while completions wait to be drained,
+    /// so another loop can watch this one (a shared device thread, `crate::pool`).
+    pub fn ring_fd(&self) -> RawFd {
+        use std::os::fd::AsRawFd;
+        self.ring.as_raw_fd()
+    }
+
     /// Number of backend polls currently armed (not being cancelled).
     pub fn armed_fds(&self) -> usize {
         self.armed.len()

@@ -6,6 +6,7 @@
 //! - [`net`]: the virtio-net device, its per-device worker thread, metrics, pcap tap-off and
 //!   the [`net::backend::NetBackend`] trait with the `tap` and loopback backends;
 //! - [`event_loop`]: the io_uring ring each device worker thread waits on;
+//! - [`pool`]: shared device threads, one io_uring loop serving the queues of many devices;
 //! - [`thread`]: the hook that decides which thread starts device workers (seccomp);
 //! - [`testing`] (feature `harness`): an in-process virtio driver that drives the real
 //!   transport without KVM, for tests and benchmarks.
@@ -50,6 +51,7 @@
 
 pub mod event_loop;
 pub mod net;
+pub mod pool;
 #[cfg(feature = "harness")]
 pub mod testing;
 pub mod thread;

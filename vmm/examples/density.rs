@@ -6,7 +6,11 @@
 //! density PROBE_ELF starts N ROUNDS     # N concurrent Vm::start() to "probe: ready", ROUNDS times
 //! density PROBE_ELF hold MAX MEM_MIB    # idle VMs held at once until failure, MAX, or low memory
 //! density PROBE_ELF cycles N            # N start/ready/kill/drop cycles; RSS, fds, threads
-//! density PROBE_ELF net N BYTES PORT     # N VMs each uploading BYTES to 127.0.0.1:PORT at once
+//! density PROBE_ELF net N BYTES PORT [MODE] # N VMs each uploading BYTES to 127.0.0.1:PORT at once
+//!                                       # MODE: per-vm (a device thread per VM, the default)
+//!                                       # or shared (a Host with one device thread per core),
+//!                                       # or shared:NICE (the same, its threads at nice NICE);
+//!                                       # then optionally the vCPU threads' nice value (0)
 //! ```
 //!
 //! Every loop is bounded in count and time. RLIMIT_NOFILE is raised to its hard limit first.
@@ -16,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use ringfence::host::{DeviceThreads, Host, HostConfig};
 use ringfence::{Console, Vm, VmConfig, VmHandle};
 use serde_json::json;
 
@@ -44,7 +49,7 @@ type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
 fn main() -> Res<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: density PROBE_ELF (starts N ROUNDS | hold MAX MEM_MIB | cycles N | net N BYTES PORT)";
+    let usage = "usage: density PROBE_ELF (starts N ROUNDS | hold MAX MEM_MIB | cycles N | net N BYTES PORT [per-vm|shared|shared:NICE [VCPU_NICE]])";
     let probe = PathBuf::from(args.first().ok_or(usage)?);
     let num = |i: usize| -> Res<usize> {
         let v = args.get(i).ok_or(usage)?;
@@ -57,7 +62,33 @@ fn main() -> Res<()> {
         Some("starts") => starts(&probe, num(2)?.max(1), num(3)?.max(1)),
         Some("hold") => hold(&probe, num(2)?, num(3)? as u64),
         Some("cycles") => cycles(&probe, num(2)?),
-        Some("net") => net(&probe, num(2)?, args.get(3).ok_or(usage)?, num(4)?),
+        Some("net") => {
+            let (threads, device_nice) = match args.get(5).map(String::as_str) {
+                None | Some("per-vm") => (DeviceThreads::PerVm, 0),
+                Some("shared") => (DeviceThreads::Shared(0), 0),
+                Some(m) => match m.strip_prefix("shared:").and_then(|n| n.parse().ok()) {
+                    Some(nice) => (DeviceThreads::Shared(0), nice),
+                    None => return Err(format!("unknown mode {m:?}; {usage}").into()),
+                },
+            };
+            let nice = match args.get(6) {
+                None => 0,
+                Some(_) => u8::try_from(num(6)?).map_err(|_| usage)?,
+            };
+            let host = HostConfig {
+                device_threads: threads,
+                device_thread_nice: device_nice,
+                ..HostConfig::default()
+            };
+            net(
+                &probe,
+                num(2)?,
+                args.get(3).ok_or(usage)?,
+                num(4)?,
+                host,
+                nice,
+            )
+        }
         _ => Err(usage.into()),
     }
 }
@@ -495,9 +526,37 @@ fn cycles(probe: &Path, n: usize) -> Res<()> {
 
 /// `net`: `n` VMs with the user network, each running the probe's `tcp-send` of `bytes` to
 /// `host.ringfence.internal:port` (the host's loopback, allowed by an `allow@host` rule) at
-/// once; the peer (`rf-peer sink --parallel`) measures throughput. Prints this process's CPU
-/// over the whole run and how many guests exited 0.
-fn net(probe: &Path, n: usize, bytes: &str, port: usize) -> Res<()> {
+/// once, started through a [`Host`] set up with `host_config` (a device thread per VM, or
+/// shared ones) and their vCPU threads at nice `vcpu_nice`;
+/// the peer (`rf-peer sink --parallel`) measures throughput. Prints this process's CPU over
+/// the whole run, the most threads it had, and how many guests exited 0.
+fn net(
+    probe: &Path,
+    n: usize,
+    bytes: &str,
+    port: usize,
+    host_config: HostConfig,
+    vcpu_nice: u8,
+) -> Res<()> {
+    let threads = host_config.device_threads;
+    let host = Host::new(host_config).map_err(|e| error_chain(&e))?;
+    let threads_before = count_dir("/proc/self/task");
+    let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let sampling = sampling.clone();
+        std::thread::spawn(move || {
+            let mut most = 0;
+            // Bounded by the VMs' own timeout (300 s) plus slack.
+            for _ in 0..(400 * 20) {
+                if !sampling.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                most = most.max(count_dir("/proc/self/task"));
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            most
+        })
+    };
     let cpu0 = self_cpu();
     let t0 = Instant::now();
     let mut vms = Vec::with_capacity(n);
@@ -513,7 +572,12 @@ fn net(probe: &Path, n: usize, bytes: &str, port: usize) -> Res<()> {
         config.console = Console::Sink(Box::new(std::io::sink()));
         config.net.backend = ringfence::net::NetBackendSpec::User;
         config.net.user.policy.rules = vec!["allow@host".into()];
-        vms.push(Vm::new(config).start().map_err(|e| error_chain(&e))?);
+        config.vcpu_nice = vcpu_nice;
+        // Each from a fresh thread: a start drops the calling thread's capabilities, which a
+        // later start on that thread would need (root with `vcpu_nice`).
+        let vm = std::thread::scope(|s| s.spawn(|| host.start(Vm::new(config))).join())
+            .map_err(|_| "a start thread panicked")?;
+        vms.push(vm.map_err(|e| error_chain(&e))?);
     }
     let mut ok = 0;
     let mut exits = Vec::new();
@@ -527,9 +591,16 @@ fn net(probe: &Path, n: usize, bytes: &str, port: usize) -> Res<()> {
     }
     let wall = t0.elapsed();
     let cpu1 = self_cpu();
+    sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+    // The sampler itself is one of the threads it counted.
+    let threads_max = sampler.join().unwrap_or(0).saturating_sub(1);
     drop(vms);
     emit(json!({
         "kind": "net", "n": n, "ok": ok, "failures": exits, "wall_s": wall.as_secs_f64(),
+        "mode": if threads == DeviceThreads::PerVm { "per-vm" } else { "shared" },
+        "device_thread_nice": host_config.device_thread_nice,
+        "device_threads": host.device_threads(),
+        "threads_before": threads_before, "threads_max": threads_max, "vcpu_nice": vcpu_nice,
         "user_s": (cpu1.0 - cpu1.2) - (cpu0.0 - cpu0.2),
         "sys_s": cpu1.1 - cpu0.1,
         "guest_s": cpu1.2 - cpu0.2,

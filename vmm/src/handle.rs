@@ -80,6 +80,9 @@ pub(crate) struct Parts {
     pub sandbox: crate::sandbox::Sandbox,
     /// The TLS proxy (`--tls-intercept`), stopped and joined after the devices.
     pub tls: Option<TlsParts>,
+    /// The VM's subnets from its [`Host`](crate::host::Host)'s pools, given back once the VM
+    /// is torn down.
+    pub addresses: Option<crate::host::AddressLease>,
 }
 
 /// The running TLS proxy of a VM: stopped and its thread joined when dropped.
@@ -351,6 +354,7 @@ fn supervise(
         capture: _,
         sandbox,
         tls,
+        addresses,
     } = parts;
     let since = Instant::now();
     let mut threads = Vec::with_capacity(vcpus.len());
@@ -405,6 +409,8 @@ fn supervise(
     drop(vm);
     drop(host);
     sandbox.finish();
+    // Only now (the netstack and its sockets are gone) may another VM take the subnets.
+    drop(addresses);
     if let (true, Some(m)) = (print_net_stats, net_metrics) {
         let tls_stats = tls.as_ref().map(|t| t.proxy.stats().snapshot());
         eprintln!(

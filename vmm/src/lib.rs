@@ -4,7 +4,8 @@
 //! is a thin CLI over it. Raw KVM calls live in [`kvm`]; boot protocols in [`boot`]; port I/O
 //! devices (serial, exit port, i8042) in [`io`]; the vCPU run loop in [`vcpu`]; building a VM in
 //! [`vm`]; a started VM (wait, kill, tear down) in [`handle`]; its network handles for the
-//! embedding program (dial into the guest, serve the guest, capture) in [`embed`]; seccomp
+//! embedding program (dial into the guest, serve the guest, capture) in [`embed`]; many VMs
+//! sharing device threads and address pools in [`host`]; seccomp
 //! filters and privilege dropping in [`sandbox`].
 
 pub mod boot;
@@ -13,6 +14,7 @@ pub mod doctor;
 pub mod embed;
 pub mod exit;
 pub mod handle;
+pub mod host;
 pub mod io;
 pub mod kvm;
 pub mod layout;
@@ -35,4 +37,5 @@ pub mod fuzz_entry;
 pub use config::{Console, VmConfig};
 pub use exit::VmExit;
 pub use handle::VmHandle;
+pub use host::{Host, HostConfig};
 pub use vm::{NetControl, Vm, VmError};

@@ -310,6 +310,7 @@ fn run(mut args: RunArgs) -> Result<u8, String> {
                 deny_domains: args.net_deny_domain,
                 config_file: args.net_config,
             },
+            ..Default::default()
         },
     };
     if config.net.stats && config.net.backend == ringfence::net::NetBackendSpec::None {

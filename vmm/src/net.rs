@@ -258,6 +258,8 @@ fn prepare_backend(
 }
 
 /// Creates virtio-net device `index` over the prepared backend, wires its eventfds into `vm`.
+/// `pool`: the shared device thread to serve it on (`None`: a worker thread of its own,
+/// started by `launcher`).
 pub fn attach(
     vm: &VmFd,
     mem: &GuestMemoryMmap,
@@ -265,6 +267,7 @@ pub fn attach(
     prepared: PreparedNet,
     settings: &NetSettings,
     launcher: devices::thread::ThreadLauncher,
+    pool: Option<devices::pool::DeviceThread>,
 ) -> Result<AttachedNet, NetSetupError> {
     let config = NetConfig {
         mac: prepared.mac,
@@ -272,6 +275,7 @@ pub fn attach(
         pcap_snaplen: settings.pcap_snaplen,
         mtu: prepared.mtu,
         launcher,
+        pool,
         ..Default::default()
     };
     let net =

@@ -190,6 +190,12 @@ pub struct UserNetSettings {
     pub tls_require_sni: bool,
     /// TLS interception and secrets (`--tls-intercept`; `None`: off). Needs a TLS port.
     pub tls_intercept: Option<crate::tls_intercept::InterceptSettings>,
+    /// Which /30 of the IPv4 pool this VM takes (0, the first, unless a
+    /// [`Host`](crate::host::Host) hands out distinct ones).
+    pub ipv4_index: u32,
+    /// Which /64 of the IPv6 pool this VM takes (0 unless a [`Host`](crate::host::Host) hands
+    /// out distinct ones).
+    pub ipv6_index: u32,
 }
 
 /// Errors building the user backend.
@@ -297,6 +303,8 @@ pub fn build(settings: &UserNetSettings, guest_mac: [u8; 6]) -> Result<BuiltUser
         max_rx_frame: 1514,
         ..NetConfig::default()
     };
+    cfg.ipv4_index = settings.ipv4_index;
+    cfg.ipv6_index = settings.ipv6_index;
     if let Some(pool) = settings.ipv4_pool {
         cfg.ipv4_pool = pool;
     }

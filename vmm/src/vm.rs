@@ -59,6 +59,9 @@ pub enum VmError {
     /// The network device could not be set up.
     #[error(transparent)]
     Net(#[from] crate::net::NetSetupError),
+    /// The host's address pool for this VM is full.
+    #[error(transparent)]
+    Addresses(#[from] crate::host::AddressPoolError),
     /// The seccomp filters or the privilege drop could not be set up.
     #[error(transparent)]
     Sandbox(#[from] crate::sandbox::SandboxError),
@@ -84,6 +87,10 @@ pub struct Vm {
     route_stop_signals: bool,
     guest_net: GuestNet,
     net_tasks: std::sync::mpsc::Receiver<devices::net::backend::user::StackTask>,
+    /// The shared device thread to serve the network device on (set by a `Host`).
+    device_thread: Option<devices::pool::DeviceThread>,
+    /// Subnets from a `Host`'s pools, held until the VM is torn down.
+    addresses: Option<crate::host::AddressLease>,
 }
 
 impl Vm {
@@ -96,7 +103,26 @@ impl Vm {
             route_stop_signals: false,
             guest_net,
             net_tasks,
+            device_thread: None,
+            addresses: None,
         }
+    }
+
+    /// The configuration, for a `Host` to fill in what it hands out.
+    pub(crate) fn config_mut(&mut self) -> &mut VmConfig {
+        &mut self.config
+    }
+
+    /// Holds `lease` (the subnets the configuration now names) until the VM is torn down.
+    pub(crate) fn with_addresses(mut self, lease: crate::host::AddressLease) -> Self {
+        self.addresses = Some(lease);
+        self
+    }
+
+    /// Serves the network device on `thread` instead of a worker thread of its own.
+    pub(crate) fn on_device_thread(mut self, thread: devices::pool::DeviceThread) -> Self {
+        self.device_thread = Some(thread);
+        self
     }
 
     /// Whether the VM will have the user-mode network (the embedding API's handles need it).
@@ -165,6 +191,8 @@ impl Vm {
             route_stop_signals,
             guest_net,
             net_tasks,
+            device_thread,
+            addresses,
         } = self;
         crate::sandbox::ensure_unfiltered_thread()?;
         let host = KvmHost::open()?;
@@ -217,7 +245,12 @@ impl Vm {
         let mut tls = None;
         let mut initrd_files = Vec::new();
         // Before any thread starts (the launcher for device workers is the first).
-        let sandbox = Sandbox::start(cfg.seccomp, caps, net_backend.is_some())?;
+        // A device on a shared thread starts no worker thread; the TLS proxy's thread is
+        // always started through the launcher, so it runs under the worker filter.
+        let with_workers = net_backend
+            .as_ref()
+            .is_some_and(|p| device_thread.is_none() || p.intercept.is_some());
+        let sandbox = Sandbox::start(cfg.seccomp, caps, with_workers)?;
         if let Some(mut prepared) = net_backend {
             policy = prepared.policy.clone();
             let launcher = sandbox.worker_launcher();
@@ -239,7 +272,8 @@ impl Vm {
                     thread: Some(thread),
                 });
             }
-            let dev = crate::net::attach(&vm, &mem, 0, prepared, &cfg.net, launcher)?;
+            let dev =
+                crate::net::attach(&vm, &mem, 0, prepared, &cfg.net, launcher, device_thread)?;
             bus.add_mmio(dev.base, layout::VIRTIO_MMIO_WINDOW, dev.device);
             net_metrics = Some(dev.metrics);
             capture = Some(dev.capture);
@@ -286,6 +320,7 @@ impl Vm {
             capture,
             sandbox,
             tls,
+            addresses,
         };
         VmHandle::spawn(parts, net)
     }

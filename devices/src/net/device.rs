@@ -4,7 +4,7 @@
 
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -15,8 +15,10 @@ use super::features::*;
 use super::metrics::NetMetrics;
 use super::pcap::{CaptureSwitch, PcapError, PcapSink, SNAPLEN_WHOLE};
 use super::poll_window::PollWindow;
+use super::pooled::PooledNet;
 use super::worker::{NetWorker, WorkerParts};
 use crate::event_loop::EventLoop;
+use crate::pool::DeviceThread;
 use crate::thread::ThreadLauncher;
 use crate::virtio::log_gate::LogGate;
 use crate::virtio::{
@@ -71,6 +73,9 @@ pub struct NetConfig {
     pub mtu: Option<u16>,
     /// Starts the worker thread on activation (default: from the activating thread).
     pub launcher: ThreadLauncher,
+    /// Serve the queues on this shared device thread instead of a worker thread of the
+    /// device's own (`None`, the default: a thread per device, started by `launcher`).
+    pub pool: Option<DeviceThread>,
 }
 
 impl Default for NetConfig {
@@ -85,6 +90,7 @@ impl Default for NetConfig {
             pcap_snaplen: None,
             mtu: None,
             launcher: ThreadLauncher::default(),
+            pool: None,
         }
     }
 }
@@ -105,9 +111,18 @@ pub enum NetError {
 
 struct Running {
     stop: EventFd,
-    handle: JoinHandle<()>,
-    /// Where the worker leaves the backend when it stops.
-    parts: Arc<Mutex<Option<WorkerParts>>>,
+    runner: Runner,
+}
+
+/// Where a running worker lives.
+enum Runner {
+    /// A thread of its own, which leaves the backend in `parts` when it stops.
+    Thread {
+        handle: JoinHandle<()>,
+        parts: Arc<Mutex<Option<WorkerParts>>>,
+    },
+    /// A shared device thread, which sends the backend back when the worker is finished.
+    Pool(mpsc::Receiver<WorkerParts>),
 }
 
 /// A virtio-net device in front of a [`NetBackend`].
@@ -210,14 +225,17 @@ impl Net {
             if let Err(e) = run.stop.write(1) {
                 tracing::error!(error = %e, "virtio-net: cannot signal the worker to stop");
             }
-            let parts = run
-                .handle
-                .join()
-                .ok()
-                .and_then(|()| match run.parts.lock() {
-                    Ok(mut slot) => slot.take(),
-                    Err(_) => None,
-                });
+            let parts = match run.runner {
+                Runner::Thread { handle, parts } => {
+                    handle.join().ok().and_then(|()| match parts.lock() {
+                        Ok(mut slot) => slot.take(),
+                        Err(_) => None,
+                    })
+                }
+                // The shared thread finishes the worker on its next turn (the stop eventfd
+                // wakes it) and sends the backend back; it never drops the sender first.
+                Runner::Pool(finished) => finished.recv().ok(),
+            };
             match parts {
                 Some(parts) => self.idle = Some(parts),
                 None => tracing::error!("virtio-net: worker thread panicked; backend lost"),
@@ -323,6 +341,23 @@ impl VirtioDevice for Net {
         let poll_window = PollWindow::new(self.config.poll_window, self.config.poll_window_max);
         let link_mtu = self.config.mtu.unwrap_or(STD_MTU);
         let starve_wait = self.config.rx_starve_wait;
+        if let Some(pool) = &self.config.pool {
+            let worker = NetWorker::new(ctx, parts, metrics, poll_window, lp, link_mtu)
+                .with_rx_starve_wait(starve_wait);
+            let (reply, finished) = mpsc::sync_channel(1);
+            return match pool.attach(Box::new(PooledNet::new(worker, worker_stop, reply))) {
+                Ok(()) => {
+                    self.running = Some(Running {
+                        stop,
+                        runner: Runner::Pool(finished),
+                    });
+                    Ok(())
+                }
+                Err(e) => Err(ActivateError::Start(format!(
+                    "{e}; the backend is lost, recreate the device"
+                ))),
+            };
+        }
         let slot = Arc::new(Mutex::new(None));
         let worker_slot = slot.clone();
         let body = Box::new(move || {
@@ -339,8 +374,10 @@ impl VirtioDevice for Net {
             Ok(handle) => {
                 self.running = Some(Running {
                     stop,
-                    handle,
-                    parts: slot,
+                    runner: Runner::Thread {
+                        handle,
+                        parts: slot,
+                    },
                 });
                 Ok(())
             }

@@ -18,6 +18,7 @@ pub mod iov;
 pub mod metrics;
 pub mod pcap;
 mod poll_window;
+mod pooled;
 pub mod queue_io;
 pub mod rx_buffers;
 mod worker;

@@ -20,7 +20,7 @@
 //! waits for the driver's reset (which stops this worker; a new one starts on the next
 //! DRIVER_OK).
 
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::RawFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,10 +39,12 @@ use super::queue_io::{TxChain, MAX_FRAME_LEN};
 use super::rx_buffers::RxBuffers;
 use super::{RX_QUEUE, TX_QUEUE};
 use crate::event_loop::{Event, EventLoop, EventLoopError};
-use crate::virtio::interrupt::INT_USED_RING;
 use crate::virtio::ring_layout::RingLayout;
 use crate::virtio::used_ring::{set_avail_event, UsedBatch};
 use crate::virtio::{ActivateContext, Interrupt};
+
+mod steps;
+use steps::StepState;
 
 /// Ethernet header plus a VLAN tag: what a frame adds to the link MTU.
 const L2_OVERHEAD: usize = 18;
@@ -116,6 +118,8 @@ pub(crate) struct NetWorker {
     /// For backends that cannot tell ([`NetBackend::rx_pending`] is `None`): a frame may be
     /// waiting (a readiness report or a delivered frame since the last empty receive).
     rx_maybe_pending: bool,
+    /// The loop's state between passes.
+    step: StepState,
 }
 
 impl NetWorker {
@@ -170,6 +174,7 @@ impl NetWorker {
             rx_starved_since: None,
             starve_wait: crate::net::device::DEFAULT_RX_STARVE_WAIT,
             rx_maybe_pending: true,
+            step: StepState::default(),
         }
     }
 
@@ -177,147 +182,6 @@ impl NetWorker {
     pub(crate) fn with_rx_starve_wait(mut self, wait: Duration) -> Self {
         self.starve_wait = wait;
         self
-    }
-
-    /// Runs until the stop eventfd fires or the loop fails; returns the backend and pcap sink.
-    pub(crate) fn run(mut self, stop_fd: RawFd) -> WorkerParts {
-        if let Err(e) = self.run_inner(stop_fd) {
-            tracing::error!(error = %e, backend = self.parts.backend.name(), "virtio-net worker stopped");
-        }
-        if let Ok(mut counters) = self.metrics.backend.lock() {
-            *counters = self.parts.backend.counters();
-        }
-        // Writes through the ring still reference `tx_slots` and guest memory, and armed polls
-        // keep the backend's descriptors (a tap, listening sockets) open past our exit.
-        let mut events = Vec::new();
-        if !self.lp.quiesce(Duration::from_secs(2), &mut events) {
-            tracing::warn!(
-                io_in_flight = self.lp.io_in_flight(),
-                "virtio-net: the ring did not settle at stop"
-            );
-        }
-        if self.lp.io_in_flight() > 0 {
-            tracing::error!("virtio-net: TX writes did not complete; leaking their buffers");
-            std::mem::forget(std::mem::take(&mut self.tx_slots));
-            std::mem::forget(self.mem.clone());
-        }
-        if let Some(p) = self.parts.pcap.as_mut() {
-            // Everything captured so far is in the output when the worker has stopped.
-            p.sync();
-        }
-        self.parts
-    }
-
-    fn run_inner(&mut self, stop_fd: RawFd) -> Result<(), EventLoopError> {
-        let rx_idx = self.lp.add_eventfd(self.queue_evts[RX_QUEUE].as_raw_fd())?;
-        let tx_idx = self.lp.add_eventfd(self.queue_evts[TX_QUEUE].as_raw_fd())?;
-        let stop_idx = self.lp.add_eventfd(stop_fd)?;
-        let mut last_activity: Option<Instant> = None;
-        // Work may have been queued before activation (drivers fill RX first).
-        let mut pending = true;
-        loop {
-            let now = Instant::now();
-            let window = self.poll_window.current();
-            // Starved for RX room, polling would only watch the guest refill buffers one by
-            // one; the driver kicks once it has posted a batch instead.
-            let polling = pending
-                || (self.rx_starved_since.is_none()
-                    && last_activity.is_some_and(|t| now.duration_since(t) < window));
-            let mut sleeping = false;
-            let mut timeout = if polling {
-                let since = last_activity.map_or(Duration::ZERO, |t| now.duration_since(t));
-                if pending || since < SPIN {
-                    Some(Duration::ZERO)
-                } else {
-                    // Past the spin: sleep in short ticks (any completion still wakes us at
-                    // once) so a vCPU thread sharing our CPU gets to run; the rings are
-                    // checked each tick with notifications still suppressed.
-                    NetMetrics::add(&self.metrics.poll_ticks, 1);
-                    Some(POLL_TICK.min(window.saturating_sub(since)))
-                }
-            } else {
-                if self.pcap_dirty {
-                    self.flush_pcap();
-                }
-                if self.enable_notifications(now) {
-                    Some(Duration::ZERO)
-                } else {
-                    sleeping = true;
-                    // Starved: wake after `starve_wait` to deliver into what the driver
-                    // posted meanwhile, however little. Past it (nothing was posted), the
-                    // kick comes with the driver's next buffer.
-                    self.rx_starved_since
-                        .map(|t| now.duration_since(t))
-                        .filter(|&waited| waited < self.starve_wait)
-                        .map(|waited| self.starve_wait - waited)
-                }
-            };
-            if let Some(deadline) = self.parts.backend.next_deadline() {
-                let d = deadline.saturating_duration_since(now);
-                timeout = Some(timeout.map_or(d, |t| t.min(d)));
-            }
-            self.arm_backend()?;
-            self.lp.wait(timeout, &mut self.events)?;
-            NetMetrics::add(&self.metrics.loop_iterations, 1);
-
-            if let Some(mut sink) = self.parts.capture.take_change() {
-                if let Some(s) = sink.as_mut() {
-                    s.report_to(self.metrics.clone());
-                }
-                // The old sink (if any) hands over its last batch and ends its writer.
-                self.parts.pcap = sink;
-            }
-            let mut events = std::mem::take(&mut self.events);
-            if sleeping && self.rx_starved_since.is_none() {
-                if let Some(t) = last_activity {
-                    let kicked = events
-                        .iter()
-                        .any(|e| matches!(e, Event::Eventfd(i) if *i == rx_idx || *i == tx_idx));
-                    self.poll_window.after_sleep(t.elapsed(), kicked);
-                }
-            }
-            for ev in events.drain(..) {
-                match ev {
-                    Event::Eventfd(i) if i == stop_idx => return Ok(()),
-                    Event::Eventfd(i) if i == rx_idx => NetMetrics::add(&self.metrics.rx_kicks, 1),
-                    Event::Eventfd(i) if i == tx_idx => NetMetrics::add(&self.metrics.tx_kicks, 1),
-                    Event::Eventfd(_) => {}
-                    Event::Fd {
-                        token,
-                        readable,
-                        writable,
-                    } => {
-                        self.rx_maybe_pending = true;
-                        self.parts.backend.on_fd_ready(token, readable, writable)
-                    }
-                    Event::IoDone { token, result } => self.tx_write_done(token as usize, result),
-                }
-            }
-            self.events = events;
-            let now = Instant::now();
-            if let Some(deadline) = self.parts.backend.next_deadline() {
-                if deadline <= now {
-                    self.parts.backend.on_timer(now);
-                }
-            }
-
-            if self.notifications_on {
-                self.disable_notifications();
-            }
-            let (tx_work, tx_irq) = self.process_tx();
-            let (rx_work, rx_bytes, rx_irq) = self.process_rx(now);
-            if tx_irq || rx_irq {
-                self.interrupt.set_status(INT_USED_RING);
-                self.lp
-                    .signal_eventfd(self.interrupt.eventfd().as_raw_fd())?;
-                NetMetrics::add(&self.metrics.interrupts, 1);
-            }
-            pending = false;
-            // Poll on after guest TX and after small deliveries, not after bulk ones.
-            if tx_work || (rx_work && rx_bytes < INTERACTIVE_RX_BYTES) {
-                last_activity = Some(Instant::now());
-            }
-        }
     }
 
     /// Arms polls for the descriptors the backend wants now.

@@ -238,6 +238,75 @@ impl Sandbox {
     }
 }
 
+/// How a [`crate::host::Host`] starts its shared device threads: each new thread takes the
+/// nice value `nice` (when not 0; a negative one needs `CAP_SYS_NICE`, and failing to set it
+/// fails the start), sets `no_new_privs`, keeps only `CAP_NET_RAW` (the netstack's raw ICMP
+/// fallback, as a worker of one VM keeps it) and, with seccomp on, installs the device
+/// worker's filter before it runs any device code. A thread that cannot install its filter
+/// ends the process, as a worker thread would: a device never runs unfiltered when filters
+/// were asked for.
+pub(crate) fn device_thread_launcher(
+    mode: SeccompMode,
+    nice: i8,
+) -> Result<ThreadLauncher, SandboxError> {
+    let programs = match mode {
+        SeccompMode::Off => None,
+        SeccompMode::On => {
+            let p = compiled_programs()?;
+            seccomp::install_sigsys_handler()?;
+            Some(p)
+        }
+    };
+    let violation = programs.as_ref().and_then(|_| test_violation_kind());
+    Ok(ThreadLauncher::new(move |name, body| {
+        let programs = programs.clone();
+        let (ready_tx, ready) = std::sync::mpsc::sync_channel::<std::io::Result<()>>(1);
+        let handle = std::thread::Builder::new().name(name).spawn(move || {
+            if nice != 0 {
+                // SAFETY: setpriority with PRIO_PROCESS and 0 changes the calling thread's
+                // nice value only (Linux keeps it per thread); no memory is passed.
+                let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, i32::from(nice)) };
+                if rc != 0 {
+                    let e = std::io::Error::last_os_error();
+                    let _ = ready_tx.send(Err(std::io::Error::new(
+                        e.kind(),
+                        format!("cannot set the device thread's nice value to {nice}: {e} (a negative value needs CAP_SYS_NICE)"),
+                    )));
+                    return;
+                }
+            }
+            let narrowed = privileges::set_no_new_privs()
+                .and_then(|()| privileges::drop_capabilities(1 << privileges::CAP_NET_RAW))
+                .map(|_| ());
+            let installed = narrowed.and_then(|()| match &programs {
+                Some(p) => seccomp::install(ThreadKind::Worker, &p.worker),
+                None => Ok(()),
+            });
+            if let Err(e) = installed {
+                eprintln!("ringfence: error: {e}");
+                std::process::exit(seccomp::VIOLATION_STATUS);
+            }
+            let _ = ready_tx.send(Ok(()));
+            test_violation(violation, ThreadKind::Worker);
+            body();
+        })?;
+        // Returns once the thread runs under its filter (so a host is fully set up when
+        // `Host::new` returns).
+        let started = ready.recv().unwrap_or_else(|_| {
+            Err(std::io::Error::other(
+                "the device thread ended before it was ready",
+            ))
+        });
+        match started {
+            Ok(()) => Ok(handle),
+            Err(e) => {
+                let _ = handle.join();
+                Err(e)
+            }
+        }
+    }))
+}
+
 /// Puts the calling thread under the VMM filter (nothing with seccomp off, or when it carries
 /// one of our filters already): for threads of a program that runs a VM and otherwise only
 /// waits, such as the `ringfence` CLI's main thread once [`crate::Vm::start`] returned, so

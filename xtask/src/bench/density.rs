@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
+use super::density_qemu::{self, QemuPasst};
 use super::report::{Metric, Report};
 use crate::util::{cargo, run as run_cmd, target_dir, workspace_root};
 
@@ -27,6 +28,20 @@ const ROUND_LIMIT: Duration = Duration::from_secs(900);
 /// VMs streaming to the host peer at once in the network part, and what each uploads (2 GiB
 /// in all either way).
 const NET_SETS: [(usize, &str); 2] = [(8, "256M"), (32, "64M")];
+/// The device-thread settings the network part compares, each with the same VMs: system name
+/// part, the driver's mode, the vCPU threads' nice value. `lib` (a device thread per VM, what
+/// `Vm::start` does) is the baseline of `shared` (a `Host` with one shared device thread per
+/// core) and of `shared-devnice` (the same with the shared threads at nice -10, which needs
+/// root), `lib-nice` of `shared-nice`.
+const NET_MODES: [(&str, &str, u8); 5] = [
+    ("lib", "per-vm", 0),
+    ("shared", "shared", 0),
+    ("shared-devnice", "shared:-10", 0),
+    ("lib-nice", "per-vm", 10),
+    ("shared-nice", "shared", 10),
+];
+/// VMs in the QEMU + passt baseline of the network part.
+const QEMU_VMS: usize = 8;
 /// The probe's ready line.
 const READY: &str = "probe: ready";
 
@@ -160,6 +175,8 @@ struct NetRound {
     vmm_host_cpu_s: f64,
     guest_cpu_s: f64,
     peer_cpu_s: f64,
+    /// Most threads the driver had during the round, less those before the first start.
+    threads_added: f64,
 }
 
 /// One round of the network part: `rf-peer sink --parallel` on loopback, the driver's `net`
@@ -168,8 +185,8 @@ fn net_round(
     driver_bin: &Path,
     peer: &Path,
     probe: &Path,
-    vms: usize,
-    bytes: &str,
+    (vms, bytes): (usize, &str),
+    (mode, vcpu_nice): (&str, u8),
 ) -> Result<NetRound> {
     let n = vms.to_string();
     let mut child = Command::new(peer)
@@ -198,7 +215,8 @@ fn net_round(
         let _ = child.wait();
         bail!("rf-peer said {first:?} instead of `listening ADDR`");
     };
-    let out = driver(driver_bin, probe, &["net", &n, bytes, &port]);
+    let nice = vcpu_nice.to_string();
+    let out = driver(driver_bin, probe, &["net", &n, bytes, &port, mode, &nice]);
     if out.is_err() {
         // The guests will not connect: end the peer now rather than at its timeout.
         let _ = child.kill();
@@ -239,7 +257,127 @@ fn net_round(
         vmm_host_cpu_s: f(&line["user_s"]) + f(&line["sys_s"]),
         guest_cpu_s: f(&line["guest_s"]),
         peer_cpu_s,
+        threads_added: f(&line["threads_max"]) - f(&line["threads_before"]),
     })
+}
+
+/// The network part: every set of VMs under every device-thread setting, `runs` rounds,
+/// interleaved (each round runs every set and setting once, in the same order), and with 8
+/// VMs the QEMU + passt baseline in the same rounds.
+pub fn run_net(peer: &Path, probe: &Path, runs: usize, report: &mut Report) -> Result<()> {
+    let bin = build_driver()?;
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    // The QEMU + passt baseline (8 VMs only): needs root for its network namespace.
+    let qemu = match QemuPasst::find() {
+        Ok(q) if root => Ok(q),
+        Ok(_) => Err("the QEMU + passt baseline needs root (its own network namespace)".into()),
+        Err(e) => Err(e),
+    };
+    let mut qemu_metrics = match &qemu {
+        Ok(q) => {
+            let sys = q.system(QEMU_VMS);
+            vec![
+                metric(&sys, "agg_tcp_g2h_gbps", "Gbit/s", false),
+                metric(&sys, "host_cpu_s_per_gb", "s/GB", true),
+                metric(&sys, "guest_cpu_s_per_gb", "s/GB", true),
+            ]
+        }
+        Err(why) => {
+            println!("    skipping the QEMU + passt baseline: {why}");
+            Vec::new()
+        }
+    };
+    // Modes with a device-thread nice value need root.
+    let modes: Vec<_> = NET_MODES
+        .iter()
+        .filter(|(_, mode, _)| root || !mode.contains(':'))
+        .collect();
+    // Per set and mode: Gbit/s, host CPU/GB, guest CPU/GB, threads added per VM, and (shared
+    // modes) the Gbit/s ratio to the thread-per-VM mode of the same nice in the same round.
+    let mut net: Vec<Vec<[Metric; 5]>> = NET_SETS
+        .iter()
+        .map(|(vms, _)| {
+            modes
+                .iter()
+                .map(|(name, _, _)| {
+                    let sys = format!("ringfence-{name}-{vms}vm");
+                    [
+                        metric(&sys, "agg_tcp_g2h_gbps", "Gbit/s", false),
+                        metric(&sys, "host_cpu_s_per_gb", "s/GB", true),
+                        metric(&sys, "guest_cpu_s_per_gb", "s/GB", true),
+                        metric(&sys, "threads_per_vm_streaming", "threads", true),
+                        metric(&sys, "gbps_ratio_to_thread_per_vm_same_round", "x", false),
+                    ]
+                })
+                .collect()
+        })
+        .collect();
+    for round in 0..runs {
+        for ((vms, bytes), modes_metrics) in NET_SETS.iter().zip(net.iter_mut()) {
+            let mut per_vm_gbps = [f64::NAN; 2];
+            for ((name, mode, nice), [gbps, host, guest, threads, ratio]) in
+                modes.iter().zip(modes_metrics.iter_mut())
+            {
+                print!(
+                    "\r    network round {}/{runs}: {vms} VMs x {bytes}, {name}        ",
+                    round + 1
+                );
+                let _ = std::io::Write::flush(&mut std::io::stdout());
+                let r = net_round(&bin, peer, probe, (*vms, bytes), (mode, *nice))?;
+                gbps.samples.push(r.gbps);
+                host.samples.push((r.vmm_host_cpu_s + r.peer_cpu_s) / r.gb);
+                guest.samples.push(r.guest_cpu_s / r.gb);
+                threads.samples.push(r.threads_added / *vms as f64);
+                let slot = usize::from(*nice > 0);
+                if *mode == "per-vm" {
+                    per_vm_gbps[slot] = r.gbps;
+                } else {
+                    ratio.samples.push(r.gbps / per_vm_gbps[slot]);
+                }
+            }
+            if let (Ok(q), true) = (&qemu, *vms == QEMU_VMS) {
+                print!(
+                    "\r    network round {}/{runs}: {vms} VMs x {bytes}, {}        ",
+                    round + 1,
+                    q.system(*vms)
+                );
+                let _ = std::io::Write::flush(&mut std::io::stdout());
+                let r = density_qemu::round(q, peer, probe, *vms, bytes)?;
+                qemu_metrics[0].samples.push(r.gbps);
+                qemu_metrics[1].samples.push(r.host_cpu_s / r.gb);
+                qemu_metrics[2].samples.push(r.guest_cpu_s / r.gb);
+            }
+        }
+    }
+    println!();
+    report.metrics.extend(qemu_metrics);
+    report.metrics.extend(
+        net.into_iter()
+            .flatten()
+            .flatten()
+            .filter(|m| !m.samples.is_empty()),
+    );
+    report.notes.push(format!(
+        "Aggregate network (ringfence-MODE-Nvm): N VMs in the density driver (`--net user`, rule `allow@host`, 64 MiB, 1 vCPU, started through a `Host`) each run the probe's tcp-send to one `rf-peer sink --parallel` on 127.0.0.1 at once, 2 GiB in all ({}); {runs} rounds, every set and mode once per round in the same order. \
+MODE lib = a device thread per VM (`DeviceThreads::PerVm`, what `Vm::start` does), shared = one shared device thread per core (`DeviceThreads::Shared(0)`), shared-devnice = the same with the shared threads at nice -10 (`HostConfig::device_thread_nice`, root only; vCPUs at 0); `-nice` = the vCPU threads at nice 10 (`VmConfig::vcpu_nice`), the same for both. \
+agg_tcp_g2h_gbps = all bytes / (first connection's start → last one's end), measured by rf-peer; host_cpu_s_per_gb = (driver user + system − guest time, plus rf-peer's CPU) / GB; guest_cpu_s_per_gb = the vCPUs' guest time (the probe busy-polls) / GB; threads_per_vm_streaming = (most threads of the driver during the round − before the first start) / N; gbps_ratio_to_thread_per_vm_same_round = shared / lib (or shared-nice / lib-nice) Gbit/s of the same round. \
+{}",
+        NET_SETS
+            .iter()
+            .map(|(vms, bytes)| format!("{vms} x {bytes}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        match &qemu {
+            Ok(q) => format!(
+                "{}: {QEMU_VMS} QEMU microvm processes ({} MiB, 1 vCPU), each with its own passt over a stream socket, in a throwaway network namespace, the same probe and sink (on the namespace's loopback, reached through passt's gateway mapping), in the same rounds; host CPU = QEMU user + system − guest time + passt + rf-peer (each process's own times, read before it is reaped).",
+                q.system(QEMU_VMS),
+                super::boot::GUEST_MEM_MIB
+            ),
+            Err(why) => format!("No QEMU + passt baseline in this run: {why}."),
+        }
+    ));
+    Ok(())
 }
 
 /// The whole suite: `runs` interleaved rounds of starts (library and CLI) at each
@@ -316,32 +454,7 @@ pub fn run(
         }
     }
     println!();
-    let mut net: Vec<[Metric; 3]> = NET_SETS
-        .iter()
-        .map(|(vms, _)| {
-            let sys = format!("ringfence-lib-{vms}vm");
-            [
-                metric(&sys, "agg_tcp_g2h_gbps", "Gbit/s", false),
-                metric(&sys, "host_cpu_s_per_gb", "s/GB", true),
-                metric(&sys, "guest_cpu_s_per_gb", "s/GB", true),
-            ]
-        })
-        .collect();
-    for round in 0..runs {
-        for ((vms, bytes), [gbps, host, guest]) in NET_SETS.iter().zip(net.iter_mut()) {
-            print!(
-                "\r    network round {}/{runs}: {vms} VMs x {bytes}   ",
-                round + 1
-            );
-            let _ = std::io::Write::flush(&mut std::io::stdout());
-            let r = net_round(&bin, peer, probe, *vms, bytes)?;
-            gbps.samples.push(r.gbps);
-            host.samples.push((r.vmm_host_cpu_s + r.peer_cpu_s) / r.gb);
-            guest.samples.push(r.guest_cpu_s / r.gb);
-        }
-    }
-    println!();
-    report.metrics.extend(net.into_iter().flatten());
+    run_net(peer, probe, runs, report)?;
     report.metrics.extend(lib_rate);
     report.metrics.extend(cli_rate);
     report.metrics.extend(lib_ready);
@@ -467,15 +580,6 @@ pub fn run(
 vm_starts_per_s_nN = N VMs started at once (N threads each calling `Vm::start`), N / (time from the first call to the last guest's `probe: ready` line on its console sink); {runs} rounds, interleaved with ringfence-cli = N `ringfence run --net none --no-pit -- probe.scenario=exit:0` processes spawned at once, same clock. \
 ready_ms_median_nN: median per-VM start → ready within a round. \
 start_*_cpu_ms_per_vm_n100: the driver's CPU from /proc/self/stat over a round of 100 starts, per VM: guest (guest_time), user (utime − guest_time) and system."
-    ));
-    report.notes.push(format!(
-        "Aggregate network (ringfence-lib-Nvm): N VMs in the driver (`--net user`, rule `allow@host`, 64 MiB, a device thread each) each run the probe's tcp-send to one `rf-peer sink --parallel` on 127.0.0.1 at once, 2 GiB in all ({}); {runs} rounds, interleaved. \
-agg_tcp_g2h_gbps = all bytes / (first connection's start → last one's end), measured by rf-peer; host_cpu_s_per_gb = (driver user + system − guest time, plus rf-peer's CPU) / GB; guest_cpu_s_per_gb = the vCPUs' guest time (the probe busy-polls) / GB.",
-        NET_SETS
-            .iter()
-            .map(|(vms, bytes)| format!("{vms} x {bytes}"))
-            .collect::<Vec<_>>()
-            .join(", ")
     ));
     report.notes.push(format!(
         "Idle VMs held: started one after another to their ready line; stopped by: {hold_reason}. \

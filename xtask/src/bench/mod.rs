@@ -7,6 +7,7 @@
 mod boot;
 mod ceiling;
 mod density;
+mod density_qemu;
 mod idle;
 mod measure;
 mod nested_linux;
@@ -75,10 +76,11 @@ pub fn run(args: &[String]) -> Result<()> {
             "idle" => suites.push("idle"),
             "density" => suites.push("density"),
             "tls" => suites.push("tls"),
+            "density-net" => suites.push("density-net"),
             "--linux" => linux = true,
             "--nested" => nested_flag = true,
             other => {
-                bail!("unknown bench option {other:?} (try: boot, net, idle, density, tls, --quick, --runs N, --systems A,B, --baselines latest|cached, --linux [--nested])")
+                bail!("unknown bench option {other:?} (try: boot, net, idle, density, density-net, tls, --quick, --runs N, --systems A,B, --baselines latest|cached, --linux [--nested])")
             }
         }
     }
@@ -143,7 +145,7 @@ pub fn run(args: &[String]) -> Result<()> {
         if suite == "density" {
             let runs = runs.unwrap_or(if quick { 2 } else { 5 });
             let t = step(&format!(
-                "density: VM starts ({runs} rounds of 1/10/100, library and CLI), 8 VMs streaming at once, idle VMs held, start/stop cycles (a few minutes)"
+                "density: VM starts ({runs} rounds of 1/10/100, library and CLI), 8 and 32 VMs streaming at once (shared device threads vs a thread per VM), idle VMs held, start/stop cycles (a few minutes)"
             ));
             density::run(&bin, &peer_bin, &probe_elf, runs, &mut report)?;
             done(t);
@@ -155,6 +157,14 @@ pub fn run(args: &[String]) -> Result<()> {
                 rounds * 4
             ));
             tls::run(rounds, &mut report)?;
+            done(t);
+        }
+        if suite == "density-net" {
+            let runs = runs.unwrap_or(if quick { 2 } else { 5 });
+            let t = step(&format!(
+                "density-net: 8 and 32 VMs streaming at once, shared device threads vs a thread per VM, at vCPU nice 0 and 10 ({runs} rounds)"
+            ));
+            density::run_net(&peer_bin, &probe_elf, runs, &mut report)?;
             done(t);
         }
         if suite == "net" {

@@ -172,7 +172,10 @@ impl Report {
 /// vhost-user, then over a socket, then the system QEMU with its passt, for the user-mode
 /// systems. The report leads with the first one measured in the run.
 pub fn baselines_for(system: &str, metric: &str) -> &'static [&'static str] {
-    if metric.starts_with("boot_") || metric == "vmm_cpu_ms" || metric == "rss_overhead_mib" {
+    if let Some(base) = thread_per_vm_baseline(system) {
+        base
+    } else if metric.starts_with("boot_") || metric == "vmm_cpu_ms" || metric == "rss_overhead_mib"
+    {
         &["qemu-microvm"]
     } else if metric.starts_with("tls_") {
         &["tls-direct"]
@@ -181,6 +184,23 @@ pub fn baselines_for(system: &str, metric: &str) -> &'static [&'static str] {
     } else {
         &["qemu10-passt-vhost-user", "qemu10-passt", "qemu-passt"]
     }
+}
+
+/// The density benchmark's shared-device-thread systems are compared with the thread-per-VM
+/// system of the same VMs and vCPU nice value, measured in the same rounds (and, with 8 VMs,
+/// first with 8 QEMU + passt pairs, as are the thread-per-VM systems).
+fn thread_per_vm_baseline(system: &str) -> Option<&'static [&'static str]> {
+    Some(match system {
+        "ringfence-shared-8vm" => &["qemu10-passt-8vm", "qemu-passt-8vm", "ringfence-lib-8vm"],
+        "ringfence-lib-8vm" | "ringfence-lib-nice-8vm" => &["qemu10-passt-8vm", "qemu-passt-8vm"],
+        "ringfence-shared-32vm" | "ringfence-shared-devnice-32vm" => &["ringfence-lib-32vm"],
+        "ringfence-shared-devnice-8vm" => {
+            &["qemu10-passt-8vm", "qemu-passt-8vm", "ringfence-lib-8vm"]
+        }
+        "ringfence-shared-nice-8vm" => &["ringfence-lib-nice-8vm"],
+        "ringfence-shared-nice-32vm" => &["ringfence-lib-nice-32vm"],
+        _ => return None,
+    })
 }
 
 /// Today's date (UTC) as YYYY-MM-DD, from the system clock.
