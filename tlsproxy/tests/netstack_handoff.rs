@@ -25,22 +25,10 @@ fn guest_https(
     ca_pem: &str,
     request: &str,
 ) -> Result<String, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls::pki_types::pem::PemObject::pem_slice_iter(ca_pem.as_bytes()) {
-        roots
-            .add(c.map_err(|e| e.to_string())?)
-            .map_err(|e| e.to_string())?;
-    }
-    #[allow(deprecated)]
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let cfg = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let cfg = client_config(ca_pem, Vec::new());
     let name =
         rustls::pki_types::ServerName::try_from(sni.to_string()).map_err(|e| e.to_string())?;
-    let mut tls = rustls::ClientConnection::new(Arc::new(cfg), name).map_err(|e| e.to_string())?;
+    let mut tls = rustls::ClientConnection::new(cfg, name).map_err(|e| e.to_string())?;
     tls.writer()
         .write_all(request.as_bytes())
         .map_err(|e| e.to_string())?;

@@ -406,19 +406,9 @@ async fn guest_exchange(
         ..Reply::default()
     };
     let sock = tokio::net::UnixStream::from_std(sock).unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls::pki_types::pem::PemObject::pem_slice_iter(ca_pem.as_bytes()) {
-        let c: CertificateDer<'static> = c.unwrap();
-        roots.add(c).unwrap();
-    }
-    let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    cfg.alpn_protocols = alpn.protocols();
+    let cfg = client_config(ca_pem, alpn.protocols());
     let name = ServerName::try_from(sni.to_string()).unwrap();
-    let tls = match tokio_rustls::TlsConnector::from(Arc::new(cfg))
+    let tls = match tokio_rustls::TlsConnector::from(cfg)
         .connect(name, sock)
         .await
     {
@@ -520,18 +510,9 @@ impl ProxyEnv {
         rt().block_on(async move {
             use tokio::io::{AsyncReadExt, AsyncWriteExt};
             let sock = tokio::net::UnixStream::from_std(ours).unwrap();
-            let mut roots = rustls::RootCertStore::empty();
-            for c in rustls::pki_types::pem::PemObject::pem_slice_iter(ca.as_bytes()) {
-                roots.add(c.unwrap()).unwrap();
-            }
-            let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-            cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+            let cfg = client_config(&ca, Alpn::H1.protocols());
             let name = ServerName::try_from(sni.clone()).unwrap();
-            let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+            let tls = tokio_rustls::TlsConnector::from(cfg)
                 .connect(name, sock)
                 .await
                 .map_err(|e| e.to_string())?;
@@ -569,6 +550,22 @@ impl ProxyEnv {
             Ok(got)
         })
     }
+}
+
+/// A guest's client configuration: trusting the certificates of `ca_pem`, offering `alpn`.
+pub fn client_config(ca_pem: &str, alpn: Vec<Vec<u8>>) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::pem::PemObject::pem_slice_iter(ca_pem.as_bytes()) {
+        let c: CertificateDer<'static> = c.unwrap();
+        roots.add(c).unwrap();
+    }
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = alpn;
+    Arc::new(cfg)
 }
 
 pub fn stat(s: &[(&'static str, u64)], name: &str) -> u64 {
