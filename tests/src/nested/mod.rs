@@ -20,6 +20,7 @@
 //! Everything runs at emulation speed: use it for correctness and for ratios between systems
 //! measured in the same outer VM, never for absolute figures.
 
+pub mod bypass_scripts;
 pub mod direct;
 pub mod guest_ram;
 pub mod outer;
