@@ -520,3 +520,27 @@ fn listen_packet_answers_the_guests_datagrams() {
         .expect("result line");
     assert_eq!(j["received"], 20, "{j}");
 }
+
+#[test]
+fn an_intercepting_vm_hands_its_ca_and_proxy_counters_to_the_embedder() {
+    let probe = require!(kvm_and_probe());
+    let _one = serial();
+    let out = Captured::default();
+    let mut config = probe_config(&probe, "probe.scenario=exit:0", out.clone());
+    config.net.backend = NetBackendSpec::User;
+    config.net.user.tls_intercept = Some(ringfence::tls_intercept::InterceptSettings {
+        no_verify_upstream: true,
+        secrets: vec!["API_KEY=value@api.example.test".parse().expect("spec")],
+        ..Default::default()
+    });
+    let vm = Vm::new(config).start().expect("start with interception");
+    let pem = vm.tls_ca_pem().expect("the VM intercepts").to_string();
+    assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"), "{pem}");
+    let stats = vm.tls_stats().expect("counters");
+    assert!(stats.contains(&("tls_proxy_flows", 0)), "{stats:?}");
+    assert_eq!(wait(&vm), VmExit::GuestStatus(0), "console: {}", out.text());
+    // A VM without interception has neither.
+    let (plain, _) = start(&probe, "probe.scenario=exit:0");
+    assert!(plain.tls_ca_pem().is_none() && plain.tls_stats().is_none());
+    assert_eq!(wait(&plain), VmExit::GuestStatus(0));
+}

@@ -141,6 +141,7 @@ pub struct VmHandle {
     net: NetControl,
     guest_net: Option<GuestNet>,
     capture: Option<Arc<CaptureSwitch>>,
+    tls: Option<Arc<tlsproxy::TlsProxy>>,
 }
 
 impl std::fmt::Debug for VmHandle {
@@ -182,6 +183,7 @@ impl VmHandle {
         }
         let guest_net = parts.guest_net.clone();
         let capture = parts.capture.clone();
+        let tls = parts.tls.as_ref().map(|t| t.proxy.clone());
         let status = Arc::new(Status {
             exit: Mutex::new(None),
             done: Condvar::new(),
@@ -216,6 +218,7 @@ impl VmHandle {
             net,
             guest_net,
             capture,
+            tls,
         };
         match started_rx.recv() {
             Ok(Ok(())) => Ok(handle),
@@ -313,6 +316,26 @@ impl VmHandle {
     /// The network device's capture switch, if the VM has a network device.
     pub(crate) fn capture_switch(&self) -> Option<&Arc<CaptureSwitch>> {
         self.capture.as_ref()
+    }
+
+    /// The TLS interception CA the guest trusts (PEM), if the VM intercepts TLS: for a
+    /// program that talks to the guest's clients or checks what they saw.
+    ///
+    /// ```no_run
+    /// # use ringfence::{Vm, VmConfig};
+    /// let mut config = VmConfig::new("probe.elf");
+    /// config.net.user.tls_intercept = Some(Default::default());
+    /// let vm = Vm::new(config).start()?;
+    /// println!("{}", vm.tls_ca_pem().unwrap_or("no interception"));
+    /// # Ok::<(), ringfence::VmError>(())
+    /// ```
+    pub fn tls_ca_pem(&self) -> Option<&str> {
+        self.tls.as_deref().map(tlsproxy::TlsProxy::ca_pem)
+    }
+
+    /// The TLS proxy's counters (`tls_proxy_*`), if the VM intercepts TLS.
+    pub fn tls_stats(&self) -> Option<Vec<(&'static str, u64)>> {
+        self.tls.as_ref().map(|t| t.stats().snapshot())
     }
 }
 

@@ -12,6 +12,8 @@ use super::SandboxError;
 pub const CAP_NET_RAW: u32 = 13;
 /// `CAP_SYS_NICE`: a vCPU thread setting a nice value below the process's own.
 pub const CAP_SYS_NICE: u32 = 23;
+/// `CAP_SETPCAP`: needed to drop from the bounding set.
+const CAP_SETPCAP: u32 = 8;
 
 /// Closes every descriptor above 2 that the process inherited. Call it first thing in
 /// `main`, before anything opens a descriptor of its own.
@@ -124,8 +126,12 @@ pub fn drop_capabilities(keep: u64) -> Result<u64, SandboxError> {
     {
         return Err(fail("clearing the ambient capabilities"));
     }
-    // The bounding set needs CAP_SETPCAP, so it goes before the capset below.
-    for cap in 0..64u32 {
+    // The bounding set needs CAP_SETPCAP, so it goes before the capset below. A thread that
+    // started a VM before has given CAP_SETPCAP up with the rest: it can no longer narrow its
+    // bounding set, and need not (no_new_privs already stops an exec from regaining anything;
+    // the capset below still narrows what the thread holds).
+    let can_drop_bounding = before & (1 << CAP_SETPCAP) != 0;
+    for cap in (0..64u32).take_while(|_| can_drop_bounding) {
         if keep & (1 << cap) != 0 {
             continue;
         }
