@@ -8,6 +8,7 @@
 //! sharing device threads and address pools in [`host`]; seccomp
 //! filters and privilege dropping in [`sandbox`].
 
+pub mod api;
 pub mod boot;
 pub mod config;
 pub mod doctor;

@@ -33,6 +33,16 @@ enum Command {
     ///   ringfence run --kernel vmlinux --initrd initrd.cpio.gz --cmdline "console=ttyS0" --mem 256 --vcpus 2
     #[command(verbatim_doc_comment)]
     Run(Box<RunArgs>),
+    /// Serve Firecracker's REST API (the subset orchestrators such as Kata Containers call)
+    /// on a Unix socket; the VM starts on `PUT /actions {"action_type": "InstanceStart"}` and
+    /// the process exits with the guest's status. `ringfence --api-sock PATH` (Firecracker's
+    /// own spelling) means the same, so ringfence can stand in for a `firecracker` binary.
+    ///
+    /// Examples:
+    ///   ringfence api --api-sock /run/vm1.sock
+    ///   ringfence api --config-file vm.json --no-api      # Firecracker's full JSON config
+    #[command(verbatim_doc_comment)]
+    Api(ApiArgs),
     /// Check /dev/kvm, io_uring, tun, namespaces, and measure whether guest kernels run at
     /// full speed on this host.
     Doctor {
@@ -43,6 +53,33 @@ enum Command {
         #[arg(long)]
         no_measure: bool,
     },
+}
+
+#[derive(clap::Args)]
+struct ApiArgs {
+    /// The Unix socket to serve the API on (created; a stale one is replaced, a live one
+    /// refused).
+    #[arg(
+        long = "api-sock",
+        visible_alias = "socket",
+        value_name = "PATH",
+        required_unless_present = "no_api"
+    )]
+    api_sock: Option<PathBuf>,
+    /// Firecracker's full VM configuration (JSON: boot-source, machine-config,
+    /// network-interfaces, logger, metrics, and ringfence's network-policy); the VM starts at
+    /// once.
+    #[arg(long, value_name = "FILE")]
+    config_file: Option<PathBuf>,
+    /// Serve no API (needs --config-file).
+    #[arg(long, requires = "config_file", conflicts_with = "api_sock")]
+    no_api: bool,
+    /// The instance id `GET /` reports.
+    #[arg(long, default_value = "anonymous-instance")]
+    id: String,
+    /// Per-thread seccomp filters of the VM: on (default) or off.
+    #[arg(long, value_name = "on|off", default_value = "on")]
+    seccomp: ringfence::sandbox::SeccompMode,
 }
 
 #[derive(clap::Args)]
@@ -175,8 +212,23 @@ fn main() -> ExitCode {
         eprintln!("ringfence: error: cannot close inherited file descriptors: {e}");
         return ExitCode::from(STATUS_VMM_ERROR as u8);
     }
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(firecracker_args(std::env::args_os()));
     match cli.command {
+        Command::Api(args) => {
+            let opts = ringfence::api::ApiOptions {
+                socket: args.api_sock,
+                config_file: args.config_file,
+                id: args.id,
+                seccomp: args.seccomp,
+            };
+            match ringfence::api::run(opts) {
+                Ok(code) => ExitCode::from((code & 0xff) as u8),
+                Err(msg) => {
+                    eprintln!("ringfence: error: {msg}");
+                    ExitCode::from(STATUS_VMM_ERROR as u8)
+                }
+            }
+        }
         Command::Run(args) => match run(*args) {
             Ok(code) => ExitCode::from(code),
             Err(msg) => {
@@ -198,6 +250,21 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Firecracker's command line (`--api-sock`, `--config-file`, `--no-api`, `--id` first)
+/// means `ringfence api ...`, so orchestrators can call ringfence as they call firecracker.
+fn firecracker_args(args: impl Iterator<Item = std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let mut args: Vec<_> = args.collect();
+    let firecracker_style = args.get(1).and_then(|a| a.to_str()).is_some_and(|a| {
+        ["--api-sock", "--config-file", "--no-api", "--id"]
+            .iter()
+            .any(|f| a == *f || a.starts_with(&format!("{f}=")))
+    });
+    if firecracker_style {
+        args.insert(1, "api".into());
+    }
+    args
 }
 
 fn run(mut args: RunArgs) -> Result<u8, String> {
@@ -309,6 +376,7 @@ fn run(mut args: RunArgs) -> Result<u8, String> {
                 default_ingress: args.net_default_ingress,
                 deny_domains: args.net_deny_domain,
                 config_file: args.net_config,
+                document: None,
             },
             ..Default::default()
         },

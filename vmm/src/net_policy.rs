@@ -30,6 +30,9 @@ pub struct PolicySettings {
     pub deny_domains: Vec<String>,
     /// A policy document (JSON or TOML by extension) replacing the preset.
     pub config_file: Option<PathBuf>,
+    /// A policy replacing the preset, already parsed (the API server's `PUT /network-policy`
+    /// before boot); `config_file` wins when both are set.
+    pub document: Option<Policy>,
 }
 
 /// A policy setting that cannot be used.
@@ -84,32 +87,36 @@ fn parse_action(flag: &'static str, value: &str) -> Result<Action, PolicySetupEr
 
 /// Builds the policy the settings describe.
 pub fn build_policy(s: &PolicySettings) -> Result<Policy, PolicySetupError> {
-    let mut policy = match &s.config_file {
-        Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| PolicySetupError::ConfigFile {
-                path: path.clone(),
-                reason: e.to_string(),
-            })?;
-            let is_toml = path.extension().is_some_and(|e| e == "toml");
-            let parsed = if is_toml {
-                Policy::from_toml(&text)
-            } else {
-                Policy::from_json(&text)
-            };
-            parsed.map_err(|source| PolicySetupError::Policy {
-                what: format!("--net-config {}", path.display()),
-                source,
-            })?
-        }
-        None => {
-            let name = s.preset.as_deref().unwrap_or("public-only");
-            name.parse::<Preset>()
-                .map_err(|source| PolicySetupError::Policy {
-                    what: format!("--net-preset {name}"),
+    let mut policy = match (&s.config_file, &s.document) {
+        (None, Some(doc)) => doc.clone(),
+        (config_file, _) => match config_file {
+            Some(path) => {
+                let text =
+                    std::fs::read_to_string(path).map_err(|e| PolicySetupError::ConfigFile {
+                        path: path.clone(),
+                        reason: e.to_string(),
+                    })?;
+                let is_toml = path.extension().is_some_and(|e| e == "toml");
+                let parsed = if is_toml {
+                    Policy::from_toml(&text)
+                } else {
+                    Policy::from_json(&text)
+                };
+                parsed.map_err(|source| PolicySetupError::Policy {
+                    what: format!("--net-config {}", path.display()),
                     source,
                 })?
-                .policy()
-        }
+            }
+            None => {
+                let name = s.preset.as_deref().unwrap_or("public-only");
+                name.parse::<Preset>()
+                    .map_err(|source| PolicySetupError::Policy {
+                        what: format!("--net-preset {name}"),
+                        source,
+                    })?
+                    .policy()
+            }
+        },
     };
     let mut user_rules = Vec::with_capacity(s.rules.len());
     for text in &s.rules {

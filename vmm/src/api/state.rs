@@ -1,0 +1,594 @@
+//! The API's state machine, free of HTTP: a request (method, path, body) in, a status and
+//! body out. Before `InstanceStart` the configuration is collected; `InstanceStart` builds a
+//! [`VmConfig`] and starts the VM; after it, pre-boot calls are refused as Firecracker
+//! refuses them. Every refusal is a 400 with a `fault_message` that says what to fix.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::Path;
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+
+use super::model::{
+    BootSource, Fault, InstanceActionInfo, InstanceInfo, Logger, MachineConfig, Metrics,
+    NetworkInterface,
+};
+use crate::config::{VmConfig, MAX_VCPUS};
+use crate::net::NetBackendSpec;
+use crate::{Vm, VmHandle};
+
+/// An HTTP answer: status and JSON body (none for 204).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reply {
+    /// HTTP status.
+    pub status: u16,
+    /// JSON body.
+    pub body: Option<String>,
+}
+
+impl Reply {
+    fn no_content() -> Self {
+        Reply {
+            status: 204,
+            body: None,
+        }
+    }
+
+    fn ok(value: &impl serde::Serialize) -> Self {
+        Reply {
+            status: 200,
+            body: serde_json::to_string(value).ok(),
+        }
+    }
+
+    /// A 400 with `{"fault_message": message}`.
+    pub fn fault(message: impl Into<String>) -> Self {
+        let fault = Fault {
+            fault_message: message.into(),
+        };
+        Reply {
+            status: 400,
+            body: serde_json::to_string(&fault).ok(),
+        }
+    }
+}
+
+/// A change made to the built VM configuration before start (`--seccomp`).
+pub type ConfigTweak = Box<dyn Fn(&mut VmConfig) + Send>;
+
+/// Everything the API has been told, and the VM once started.
+pub struct ApiState {
+    id: String,
+    machine: MachineConfig,
+    boot: Option<BootSource>,
+    net: Option<NetworkInterface>,
+    logger: Option<File>,
+    metrics: Option<File>,
+    policy: Option<policy::Policy>,
+    vm: Option<Arc<VmHandle>>,
+    /// Refinements applied to the built configuration before start (`--seccomp`).
+    tweak: Option<ConfigTweak>,
+    /// Told about the VM once it started (whoever waits for its end).
+    started_tx: Option<Sender<Arc<VmHandle>>>,
+}
+
+const AFTER_START: &str = "the microVM is running: this call is only valid before InstanceStart";
+
+fn parse<T: DeserializeOwned>(what: &str, body: &[u8]) -> Result<T, Reply> {
+    serde_json::from_slice(body).map_err(|e| Reply::fault(format!("bad {what} body: {e}")))
+}
+
+fn parse_mac(text: &str) -> Result<[u8; 6], String> {
+    let parts: Vec<&str> = text.split(':').collect();
+    let bad = || format!("bad guest_mac {text:?}: expected six hex bytes like 02:00:00:00:00:01");
+    if parts.len() != 6 {
+        return Err(bad());
+    }
+    let mut mac = [0u8; 6];
+    for (b, p) in mac.iter_mut().zip(parts) {
+        *b = u8::from_str_radix(p, 16).map_err(|_| bad())?;
+    }
+    Ok(mac)
+}
+
+fn open_sink(what: &str, path: &str) -> Result<File, Reply> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| Reply::fault(format!("cannot open the {what} {path}: {e}")))
+}
+
+impl ApiState {
+    /// A fresh state for instance `id`; `tweak` runs on the VM configuration before start.
+    pub fn new(id: &str, tweak: Option<ConfigTweak>) -> Self {
+        Self::with_notify(id, tweak, None)
+    }
+
+    /// As [`ApiState::new`], and `started_tx` gets the VM when `InstanceStart` starts it.
+    pub fn with_notify(
+        id: &str,
+        tweak: Option<ConfigTweak>,
+        started_tx: Option<Sender<Arc<VmHandle>>>,
+    ) -> Self {
+        ApiState {
+            id: id.to_string(),
+            machine: MachineConfig::default(),
+            boot: None,
+            net: None,
+            logger: None,
+            metrics: None,
+            policy: None,
+            vm: None,
+            tweak,
+            started_tx,
+        }
+    }
+
+    /// The started VM, if any.
+    pub fn vm(&self) -> Option<&Arc<VmHandle>> {
+        self.vm.as_ref()
+    }
+
+    fn started(&self) -> bool {
+        self.vm.is_some()
+    }
+
+    fn log(&mut self, line: &str) {
+        if let Some(f) = &mut self.logger {
+            let _ = writeln!(f, "{line}");
+        }
+    }
+
+    /// Serves one request.
+    pub fn handle(&mut self, method: &str, path: &str, body: &[u8]) -> Reply {
+        let reply = self.route(method, path, body);
+        let line = format!("ringfence api: {method} {path} -> {}", reply.status);
+        self.log(&line);
+        reply
+    }
+
+    fn route(&mut self, method: &str, path: &str, body: &[u8]) -> Reply {
+        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        match (method, segments.as_slice()) {
+            ("GET", [""]) => Reply::ok(&self.info()),
+            ("GET", ["version"]) => Reply::ok(&serde_json::json!({
+                "firecracker_version": env!("CARGO_PKG_VERSION")
+            })),
+            ("GET", ["machine-config"]) => Reply::ok(&self.machine),
+            ("PUT", ["machine-config"]) => self.put_machine(body),
+            ("PATCH", ["machine-config"]) => self.patch_machine(body),
+            ("PUT", ["boot-source"]) => self.put_boot(body),
+            ("PUT", ["network-interfaces", id]) => self.put_net(id, body),
+            ("PATCH", ["network-interfaces", _]) => Reply::fault(
+                "PATCH /network-interfaces updates rate limiters, which ringfence does not have",
+            ),
+            ("PUT" | "PATCH", ["drives", _]) => Reply::fault(
+                "drives are not supported yet: ringfence has no virtio-blk device (give the guest its root in the initrd)",
+            ),
+            ("PUT", ["vsock"]) => Reply::fault(
+                "vsock is not supported yet: ringfence has no virtio-vsock device",
+            ),
+            ("PUT", ["logger"]) => self.put_logger(body),
+            ("PUT", ["metrics"]) => self.put_metrics(body),
+            ("PUT", ["actions"]) => self.action(body),
+            ("PUT" | "PATCH", ["network-policy"]) => self.put_policy(body),
+            _ => Reply::fault(format!(
+                "invalid request method and/or path: {method} {path} (supported: GET /, GET /version, GET|PUT|PATCH /machine-config, PUT /boot-source, PUT /network-interfaces/ID, PUT /logger, PUT /metrics, PUT /actions, PUT|PATCH /network-policy)"
+            )),
+        }
+    }
+
+    fn info(&self) -> InstanceInfo {
+        let running = self.vm.as_ref().is_some_and(|v| v.is_running());
+        InstanceInfo {
+            app_name: "ringfence".into(),
+            id: self.id.clone(),
+            state: if running { "Running" } else { "Not started" }.into(),
+            vmm_version: env!("CARGO_PKG_VERSION").into(),
+        }
+    }
+
+    fn check_machine(m: &MachineConfig) -> Result<(), Reply> {
+        if m.vcpu_count == 0 || m.vcpu_count > u32::from(MAX_VCPUS) {
+            return Err(Reply::fault(format!(
+                "vcpu_count {} is out of range: give 1 to {MAX_VCPUS}",
+                m.vcpu_count
+            )));
+        }
+        if m.mem_size_mib == 0 {
+            return Err(Reply::fault("mem_size_mib must be at least 1"));
+        }
+        if m.smt {
+            return Err(Reply::fault(
+                "smt: true is not supported (ringfence guests see one thread per core)",
+            ));
+        }
+        if m.track_dirty_pages {
+            return Err(Reply::fault(
+                "track_dirty_pages: true is not supported (no snapshots)",
+            ));
+        }
+        for (what, v) in [
+            ("cpu_template", &m.cpu_template),
+            ("huge_pages", &m.huge_pages),
+        ] {
+            if v.as_deref().is_some_and(|v| v != "None") {
+                return Err(Reply::fault(format!(
+                    "{what} {v:?} is not supported; give \"None\" or leave it out"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn put_machine(&mut self, body: &[u8]) -> Reply {
+        if self.started() {
+            return Reply::fault(AFTER_START);
+        }
+        let m: MachineConfig = match parse("machine-config", body) {
+            Ok(m) => m,
+            Err(r) => return r,
+        };
+        if let Err(r) = Self::check_machine(&m) {
+            return r;
+        }
+        self.machine = m;
+        Reply::no_content()
+    }
+
+    fn patch_machine(&mut self, body: &[u8]) -> Reply {
+        if self.started() {
+            return Reply::fault(AFTER_START);
+        }
+        let patch: serde_json::Map<String, serde_json::Value> = match parse("machine-config", body)
+        {
+            Ok(p) => p,
+            Err(r) => return r,
+        };
+        let mut merged = match serde_json::to_value(&self.machine) {
+            Ok(serde_json::Value::Object(m)) => m,
+            _ => return Reply::fault("internal: machine-config does not serialise"),
+        };
+        merged.extend(patch);
+        let m: MachineConfig = match serde_json::from_value(serde_json::Value::Object(merged)) {
+            Ok(m) => m,
+            Err(e) => return Reply::fault(format!("bad machine-config body: {e}")),
+        };
+        if let Err(r) = Self::check_machine(&m) {
+            return r;
+        }
+        self.machine = m;
+        Reply::no_content()
+    }
+
+    fn put_boot(&mut self, body: &[u8]) -> Reply {
+        if self.started() {
+            return Reply::fault(AFTER_START);
+        }
+        let b: BootSource = match parse("boot-source", body) {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
+        for (what, path) in [
+            ("kernel_image_path", Some(&b.kernel_image_path)),
+            ("initrd_path", b.initrd_path.as_ref()),
+        ] {
+            if let Some(p) = path {
+                if let Err(e) = File::open(p) {
+                    return Reply::fault(format!("{what} {p}: cannot be read: {e}"));
+                }
+            }
+        }
+        self.boot = Some(b);
+        Reply::no_content()
+    }
+
+    fn put_net(&mut self, id: &str, body: &[u8]) -> Reply {
+        if self.started() {
+            return Reply::fault(AFTER_START);
+        }
+        let n: NetworkInterface = match parse("network-interfaces", body) {
+            Ok(n) => n,
+            Err(r) => return r,
+        };
+        if n.iface_id != id {
+            return Reply::fault(format!(
+                "iface_id {:?} does not match the path's {id:?}",
+                n.iface_id
+            ));
+        }
+        if let Some(other) = self.net.as_ref().filter(|o| o.iface_id != id) {
+            return Reply::fault(format!(
+                "ringfence has one network interface per VM and {:?} is configured; PUT that id again to change it",
+                other.iface_id
+            ));
+        }
+        if n.rx_rate_limiter.as_ref().is_some_and(|v| !v.is_null())
+            || n.tx_rate_limiter.as_ref().is_some_and(|v| !v.is_null())
+        {
+            return Reply::fault("rate limiters are not supported");
+        }
+        if let Some(mac) = &n.guest_mac {
+            if let Err(e) = parse_mac(mac) {
+                return Reply::fault(e);
+            }
+        }
+        self.net = Some(n);
+        Reply::no_content()
+    }
+
+    fn put_logger(&mut self, body: &[u8]) -> Reply {
+        let l: Logger = match parse("logger", body) {
+            Ok(l) => l,
+            Err(r) => return r,
+        };
+        if let Some(level) = &l.level {
+            let ok = ["error", "warning", "warn", "info", "debug", "trace", "off"];
+            if !ok.contains(&level.to_ascii_lowercase().as_str()) {
+                return Reply::fault(format!(
+                    "bad level {level:?}: expected Error, Warning, Info, Debug, Trace or Off"
+                ));
+            }
+        }
+        if let Some(path) = &l.log_path {
+            match open_sink("log_path", path) {
+                Ok(f) => self.logger = Some(f),
+                Err(r) => return r,
+            }
+        }
+        Reply::no_content()
+    }
+
+    fn put_metrics(&mut self, body: &[u8]) -> Reply {
+        let m: Metrics = match parse("metrics", body) {
+            Ok(m) => m,
+            Err(r) => return r,
+        };
+        match open_sink("metrics_path", &m.metrics_path) {
+            Ok(f) => {
+                self.metrics = Some(f);
+                Reply::no_content()
+            }
+            Err(r) => r,
+        }
+    }
+
+    fn put_policy(&mut self, body: &[u8]) -> Reply {
+        let text = String::from_utf8_lossy(body);
+        let p = match policy::Policy::from_json(&text) {
+            Ok(p) => p,
+            Err(e) => return Reply::fault(format!("bad network-policy body: {e}")),
+        };
+        match &self.vm {
+            None => {
+                self.policy = Some(p);
+                Reply::no_content()
+            }
+            Some(vm) => match vm.net_control().set_policy(&p) {
+                Ok(()) => Reply::no_content(),
+                Err(e) => Reply::fault(format!("the policy could not be applied: {e}")),
+            },
+        }
+    }
+
+    fn action(&mut self, body: &[u8]) -> Reply {
+        let a: InstanceActionInfo = match parse("actions", body) {
+            Ok(a) => a,
+            Err(r) => return r,
+        };
+        match a.action_type.as_str() {
+            "InstanceStart" => self.start(),
+            "FlushMetrics" => self.flush_metrics(),
+            "SendCtrlAltDel" => Reply::fault(
+                "SendCtrlAltDel is not supported: ringfence's i8042 has no keyboard input; stop the guest from inside or end the process",
+            ),
+            other => Reply::fault(format!(
+                "unknown action_type {other:?}: expected InstanceStart, FlushMetrics or SendCtrlAltDel"
+            )),
+        }
+    }
+
+    fn flush_metrics(&mut self) -> Reply {
+        let Some(f) = &mut self.metrics else {
+            return Reply::fault("FlushMetrics needs PUT /metrics first");
+        };
+        let line = serde_json::json!({
+            "utc_timestamp_ms": std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+            "api_server": {"instance_running": self.vm.as_ref().is_some_and(|v| v.is_running())},
+        });
+        match writeln!(f, "{line}") {
+            Ok(()) => Reply::no_content(),
+            Err(e) => Reply::fault(format!("cannot write the metrics: {e}")),
+        }
+    }
+
+    /// The VM configuration the collected calls describe.
+    pub fn vm_config(&self) -> Result<VmConfig, String> {
+        let boot = self
+            .boot
+            .as_ref()
+            .ok_or("InstanceStart needs PUT /boot-source first")?;
+        let mut cfg = VmConfig::new(&boot.kernel_image_path);
+        cfg.initrd = boot.initrd_path.as_ref().map(Into::into);
+        cfg.cmdline = boot.boot_args.clone().unwrap_or_default();
+        cfg.mem_mib = self.machine.mem_size_mib;
+        cfg.vcpus = u8::try_from(self.machine.vcpu_count).map_err(|_| "vcpu_count too large")?;
+        // As `ringfence run` does for the probe guest.
+        let probe = cfg.cmdline.contains("probe.");
+        cfg.pass_tsc_khz = probe;
+        cfg.legacy_pit = !probe;
+        if let Some(n) = &self.net {
+            cfg.net.backend = match n.host_dev_name.as_deref() {
+                Some(name) if is_tap(name) => NetBackendSpec::Tap(name.to_string()),
+                _ => NetBackendSpec::User,
+            };
+            cfg.net.mac = n.guest_mac.as_deref().map(parse_mac).transpose()?;
+            cfg.net.user.mtu = n.mtu;
+        }
+        cfg.net.user.policy.document = self.policy.clone();
+        if let Some(tweak) = &self.tweak {
+            tweak(&mut cfg);
+        }
+        Ok(cfg)
+    }
+
+    fn start(&mut self) -> Reply {
+        if self.started() {
+            return Reply::fault("InstanceStart was already done: the microVM is running");
+        }
+        let cfg = match self.vm_config() {
+            Ok(c) => c,
+            Err(e) => return Reply::fault(e),
+        };
+        // Vm::start refuses a thread that ran a VM before: start from a fresh one.
+        let started = std::thread::Builder::new()
+            .name("api-start".into())
+            .spawn(move || Vm::new(cfg).start())
+            .map_err(|e| e.to_string())
+            .and_then(|t| {
+                t.join()
+                    .map_err(|_| "the start thread panicked".to_string())
+            });
+        match started {
+            Ok(Ok(vm)) => {
+                let vm = Arc::new(vm);
+                if let Some(tx) = &self.started_tx {
+                    let _ = tx.send(vm.clone());
+                }
+                self.vm = Some(vm);
+                Reply::no_content()
+            }
+            Ok(Err(e)) => Reply::fault(format!("the microVM did not start: {e}")),
+            Err(e) => Reply::fault(format!("the microVM did not start: {e}")),
+        }
+    }
+}
+
+/// Whether `name` is an existing tap (or tun) interface of this host.
+fn is_tap(name: &str) -> bool {
+    !name.contains('/')
+        && Path::new("/sys/class/net")
+            .join(name)
+            .join("tun_flags")
+            .exists()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(r: &Reply) -> String {
+        r.body.clone().unwrap_or_default()
+    }
+
+    #[test]
+    fn configuration_calls_validate_and_refuse_with_a_fault_message() {
+        let mut s = ApiState::new("t", None);
+        assert_eq!(s.handle("GET", "/", b"").status, 200);
+        assert!(body(&s.handle("GET", "/", b"")).contains("Not started"));
+        let r = s.handle(
+            "PUT",
+            "/machine-config",
+            br#"{"vcpu_count": 2, "mem_size_mib": 256}"#,
+        );
+        assert_eq!(r, Reply::no_content());
+        let r = s.handle("PATCH", "/machine-config", br#"{"mem_size_mib": 64}"#);
+        assert_eq!(r.status, 204);
+        assert!(body(&s.handle("GET", "/machine-config", b"")).contains("\"mem_size_mib\":64"));
+        for (method, path, b, says) in [
+            (
+                "PUT",
+                "/machine-config",
+                &b"{"[..],
+                "bad machine-config body",
+            ),
+            (
+                "PUT",
+                "/machine-config",
+                br#"{"vcpu_count": 1, "mem_size_mib": 1, "bogus": 1}"#,
+                "unknown field",
+            ),
+            (
+                "PUT",
+                "/machine-config",
+                br#"{"vcpu_count": 0, "mem_size_mib": 1}"#,
+                "out of range",
+            ),
+            (
+                "PUT",
+                "/machine-config",
+                br#"{"vcpu_count": 1, "mem_size_mib": 1, "smt": true}"#,
+                "smt",
+            ),
+            (
+                "PUT",
+                "/boot-source",
+                br#"{"kernel_image_path": "/nonexistent/vmlinux"}"#,
+                "cannot be read",
+            ),
+            (
+                "PUT",
+                "/network-interfaces/eth0",
+                br#"{"iface_id": "eth1"}"#,
+                "does not match",
+            ),
+            (
+                "PUT",
+                "/network-interfaces/eth0",
+                br#"{"iface_id": "eth0", "guest_mac": "zz"}"#,
+                "bad guest_mac",
+            ),
+            ("PUT", "/drives/rootfs", br#"{}"#, "no virtio-blk"),
+            ("PUT", "/vsock", br#"{}"#, "virtio-vsock"),
+            (
+                "PUT",
+                "/actions",
+                br#"{"action_type": "Reboot"}"#,
+                "unknown action_type",
+            ),
+            (
+                "PUT",
+                "/actions",
+                br#"{"action_type": "InstanceStart"}"#,
+                "boot-source first",
+            ),
+            (
+                "PUT",
+                "/actions",
+                br#"{"action_type": "FlushMetrics"}"#,
+                "PUT /metrics first",
+            ),
+            (
+                "PUT",
+                "/network-policy",
+                br#"{"rules": 5}"#,
+                "bad network-policy body",
+            ),
+            ("DELETE", "/", b"", "invalid request method"),
+        ] {
+            let r = s.handle(method, path, b);
+            assert_eq!(r.status, 400, "{method} {path}");
+            assert!(
+                body(&r).contains("fault_message") && body(&r).contains(says),
+                "{method} {path}: {}",
+                body(&r)
+            );
+        }
+        let r = s.handle("PUT", "/network-interfaces/eth0", br#"{"iface_id": "eth0", "host_dev_name": "no-such-tap", "guest_mac": "02:00:00:00:00:07"}"#);
+        assert_eq!(r.status, 204);
+        let r = s.handle(
+            "PUT",
+            "/network-interfaces/eth1",
+            br#"{"iface_id": "eth1"}"#,
+        );
+        assert!(body(&r).contains("one network interface"));
+        let r = s.handle("PUT", "/network-policy", br#"{"preset": "none"}"#);
+        assert_eq!(r.status, 204);
+    }
+}
