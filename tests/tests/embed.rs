@@ -9,7 +9,7 @@ mod common;
 
 use std::io::Write;
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
@@ -21,36 +21,6 @@ use ringfence::{Console, Vm, VmConfig, VmExit, VmHandle};
 const LONG_SPIN: &str = "probe.scenario=spin:1000000000000";
 /// Upper bound for any single wait in these tests; reaching it fails the test, never hangs it.
 const WAIT_LIMIT: Duration = Duration::from_secs(60);
-
-/// Serialises the tests of this file.
-fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Serial output collected in memory.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
-    }
-}
 
 /// A probe VM configuration as `ringfence run` builds it for the probe.
 fn probe_config(probe: &Path, words: &str, console: Captured) -> VmConfig {
@@ -373,7 +343,7 @@ fn capture_at_run_time_keeps_the_snap_length_and_counts_frames() {
     drop(conn);
     assert_eq!(wait(&vm), VmExit::GuestStatus(0), "console: {}", out.text());
     let dropped = capture.stop();
-    let bytes = pcap.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let bytes = pcap.bytes();
     let (snaplen, records) = pcap_records(&bytes);
     assert_eq!(snaplen, 128);
     assert!(!records.is_empty());

@@ -10,7 +10,6 @@ mod common;
 
 use std::io::{Read, Write};
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use common::*;
@@ -21,36 +20,6 @@ use ringfence::{Console, Vm, VmConfig, VmError, VmExit, VmHandle};
 
 /// Upper bound for any single wait in these tests; reaching it fails the test, never hangs it.
 const WAIT_LIMIT: Duration = Duration::from_secs(60);
-
-/// Serialises the tests of this file.
-fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Serial output collected in memory.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
-    }
-}
 
 /// A probe VM with `--net user` and the default policy.
 fn user_net_config(probe: &Path, words: &str, console: Captured) -> VmConfig {

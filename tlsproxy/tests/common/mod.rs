@@ -318,6 +318,22 @@ impl ProxyEnv {
         }
     }
 
+    /// Hands the proxy a flow to `up` naming `sni`, as the netstack would; returns the
+    /// guest's end of the pair.
+    pub fn hand_over(&self, up: &Upstream, sni: &str) -> StdUnixStream {
+        let (ours, theirs) = StdUnixStream::pair().unwrap();
+        theirs.set_nonblocking(true).unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let flow = netstack::HandedFlow {
+            stream: theirs,
+            target: up.addr,
+            guest: "10.0.2.15:40000".parse().unwrap(),
+            server_name: sni.to_string(),
+        };
+        assert!(netstack::TlsHandoff::take(&*self.proxy, flow));
+        ours
+    }
+
     pub fn placeholder(&self, env: &str) -> String {
         self.proxy
             .secrets()
@@ -349,16 +365,7 @@ impl ProxyEnv {
         ca_pem: &str,
         req: TestReq,
     ) -> Reply {
-        let (ours, theirs) = StdUnixStream::pair().unwrap();
-        theirs.set_nonblocking(true).unwrap();
-        ours.set_nonblocking(true).unwrap();
-        let flow = netstack::HandedFlow {
-            stream: theirs,
-            target: up.addr,
-            guest: "10.0.2.15:40000".parse().unwrap(),
-            server_name: sni.to_string(),
-        };
-        assert!(netstack::TlsHandoff::take(&*self.proxy, flow));
+        let ours = self.hand_over(up, sni);
         let mut reply = rt().block_on(async {
             tokio::time::timeout(
                 Duration::from_secs(20),
@@ -495,16 +502,7 @@ impl ProxyEnv {
         msg: &[u8],
         want: usize,
     ) -> Result<Vec<u8>, String> {
-        let (ours, theirs) = StdUnixStream::pair().unwrap();
-        theirs.set_nonblocking(true).unwrap();
-        ours.set_nonblocking(true).unwrap();
-        let flow = netstack::HandedFlow {
-            stream: theirs,
-            target: up.addr,
-            guest: "10.0.2.15:40001".parse().unwrap(),
-            server_name: sni.to_string(),
-        };
-        assert!(netstack::TlsHandoff::take(&*self.proxy, flow));
+        let ours = self.hand_over(up, sni);
         let ca = self.proxy.ca_pem().to_string();
         let (sni, msg) = (sni.to_string(), msg.to_vec());
         rt().block_on(async move {
