@@ -6,7 +6,8 @@
 //! - **Secrets**: placeholders in the request target, header values and body become values
 //!   when the secret is allowed for this host and the upstream was verified; otherwise the
 //!   request is cut (403) and the violation reported. Bodies with a `Content-Length` up to
-//!   [`BUFFER_MAX`] are rewritten whole and their length fixed up; longer or chunked bodies are
+//!   [`BUFFER_MAX`] are rewritten whole and their length fixed up, while all flows together hold
+//!   at most [`crate::proxy::BUFFER_BUDGET`]; longer, chunked or over-budget bodies are
 //!   rewritten as they stream (sent chunked over HTTP/1.1).
 //!
 //! Responses are relayed unchanged. An HTTP/1.1 upgrade (WebSocket) the upstream accepts
@@ -27,7 +28,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::flow::FlowCtx;
-use crate::proxy::Shared;
+use crate::proxy::{reserve_buffer, BufferLease, Shared};
 use crate::secrets::{Rewrite, StreamRewriter, Violation};
 use crate::stats;
 
@@ -123,8 +124,9 @@ async fn handle(
         (!h2 && req.headers().contains_key(UPGRADE)).then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     let secrets = &shared.cfg.secrets;
-    let body: ProxyBody = if secrets.is_empty() {
-        body.map_err(BoxError::from).boxed()
+    // The lease on the buffer budget lives until the request has gone upstream.
+    let (body, _lease): (ProxyBody, Option<BufferLease>) = if secrets.is_empty() {
+        (body.map_err(BoxError::from).boxed(), None)
     } else {
         if let Err(v) = rewrite_head(shared, ctx, &mut parts) {
             return blocked(shared, &v);
@@ -244,14 +246,18 @@ async fn rewrite_body(
     ctx: &Arc<FlowCtx>,
     parts: &mut Parts,
     body: Incoming,
-) -> Result<ProxyBody, Response<ProxyBody>> {
+) -> Result<(ProxyBody, Option<BufferLease>), Response<ProxyBody>> {
     let length = parts
         .headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    match length {
-        Some(len) if len <= BUFFER_MAX => {
+    // Whole only within this body's bound and the VM's budget; otherwise it streams.
+    let lease = length
+        .filter(|len| *len <= BUFFER_MAX)
+        .and_then(|len| reserve_buffer(shared, len));
+    match lease {
+        Some(lease) => {
             let bytes = body
                 .collect()
                 .await
@@ -273,20 +279,23 @@ async fn rewrite_body(
             parts
                 .headers
                 .insert(CONTENT_LENGTH, HeaderValue::from(out.len()));
-            Ok(Full::new(out).map_err(|never| match never {}).boxed())
+            Ok((
+                Full::new(out).map_err(|never| match never {}).boxed(),
+                Some(lease),
+            ))
         }
-        _ => {
+        None => {
             // The length can change: it goes chunked (HTTP/1.1) or as DATA frames (HTTP/2).
             parts.headers.remove(CONTENT_LENGTH);
-            Ok(RewriteBody {
+            let streamed = RewriteBody {
                 inner: body,
                 rw: StreamRewriter::default(),
                 shared: shared.clone(),
                 ctx: ctx.clone(),
                 trailers: None,
                 done: false,
-            }
-            .boxed())
+            };
+            Ok((streamed.boxed(), None))
         }
     }
 }

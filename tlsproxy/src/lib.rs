@@ -35,7 +35,8 @@ pub use error::ProxyError;
 pub use http::BUFFER_MAX;
 pub use pattern::HostPattern;
 pub use proxy::{
-    ProxyConfig, ProxyWorker, TerminateHook, TlsProxy, DEFAULT_MAX_FLOWS, DEFAULT_TIMEOUT,
+    ProxyConfig, ProxyWorker, TerminateHook, TlsProxy, BUFFER_BUDGET, DEFAULT_MAX_FLOWS,
+    DEFAULT_TIMEOUT,
 };
 pub use secrets::{
     Rewrite, Secret, SecretSet, SecretSource, SecretSpec, StreamRewriter, Violation, ViolationMode,

@@ -2,7 +2,7 @@
 //! implements [`netstack::TlsHandoff`]), and a [`ProxyWorker`] the VMM runs on a thread of
 //! its own (a single-threaded tokio runtime; one task per intercepted flow).
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -74,6 +74,39 @@ pub(crate) struct Shared {
     /// Server configurations without ALPN, with `h2`, with `http/1.1`.
     server: [Arc<ServerConfig>; 3],
     logged: AtomicUsize,
+    /// Request-body bytes being held for whole rewriting, across every flow.
+    buffered: AtomicU64,
+}
+
+/// Request-body bytes all flows of one VM may hold at once for whole rewriting; beyond it
+/// bodies are rewritten as they stream (a guest cannot make the proxy hold gigabytes).
+pub const BUFFER_BUDGET: u64 = 64 << 20;
+
+/// A share of [`BUFFER_BUDGET`], given back when dropped.
+pub(crate) struct BufferLease {
+    shared: Arc<Shared>,
+    bytes: u64,
+}
+
+impl Drop for BufferLease {
+    fn drop(&mut self) {
+        self.shared
+            .buffered
+            .fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
+
+/// Reserves `bytes` of the budget, or `None` when it would be exceeded.
+pub(crate) fn reserve_buffer(shared: &Arc<Shared>, bytes: u64) -> Option<BufferLease> {
+    let before = shared.buffered.fetch_add(bytes, Ordering::Relaxed);
+    if before + bytes > BUFFER_BUDGET {
+        shared.buffered.fetch_sub(bytes, Ordering::Relaxed);
+        return None;
+    }
+    Some(BufferLease {
+        shared: shared.clone(),
+        bytes,
+    })
 }
 
 /// Lines written to stderr before the log goes quiet (the counters keep counting).
@@ -191,6 +224,7 @@ impl TlsProxy {
             terminate: Mutex::new(None),
             server,
             logged: AtomicUsize::new(0),
+            buffered: AtomicU64::new(0),
         });
         let (tx, rx) = mpsc::unbounded_channel();
         let proxy = Arc::new(TlsProxy {
@@ -279,5 +313,25 @@ impl ProxyWorker {
             }
         });
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_buffer_budget_is_shared_and_given_back() {
+        let ca = Arc::new(CertAuthority::generate("t").expect("ca"));
+        let trust = UpstreamTrust::new(&[], false).expect("trust");
+        let (proxy, _worker) = TlsProxy::new(ProxyConfig::new(ca, trust)).expect("proxy");
+        let shared = &proxy.shared;
+        let a = reserve_buffer(shared, BUFFER_BUDGET - 10).expect("fits");
+        assert!(reserve_buffer(shared, 11).is_none(), "over the budget");
+        let b = reserve_buffer(shared, 10).expect("exactly fits");
+        drop(a);
+        assert!(reserve_buffer(shared, BUFFER_BUDGET - 10).is_some());
+        drop(b);
+        assert_eq!(shared.buffered.load(Ordering::Relaxed), 0);
     }
 }
