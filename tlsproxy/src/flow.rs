@@ -53,10 +53,19 @@ pub(crate) async fn serve(shared: &Arc<Shared>, flow: HandedFlow) {
 async fn try_serve(shared: &Arc<Shared>, flow: HandedFlow) -> Result<(), String> {
     let limit = shared.cfg.timeout;
     let guest = UnixStream::from_std(flow.stream).map_err(|e| e.to_string())?;
-    let start = timeout(limit, LazyConfigAcceptor::new(Acceptor::default(), guest))
-        .await
-        .map_err(|_| "no ClientHello in time".to_string())?
-        .map_err(|e| format!("guest ClientHello: {e}"))?;
+    let start = match timeout(limit, LazyConfigAcceptor::new(Acceptor::default(), guest)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            // The netstack parsed this ClientHello; rustls refusing it is counted like any
+            // other failed guest handshake.
+            stats::add(&shared.stats.guest_handshake_failed, 1);
+            return Err(format!("guest ClientHello: {e}"));
+        }
+        Err(_) => {
+            stats::add(&shared.stats.guest_handshake_failed, 1);
+            return Err("no ClientHello in time".into());
+        }
+    };
     let hello = start.client_hello();
     let sni = hello.server_name().unwrap_or_default().to_ascii_lowercase();
     if !sni.eq_ignore_ascii_case(&flow.server_name) {
