@@ -14,8 +14,8 @@ use tokio::net::{TcpStream, UnixStream};
 use tokio::time::timeout;
 use tokio_rustls::{LazyConfigAcceptor, TlsConnector};
 
-use crate::proxy::Shared;
 use crate::rewind::Rewind;
+use crate::shared::{FlowCtx, Shared};
 use crate::stats;
 
 /// How long a guest that negotiated no ALPN has to send its first bytes before the flow is
@@ -31,15 +31,6 @@ pub(crate) enum Carried {
     H1,
     /// Anything else.
     Opaque,
-}
-
-/// What every part of a flow's relay needs to know.
-#[derive(Debug)]
-pub(crate) struct FlowCtx {
-    /// The server name the policy allowed (and our leaf names).
-    pub sni: String,
-    /// Whether the upstream's certificate was verified for `sni`.
-    pub verified: bool,
 }
 
 /// Serves one flow to its end; every failure is counted and logged at debug level.

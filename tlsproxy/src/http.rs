@@ -7,7 +7,7 @@
 //!   when the secret is allowed for this host and the upstream was verified; otherwise the
 //!   request is cut (403) and the violation reported. Bodies with a `Content-Length` up to
 //!   [`BUFFER_MAX`] are rewritten whole and their length fixed up, while all flows together hold
-//!   at most [`crate::proxy::BUFFER_BUDGET`]; longer, chunked or over-budget bodies are
+//!   at most [`crate::shared::BUFFER_BUDGET`]; longer, chunked or over-budget bodies are
 //!   rewritten as they stream (sent chunked over HTTP/1.1).
 //!
 //! Responses are relayed unchanged. An HTTP/1.1 upgrade (WebSocket) the upstream accepts
@@ -27,9 +27,8 @@ use hyper::{Request, Response, StatusCode, Uri};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::flow::FlowCtx;
-use crate::proxy::{reserve_buffer, BufferLease, Shared};
 use crate::secrets::{Rewrite, StreamRewriter, Violation};
+use crate::shared::{reserve_buffer, BufferLease, FlowCtx, Shared};
 use crate::stats;
 
 /// Request bodies up to this size (by `Content-Length`) are rewritten whole.

@@ -19,6 +19,7 @@
 //! `bypass` pattern are spliced by the netstack as before (still judged by the policy).
 
 mod ca;
+mod config;
 mod error;
 mod flow;
 mod http;
@@ -27,21 +28,21 @@ mod pattern;
 mod proxy;
 mod rewind;
 mod secrets;
+mod shared;
 mod stats;
 mod upstream;
 
 pub use ca::CertAuthority;
+pub use config::{ProxyConfig, TerminateHook, DEFAULT_MAX_FLOWS, DEFAULT_TIMEOUT};
 pub use error::ProxyError;
 pub use http::BUFFER_MAX;
 pub use pattern::HostPattern;
-pub use proxy::{
-    ProxyConfig, ProxyWorker, TerminateHook, TlsProxy, BUFFER_BUDGET, DEFAULT_MAX_FLOWS,
-    DEFAULT_TIMEOUT,
-};
+pub use proxy::{ProxyWorker, TlsProxy};
 pub use secrets::{
     Rewrite, Secret, SecretSet, SecretSource, SecretSpec, StreamRewriter, Violation, ViolationMode,
     PLACEHOLDER_LEN, PLACEHOLDER_PREFIX,
 };
+pub use shared::BUFFER_BUDGET;
 pub use stats::ProxyStats;
 pub use upstream::UpstreamTrust;
 

@@ -5,9 +5,8 @@ use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::flow::FlowCtx;
-use crate::proxy::Shared;
 use crate::secrets::StreamRewriter;
+use crate::shared::{FlowCtx, Shared};
 use crate::stats;
 
 const CHUNK: usize = 64 * 1024;
