@@ -140,7 +140,7 @@ pub(crate) struct Core {
     /// Behave as on kernels without `SO_PEEK_OFF` for TCP (testkit only).
     pub no_peek_off: bool,
     /// Byte budget shared by the TCP out-of-order queues of all connections.
-    pub ooo_budget: crate::tcp::OooBudget,
+    pub ooo_budget: crate::ooo_budget::OooBudget,
     /// Guest-initiated TCP connections not yet established (host connect in progress, or
     /// SYN-ACK sent and not acknowledged): capped by `Limits::max_half_open_tcp`.
     pub tcp_half_open: usize,
@@ -174,7 +174,7 @@ impl Core {
             ctrl_log: LogGate::new(),
             secret_log: LogGate::new(),
             no_peek_off: false,
-            ooo_budget: crate::tcp::OooBudget::default(),
+            ooo_budget: crate::ooo_budget::OooBudget::default(),
             tcp_half_open: 0,
         }
     }

@@ -14,32 +14,11 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
-use std::net::SocketAddr;
 use std::time::Instant;
 
+use crate::flow_key::{FlowKey, ICMP_TAG, LISTENER_TAG};
 use crate::tcp::TcpConn;
 use crate::udp::UdpFlow;
-
-/// Tokens with this bit set name published-port listeners, not flows.
-pub(crate) const LISTENER_TAG: u64 = 1 << 63;
-/// Tokens with this bit set name the shared raw ICMP sockets.
-pub(crate) const ICMP_TAG: u64 = 1 << 62;
-
-/// Transport of a flow key.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) enum KeyProto {
-    Tcp,
-    Udp,
-}
-
-/// A flow as the guest sees it: its own endpoint and the remote endpoint it talks to
-/// (the original destination, or the gateway for published ports).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) struct FlowKey {
-    pub proto: KeyProto,
-    pub guest: SocketAddr,
-    pub remote: SocketAddr,
-}
 
 /// A live flow.
 pub(crate) enum Flow {
@@ -277,6 +256,8 @@ fn split(token: u64) -> Option<(u32, u32)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::flow_key::KeyProto;
+    use std::net::SocketAddr;
     use std::time::Duration;
 
     fn udp_flow(port: u16, at: Instant) -> Flow {

@@ -21,7 +21,7 @@ use smoltcp::wire::{Icmpv4Packet, Icmpv4Repr, Icmpv6Packet, Icmpv6Repr, IpProtoc
 
 use crate::checksum::Checksum;
 use crate::core::{Core, InterestOp};
-use crate::flow_table::ICMP_TAG;
+use crate::flow_key::ICMP_TAG;
 use crate::icmp::ForeignEcho;
 use crate::sys::{self, SockKind};
 

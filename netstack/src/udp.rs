@@ -16,7 +16,7 @@ use smoltcp::wire::IpProtocol;
 
 use crate::checksum::Checksum;
 use crate::core::{Core, RxMeta};
-use crate::flow_table::FlowKey;
+use crate::flow_key::FlowKey;
 use crate::frame::build::{
     capacity, checksum_range, emit_eth_ip, eth_ip_len, max_frame, scatter, tail_iovecs,
 };

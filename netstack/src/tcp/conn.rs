@@ -12,7 +12,7 @@ use smoltcp::wire::{IpProtocol, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber};
 
 use crate::checksum::Checksum;
 use crate::core::Core;
-use crate::flow_table::FlowKey;
+use crate::flow_key::FlowKey;
 use crate::frame::build::{checksum_range, emit_eth_ip, scatter};
 use crate::frame::parse::{Drop, IpInfo};
 use crate::frame::GuestFrame;

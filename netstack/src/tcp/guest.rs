@@ -15,7 +15,7 @@ use super::ooo::{OooQueue, Refused};
 use super::sni_gate::{self, HelloHold};
 use super::After;
 use crate::core::Core;
-use crate::flow_table::FlowKey;
+use crate::flow_key::FlowKey;
 use crate::frame::{GuestFrame, MAX_SEGS};
 use crate::gate::FlowGate;
 use crate::sys::{self, SockKind};

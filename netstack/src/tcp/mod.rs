@@ -93,7 +93,6 @@ pub(crate) use dns_stream::{judge_next_answer, AnswerStep, DnsStream};
 pub(crate) use guest::{on_guest_segment, open_from_guest, open_held, open_over};
 pub(crate) use host::deadline;
 pub(crate) use host::{next_frame, on_ready, on_timer, Produced};
-pub(crate) use ooo::OooBudget;
 
 use crate::core::{Core, InterestOp};
 use std::os::fd::AsRawFd;

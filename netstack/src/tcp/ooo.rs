@@ -1,5 +1,5 @@
-//! Bounded queue of out-of-order guest payload for one connection, and the byte budget
-//! all connections share.
+//! Bounded queue of out-of-order guest payload for one connection (the byte budget all
+//! connections share is [`crate::ooo_budget`]).
 //!
 //! In-order guest data goes to the host socket straight from guest memory. A segment
 //! that arrives after a hole cannot: its bytes must wait for the hole, and the guest's
@@ -9,68 +9,17 @@
 //! retransmits it. When the hole is filled, [`OooQueue::flush`] writes the contiguous
 //! queued bytes to the host socket in one `sendmsg()`, keeping whatever it did not take.
 
-use std::io::{self, IoSlice};
-use std::os::fd::BorrowedFd;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-
 use super::conn::seq_diff;
 use crate::frame::{GuestFrame, MAX_SEGS};
+use crate::ooo_budget::OooBudget;
 use crate::sys;
+use std::io::{self, IoSlice};
+use std::os::fd::BorrowedFd;
 
 /// Most out-of-order payload bytes one connection may hold.
 pub(crate) const MAX_BYTES_PER_CONN: usize = 256 * 1024;
 /// Most out-of-order pieces one connection may hold.
 pub(crate) const MAX_SEGS_PER_CONN: usize = 16;
-/// Most out-of-order payload bytes all connections of one netstack may hold together.
-pub(crate) const MAX_BYTES_TOTAL: usize = 4 * 1024 * 1024;
-
-/// Byte budget shared by the out-of-order queues of one netstack (kept in `Core`).
-/// Every queue returns what it took when it is dropped, so closing or resetting a flow
-/// frees its share without any bookkeeping by the caller.
-#[derive(Clone, Debug)]
-pub(crate) struct OooBudget {
-    used: Arc<AtomicUsize>,
-    limit: usize,
-}
-
-impl Default for OooBudget {
-    fn default() -> Self {
-        Self::with_limit(MAX_BYTES_TOTAL)
-    }
-}
-
-impl OooBudget {
-    /// A budget of `limit` bytes.
-    pub(crate) fn with_limit(limit: usize) -> Self {
-        OooBudget {
-            used: Arc::new(AtomicUsize::new(0)),
-            limit,
-        }
-    }
-
-    /// Bytes currently held by all queues.
-    #[cfg(test)]
-    pub(crate) fn in_use(&self) -> usize {
-        self.used.load(Ordering::Relaxed)
-    }
-
-    /// Takes `n` bytes if they fit under the limit.
-    fn take(&self, n: usize) -> bool {
-        // One thread owns the netstack; the atomic only makes the budget `Send`.
-        let used = self.used.load(Ordering::Relaxed);
-        if used + n > self.limit {
-            return false;
-        }
-        self.used.store(used + n, Ordering::Relaxed);
-        true
-    }
-
-    fn give(&self, n: usize) {
-        self.used.fetch_sub(n, Ordering::Relaxed);
-    }
-}
-
 /// One queued piece: `data[start..]` are the bytes at sequence number `seq`.
 #[derive(Debug)]
 struct Piece {
