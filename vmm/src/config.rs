@@ -64,6 +64,10 @@ pub struct VmConfig {
     pub legacy_pit: bool,
     /// Guest networking.
     pub net: NetSettings,
+    /// virtio-blk drives, in window order ([`crate::block`]).
+    pub drives: Vec<crate::block::DriveSettings>,
+    /// A virtio-vsock device ([`crate::vsock`]).
+    pub vsock: Option<crate::vsock::VsockSettings>,
     /// Nice value of the vCPU threads (0..=19), relative to the VMM's device threads, which
     /// stay at the process's own. Above 0, work the guest is waiting for (a device thread
     /// moving its packets) preempts a vCPU at once instead of queueing behind it, on a host
@@ -90,6 +94,8 @@ impl VmConfig {
             pass_tsc_khz: false,
             legacy_pit: true,
             net: NetSettings::default(),
+            drives: Vec::new(),
+            vsock: None,
             vcpu_nice: DEFAULT_VCPU_NICE,
             seccomp: crate::sandbox::SeccompMode::On,
         }

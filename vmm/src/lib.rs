@@ -9,6 +9,7 @@
 //! filters and privilege dropping in [`sandbox`].
 
 pub mod api;
+pub mod block;
 pub mod boot;
 pub mod config;
 pub mod doctor;
@@ -30,6 +31,7 @@ pub mod signals;
 pub mod tls_intercept;
 pub mod vcpu;
 pub mod vm;
+pub mod vsock;
 
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
