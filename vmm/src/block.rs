@@ -2,13 +2,14 @@
 //! itself lives in `devices::block`.
 //!
 //! Device windows: virtio-net is always window 0 (whether or not the VM has a network
-//! device), drives take windows 1..=[`MAX_DRIVES`] in the order given, vsock the window after
+//! device), drives take windows 1..=[`MAX_DRIVES`] (IRQs 6 to 21) in the order given, vsock the window after
 //! the last drive ([`crate::layout::virtio_mmio_base`]).
 
 use std::path::PathBuf;
 
-/// Most drives one VM may have.
-pub const MAX_DRIVES: usize = 8;
+/// Most drives one VM may have: Kata's Firecracker driver gives 9 (the rootfs and eight
+/// hot-swap placeholders); the IOAPIC's 24 pins bound it.
+pub const MAX_DRIVES: usize = 16;
 
 /// One virtio-blk drive backed by a raw image file (`--drive`, Firecracker's `PUT /drives`).
 #[derive(Clone, Debug, PartialEq, Eq)]

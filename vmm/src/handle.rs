@@ -303,6 +303,14 @@ impl VmHandle {
         self.shared.request_stop(VmExit::Killed);
     }
 
+    /// Gives the running drive `id` a new backing file (Firecracker's `PATCH /drives`).
+    pub fn update_drive(&self, id: &str, path: &std::path::Path) -> Result<(), String> {
+        Err(format!(
+            "cannot swap drive {id:?} to {}: not wired yet",
+            path.display()
+        ))
+    }
+
     /// The VM's network policy controls (`--net user` only; see [`NetControl`]).
     pub fn net_control(&self) -> NetControl {
         self.net.clone()

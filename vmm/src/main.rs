@@ -212,7 +212,12 @@ fn main() -> ExitCode {
         eprintln!("ringfence: error: cannot close inherited file descriptors: {e}");
         return ExitCode::from(STATUS_VMM_ERROR as u8);
     }
-    let cli = Cli::parse_from(firecracker_args(std::env::args_os()));
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if let Some(text) = firecracker_version(&argv) {
+        println!("{text}");
+        return ExitCode::SUCCESS;
+    }
+    let cli = Cli::parse_from(firecracker_args(argv.into_iter()));
     match cli.command {
         Command::Api(args) => {
             let opts = ringfence::api::ApiOptions {
@@ -250,6 +255,22 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// `--version` of ringfence installed under a name starting with `firecracker` (as
+/// orchestrators expect it): Firecracker's format, `Firecracker v<version>`, naming the
+/// version of Firecracker's API ringfence serves, then ringfence's own version. Kata reads the
+/// second word of the first line.
+fn firecracker_version(argv: &[std::ffi::OsString]) -> Option<String> {
+    let name = std::path::Path::new(argv.first()?).file_name()?.to_str()?;
+    let asks = argv.len() == 2 && matches!(argv[1].to_str(), Some("--version" | "-V"));
+    (name.starts_with("firecracker") && asks).then(|| {
+        format!(
+            "Firecracker v{api}\n\nringfence {own}, serving Firecracker's API {api}",
+            api = ringfence::api::FIRECRACKER_API_VERSION,
+            own = env!("CARGO_PKG_VERSION"),
+        )
+    })
 }
 
 /// Firecracker's command line (`--api-sock`, `--config-file`, `--no-api`, `--id` first)

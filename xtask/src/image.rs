@@ -6,7 +6,7 @@
 //! - `linux-kernel-<hash>/` (vmlinux, bzImage, config): hash of the fragment, the recipe
 //!   version, the kernel source package version and the compiler version; ~5.5 min to build on
 //!   2 cores, so agent changes do not trigger it;
-//! - `linux-<hash>/` (vmlinux, bzImage, initramfs.cpio.gz): hash of the kernel hash, the
+//! - `linux-<hash>/` (vmlinux, bzImage, initramfs.cpio.gz, rootfs.ext4): hash of the kernel hash, the
 //!   package versions, the agent's sources and the initramfs files; the finished image.
 //!
 //! The kernel source is unpacked once into `linux-src-<version>/` and built out of tree.
@@ -134,6 +134,11 @@ const NEEDS: &[Need] = &[
         why: "an HTTP(S) client inside the guest",
     },
     Need {
+        package: "e2fsprogs",
+        file: "/usr/sbin/mke2fs",
+        why: "the ext4 root drive (rootfs.ext4)",
+    },
+    Need {
         package: "socat",
         file: "/usr/bin/socat",
         why: "TCP/UDP relays and clients inside the guest",
@@ -151,6 +156,9 @@ pub struct Image {
     pub bzimage: PathBuf,
     /// gzip'd cpio initramfs.
     pub initramfs: PathBuf,
+    /// The same tree as an ext4 image, for a root on a virtio-blk drive (`/sbin/init` is the
+    /// agent).
+    pub rootfs: PathBuf,
 }
 
 /// Entry point: `cargo xtask image [--jobs N]`.
@@ -236,9 +244,10 @@ pub fn build(jobs: usize) -> Result<Image> {
         vmlinux: image_dir.join("vmlinux"),
         bzimage: image_dir.join("bzImage"),
         initramfs: image_dir.join("initramfs.cpio.gz"),
+        rootfs: image_dir.join("rootfs.ext4"),
         dir: image_dir.clone(),
     };
-    if image.initramfs.is_file() && image.bzimage.is_file() {
+    if image.initramfs.is_file() && image.bzimage.is_file() && image.rootfs.is_file() {
         println!("    image up to date ({})", image_dir.display());
         return Ok(image);
     }
@@ -250,11 +259,13 @@ pub fn build(jobs: usize) -> Result<Image> {
     gzip_to(&cpio, &tmp)?;
     std::fs::copy(kernel_dir.join("vmlinux"), &image.vmlinux)?;
     std::fs::copy(kernel_dir.join("bzImage"), &image.bzimage)?;
+    crate::rootfs::ext4_image(&cpio, &image.rootfs)?;
     std::fs::rename(&tmp, &image.initramfs)?;
     println!(
-        "    initramfs: {} KiB uncompressed, {} KiB gzip",
+        "    initramfs: {} KiB uncompressed, {} KiB gzip; rootfs.ext4 {} MiB",
         cpio.len() / 1024,
-        std::fs::metadata(&image.initramfs)?.len() / 1024
+        std::fs::metadata(&image.initramfs)?.len() / 1024,
+        std::fs::metadata(&image.rootfs)?.len() >> 20
     );
     done(t);
     Ok(image)
@@ -571,7 +582,8 @@ fn initramfs(agent: &Path, linux_dir: &Path) -> Result<Vec<u8>> {
     Ok(cpio.finish())
 }
 
-fn gzip_to(data: &[u8], path: &Path) -> Result<()> {
+/// Writes `data` gzip-compressed to `path`.
+pub fn gzip_to(data: &[u8], path: &Path) -> Result<()> {
     let file = std::fs::File::create(path)?;
     let mut child = Command::new("gzip")
         .args(["-9", "-n", "-c"])

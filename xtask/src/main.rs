@@ -9,6 +9,8 @@ mod fuzz;
 mod image;
 mod nested;
 mod probe;
+mod pytools;
+mod rootfs;
 mod test;
 mod util;
 

@@ -196,6 +196,14 @@ pub fn build_kit_with(image_dir: &Path, bench_ringfence: Option<&Path>) -> Resul
     for f in files {
         cpio.file(&format!("{guest}/{f}"), 0o644, &read(&image_dir.join(f))?)?;
     }
+    // The root drive, compressed (it is mostly free space); scenarios unpack a copy each.
+    let rootfs_gz = kit.join("rootfs.ext4.gz");
+    crate::image::gzip_to(&read(&image_dir.join("rootfs.ext4"))?, &rootfs_gz)?;
+    cpio.file(
+        &format!("{guest}/rootfs.ext4.gz"),
+        0o644,
+        &read(&rootfs_gz)?,
+    )?;
     let archive = cpio.finish();
     std::fs::write(kit.join("outer.cpio"), &archive)?;
     println!(

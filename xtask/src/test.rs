@@ -5,7 +5,7 @@
 use anyhow::Result;
 
 use crate::util::{cargo, done, run, step, target_dir, workspace_root};
-use crate::{deps, fuzz, image, nested, probe};
+use crate::{deps, fuzz, image, nested, probe, pytools};
 
 /// Runs every check; `args` may contain `--no-lint`, `--no-linux-image`, `--no-nested`,
 /// `--no-fuzz` and test-name filters after `--`.
@@ -19,6 +19,7 @@ pub fn run_all(args: &[String]) -> Result<()> {
     let root = workspace_root();
 
     deps::ensure_all(&[deps::TEST_PACKAGES])?;
+    let schemathesis = pytools::schemathesis()?;
 
     if !no_lint {
         let t = step("cargo fmt --check (workspace and probe guest)");
@@ -76,7 +77,8 @@ pub fn run_all(args: &[String]) -> Result<()> {
     cmd.current_dir(&root)
         .args(["test", "--workspace"])
         .env("RINGFENCE_PROBE", &probe_elf)
-        .env("RINGFENCE_BIN", target_dir().join("debug/ringfence"));
+        .env("RINGFENCE_BIN", target_dir().join("debug/ringfence"))
+        .env("RINGFENCE_SCHEMATHESIS", &schemathesis);
     if let Some(dir) = &linux_image {
         cmd.env("RINGFENCE_LINUX_IMAGE", dir);
     }

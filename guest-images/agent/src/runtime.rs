@@ -34,6 +34,7 @@ pub fn run_as_init() -> ! {
         }
     };
     install_host_files(&mut config);
+    crate::vsock_service::start();
     for step in netplan::plan(&config.net, &config.dns) {
         if let Err(e) = execute(&step) {
             eprintln!("ringfence-agent: network step {step:?} failed: {e}");
@@ -69,6 +70,62 @@ fn mount_filesystems() {
     mount("devtmpfs", "/dev", "devtmpfs");
     mount("tmpfs", "/tmp", "tmpfs");
     mount("tmpfs", "/run", "tmpfs");
+    if root_is_read_only() {
+        writable_etc();
+    }
+}
+
+/// Whether `/` is mounted read-only (a root drive shared between VMs, as Kata boots them).
+fn root_is_read_only() -> bool {
+    // SAFETY: statvfs is plain data, all-zero is a valid value, and the call only fills it.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: the path is a NUL-terminated literal and `st` a valid out-pointer.
+    let rc = unsafe { libc::statvfs(c"/".as_ptr(), &mut st) };
+    rc == 0 && st.f_flag & libc::ST_RDONLY != 0
+}
+
+/// Puts a writable copy of `/etc` (on the `/run` tmpfs) over the read-only one: the agent
+/// and the DHCP script write `resolv.conf` and the CA bundle there.
+fn writable_etc() {
+    let copy = std::path::Path::new("/run/etc");
+    if let Err(e) = copy_tree(std::path::Path::new("/etc"), copy) {
+        eprintln!("ringfence-agent: the root is read-only and /etc cannot be copied: {e}");
+        return;
+    }
+    // SAFETY: both paths are NUL-terminated literals; a bind mount changes no memory of ours.
+    let rc = unsafe {
+        libc::mount(
+            c"/run/etc".as_ptr(),
+            c"/etc".as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        eprintln!(
+            "ringfence-agent: the root is read-only and /etc cannot be made writable: {}",
+            io::Error::last_os_error()
+        );
+    }
+}
+
+/// Copies the directory tree `from` to `to` (files, directories, symbolic links).
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) -> io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            copy_tree(&entry.path(), &target)?;
+        } else if kind.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(entry.path())?, &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(())
 }
 
 /// Installs what the VMM shipped ([`host_files`]): the interception CA into the trust store

@@ -12,6 +12,9 @@
 //! rf-nested guest-ram PID MIB LABEL=TEXT...
 //!                                   count each TEXT in the guest RAM of VMM process PID
 //!                                   (guest of MIB MiB); prints `CHECK ram_LABEL N` lines
+//! rf-nested kata DIR CMD...       replay Kata's Firecracker call sequence in DIR (which holds
+//!                                   rootfs.ext4) with CMD as the sandbox's command; prints
+//!                                   `CHECK` lines, exits with the VM's status
 //! rf-nested outer KIT SECS SCRIPT... (on the host) boot the outer VM from the kit in KIT,
 //!                                   run each SCRIPT there as a scenario of its own (deadline
 //!                                   SECS each; one that a frozen outer VM interrupts runs again
@@ -37,10 +40,11 @@ fn main() -> ExitCode {
         Some("udp") if args.len() >= 3 => udp(&args[1], &args[2], secs(args.get(3))),
         Some("time") if args.len() >= 3 => time(&args[1], &args[2..]),
         Some("guest-ram") if args.len() >= 4 => guest_ram(&args[1], &args[2], &args[3..]),
+        Some("kata") if args.len() >= 3 => kata(&args[1], &args[2..]),
         Some("outer") if args.len() >= 4 => {
             return outer(&args[1], secs(args.get(2)), &args[3..]);
         }
-        _ => Err("usage: rf-nested run [--direct] LIST RESULTS | get ADDR [SECS] | udp ADDR TEXT [SECS] | time LABEL CMD... | guest-ram PID MIB LABEL=TEXT... | outer KIT SECS SCRIPT...".into()),
+        _ => Err("usage: rf-nested run [--direct] LIST RESULTS | get ADDR [SECS] | udp ADDR TEXT [SECS] | time LABEL CMD... | guest-ram PID MIB LABEL=TEXT... | kata DIR CMD... | outer KIT SECS SCRIPT...".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -126,6 +130,24 @@ fn time(label: &str, cmd: &[String]) -> Result<(), String> {
         status.code().unwrap_or(-1)
     );
     Ok(())
+}
+
+fn kata(dir: &str, cmd: &[String]) -> Result<(), String> {
+    use ringfence_tests::nested::fleet;
+    let image = fleet::outer_image_dir();
+    let agent_args = ringfence_agent::protocol::cmd_param(cmd).map_err(|e| e.to_string())?;
+    let ringfence = std::path::Path::new("/usr/bin/ringfence");
+    let status = fleet::kata(
+        std::path::Path::new(dir),
+        ringfence,
+        &image.join("bzImage"),
+        &agent_args,
+    )?;
+    if status == fleet::SANDBOX_STATUS {
+        Ok(())
+    } else {
+        Err(format!("the sandbox ended with status {status}"))
+    }
 }
 
 fn secs(arg: Option<&String>) -> Duration {

@@ -14,6 +14,8 @@
 //!   interface: the outer VM has no network device, so no packet can leave it;
 //! - [`outer`]: the host side: boots the outer VM with the kit `cargo xtask nested` built,
 //!   shows progress, enforces the suite's time budget, keeps both consoles' logs;
+//! - [`fleet`]: Kata Containers' Firecracker call sequence replayed against `ringfence`
+//!   (drives, vsock, the API);
 //! - [`direct`]: the same scenarios on a host whose KVM runs guest kernels at full speed, in
 //!   network and mount namespaces of their own instead of an outer VM.
 //!
@@ -22,6 +24,7 @@
 
 pub mod bypass_scripts;
 pub mod direct;
+pub mod fleet;
 pub mod guest_ram;
 pub mod outer;
 pub mod runner;

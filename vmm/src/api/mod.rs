@@ -7,8 +7,8 @@
 //! HTTP side [`server`]. `--config-file` applies Firecracker's full VM configuration and
 //! starts the VM at once; `--no-api` then serves no socket. The process ends with the
 //! guest's exit status, as `ringfence run` does.
-//!
-//! Not yet: drives (virtio-blk) and vsock are refused with 400 until those devices exist.
+//! Drives are virtio-blk devices ([`crate::block`]), vsock a virtio-vsock device whose host
+//! side is Firecracker's Unix-socket protocol ([`crate::vsock`]).
 
 pub mod model;
 pub mod server;
@@ -22,6 +22,11 @@ use crate::config::VmConfig;
 use crate::sandbox::SeccompMode;
 use model::FullConfig;
 use state::ApiState;
+
+/// The version of Firecracker's API description (`firecracker.yaml`, kept in
+/// `tests/data/firecracker/`) this server follows: `GET /version` and `firecracker --version`
+/// (ringfence installed under that name) report it.
+pub const FIRECRACKER_API_VERSION: &str = "1.17.0-dev";
 
 /// How `ringfence api` runs.
 #[derive(Clone, Debug, Default)]
@@ -39,15 +44,18 @@ pub struct ApiOptions {
 /// Applies a full configuration through the same calls the API takes.
 fn apply(state: &mut ApiState, text: &str) -> Result<(), String> {
     let cfg: FullConfig = serde_json::from_str(text).map_err(|e| format!("--config-file: {e}"))?;
-    if !cfg.drives.is_empty() || cfg.vsock.is_some() {
-        return Err("--config-file: drives and vsock are not supported yet (no virtio-blk or virtio-vsock in ringfence)".into());
-    }
     let mut calls: Vec<(&str, String, String)> = Vec::new();
     if let Some(m) = &cfg.machine_config {
         calls.push(("PUT", "/machine-config".into(), json(m)));
     }
     if let Some(b) = &cfg.boot_source {
         calls.push(("PUT", "/boot-source".into(), json(b)));
+    }
+    for d in &cfg.drives {
+        calls.push(("PUT", format!("/drives/{}", d.drive_id), json(d)));
+    }
+    if let Some(v) = &cfg.vsock {
+        calls.push(("PUT", "/vsock".into(), json(v)));
     }
     for n in &cfg.network_interfaces {
         calls.push((

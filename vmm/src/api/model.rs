@@ -1,7 +1,23 @@
 //! The JSON bodies of the Firecracker API subset (`firecracker.yaml`'s definitions), as
 //! serde types. Unknown fields are refused, as Firecracker refuses them.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// An optional field that may be left out but not given as `null` (the description's types
+/// are not nullable).
+fn non_null<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
+}
+
+/// As [`non_null`], for a field that must be a JSON object (a rate limiter).
+fn non_null_object<'de, D: Deserializer<'de>>(d: D) -> Result<Option<serde_json::Value>, D::Error> {
+    match serde_json::Value::deserialize(d)? {
+        v @ serde_json::Value::Object(_) => Ok(Some(v)),
+        other => Err(serde::de::Error::custom(format!(
+            "expected an object, got {other}"
+        ))),
+    }
+}
 
 /// `GET/PUT /machine-config`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -18,11 +34,22 @@ pub struct MachineConfig {
     #[serde(default)]
     pub track_dirty_pages: bool,
     /// CPU template: only `None` is supported.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "non_null",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub cpu_template: Option<String>,
     /// Huge pages: only `None` is supported.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "non_null",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub huge_pages: Option<String>,
+    /// The pre-1.0 name of `smt`, still sent by Kata's Firecracker client: only `false`.
+    #[serde(default, deserialize_with = "non_null", skip_serializing)]
+    pub ht_enabled: Option<bool>,
 }
 
 impl Default for MachineConfig {
@@ -35,6 +62,7 @@ impl Default for MachineConfig {
             track_dirty_pages: false,
             cpu_template: None,
             huge_pages: None,
+            ht_enabled: None,
         }
     }
 }
@@ -46,10 +74,10 @@ pub struct BootSource {
     /// The kernel (a PVH ELF or a bzImage).
     pub kernel_image_path: String,
     /// The initrd.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "non_null")]
     pub initrd_path: Option<String>,
     /// The kernel command line.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "non_null")]
     pub boot_args: Option<String>,
 }
 
@@ -60,20 +88,106 @@ pub struct NetworkInterface {
     /// Must match the path's id.
     pub iface_id: String,
     /// A tap on the host gives `--net tap:NAME`; any other name (or none) the user netstack.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "non_null")]
     pub host_dev_name: Option<String>,
     /// The guest's MAC, `aa:bb:cc:dd:ee:ff`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "non_null")]
     pub guest_mac: Option<String>,
     /// MTU announced to the guest.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "non_null")]
     pub mtu: Option<u16>,
-    /// Rate limiters: accepted only when absent or null (not supported).
-    #[serde(default)]
+    /// Rate limiters: accepted only when they limit nothing (absent, null or without
+    /// buckets, as Kata sends them).
+    #[serde(default, deserialize_with = "non_null_object")]
     pub rx_rate_limiter: Option<serde_json::Value>,
     /// See `rx_rate_limiter`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "non_null_object")]
     pub tx_rate_limiter: Option<serde_json::Value>,
+    /// Pre-1.0 MMDS switch, still sent by older clients: only `false` (no MMDS).
+    #[serde(default, deserialize_with = "non_null", skip_serializing)]
+    pub allow_mmds_requests: Option<bool>,
+}
+
+/// `PUT /drives/{id}`: a virtio-blk drive backed by a raw image file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Drive {
+    /// Must match the path's id.
+    pub drive_id: String,
+    /// The image file.
+    #[serde(default, deserialize_with = "non_null")]
+    pub path_on_host: Option<String>,
+    /// Adds `root=/dev/vdX` to the kernel command line.
+    pub is_root_device: bool,
+    /// Read-only drive.
+    #[serde(default, deserialize_with = "non_null")]
+    pub is_read_only: Option<bool>,
+    /// Root by partition UUID: not supported (name the root in `boot_args`).
+    #[serde(
+        default,
+        deserialize_with = "non_null",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub partuuid: Option<String>,
+    /// `Unsafe` or `Writeback`: ringfence always honours the guest's flushes.
+    #[serde(
+        default,
+        deserialize_with = "non_null",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub cache_type: Option<String>,
+    /// Accepted only when it limits nothing.
+    #[serde(
+        default,
+        deserialize_with = "non_null_object",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub rate_limiter: Option<serde_json::Value>,
+    /// `Sync` or `Async`: ringfence's I/O is always asynchronous (io_uring).
+    #[serde(
+        default,
+        deserialize_with = "non_null",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub io_engine: Option<String>,
+    /// vhost-user-blk backend: not supported.
+    #[serde(
+        default,
+        deserialize_with = "non_null",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub socket: Option<String>,
+}
+
+/// `PATCH /drives/{id}`: a new backing file for a running drive.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartialDrive {
+    /// Must match the path's id.
+    pub drive_id: String,
+    /// The new image file.
+    #[serde(default, deserialize_with = "non_null")]
+    pub path_on_host: Option<String>,
+    /// Accepted only when it limits nothing.
+    #[serde(default, deserialize_with = "non_null_object")]
+    pub rate_limiter: Option<serde_json::Value>,
+}
+
+/// `PUT /vsock`: a virtio-vsock device whose host side is Unix sockets.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Vsock {
+    /// The guest's context id, 3 or more.
+    pub guest_cid: u64,
+    /// The Unix socket host programs connect to (`CONNECT <port>\n`).
+    pub uds_path: String,
+    /// Deprecated by Firecracker; accepted and ignored.
+    #[serde(
+        default,
+        deserialize_with = "non_null",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub vsock_id: Option<String>,
 }
 
 /// `PUT /actions`.
@@ -89,19 +203,19 @@ pub struct InstanceActionInfo {
 #[serde(deny_unknown_fields)]
 pub struct Logger {
     /// File or named pipe the log goes to.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "non_null")]
     pub log_path: Option<String>,
     /// `Error`, `Warning`, `Info`, `Debug`, `Trace` or `Off` (any case).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "non_null")]
     pub level: Option<String>,
     /// Accepted, not used.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "non_null")]
     pub show_level: Option<bool>,
     /// Accepted, not used.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "non_null")]
     pub show_log_origin: Option<bool>,
     /// Accepted, not used.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "non_null")]
     pub module: Option<String>,
 }
 
@@ -124,6 +238,8 @@ pub struct InstanceInfo {
     pub state: String,
     /// ringfence's version.
     pub vmm_version: String,
+    /// Whether the microVM runs: the pre-1.0 field Kata's Firecracker client polls.
+    pub started: bool,
 }
 
 /// Every error body: `{"fault_message": ...}`.
@@ -147,17 +263,17 @@ pub struct FullConfig {
     #[serde(rename = "network-interfaces", default)]
     pub network_interfaces: Vec<NetworkInterface>,
     /// `logger`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "non_null")]
     pub logger: Option<Logger>,
     /// `metrics`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "non_null")]
     pub metrics: Option<Metrics>,
-    /// `drives`: refused unless empty (no virtio-blk yet).
+    /// `drives`, in window order.
     #[serde(default)]
-    pub drives: Vec<serde_json::Value>,
-    /// `vsock`: refused unless absent (no virtio-vsock yet).
-    #[serde(default)]
-    pub vsock: Option<serde_json::Value>,
+    pub drives: Vec<Drive>,
+    /// `vsock`.
+    #[serde(default, deserialize_with = "non_null")]
+    pub vsock: Option<Vsock>,
     /// ringfence's extension: a policy document.
     #[serde(rename = "network-policy", default)]
     pub network_policy: Option<serde_json::Value>,

@@ -90,11 +90,10 @@ async fn answer(state: &Mutex<ApiState>, req: Request<Incoming>) -> Response<Ful
     let mut resp = Response::new(Full::new(Bytes::from(reply.body.unwrap_or_default())));
     *resp.status_mut() =
         hyper::StatusCode::from_u16(reply.status).unwrap_or(hyper::StatusCode::BAD_REQUEST);
-    if resp.status() != hyper::StatusCode::NO_CONTENT {
-        resp.headers_mut().insert(
-            hyper::header::CONTENT_TYPE,
-            hyper::header::HeaderValue::from_static("application/json"),
-        );
-    }
+    // On every answer, 204 included: the description declares `application/json` for all.
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
     resp
 }

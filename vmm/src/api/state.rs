@@ -11,9 +11,11 @@ use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 
+mod devices;
+
 use super::model::{
-    BootSource, Fault, InstanceActionInfo, InstanceInfo, Logger, MachineConfig, Metrics,
-    NetworkInterface,
+    BootSource, Drive, Fault, InstanceActionInfo, InstanceInfo, Logger, MachineConfig, Metrics,
+    NetworkInterface, Vsock,
 };
 use crate::config::{VmConfig, MAX_VCPUS};
 use crate::net::NetBackendSpec;
@@ -64,6 +66,8 @@ pub struct ApiState {
     machine: MachineConfig,
     boot: Option<BootSource>,
     net: Option<NetworkInterface>,
+    drives: Vec<Drive>,
+    vsock: Option<Vsock>,
     logger: Option<File>,
     metrics: Option<File>,
     policy: Option<policy::Policy>,
@@ -73,6 +77,11 @@ pub struct ApiState {
     /// Told about the VM once it started (whoever waits for its end).
     started_tx: Option<Sender<Arc<VmHandle>>>,
 }
+
+/// Firecracker's API allows 1 to 32 vCPUs.
+const MAX_API_VCPUS: u32 = 32;
+/// The smallest MTU the API takes (IPv4's minimum datagram).
+const MIN_MTU: u16 = 68;
 
 const AFTER_START: &str = "the microVM is running: this call is only valid before InstanceStart";
 
@@ -118,6 +127,8 @@ impl ApiState {
             machine: MachineConfig::default(),
             boot: None,
             net: None,
+            drives: Vec::new(),
+            vsock: None,
             logger: None,
             metrics: None,
             policy: None,
@@ -155,7 +166,7 @@ impl ApiState {
         match (method, segments.as_slice()) {
             ("GET", [""]) => Reply::ok(&self.info()),
             ("GET", ["version"]) => Reply::ok(&serde_json::json!({
-                "firecracker_version": env!("CARGO_PKG_VERSION")
+                "firecracker_version": super::FIRECRACKER_API_VERSION
             })),
             ("GET", ["machine-config"]) => Reply::ok(&self.machine),
             ("PUT", ["machine-config"]) => self.put_machine(body),
@@ -165,18 +176,15 @@ impl ApiState {
             ("PATCH", ["network-interfaces", _]) => Reply::fault(
                 "PATCH /network-interfaces updates rate limiters, which ringfence does not have",
             ),
-            ("PUT" | "PATCH", ["drives", _]) => Reply::fault(
-                "drives are not supported yet: ringfence has no virtio-blk device (give the guest its root in the initrd)",
-            ),
-            ("PUT", ["vsock"]) => Reply::fault(
-                "vsock is not supported yet: ringfence has no virtio-vsock device",
-            ),
+            ("PUT", ["drives", id]) => self.put_drive(id, body),
+            ("PATCH", ["drives", id]) => self.patch_drive(id, body),
+            ("PUT", ["vsock"]) => self.put_vsock(body),
             ("PUT", ["logger"]) => self.put_logger(body),
             ("PUT", ["metrics"]) => self.put_metrics(body),
             ("PUT", ["actions"]) => self.action(body),
             ("PUT" | "PATCH", ["network-policy"]) => self.put_policy(body),
             _ => Reply::fault(format!(
-                "invalid request method and/or path: {method} {path} (supported: GET /, GET /version, GET|PUT|PATCH /machine-config, PUT /boot-source, PUT /network-interfaces/ID, PUT /logger, PUT /metrics, PUT /actions, PUT|PATCH /network-policy)"
+                "invalid request method and/or path: {method} {path} (supported: GET /, GET /version, GET|PUT|PATCH /machine-config, PUT /boot-source, PUT /network-interfaces/ID, PUT|PATCH /drives/ID, PUT /vsock, PUT /logger, PUT /metrics, PUT /actions, PUT|PATCH /network-policy)"
             )),
         }
     }
@@ -188,22 +196,24 @@ impl ApiState {
             id: self.id.clone(),
             state: if running { "Running" } else { "Not started" }.into(),
             vmm_version: env!("CARGO_PKG_VERSION").into(),
+            started: running,
         }
     }
 
     fn check_machine(m: &MachineConfig) -> Result<(), Reply> {
-        if m.vcpu_count == 0 || m.vcpu_count > u32::from(MAX_VCPUS) {
+        let most = u32::from(MAX_VCPUS).min(MAX_API_VCPUS);
+        if m.vcpu_count == 0 || m.vcpu_count > most {
             return Err(Reply::fault(format!(
-                "vcpu_count {} is out of range: give 1 to {MAX_VCPUS}",
+                "vcpu_count {} is out of range: give 1 to {most}",
                 m.vcpu_count
             )));
         }
         if m.mem_size_mib == 0 {
             return Err(Reply::fault("mem_size_mib must be at least 1"));
         }
-        if m.smt {
+        if m.smt || m.ht_enabled == Some(true) {
             return Err(Reply::fault(
-                "smt: true is not supported (ringfence guests see one thread per core)",
+                "smt (ht_enabled): true is not supported (ringfence guests see one thread per core)",
             ));
         }
         if m.track_dirty_pages {
@@ -306,10 +316,16 @@ impl ApiState {
                 other.iface_id
             ));
         }
-        if n.rx_rate_limiter.as_ref().is_some_and(|v| !v.is_null())
-            || n.tx_rate_limiter.as_ref().is_some_and(|v| !v.is_null())
+        if !devices::limits_nothing(n.rx_rate_limiter.as_ref())
+            || !devices::limits_nothing(n.tx_rate_limiter.as_ref())
         {
             return Reply::fault("rate limiters are not supported");
+        }
+        if let Some(mtu) = n.mtu.filter(|m| *m < MIN_MTU) {
+            return Reply::fault(format!("mtu {mtu} is too small: give {MIN_MTU} to 65535"));
+        }
+        if n.allow_mmds_requests == Some(true) {
+            return Reply::fault("allow_mmds_requests: true is not supported (no MMDS)");
         }
         if let Some(mac) = &n.guest_mac {
             if let Err(e) = parse_mac(mac) {
@@ -432,6 +448,7 @@ impl ApiState {
             cfg.net.user.mtu = n.mtu;
         }
         cfg.net.user.policy.document = self.policy.clone();
+        (cfg.drives, cfg.vsock) = self.device_settings();
         if let Some(tweak) = &self.tweak {
             tweak(&mut cfg);
         }
@@ -544,8 +561,44 @@ mod tests {
                 br#"{"iface_id": "eth0", "guest_mac": "zz"}"#,
                 "bad guest_mac",
             ),
-            ("PUT", "/drives/rootfs", br#"{}"#, "no virtio-blk"),
-            ("PUT", "/vsock", br#"{}"#, "virtio-vsock"),
+            ("PUT", "/drives/rootfs", br#"{}"#, "missing field"),
+            (
+                "PUT",
+                "/drives/rootfs",
+                br#"{"drive_id": "rootfs", "is_root_device": true, "path_on_host": "/nonexistent.img"}"#,
+                "cannot be read",
+            ),
+            (
+                "PUT",
+                "/drives/rootfs",
+                br#"{"drive_id": "root", "is_root_device": true}"#,
+                "does not match",
+            ),
+            (
+                "PUT",
+                "/drives/x",
+                br#"{"drive_id": "x", "is_root_device": false, "socket": "/s"}"#,
+                "vhost-user-blk",
+            ),
+            (
+                "PUT",
+                "/drives/x",
+                br#"{"drive_id": "x", "is_root_device": false, "path_on_host": "/dev/null", "rate_limiter": {"bandwidth": {"size": 1, "refill_time": 1}}}"#,
+                "rate limiters",
+            ),
+            (
+                "PATCH",
+                "/drives/x",
+                br#"{"drive_id": "x", "path_on_host": "/dev/null"}"#,
+                "only valid after InstanceStart",
+            ),
+            ("PUT", "/vsock", br#"{}"#, "missing field"),
+            (
+                "PUT",
+                "/vsock",
+                br#"{"guest_cid": 2, "uds_path": "/tmp/v.sock"}"#,
+                "out of range",
+            ),
             (
                 "PUT",
                 "/actions",

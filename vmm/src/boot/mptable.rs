@@ -5,8 +5,8 @@
 //! floating pointer): the 16-byte floating pointer structure ("_MP_"), then the configuration
 //! table ("PCMP") with, in the order the spec asks for: one processor entry per vCPU (LAPIC id
 //! = vCPU index, the first is the bootstrap processor), one ISA bus, one IOAPIC (id = number
-//! of vCPUs, at 0xfec00000), an I/O interrupt entry per ISA IRQ 0-15 (IRQ n to IOAPIC pin n,
-//! matching KVM's in-kernel IOAPIC routing), and the two local interrupt entries (ExtINT on
+//! of vCPUs, at 0xfec00000), an I/O interrupt entry per IOAPIC pin 0-23 (IRQ n to pin n,
+//! matching KVM's in-kernel IOAPIC routing; pins above 15 carry virtio-mmio devices), and the two local interrupt entries (ExtINT on
 //! LINT0, NMI on LINT1, to every local APIC). Both structures carry checksums that make
 //! their bytes sum to zero. The region up to 1 MiB is reserved in the memory map.
 //!
@@ -20,8 +20,8 @@ use crate::layout::{EBDA_START, HIMEM_START};
 pub const LAPIC_ADDR: u32 = 0xfee0_0000;
 /// IOAPIC base address.
 pub const IOAPIC_ADDR: u32 = 0xfec0_0000;
-/// Number of legacy ISA IRQs routed through the IOAPIC.
-const ISA_IRQS: u8 = 16;
+/// IRQs routed through the IOAPIC: all of KVM's in-kernel IOAPIC pins.
+const IOAPIC_PINS: u8 = 24;
 /// MP spec revision 1.4.
 const SPEC_REV: u8 = 4;
 /// Local APIC version reported per processor (integrated APIC).
@@ -113,7 +113,7 @@ pub fn build(vcpus: u8, base: u64) -> Result<Vec<u8>, MptableError> {
     entries.extend_from_slice(&[ENTRY_IOAPIC, ioapic_id, IOAPIC_VERSION, 1]);
     entries.extend_from_slice(&IOAPIC_ADDR.to_le_bytes());
     count += 1;
-    for irq in 0..ISA_IRQS {
+    for irq in 0..IOAPIC_PINS {
         // Flags 0: polarity and trigger mode conform to the ISA bus (active high, edge).
         entries.extend_from_slice(&[ENTRY_IO_INTERRUPT, INT_VECTORED, 0, 0]);
         entries.extend_from_slice(&[ISA_BUS_ID, irq, ioapic_id, irq]);
@@ -286,9 +286,9 @@ mod tests {
                 assert_eq!(*flags, want, "cpu {i} flags");
             }
             assert_eq!(ioapic, vcpus);
-            assert_eq!(io_ints, (0..16).map(|i| (i, i)).collect::<Vec<_>>());
+            assert_eq!(io_ints, (0..24).map(|i| (i, i)).collect::<Vec<_>>());
             assert_eq!(local_ints, vec![(INT_EXTINT, 0), (INT_NMI, 1)]);
-            assert_eq!(count as usize, vcpus as usize + 2 + 16 + 2);
+            assert_eq!(count as usize, vcpus as usize + 2 + 24 + 2);
         }
     }
 
