@@ -16,6 +16,7 @@ use std::sync::OnceLock;
 use ringfence_tests::harness::ringfence_bin;
 use ringfence_tests::nested::bypass_scripts::{bypass_script, BYPASS_CASES, BYPASS_OUTER};
 use ringfence_tests::nested::direct;
+use ringfence_tests::nested::fleet_scripts::{drives_outer, kata_outer};
 use ringfence_tests::nested::outer::{run_suite, Kit, SuiteRun};
 use ringfence_tests::nested::scenario::{Outcome, Scenario};
 use ringfence_tests::nested::services::{pattern_sha256, SOURCE_BYTES};
@@ -106,6 +107,8 @@ fn all_scenarios() -> Vec<Scenario> {
         Scenario::new("intercept_terminate", TERMINATE_OUTER)
             .guest_file("/t/terminate.sh", TERMINATE_GUEST)
             .timeout(300),
+        Scenario::new("drives", &drives_outer()).timeout(300),
+        Scenario::new("kata", &kata_outer()).timeout(400),
     ]
 }
 
@@ -753,3 +756,6 @@ fn the_bypass_matrix_reaches_nothing_under_public_only() {
         format_args!("bypass matrix:\n{}\n", table.join("\n")),
     );
 }
+
+#[path = "nested_linux/fleet.rs"]
+mod fleet;

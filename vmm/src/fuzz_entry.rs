@@ -4,6 +4,9 @@
 //! so this loads a kernel image held in memory through exactly the same code (format sniffing,
 //! the bzImage size and header checks, linux-loader's ELF/PVH-note and bzImage parsers, the
 //! command line and the boot structures). No initrd.
+//!
+//! [`api_requests`] feeds Firecracker-API requests to the API's state machine with its host
+//! effects off (no file is opened or created, no VM starts).
 
 use std::io::Cursor;
 use std::path::Path;
@@ -31,4 +34,31 @@ pub fn load_kernel_bytes(
         None,
         &cmdline,
     )
+}
+
+/// Serves the requests in `input` — chunks separated by NUL bytes, each `METHOD PATH`, a
+/// newline, then the JSON body — and checks every answer has Firecracker's shape.
+pub fn api_requests(input: &[u8]) {
+    let mut state = crate::api::state::ApiState::without_effects("fuzz");
+    for chunk in input.split(|b| *b == 0).take(64) {
+        let (head, body) = match chunk.iter().position(|b| *b == b'\n') {
+            Some(i) => (&chunk[..i], &chunk[i + 1..]),
+            None => (chunk, &[][..]),
+        };
+        let head = String::from_utf8_lossy(head);
+        let (method, path) = head.split_once(' ').unwrap_or((&head, "/"));
+        let reply = state.handle(method, path, body);
+        match reply.status {
+            204 => assert!(reply.body.is_none(), "204 with a body"),
+            200 | 400 => {
+                let body = reply.body.unwrap_or_default();
+                let v: serde_json::Value =
+                    serde_json::from_str(&body).expect("an answer body is JSON");
+                if reply.status == 400 {
+                    assert!(v.get("fault_message").is_some_and(|m| m.is_string()));
+                }
+            }
+            other => panic!("status {other} is not one Firecracker's API answers"),
+        }
+    }
 }

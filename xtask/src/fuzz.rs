@@ -42,6 +42,10 @@ pub const TARGETS: &[(&str, &str)] = &[
         "guest request bytes through the TLS proxy's secrets rewriter: whole vs streamed, violations",
     ),
     (
+        "api_request",
+        "Firecracker-API requests (method, path, JSON body) through the API's state machine",
+    ),
+    (
         "policy_rule",
         "CLI rule text: parse, print and re-parse, compiled vs linear evaluator",
     ),

@@ -12,6 +12,10 @@
 //! rf-nested guest-ram PID MIB LABEL=TEXT...
 //!                                   count each TEXT in the guest RAM of VMM process PID
 //!                                   (guest of MIB MiB); prints `CHECK ram_LABEL N` lines
+//! rf-nested vsock UDS PORT REQUEST [SECS]
+//!                                   send one agent REQUEST to guest vsock PORT through the
+//!                                   vsock Unix socket UDS (CONNECT PORT), retried until it
+//!                                   answers; prints the answer
 //! rf-nested kata DIR CMD...       replay Kata's Firecracker call sequence in DIR (which holds
 //!                                   rootfs.ext4) with CMD as the sandbox's command; prints
 //!                                   `CHECK` lines, exits with the VM's status
@@ -41,10 +45,11 @@ fn main() -> ExitCode {
         Some("time") if args.len() >= 3 => time(&args[1], &args[2..]),
         Some("guest-ram") if args.len() >= 4 => guest_ram(&args[1], &args[2], &args[3..]),
         Some("kata") if args.len() >= 3 => kata(&args[1], &args[2..]),
+        Some("vsock") if args.len() >= 4 => vsock(&args[1], &args[2], &args[3], secs(args.get(4))),
         Some("outer") if args.len() >= 4 => {
             return outer(&args[1], secs(args.get(2)), &args[3..]);
         }
-        _ => Err("usage: rf-nested run [--direct] LIST RESULTS | get ADDR [SECS] | udp ADDR TEXT [SECS] | time LABEL CMD... | guest-ram PID MIB LABEL=TEXT... | kata DIR CMD... | outer KIT SECS SCRIPT...".into()),
+        _ => Err("usage: rf-nested run [--direct] LIST RESULTS | get ADDR [SECS] | udp ADDR TEXT [SECS] | time LABEL CMD... | guest-ram PID MIB LABEL=TEXT... | vsock UDS PORT REQUEST [SECS] | kata DIR CMD... | outer KIT SECS SCRIPT...".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -148,6 +153,17 @@ fn kata(dir: &str, cmd: &[String]) -> Result<(), String> {
     } else {
         Err(format!("the sandbox ended with status {status}"))
     }
+}
+
+fn vsock(uds: &str, port: &str, request: &str, limit: Duration) -> Result<(), String> {
+    use ringfence_tests::nested::fleet;
+    let port: u32 = port.parse().map_err(|_| format!("bad port {port:?}"))?;
+    let answer = retry(limit, || {
+        let mut conn = fleet::vsock_connect(std::path::Path::new(uds), port)?;
+        fleet::agent_request(&mut conn, request)
+    })?;
+    println!("{answer}");
+    Ok(())
 }
 
 fn secs(arg: Option<&String>) -> Duration {

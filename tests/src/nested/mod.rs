@@ -25,6 +25,7 @@
 pub mod bypass_scripts;
 pub mod direct;
 pub mod fleet;
+pub mod fleet_scripts;
 pub mod guest_ram;
 pub mod outer;
 pub mod runner;

@@ -76,6 +76,8 @@ pub struct ApiState {
     tweak: Option<ConfigTweak>,
     /// Told about the VM once it started (whoever waits for its end).
     started_tx: Option<Sender<Arc<VmHandle>>>,
+    /// Whether calls touch the host (open files, start the VM); off only for fuzzing.
+    effects: bool,
 }
 
 /// Firecracker's API allows 1 to 32 vCPUs.
@@ -135,6 +137,34 @@ impl ApiState {
             vm: None,
             tweak,
             started_tx,
+            effects: true,
+        }
+    }
+
+    /// A state whose calls never touch the host: files named in bodies are not opened and
+    /// `InstanceStart` is refused after its checks. For fuzzing the request handling.
+    pub fn without_effects(id: &str) -> Self {
+        let mut s = Self::new(id, None);
+        s.effects = false;
+        s
+    }
+
+    /// Checks that `path` can be read, unless calls have no effects.
+    fn readable(&self, what: &str, path: &str) -> Result<(), Reply> {
+        if !self.effects {
+            return Ok(());
+        }
+        File::open(path)
+            .map(drop)
+            .map_err(|e| Reply::fault(format!("{what} {path}: cannot be read: {e}")))
+    }
+
+    /// Opens a log or metrics file for appending, unless calls have no effects.
+    fn sink(&self, what: &str, path: &str) -> Result<Option<File>, Reply> {
+        if self.effects {
+            open_sink(what, path).map(Some)
+        } else {
+            Ok(None)
         }
     }
 
@@ -287,8 +317,8 @@ impl ApiState {
             ("initrd_path", b.initrd_path.as_ref()),
         ] {
             if let Some(p) = path {
-                if let Err(e) = File::open(p) {
-                    return Reply::fault(format!("{what} {p}: cannot be read: {e}"));
+                if let Err(r) = self.readable(what, p) {
+                    return r;
                 }
             }
         }
@@ -350,8 +380,8 @@ impl ApiState {
             }
         }
         if let Some(path) = &l.log_path {
-            match open_sink("log_path", path) {
-                Ok(f) => self.logger = Some(f),
+            match self.sink("log_path", path) {
+                Ok(f) => self.logger = f,
                 Err(r) => return r,
             }
         }
@@ -363,9 +393,9 @@ impl ApiState {
             Ok(m) => m,
             Err(r) => return r,
         };
-        match open_sink("metrics_path", &m.metrics_path) {
+        match self.sink("metrics_path", &m.metrics_path) {
             Ok(f) => {
-                self.metrics = Some(f);
+                self.metrics = f;
                 Reply::no_content()
             }
             Err(r) => r,
@@ -463,6 +493,9 @@ impl ApiState {
             Ok(c) => c,
             Err(e) => return Reply::fault(e),
         };
+        if !self.effects {
+            return Reply::fault("InstanceStart: this API state starts no VM (fuzzing)");
+        }
         // Vm::start refuses a thread that ran a VM before: start from a fresh one.
         let started = std::thread::Builder::new()
             .name("api-start".into())

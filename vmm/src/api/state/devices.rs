@@ -2,8 +2,6 @@
 //! VM configuration's drives and vsock device; a `PATCH` after boot gives a running drive a
 //! new backing file (Kata's hot-swap of placeholder drives).
 
-use std::fs::File;
-
 use super::{parse, ApiState, Reply, AFTER_START};
 use crate::api::model::{Drive, PartialDrive, Vsock};
 use crate::block::{DriveSettings, MAX_DRIVES};
@@ -40,8 +38,8 @@ impl ApiState {
         let Some(path) = &d.path_on_host else {
             return Reply::fault("path_on_host is required: the raw image file of the drive");
         };
-        if let Err(e) = File::open(path) {
-            return Reply::fault(format!("path_on_host {path}: cannot be read: {e}"));
+        if let Err(r) = self.readable("path_on_host", path) {
+            return r;
         }
         if d.is_root_device {
             if let Some(other) = self
