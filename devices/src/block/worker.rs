@@ -74,6 +74,10 @@ pub(crate) struct BlockWorker {
     size_this_pass: Option<u64>,
     /// The driver corrupted the queue: it is ignored until the driver resets the device.
     broken: bool,
+    /// Every slot was busy while chains were still available (only a driver that posts the
+    /// same descriptors again while they are in flight gets there): take them once slots free
+    /// up, without waiting for another kick.
+    starved: bool,
 }
 
 impl BlockWorker {
@@ -106,6 +110,7 @@ impl BlockWorker {
             events: Vec::with_capacity(size + 4),
             size_this_pass: None,
             broken: false,
+            starved: false,
         })
     }
 
@@ -139,7 +144,7 @@ impl BlockWorker {
                     _ => {}
                 }
             }
-            if kicked {
+            if kicked || (self.starved && !self.free.is_empty()) {
                 self.process_queue()?;
             }
             self.publish();
@@ -166,6 +171,7 @@ impl BlockWorker {
             return Ok(());
         }
         self.size_this_pass = None;
+        self.starved = false;
         loop {
             if self.queue.disable_notification(&self.mem).is_err() {
                 self.mark_broken("used ring not writable");
@@ -190,7 +196,10 @@ impl BlockWorker {
             }
             match self.queue.enable_notification(&self.mem) {
                 Ok(true) if !self.free.is_empty() => continue,
-                Ok(_) => return Ok(()),
+                Ok(more) => {
+                    self.starved = more;
+                    return Ok(());
+                }
                 Err(_) => {
                     self.mark_broken("used ring not writable");
                     return Ok(());
