@@ -46,15 +46,20 @@
 //!   straight into guest memory): a batch of N TX frames then costs no syscall of its own.
 //!   The TX chain stays owned by the device until the write completes.
 //!
-//! * **The ring can do nothing else.** It is created disabled and restricted
-//!   (`IORING_REGISTER_RESTRICTIONS`) to the four operations above (poll add/remove, write,
-//!   writev), no SQE flags and no later registrations, before it is enabled. seccomp cannot
-//!   see the operations a ring runs, so this is what keeps a compromised worker from opening
-//!   files or sockets through the ring (docs/security.md).
+//! * **Disk I/O** (virtio-blk) goes through the ring as well: [`EventLoop::readv_at`] and
+//!   [`EventLoop::writev_at`] at the request's file offset, iovecs straight into guest memory,
+//!   and [`EventLoop::fsync`]; only a ring made with [`EventLoop::with_file_io`] may run them.
 //!
-//! This module never dereferences guest memory and submits no operation that writes into a
-//! buffer of ours. The only operations that read caller memory are `writev`s, whose owner
-//! waits for them ([`EventLoop::quiesce`]) before releasing their iovecs.
+//! * **The ring can do nothing else.** It is created disabled and restricted
+//!   (`IORING_REGISTER_RESTRICTIONS`) to the operations its user needs, no SQE flags and no
+//!   later registrations, before it is enabled: [`EventLoop::new`] allows the four above (poll
+//!   add/remove, write, writev); [`EventLoop::with_file_io`] adds readv and fsync for a disk
+//!   image. seccomp cannot see the operations a ring runs, so this is what keeps a compromised
+//!   worker from opening files or sockets through the ring (docs/security.md).
+//!
+//! This module never dereferences guest memory. The only operations that touch caller memory
+//! are `readv`s and `writev`s, whose owner waits for them ([`EventLoop::quiesce`]) before
+//! releasing their iovecs.
 
 use std::collections::HashMap;
 use std::io;
@@ -91,11 +96,12 @@ pub enum Event {
         /// Writable.
         writable: bool,
     },
-    /// An I/O submitted with [`EventLoop::writev`] completed.
+    /// An I/O submitted with [`EventLoop::writev`], [`EventLoop::readv_at`],
+    /// [`EventLoop::writev_at`] or [`EventLoop::fsync`] completed.
     IoDone {
         /// The caller's token.
         token: u64,
-        /// Bytes written, or a negative errno.
+        /// Bytes written or read (0 for fsync), or a negative errno.
         result: i32,
     },
 }
@@ -130,6 +136,9 @@ const ALLOWED_OPS: [u8; 4] = [
     opcode::Write::CODE,
     opcode::Writev::CODE,
 ];
+
+/// What a disk-image ring ([`EventLoop::with_file_io`]) allows on top of [`ALLOWED_OPS`].
+const FILE_IO_OPS: [u8; 2] = [opcode::Readv::CODE, opcode::Fsync::CODE];
 
 /// What a backend poll waits for; identifies an armed poll.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -174,8 +183,21 @@ impl std::fmt::Debug for EventLoop {
 }
 
 impl EventLoop {
-    /// Creates a ring with `entries` submission slots.
+    /// Creates a ring with `entries` submission slots that runs only the loop's own operations
+    /// (polls, eventfd writes, `writev`).
     pub fn new(entries: u32) -> Result<Self, EventLoopError> {
+        Self::with_ops(entries, &[])
+    }
+
+    /// Creates a ring that may also read, write and sync a file at an offset
+    /// ([`readv_at`](Self::readv_at), [`writev_at`](Self::writev_at), [`fsync`](Self::fsync)):
+    /// the ring of a virtio-blk worker.
+    pub fn with_file_io(entries: u32) -> Result<Self, EventLoopError> {
+        Self::with_ops(entries, &FILE_IO_OPS)
+    }
+
+    /// Creates a ring restricted to [`ALLOWED_OPS`] plus `extra`.
+    fn with_ops(entries: u32, extra: &[u8]) -> Result<Self, EventLoopError> {
         let ring = IoUring::builder()
             .setup_r_disabled()
             .build(entries)
@@ -186,6 +208,7 @@ impl EventLoop {
         // No SQE flags and no registrations are listed, so none are allowed either.
         let mut allowed: Vec<Restriction> = ALLOWED_OPS
             .iter()
+            .chain(extra)
             .map(|&op| Restriction::sqe_op(op))
             .collect();
         let submitter = ring.submitter();
@@ -363,7 +386,70 @@ impl EventLoop {
         Ok(())
     }
 
-    /// Operations from [`writev`](Self::writev) not yet reported complete.
+    /// Queues a `readv` of `iovcnt` iovecs at `iov` from `fd` at file offset `offset`; its
+    /// completion is reported as [`Event::IoDone`] with `token` (below 2^56) and the bytes
+    /// read. Needs a ring from [`with_file_io`](Self::with_file_io) (others fail it with
+    /// `-EACCES`).
+    ///
+    /// # Safety
+    ///
+    /// The iovec array and every buffer it points to must stay valid, and the buffers must not
+    /// be read or written through Rust references, until the completion has been reported (see
+    /// [`quiesce`](Self::quiesce)).
+    pub unsafe fn readv_at(
+        &mut self,
+        fd: RawFd,
+        iov: *const libc::iovec,
+        iovcnt: u32,
+        offset: u64,
+        token: u64,
+    ) -> Result<(), EventLoopError> {
+        let sqe = opcode::Readv::new(types::Fd(fd), iov, iovcnt)
+            .offset(offset)
+            .build()
+            .user_data((TAG_IO << TAG_SHIFT) | (token & INDEX_MASK));
+        self.push(sqe)?;
+        self.io_in_flight += 1;
+        Ok(())
+    }
+
+    /// Queues a `writev` to `fd` at file offset `offset` (a disk image); otherwise as
+    /// [`writev`](Self::writev).
+    ///
+    /// # Safety
+    ///
+    /// As [`writev`](Self::writev): the iovec array and its buffers stay valid until the
+    /// completion has been reported.
+    pub unsafe fn writev_at(
+        &mut self,
+        fd: RawFd,
+        iov: *const libc::iovec,
+        iovcnt: u32,
+        offset: u64,
+        token: u64,
+    ) -> Result<(), EventLoopError> {
+        let sqe = opcode::Writev::new(types::Fd(fd), iov, iovcnt)
+            .offset(offset)
+            .build()
+            .user_data((TAG_IO << TAG_SHIFT) | (token & INDEX_MASK));
+        self.push(sqe)?;
+        self.io_in_flight += 1;
+        Ok(())
+    }
+
+    /// Queues an `fsync` of `fd` (data and metadata); reported as [`Event::IoDone`] with
+    /// `token`. Needs a ring from [`with_file_io`](Self::with_file_io).
+    pub fn fsync(&mut self, fd: RawFd, token: u64) -> Result<(), EventLoopError> {
+        let sqe = opcode::Fsync::new(types::Fd(fd))
+            .build()
+            .user_data((TAG_IO << TAG_SHIFT) | (token & INDEX_MASK));
+        self.push(sqe)?;
+        self.io_in_flight += 1;
+        Ok(())
+    }
+
+    /// Operations from [`writev`](Self::writev), [`readv_at`](Self::readv_at),
+    /// [`writev_at`](Self::writev_at) and [`fsync`](Self::fsync) not yet reported complete.
     pub fn io_in_flight(&self) -> usize {
         self.io_in_flight
     }
@@ -537,6 +623,90 @@ mod tests {
         );
         // Registering anything later is refused too.
         assert!(lp.ring.submitter().register_files(&[0]).is_err());
+    }
+
+    /// A net ring may not touch files at an offset; a disk ring may read, write and sync its
+    /// file, and still cannot open anything.
+    #[test]
+    fn file_io_is_allowed_only_on_a_file_io_ring() {
+        let path = std::env::temp_dir().join(format!("rf-evloop-{}", std::process::id()));
+        std::fs::write(&path, b"0123456789abcdef").unwrap();
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let mut buf = [0u8; 4];
+        let iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        let mut ev = Vec::new();
+
+        let mut net = EventLoop::new(4).unwrap();
+        // SAFETY: `iov` and `buf` outlive the wait below, which reports the completion.
+        unsafe { net.readv_at(file.as_raw_fd(), &iov, 1, 4, 1) }.unwrap();
+        net.wait(Some(Duration::from_secs(5)), &mut ev).unwrap();
+        assert_eq!(
+            ev,
+            vec![Event::IoDone {
+                token: 1,
+                result: -libc::EACCES
+            }]
+        );
+        assert_eq!(buf, [0; 4], "the refused read wrote nothing");
+
+        ev.clear();
+        let mut disk = EventLoop::with_file_io(4).unwrap();
+        // SAFETY: as above.
+        unsafe { disk.readv_at(file.as_raw_fd(), &iov, 1, 4, 2) }.unwrap();
+        disk.wait(Some(Duration::from_secs(5)), &mut ev).unwrap();
+        assert_eq!(
+            ev,
+            vec![Event::IoDone {
+                token: 2,
+                result: 4
+            }]
+        );
+        assert_eq!(&buf, b"4567");
+
+        ev.clear();
+        buf.copy_from_slice(b"WXYZ");
+        // SAFETY: as above.
+        unsafe { disk.writev_at(file.as_raw_fd(), &iov, 1, 12, 3) }.unwrap();
+        disk.fsync(file.as_raw_fd(), 4).unwrap();
+        while ev.len() < 2 {
+            disk.wait(Some(Duration::from_secs(5)), &mut ev).unwrap();
+        }
+        ev.sort_by_key(|e| match e {
+            Event::IoDone { token, .. } => *token,
+            _ => 0,
+        });
+        assert_eq!(
+            ev,
+            vec![
+                Event::IoDone {
+                    token: 3,
+                    result: 4
+                },
+                Event::IoDone {
+                    token: 4,
+                    result: 0
+                }
+            ]
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), b"0123456789abWXYZ");
+
+        let c = c"/proc/self/status";
+        let open = opcode::OpenAt::new(types::Fd(libc::AT_FDCWD), c.as_ptr())
+            .build()
+            .user_data(9);
+        // SAFETY: `c` is a static C string that outlives the submission.
+        unsafe { disk.ring.submission().push(&open) }.expect("queue has room");
+        disk.ring.submit_and_wait(1).expect("enter");
+        let cqe = disk.ring.completion().next().expect("a completion");
+        assert_eq!(cqe.result(), -libc::EACCES, "openat through a disk ring");
+        let _ = std::fs::remove_file(&path);
     }
 
     #[test]

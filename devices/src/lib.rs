@@ -5,6 +5,8 @@
 //!   the transport drives;
 //! - [`net`]: the virtio-net device, its per-device worker thread, metrics, pcap tap-off and
 //!   the [`net::backend::NetBackend`] trait with the `tap` and loopback backends;
+//! - [`block`]: the virtio-blk device over a raw disk image, its I/O on the worker's io_uring
+//!   ring;
 //! - [`event_loop`]: the io_uring ring each device worker thread waits on;
 //! - [`pool`]: shared device threads, one io_uring loop serving the queues of many devices;
 //! - [`thread`]: the hook that decides which thread starts device workers (seccomp);
@@ -49,6 +51,7 @@
 
 #![deny(missing_docs)]
 
+pub mod block;
 pub mod event_loop;
 pub mod net;
 pub mod pool;

@@ -31,6 +31,7 @@ enum Command {
     ///   ringfence run                                   # the built probe guest, "hello"
     ///   ringfence run -- probe.scenario=spin:100000000  # probe with a scenario
     ///   ringfence run --kernel vmlinux --initrd initrd.cpio.gz --cmdline "console=ttyS0" --mem 256 --vcpus 2
+    ///   ringfence run --kernel vmlinux --drive path=rootfs.ext4,root --cmdline "console=ttyS0"
     #[command(verbatim_doc_comment)]
     Run(Box<RunArgs>),
     /// Serve Firecracker's REST API (the subset orchestrators such as Kata Containers call)
@@ -173,6 +174,13 @@ struct RunArgs {
     /// host socket freed (default 180).
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=86400))]
     udp_idle_timeout: Option<u64>,
+    /// A virtio-blk disk backed by a raw image file (repeatable, at most 16; the guest sees
+    /// them as /dev/vda, /dev/vdb, ... in the order given). `id=` names it (the serial the
+    /// guest reads; default drive0, drive1, ...), `ro` attaches it read-only, `root` makes it
+    /// the guest's root filesystem (adds root=/dev/vdX rw, or ro, to the command line). The
+    /// path cannot contain commas.
+    #[arg(long = "drive", value_name = "path=FILE[,id=ID][,ro][,root]")]
+    drive: Vec<ringfence::block::DriveArg>,
     /// Record every frame the guest sends and receives into FILE (pcap).
     #[arg(long, value_name = "FILE")]
     pcap: Option<PathBuf>,
@@ -373,6 +381,7 @@ fn run(mut args: RunArgs) -> Result<u8, String> {
     if uses_user_only && args.net != ringfence::net::NetBackendSpec::User {
         return Err("-p, --mtu, --tls-* and the --net-* policy flags need --net user (a tap bypasses the netstack; its policy is the tap namespace's firewall)".into());
     }
+    config.drives = ringfence::block::settings_from_args(args.drive).map_err(|e| e.to_string())?;
     config.net = ringfence::net::NetSettings {
         backend: args.net,
         pcap: args.pcap,

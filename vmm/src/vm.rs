@@ -59,6 +59,9 @@ pub enum VmError {
     /// The network device could not be set up.
     #[error(transparent)]
     Net(#[from] crate::net::NetSetupError),
+    /// A drive could not be set up.
+    #[error(transparent)]
+    Drive(#[from] crate::block::DriveError),
     /// The host's address pool for this VM is full.
     #[error(transparent)]
     Addresses(#[from] crate::host::AddressPoolError),
@@ -206,6 +209,7 @@ impl Vm {
         let caps = CapabilityPlan::for_config(&cfg);
         let sink = open_console(cfg.console)?;
         let net_backend = crate::net::prepare(&cfg.net, Some((guest_net.control(), net_tasks)))?;
+        let drives = crate::block::prepare(&cfg.drives)?;
 
         let vm = host.create_vm()?;
         vm.set_tss_address(KVM_TSS_ADDRESS)
@@ -247,9 +251,10 @@ impl Vm {
         // Before any thread starts (the launcher for device workers is the first).
         // A device on a shared thread starts no worker thread; the TLS proxy's thread is
         // always started through the launcher, so it runs under the worker filter.
-        let with_workers = net_backend
-            .as_ref()
-            .is_some_and(|p| device_thread.is_none() || p.intercept.is_some());
+        let with_workers = !drives.is_empty()
+            || net_backend
+                .as_ref()
+                .is_some_and(|p| device_thread.is_none() || p.intercept.is_some());
         let sandbox = Sandbox::start(cfg.seccomp, caps, with_workers)?;
         if let Some(mut prepared) = net_backend {
             policy = prepared.policy.clone();
@@ -278,6 +283,18 @@ impl Vm {
             net_metrics = Some(dev.metrics);
             capture = Some(dev.capture);
             cmdline_text = format!("{} {}", dev.cmdline, cmdline_text);
+        }
+        // Drives go on their windows and, after the net device's word, onto the command line
+        // in window order (Linux names them vda, vdb, ... in that order).
+        let mut drive_words = Vec::with_capacity(drives.len() + 1);
+        for (n, drive) in drives.into_iter().enumerate() {
+            let dev = crate::block::attach(&vm, &mem, n, drive, sandbox.worker_launcher())?;
+            bus.add_mmio(dev.base, layout::VIRTIO_MMIO_WINDOW, dev.device);
+            drive_words.push(dev.cmdline);
+        }
+        drive_words.extend(crate::block::root_cmdline(&cfg.drives));
+        if !drive_words.is_empty() {
+            cmdline_text = insert_after_virtio_words(&cmdline_text, &drive_words.join(" "));
         }
         if cfg.pass_tsc_khz && !cmdline_text.contains("probe.tsc_khz=") {
             if let Some(khz) = vcpus.first().and_then(|v| v.get_tsc_khz().ok()) {
@@ -324,6 +341,26 @@ impl Vm {
         };
         VmHandle::spawn(parts, net)
     }
+}
+
+/// `words` inserted into `cmdline` after its leading `virtio_mmio.device=` words (the devices
+/// announced so far), so devices stay in window order ahead of the user's words.
+fn insert_after_virtio_words(cmdline: &str, words: &str) -> String {
+    let mut end = 0;
+    loop {
+        let rest = &cmdline[end..];
+        let word = rest.trim_start_matches(' ');
+        if !word.starts_with("virtio_mmio.device=") {
+            break;
+        }
+        end += rest.len() - word.len() + word.find(' ').unwrap_or(word.len());
+    }
+    let (head, tail) = cmdline.split_at(end);
+    [head.trim(), words, tail.trim_start()]
+        .into_iter()
+        .filter(|p| !p.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn open_console(console: Console) -> Result<ConsoleSink, VmError> {
@@ -380,4 +417,24 @@ fn create_memory(vm: &VmFd, mem_bytes: u64, mib: u64) -> Result<GuestMemoryMmap,
             .map_err(KvmError::ioctl("KVM_SET_USER_MEMORY_REGION"))?;
     }
     Ok(mem)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::insert_after_virtio_words;
+
+    #[test]
+    fn drive_words_follow_the_devices_already_announced() {
+        assert_eq!(
+            insert_after_virtio_words("virtio_mmio.device=4K@0xd0000000:5 console=ttyS0", "D"),
+            "virtio_mmio.device=4K@0xd0000000:5 D console=ttyS0"
+        );
+        assert_eq!(insert_after_virtio_words("quiet", "D"), "D quiet");
+        assert_eq!(insert_after_virtio_words("", "D"), "D");
+        assert_eq!(
+            insert_after_virtio_words("virtio_mmio.device=a -- x  y", "D"),
+            "virtio_mmio.device=a D -- x  y",
+            "the user's words are kept as written"
+        );
+    }
 }

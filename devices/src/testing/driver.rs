@@ -1,5 +1,7 @@
 //! The harness's virtio driver: feature negotiation, queue setup, descriptor chains, kicks,
-//! interrupts and used-ring reads, all through the real transport.
+//! interrupts and used-ring reads, all through the real transport. It drives any device with
+//! one or two queues (virtio-net's RX and TX, virtio-blk's request queue); the virtio-net
+//! helpers (`send`, `post_rx`, `recv_frames`) assume the net layout.
 
 use std::collections::{HashMap, VecDeque};
 use std::num::Wrapping;
@@ -121,15 +123,15 @@ impl DriverQueue {
     }
 }
 
-/// An in-process virtio-net driver over the real [`MmioTransport`].
+/// An in-process virtio driver over the real [`MmioTransport`].
 #[derive(Debug)]
-pub struct NetDriver {
+pub struct VirtioDriver {
     mem: GuestMemoryMmap,
     transport: MmioTransport,
     features: u64,
-    /// RX queue state.
+    /// Queue 0's state (virtio-net: RX; virtio-blk: the request queue).
     pub rx: DriverQueue,
-    /// TX queue state.
+    /// Queue 1's state (virtio-net: TX; size 0 on a device with one queue).
     pub tx: DriverQueue,
     rx_pending: VecDeque<UsedElem>,
     /// Interrupts observed on the irq eventfd.
@@ -143,7 +145,10 @@ pub struct NetDriver {
     pub ring_base: u64,
 }
 
-impl NetDriver {
+/// The driver under the name virtio-net tests know it by.
+pub type NetDriver = VirtioDriver;
+
+impl VirtioDriver {
     /// Creates guest memory and the transport for `device`, negotiates
     /// `driver_features & offered` and sets the device to DRIVER_OK.
     pub fn new(device: Box<dyn VirtioDevice>, driver_features: u64) -> Result<Self, HarnessError> {
@@ -194,6 +199,13 @@ impl NetDriver {
             let max = self.read_reg(regs::QUEUE_NUM_MAX) as u16;
             let size = max.min(MAX_QUEUE);
             let dq = DriverQueue::new(q, size, self.ring_base);
+            if size == 0 {
+                // The device has no such queue (virtio-blk has one).
+                if q == TX_QUEUE as u16 {
+                    self.tx = dq;
+                }
+                continue;
+            }
             // Fresh rings: zero flags/idx.
             let zeros = vec![0u8; 0x1000 * 12];
             self.mem
@@ -360,6 +372,14 @@ impl NetDriver {
         dq.chains.insert(head, indices.to_vec());
         self.publish(q, head);
         head
+    }
+
+    /// The descriptor indices of chain `head` of queue `q` while it is in flight (in chain
+    /// order; each descriptor's buffer is [`slot_addr`](Self::slot_addr) for chains from
+    /// [`add_chain`](Self::add_chain)).
+    pub fn chain_descriptors(&self, q: usize, head: u16) -> Option<Vec<u16>> {
+        let dq = if q == RX_QUEUE { &self.rx } else { &self.tx };
+        dq.chains.get(&head).cloned()
     }
 
     /// The guest address of descriptor slot `d` of queue `q` (for raw chains).

@@ -1,22 +1,27 @@
-//! An in-process virtio-net driver that drives the real [`MmioTransport`](crate::virtio::mmio::MmioTransport) and device code
-//! without KVM (design §3 item 5).
+//! An in-process virtio driver that drives the real
+//! [`MmioTransport`](crate::virtio::mmio::MmioTransport) and device code without KVM
+//! (design §3 item 5).
 //!
-//! [`NetDriver`] owns a `GuestMemoryMmap`, lays out descriptor tables and rings in it like a
-//! guest driver, negotiates features and sets up queues through the transport's `read`/
-//! `write` registers, kicks through the queue eventfds (as KVM's ioeventfd would), waits on the
-//! irq eventfd and reads the used rings. It can also write arbitrary (hostile) descriptor
-//! chains. Tests, benchmarks and other crates' tests use it to push frames through the real
-//! device code; [`NetHarness`] builds a device with a loopback backend in one call.
+//! [`VirtioDriver`] (alias [`NetDriver`]) owns a `GuestMemoryMmap`, lays out descriptor tables
+//! and rings in it like a guest driver, negotiates features and sets up queues through the
+//! transport's `read`/`write` registers, kicks through the queue eventfds (as KVM's ioeventfd
+//! would), waits on the irq eventfd and reads the used rings. It can also write arbitrary
+//! (hostile) descriptor chains. Tests, benchmarks and other crates' tests use it to push frames
+//! and requests through the real device code; [`NetHarness`] builds a virtio-net device with a
+//! loopback backend in one call, [`BlockHarness`] a virtio-blk device over a temporary image.
 //!
 //! This is test code: it panics on nothing the device does, but reports timeouts as errors.
 
+pub mod block;
 mod chain_bench;
 mod driver;
 mod layout;
 
+pub use block::BlockHarness;
 pub use chain_bench::TxChainBench;
 pub use driver::{
-    DriverQueue, HarnessError, NetDriver, RawDesc, UsedElem, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
+    DriverQueue, HarnessError, NetDriver, RawDesc, UsedElem, VirtioDriver, VRING_DESC_F_NEXT,
+    VRING_DESC_F_WRITE,
 };
 pub use layout::{rings_at, ALT_RING_BASE, MEM_SIZE, RING_BASE, SLOT_SIZE};
 

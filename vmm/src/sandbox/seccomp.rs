@@ -230,6 +230,9 @@ fn worker(rules: &mut Rules) -> Result<(), SandboxError> {
             libc::SYS_recvmmsg,
             libc::SYS_readv,
             libc::SYS_getgid,
+            // virtio-blk: the image's current size before a pass of writes (its I/O itself
+            // runs on the io_uring ring).
+            libc::SYS_lseek,
             // The TLS proxy's thread (launched like a device worker) runs a tokio runtime:
             // epoll for readiness, an eventfd to be woken by the netstack's handoffs.
             libc::SYS_epoll_create1,

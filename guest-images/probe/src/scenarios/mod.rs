@@ -4,6 +4,7 @@
 //! error line and status 2.
 
 mod basic;
+mod blk;
 mod datagram;
 mod flood;
 mod net_common;
@@ -77,6 +78,7 @@ pub fn run(ctx: &Context<'_>) -> Outcome {
     };
     match name {
         "hello" => basic::hello(ctx),
+        "blk" => blk::blk(ctx),
         "exit" => basic::exit_with(ctx, arg),
         "spin" => basic::spin(ctx, arg, false),
         "cpl0spin" => basic::spin(ctx, arg, true),
@@ -99,7 +101,7 @@ pub fn run(ctx: &Context<'_>) -> Outcome {
             name,
             format!(
                 "unknown scenario {name:?}; known: hello, exit:N, spin:N, cpl0spin:N, idle, fault:KIND, ping, udp-echo, \
-                 tcp-send, tcp-recv, tcp-rr, connect, serve, resolve, tls-hello, raw:CASE, raw6:CASE, flood:syn|udp"
+                 tcp-send, tcp-recv, tcp-rr, connect, serve, resolve, tls-hello, raw:CASE, raw6:CASE, flood:syn|udp, blk"
             ),
         ),
     }

@@ -1,7 +1,8 @@
 //! A split virtqueue (virtio 1.2 §2.7), driver side, polled.
 //!
-//! The probe keeps a fixed buffer per descriptor, so every chain is one
-//! descriptor whose id names its buffer. The rings live in one zeroed,
+//! The probe keeps a fixed buffer per descriptor, so a virtio-net chain is one
+//! descriptor whose id names its buffer; virtio-blk requests are short chains
+//! of consecutive descriptors ([`SplitQueue::push_chain`]). The rings live in one zeroed,
 //! page-aligned allocation that is never freed while the device may use it
 //! (queues live as long as the probe).
 //!
@@ -16,6 +17,8 @@ use alloc::alloc::{alloc_zeroed, Layout};
 use core::ptr::{read_volatile, write_volatile};
 use core::sync::atomic::{fence, Ordering};
 
+/// Descriptor flag: the chain continues at `next`.
+const DESC_F_NEXT: u16 = 1;
 /// Descriptor flag: the device writes this buffer.
 const DESC_F_WRITE: u16 = 2;
 /// Avail flag: do not interrupt (ignored by the device under EVENT_IDX).
@@ -148,6 +151,36 @@ impl SplitQueue {
         Self::write_u16(self.avail, 4 + 2 * slot, id % self.size);
         self.avail_idx = self.avail_idx.wrapping_add(1);
         // The descriptor and ring entry must be visible before the index.
+        fence(Ordering::Release);
+        Self::write_u16(self.avail, 2, self.avail_idx);
+    }
+
+    /// Makes a chain available: `parts[i]` = (buffer, length, device writes)
+    /// goes into descriptor `(first + i) % size`, each linked to the next; the
+    /// head is `first`. The caller owns those ids until the head comes back
+    /// used, and never passes more parts than the queue has entries.
+    pub fn push_chain(&mut self, first: u16, parts: &[(u64, u32, bool)]) {
+        let n = parts.len();
+        for (i, &(addr, len, device_writes)) in parts.iter().enumerate() {
+            let id = (usize::from(first) + i) % usize::from(self.size);
+            let next = ((usize::from(first) + i + 1) % usize::from(self.size)) as u16;
+            let mut flags = if device_writes { DESC_F_WRITE } else { 0 };
+            if i + 1 < n {
+                flags |= DESC_F_NEXT;
+            }
+            // SAFETY: id < size, so the 16-byte descriptor is inside the table.
+            unsafe {
+                let d = self.desc.add(16 * id);
+                write_volatile(d as *mut u64, addr);
+                write_volatile(d.add(8) as *mut u32, len);
+                write_volatile(d.add(12) as *mut u16, flags);
+                write_volatile(d.add(14) as *mut u16, next);
+            }
+        }
+        let slot = usize::from(self.avail_idx % self.size);
+        Self::write_u16(self.avail, 4 + 2 * slot, first % self.size);
+        self.avail_idx = self.avail_idx.wrapping_add(1);
+        // The descriptors and ring entry must be visible before the index.
         fence(Ordering::Release);
         Self::write_u16(self.avail, 2, self.avail_idx);
     }
@@ -323,6 +356,40 @@ mod tests {
             assert_eq!(q.pop_used(), Some((id, 60)));
             assert_eq!(q.pop_used(), None);
         }
+    }
+
+    #[test]
+    fn chains_link_consecutive_descriptors() {
+        let mut q = SplitQueue::new(8, true).unwrap();
+        let mut dev = FakeDevice {
+            last_avail: 0,
+            used_idx: 0,
+        };
+        q.push_chain(
+            6,
+            &[(0x100, 16, false), (0x200, 512, true), (0x300, 1, true)],
+        );
+        let (head, addr, len, flags) = dev.take_avail(&q).unwrap();
+        assert_eq!((head, addr, len, flags), (6, 0x100, 16, DESC_F_NEXT));
+        let desc = |i: usize| {
+            // SAFETY: i < 8, inside the descriptor table.
+            unsafe {
+                let d = q.desc.add(16 * i);
+                (
+                    read_volatile(d as *const u64),
+                    read_volatile(d.add(12) as *const u16),
+                    read_volatile(d.add(14) as *const u16),
+                )
+            }
+        };
+        assert_eq!(desc(6).2, 7);
+        assert_eq!(
+            desc(7),
+            (0x200, DESC_F_WRITE | DESC_F_NEXT, 0),
+            "wraps to 0"
+        );
+        assert_eq!(desc(0).0, 0x300);
+        assert_eq!(desc(0).1, DESC_F_WRITE, "the last one ends the chain");
     }
 
     #[test]
