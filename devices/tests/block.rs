@@ -673,3 +673,51 @@ fn the_same_chain_posted_a_whole_ring_over_is_served_every_time() {
     assert_eq!(get(&h.metrics.reads), 512);
     assert_eq!(peek(&h, raw_slot(&h, 2)), VIRTIO_BLK_S_OK);
 }
+
+#[test]
+fn a_swapped_image_takes_the_next_requests_and_the_guest_is_told_its_size() {
+    use devices::block::DiskImage;
+    use devices::testing::block::TempImage;
+    use devices::virtio::interrupt::INT_CONFIG;
+    let mut h = BlockHarness::new(MIB).unwrap();
+    let (st, data, _) = h.read(0, &[512]).unwrap();
+    assert_eq!((st, data), (VIRTIO_BLK_S_OK, expected(0, 512)));
+    // A bigger image of other bytes.
+    let other = TempImage::empty().unwrap();
+    std::fs::write(other.path(), vec![0xab; 2 * MIB as usize]).unwrap();
+    let sectors = h
+        .swap
+        .swap(DiskImage::open(other.path(), false).unwrap())
+        .unwrap();
+    assert_eq!(sectors, 2 * MIB / 512);
+    // The guest is told (a configuration change interrupt) and reads the new capacity.
+    assert_ne!(h.driver.read_reg(regs::INTERRUPT_STATUS) & INT_CONFIG, 0);
+    let mut cap = [0u8; 8];
+    for (i, b) in cap.chunks_mut(4).enumerate() {
+        h.driver.transport().read(regs::CONFIG + 4 * i as u64, b);
+    }
+    assert_eq!(u64::from_le_bytes(cap), 2 * MIB / 512);
+    // Reads and writes go to the new image, including past the old end.
+    let (st, data, _) = h.read(0, &[512]).unwrap();
+    assert_eq!((st, data), (VIRTIO_BLK_S_OK, vec![0xab; 512]));
+    assert_eq!(h.write(3000, &[&[7u8; 512]]).unwrap(), VIRTIO_BLK_S_OK);
+    let new = std::fs::read(other.path()).unwrap();
+    assert_eq!(&new[3000 * 512..3001 * 512], &[7u8; 512][..]);
+    assert_eq!(
+        h.image.contents(),
+        expected(0, MIB as usize),
+        "the old image is untouched"
+    );
+    // A read-only image cannot go behind a read-write drive (features are fixed at boot).
+    let e = h
+        .swap
+        .swap(DiskImage::open(other.path(), true).unwrap())
+        .unwrap_err();
+    assert!(e.to_string().contains("read-write"), "{e}");
+    // An empty placeholder is a drive of no sectors: every read is refused.
+    let empty = TempImage::empty().unwrap();
+    let placeholder = DiskImage::open_with(empty.path(), false, true).unwrap();
+    assert_eq!(h.swap.swap(placeholder).unwrap(), 0);
+    let (st, _, _) = h.read(0, &[512]).unwrap();
+    assert_eq!(st, VIRTIO_BLK_S_IOERR);
+}

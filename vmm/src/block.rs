@@ -47,6 +47,10 @@ pub struct DriveSettings {
     pub read_only: bool,
     /// The guest's root filesystem: `root=/dev/vdX` is added to the command line.
     pub root: bool,
+    /// An empty image is a drive of no sectors rather than an error: a placeholder to be
+    /// swapped for a real image while the guest runs (Firecracker's API allows it; `--drive`
+    /// refuses an empty file as a likely mistake).
+    pub allow_empty: bool,
 }
 
 /// The window index of drive `n` (0-based).
@@ -154,6 +158,7 @@ pub fn settings_from_args(args: Vec<DriveArg>) -> Result<Vec<DriveSettings>, Dri
             path: a.path,
             read_only: a.read_only,
             root: a.root,
+            allow_empty: false,
         })
         .collect();
     validate(&drives)?;
@@ -242,9 +247,11 @@ pub fn prepare(drives: &[DriveSettings]) -> Result<Vec<PreparedDrive>, DriveErro
         .iter()
         .map(|d| {
             let image =
-                DiskImage::open(&d.path, d.read_only).map_err(|source| DriveError::Image {
-                    id: d.id.clone(),
-                    source,
+                DiskImage::open_with(&d.path, d.read_only, d.allow_empty).map_err(|source| {
+                    DriveError::Image {
+                        id: d.id.clone(),
+                        source,
+                    }
                 })?;
             Ok(PreparedDrive {
                 settings: d.clone(),
@@ -277,6 +284,8 @@ pub struct AttachedDrive {
     pub cmdline: String,
     /// The device's counters.
     pub metrics: Arc<BlockMetrics>,
+    /// Swaps the drive's image while the guest runs.
+    pub swap: devices::block::DriveSwap,
 }
 
 /// Creates the virtio-blk device of drive `n` (0-based) on its window and wires its eventfds
@@ -300,6 +309,7 @@ pub fn attach(
     };
     let block = Block::new(config, drive.image).map_err(|e| device_err(e.to_string()))?;
     let metrics = block.metrics();
+    let swap = block.swap_handle();
     let transport =
         MmioTransport::new(mem.clone(), Box::new(block)).map_err(|e| device_err(e.to_string()))?;
     let window = drive_window(n);
@@ -323,6 +333,7 @@ pub fn attach(
             VIRTIO_MMIO_WINDOW / 1024
         ),
         metrics,
+        swap,
     })
 }
 
@@ -386,7 +397,10 @@ mod tests {
         );
         let too_many: Vec<&str> = (0..=MAX_DRIVES).map(|_| "path=a").collect();
         let e = settings_from_args(args(&too_many)).unwrap_err().to_string();
-        assert!(e.contains("17 drives given; a VM may have at most 16"), "{e}");
+        assert!(
+            e.contains("17 drives given; a VM may have at most 16"),
+            "{e}"
+        );
     }
 
     #[test]

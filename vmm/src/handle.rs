@@ -83,6 +83,8 @@ pub(crate) struct Parts {
     /// The VM's subnets from its [`Host`](crate::host::Host)'s pools, given back once the VM
     /// is torn down.
     pub addresses: Option<crate::host::AddressLease>,
+    /// Each drive's id and the handle that swaps its image.
+    pub drives: Vec<(String, devices::block::DriveSwap)>,
 }
 
 /// The running TLS proxy of a VM: stopped and its thread joined when dropped.
@@ -142,6 +144,7 @@ pub struct VmHandle {
     guest_net: Option<GuestNet>,
     capture: Option<Arc<CaptureSwitch>>,
     tls: Option<Arc<tlsproxy::TlsProxy>>,
+    drives: Vec<(String, devices::block::DriveSwap)>,
 }
 
 impl std::fmt::Debug for VmHandle {
@@ -184,6 +187,7 @@ impl VmHandle {
         let guest_net = parts.guest_net.clone();
         let capture = parts.capture.clone();
         let tls = parts.tls.as_ref().map(|t| t.proxy.clone());
+        let drives = parts.drives.clone();
         let status = Arc::new(Status {
             exit: Mutex::new(None),
             done: Condvar::new(),
@@ -219,6 +223,7 @@ impl VmHandle {
             guest_net,
             capture,
             tls,
+            drives,
         };
         match started_rx.recv() {
             Ok(Ok(())) => Ok(handle),
@@ -303,12 +308,21 @@ impl VmHandle {
         self.shared.request_stop(VmExit::Killed);
     }
 
-    /// Gives the running drive `id` a new backing file (Firecracker's `PATCH /drives`).
+    /// Gives the running drive `id` a new image file (Firecracker's `PATCH /drives`): the file
+    /// is opened in the drive's mode (an empty one is a drive of no sectors), the guest's
+    /// next requests go to it and the guest is told its new size.
     pub fn update_drive(&self, id: &str, path: &std::path::Path) -> Result<(), String> {
-        Err(format!(
-            "cannot swap drive {id:?} to {}: not wired yet",
-            path.display()
-        ))
+        if !self.is_running() {
+            return Err("the VM has stopped".into());
+        }
+        let (_, swap) = self
+            .drives
+            .iter()
+            .find(|(d, _)| d == id)
+            .ok_or_else(|| format!("the VM has no drive {id:?}"))?;
+        let image = devices::block::DiskImage::open_with(path, swap.read_only(), true)
+            .map_err(|e| e.to_string())?;
+        swap.swap(image).map(drop).map_err(|e| e.to_string())
     }
 
     /// The VM's network policy controls (`--net user` only; see [`NetControl`]).
@@ -386,6 +400,7 @@ fn supervise(
         sandbox,
         tls,
         addresses,
+        drives: _,
     } = parts;
     let since = Instant::now();
     let mut threads = Vec::with_capacity(vcpus.len());

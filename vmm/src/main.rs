@@ -314,7 +314,10 @@ fn run(mut args: RunArgs) -> Result<u8, String> {
         args.cmdline = ringfence::linux_image::cmdline(&args.args, &args.cmdline)?;
         args.args.clear();
         args.kernel = Some(image.kernel);
-        args.initrd = args.initrd.or(Some(image.initrd));
+        // With its root on a drive the guest boots from that drive, not the image's initramfs.
+        if !args.drive.iter().any(|d| d.root) {
+            args.initrd = args.initrd.or(Some(image.initrd));
+        }
     }
     let (kernel, is_probe) = match args.kernel {
         Some(k) => (k, false),

@@ -287,10 +287,13 @@ impl Vm {
         // Drives go on their windows and, after the net device's word, onto the command line
         // in window order (Linux names them vda, vdb, ... in that order).
         let mut drive_words = Vec::with_capacity(drives.len() + 1);
+        let mut drive_swaps = Vec::with_capacity(drives.len());
         for (n, drive) in drives.into_iter().enumerate() {
+            let id = drive.settings.id.clone();
             let dev = crate::block::attach(&vm, &mem, n, drive, sandbox.worker_launcher())?;
             bus.add_mmio(dev.base, layout::VIRTIO_MMIO_WINDOW, dev.device);
             drive_words.push(dev.cmdline);
+            drive_swaps.push((id, dev.swap));
         }
         drive_words.extend(crate::block::root_cmdline(&cfg.drives));
         if !drive_words.is_empty() {
@@ -338,6 +341,7 @@ impl Vm {
             sandbox,
             tls,
             addresses,
+            drives: drive_swaps,
         };
         VmHandle::spawn(parts, net)
     }

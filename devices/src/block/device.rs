@@ -9,6 +9,7 @@ use std::thread::JoinHandle;
 
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use super::backing::{Backing, DriveSwap};
 use super::features::*;
 use super::image::DiskImage;
 use super::metrics::BlockMetrics;
@@ -72,7 +73,7 @@ struct Running {
 pub struct Block {
     config: BlockConfig,
     queue_sizes: [u16; 1],
-    image: Arc<DiskImage>,
+    backing: Arc<Backing>,
     id: [u8; ID_BYTES],
     avail_features: u64,
     acked_features: u64,
@@ -87,8 +88,8 @@ impl std::fmt::Debug for Block {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Block")
             .field("config", &self.config)
-            .field("image", &self.image.path())
-            .field("read_only", &self.image.read_only())
+            .field("image", &self.backing.current().path())
+            .field("read_only", &self.backing.read_only())
             .field("running", &self.running.is_some())
             .finish_non_exhaustive()
     }
@@ -126,7 +127,7 @@ impl Block {
         Ok(Self {
             queue_sizes: [qs],
             config,
-            image: Arc::new(image),
+            backing: Arc::new(Backing::new(image)),
             id,
             avail_features,
             acked_features: 0,
@@ -144,10 +145,16 @@ impl Block {
 
     /// Capacity in 512-byte sectors (what config space announces).
     pub fn sectors(&self) -> u64 {
-        self.image.sectors()
+        self.backing.current().sectors()
+    }
+
+    /// The handle that swaps the drive's image while the guest runs.
+    pub fn swap_handle(&self) -> DriveSwap {
+        DriveSwap(self.backing.clone())
     }
 
     fn stop_worker(&mut self) {
+        self.backing.set_interrupt(None);
         if let Some(run) = self.running.take() {
             if let Err(e) = run.stop.write(1) {
                 tracing::error!(error = %e, "virtio-blk: cannot signal the worker to stop");
@@ -191,7 +198,10 @@ impl VirtioDevice for Block {
         let end = start
             .saturating_add(data.len())
             .min(self.config_space.len());
-        data[..end - start].copy_from_slice(&self.config_space[start..end]);
+        // The capacity follows the current image (it changes when the image is swapped).
+        let mut space = self.config_space;
+        space[0..8].copy_from_slice(&self.sectors().to_le_bytes());
+        data[..end - start].copy_from_slice(&space[start..end]);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
@@ -225,11 +235,12 @@ impl VirtioDevice for Block {
         let entries = u32::from(self.queue_sizes[0]).max(16);
         let lp =
             EventLoop::with_file_io(entries).map_err(|e| ActivateError::Start(e.to_string()))?;
-        let worker = BlockWorker::new(ctx, self.image.clone(), self.id, self.metrics.clone(), lp)
+        let interrupt = ctx.interrupt.clone();
+        let worker = BlockWorker::new(ctx, self.backing.clone(), self.id, self.metrics.clone(), lp)
             .ok_or(ActivateError::QueueCount {
-            expected: 1,
-            got: 0,
-        })?;
+                expected: 1,
+                got: 0,
+            })?;
         let body = Box::new(move || {
             worker.run(worker_stop.as_raw_fd());
             drop(worker_stop);
@@ -241,6 +252,7 @@ impl VirtioDevice for Block {
             .map_err(|e| {
                 ActivateError::Start(format!("cannot spawn the virtio-blk worker thread: {e}"))
             })?;
+        self.backing.set_interrupt(Some(interrupt));
         self.running = Some(Running { stop, handle });
         Ok(())
     }

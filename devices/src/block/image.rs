@@ -77,6 +77,12 @@ impl DiskImage {
     /// Opens `path` read-only or read-write and checks that it is a regular file or block
     /// device holding a whole, non-zero number of 512-byte sectors.
     pub fn open(path: &Path, read_only: bool) -> Result<Self, ImageError> {
+        Self::open_with(path, read_only, false)
+    }
+
+    /// As [`DiskImage::open`]; with `allow_empty` an empty file is a drive of no sectors (a
+    /// placeholder to be swapped for a real image later, as Firecracker's API allows).
+    pub fn open_with(path: &Path, read_only: bool, allow_empty: bool) -> Result<Self, ImageError> {
         let owned = || path.to_path_buf();
         let io_err = |source: io::Error| ImageError::Io {
             path: owned(),
@@ -106,7 +112,7 @@ impl DiskImage {
             })?;
         // Works for block devices too, whose metadata length is 0.
         let size = file.seek(SeekFrom::End(0)).map_err(io_err)?;
-        if size == 0 {
+        if size == 0 && !allow_empty {
             return Err(ImageError::Empty { path: owned() });
         }
         if !size.is_multiple_of(SECTOR_SIZE) {

@@ -1,7 +1,7 @@
 //! The virtio-blk device (virtio 1.2 §5.2): a raw disk image behind one request queue.
 //!
 //! Layout, one job per file: [`image`] (the backing file: opened with the right mode, its size
-//! checked), [`device`] (the [`Block`] device: features, config space, activation and reset),
+//! checked), [`backing`] (the image behind a running drive, swappable while the guest runs), [`device`] (the [`Block`] device: features, config space, activation and reset),
 //! [`request`] (descriptor chains → validated requests), `worker` (the per-device thread that
 //! runs requests on its io_uring ring) and [`metrics`].
 //!
@@ -25,12 +25,14 @@
 //! breaks a rule gets `VIRTIO_BLK_S_IOERR` in its status byte when it has a usable one, and
 //! is otherwise returned unused and counted ([`metrics::BlockMetrics::chains_dropped`]).
 
+pub mod backing;
 pub mod device;
 pub mod image;
 pub mod metrics;
 pub mod request;
 mod worker;
 
+pub use backing::{DriveSwap, SwapError};
 pub use device::{Block, BlockConfig, BlockError};
 pub use image::{DiskImage, ImageError};
 pub use metrics::{BlockMetrics, RequestError};

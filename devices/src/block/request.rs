@@ -192,6 +192,11 @@ impl RequestParser {
         }
     }
 
+    /// The drive's capacity changed (its image was swapped).
+    pub fn set_capacity(&mut self, capacity: u64) {
+        self.capacity = capacity;
+    }
+
     /// Validates `chain` into `req`. On error `req.head` names the chain and `req.status` is
     /// set unless the error [drops the chain](RequestError::drops_chain).
     pub fn parse<M>(

@@ -30,6 +30,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
+use super::backing::Backing;
 use super::image::DiskImage;
 use super::metrics::{BlockMetrics, RequestError};
 use super::request::{Request, RequestKind, RequestParser};
@@ -61,7 +62,10 @@ pub(crate) struct BlockWorker {
     queue: Queue,
     kick: EventFd,
     interrupt: Arc<Interrupt>,
+    backing: Arc<Backing>,
+    /// The image requests go to, as of `generation`.
     image: Arc<DiskImage>,
+    generation: u64,
     id: [u8; ID_BYTES],
     metrics: Arc<BlockMetrics>,
     lp: EventLoop,
@@ -84,7 +88,7 @@ impl BlockWorker {
     /// A worker for the one queue of `ctx`; `None` if `ctx` has no queue or kick eventfd.
     pub(crate) fn new(
         ctx: ActivateContext,
-        image: Arc<DiskImage>,
+        backing: Arc<Backing>,
         id: [u8; ID_BYTES],
         metrics: Arc<BlockMetrics>,
         lp: EventLoop,
@@ -93,13 +97,17 @@ impl BlockWorker {
         let kick = ctx.queue_evts.into_iter().next()?;
         let size = usize::from(queue.size());
         let rings = RingLayout::of(&[&queue]);
+        let generation = backing.generation();
+        let image = backing.current();
         let parser = RequestParser::new(image.size(), image.read_only(), rings, queue.size());
         Some(Self {
             mem: ctx.mem,
             queue,
             kick,
             interrupt: ctx.interrupt,
+            backing,
             image,
+            generation,
             id,
             metrics,
             lp,
@@ -172,6 +180,11 @@ impl BlockWorker {
         }
         self.size_this_pass = None;
         self.starved = false;
+        if !self.follow_swap() {
+            // Requests wait until the old image's I/O is done; an I/O completion retries.
+            self.starved = true;
+            return Ok(());
+        }
         loop {
             if self.queue.disable_notification(&self.mem).is_err() {
                 self.mark_broken("used ring not writable");
@@ -206,6 +219,23 @@ impl BlockWorker {
                 }
             }
         }
+    }
+
+    /// Moves to a swapped-in image once no I/O is in flight on the old one; whether requests
+    /// may be taken now.
+    fn follow_swap(&mut self) -> bool {
+        let generation = self.backing.generation();
+        if generation == self.generation {
+            return true;
+        }
+        if self.lp.io_in_flight() > 0 {
+            return false;
+        }
+        self.image = self.backing.current();
+        self.generation = generation;
+        self.parser.set_capacity(self.image.size());
+        tracing::info!(image = %self.image.path().display(), sectors = self.image.sectors(), "virtio-blk: image swapped");
+        true
     }
 
     /// Called when the queue yields no chain: whether the driver's avail index is more than a

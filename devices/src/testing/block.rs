@@ -85,6 +85,8 @@ pub struct BlockHarness {
     pub metrics: Arc<BlockMetrics>,
     /// The backing file.
     pub image: TempImage,
+    /// Swaps the drive's image while it runs.
+    pub swap: crate::block::DriveSwap,
     /// Descriptors of the chains in flight, by head (recorded when they were added).
     chains: HashMap<u16, Vec<u16>>,
 }
@@ -113,11 +115,13 @@ impl BlockHarness {
         };
         let block = Block::new(config, disk).map_err(|e| HarnessError::Setup(e.to_string()))?;
         let metrics = block.metrics();
+        let swap = block.swap_handle();
         let driver = VirtioDriver::new(Box::new(block), driver_features)?;
         Ok(Self {
             driver,
             metrics,
             image,
+            swap,
             chains: HashMap::new(),
         })
     }
@@ -136,13 +140,13 @@ impl BlockHarness {
         parts.extend_from_slice(out);
         let mut writable = in_lens.to_vec();
         writable.push(1);
-        // A stale status from an earlier use of the slot must not pass for the device's.
-        let head = self.driver.add_chain(BLOCK_QUEUE, &parts, &writable)?;
+        // A stale status from an earlier use of the slot must not pass for the device's: the
+        // writable buffers are filled before the chain is published (after would race a
+        // device already answering it).
+        let head = self
+            .driver
+            .add_chain_filled(BLOCK_QUEUE, &parts, &writable, Some(0xff))?;
         if let Some(descs) = self.driver.chain_descriptors(BLOCK_QUEUE, head) {
-            if let Some(&last) = descs.last() {
-                let addr = GuestAddress(self.driver.slot_addr(BLOCK_QUEUE, last));
-                let _ = self.driver.memory().write_obj(0xffu8, addr);
-            }
             self.chains.insert(head, descs);
         }
         self.driver.kick(BLOCK_QUEUE);

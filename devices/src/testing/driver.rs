@@ -319,6 +319,19 @@ impl VirtioDriver {
         parts: &[&[u8]],
         write_lens: &[u32],
     ) -> Result<u16, HarnessError> {
+        self.add_chain_filled(q, parts, write_lens, None)
+    }
+
+    /// As [`add_chain`](Self::add_chain); with `fill`, every device-writable buffer is filled
+    /// with that byte *before* the chain is published, so nothing stale (and no fill written
+    /// after the device already answered) passes for what the device wrote.
+    pub fn add_chain_filled(
+        &mut self,
+        q: usize,
+        parts: &[&[u8]],
+        write_lens: &[u32],
+        fill: Option<u8>,
+    ) -> Result<u16, HarnessError> {
         let n = parts.len() + write_lens.len();
         let qi = self.queue(q).index;
         if n == 0 || self.queue(q).free.len() < n {
@@ -331,7 +344,11 @@ impl VirtioDriver {
                 let _ = self.mem.write_slice(parts[i], addr);
                 (parts[i].len() as u32, 0)
             } else {
-                (write_lens[i - parts.len()], VRING_DESC_F_WRITE)
+                let len = write_lens[i - parts.len()];
+                if let Some(byte) = fill {
+                    let _ = self.mem.write_slice(&vec![byte; len as usize], addr);
+                }
+                (len, VRING_DESC_F_WRITE)
             };
             let last = i + 1 == n;
             let next = if last { 0 } else { idxs[i + 1] };

@@ -138,6 +138,7 @@ impl ApiState {
                 path: d.path_on_host.clone().unwrap_or_default().into(),
                 read_only: d.is_read_only.unwrap_or(false),
                 root: d.is_root_device,
+                allow_empty: true,
             })
             .collect();
         let vsock = self.vsock.as_ref().map(|v| VsockSettings {
