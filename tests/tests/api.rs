@@ -169,7 +169,16 @@ fn wrong_state_bad_bodies_and_a_busy_socket_are_refused() {
     );
     fault(
         call(&sock, "PUT", "/drives/rootfs", r#"{"drive_id": "rootfs"}"#),
-        "virtio-blk",
+        "missing field `is_root_device`",
+    );
+    fault(
+        call(
+            &sock,
+            "PUT",
+            "/drives/rootfs",
+            r#"{"drive_id": "rootfs", "is_root_device": false, "path_on_host": "/nonexistent/rootfs"}"#,
+        ),
+        "cannot be read",
     );
     fault(call(&sock, "GET", "/nope", ""), "invalid request");
     let big = format!(r#"{{"x": "{}"}}"#, "a".repeat(60 * 1024));
@@ -196,6 +205,28 @@ fn wrong_state_bad_bodies_and_a_busy_socket_are_refused() {
         )
         .0,
         204
+    );
+    // A data drive (the probe does not touch it) and an empty placeholder, as Kata gives.
+    let data = dir.path().join("data.img");
+    std::fs::write(&data, vec![0u8; 1 << 20]).expect("write the image");
+    let placeholder = dir.path().join("drive_0");
+    std::fs::write(&placeholder, b"").expect("write the placeholder");
+    for (id, path) in [("data", &data), ("drive_0", &placeholder)] {
+        let body = format!(
+            r#"{{"drive_id": "{id}", "is_root_device": false, "is_read_only": false, "path_on_host": "{}"}}"#,
+            path.display()
+        );
+        let r = call(&sock, "PUT", &format!("/drives/{id}"), &body);
+        assert_eq!(r.0, 204, "{}", r.1);
+    }
+    fault(
+        call(
+            &sock,
+            "PATCH",
+            "/drives/drive_0",
+            r#"{"drive_id": "drive_0", "path_on_host": "/dev/null"}"#,
+        ),
+        "only valid after InstanceStart",
     );
     assert_eq!(
         call(
@@ -225,6 +256,38 @@ fn wrong_state_bad_bodies_and_a_busy_socket_are_refused() {
         call(&sock, "PUT", "/boot-source", &boot),
         "only valid before InstanceStart",
     );
+    fault(
+        call(
+            &sock,
+            "PUT",
+            "/drives/late",
+            r#"{"drive_id": "late", "is_root_device": false, "path_on_host": "/dev/null"}"#,
+        ),
+        "only valid before InstanceStart",
+    );
+    // The placeholder takes a real image while the guest runs; a vanished file, an unknown
+    // drive and a file of the wrong size are refused and the VM runs on.
+    let patch = |id: &str, path: &str| {
+        call(
+            &sock,
+            "PATCH",
+            &format!("/drives/{id}"),
+            &format!(r#"{{"drive_id": "{id}", "path_on_host": "{path}"}}"#),
+        )
+    };
+    let r = patch("drive_0", data.to_str().expect("utf-8"));
+    assert_eq!(r.0, 204, "{}", r.1);
+    fault(patch("drive_0", "/nonexistent/disk.img"), "no such file");
+    fault(patch("nope", "/dev/null"), "no drive");
+    let odd = dir.path().join("odd.img");
+    std::fs::write(&odd, vec![0u8; 1000]).expect("write");
+    fault(
+        patch("drive_0", odd.to_str().expect("utf-8")),
+        "not a multiple of 512",
+    );
+    std::fs::remove_file(&data).expect("remove the image under the running VM");
+    let (st, body) = call(&sock, "GET", "/", "");
+    assert!(st == 200 && body.contains("\"started\":true"), "{body}");
     assert_eq!(
         call(&sock, "PATCH", "/network-policy", r#"{"preset": "none"}"#).0,
         204
@@ -240,10 +303,21 @@ fn a_config_file_boots_without_an_api_socket() {
         Err(why) => return eprintln!("SKIPPED: {why}"),
     };
     let dir = TempDir::new("api-config");
+    // Kata's configuration shape: the old `ht_enabled`, a read-only drive and an empty
+    // placeholder, an interface on a tap that does not exist, with empty rate limiters.
+    let rootfs = dir.file("rootfs", &vec![0u8; 1 << 20]);
+    let placeholder = dir.file("drive_0", b"");
     let cfg = format!(
         r#"{{"boot-source": {{"kernel_image_path": "{}", "boot_args": "probe.scenario=exit:3"}},
-            "machine-config": {{"vcpu_count": 1, "mem_size_mib": 64}}}}"#,
-        probe.display()
+            "machine-config": {{"ht_enabled": false, "vcpu_count": 1, "mem_size_mib": 64}},
+            "drives": [
+                {{"drive_id": "rootfs", "is_read_only": true, "is_root_device": false, "path_on_host": "{}"}},
+                {{"drive_id": "drive_0", "is_read_only": false, "is_root_device": false, "path_on_host": "{}"}}],
+            "network-interfaces": [{{"iface_id": "eth0", "host_dev_name": "tap0_kata",
+                "rx_rate_limiter": {{}}, "tx_rate_limiter": {{}}}}]}}"#,
+        probe.display(),
+        rootfs.display(),
+        placeholder.display()
     );
     let file = dir.file("vm.json", cfg.as_bytes());
     let out = Command::new(ringfence_bin())
@@ -262,5 +336,5 @@ fn a_config_file_boots_without_an_api_socket() {
         .output()
         .expect("run");
     assert_eq!(out.status.code(), Some(125));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("drives and vsock are not supported yet"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing field `is_root_device`"));
 }

@@ -74,10 +74,18 @@ pub struct BootSource {
     /// The kernel (a PVH ELF or a bzImage).
     pub kernel_image_path: String,
     /// The initrd.
-    #[serde(default, deserialize_with = "non_null")]
+    #[serde(
+        default,
+        deserialize_with = "non_null",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub initrd_path: Option<String>,
     /// The kernel command line.
-    #[serde(default, deserialize_with = "non_null")]
+    #[serde(
+        default,
+        deserialize_with = "non_null",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub boot_args: Option<String>,
 }
 
@@ -88,20 +96,40 @@ pub struct NetworkInterface {
     /// Must match the path's id.
     pub iface_id: String,
     /// A tap on the host gives `--net tap:NAME`; any other name (or none) the user netstack.
-    #[serde(default, deserialize_with = "non_null")]
+    #[serde(
+        default,
+        deserialize_with = "non_null",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub host_dev_name: Option<String>,
     /// The guest's MAC, `aa:bb:cc:dd:ee:ff`.
-    #[serde(default, deserialize_with = "non_null")]
+    #[serde(
+        default,
+        deserialize_with = "non_null",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub guest_mac: Option<String>,
     /// MTU announced to the guest.
-    #[serde(default, deserialize_with = "non_null")]
+    #[serde(
+        default,
+        deserialize_with = "non_null",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub mtu: Option<u16>,
     /// Rate limiters: accepted only when they limit nothing (absent, null or without
     /// buckets, as Kata sends them).
-    #[serde(default, deserialize_with = "non_null_object")]
+    #[serde(
+        default,
+        deserialize_with = "non_null_object",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub rx_rate_limiter: Option<serde_json::Value>,
     /// See `rx_rate_limiter`.
-    #[serde(default, deserialize_with = "non_null_object")]
+    #[serde(
+        default,
+        deserialize_with = "non_null_object",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub tx_rate_limiter: Option<serde_json::Value>,
     /// Pre-1.0 MMDS switch, still sent by older clients: only `false` (no MMDS).
     #[serde(default, deserialize_with = "non_null", skip_serializing)]
@@ -115,12 +143,20 @@ pub struct Drive {
     /// Must match the path's id.
     pub drive_id: String,
     /// The image file.
-    #[serde(default, deserialize_with = "non_null")]
+    #[serde(
+        default,
+        deserialize_with = "non_null",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub path_on_host: Option<String>,
     /// Adds `root=/dev/vdX` to the kernel command line.
     pub is_root_device: bool,
     /// Read-only drive.
-    #[serde(default, deserialize_with = "non_null")]
+    #[serde(
+        default,
+        deserialize_with = "non_null",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub is_read_only: Option<bool>,
     /// Root by partition UUID: not supported (name the root in `boot_args`).
     #[serde(
@@ -166,10 +202,18 @@ pub struct PartialDrive {
     /// Must match the path's id.
     pub drive_id: String,
     /// The new image file.
-    #[serde(default, deserialize_with = "non_null")]
+    #[serde(
+        default,
+        deserialize_with = "non_null",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub path_on_host: Option<String>,
     /// Accepted only when it limits nothing.
-    #[serde(default, deserialize_with = "non_null_object")]
+    #[serde(
+        default,
+        deserialize_with = "non_null_object",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub rate_limiter: Option<serde_json::Value>,
 }
 
@@ -203,19 +247,39 @@ pub struct InstanceActionInfo {
 #[serde(deny_unknown_fields)]
 pub struct Logger {
     /// File or named pipe the log goes to.
-    #[serde(default, deserialize_with = "non_null")]
+    #[serde(
+        default,
+        deserialize_with = "non_null",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub log_path: Option<String>,
     /// `Error`, `Warning`, `Info`, `Debug`, `Trace` or `Off` (any case).
-    #[serde(default, deserialize_with = "non_null")]
+    #[serde(
+        default,
+        deserialize_with = "non_null",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub level: Option<String>,
     /// Accepted, not used.
-    #[serde(default, deserialize_with = "non_null")]
+    #[serde(
+        default,
+        deserialize_with = "non_null",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub show_level: Option<bool>,
     /// Accepted, not used.
-    #[serde(default, deserialize_with = "non_null")]
+    #[serde(
+        default,
+        deserialize_with = "non_null",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub show_log_origin: Option<bool>,
     /// Accepted, not used.
-    #[serde(default, deserialize_with = "non_null")]
+    #[serde(
+        default,
+        deserialize_with = "non_null",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub module: Option<String>,
 }
 
@@ -263,16 +327,28 @@ pub struct FullConfig {
     #[serde(rename = "network-interfaces", default)]
     pub network_interfaces: Vec<NetworkInterface>,
     /// `logger`.
-    #[serde(default, deserialize_with = "non_null")]
+    #[serde(
+        default,
+        deserialize_with = "non_null",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub logger: Option<Logger>,
     /// `metrics`.
-    #[serde(default, deserialize_with = "non_null")]
+    #[serde(
+        default,
+        deserialize_with = "non_null",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub metrics: Option<Metrics>,
     /// `drives`, in window order.
     #[serde(default)]
     pub drives: Vec<Drive>,
     /// `vsock`.
-    #[serde(default, deserialize_with = "non_null")]
+    #[serde(
+        default,
+        deserialize_with = "non_null",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub vsock: Option<Vsock>,
     /// ringfence's extension: a policy document.
     #[serde(rename = "network-policy", default)]
