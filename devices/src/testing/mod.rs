@@ -6,19 +6,23 @@
 //! `write` registers, kicks through the queue eventfds (as KVM's ioeventfd would), waits on the
 //! irq eventfd and reads the used rings. It can also write arbitrary (hostile) descriptor
 //! chains. Tests, benchmarks and other crates' tests use it to push frames through the real
-//! device code; [`NetHarness`] builds a device with a loopback backend in one call.
+//! device code; [`NetHarness`] builds a device with a loopback backend in one call, and
+//! [`VsockHarness`] a virtio-vsock device with its Unix listener, the driver playing a Linux
+//! guest's vsock transport.
 //!
 //! This is test code: it panics on nothing the device does, but reports timeouts as errors.
 
 mod chain_bench;
 mod driver;
 mod layout;
+mod vsock;
 
 pub use chain_bench::TxChainBench;
 pub use driver::{
     DriverQueue, HarnessError, NetDriver, RawDesc, UsedElem, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
 };
 pub use layout::{rings_at, ALT_RING_BASE, MEM_SIZE, RING_BASE, SLOT_SIZE};
+pub use vsock::{RxPacket, VsockHarness, GUEST_BUF_ALLOC, GUEST_RX_BUF};
 
 use std::sync::Arc;
 

@@ -293,12 +293,11 @@ impl Conn {
                 self.state = State::Established;
                 self.deadline = None;
                 self.host_readable = true;
+                // Counted before the client can see its OK line.
+                VsockMetrics::add(&metrics.host_established, 1);
                 let ok = super::connect_line::ok_line(self.key.local_port);
                 match sys::send_bytes(self.sock.as_raw_fd(), ok.as_bytes()) {
-                    Ok(n) if n == ok.len() => {
-                        VsockMetrics::add(&metrics.host_established, 1);
-                        Verdict::Keep
-                    }
+                    Ok(n) if n == ok.len() => Verdict::Keep,
                     _ => {
                         VsockMetrics::add(&metrics.host_io_errors, 1);
                         Verdict::Reset(None)

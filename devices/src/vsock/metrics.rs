@@ -94,7 +94,7 @@ pub struct VsockMetrics {
     bad: [AtomicU64; BadPacket::ALL.len()],
     /// Host clients whose `CONNECT <port>` line was valid (a REQUEST went to the guest).
     pub host_connects: AtomicU64,
-    /// Host-initiated connections the guest accepted (`OK` written to the client).
+    /// Host-initiated connections the guest accepted (counted before `OK` is written).
     pub host_established: AtomicU64,
     /// Host clients closed for a malformed command line (too long, not CONNECT, bad port,
     /// or end of stream before the newline).
