@@ -59,6 +59,9 @@ pub enum VmError {
     /// The network device could not be set up.
     #[error(transparent)]
     Net(#[from] crate::net::NetSetupError),
+    /// The vsock device could not be set up (e.g. its socket path is in use).
+    #[error(transparent)]
+    Vsock(#[from] crate::vsock::VsockSetupError),
     /// The host's address pool for this VM is full.
     #[error(transparent)]
     Addresses(#[from] crate::host::AddressPoolError),
@@ -206,6 +209,8 @@ impl Vm {
         let caps = CapabilityPlan::for_config(&cfg);
         let sink = open_console(cfg.console)?;
         let net_backend = crate::net::prepare(&cfg.net, Some((guest_net.control(), net_tasks)))?;
+        // Bound before boot so a path in use is reported now (removed again at teardown).
+        let vsock = cfg.vsock.as_ref().map(crate::vsock::bind).transpose()?;
 
         let vm = host.create_vm()?;
         vm.set_tss_address(KVM_TSS_ADDRESS)
@@ -247,10 +252,14 @@ impl Vm {
         // Before any thread starts (the launcher for device workers is the first).
         // A device on a shared thread starts no worker thread; the TLS proxy's thread is
         // always started through the launcher, so it runs under the worker filter.
-        let with_workers = net_backend
-            .as_ref()
-            .is_some_and(|p| device_thread.is_none() || p.intercept.is_some());
-        let sandbox = Sandbox::start(cfg.seccomp, caps, with_workers)?;
+        let with_workers = vsock.is_some()
+            || net_backend
+                .as_ref()
+                .is_some_and(|p| device_thread.is_none() || p.intercept.is_some());
+        let mut sandbox = Sandbox::start(cfg.seccomp, caps, with_workers)?;
+        if let Some(bound) = &vsock {
+            sandbox.allow_vmm_unlink_in(bound.dir_fd())?;
+        }
         if let Some(mut prepared) = net_backend {
             policy = prepared.policy.clone();
             let launcher = sandbox.worker_launcher();
@@ -277,6 +286,13 @@ impl Vm {
             bus.add_mmio(dev.base, layout::VIRTIO_MMIO_WINDOW, dev.device);
             net_metrics = Some(dev.metrics);
             capture = Some(dev.capture);
+            cmdline_text = format!("{} {}", dev.cmdline, cmdline_text);
+        }
+        if let (Some(settings), Some(bound)) = (cfg.vsock.as_ref(), vsock) {
+            let window = crate::vsock::vsock_window(cfg.drives.len());
+            let launcher = sandbox.worker_launcher();
+            let dev = crate::vsock::attach(&vm, &mem, window, settings, bound, launcher)?;
+            bus.add_mmio(dev.base, layout::VIRTIO_MMIO_WINDOW, dev.device);
             cmdline_text = format!("{} {}", dev.cmdline, cmdline_text);
         }
         if cfg.pass_tsc_khz && !cmdline_text.contains("probe.tsc_khz=") {

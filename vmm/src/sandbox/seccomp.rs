@@ -239,13 +239,19 @@ fn worker(rules: &mut Rules) -> Result<(), SandboxError> {
             libc::SYS_eventfd2,
         ],
     );
-    // Host sockets are IPv4/IPv6 only (TCP, UDP, ICMP ping or raw ICMP).
+    // Host sockets are IPv4/IPv6 (TCP, UDP, ICMP ping or raw ICMP), and Unix stream sockets
+    // for virtio-vsock's guest connections to `<uds_path>_<port>` (connect only: the worker
+    // cannot bind a path, it has no open, mknod or unlink).
     allow_arg_in(
         rules,
         libc::SYS_socket,
         0,
         Len::Dword,
-        &[libc::AF_INET as u64, libc::AF_INET6 as u64],
+        &[
+            libc::AF_INET as u64,
+            libc::AF_INET6 as u64,
+            libc::AF_UNIX as u64,
+        ],
     )?;
     // The embedding API's connections (dial_guest, listen) are Unix socket pairs the worker
     // creates when it opens the guest-side flow.
@@ -397,7 +403,28 @@ fn to_bpf(filter: SeccompFilter) -> Result<BpfProgram, SandboxError> {
 
 /// Compiles the filters of `kind` to BPF.
 pub fn compile(kind: ThreadKind) -> Result<KindFilter, SandboxError> {
-    let mut rules = rules_for(kind)?;
+    compile_rules(rules_for(kind)?)
+}
+
+/// Compiles the VMM thread's filters plus `unlinkat(dir, name, 0)` for each of `dirs` and
+/// nothing else: the thread that tears a VM down removes the VM's vsock socket file, in the
+/// directory the VMM opened (`O_PATH`) before any filter went in, and no other file.
+pub fn compile_vmm_unlinking_in(dirs: &[std::os::fd::RawFd]) -> Result<KindFilter, SandboxError> {
+    let mut rules = rules_for(ThreadKind::Vmm)?;
+    let mut list = Vec::with_capacity(dirs.len());
+    for &fd in dirs {
+        list.push(rule(vec![
+            cond(0, Len::Dword, Op::Eq, fd as u64)?,
+            cond(2, Len::Dword, Op::Eq, 0)?,
+        ])?);
+    }
+    if !list.is_empty() {
+        rules.insert(libc::SYS_unlinkat, list);
+    }
+    compile_rules(rules)
+}
+
+fn compile_rules(mut rules: Rules) -> Result<KindFilter, SandboxError> {
     allow(&mut rules, &OPEN_SYSCALLS);
     let allow_list = SeccompFilter::new(
         rules,
@@ -550,6 +577,31 @@ mod tests {
                 bpf.len()
             );
         }
+    }
+
+    #[test]
+    fn the_vmm_thread_may_unlink_in_its_vsock_directory_only() {
+        use std::os::fd::AsRawFd;
+        let dir = std::env::temp_dir().join(format!("rf-seccomp-unlink-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::write(dir.join("v.sock"), b"").expect("file");
+        let dir_fd = std::fs::File::open(&dir).expect("open dir");
+        let fd = dir_fd.as_raw_fd();
+        let filter = compile_vmm_unlinking_in(&[fd]).expect("compile");
+        assert!(!rules_for(ThreadKind::Vmm)
+            .expect("rules")
+            .contains_key(&libc::SYS_unlinkat));
+        let removed = std::thread::spawn(move || {
+            install(ThreadKind::Vmm, &filter).expect("install");
+            // SAFETY: a valid directory descriptor and a NUL-terminated name.
+            unsafe { libc::unlinkat(fd, c"v.sock".as_ptr(), 0) }
+        })
+        .join()
+        .expect("thread");
+        assert_eq!(removed, 0);
+        assert!(!dir.join("v.sock").exists());
+        drop(dir_fd);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
