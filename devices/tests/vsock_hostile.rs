@@ -115,10 +115,10 @@ fn bad_headers_are_dropped_or_refused_and_counted() {
     let mut over = h.header(1, 2, Op::Rw);
     over.len = 1000;
     h.send_raw(&over, &[0u8; 10]).expect("send");
-    // len beyond the largest packet: dropped.
+    // len beyond the largest packet (checked before the buffers): dropped.
     let mut huge = h.header(1, 2, Op::Rw);
     huge.len = 70_000;
-    h.send_raw(&huge, &vec![0u8; 70_000]).expect("send");
+    h.send_raw(&huge, &[0u8; 16]).expect("send");
     // From another CID: dropped, nobody to answer.
     let mut spoofed = h.header(1, 2, Op::Request);
     spoofed.src_cid = 7;
@@ -314,7 +314,8 @@ fn connections_beyond_the_limit_are_refused() {
         held.push(c);
     }
     let mut third = client(&h);
-    third.write_all(b"CONNECT 3\n").expect("write");
+    // The device may close it before the line is written (it is refused at accept).
+    let _ = third.write_all(b"CONNECT 3\n");
     assert!(closed(&mut third), "refused at the limit");
     // The guest cannot open one either.
     let _l = std::os::unix::net::UnixListener::bind(h.port_path(9)).expect("bind");

@@ -275,8 +275,9 @@ impl Muxer {
             .map(|(&id, _)| id)
             .collect();
         for id in late_clients {
-            self.pending.remove(&id);
+            // Counted before the client can see its socket close.
             VsockMetrics::add(&self.metrics.connect_line_timeouts, 1);
+            self.pending.remove(&id);
         }
         let late: Vec<(u64, bool)> = self
             .conns
@@ -362,25 +363,26 @@ impl Muxer {
         let Some(p) = self.pending.get_mut(&id) else {
             return;
         };
+        // Every outcome is counted before the client can see its socket close.
         let n = match sys::recv_bytes(p.sock.as_raw_fd(), p.line.spare()) {
             Ok(0) => {
-                self.pending.remove(&id);
                 VsockMetrics::add(&self.metrics.connect_lines_bad, 1);
+                self.pending.remove(&id);
                 return;
             }
             Ok(n) => n,
             Err(e) if sys::would_block(&e) => return,
             Err(_) => {
-                self.pending.remove(&id);
                 VsockMetrics::add(&self.metrics.host_io_errors, 1);
+                self.pending.remove(&id);
                 return;
             }
         };
         match p.line.take(n) {
             Ok(LineState::Incomplete) => {}
             Err(why) => {
-                self.pending.remove(&id);
                 VsockMetrics::add(&self.metrics.connect_lines_bad, 1);
+                self.pending.remove(&id);
                 let why = match why {
                     LineError::TooLong => "no newline within 32 bytes",
                     LineError::NotText => "not text",
