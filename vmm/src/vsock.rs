@@ -318,6 +318,65 @@ mod tests {
         assert!(err.contains("too long"), "{err}");
     }
 
+    /// The vsock worker does everything it does (accept, CONNECT line, connect to
+    /// `<uds>_<port>`, relay, shutdown, hang-up check) under the filter it gets in a VM.
+    #[test]
+    fn the_vsock_worker_runs_under_its_seccomp_filter() {
+        use devices::testing::VsockHarness;
+        use devices::vsock::packet::Op;
+        use std::io::{Read, Write};
+        use std::time::Duration;
+
+        let filter = Arc::new(crate::sandbox::seccomp::compile_vsock_worker().expect("compile"));
+        let launcher = devices::thread::ThreadLauncher::new(move |name, body| {
+            let filter = filter.clone();
+            std::thread::Builder::new().name(name).spawn(move || {
+                crate::sandbox::seccomp::install(
+                    crate::sandbox::seccomp::ThreadKind::Worker,
+                    &filter,
+                )
+                .expect("install");
+                body();
+            })
+        });
+        let mut h = VsockHarness::new(|c| c.launcher = launcher).expect("harness");
+        let t = Duration::from_secs(10);
+        // Host-initiated, with data both ways and the client going away.
+        let mut client = std::os::unix::net::UnixStream::connect(&h.uds_path).expect("connect");
+        client.set_read_timeout(Some(t)).expect("timeout");
+        client.write_all(b"CONNECT 52\nhi").expect("write");
+        let req = h.recv(t).expect("REQUEST");
+        let local = req.header.src_port;
+        h.send(h.header(52, local, Op::Response), &[])
+            .expect("RESPONSE");
+        let mut ok = [0u8; 14];
+        client.read_exact(&mut ok).expect("OK");
+        assert_eq!(&ok, b"OK 1073741824\n");
+        assert_eq!(h.recv(t).expect("RW").payload, b"hi");
+        h.send(h.header(52, local, Op::Rw), b"yo").expect("RW");
+        let mut yo = [0u8; 2];
+        client.read_exact(&mut yo).expect("read");
+        drop(client);
+        let shut = h.recv_skip_credit(t).expect("SHUTDOWN");
+        assert_eq!(shut.header.operation(), Some(Op::Shutdown));
+        // Guest-initiated: a Unix socket created and connected by the filtered worker.
+        let listener = UnixListener::bind(h.port_path(7)).expect("bind");
+        h.send(h.header(9000, 7, Op::Request), &[])
+            .expect("REQUEST");
+        assert_eq!(
+            h.recv(t).expect("RESPONSE").header.operation(),
+            Some(Op::Response)
+        );
+        let (mut server, _) = listener.accept().expect("accept");
+        h.send(h.header(9000, 7, Op::Rw), b"up").expect("RW");
+        let mut up = [0u8; 2];
+        server.read_exact(&mut up).expect("read");
+        assert_eq!(&up, b"up");
+        // The worker stops (reset) under its filter too.
+        h.driver.write_reg(devices::virtio::mmio::regs::STATUS, 0);
+        assert_eq!(VsockMetrics::get(&h.metrics.connections_open), 0);
+    }
+
     #[test]
     fn the_socket_is_bound_refused_when_live_and_removed_on_drop() {
         let dir = std::env::temp_dir().join(format!("rf-vsock-bind-{}", std::process::id()));

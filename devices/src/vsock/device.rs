@@ -290,7 +290,7 @@ impl VirtioDevice for Vsock {
                 *s = listener;
             }
         });
-        match self.config.launcher.launch("rf-virtio-vsock", body) {
+        match self.config.launcher.launch(super::WORKER_THREAD, body) {
             Ok(handle) => {
                 self.running = Some(Running {
                     stop,

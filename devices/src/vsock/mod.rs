@@ -52,6 +52,10 @@ mod worker;
 pub use device::{Vsock, VsockConfig, VsockError};
 pub use metrics::{BadPacket, VsockMetrics};
 
+/// The name of the device's worker thread (an embedder's `ThreadLauncher` may give this
+/// thread, and only it, the right to create Unix sockets).
+pub const WORKER_THREAD: &str = "rf-virtio-vsock";
+
 /// Virtio device id of a socket device (virtio 1.2 §5).
 pub const TYPE_VSOCK: u32 = 19;
 

@@ -85,6 +85,8 @@ pub(crate) struct Programs {
     vmm: KindFilter,
     vcpu: KindFilter,
     worker: KindFilter,
+    /// The worker's list plus Unix sockets, for the virtio-vsock worker only.
+    vsock_worker: KindFilter,
     launcher: KindFilter,
 }
 
@@ -142,6 +144,7 @@ fn compiled_programs() -> Result<Arc<Programs>, SandboxError> {
         vmm: seccomp::compile(ThreadKind::Vmm)?,
         vcpu: seccomp::compile(ThreadKind::Vcpu)?,
         worker: seccomp::compile(ThreadKind::Worker)?,
+        vsock_worker: seccomp::compile_vsock_worker()?,
         launcher: seccomp::compile(ThreadKind::Launcher)?,
     });
     Ok(PROGRAMS.get_or_init(|| programs).clone())

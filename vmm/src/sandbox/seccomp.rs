@@ -239,19 +239,14 @@ fn worker(rules: &mut Rules) -> Result<(), SandboxError> {
             libc::SYS_eventfd2,
         ],
     );
-    // Host sockets are IPv4/IPv6 (TCP, UDP, ICMP ping or raw ICMP), and Unix stream sockets
-    // for virtio-vsock's guest connections to `<uds_path>_<port>` (connect only: the worker
-    // cannot bind a path, it has no open, mknod or unlink).
+    // Host sockets are IPv4/IPv6 only (TCP, UDP, ICMP ping or raw ICMP); the vsock worker
+    // adds Unix sockets (`vsock_worker_rules`).
     allow_arg_in(
         rules,
         libc::SYS_socket,
         0,
         Len::Dword,
-        &[
-            libc::AF_INET as u64,
-            libc::AF_INET6 as u64,
-            libc::AF_UNIX as u64,
-        ],
+        &[libc::AF_INET as u64, libc::AF_INET6 as u64],
     )?;
     // The embedding API's connections (dial_guest, listen) are Unix socket pairs the worker
     // creates when it opens the guest-side flow.
@@ -271,6 +266,35 @@ fn worker(rules: &mut Rules) -> Result<(), SandboxError> {
         &[TIOCOUTQ, FIONREAD, FIONBIO, TUNSETOFFLOAD],
     )?;
     Ok(())
+}
+
+/// The virtio-vsock worker's list: the worker's, plus `socket(AF_UNIX)` for the guest's
+/// connections to `<uds_path>_<port>`. Only that thread gets it (the launcher picks it by
+/// the thread's name, [`devices::vsock::WORKER_THREAD`]), so no other worker can reach Unix
+/// sockets by path.
+fn vsock_worker_rules() -> Result<Rules, SandboxError> {
+    let mut rules = rules_for(ThreadKind::Worker)?;
+    unix_sockets_too(&mut rules)?;
+    Ok(rules)
+}
+
+fn unix_sockets_too(rules: &mut Rules) -> Result<(), SandboxError> {
+    allow_arg_in(
+        rules,
+        libc::SYS_socket,
+        0,
+        Len::Dword,
+        &[
+            libc::AF_INET as u64,
+            libc::AF_INET6 as u64,
+            libc::AF_UNIX as u64,
+        ],
+    )
+}
+
+/// Compiles the virtio-vsock worker's filters (see `vsock_worker_rules`).
+pub fn compile_vsock_worker() -> Result<KindFilter, SandboxError> {
+    compile_rules(vsock_worker_rules()?)
 }
 
 /// The allow-list of `kind`.
@@ -318,6 +342,8 @@ fn rules_for(kind: ThreadKind) -> Result<Rules, SandboxError> {
         ThreadKind::Worker => worker(&mut rules)?,
         ThreadKind::Launcher => {
             worker(&mut rules)?;
+            // The vsock worker it starts stacks its filter on this one.
+            unix_sockets_too(&mut rules)?;
             // Creating threads (never processes) and what a new thread does before it
             // installs its own filter.
             allow(
@@ -638,6 +664,19 @@ mod tests {
                 .expect("rules")
                 .contains_key(&libc::SYS_clone3));
         }
+    }
+
+    #[test]
+    fn only_the_vsock_worker_and_its_launcher_may_create_unix_sockets() {
+        let families = |rules: &Rules| rules.get(&libc::SYS_socket).map_or(0, Vec::len);
+        assert_eq!(families(&rules_for(ThreadKind::Worker).expect("worker")), 2);
+        assert_eq!(families(&vsock_worker_rules().expect("vsock")), 3);
+        assert_eq!(
+            families(&rules_for(ThreadKind::Launcher).expect("launcher")),
+            3
+        );
+        assert_eq!(families(&rules_for(ThreadKind::Vcpu).expect("vcpu")), 0);
+        assert!(compile_vsock_worker().expect("compile").len() < 8192);
     }
 
     #[test]
