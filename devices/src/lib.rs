@@ -10,6 +10,8 @@
 //! - [`event_loop`]: the io_uring ring each device worker thread waits on;
 //! - [`pool`]: shared device threads, one io_uring loop serving the queues of many devices;
 //! - [`thread`]: the hook that decides which thread starts device workers (seccomp);
+//! - [`vsock`]: the virtio-vsock device, whose host side is Unix sockets (Firecracker's
+//!   `uds_path` protocol);
 //! - [`testing`] (feature `harness`): an in-process virtio driver that drives the real
 //!   transport without KVM, for tests and benchmarks.
 //!
@@ -59,3 +61,4 @@ pub mod pool;
 pub mod testing;
 pub mod thread;
 pub mod virtio;
+pub mod vsock;

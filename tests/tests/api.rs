@@ -228,6 +228,12 @@ fn wrong_state_bad_bodies_and_a_busy_socket_are_refused() {
         ),
         "only valid after InstanceStart",
     );
+    let uds = dir.path().join("v.sock");
+    let vsock = format!(
+        r#"{{"guest_cid": 3, "uds_path": "{}", "vsock_id": "root"}}"#,
+        uds.display()
+    );
+    assert_eq!(call(&sock, "PUT", "/vsock", &vsock).0, 204);
     assert_eq!(
         call(
             &sock,
@@ -254,6 +260,16 @@ fn wrong_state_bad_bodies_and_a_busy_socket_are_refused() {
     );
     fault(
         call(&sock, "PUT", "/boot-source", &boot),
+        "only valid before InstanceStart",
+    );
+    // The vsock device serves its socket while the VM runs.
+    assert!(
+        std::os::unix::net::UnixStream::connect(&uds).is_ok(),
+        "the vsock socket {} is served",
+        uds.display()
+    );
+    fault(
+        call(&sock, "PUT", "/vsock", &vsock),
         "only valid before InstanceStart",
     );
     fault(

@@ -97,7 +97,7 @@ fn the_api_conforms_to_firecracker_s_description() {
         .arg(description())
         .args(["--url", &format!("http://127.0.0.1:{port}")])
         .args(["--include-path-regex", IMPLEMENTED])
-        .args(["--mode", "all", "--max-examples", "25", "--seed", "1"])
+        .args(["--mode", "all", "--max-examples", "40", "--seed", "1"])
         .args(["--request-timeout", "10", "--no-color"])
         .env("SCHEMATHESIS_HOOKS", "")
         .output()

@@ -29,6 +29,7 @@ pub mod probe_image;
 pub mod sandbox;
 pub mod signals;
 pub mod tls_intercept;
+pub mod unix_socket;
 pub mod vcpu;
 pub mod vm;
 pub mod vsock;

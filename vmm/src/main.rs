@@ -204,6 +204,13 @@ struct RunArgs {
     /// report (see docs/security.md).
     #[arg(long, value_name = "on|off", default_value = "on")]
     seccomp: ringfence::sandbox::SeccompMode,
+    /// A virtio-vsock device whose host side is Unix sockets, as Firecracker's: host programs
+    /// connect to PATH and write "CONNECT <port>\n" to reach a guest listener (answered
+    /// "OK <host_port>\n"); guest connections to CID 2 port P go to the socket PATH_P. The
+    /// guest's CID is N (at least 3; default 3). PATH is created (a stale socket replaced, a
+    /// live one refused) and removed when the VM ends.
+    #[arg(long, value_name = "uds=PATH[,cid=N]")]
+    vsock: Option<String>,
     /// Do not create the legacy i8254 PIT (the built-in probe guest never needs it; on nested
     /// hosts its teardown costs ~10 ms per VM).
     #[arg(long)]
@@ -297,6 +304,11 @@ fn firecracker_args(args: impl Iterator<Item = std::ffi::OsString>) -> Vec<std::
 }
 
 fn run(mut args: RunArgs) -> Result<u8, String> {
+    let vsock = args
+        .vsock
+        .as_deref()
+        .map(str::parse::<ringfence::vsock::VsockSettings>)
+        .transpose()?;
     if args.linux {
         if args.args.is_empty() {
             return Err(
@@ -357,6 +369,7 @@ fn run(mut args: RunArgs) -> Result<u8, String> {
         .transpose()
         .map_err(|e| e.to_string())?;
     let mut config = VmConfig::new(kernel);
+    config.vsock = vsock;
     config.initrd = args.initrd;
     config.cmdline = cmdline.trim().to_string();
     config.mem_mib = args.mem;

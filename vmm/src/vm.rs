@@ -62,6 +62,9 @@ pub enum VmError {
     /// A drive could not be set up.
     #[error(transparent)]
     Drive(#[from] crate::block::DriveError),
+    /// The vsock device could not be set up (e.g. its socket path is in use).
+    #[error(transparent)]
+    Vsock(#[from] crate::vsock::VsockSetupError),
     /// The host's address pool for this VM is full.
     #[error(transparent)]
     Addresses(#[from] crate::host::AddressPoolError),
@@ -210,6 +213,8 @@ impl Vm {
         let sink = open_console(cfg.console)?;
         let net_backend = crate::net::prepare(&cfg.net, Some((guest_net.control(), net_tasks)))?;
         let drives = crate::block::prepare(&cfg.drives)?;
+        // Bound before boot so a path in use is reported now (removed again at teardown).
+        let vsock = cfg.vsock.as_ref().map(crate::vsock::bind).transpose()?;
 
         let vm = host.create_vm()?;
         vm.set_tss_address(KVM_TSS_ADDRESS)
@@ -252,10 +257,14 @@ impl Vm {
         // A device on a shared thread starts no worker thread; the TLS proxy's thread is
         // always started through the launcher, so it runs under the worker filter.
         let with_workers = !drives.is_empty()
+            || vsock.is_some()
             || net_backend
                 .as_ref()
                 .is_some_and(|p| device_thread.is_none() || p.intercept.is_some());
-        let sandbox = Sandbox::start(cfg.seccomp, caps, with_workers)?;
+        let mut sandbox = Sandbox::start(cfg.seccomp, caps, with_workers)?;
+        if let Some(bound) = &vsock {
+            sandbox.allow_vmm_unlink_in(bound.dir_fd())?;
+        }
         if let Some(mut prepared) = net_backend {
             policy = prepared.policy.clone();
             let launcher = sandbox.worker_launcher();
@@ -285,8 +294,8 @@ impl Vm {
             cmdline_text = format!("{} {}", dev.cmdline, cmdline_text);
         }
         // Drives go on their windows and, after the net device's word, onto the command line
-        // in window order (Linux names them vda, vdb, ... in that order).
-        let mut drive_words = Vec::with_capacity(drives.len() + 1);
+        // in window order (Linux names them vda, vdb, ... in that order); vsock after them.
+        let mut drive_words = Vec::with_capacity(drives.len() + 2);
         let mut drive_swaps = Vec::with_capacity(drives.len());
         for (n, drive) in drives.into_iter().enumerate() {
             let id = drive.settings.id.clone();
@@ -294,6 +303,13 @@ impl Vm {
             bus.add_mmio(dev.base, layout::VIRTIO_MMIO_WINDOW, dev.device);
             drive_words.push(dev.cmdline);
             drive_swaps.push((id, dev.swap));
+        }
+        if let (Some(settings), Some(bound)) = (cfg.vsock.as_ref(), vsock) {
+            let window = crate::vsock::vsock_window(cfg.drives.len());
+            let launcher = sandbox.worker_launcher();
+            let dev = crate::vsock::attach(&vm, &mem, window, settings, bound, launcher)?;
+            bus.add_mmio(dev.base, layout::VIRTIO_MMIO_WINDOW, dev.device);
+            drive_words.push(dev.cmdline);
         }
         drive_words.extend(crate::block::root_cmdline(&cfg.drives));
         if !drive_words.is_empty() {

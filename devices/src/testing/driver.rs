@@ -1,7 +1,8 @@
 //! The harness's virtio driver: feature negotiation, queue setup, descriptor chains, kicks,
-//! interrupts and used-ring reads, all through the real transport. It drives any device with
-//! one or two queues (virtio-net's RX and TX, virtio-blk's request queue); the virtio-net
-//! helpers (`send`, `post_rx`, `recv_frames`) assume the net layout.
+//! interrupts and used-ring reads, all through the real transport. It sets up every queue the
+//! device declares; queues 0 and 1 are named `rx` and `tx` (virtio-net's and virtio-vsock's
+//! order), later ones are in `extra`; virtio-blk's one request queue is queue 0. The
+//! virtio-net helpers (`send`, `post_rx`, `recv_frames`) assume the net layout.
 
 use std::collections::{HashMap, VecDeque};
 use std::num::Wrapping;
@@ -133,6 +134,8 @@ pub struct VirtioDriver {
     pub rx: DriverQueue,
     /// Queue 1's state (virtio-net: TX; size 0 on a device with one queue).
     pub tx: DriverQueue,
+    /// The state of the queues after the first two (virtio-vsock's event queue), in order.
+    pub extra: Vec<DriverQueue>,
     rx_pending: VecDeque<UsedElem>,
     /// Interrupts observed on the irq eventfd.
     pub interrupts: u64,
@@ -162,6 +165,7 @@ impl VirtioDriver {
             features: 0,
             rx: DriverQueue::new(RX_QUEUE as u16, 0, RING_BASE),
             tx: DriverQueue::new(TX_QUEUE as u16, 0, RING_BASE),
+            extra: Vec::new(),
             rx_pending: VecDeque::new(),
             interrupts: 0,
             spin: Duration::ZERO,
@@ -194,7 +198,10 @@ impl VirtioDriver {
             return Err(HarnessError::Refused("FEATURES_OK"));
         }
         self.features = features;
-        for q in [RX_QUEUE as u16, TX_QUEUE as u16] {
+        // Every queue the device declares (two for virtio-net, three for virtio-vsock).
+        let queues = self.transport.device().queue_max_sizes().len() as u16;
+        self.extra.clear();
+        for q in 0..queues {
             self.write_reg(regs::QUEUE_SEL, u32::from(q));
             let max = self.read_reg(regs::QUEUE_NUM_MAX) as u16;
             let size = max.min(MAX_QUEUE);
@@ -221,10 +228,10 @@ impl VirtioDriver {
                 self.write_reg(hi, (addr.0 >> 32) as u32);
             }
             self.write_reg(regs::QUEUE_READY, 1);
-            if q == RX_QUEUE as u16 {
-                self.rx = dq;
-            } else {
-                self.tx = dq;
+            match usize::from(q) {
+                RX_QUEUE => self.rx = dq,
+                TX_QUEUE => self.tx = dq,
+                _ => self.extra.push(dq),
             }
         }
         self.rx_pending.clear();
@@ -262,11 +269,13 @@ impl VirtioDriver {
         &self.mem
     }
 
+    /// The driver state of queue `q` (panics on a queue the device does not have: a bug in
+    /// the test).
     fn queue(&mut self, q: usize) -> &mut DriverQueue {
-        if q == RX_QUEUE {
-            &mut self.rx
-        } else {
-            &mut self.tx
+        match q {
+            RX_QUEUE => &mut self.rx,
+            TX_QUEUE => &mut self.tx,
+            _ => &mut self.extra[q - 2],
         }
     }
 

@@ -2,8 +2,8 @@
 
 use vm_memory::GuestAddress;
 
-/// Guest memory size of the harness.
-pub const MEM_SIZE: usize = 48 << 20;
+/// Guest memory size of the harness (three queues of 256 slots: virtio-vsock).
+pub const MEM_SIZE: usize = 64 << 20;
 /// Bytes per descriptor slot buffer: room for a largest frame plus header.
 pub const SLOT_SIZE: u64 = 0x11000;
 /// Largest queue size the layout supports.
@@ -32,7 +32,7 @@ pub fn rings_at(base: u64, q: u16) -> (GuestAddress, GuestAddress, GuestAddress)
 
 /// Buffer of descriptor `d` in queue `q`.
 pub fn slot(q: u16, d: u16) -> GuestAddress {
-    // Slots start at 1 MiB; queue 1's follow queue 0's. 2 x 256 x 68 KiB = 34 MiB.
+    // Slots start at 1 MiB; each queue's follow the previous one's. 3 x 256 x 68 KiB = 51 MiB.
     let per_queue = u64::from(MAX_QUEUE) * SLOT_SIZE;
     GuestAddress(0x10_0000 + u64::from(q) * per_queue + u64::from(d) * SLOT_SIZE)
 }

@@ -8,7 +8,9 @@
 //! would), waits on the irq eventfd and reads the used rings. It can also write arbitrary
 //! (hostile) descriptor chains. Tests, benchmarks and other crates' tests use it to push frames
 //! and requests through the real device code; [`NetHarness`] builds a virtio-net device with a
-//! loopback backend in one call, [`BlockHarness`] a virtio-blk device over a temporary image.
+//! loopback backend in one call, [`BlockHarness`] a virtio-blk device over a temporary image,
+//! and [`VsockHarness`] a virtio-vsock device with its Unix listener, the driver playing a
+//! Linux guest's vsock transport.
 //!
 //! This is test code: it panics on nothing the device does, but reports timeouts as errors.
 
@@ -16,6 +18,7 @@ pub mod block;
 mod chain_bench;
 mod driver;
 mod layout;
+mod vsock;
 
 pub use block::BlockHarness;
 pub use chain_bench::TxChainBench;
@@ -24,6 +27,7 @@ pub use driver::{
     VRING_DESC_F_WRITE,
 };
 pub use layout::{rings_at, ALT_RING_BASE, MEM_SIZE, RING_BASE, SLOT_SIZE};
+pub use vsock::{RxPacket, VsockHarness, GUEST_BUF_ALLOC, GUEST_RX_BUF};
 
 use std::sync::Arc;
 

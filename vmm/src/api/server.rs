@@ -17,28 +17,11 @@ use super::state::{ApiState, Reply};
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 50 * 1024;
 
-/// Binds `path` (a stale socket file left by a dead process is replaced; a live one is
-/// refused). Returns the bound listener, still std so the caller's thread can own it.
+/// Binds `path` (a stale socket file left by a dead process is replaced; a live one, or a
+/// file that is not a socket, is refused). Returns the bound listener, still std so the
+/// caller's thread can own it.
 pub fn bind(path: &Path) -> Result<std::os::unix::net::UnixListener, String> {
-    if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(format!(
-                "--api-sock {}: another process serves this socket; give another path",
-                path.display()
-            ));
-        }
-        std::fs::remove_file(path).map_err(|e| {
-            format!(
-                "--api-sock {}: a stale file is in the way: {e}",
-                path.display()
-            )
-        })?;
-    }
-    let l = std::os::unix::net::UnixListener::bind(path)
-        .map_err(|e| format!("--api-sock {}: cannot bind: {e}", path.display()))?;
-    l.set_nonblocking(true)
-        .map_err(|e| format!("--api-sock {}: {e}", path.display()))?;
-    Ok(l)
+    crate::unix_socket::bind_listener(path, "--api-sock")
 }
 
 /// Serves `listener` until the process ends; the socket file is removed when this returns.

@@ -87,8 +87,17 @@ const MIN_MTU: u16 = 68;
 
 const AFTER_START: &str = "the microVM is running: this call is only valid before InstanceStart";
 
+/// Parses a request body: a JSON object of `T`'s shape (serde would also take an array of
+/// the fields in order, which the API does not).
 fn parse<T: DeserializeOwned>(what: &str, body: &[u8]) -> Result<T, Reply> {
-    serde_json::from_slice(body).map_err(|e| Reply::fault(format!("bad {what} body: {e}")))
+    let bad = |e: String| Reply::fault(format!("bad {what} body: {e}"));
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(v @ serde_json::Value::Object(_)) => {
+            serde_json::from_value(v).map_err(|e| bad(e.to_string()))
+        }
+        Ok(other) => Err(bad(format!("expected a JSON object, got {other}"))),
+        Err(e) => Err(bad(e.to_string())),
+    }
 }
 
 fn parse_mac(text: &str) -> Result<[u8; 6], String> {
@@ -595,6 +604,7 @@ mod tests {
                 "bad guest_mac",
             ),
             ("PUT", "/drives/rootfs", br#"{}"#, "missing field"),
+            ("PUT", "/logger", br#"[]"#, "expected a JSON object"),
             (
                 "PUT",
                 "/drives/rootfs",

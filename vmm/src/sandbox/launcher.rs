@@ -46,8 +46,14 @@ pub(super) fn start(
             for job in jobs_rx {
                 let programs = programs.clone();
                 let body = job.body;
+                let vsock = job.name == devices::vsock::WORKER_THREAD;
                 let spawned = std::thread::Builder::new().name(job.name).spawn(move || {
-                    if let Err(e) = seccomp::install(ThreadKind::Worker, &programs.worker) {
+                    let filter = if vsock {
+                        &programs.vsock_worker
+                    } else {
+                        &programs.worker
+                    };
+                    if let Err(e) = seccomp::install(ThreadKind::Worker, filter) {
                         // Never run a device unfiltered when filters were asked for.
                         eprintln!("ringfence: error: {e}");
                         std::process::exit(seccomp::VIOLATION_STATUS);

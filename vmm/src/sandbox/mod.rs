@@ -85,6 +85,8 @@ pub(crate) struct Programs {
     vmm: KindFilter,
     vcpu: KindFilter,
     worker: KindFilter,
+    /// The worker's list plus Unix sockets, for the virtio-vsock worker only.
+    vsock_worker: KindFilter,
     launcher: KindFilter,
 }
 
@@ -126,6 +128,9 @@ pub struct Sandbox {
     launcher: Option<ThreadLauncher>,
     launcher_thread: Option<JoinHandle<()>>,
     violation: Option<ThreadKind>,
+    /// The VMM thread's filter when it differs from the shared one (it may remove the vsock
+    /// socket file: [`Sandbox::allow_vmm_unlink_in`]).
+    vmm_filter: Option<KindFilter>,
 }
 
 /// The filters, compiled once per process: they depend on nothing but the thread kind, and
@@ -139,6 +144,7 @@ fn compiled_programs() -> Result<Arc<Programs>, SandboxError> {
         vmm: seccomp::compile(ThreadKind::Vmm)?,
         vcpu: seccomp::compile(ThreadKind::Vcpu)?,
         worker: seccomp::compile(ThreadKind::Worker)?,
+        vsock_worker: seccomp::compile_vsock_worker()?,
         launcher: seccomp::compile(ThreadKind::Launcher)?,
     });
     Ok(PROGRAMS.get_or_init(|| programs).clone())
@@ -167,6 +173,7 @@ impl Sandbox {
                 launcher: None,
                 launcher_thread: None,
                 violation: None,
+                vmm_filter: None,
             });
         }
         let violation = test_violation_kind();
@@ -185,6 +192,7 @@ impl Sandbox {
             launcher,
             launcher_thread,
             violation,
+            vmm_filter: None,
         })
     }
 
@@ -217,13 +225,23 @@ impl Sandbox {
         })
     }
 
+    /// Lets the VMM thread, which tears the VM down, remove files in the directory open at
+    /// `dir` (`unlinkat(dir, name, 0)`; no other directory, no subdirectories): the vsock
+    /// socket file. Call it before [`Sandbox::lock_vmm_thread`]; nothing with seccomp off.
+    pub fn allow_vmm_unlink_in(&mut self, dir: std::os::fd::RawFd) -> Result<(), SandboxError> {
+        if self.programs.is_some() {
+            self.vmm_filter = Some(seccomp::compile_vmm_unlinking_in(&[dir])?);
+        }
+        Ok(())
+    }
+
     /// Installs the VMM filter on the calling thread, which keeps it for good (filters
     /// cannot be removed): call it from the thread that waits for the VM's end, once every
     /// other thread is started.
     pub fn lock_vmm_thread(&self) -> Result<(), SandboxError> {
         privileges::narrow_capabilities(self.keep_caps)?;
         if let Some(p) = &self.programs {
-            seccomp::install(ThreadKind::Vmm, &p.vmm)?;
+            seccomp::install(ThreadKind::Vmm, self.vmm_filter.as_ref().unwrap_or(&p.vmm))?;
             test_violation(self.violation, ThreadKind::Vmm);
         }
         Ok(())

@@ -242,7 +242,8 @@ fn worker(rules: &mut Rules) -> Result<(), SandboxError> {
             libc::SYS_eventfd2,
         ],
     );
-    // Host sockets are IPv4/IPv6 only (TCP, UDP, ICMP ping or raw ICMP).
+    // Host sockets are IPv4/IPv6 only (TCP, UDP, ICMP ping or raw ICMP); the vsock worker
+    // adds Unix sockets (`vsock_worker_rules`).
     allow_arg_in(
         rules,
         libc::SYS_socket,
@@ -268,6 +269,35 @@ fn worker(rules: &mut Rules) -> Result<(), SandboxError> {
         &[TIOCOUTQ, FIONREAD, FIONBIO, TUNSETOFFLOAD],
     )?;
     Ok(())
+}
+
+/// The virtio-vsock worker's list: the worker's, plus `socket(AF_UNIX)` for the guest's
+/// connections to `<uds_path>_<port>`. Only that thread gets it (the launcher picks it by
+/// the thread's name, [`devices::vsock::WORKER_THREAD`]), so no other worker can reach Unix
+/// sockets by path.
+fn vsock_worker_rules() -> Result<Rules, SandboxError> {
+    let mut rules = rules_for(ThreadKind::Worker)?;
+    unix_sockets_too(&mut rules)?;
+    Ok(rules)
+}
+
+fn unix_sockets_too(rules: &mut Rules) -> Result<(), SandboxError> {
+    allow_arg_in(
+        rules,
+        libc::SYS_socket,
+        0,
+        Len::Dword,
+        &[
+            libc::AF_INET as u64,
+            libc::AF_INET6 as u64,
+            libc::AF_UNIX as u64,
+        ],
+    )
+}
+
+/// Compiles the virtio-vsock worker's filters (see `vsock_worker_rules`).
+pub fn compile_vsock_worker() -> Result<KindFilter, SandboxError> {
+    compile_rules(vsock_worker_rules()?)
 }
 
 /// The allow-list of `kind`.
@@ -315,6 +345,8 @@ fn rules_for(kind: ThreadKind) -> Result<Rules, SandboxError> {
         ThreadKind::Worker => worker(&mut rules)?,
         ThreadKind::Launcher => {
             worker(&mut rules)?;
+            // The vsock worker it starts stacks its filter on this one.
+            unix_sockets_too(&mut rules)?;
             // Creating threads (never processes) and what a new thread does before it
             // installs its own filter.
             allow(
@@ -400,7 +432,28 @@ fn to_bpf(filter: SeccompFilter) -> Result<BpfProgram, SandboxError> {
 
 /// Compiles the filters of `kind` to BPF.
 pub fn compile(kind: ThreadKind) -> Result<KindFilter, SandboxError> {
-    let mut rules = rules_for(kind)?;
+    compile_rules(rules_for(kind)?)
+}
+
+/// Compiles the VMM thread's filters plus `unlinkat(dir, name, 0)` for each of `dirs` and
+/// nothing else: the thread that tears a VM down removes the VM's vsock socket file, in the
+/// directory the VMM opened (`O_PATH`) before any filter went in, and no other file.
+pub fn compile_vmm_unlinking_in(dirs: &[std::os::fd::RawFd]) -> Result<KindFilter, SandboxError> {
+    let mut rules = rules_for(ThreadKind::Vmm)?;
+    let mut list = Vec::with_capacity(dirs.len());
+    for &fd in dirs {
+        list.push(rule(vec![
+            cond(0, Len::Dword, Op::Eq, fd as u64)?,
+            cond(2, Len::Dword, Op::Eq, 0)?,
+        ])?);
+    }
+    if !list.is_empty() {
+        rules.insert(libc::SYS_unlinkat, list);
+    }
+    compile_rules(rules)
+}
+
+fn compile_rules(mut rules: Rules) -> Result<KindFilter, SandboxError> {
     allow(&mut rules, &OPEN_SYSCALLS);
     let allow_list = SeccompFilter::new(
         rules,
@@ -556,6 +609,31 @@ mod tests {
     }
 
     #[test]
+    fn the_vmm_thread_may_unlink_in_its_vsock_directory_only() {
+        use std::os::fd::AsRawFd;
+        let dir = std::env::temp_dir().join(format!("rf-seccomp-unlink-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::write(dir.join("v.sock"), b"").expect("file");
+        let dir_fd = std::fs::File::open(&dir).expect("open dir");
+        let fd = dir_fd.as_raw_fd();
+        let filter = compile_vmm_unlinking_in(&[fd]).expect("compile");
+        assert!(!rules_for(ThreadKind::Vmm)
+            .expect("rules")
+            .contains_key(&libc::SYS_unlinkat));
+        let removed = std::thread::spawn(move || {
+            install(ThreadKind::Vmm, &filter).expect("install");
+            // SAFETY: a valid directory descriptor and a NUL-terminated name.
+            unsafe { libc::unlinkat(fd, c"v.sock".as_ptr(), 0) }
+        })
+        .join()
+        .expect("thread");
+        assert_eq!(removed, 0);
+        assert!(!dir.join("v.sock").exists());
+        drop(dir_fd);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn a_filtered_thread_cannot_open_files_and_keeps_running() {
         let filter = compile(ThreadKind::Worker).expect("compile");
         let opened = std::thread::spawn(move || {
@@ -589,6 +667,19 @@ mod tests {
                 .expect("rules")
                 .contains_key(&libc::SYS_clone3));
         }
+    }
+
+    #[test]
+    fn only_the_vsock_worker_and_its_launcher_may_create_unix_sockets() {
+        let families = |rules: &Rules| rules.get(&libc::SYS_socket).map_or(0, Vec::len);
+        assert_eq!(families(&rules_for(ThreadKind::Worker).expect("worker")), 2);
+        assert_eq!(families(&vsock_worker_rules().expect("vsock")), 3);
+        assert_eq!(
+            families(&rules_for(ThreadKind::Launcher).expect("launcher")),
+            3
+        );
+        assert_eq!(families(&rules_for(ThreadKind::Vcpu).expect("vcpu")), 0);
+        assert!(compile_vsock_worker().expect("compile").len() < 8192);
     }
 
     #[test]
