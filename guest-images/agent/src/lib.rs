@@ -11,6 +11,7 @@
 //!   `ringfence.cmd=`);
 //! - [`cmdline`]: parsing `/proc/cmdline` into an [`cmdline::AgentConfig`];
 //! - [`netplan`]: the network setup steps;
+//! - [`reaper`]: exit statuses of the agent's own children that PID 1's loop collected;
 //! - [`status`]: how an exit or a signal becomes the reported status;
 //! - [`runtime`]: the PID-1-only side effects;
 //! - [`vsock_service`]: the control channel an orchestrator reaches over virtio-vsock.
@@ -19,6 +20,7 @@ pub mod cmdline;
 pub mod host_files;
 pub mod netplan;
 pub mod protocol;
+pub mod reaper;
 pub mod runtime;
 pub mod status;
 pub mod vsock_service;

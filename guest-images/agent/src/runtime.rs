@@ -202,6 +202,10 @@ fn run_command(config: &AgentConfig) -> Outcome {
         if got == pid {
             return status::from_wait_status(raw);
         }
+        if got > 0 {
+            // Maybe an agent thread's child (the vsock service's EXEC): hand its status over.
+            crate::reaper::record(got, raw);
+        }
         if got < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
             return Outcome::Exited(i32::from(status::AGENT_FAILURE));
         }

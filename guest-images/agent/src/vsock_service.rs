@@ -76,13 +76,8 @@ pub fn serve<S: Read + Write>(stream: S) -> io::Result<()> {
 
 /// Runs `cmd` with `/bin/sh -c`, stdout and stderr together, and frames the answer.
 fn exec(cmd: &str) -> Vec<u8> {
-    let run = Command::new("/bin/sh")
-        .arg("-c")
-        .arg(format!("exec 2>&1; {cmd}"))
-        .stdin(Stdio::null())
-        .output();
-    let (mut output, code) = match run {
-        Ok(out) => (out.stdout, status_of(out.status)),
+    let (mut output, code) = match run_shell(cmd) {
+        Ok(done) => done,
         Err(e) => (format!("cannot run /bin/sh: {e}\n").into_bytes(), 127),
     };
     output.truncate(MAX_OUTPUT);
@@ -92,12 +87,28 @@ fn exec(cmd: &str) -> Vec<u8> {
     reply
 }
 
-fn status_of(status: std::process::ExitStatus) -> i32 {
-    use std::os::unix::process::ExitStatusExt;
-    status
-        .code()
-        .or_else(|| status.signal().map(|s| 128 + s))
-        .unwrap_or(127)
+/// Runs the shell and collects its output and exit code. The child is waited for through
+/// [`crate::reaper`]: as PID 1 the agent's reaping loop may collect it first.
+fn run_shell(cmd: &str) -> io::Result<(Vec<u8>, i32)> {
+    let mut child = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(format!("exec 2>&1; {cmd}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut output = Vec::new();
+    if let Some(out) = child.stdout.take() {
+        out.take(MAX_OUTPUT as u64 + 1).read_to_end(&mut output)?;
+    }
+    let raw = crate::reaper::wait_child(child.id() as libc::pid_t);
+    let code = if libc::WIFEXITED(raw) {
+        libc::WEXITSTATUS(raw)
+    } else if libc::WIFSIGNALED(raw) {
+        128 + libc::WTERMSIG(raw)
+    } else {
+        127
+    };
+    Ok((output, code))
 }
 
 /// Listens on [`PORT`] on a thread of its own and serves each connection on another; does

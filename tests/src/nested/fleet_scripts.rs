@@ -22,7 +22,7 @@ ringfence run --linux --mem 256 --timeout 150 --vsock "uds=$D/v.sock" \
   -- sh -c '{GUEST}' > "$D/guest.out" 2>&1 &
 VM=$!
 # The agent answers on vsock port 1024 once the guest is up.
-rf-nested vsock "$D/v.sock" 1024 "EXEC cat /sys/block/vdb/serial" 150 > "$D/vsock.out" 2>&1
+rf-nested vsock "$D/v.sock" 1024 "EXEC cat /sys/block/vdb/serial" 150 > "$D/vsock.out" 2> "$D/vsock.err"
 echo "CHECK vsock_exec $(tr '\n' ' ' < "$D/vsock.out")"
 rf-nested vsock "$D/v.sock" 1024 "EXEC touch /run/stop" 30 > /dev/null
 wait $VM
@@ -36,7 +36,7 @@ cmp -s "$D/ro.img" "$D/ro.orig"; echo "CHECK ro_unchanged $?"
 }
 
 /// The guest side of [`drives_outer`] (inside single quotes: no `'`).
-const DRIVES_GUEST: &str = r#"echo "CHECK root $(grep " / " /proc/mounts | cut -d" " -f1,3)"
+const DRIVES_GUEST: &str = r#"echo "CHECK root $(grep " / " /proc/mounts | cut -d" " -f1,3) $(grep -o "root=[^ ]*" /proc/cmdline)"
 echo "CHECK serial $(cat /sys/block/vdb/serial)"
 echo "CHECK reads $(head -c 9 /dev/vdb)"
 printf guest-written | dd of=/dev/vdb bs=512 seek=1 conv=notrunc,fsync 2>/dev/null; echo "CHECK write $?"

@@ -11,7 +11,13 @@ fn a_linux_guest_boots_from_a_drive_and_reads_and_writes_drives() {
     let o = outcome!("drives");
     assert_status(o, 0);
     assert_eq!(check(o, "status"), "3", "{}", o.describe());
-    assert_eq!(check(o, "root"), "/dev/vda ext4", "{}", o.describe());
+    // The kernel mounts the root it was given (root=/dev/vda) and calls it /dev/root.
+    assert_eq!(
+        check(o, "root"),
+        "/dev/root ext4 root=/dev/vda",
+        "{}",
+        o.describe()
+    );
     assert_eq!(check(o, "rootfs_write"), "ok", "{}", o.describe());
     // GET_ID carries the drive's id; the image's bytes reach the guest and back.
     assert_eq!(check(o, "serial"), "data-disk", "{}", o.describe());
