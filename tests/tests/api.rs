@@ -201,7 +201,7 @@ fn wrong_state_bad_bodies_and_a_busy_socket_are_refused() {
             &sock,
             "PUT",
             "/network-interfaces/eth0",
-            r#"{"iface_id": "eth0"}"#
+            r#"{"iface_id": "eth0", "host_dev_name": "no-such-tap"}"#
         )
         .0,
         204

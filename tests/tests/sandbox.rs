@@ -48,6 +48,24 @@ fn a_forbidden_syscall_on_a_device_thread_is_fatal_and_says_so() {
     assert_exit_ok(&o, "--seccomp off with the violation hook");
 }
 
+#[test]
+fn the_api_server_thread_is_filtered_too() {
+    // No KVM needed: the API thread filters itself before it serves anything.
+    let dir = ringfence_tests::harness::TempDir::new("api-seccomp");
+    let sock = dir.path().join("api.sock");
+    let o = Command::new(ringfence_bin())
+        .arg("api")
+        .arg("--api-sock")
+        .arg(&sock)
+        .env("RINGFENCE_TEST_SECCOMP_VIOLATION", "api")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run ringfence api");
+    assert_eq!(o.status.code(), Some(125), "{}", stderr(&o));
+    let want = format!("ringfence: seccomp: thread api made disallowed syscall {SYS_GETPGID}");
+    assert!(stderr(&o).contains(&want), "{}", stderr(&o));
+}
+
 /// Starts a spinning probe with `fd` inherited as descriptor 9 and waits for its ready line.
 fn spawn_locked_down(probe: &Path, inherited: &std::fs::File, net: &str) -> Child {
     use std::os::fd::AsRawFd;

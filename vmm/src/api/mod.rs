@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::config::VmConfig;
 use crate::sandbox::SeccompMode;
+use crate::VmHandle;
 use model::FullConfig;
 use state::ApiState;
 
@@ -95,40 +96,92 @@ fn json<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string(value).unwrap_or_default()
 }
 
+/// What the API's server thread asks of the main thread.
+enum ToMain {
+    /// `InstanceStart`: start this VM and answer.
+    Start(VmConfig, mpsc::Sender<Result<Arc<VmHandle>, String>>),
+    /// `--config-file` could not be applied, or the thread could not be filtered.
+    Failed(String),
+}
+
 /// Runs the API until the VM it starts has stopped; returns the exit status `ringfence run`
 /// would give. Errors are for the process's stderr.
+///
+/// Threads: the server thread (`api-server`) applies `--config-file` and serves the socket
+/// under the API seccomp filter (docs/security.md); it cannot start a VM, so `InstanceStart`
+/// hands the configuration to this (the main) thread, which starts the VM from a fresh,
+/// unfiltered thread, answers, and waits for the VM's end.
 pub fn run(opts: ApiOptions) -> Result<i32, String> {
     let (tx, rx) = mpsc::channel();
     let seccomp = opts.seccomp;
     let tweak: state::ConfigTweak = Box::new(move |c: &mut VmConfig| c.seccomp = seccomp);
-    let state = Arc::new(Mutex::new(ApiState::with_notify(
-        &opts.id,
-        Some(tweak),
-        Some(tx),
-    )));
+    let start_tx = Mutex::new(tx.clone());
+    let starter: state::Starter = Box::new(move |cfg| {
+        let (reply_tx, reply_rx) = mpsc::channel();
+        start_tx
+            .lock()
+            .map_err(|_| "the API's start channel is poisoned".to_string())?
+            .send(ToMain::Start(cfg, reply_tx))
+            .map_err(|_| "the main thread is gone".to_string())?;
+        reply_rx
+            .recv()
+            .map_err(|_| "the main thread did not answer".to_string())?
+    });
+    let state = ApiState::with_starter(&opts.id, Some(tweak), Some(starter));
+    // Bound and read here, before the server thread is filtered.
     let listener = opts.socket.as_deref().map(server::bind).transpose()?;
-    if let Some(path) = &opts.config_file {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("--config-file {}: {e}", path.display()))?;
-        let mut s = state.lock().map_err(|_| "the API state is poisoned")?;
-        apply(&mut s, &text)?;
-    }
-    if let (Some(listener), Some(path)) = (listener, opts.socket.clone()) {
-        let state = state.clone();
-        std::thread::Builder::new()
-            .name("api-server".into())
-            .spawn(move || {
+    let config = match &opts.config_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| format!("--config-file {}: {e}", path.display()))?,
+        ),
+        None if listener.is_none() => {
+            return Err("give --api-sock PATH, or --config-file FILE (with --no-api)".into())
+        }
+        None => None,
+    };
+    let socket = opts.socket.clone();
+    std::thread::Builder::new()
+        .name("api-server".into())
+        .spawn(move || {
+            if let Err(e) = crate::sandbox::filter_api_thread(seccomp) {
+                let _ = tx.send(ToMain::Failed(e.to_string()));
+                return;
+            }
+            let state = Arc::new(Mutex::new(state));
+            if let Some(text) = config {
+                let applied = match state.lock() {
+                    Ok(mut s) => apply(&mut s, &text),
+                    Err(_) => Err("the API state is poisoned".into()),
+                };
+                if let Err(e) = applied {
+                    let _ = tx.send(ToMain::Failed(e));
+                    return;
+                }
+            }
+            drop(tx);
+            if let (Some(listener), Some(path)) = (listener, socket) {
                 if let Err(e) = server::serve(listener, path, state) {
                     eprintln!("ringfence: the API server stopped: {e}");
                 }
-            })
-            .map_err(|e| format!("the API server thread: {e}"))?;
-    } else if opts.config_file.is_none() {
-        return Err("give --api-sock PATH, or --config-file FILE (with --no-api)".into());
-    }
-    let vm = rx
-        .recv()
-        .map_err(|_| "the API server stopped before InstanceStart".to_string())?;
+            }
+        })
+        .map_err(|e| format!("the API server thread: {e}"))?;
+    let vm = loop {
+        match rx.recv() {
+            Ok(ToMain::Start(cfg, reply)) => match state::start_vm(cfg) {
+                Ok(vm) => {
+                    let _ = reply.send(Ok(vm.clone()));
+                    break vm;
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
+            Ok(ToMain::Failed(e)) => return Err(e),
+            Err(_) => return Err("the API server stopped before InstanceStart".into()),
+        }
+    };
     let exit = vm.wait();
     if exit.is_abnormal() {
         eprintln!("ringfence: {exit}");

@@ -95,13 +95,9 @@ pub struct BootSource {
 pub struct NetworkInterface {
     /// Must match the path's id.
     pub iface_id: String,
-    /// A tap on the host gives `--net tap:NAME`; any other name (or none) the user netstack.
-    #[serde(
-        default,
-        deserialize_with = "non_null",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub host_dev_name: Option<String>,
+    /// A tap on the host gives `--net tap:NAME`; any other name the user netstack (required,
+    /// as Firecracker requires it).
+    pub host_dev_name: String,
     /// The guest's MAC, `aa:bb:cc:dd:ee:ff`.
     #[serde(
         default,

@@ -6,7 +6,6 @@
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::Path;
-use std::sync::mpsc::Sender;
 use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
@@ -74,8 +73,8 @@ pub struct ApiState {
     vm: Option<Arc<VmHandle>>,
     /// Refinements applied to the built configuration before start (`--seccomp`).
     tweak: Option<ConfigTweak>,
-    /// Told about the VM once it started (whoever waits for its end).
-    started_tx: Option<Sender<Arc<VmHandle>>>,
+    /// Starts the VM for `InstanceStart` (default: [`start_vm`] on this thread's behalf).
+    starter: Option<Starter>,
     /// Whether calls touch the host (open files, start the VM); off only for fuzzing.
     effects: bool,
 }
@@ -124,15 +123,12 @@ fn open_sink(what: &str, path: &str) -> Result<File, Reply> {
 impl ApiState {
     /// A fresh state for instance `id`; `tweak` runs on the VM configuration before start.
     pub fn new(id: &str, tweak: Option<ConfigTweak>) -> Self {
-        Self::with_notify(id, tweak, None)
+        Self::with_starter(id, tweak, None)
     }
 
-    /// As [`ApiState::new`], and `started_tx` gets the VM when `InstanceStart` starts it.
-    pub fn with_notify(
-        id: &str,
-        tweak: Option<ConfigTweak>,
-        started_tx: Option<Sender<Arc<VmHandle>>>,
-    ) -> Self {
+    /// As [`ApiState::new`], with `starter` starting the VM on `InstanceStart` (`ringfence
+    /// api` hands the configuration to its main thread: the server thread is filtered).
+    pub fn with_starter(id: &str, tweak: Option<ConfigTweak>, starter: Option<Starter>) -> Self {
         ApiState {
             id: id.to_string(),
             machine: MachineConfig::default(),
@@ -145,7 +141,7 @@ impl ApiState {
             policy: None,
             vm: None,
             tweak,
-            started_tx,
+            starter,
             effects: true,
         }
     }
@@ -479,8 +475,8 @@ impl ApiState {
         cfg.pass_tsc_khz = probe;
         cfg.legacy_pit = !probe;
         if let Some(n) = &self.net {
-            cfg.net.backend = match n.host_dev_name.as_deref() {
-                Some(name) if is_tap(name) => NetBackendSpec::Tap(name.to_string()),
+            cfg.net.backend = match n.host_dev_name.as_str() {
+                name if is_tap(name) => NetBackendSpec::Tap(name.to_string()),
                 _ => NetBackendSpec::User,
             };
             cfg.net.mac = n.guest_mac.as_deref().map(parse_mac).transpose()?;
@@ -505,28 +501,34 @@ impl ApiState {
         if !self.effects {
             return Reply::fault("InstanceStart: this API state starts no VM (fuzzing)");
         }
-        // Vm::start refuses a thread that ran a VM before: start from a fresh one.
-        let started = std::thread::Builder::new()
-            .name("api-start".into())
-            .spawn(move || Vm::new(cfg).start())
-            .map_err(|e| e.to_string())
-            .and_then(|t| {
-                t.join()
-                    .map_err(|_| "the start thread panicked".to_string())
-            });
+        let started = match &self.starter {
+            Some(starter) => starter(cfg),
+            None => start_vm(cfg),
+        };
         match started {
-            Ok(Ok(vm)) => {
-                let vm = Arc::new(vm);
-                if let Some(tx) = &self.started_tx {
-                    let _ = tx.send(vm.clone());
-                }
+            Ok(vm) => {
                 self.vm = Some(vm);
                 Reply::no_content()
             }
-            Ok(Err(e)) => Reply::fault(format!("the microVM did not start: {e}")),
             Err(e) => Reply::fault(format!("the microVM did not start: {e}")),
         }
     }
+}
+
+/// Starts a VM for `InstanceStart`.
+pub type Starter = Box<dyn Fn(VmConfig) -> Result<Arc<VmHandle>, String> + Send>;
+
+/// Starts the VM of `cfg` on a fresh thread (`Vm::start` refuses a thread that ran a VM
+/// before, and with seccomp on it filters the thread that calls it for good).
+pub fn start_vm(cfg: VmConfig) -> Result<Arc<VmHandle>, String> {
+    std::thread::Builder::new()
+        .name("api-start".into())
+        .spawn(move || Vm::new(cfg).start())
+        .map_err(|e| e.to_string())?
+        .join()
+        .map_err(|_| "the start thread panicked".to_string())?
+        .map(Arc::new)
+        .map_err(|e| e.to_string())
 }
 
 /// Whether `name` is an existing tap (or tun) interface of this host.
@@ -594,13 +596,13 @@ mod tests {
             (
                 "PUT",
                 "/network-interfaces/eth0",
-                br#"{"iface_id": "eth1"}"#,
+                br#"{"iface_id": "eth1", "host_dev_name": "t"}"#,
                 "does not match",
             ),
             (
                 "PUT",
                 "/network-interfaces/eth0",
-                br#"{"iface_id": "eth0", "guest_mac": "zz"}"#,
+                br#"{"iface_id": "eth0", "host_dev_name": "t", "guest_mac": "zz"}"#,
                 "bad guest_mac",
             ),
             ("PUT", "/drives/rootfs", br#"{}"#, "missing field"),
@@ -681,7 +683,7 @@ mod tests {
         let r = s.handle(
             "PUT",
             "/network-interfaces/eth1",
-            br#"{"iface_id": "eth1"}"#,
+            br#"{"iface_id": "eth1", "host_dev_name": "t"}"#,
         );
         assert!(body(&r).contains("one network interface"));
         let r = s.handle("PUT", "/network-policy", br#"{"preset": "none"}"#);

@@ -14,6 +14,7 @@
 mod launcher;
 pub mod privileges;
 pub mod seccomp;
+mod seccomp_api;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -346,6 +347,20 @@ pub fn ensure_unfiltered_thread() -> Result<(), SandboxError> {
         Some(kind) => Err(SandboxError::AlreadyFiltered(kind.name())),
         None => Ok(()),
     }
+}
+
+/// Filters the calling thread as `ringfence api`'s server thread (with seccomp on): sets
+/// `no_new_privs`, installs the SIGSYS reporter and the API allow-list (docs/security.md).
+pub fn filter_api_thread(mode: SeccompMode) -> Result<(), SandboxError> {
+    if mode == SeccompMode::Off {
+        return Ok(());
+    }
+    privileges::set_no_new_privs()?;
+    seccomp::install_sigsys_handler()?;
+    let filter = seccomp::compile(ThreadKind::Api)?;
+    seccomp::install(ThreadKind::Api, &filter)?;
+    test_violation(test_violation_kind(), ThreadKind::Api);
+    Ok(())
 }
 
 fn test_violation_kind() -> Option<ThreadKind> {

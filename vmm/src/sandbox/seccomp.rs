@@ -33,15 +33,19 @@ pub enum ThreadKind {
     Worker,
     /// The thread that starts device workers (so they do not inherit a vCPU's filter).
     Launcher,
+    /// `ringfence api`'s server thread: HTTP on the API socket, the files the calls name
+    /// (checked, logged to, swapped in), never a VM start (the main thread does that).
+    Api,
 }
 
 impl ThreadKind {
     /// Every kind, for tests and documentation.
-    pub const ALL: [ThreadKind; 4] = [
+    pub const ALL: [ThreadKind; 5] = [
         ThreadKind::Vmm,
         ThreadKind::Vcpu,
         ThreadKind::Worker,
         ThreadKind::Launcher,
+        ThreadKind::Api,
     ];
 
     /// The name used in messages and docs.
@@ -51,6 +55,7 @@ impl ThreadKind {
             ThreadKind::Vcpu => "vcpu",
             ThreadKind::Worker => "worker",
             ThreadKind::Launcher => "launcher",
+            ThreadKind::Api => "api",
         }
     }
 
@@ -60,6 +65,7 @@ impl ThreadKind {
             ThreadKind::Vcpu => 2,
             ThreadKind::Worker => 3,
             ThreadKind::Launcher => 4,
+            ThreadKind::Api => 5,
         }
     }
 
@@ -69,6 +75,7 @@ impl ThreadKind {
             2 => b"vcpu",
             3 => b"worker",
             4 => b"launcher",
+            5 => b"api",
             _ => b"unknown",
         }
     }
@@ -107,19 +114,19 @@ const TIOCOUTQ: u64 = libc::TIOCOUTQ;
 /// `FIONREAD` (= SIOCINQ).
 const FIONREAD: u64 = libc::FIONREAD;
 /// `FIONBIO` (set or clear O_NONBLOCK).
-const FIONBIO: u64 = libc::FIONBIO;
+pub(super) const FIONBIO: u64 = libc::FIONBIO;
 
 /// One syscall's rules: empty = always allowed; otherwise allowed when any rule matches.
-type Rules = BTreeMap<i64, Vec<SeccompRule>>;
+pub(super) type Rules = BTreeMap<i64, Vec<SeccompRule>>;
 
-fn allow(rules: &mut Rules, nrs: &[libc::c_long]) {
+pub(super) fn allow(rules: &mut Rules, nrs: &[libc::c_long]) {
     for &nr in nrs {
         rules.insert(nr, Vec::new());
     }
 }
 
 /// Allows `nr` when argument `arg` equals one of `values`.
-fn allow_arg_in(
+pub(super) fn allow_arg_in(
     rules: &mut Rules,
     nr: libc::c_long,
     arg: u8,
@@ -144,7 +151,7 @@ fn rule(conds: Vec<SeccompCondition>) -> Result<SeccompRule, SandboxError> {
 
 /// What every thread needs: memory, futexes, its own exit, writing to stdout/stderr/eventfds,
 /// sleeping, and aborting (which signals itself).
-fn common(rules: &mut Rules) -> Result<(), SandboxError> {
+pub(super) fn common(rules: &mut Rules) -> Result<(), SandboxError> {
     allow(
         rules,
         &[
@@ -343,6 +350,7 @@ fn rules_for(kind: ThreadKind) -> Result<Rules, SandboxError> {
             )?;
         }
         ThreadKind::Worker => worker(&mut rules)?,
+        ThreadKind::Api => super::seccomp_api::api(&mut rules)?,
         ThreadKind::Launcher => {
             worker(&mut rules)?;
             // The vsock worker it starts stacks its filter on this one.
@@ -406,8 +414,9 @@ const OPEN_SYSCALLS: [libc::c_long; 3] = [libc::SYS_open, libc::SYS_openat, libc
 pub struct KindFilter {
     /// Opening any path fails with `EACCES`; everything else passes to `allow`. (glibc's
     /// malloc opens /proc/sys/vm/overcommit_memory the first time a thread's arena shrinks,
-    /// at any point of a run; it copes with the error.)
-    deny_open: BpfProgram,
+    /// at any point of a run; it copes with the error.) `None` for the API thread, whose
+    /// calls name files it must open.
+    deny_open: Option<BpfProgram>,
     /// The kind's allow-list; anything else traps (SIGSYS).
     allow: BpfProgram,
 }
@@ -415,7 +424,7 @@ pub struct KindFilter {
 impl KindFilter {
     /// BPF instructions in both programs.
     pub fn len(&self) -> usize {
-        self.deny_open.len() + self.allow.len()
+        self.deny_open.as_ref().map_or(0, Vec::len) + self.allow.len()
     }
 
     /// Whether both programs are empty (never, for a compiled filter).
@@ -432,7 +441,11 @@ fn to_bpf(filter: SeccompFilter) -> Result<BpfProgram, SandboxError> {
 
 /// Compiles the filters of `kind` to BPF.
 pub fn compile(kind: ThreadKind) -> Result<KindFilter, SandboxError> {
-    compile_rules(rules_for(kind)?)
+    let mut filter = compile_rules(rules_for(kind)?)?;
+    if kind == ThreadKind::Api {
+        filter.deny_open = None;
+    }
+    Ok(filter)
 }
 
 /// Compiles the VMM thread's filters plus `unlinkat(dir, name, 0)` for each of `dirs` and
@@ -472,7 +485,7 @@ fn compile_rules(mut rules: Rules) -> Result<KindFilter, SandboxError> {
     )
     .map_err(|e| SandboxError::Filter(e.to_string()))?;
     Ok(KindFilter {
-        deny_open: to_bpf(deny_open)?,
+        deny_open: Some(to_bpf(deny_open)?),
         allow: to_bpf(allow_list)?,
     })
 }
@@ -483,7 +496,11 @@ pub fn install(kind: ThreadKind, filter: &KindFilter) -> Result<(), SandboxError
     // Set before the allow-list goes in, so a trap right after it names the kind; cleared
     // again if no filter went in at all.
     let previous = KIND.with(|k| k.replace(kind.code()));
-    for (i, program) in [&filter.deny_open, &filter.allow].into_iter().enumerate() {
+    let programs = filter
+        .deny_open
+        .iter()
+        .chain(std::iter::once(&filter.allow));
+    for (i, program) in programs.enumerate() {
         if let Err(e) = seccompiler::apply_filter(program) {
             if i == 0 {
                 KIND.with(|k| k.set(previous));
