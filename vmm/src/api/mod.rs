@@ -99,7 +99,7 @@ fn json<T: serde::Serialize>(value: &T) -> String {
 /// What the API's server thread asks of the main thread.
 enum ToMain {
     /// `InstanceStart`: start this VM and answer.
-    Start(VmConfig, mpsc::Sender<Result<Arc<VmHandle>, String>>),
+    Start(Box<VmConfig>, mpsc::Sender<Result<Arc<VmHandle>, String>>),
     /// `--config-file` could not be applied, or the thread could not be filtered.
     Failed(String),
 }
@@ -121,7 +121,7 @@ pub fn run(opts: ApiOptions) -> Result<i32, String> {
         start_tx
             .lock()
             .map_err(|_| "the API's start channel is poisoned".to_string())?
-            .send(ToMain::Start(cfg, reply_tx))
+            .send(ToMain::Start(Box::new(cfg), reply_tx))
             .map_err(|_| "the main thread is gone".to_string())?;
         reply_rx
             .recv()
@@ -169,7 +169,7 @@ pub fn run(opts: ApiOptions) -> Result<i32, String> {
         .map_err(|e| format!("the API server thread: {e}"))?;
     let vm = loop {
         match rx.recv() {
-            Ok(ToMain::Start(cfg, reply)) => match state::start_vm(cfg) {
+            Ok(ToMain::Start(cfg, reply)) => match state::start_vm(*cfg) {
                 Ok(vm) => {
                     let _ = reply.send(Ok(vm.clone()));
                     break vm;
