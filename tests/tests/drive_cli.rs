@@ -8,22 +8,14 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use common::*;
-use ringfence_tests::harness::{ringfence_bin, TempDir};
+use ringfence_tests::harness::TempDir;
 
 fn run(probe: &Path, flags: &[&str]) -> Output {
-    Command::new(ringfence_bin())
-        .arg("run")
-        .arg("--kernel")
-        .arg(probe)
-        .args(["--net", "none"])
-        .args(flags)
-        .args(["--", "probe.scenario=hello"])
-        .output()
-        .expect("run ringfence")
+    run_hello(probe, &[&["--net", "none"], flags].concat())
 }
 
 /// Refused before boot: clap's usage errors exit 2, ringfence's own 125; both name what to fix.
-fn assert_refused(o: &Output, flags: &[&str], needles: &[&str]) {
+fn assert_refused_with_usage(o: &Output, flags: &[&str], needles: &[&str]) {
     let err = stderr(o);
     assert!(
         matches!(o.status.code(), Some(2) | Some(125)),
@@ -126,7 +118,7 @@ fn bad_drive_values_are_refused_before_boot() {
     for (flags, needles) in &cases {
         let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
         let needles: Vec<&str> = needles.iter().map(String::as_str).collect();
-        assert_refused(&run(&probe, &flags), &flags, &needles);
+        assert_refused_with_usage(&run(&probe, &flags), &flags, &needles);
     }
 }
 
@@ -153,7 +145,7 @@ fn a_file_that_cannot_be_written_is_refused_read_write_and_boots_read_only() {
         return eprintln!("SKIPPED: cannot make a file unwritable here (root without chattr)");
     }
     let o = run(&probe, &["--drive", &format!("path={img},id=locked")]);
-    assert_refused(
+    assert_refused_with_usage(
         &o,
         &["--drive"],
         &[

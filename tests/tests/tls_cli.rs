@@ -4,30 +4,8 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::*;
-use ringfence_tests::harness::{ringfence_bin, TempDir};
-
-fn run(probe: &std::path::Path, flags: &[&str]) -> std::process::Output {
-    Command::new(ringfence_bin())
-        .arg("run")
-        .arg("--kernel")
-        .arg(probe)
-        .args(flags)
-        .args(["--", "probe.scenario=hello"])
-        .output()
-        .expect("run ringfence")
-}
-
-fn assert_refused(o: &std::process::Output, needles: &[&str]) {
-    let err = stderr(o);
-    assert_eq!(o.status.code(), Some(125), "{err}");
-    for n in needles {
-        assert!(err.contains(n), "missing {n:?} in: {err}");
-    }
-    assert!(!stdout(o).contains("hello"), "the guest ran: {}", stdout(o));
-}
+use ringfence_tests::harness::TempDir;
 
 #[test]
 fn bad_interception_settings_are_refused_before_boot() {
@@ -106,7 +84,7 @@ fn bad_interception_settings_are_refused_before_boot() {
             vec!["--tls-intercept needs a TLS port"],
         ),
     ] {
-        let o = run(&probe, &flags);
+        let o = run_hello(&probe, &flags);
         // clap's own usage errors exit 2; ours 125. Both must say what to fix.
         if o.status.code() == Some(2) {
             let err = stderr(&o);
@@ -126,7 +104,7 @@ fn interception_boots_the_guest_and_writes_the_ca() {
     let dir = TempDir::new("tls-ca-out");
     let out = dir.path().join("ca.pem");
     let out_s = out.to_str().expect("utf-8 path");
-    let o = run(
+    let o = run_hello(
         &probe,
         &[
             "--tls-intercept",

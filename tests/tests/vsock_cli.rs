@@ -6,30 +6,12 @@
 mod common;
 
 use std::os::unix::net::UnixListener;
-use std::process::Command;
 
 use common::*;
 use ringfence_tests::harness::{ringfence_bin, TempDir};
 
 fn run(kernel: &std::path::Path, flags: &[&str]) -> std::process::Output {
-    Command::new(ringfence_bin())
-        .arg("run")
-        .arg("--kernel")
-        .arg(kernel)
-        .args(["--net", "none"])
-        .args(flags)
-        .args(["--", "probe.scenario=hello"])
-        .output()
-        .expect("run ringfence")
-}
-
-fn assert_refused(o: &std::process::Output, needles: &[&str]) {
-    let err = stderr(o);
-    assert_eq!(o.status.code(), Some(125), "{err}");
-    for n in needles {
-        assert!(err.contains(n), "missing {n:?} in: {err}");
-    }
-    assert!(!stdout(o).contains("hello"), "the guest ran: {}", stdout(o));
+    run_hello(kernel, &[&["--net", "none"], flags].concat())
 }
 
 #[test]

@@ -19,21 +19,17 @@ use std::sync::Arc;
 
 use devices::block::{Block, BlockConfig, BlockMetrics, DiskImage, ImageError};
 use devices::virtio::mmio::MmioTransport;
-use kvm_ioctls::{IoEventAddress, VmFd};
+use kvm_ioctls::VmFd;
 use vm_memory::GuestMemoryMmap;
 
 use crate::io::MmioDevice;
 use crate::kvm::KvmError;
-use crate::layout::{virtio_mmio_base, VIRTIO_IRQ_BASE, VIRTIO_MMIO_WINDOW};
 
 /// Most drives one VM may have: Kata's Firecracker driver gives 9 (the rootfs and eight
 /// hot-swap placeholders); the IOAPIC's 24 pins bound it.
 pub const MAX_DRIVES: usize = 16;
 /// Longest drive id: the guest reads at most 20 bytes of it (`VIRTIO_BLK_T_GET_ID`).
 pub const MAX_ID_LEN: usize = devices::block::ID_BYTES;
-
-/// Offset of QueueNotify in a virtio-mmio window.
-const QUEUE_NOTIFY_OFFSET: u64 = 0x50;
 
 /// One virtio-blk drive backed by a raw image file (`--drive`, Firecracker's `PUT /drives`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -261,19 +257,6 @@ pub fn prepare(drives: &[DriveSettings]) -> Result<Vec<PreparedDrive>, DriveErro
         .collect()
 }
 
-/// Adapts a virtio-mmio transport to the VMM's MMIO bus.
-struct TransportOnBus(MmioTransport);
-
-impl MmioDevice for TransportOnBus {
-    fn mmio_read(&mut self, offset: u64, data: &mut [u8]) {
-        self.0.read(offset, data);
-    }
-
-    fn mmio_write(&mut self, offset: u64, data: &[u8]) {
-        self.0.write(offset, data);
-    }
-}
-
 /// A drive ready to be placed on the bus.
 pub struct AttachedDrive {
     /// Guest-physical base of the window.
@@ -312,26 +295,15 @@ pub fn attach(
     let swap = block.swap_handle();
     let transport =
         MmioTransport::new(mem.clone(), Box::new(block)).map_err(|e| device_err(e.to_string()))?;
-    let window = drive_window(n);
-    let base = virtio_mmio_base(window);
-    let irq = VIRTIO_IRQ_BASE + window;
-    for (queue, evt) in transport.queue_notify_evts().iter().enumerate() {
-        vm.register_ioevent(
-            evt,
-            &IoEventAddress::Mmio(base + QUEUE_NOTIFY_OFFSET),
-            queue as u32,
-        )
-        .map_err(KvmError::ioctl("KVM_IOEVENTFD (virtio-blk queue notify)"))?;
-    }
-    vm.register_irqfd(transport.irq_evt(), irq)
-        .map_err(KvmError::ioctl("KVM_IRQFD (virtio-blk)"))?;
+    let names = crate::virtio_window::WiringNames {
+        ioevent: "KVM_IOEVENTFD (virtio-blk queue notify)",
+        irqfd: "KVM_IRQFD (virtio-blk)",
+    };
+    let placed = crate::virtio_window::place(vm, transport, drive_window(n), names, ())?;
     Ok(AttachedDrive {
-        base,
-        device: Box::new(TransportOnBus(transport)),
-        cmdline: format!(
-            "virtio_mmio.device={}K@{base:#x}:{irq}",
-            VIRTIO_MMIO_WINDOW / 1024
-        ),
+        base: placed.base,
+        device: placed.device,
+        cmdline: placed.cmdline,
         metrics,
         swap,
     })

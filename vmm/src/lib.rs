@@ -31,6 +31,7 @@ pub mod signals;
 pub mod tls_intercept;
 pub mod unix_socket;
 pub mod vcpu;
+pub mod virtio_window;
 pub mod vm;
 pub mod vsock;
 

@@ -11,20 +11,16 @@ use devices::net::backend::user::{StackControl, StackTask, UserBackend};
 use devices::net::backend::NetBackend;
 use devices::net::{Net, NetConfig};
 use devices::virtio::mmio::MmioTransport;
-use kvm_ioctls::{IoEventAddress, VmFd};
+use kvm_ioctls::VmFd;
 use vm_memory::GuestMemoryMmap;
 
 use crate::io::MmioDevice;
 use crate::kvm::KvmError;
-use crate::layout::{virtio_mmio_base, VIRTIO_IRQ_BASE, VIRTIO_MMIO_WINDOW};
 use crate::net_policy::PolicyHandle;
 use crate::net_user::{UserNetError, UserNetSettings};
 
 /// Environment variable that wraps the backend in the test-only fault hook (design §8).
 pub const TEST_FAULTS_ENV: &str = "RINGFENCE_TEST_FAULTS";
-
-/// Offset of QueueNotify in a virtio-mmio window.
-const QUEUE_NOTIFY_OFFSET: u64 = 0x50;
 
 /// The `--net` choice.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -117,19 +113,6 @@ pub enum NetSetupError {
     /// Registering eventfds with KVM failed.
     #[error(transparent)]
     Kvm(#[from] KvmError),
-}
-
-/// Adapts a virtio-mmio transport to the VMM's MMIO bus.
-struct TransportOnBus(MmioTransport);
-
-impl MmioDevice for TransportOnBus {
-    fn mmio_read(&mut self, offset: u64, data: &mut [u8]) {
-        self.0.read(offset, data);
-    }
-
-    fn mmio_write(&mut self, offset: u64, data: &[u8]) {
-        self.0.write(offset, data);
-    }
 }
 
 /// A network device ready to be placed on the bus.
@@ -284,25 +267,15 @@ pub fn attach(
     let capture = net.capture_switch();
     let transport = MmioTransport::new(mem.clone(), Box::new(net))
         .map_err(|e| NetSetupError::Device(e.to_string()))?;
-    let base = virtio_mmio_base(index);
-    let irq = VIRTIO_IRQ_BASE + index;
-    for (queue, evt) in transport.queue_notify_evts().iter().enumerate() {
-        vm.register_ioevent(
-            evt,
-            &IoEventAddress::Mmio(base + QUEUE_NOTIFY_OFFSET),
-            queue as u32,
-        )
-        .map_err(KvmError::ioctl("KVM_IOEVENTFD (virtio-net queue notify)"))?;
-    }
-    vm.register_irqfd(transport.irq_evt(), irq)
-        .map_err(KvmError::ioctl("KVM_IRQFD (virtio-net)"))?;
+    let names = crate::virtio_window::WiringNames {
+        ioevent: "KVM_IOEVENTFD (virtio-net queue notify)",
+        irqfd: "KVM_IRQFD (virtio-net)",
+    };
+    let placed = crate::virtio_window::place(vm, transport, index, names, ())?;
     Ok(AttachedNet {
-        base,
-        device: Box::new(TransportOnBus(transport)),
-        cmdline: format!(
-            "virtio_mmio.device={}K@{base:#x}:{irq}",
-            VIRTIO_MMIO_WINDOW / 1024
-        ),
+        base: placed.base,
+        device: placed.device,
+        cmdline: placed.cmdline,
         metrics,
         capture,
     })

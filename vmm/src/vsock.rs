@@ -23,12 +23,11 @@ use std::sync::Arc;
 
 use devices::virtio::mmio::MmioTransport;
 use devices::vsock::{Vsock, VsockConfig, VsockMetrics};
-use kvm_ioctls::{IoEventAddress, VmFd};
+use kvm_ioctls::VmFd;
 use vm_memory::GuestMemoryMmap;
 
 use crate::io::MmioDevice;
 use crate::kvm::KvmError;
-use crate::layout::{virtio_mmio_base, VIRTIO_IRQ_BASE, VIRTIO_MMIO_WINDOW};
 
 /// The guest context id ringfence gives when none is asked for.
 pub const DEFAULT_GUEST_CID: u32 = 3;
@@ -36,9 +35,6 @@ pub const DEFAULT_GUEST_CID: u32 = 3;
 /// Longest `uds_path`: `<uds_path>_<port>` must fit a `sockaddr_un` (107 bytes) for every
 /// 32-bit port.
 pub const MAX_UDS_PATH: usize = devices::vsock::sys::MAX_SOCKET_PATH - "_4294967295".len();
-
-/// Offset of QueueNotify in a virtio-mmio window.
-const QUEUE_NOTIFY_OFFSET: u64 = 0x50;
 
 /// A virtio-vsock device (`--vsock`, Firecracker's `PUT /vsock`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -213,24 +209,6 @@ pub fn bind(settings: &VsockSettings) -> Result<BoundVsock, VsockSetupError> {
     })
 }
 
-/// A virtio-mmio transport on the VMM's bus that removes the vsock socket file after the
-/// device (and its worker) are gone.
-struct VsockOnBus {
-    // Declared first: dropped first (stops the worker, closes every connection).
-    transport: MmioTransport,
-    _file: SocketFile,
-}
-
-impl MmioDevice for VsockOnBus {
-    fn mmio_read(&mut self, offset: u64, data: &mut [u8]) {
-        self.transport.read(offset, data);
-    }
-
-    fn mmio_write(&mut self, offset: u64, data: &[u8]) {
-        self.transport.write(offset, data);
-    }
-}
-
 /// A vsock device ready to be placed on the bus.
 pub struct AttachedVsock {
     /// Guest-physical base of the window.
@@ -260,28 +238,16 @@ pub fn attach(
     let metrics = vsock.metrics();
     let transport = MmioTransport::new(mem.clone(), Box::new(vsock))
         .map_err(|e| VsockSetupError::Device(e.to_string()))?;
-    let base = virtio_mmio_base(index);
-    let irq = VIRTIO_IRQ_BASE + index;
-    for (queue, evt) in transport.queue_notify_evts().iter().enumerate() {
-        vm.register_ioevent(
-            evt,
-            &IoEventAddress::Mmio(base + QUEUE_NOTIFY_OFFSET),
-            queue as u32,
-        )
-        .map_err(KvmError::ioctl("KVM_IOEVENTFD (virtio-vsock queue notify)"))?;
-    }
-    vm.register_irqfd(transport.irq_evt(), irq)
-        .map_err(KvmError::ioctl("KVM_IRQFD (virtio-vsock)"))?;
+    let names = crate::virtio_window::WiringNames {
+        ioevent: "KVM_IOEVENTFD (virtio-vsock queue notify)",
+        irqfd: "KVM_IRQFD (virtio-vsock)",
+    };
+    // The socket file is removed after the device (and its worker) are gone.
+    let placed = crate::virtio_window::place(vm, transport, index, names, file)?;
     Ok(AttachedVsock {
-        base,
-        device: Box::new(VsockOnBus {
-            transport,
-            _file: file,
-        }),
-        cmdline: format!(
-            "virtio_mmio.device={}K@{base:#x}:{irq}",
-            VIRTIO_MMIO_WINDOW / 1024
-        ),
+        base: placed.base,
+        device: placed.device,
+        cmdline: placed.cmdline,
         metrics,
     })
 }

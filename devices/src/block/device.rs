@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::eventfd::EventFd;
 
 use super::backing::{Backing, DriveSwap};
 use super::features::*;
@@ -188,20 +188,10 @@ impl VirtioDevice for Block {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        data.fill(0);
-        let Ok(start) = usize::try_from(offset) else {
-            return;
-        };
-        if start >= self.config_space.len() {
-            return;
-        }
-        let end = start
-            .saturating_add(data.len())
-            .min(self.config_space.len());
         // The capacity follows the current image (it changes when the image is swapped).
         let mut space = self.config_space;
         space[0..8].copy_from_slice(&self.sectors().to_le_bytes());
-        data[..end - start].copy_from_slice(&space[start..end]);
+        crate::virtio::read_config_space(&space, offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
@@ -227,11 +217,7 @@ impl VirtioDevice for Block {
                 got: ctx.queues.len(),
             });
         }
-        let stop = EventFd::new(EFD_NONBLOCK)
-            .map_err(|e| ActivateError::Start(format!("cannot create stop eventfd: {e}")))?;
-        let worker_stop = stop
-            .try_clone()
-            .map_err(|e| ActivateError::Start(format!("cannot duplicate stop eventfd: {e}")))?;
+        let (stop, worker_stop) = crate::virtio::stop_eventfds()?;
         let entries = u32::from(self.queue_sizes[0]).max(16);
         let lp =
             EventLoop::with_file_io(entries).map_err(|e| ActivateError::Start(e.to_string()))?;

@@ -120,3 +120,28 @@ pub trait VirtioDevice: Send {
         let _ = event;
     }
 }
+
+/// Copies `data.len()` bytes of a device's configuration space `space` from `offset` into
+/// `data`; bytes past the end read as zero (virtio 1.2 §4.2.2: the driver may read any width
+/// anywhere in the window, and a device must not fail it).
+pub fn read_config_space(space: &[u8], offset: u64, data: &mut [u8]) {
+    data.fill(0);
+    let Ok(start) = usize::try_from(offset) else {
+        return;
+    };
+    if start >= space.len() {
+        return;
+    }
+    let end = start.saturating_add(data.len()).min(space.len());
+    data[..end - start].copy_from_slice(&space[start..end]);
+}
+
+/// A worker's stop eventfd and the duplicate its thread waits on (written once to stop it).
+pub fn stop_eventfds() -> Result<(EventFd, EventFd), ActivateError> {
+    let stop = EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK)
+        .map_err(|e| ActivateError::Start(format!("cannot create the stop eventfd: {e}")))?;
+    let worker_stop = stop
+        .try_clone()
+        .map_err(|e| ActivateError::Start(format!("cannot duplicate the stop eventfd: {e}")))?;
+    Ok((stop, worker_stop))
+}

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::eventfd::EventFd;
 
 use super::metrics::VsockMetrics;
 use super::muxer::{Muxer, MuxerLimits};
@@ -220,16 +220,8 @@ impl VirtioDevice for Vsock {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        data.fill(0);
-        let space = self.config.guest_cid.to_le_bytes();
-        let Ok(start) = usize::try_from(offset) else {
-            return;
-        };
-        if start >= CONFIG_SPACE_LEN {
-            return;
-        }
-        let end = start.saturating_add(data.len()).min(CONFIG_SPACE_LEN);
-        data[..end - start].copy_from_slice(&space[start..end]);
+        let space: [u8; CONFIG_SPACE_LEN] = self.config.guest_cid.to_le_bytes();
+        crate::virtio::read_config_space(&space, offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
@@ -255,11 +247,7 @@ impl VirtioDevice for Vsock {
                 got: ctx.queues.len(),
             });
         }
-        let stop = EventFd::new(EFD_NONBLOCK)
-            .map_err(|e| ActivateError::Start(format!("stop eventfd: {e}")))?;
-        let worker_stop = stop
-            .try_clone()
-            .map_err(|e| ActivateError::Start(format!("stop eventfd: {e}")))?;
+        let (stop, worker_stop) = crate::virtio::stop_eventfds()?;
         let lp = EventLoop::new(64).map_err(|e| ActivateError::Start(e.to_string()))?;
         let listener = self.idle.take();
         if listener.is_none() {

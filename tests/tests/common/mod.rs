@@ -276,3 +276,28 @@ impl Captured {
         String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
     }
 }
+
+/// `ringfence run --kernel KERNEL FLAGS -- probe.scenario=hello`: what the CLI tests run to
+/// see whether bad flags are refused before boot.
+#[allow(dead_code)]
+pub fn run_hello(kernel: &std::path::Path, flags: &[&str]) -> Output {
+    Command::new(ringfence_tests::harness::ringfence_bin())
+        .arg("run")
+        .arg("--kernel")
+        .arg(kernel)
+        .args(flags)
+        .args(["--", "probe.scenario=hello"])
+        .output()
+        .expect("run ringfence")
+}
+
+/// The run ended with status 125 before the guest said hello, and stderr names every needle.
+#[allow(dead_code)]
+pub fn assert_refused(o: &Output, needles: &[&str]) {
+    let err = stderr(o);
+    assert_eq!(o.status.code(), Some(125), "{err}");
+    for n in needles {
+        assert!(err.contains(n), "missing {n:?} in: {err}");
+    }
+    assert!(!stdout(o).contains("hello"), "the guest ran: {}", stdout(o));
+}
