@@ -13,8 +13,13 @@
 //! negotiated: a large MTU gives large frames without it. CSUM and GUEST_CSUM
 //! are asked for unless `probe.csum=0`: the device then finishes TCP/UDP
 //! checksums the driver leaves partial, and vouches for received ones
-//! (DATA_VALID); frames it does not vouch for are verified in the driver
-//! ([`super::csum_offload`]).
+//! (DATA_VALID). Received frames are always checked in the driver
+//! ([`super::csum_offload`]), never by smoltcp, and a frame the device vouches
+//! for (DATA_VALID or NEEDS_CSUM) is taken as it is even when GUEST_CSUM was
+//! not negotiated, as Linux's virtio-net takes it: passt 2025 in vhost-user
+//! mode offers no GUEST_CSUM yet marks every frame DATA_VALID and, unless it
+//! writes a pcap, leaves TCP checksums unfilled (virtio 1.2 §5.1.6.4.1 asks a
+//! device to set no flag then; issue 21).
 //!
 //! The RX ring is kept full (a buffer goes back as soon as smoltcp consumed
 //! it). Kicks happen only in [`VirtioNet::flush`], once per poll batch, and
@@ -102,8 +107,8 @@ pub struct RxHalf {
     queue: SplitQueue,
     bufs: Vec<u8>,
     merged: bool,
-    /// GUEST_CSUM: smoltcp does not verify; frames without a device flag are
-    /// checked here.
+    /// Whether the driver checks received checksums (frames without a device
+    /// flag) instead of smoltcp: always, see the module docs.
     verify: bool,
     scratch: Vec<u8>,
     stats_frames: u64,
@@ -168,7 +173,7 @@ impl VirtioNet {
                 queue: rxq,
                 bufs: vec![0; rx_n * BUF_LEN],
                 merged: features & F_MRG_RXBUF != 0,
-                verify: features & F_GUEST_CSUM != 0,
+                verify: true,
                 scratch: Vec::new(),
                 stats_frames: 0,
                 dropped: 0,
