@@ -231,6 +231,14 @@ impl EventLoop {
     }
 
     /// Pushes one submission, flushing the queue to the kernel first if it is full.
+    /// Queues a file or socket I/O whose completion is reported as [`Event::IoDone`] with
+    /// `token` (below 2^56), and counts it in flight.
+    fn push_io(&mut self, sqe: squeue::Entry, token: u64) -> Result<(), EventLoopError> {
+        self.push(sqe.user_data((TAG_IO << TAG_SHIFT) | (token & INDEX_MASK)))?;
+        self.io_in_flight += 1;
+        Ok(())
+    }
+
     fn push(&mut self, sqe: squeue::Entry) -> Result<(), EventLoopError> {
         loop {
             // SAFETY: every entry we build references no memory of ours except the static
@@ -378,12 +386,8 @@ impl EventLoop {
         iovcnt: u32,
         token: u64,
     ) -> Result<(), EventLoopError> {
-        let sqe = opcode::Writev::new(types::Fd(fd), iov, iovcnt)
-            .build()
-            .user_data((TAG_IO << TAG_SHIFT) | (token & INDEX_MASK));
-        self.push(sqe)?;
-        self.io_in_flight += 1;
-        Ok(())
+        let sqe = opcode::Writev::new(types::Fd(fd), iov, iovcnt).build();
+        self.push_io(sqe, token)
     }
 
     /// Queues a `readv` of `iovcnt` iovecs at `iov` from `fd` at file offset `offset`; its
@@ -406,11 +410,8 @@ impl EventLoop {
     ) -> Result<(), EventLoopError> {
         let sqe = opcode::Readv::new(types::Fd(fd), iov, iovcnt)
             .offset(offset)
-            .build()
-            .user_data((TAG_IO << TAG_SHIFT) | (token & INDEX_MASK));
-        self.push(sqe)?;
-        self.io_in_flight += 1;
-        Ok(())
+            .build();
+        self.push_io(sqe, token)
     }
 
     /// Queues a `writev` to `fd` at file offset `offset` (a disk image); otherwise as
@@ -430,22 +431,15 @@ impl EventLoop {
     ) -> Result<(), EventLoopError> {
         let sqe = opcode::Writev::new(types::Fd(fd), iov, iovcnt)
             .offset(offset)
-            .build()
-            .user_data((TAG_IO << TAG_SHIFT) | (token & INDEX_MASK));
-        self.push(sqe)?;
-        self.io_in_flight += 1;
-        Ok(())
+            .build();
+        self.push_io(sqe, token)
     }
 
     /// Queues an `fsync` of `fd` (data and metadata); reported as [`Event::IoDone`] with
     /// `token`. Needs a ring from [`with_file_io`](Self::with_file_io).
     pub fn fsync(&mut self, fd: RawFd, token: u64) -> Result<(), EventLoopError> {
-        let sqe = opcode::Fsync::new(types::Fd(fd))
-            .build()
-            .user_data((TAG_IO << TAG_SHIFT) | (token & INDEX_MASK));
-        self.push(sqe)?;
-        self.io_in_flight += 1;
-        Ok(())
+        let sqe = opcode::Fsync::new(types::Fd(fd)).build();
+        self.push_io(sqe, token)
     }
 
     /// Operations from [`writev`](Self::writev), [`readv_at`](Self::readv_at),
