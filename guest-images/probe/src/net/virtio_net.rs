@@ -1,6 +1,7 @@
 //! The polled virtio-net driver and its smoltcp `phy::Device` face.
 //!
-//! Buffers: every RX descriptor owns one fixed 4 KiB buffer; every TX
+//! Buffers: every RX descriptor owns one fixed buffer (4 KiB, or with
+//! MRG_RXBUF up to 68 KiB: see [`rx_buf_len`]); every TX
 //! descriptor owns a buffer that starts at 2 KiB and grows to the largest
 //! frame sent through it. smoltcp reads received frames in place and writes
 //! outgoing frames in place: no copies in the driver, except that a frame
@@ -46,8 +47,13 @@ const RX_QUEUE: u16 = 0;
 const TX_QUEUE: u16 = 1;
 /// `virtio_net_hdr_v1` length (VERSION_1 always uses the 12-byte header).
 const HDR_LEN: usize = 12;
-/// Size of each RX buffer.
-const BUF_LEN: usize = 4096;
+/// Size of each RX buffer without MRG_RXBUF (a frame of at most 1514 bytes).
+const RX_BUF_PLAIN: usize = 4096;
+/// With MRG_RXBUF: the RX ring together holds about this much (see
+/// [`rx_buf_len`]), at most a quarter of the heap.
+const RX_BUDGET: usize = 16 << 20;
+/// With MRG_RXBUF: the largest RX buffer (a 64 KiB frame and its header fit).
+const RX_BUF_MAX: usize = 68 << 10;
 /// Initial size of each TX buffer (grown on demand for large frames).
 const TX_BUF_INITIAL: usize = 2048;
 /// Ethernet header length (no FCS, no VLAN tag).
@@ -106,6 +112,8 @@ pub struct NetStats {
 pub struct RxHalf {
     queue: SplitQueue,
     bufs: Vec<u8>,
+    /// Size of each buffer (see [`rx_buf_len`]).
+    buf_len: usize,
     merged: bool,
     /// Whether the driver checks received checksums (frames without a device
     /// flag) instead of smoltcp: always, see the module docs.
@@ -167,12 +175,16 @@ impl VirtioNet {
         };
         let rx_n = usize::from(rxq.size());
         let tx_n = usize::from(txq.size());
+        let merged = features & F_MRG_RXBUF != 0;
+        let (heap_next, heap_end) = crate::heap::bounds();
+        let buf_len = rx_buf_len(merged, rx_n, heap_end.saturating_sub(heap_next));
         let mut dev = VirtioNet {
             transport,
             rx: RxHalf {
                 queue: rxq,
-                bufs: vec![0; rx_n * BUF_LEN],
-                merged: features & F_MRG_RXBUF != 0,
+                bufs: vec![0; rx_n * buf_len],
+                buf_len,
+                merged,
                 verify: true,
                 scratch: Vec::new(),
                 stats_frames: 0,
@@ -246,9 +258,22 @@ impl VirtioNet {
         }
     }
 
-    /// Ends a batch: reclaims sent buffers and kicks each queue at most once,
-    /// and only if the device asked to be notified.
+    /// Ends a batch: publishes the frames sent since the last call, reclaims
+    /// sent buffers and kicks each queue at most once, and only if the device
+    /// asked to be notified.
+    ///
+    /// A reply smoltcp makes while it still holds the received frame's
+    /// buffers (an ACK, sent from inside `RxToken::consume`) is only staged,
+    /// and becomes visible at the next egress frame or here, after every
+    /// received frame of the batch went back to the RX ring. Published at
+    /// once, that ACK could reach the device before those buffers are back,
+    /// and a device that sees the ACK, finds the RX ring
+    /// empty and waits for the next socket event rather than an RX kick
+    /// stalls for good once its peer has nothing more to send. passt 2025's
+    /// vhost-user back end does exactly that (it watches kicks on TX queues
+    /// only), which stalled issue 21's transfers 1-2 % before their end.
     pub fn flush(&mut self) {
+        self.tx.queue.publish();
         self.tx.reclaim();
         if self.tx.queue.needs_notify() {
             self.transport.notify(TX_QUEUE);
@@ -263,16 +288,16 @@ impl VirtioNet {
 
 impl RxHalf {
     fn buf_addr(&self, id: u16) -> u64 {
-        self.bufs.as_ptr() as u64 + u64::from(id) * BUF_LEN as u64
+        self.bufs.as_ptr() as u64 + (usize::from(id) * self.buf_len) as u64
     }
 
     fn recycle(&mut self, id: u16) {
         let addr = self.buf_addr(id);
-        self.queue.push(id, addr, BUF_LEN as u32, true);
+        self.queue.push(id, addr, self.buf_len as u32, true);
     }
 
     fn slice(&self, id: u16, len: u32) -> &[u8] {
-        buf_slice(&self.bufs, id, len)
+        buf_slice(&self.bufs, self.buf_len, id, len)
     }
 
     /// Takes the next complete frame (see [`RxFrame`]).
@@ -286,7 +311,7 @@ impl RxHalf {
     fn next_frame(&mut self) -> Option<RxFrame> {
         loop {
             let (id, len) = self.queue.pop_used()?;
-            if (len as usize) < HDR_LEN || len as usize > BUF_LEN {
+            if (len as usize) < HDR_LEN || len as usize > self.buf_len {
                 self.dropped += 1;
                 self.recycle(id);
                 continue;
@@ -335,20 +360,20 @@ impl RxHalf {
     /// taken) otherwise.
     fn take_span(&mut self, first: u16, len: u32, count: u16) -> Option<RxFrame> {
         let in_row = usize::from(first) + usize::from(count) <= usize::from(self.queue.size())
-            && len as usize == BUF_LEN
+            && len as usize == self.buf_len
             && (1..count).all(|k| match self.queue.peek_used(k - 1) {
                 Some((id, l)) => {
-                    id == first + k && (l as usize == BUF_LEN || k == count - 1) && l > 0
+                    id == first + k && (l as usize == self.buf_len || k == count - 1) && l > 0
                 }
                 None => false,
             });
         if !in_row {
             return None;
         }
-        let mut total = BUF_LEN - HDR_LEN;
+        let mut total = self.buf_len - HDR_LEN;
         for _ in 1..count {
             let (_, l) = self.queue.pop_used()?;
-            total += (l as usize).min(BUF_LEN);
+            total += (l as usize).min(self.buf_len);
         }
         Some(RxFrame::Span {
             first,
@@ -363,11 +388,11 @@ impl RxHalf {
     fn assemble(&mut self, first: u16, len: u32, count: u16) -> Option<RxFrame> {
         self.scratch.clear();
         self.scratch
-            .extend_from_slice(&buf_slice(&self.bufs, first, len)[HDR_LEN..]);
+            .extend_from_slice(&buf_slice(&self.bufs, self.buf_len, first, len)[HDR_LEN..]);
         self.recycle(first);
         for _ in 1..count {
             let (more, more_len) = self.queue.pop_used()?;
-            let part = buf_slice(&self.bufs, more, more_len);
+            let part = buf_slice(&self.bufs, self.buf_len, more, more_len);
             self.scratch.extend_from_slice(part);
             self.recycle(more);
         }
@@ -380,7 +405,7 @@ impl RxHalf {
     fn bytes(&self, frame: RxFrame) -> &[u8] {
         match frame {
             RxFrame::Span { first, len, .. } => {
-                let start = usize::from(first) * BUF_LEN + HDR_LEN;
+                let start = usize::from(first) * self.buf_len + HDR_LEN;
                 &self.bufs[start..start + len]
             }
             RxFrame::Scratch { len } => &self.scratch[..len],
@@ -407,11 +432,33 @@ enum RxFrame {
     Scratch { len: usize },
 }
 
-/// Bytes `0..len` (clamped) of buffer `id`.
-fn buf_slice(bufs: &[u8], id: u16, len: u32) -> &[u8] {
-    let start = usize::from(id) * BUF_LEN;
-    let len = (len as usize).min(BUF_LEN);
+/// Bytes `0..len` (clamped) of buffer `id`, buffers being `buf_len` long.
+fn buf_slice(bufs: &[u8], buf_len: usize, id: u16, len: u32) -> &[u8] {
+    let start = usize::from(id) * buf_len;
+    let len = (len as usize).min(buf_len);
     &bufs[start..start + len]
+}
+
+/// Size of each of the `ring` RX buffers, `heap` bytes being free.
+///
+/// Without MRG_RXBUF a buffer holds one frame of at most 1514 bytes. With it,
+/// the ring together holds [`RX_BUDGET`] (at most a quarter of the heap), in
+/// whole pages, from 4 KiB up to [`RX_BUF_MAX`]: 64 KiB buffers on a
+/// 256-entry ring. That is more than the receive windows of all of a probe's
+/// connections together (8 MiB), so a device can never find the ring empty
+/// while it still has a window to fill. Linux's 4 KiB buffers would hold
+/// 1 MiB on the same ring, and passt 2025 in vhost-user mode stalls a
+/// connection for good when it finds the ring empty after that connection's
+/// last ACK: it retries a flow only on new socket data or a segment from the
+/// guest on it, never when buffers come back (it ignores RX kicks), so with
+/// four flows sharing 1 MiB one of them stopped short in most runs (issue 21).
+fn rx_buf_len(merged: bool, ring: usize, heap: usize) -> usize {
+    if !merged {
+        return RX_BUF_PLAIN;
+    }
+    let page = 4096;
+    let per = RX_BUDGET.min(heap / 4) / ring.max(1);
+    (per / page * page).clamp(RX_BUF_PLAIN, RX_BUF_MAX)
 }
 
 impl TxHalf {
@@ -431,6 +478,9 @@ pub struct NetRxToken<'a> {
 /// Room for one outgoing frame.
 pub struct NetTxToken<'a> {
     tx: &'a mut TxHalf,
+    /// Whether the frame is published at once (egress). A reply made while
+    /// a received frame is lent out is only staged: see `VirtioNet::flush`.
+    publish: bool,
 }
 
 impl phy::RxToken for NetRxToken<'_> {
@@ -445,7 +495,7 @@ impl phy::RxToken for NetRxToken<'_> {
         // the only difference, not pinned down further.
         match self.frame {
             RxFrame::Span { first, count, len } => {
-                let start = usize::from(first) * BUF_LEN + HDR_LEN;
+                let start = usize::from(first) * self.rx.buf_len + HDR_LEN;
                 let r = f(&self.rx.bufs[start..start + len]);
                 for id in first..first + count {
                     self.rx.recycle(id);
@@ -481,7 +531,10 @@ impl phy::TxToken for NetTxToken<'_> {
             }
         }
         let addr = buf.as_ptr() as u64;
-        self.tx.queue.push(id, addr, (HDR_LEN + len) as u32, false);
+        self.tx.queue.stage(id, addr, (HDR_LEN + len) as u32, false);
+        if self.publish {
+            self.tx.queue.publish();
+        }
         self.tx.frames += 1;
         r
     }
@@ -504,7 +557,10 @@ impl phy::Device for VirtioNet {
                 rx: &mut self.rx,
                 frame,
             },
-            NetTxToken { tx: &mut self.tx },
+            NetTxToken {
+                tx: &mut self.tx,
+                publish: false,
+            },
         ))
     }
 
@@ -516,7 +572,10 @@ impl phy::Device for VirtioNet {
             self.tx.ring_full += 1;
             return None;
         }
-        Some(NetTxToken { tx: &mut self.tx })
+        Some(NetTxToken {
+            tx: &mut self.tx,
+            publish: true,
+        })
     }
 
     fn capabilities(&self) -> DeviceCapabilities {
@@ -535,5 +594,25 @@ impl phy::Device for VirtioNet {
         caps.checksum.tcp = l4;
         caps.checksum.udp = l4;
         caps
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rx_buffers_hold_more_than_every_window_when_merging() {
+        // 256 entries, plenty of heap: 64 KiB each, 16 MiB in all.
+        assert_eq!(rx_buf_len(true, 256, 100 << 20), 64 << 10);
+        // A 1024-entry ring keeps the same total with smaller buffers.
+        assert_eq!(rx_buf_len(true, 1024, 100 << 20), 16 << 10);
+        // A small ring is capped at one 64 KiB frame per buffer.
+        assert_eq!(rx_buf_len(true, 64, 100 << 20), RX_BUF_MAX);
+        // A small heap gets at most a quarter of it, never below a page.
+        assert_eq!(rx_buf_len(true, 256, 16 << 20), 16 << 10);
+        assert_eq!(rx_buf_len(true, 256, 0), RX_BUF_PLAIN);
+        // Without MRG_RXBUF every buffer holds one standard frame.
+        assert_eq!(rx_buf_len(false, 256, 100 << 20), RX_BUF_PLAIN);
     }
 }

@@ -118,9 +118,14 @@ fn drive(
         if progress != before {
             last_progress = now;
         } else if now - last_progress > idle {
+            let socket = run.stack.sockets.get::<tcp::Socket>(handle);
             return Err(NetError::Other(format!(
-                "{what}: no progress for {} ms",
-                run.timeout_ms
+                "{what}: no progress for {} ms after {progress} bytes (TCP state {}, \
+                 {} bytes waiting to be sent, {} received unread)",
+                run.timeout_ms,
+                socket.state(),
+                socket.send_queue(),
+                socket.recv_queue(),
             )));
         }
     }

@@ -83,9 +83,17 @@ fn drive_all(
         if progress != before {
             last_progress = now;
         } else if now - last_progress > idle {
+            let flows: Vec<String> = handles
+                .iter()
+                .map(|h| {
+                    let s = run.stack.sockets.get::<tcp::Socket>(*h);
+                    format!("{} unsent {} unread {}", s.state(), s.send_queue(), s.recv_queue())
+                })
+                .collect();
             return Err(NetError::Other(format!(
-                "{what}: no progress for {} ms",
-                run.timeout_ms
+                "{what}: no progress for {} ms after {progress} bytes; flows: {}",
+                run.timeout_ms,
+                flows.join(", ")
             )));
         }
     }

@@ -137,6 +137,14 @@ impl SplitQueue {
     /// device writes it if `device_writes`. The caller owns the id/buffer
     /// pairing and never offers an id twice before it comes back used.
     pub fn push(&mut self, id: u16, addr: u64, len: u32, device_writes: bool) {
+        self.stage(id, addr, len, device_writes);
+        self.publish();
+    }
+
+    /// Writes descriptor `id` and its avail-ring entry as [`SplitQueue::push`]
+    /// does, but leaves the avail index alone: the device sees the entry
+    /// only at the next [`SplitQueue::publish`].
+    pub fn stage(&mut self, id: u16, addr: u64, len: u32, device_writes: bool) {
         let i = usize::from(id % self.size);
         let flags = if device_writes { DESC_F_WRITE } else { 0 };
         // SAFETY: i < size, so the 16-byte descriptor is inside the table.
@@ -150,7 +158,11 @@ impl SplitQueue {
         let slot = usize::from(self.avail_idx % self.size);
         Self::write_u16(self.avail, 4 + 2 * slot, id % self.size);
         self.avail_idx = self.avail_idx.wrapping_add(1);
-        // The descriptor and ring entry must be visible before the index.
+    }
+
+    /// Publishes every staged entry: writes the avail index.
+    pub fn publish(&mut self) {
+        // The descriptors and ring entries must be visible before the index.
         fence(Ordering::Release);
         Self::write_u16(self.avail, 2, self.avail_idx);
     }
