@@ -87,7 +87,12 @@ fn drive_all(
                 .iter()
                 .map(|h| {
                     let s = run.stack.sockets.get::<tcp::Socket>(*h);
-                    format!("{} unsent {} unread {}", s.state(), s.send_queue(), s.recv_queue())
+                    format!(
+                        "{} unsent {} unread {}",
+                        s.state(),
+                        s.send_queue(),
+                        s.recv_queue()
+                    )
                 })
                 .collect();
             return Err(NetError::Other(format!(
