@@ -62,7 +62,7 @@ pub use crate::gate::{AllowAll, Direction, FlowGate, FlowInfo, FlowProto, Swappa
 pub use crate::interest_set::InterestSet;
 pub use crate::metrics::NetMetrics;
 pub use crate::secret_guard::PlaceholderGuard;
-pub use crate::stack::{EmbedderError, Netstack};
+pub use crate::stack::{EmbedderError, Netstack, ServiceQueue, ServiceRefusal};
 pub use crate::sys::{poll, seqpacket_pair};
 pub use crate::tls::{
     parse_client_hello, ClientHello, HandedFlow, HandoffRef, HelloError, TlsHandoff,

@@ -47,6 +47,55 @@ pub enum EmbedderError {
     SocketPair(#[source] std::io::Error),
 }
 
+/// Why a [`ServiceQueue`] did not take a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServiceRefusal {
+    /// The queue is full: the guest's connection is reset.
+    Full,
+    /// The receiving side is gone: the port stops being a service.
+    Gone,
+}
+
+/// Where a guest service ([`Netstack::add_guest_service`]) hands its connections: called on
+/// the device thread, so it must never block (a bounded channel's `try_send`).
+///
+/// ```
+/// use std::os::unix::net::UnixStream;
+/// use netstack::{ServiceQueue, ServiceRefusal};
+///
+/// /// Takes one connection, then refuses.
+/// struct One(Option<UnixStream>);
+///
+/// impl ServiceQueue for One {
+///     fn offer(&mut self, stream: UnixStream) -> Result<(), ServiceRefusal> {
+///         if self.0.is_some() {
+///             return Err(ServiceRefusal::Full);
+///         }
+///         self.0 = Some(stream);
+///         Ok(())
+///     }
+/// }
+///
+/// let (a, b) = UnixStream::pair()?;
+/// let mut queue = One(None);
+/// assert_eq!(queue.offer(a), Ok(()));
+/// assert_eq!(queue.offer(b), Err(ServiceRefusal::Full));
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub trait ServiceQueue: Send {
+    /// Queues `stream` (the embedder's end of the connection's socket pair, blocking mode).
+    fn offer(&mut self, stream: UnixStream) -> Result<(), ServiceRefusal>;
+}
+
+impl ServiceQueue for SyncSender<UnixStream> {
+    fn offer(&mut self, stream: UnixStream) -> Result<(), ServiceRefusal> {
+        self.try_send(stream).map_err(|e| match e {
+            TrySendError::Full(_) => ServiceRefusal::Full,
+            TrySendError::Disconnected(_) => ServiceRefusal::Gone,
+        })
+    }
+}
+
 impl Netstack {
     /// Opens a TCP connection into the guest's `guest_port` carried over `stream` (one end
     /// of a Unix socket pair; the caller keeps the other). The guest sees it come from the
@@ -133,11 +182,12 @@ impl Netstack {
 
     /// Makes `port` on the gateway addresses a service of the embedder: each connection the
     /// guest opens to it is handed to `accepted` as the host end of a socket pair (in
-    /// blocking mode). A full queue refuses the connection (the guest gets a RST); a dropped
+    /// blocking mode). `accepted` is any [`ServiceQueue`], e.g. a `SyncSender<UnixStream>`.
+    /// A full queue refuses the connection (the guest gets a RST); a dropped
     /// receiver removes the service. Replaces an earlier service on the same port. Reachable
     /// whatever the policy says: it is the embedder's own.
-    pub fn add_guest_service(&mut self, port: u16, accepted: SyncSender<UnixStream>) {
-        self.services.insert(port, accepted);
+    pub fn add_guest_service(&mut self, port: u16, accepted: impl ServiceQueue + 'static) {
+        self.services.insert(port, Box::new(accepted));
     }
 
     /// Stops serving `port` (later connections go to the host's loopback as before, judged by
@@ -155,7 +205,7 @@ impl Netstack {
         key: FlowKey,
         now: Instant,
     ) -> bool {
-        let Some(accepted) = self.services.get(&seg.dst_port) else {
+        let Some(accepted) = self.services.get_mut(&seg.dst_port) else {
             return false;
         };
         if self.flows.tcp_len() >= self.core.cfg.limits.max_tcp_connections
@@ -175,14 +225,14 @@ impl Netstack {
             tcp::push_rst_for(&mut self.core, ip, seg);
             return true;
         }
-        match accepted.try_send(theirs) {
+        match accepted.offer(theirs) {
             Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
+            Err(ServiceRefusal::Full) => {
                 self.core.refuse_over_limit("embedder flows");
                 tcp::push_rst_for(&mut self.core, ip, seg);
                 return true;
             }
-            Err(TrySendError::Disconnected(_)) => {
+            Err(ServiceRefusal::Gone) => {
                 // The embedder dropped its listener: the port is no longer a service.
                 self.services.remove(&seg.dst_port);
                 return false;

@@ -35,7 +35,7 @@ mod embedder;
 mod flows;
 mod guest_in;
 
-pub use embedder::EmbedderError;
+pub use embedder::{EmbedderError, ServiceQueue, ServiceRefusal};
 
 use flows::{push_udp_ctrl, remember_names, sync_udp};
 
@@ -60,7 +60,7 @@ pub struct Netstack {
     scratch: Vec<u8>,
     ping: PingRelay,
     /// Embedder services on the gateway addresses, by port ([`Netstack::add_guest_service`]).
-    services: HashMap<u16, std::sync::mpsc::SyncSender<std::os::unix::net::UnixStream>>,
+    services: HashMap<u16, Box<dyn embedder::ServiceQueue>>,
     /// Embedder UDP services on the gateway addresses, by port.
     udp_services: HashMap<u16, std::sync::mpsc::SyncSender<OwnedFd>>,
     /// Rotates the source ports of embedder connections into the guest.
