@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use netstack::FlowProto;
 
-use super::{NetHandleError, Proto};
+use super::{GuestNet, NetHandleError, Proto};
 use crate::handle::VmHandle;
 
 /// How long [`VmHandle::dial_out`] waits for the netstack's verdict.
@@ -149,9 +149,16 @@ impl VmHandle {
         if addr.port() == 0 {
             return Err(NetHandleError::PortZero);
         }
-        let net = self.guest_net_checked()?;
+        self.guest_net_checked()?.dial_out(addr)
+    }
+}
+
+impl GuestNet {
+    /// [`VmHandle::dial_out`] once the arguments are checked: blocks for the verdict and the
+    /// connect.
+    pub(crate) fn dial_out(&self, addr: SocketAddr) -> Result<TcpStream, NetHandleError> {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        net.run(Box::new(move |stack| {
+        self.run(Box::new(move |stack| {
             let _ = tx.send(stack.judge_egress(FlowProto::Tcp, addr));
         }))?;
         let target = match rx.recv_timeout(VERDICT_WAIT) {

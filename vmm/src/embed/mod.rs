@@ -14,11 +14,15 @@
 //!   reach, at the gateway address or `host.ringfence.internal`, whatever its policy says;
 //! - [`VmHandle::expose`] and [`VmHandle::dial_out`] ([`forward`]): a host listener of the
 //!   embedder's whose connections go into the guest, and a connection made as the guest;
+//! - [`VmHandle::forward`] ([`relay`]): the guest's connections to a [`GuestListener`]
+//!   carried to a host address of the embedder's choosing ([`Forwarded`]);
+//! - with the `tokio` feature, `async_net`: the same streams as tokio sockets
+//!   (`dial_guest_async`, `dial_out_async`, `GuestListener::into_async`);
 //! - [`VmHandle::capture`]: pcap of the device's frames into any writer, started and stopped
 //!   at run time ([`Capture`]).
 //!
-//! This module owns no thread of its own except a capture's writer, and must never block the
-//! device thread.
+//! This module owns no thread of its own except a capture's writer and the threads of an
+//! `expose` or a `forward`, and must never block the device thread.
 
 use std::collections::HashSet;
 use std::os::unix::net::UnixStream;
@@ -33,11 +37,17 @@ use devices::net::pcap::{CaptureControl, CaptureSwitch, PcapError};
 use crate::handle::VmHandle;
 use crate::vm::Vm;
 
+#[cfg(feature = "tokio")]
+pub mod async_net;
 pub mod forward;
 pub mod packet;
+pub mod relay;
 
+#[cfg(feature = "tokio")]
+pub use async_net::AsyncGuestListener;
 pub use forward::Exposed;
 pub use packet::{GuestPacketConn, GuestPacketListener};
+pub use relay::Forwarded;
 
 /// How many guest connections to a [`GuestListener`] may wait for `accept`; more are refused
 /// (the guest sees a reset).
@@ -108,6 +118,9 @@ pub enum NetHandleError {
         #[source]
         source: std::io::Error,
     },
+    /// A stream could not be handed to the tokio runtime.
+    #[error("cannot register the stream with the tokio runtime: {0}")]
+    Runtime(#[source] std::io::Error),
     /// The VM has no network device to capture from.
     #[error(
         "the VM has no network device to capture: set VmConfig::net.backend (--net user or tap)"
