@@ -1,0 +1,272 @@
+//! End-to-end: the embedding API's `forward` (guest connections to a `listen`ed port carried
+//! to a host TCP server) and the async handles of the `tokio` feature, with the probe guest on
+//! KVM. The tests of this file run one at a time ([`serial`]).
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::*;
+use ringfence::embed::{NetHandleError, Proto};
+use ringfence::net::NetBackendSpec;
+use ringfence::{Console, Vm, VmConfig, VmExit, VmHandle};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Upper bound for any single wait in these tests; reaching it fails the test, never hangs it.
+const WAIT_LIMIT: Duration = Duration::from_secs(60);
+
+/// A probe VM with `--net user`, as `ringfence run` builds it for the probe.
+fn user_net_vm(probe: &Path, words: &str, console: Captured) -> Vm {
+    Vm::new(user_net_config(probe, words, console))
+}
+
+fn user_net_config(probe: &Path, words: &str, console: Captured) -> VmConfig {
+    let mut config = VmConfig::new(probe);
+    config.cmdline = words.into();
+    config.pass_tsc_khz = true;
+    config.legacy_pit = false;
+    config.console = Console::Sink(Box::new(console));
+    config.timeout = Some(Duration::from_secs(120));
+    config.net.backend = NetBackendSpec::User;
+    config
+}
+
+fn wait(vm: &VmHandle) -> VmExit {
+    vm.wait_timeout(WAIT_LIMIT)
+        .expect("the VM stops within the test's limit")
+}
+
+/// The probe's JSON result line.
+fn result(out: &Captured) -> serde_json::Value {
+    out.text()
+        .lines()
+        .find(|l| l.starts_with("{\"scenario\""))
+        .and_then(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("no result line: {}", out.text()))
+}
+
+/// Waits (bounded) until the guest's console shows `text`.
+fn wait_for_console(vm: &VmHandle, out: &Captured, text: &str) {
+    let deadline = Instant::now() + WAIT_LIMIT;
+    while !out.text().contains(text) {
+        assert!(vm.is_running(), "the VM stopped first: {}", out.text());
+        assert!(Instant::now() < deadline, "no {text:?}: {}", out.text());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8).collect()
+}
+
+/// A current-thread runtime, the smallest an embedder may use.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+#[test]
+fn forward_carries_the_guests_upload_to_a_host_server() {
+    let probe = require!(kvm_and_probe());
+    let _one = serial();
+    let server = TcpListener::bind("127.0.0.1:0").expect("bind on loopback");
+    let addr = server.local_addr().expect("addr");
+    let sink = std::thread::spawn(move || {
+        let (mut s, _) = server.accept().expect("accept the forwarded connection");
+        s.set_read_timeout(Some(WAIT_LIMIT)).expect("timeout");
+        let mut got = Vec::new();
+        // EOF only comes if the guest's close is passed on.
+        s.read_to_end(&mut got).expect("read the upload");
+        got
+    });
+    let out = Captured::default();
+    let mut vm = user_net_vm(
+        &probe,
+        "probe.scenario=tcp-send probe.peer=host.ringfence.internal:7000 probe.bytes=4M",
+        out.clone(),
+    );
+    let listener = vm.listen(Proto::Tcp, 7000).expect("listen before start");
+    let vm = vm.start().expect("start");
+    let forwarded = vm.forward(listener, addr).expect("forward");
+    assert_eq!((forwarded.port(), forwarded.host_addr()), (7000, addr));
+    let got = sink.join().expect("sink thread");
+    assert_eq!(got.len(), 4 << 20);
+    assert!(
+        got == pattern(4 << 20),
+        "the upload follows the probe's pattern"
+    );
+    assert_eq!(wait(&vm), VmExit::GuestStatus(0), "console: {}", out.text());
+    assert_eq!(forwarded.connections(), 1);
+    assert_eq!(forwarded.connect_failures(), 0);
+    assert_eq!(forwarded.bytes_to_host(), 4 << 20);
+    drop(forwarded);
+}
+
+#[test]
+fn forward_carries_the_host_servers_bytes_back_to_the_guest() {
+    let probe = require!(kvm_and_probe());
+    let _one = serial();
+    let server = TcpListener::bind("127.0.0.1:0").expect("bind on loopback");
+    let addr = server.local_addr().expect("addr");
+    let source = std::thread::spawn(move || {
+        let (mut s, _) = server.accept().expect("accept the forwarded connection");
+        s.write_all(&pattern(2 << 20)).expect("send to the guest");
+        // Closing ends the guest's read: tcp-recv reads to EOF.
+    });
+    let out = Captured::default();
+    let mut vm = user_net_vm(
+        &probe,
+        "probe.scenario=tcp-recv probe.peer=host.ringfence.internal:7001",
+        out.clone(),
+    );
+    let listener = vm.listen(Proto::Tcp, 7001).expect("listen before start");
+    let vm = vm.start().expect("start");
+    let forwarded = vm.forward(listener, addr).expect("forward");
+    source.join().expect("source thread");
+    assert_eq!(wait(&vm), VmExit::GuestStatus(0), "console: {}", out.text());
+    let j = result(&out);
+    assert_eq!(j["bytes"], 2 << 20, "{j}");
+    assert_eq!(j["sha256"], pattern_sha256(2 << 20), "{j}");
+    assert_eq!(forwarded.bytes_to_guest(), 2 << 20);
+    assert_eq!(forwarded.connections(), 1);
+}
+
+#[test]
+fn forward_to_a_closed_port_closes_the_guests_connection_and_counts_it() {
+    let probe = require!(kvm_and_probe());
+    let _one = serial();
+    let closed = TcpListener::bind("127.0.0.1:0").expect("bind on loopback");
+    let addr = closed.local_addr().expect("addr");
+    drop(closed);
+    let out = Captured::default();
+    let mut vm = user_net_vm(
+        &probe,
+        "probe.scenario=tcp-recv probe.peer=host.ringfence.internal:7002 probe.timeout_ms=30000",
+        out.clone(),
+    );
+    let listener = vm.listen(Proto::Tcp, 7002).expect("listen before start");
+    let vm = vm.start().expect("start");
+    let forwarded = vm.forward(listener, addr).expect("forward");
+    // The guest reads EOF at once (it would time out after 30 s otherwise).
+    assert_eq!(wait(&vm), VmExit::GuestStatus(0), "console: {}", out.text());
+    assert_eq!(result(&out)["bytes"], 0);
+    assert_eq!(forwarded.connect_failures(), 1);
+    assert_eq!(forwarded.connections(), 0);
+    drop(forwarded);
+
+    // A listener whose VM has stopped cannot be forwarded.
+    let mut vm = user_net_vm(&probe, "probe.scenario=exit:0", Captured::default());
+    let listener = vm.listen(Proto::Tcp, 7003).expect("listen");
+    let vm = vm.start().expect("start");
+    assert_eq!(wait(&vm), VmExit::GuestStatus(0));
+    assert!(matches!(
+        vm.forward(listener, addr),
+        Err(NetHandleError::Stopped)
+    ));
+}
+
+#[test]
+fn dial_guest_async_echoes_through_a_guest_service() {
+    let probe = require!(kvm_and_probe());
+    let _one = serial();
+    let out = Captured::default();
+    let vm = user_net_vm(&probe, "probe.scenario=serve probe.port=8080", out.clone())
+        .start()
+        .expect("start");
+    wait_for_console(&vm, &out, "probe: listening");
+    let sent = pattern(200_000);
+    let echoed = runtime().block_on(async {
+        let conn = vm.dial_guest_async(Proto::Tcp, 8080).await.expect("dial");
+        let (mut rx, mut tx) = conn.into_split();
+        let write = async {
+            tx.write_all(&sent).await.expect("write to the guest");
+            tx.shutdown().await.expect("half-close");
+        };
+        let read = async {
+            let mut echoed = Vec::new();
+            rx.read_to_end(&mut echoed).await.expect("read the echo");
+            echoed
+        };
+        let ((), echoed) = tokio::time::timeout(WAIT_LIMIT, async { tokio::join!(write, read) })
+            .await
+            .expect("the echo completes in time");
+        echoed
+    });
+    assert_eq!(echoed.len(), sent.len());
+    assert!(echoed == sent, "the echo differs from what was sent");
+    assert_eq!(wait(&vm), VmExit::GuestStatus(0), "console: {}", out.text());
+}
+
+#[test]
+fn async_accept_and_dial_out_work_on_a_current_thread_runtime() {
+    let probe = require!(kvm_and_probe());
+    let _one = serial();
+    let target = TcpListener::bind("127.0.0.1:0").expect("bind on loopback");
+    let target_addr = target.local_addr().expect("addr");
+    let target_side = std::thread::spawn(move || {
+        let (mut s, _) = target.accept().expect("accept dial_out");
+        let mut b = [0u8; 5];
+        s.read_exact(&mut b).expect("read");
+        b
+    });
+    let out = Captured::default();
+    let mut config = user_net_config(
+        &probe,
+        "probe.scenario=tcp-send probe.peer=host.ringfence.internal:7004 probe.bytes=1M",
+        out.clone(),
+    );
+    // dial_out is judged by the guest's policy: this rule lets it reach the target only.
+    config.net.user.policy.rules = vec![format!("allow@loopback:tcp:{}", target_addr.port())];
+    let mut vm = Vm::new(config);
+    let mut listener = vm
+        .listen(Proto::Tcp, 7004)
+        .expect("listen before start")
+        .into_async();
+    assert_eq!(listener.port(), 7004);
+    let vm = vm.start().expect("start");
+    let upload = runtime().block_on(async {
+        let mut conn = tokio::time::timeout(WAIT_LIMIT, listener.accept())
+            .await
+            .expect("the guest connects in time")
+            .expect("accept");
+        let mut got = Vec::new();
+        tokio::time::timeout(WAIT_LIMIT, conn.read_to_end(&mut got))
+            .await
+            .expect("the upload completes in time")
+            .expect("read the upload");
+        // The guest's network is up now: dial out as the guest.
+        let mut out = vm
+            .dial_out_async(Proto::Tcp, target_addr)
+            .await
+            .expect("dial_out allowed by the rule");
+        out.write_all(b"hello").await.expect("write");
+        got
+    });
+    assert_eq!(target_side.join().expect("target thread"), *b"hello");
+    assert_eq!(upload.len(), 1 << 20);
+    assert!(
+        upload == pattern(1 << 20),
+        "the upload follows the probe's pattern"
+    );
+    assert_eq!(wait(&vm), VmExit::GuestStatus(0), "console: {}", out.text());
+    // After the VM stopped: errors, not hangs, in async code too.
+    runtime().block_on(async {
+        assert!(matches!(
+            listener.accept().await,
+            Err(NetHandleError::Stopped)
+        ));
+        assert!(matches!(
+            vm.dial_guest_async(Proto::Tcp, 80).await,
+            Err(NetHandleError::Stopped)
+        ));
+        assert!(matches!(
+            vm.dial_out_async(Proto::Tcp, target_addr).await,
+            Err(NetHandleError::Stopped)
+        ));
+    });
+}
