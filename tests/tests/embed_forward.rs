@@ -170,6 +170,65 @@ fn forward_to_a_closed_port_closes_the_guests_connection_and_counts_it() {
     ));
 }
 
+/// Names of this process's threads.
+fn thread_names() -> Vec<String> {
+    std::fs::read_dir("/proc/self/task")
+        .map(|d| {
+            d.filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+                .map(|n| n.trim().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn dropping_a_forward_closes_connections_in_flight_and_joins_its_threads() {
+    let probe = require!(kvm_and_probe());
+    let _one = serial();
+    let server = TcpListener::bind("127.0.0.1:0").expect("bind on loopback");
+    let addr = server.local_addr().expect("addr");
+    let holder = std::thread::spawn(move || {
+        // Accepts and sends nothing: the connection stays open until the relay closes it.
+        let (mut s, _) = server.accept().expect("accept the forwarded connection");
+        s.set_read_timeout(Some(WAIT_LIMIT)).expect("timeout");
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest)
+            .expect("EOF once the forward is dropped");
+        rest.len()
+    });
+    let out = Captured::default();
+    let mut vm = user_net_vm(
+        &probe,
+        "probe.scenario=tcp-recv probe.peer=host.ringfence.internal:7005 probe.timeout_ms=30000",
+        out.clone(),
+    );
+    let listener = vm.listen(Proto::Tcp, 7005).expect("listen before start");
+    let vm = vm.start().expect("start");
+    let forwarded = vm.forward(listener, addr).expect("forward");
+    let deadline = Instant::now() + WAIT_LIMIT;
+    while forwarded.active() == 0 {
+        assert!(Instant::now() < deadline, "no connection: {}", out.text());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(thread_names().iter().any(|n| n == "relay-7005"));
+    let dropped_at = Instant::now();
+    drop(forwarded);
+    assert!(
+        dropped_at.elapsed() < Duration::from_secs(2),
+        "drop took {:?}",
+        dropped_at.elapsed()
+    );
+    let left: Vec<String> = thread_names()
+        .into_iter()
+        .filter(|n| n.ends_with("-7005"))
+        .collect();
+    assert!(left.is_empty(), "threads left behind: {left:?}");
+    assert_eq!(holder.join().expect("holder thread"), 0);
+    // The guest's connection was closed, not left to time out.
+    assert_eq!(wait(&vm), VmExit::GuestStatus(0), "console: {}", out.text());
+    assert_eq!(result(&out)["bytes"], 0);
+}
+
 #[test]
 fn dial_guest_async_echoes_through_a_guest_service() {
     let probe = require!(kvm_and_probe());

@@ -251,9 +251,10 @@ fn relay(guest: UnixStream, host_addr: SocketAddr, port: u16, shared: &Shared) {
     let host = match connect(host_addr, &shared.stop_evt) {
         Ok(h) => h,
         Err(e) => {
-            // Dropping `guest` closes the guest's connection.
-            shared.connect_failures.fetch_add(1, Ordering::Relaxed);
+            // Dropping `guest` closes the guest's connection. A connect cut short by the
+            // forward's drop is not the host address's failure.
             if !shared.stop.load(Ordering::SeqCst) {
+                shared.connect_failures.fetch_add(1, Ordering::Relaxed);
                 eprintln!("ringfence: forward of guest port {port} to {host_addr}: {e}");
             }
             return;
