@@ -87,12 +87,15 @@ impl IoBus {
         });
     }
 
-    /// A guest `out` to `port`.
+    /// A guest `out` to `port`. `data` holds every byte of the exit (`size × count`): a string
+    /// I/O exit with a count above one reaches the UART as that many byte writes, in order.
     pub fn pio_write(&self, port: u16, data: &[u8]) -> IoAction {
         match port {
             p if (COM1_BASE..COM1_BASE + COM1_LEN).contains(&p) => {
-                if let (Some(&v), Ok(mut s)) = (data.first(), self.serial.lock()) {
-                    s.write((p - COM1_BASE) as u8, v);
+                if let Ok(mut s) = self.serial.lock() {
+                    for &v in data {
+                        s.write((p - COM1_BASE) as u8, v);
+                    }
                 }
                 IoAction::Continue
             }
@@ -243,6 +246,18 @@ mod tests {
         let mut lsr = [0u8];
         bus.pio_read(COM1_BASE + 5, &mut lsr);
         assert_ne!(lsr[0] & 0x20, 0, "transmitter holding register empty");
+    }
+
+    #[test]
+    fn a_string_out_reaches_the_console_byte_by_byte() {
+        let (bus, cap) = bus();
+        // FIFO control (the probe enables the FIFOs), then a string exit of 16 bytes.
+        assert_eq!(bus.pio_write(COM1_BASE + 2, &[0x07]), IoAction::Continue);
+        assert_eq!(
+            bus.pio_write(COM1_BASE, b"probe: ready 1\r\n"),
+            IoAction::Continue
+        );
+        assert_eq!(&*cap.0.lock().unwrap(), b"probe: ready 1\r\n");
     }
 
     #[test]
