@@ -315,7 +315,12 @@ fn run_net(
     };
     let mut systems = Vec::new();
     if user_backend_available(bin) {
-        systems.extend([net::System::RingfenceUser, net::System::RingfenceUserNice]);
+        systems.extend([
+            net::System::RingfenceUser,
+            net::System::RingfenceUserNice,
+            net::System::RingfenceUserPcap,
+            net::System::RingfenceUserPcap128,
+        ]);
     } else {
         report.notes.push(
             "ringfence-user: not measured — `--net user` is not available in this build.".into(),
@@ -407,6 +412,13 @@ fn run_net(
     if systems_run.contains(&net::System::RingfenceUserNice) {
         report.notes.push(
             "ringfence-user-nice: ringfence-user with `--vcpu-nice 10`, so its device thread preempts the busy-polling vCPU instead of queueing behind it (not the default: it also makes the guest yield to every other host process).".into(),
+        );
+    }
+    if systems_run.contains(&net::System::RingfenceUserPcap)
+        || systems_run.contains(&net::System::RingfenceUserPcap128)
+    {
+        report.notes.push(
+            "ringfence-user-pcap / ringfence-user-pcap128: ringfence-user writing a pcap of every frame (`--pcap`, whole frames / `--pcap-snaplen 128`) to /tmp, frames handed to a writer thread through a bounded queue (drops counted); compared with ringfence-user of the same rounds.".into(),
         );
     }
     if with_ceiling {

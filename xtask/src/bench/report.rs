@@ -174,6 +174,9 @@ impl Report {
 pub fn baselines_for(system: &str, metric: &str) -> &'static [&'static str] {
     if let Some(base) = thread_per_vm_baseline(system) {
         base
+    } else if system.starts_with("ringfence-user-pcap") {
+        // What capturing costs: against the same system without a capture, same rounds.
+        &["ringfence-user"]
     } else if metric.starts_with("boot_") || metric == "vmm_cpu_ms" || metric == "rss_overhead_mib"
     {
         &["qemu-microvm"]
