@@ -65,10 +65,10 @@ pub unsafe extern "C" fn exception_report(frame: *const ExceptionFrame) -> ! {
     unsafe {
         core::arch::asm!("mov {}, cr2", out(reg) cr2, options(nomem, nostack, preserves_flags))
     };
-    crate::println!(
+    crate::serial::print_line_direct(format_args!(
         "probe: exception vector={} error={:#x} rip={:#x} cs={:#x} rflags={:#x} rsp={:#x} cr2={:#x}",
         f.vector, f.error_code, f.rip, f.cs, f.rflags, f.rsp, cr2
-    );
+    ));
     exit(STATUS_EXCEPTION)
 }
 

@@ -110,6 +110,40 @@ pub fn print_line(args: fmt::Arguments<'_>) {
     burst.flush();
 }
 
+/// Formats a line (`args`, then `\r\n`) a byte at a time, with no buffer: for the
+/// CPL0 exception report. Every CPL0 instruction is emulated on this development host,
+/// and its emulator knows no SSE, while a zeroed [`Burst`] can compile to `xorps`
+/// (measured: a KVM internal error on the exception path).
+pub fn print_line_direct(args: fmt::Arguments<'_>) {
+    // Direct::write_str never fails.
+    let _ = fmt::Write::write_fmt(&mut Direct, args);
+    let _ = fmt::Write::write_str(&mut Direct, "\n");
+}
+
+/// The unbuffered writer behind [`print_line_direct`].
+struct Direct;
+
+impl fmt::Write for Direct {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        for b in s.bytes() {
+            if b == b'\n' {
+                direct_byte(b'\r');
+            }
+            direct_byte(b);
+        }
+        Ok(())
+    }
+}
+
+/// Waits for an empty transmitter, then writes `b`.
+fn direct_byte(b: u8) {
+    let mut polls = 0;
+    while inb(LSR) & LSR_THR_EMPTY == 0 && polls < MAX_POLLS {
+        polls += 1;
+    }
+    outb(COM1, b);
+}
+
 /// Prints to the serial console.
 #[macro_export]
 macro_rules! print {
