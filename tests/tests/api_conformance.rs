@@ -77,9 +77,13 @@ fn the_api_conforms_to_firecracker_s_description() {
     };
     let dir = TempDir::new("api-conformance");
     let sock = dir.path().join("api.sock");
+    // Both run in the temporary directory: the fuzzed calls name relative files (a logger's
+    // `log_path`) that the API creates, and schemathesis keeps its caches in its working
+    // directory; neither may land in the source tree.
     let mut api = Command::new(ringfence_bin())
         .args(["api", "--api-sock"])
         .arg(&sock)
+        .current_dir(dir.path())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -91,6 +95,7 @@ fn the_api_conforms_to_firecracker_s_description() {
     assert!(sock.exists(), "ringfence api did not create its socket");
     let port = relay(sock);
     let out = Command::new(&st)
+        .current_dir(dir.path())
         .arg("--config-file")
         .arg(description().with_file_name("schemathesis.toml"))
         .arg("run")
