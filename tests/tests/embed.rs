@@ -12,38 +12,20 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::embedded::*;
 use common::*;
 use ringfence::embed::{NetHandleError, Proto};
 use ringfence::net::NetBackendSpec;
-use ringfence::{Console, Vm, VmConfig, VmExit, VmHandle};
+use ringfence::{Vm, VmExit, VmHandle};
 
 /// Spin iterations that keep the probe busy for well over a minute (1e8 take ~0.07 s here).
 const LONG_SPIN: &str = "probe.scenario=spin:1000000000000";
-/// Upper bound for any single wait in these tests; reaching it fails the test, never hangs it.
-const WAIT_LIMIT: Duration = Duration::from_secs(60);
-
-/// A probe VM configuration as `ringfence run` builds it for the probe.
-fn probe_config(probe: &Path, words: &str, console: Captured) -> VmConfig {
-    let mut config = VmConfig::new(probe);
-    config.cmdline = words.into();
-    config.pass_tsc_khz = true;
-    config.legacy_pit = false;
-    config.console = Console::Sink(Box::new(console));
-    config.timeout = Some(Duration::from_secs(120));
-    config
-}
-
 fn start(probe: &Path, words: &str) -> (VmHandle, Captured) {
     let out = Captured::default();
     let vm = Vm::new(probe_config(probe, words, out.clone()))
         .start()
         .expect("start the probe VM");
     (vm, out)
-}
-
-fn wait(vm: &VmHandle) -> VmExit {
-    vm.wait_timeout(WAIT_LIMIT)
-        .expect("the VM stops within the test's limit")
 }
 
 fn count_dir(path: &str) -> usize {
@@ -189,25 +171,6 @@ fn a_second_vm_cannot_take_the_stop_signals() {
     .start()
     .expect("stop signals are free again");
     assert_eq!(wait(&third), VmExit::GuestStatus(0));
-}
-
-/// A probe VM with `--net user` and the default policy.
-fn user_net_vm(probe: &Path, words: &str, console: Captured) -> Vm {
-    let mut config = probe_config(probe, words, console);
-    config.net.backend = NetBackendSpec::User;
-    Vm::new(config)
-}
-
-/// Waits (bounded) until the guest's console shows `text`.
-fn wait_for_console(vm: &VmHandle, out: &Captured, text: &str) {
-    for _ in 0..6000 {
-        if out.text().contains(text) {
-            return;
-        }
-        assert!(vm.is_running(), "the VM stopped first: {}", out.text());
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    panic!("no {text:?} on the console within 60 s: {}", out.text());
 }
 
 #[test]
@@ -482,12 +445,7 @@ fn listen_packet_answers_the_guests_datagrams() {
     assert_eq!(wait(&vm), VmExit::GuestStatus(0), "console: {}", out.text());
     let echoed = echo.join().expect("echo thread");
     assert!(echoed >= 20, "echoed {echoed}");
-    let j: serde_json::Value = out
-        .text()
-        .lines()
-        .find(|l| l.starts_with("{\"scenario\""))
-        .and_then(|l| serde_json::from_str(l).ok())
-        .expect("result line");
+    let j = out.result_json();
     assert_eq!(j["received"], 20, "{j}");
 }
 

@@ -6,57 +6,13 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::embedded::*;
 use common::*;
 use ringfence::embed::{NetHandleError, Proto};
-use ringfence::net::NetBackendSpec;
-use ringfence::{Console, Vm, VmConfig, VmExit, VmHandle};
+use ringfence::{Vm, VmExit};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// Upper bound for any single wait in these tests; reaching it fails the test, never hangs it.
-const WAIT_LIMIT: Duration = Duration::from_secs(60);
-
-/// A probe VM with `--net user`, as `ringfence run` builds it for the probe.
-fn user_net_vm(probe: &Path, words: &str, console: Captured) -> Vm {
-    Vm::new(user_net_config(probe, words, console))
-}
-
-fn user_net_config(probe: &Path, words: &str, console: Captured) -> VmConfig {
-    let mut config = VmConfig::new(probe);
-    config.cmdline = words.into();
-    config.pass_tsc_khz = true;
-    config.legacy_pit = false;
-    config.console = Console::Sink(Box::new(console));
-    config.timeout = Some(Duration::from_secs(120));
-    config.net.backend = NetBackendSpec::User;
-    config
-}
-
-fn wait(vm: &VmHandle) -> VmExit {
-    vm.wait_timeout(WAIT_LIMIT)
-        .expect("the VM stops within the test's limit")
-}
-
-/// The probe's JSON result line.
-fn result(out: &Captured) -> serde_json::Value {
-    out.text()
-        .lines()
-        .find(|l| l.starts_with("{\"scenario\""))
-        .and_then(|l| serde_json::from_str(l).ok())
-        .unwrap_or_else(|| panic!("no result line: {}", out.text()))
-}
-
-/// Waits (bounded) until the guest's console shows `text`.
-fn wait_for_console(vm: &VmHandle, out: &Captured, text: &str) {
-    let deadline = Instant::now() + WAIT_LIMIT;
-    while !out.text().contains(text) {
-        assert!(vm.is_running(), "the VM stopped first: {}", out.text());
-        assert!(Instant::now() < deadline, "no {text:?}: {}", out.text());
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
 
 fn pattern(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i % 251) as u8).collect()
@@ -129,7 +85,7 @@ fn forward_carries_the_host_servers_bytes_back_to_the_guest() {
     let forwarded = vm.forward(listener, addr).expect("forward");
     source.join().expect("source thread");
     assert_eq!(wait(&vm), VmExit::GuestStatus(0), "console: {}", out.text());
-    let j = result(&out);
+    let j = out.result_json();
     assert_eq!(j["bytes"], 2 << 20, "{j}");
     assert_eq!(j["sha256"], pattern_sha256(2 << 20), "{j}");
     assert_eq!(forwarded.bytes_to_guest(), 2 << 20);
@@ -154,7 +110,7 @@ fn forward_to_a_closed_port_closes_the_guests_connection_and_counts_it() {
     let forwarded = vm.forward(listener, addr).expect("forward");
     // The guest reads EOF at once (it would time out after 30 s otherwise).
     assert_eq!(wait(&vm), VmExit::GuestStatus(0), "console: {}", out.text());
-    assert_eq!(result(&out)["bytes"], 0);
+    assert_eq!(out.result_json()["bytes"], 0);
     assert_eq!(forwarded.connect_failures(), 1);
     assert_eq!(forwarded.connections(), 0);
     drop(forwarded);
@@ -226,7 +182,7 @@ fn dropping_a_forward_closes_connections_in_flight_and_joins_its_threads() {
     assert_eq!(holder.join().expect("holder thread"), 0);
     // The guest's connection was closed, not left to time out.
     assert_eq!(wait(&vm), VmExit::GuestStatus(0), "console: {}", out.text());
-    assert_eq!(result(&out)["bytes"], 0);
+    assert_eq!(out.result_json()["bytes"], 0);
 }
 
 #[test]

@@ -12,25 +12,16 @@ use std::io::{Read, Write};
 use std::path::Path;
 use std::time::Duration;
 
+use common::embedded::{self, wait, wait_for_console, WAIT_LIMIT};
 use common::*;
 use ringfence::embed::Proto;
 use ringfence::host::{DeviceThreads, Host, HostConfig};
-use ringfence::net::NetBackendSpec;
-use ringfence::{Console, Vm, VmConfig, VmError, VmExit, VmHandle};
+use ringfence::{Vm, VmConfig, VmError, VmExit, VmHandle};
 
-/// Upper bound for any single wait in these tests; reaching it fails the test, never hangs it.
-const WAIT_LIMIT: Duration = Duration::from_secs(60);
-
-/// A probe VM with `--net user` and the default policy.
+/// A probe VM with `--net user` and the default policy, in 64 MiB.
 fn user_net_config(probe: &Path, words: &str, console: Captured) -> VmConfig {
-    let mut config = VmConfig::new(probe);
-    config.cmdline = words.into();
-    config.pass_tsc_khz = true;
-    config.legacy_pit = false;
+    let mut config = embedded::user_net_config(probe, words, console);
     config.mem_mib = 64;
-    config.console = Console::Sink(Box::new(console));
-    config.timeout = Some(Duration::from_secs(120));
-    config.net.backend = NetBackendSpec::User;
     config
 }
 
@@ -42,25 +33,8 @@ fn shared_host(threads: usize) -> Host {
     .expect("host")
 }
 
-fn wait(vm: &VmHandle) -> VmExit {
-    vm.wait_timeout(WAIT_LIMIT)
-        .expect("the VM stops within the test's limit")
-}
-
 fn count_dir(path: &str) -> usize {
     std::fs::read_dir(path).map(|d| d.count()).unwrap_or(0)
-}
-
-/// Waits (bounded) until the guest's console shows `text`.
-fn wait_for_console(vm: &VmHandle, out: &Captured, text: &str) {
-    for _ in 0..6000 {
-        if out.text().contains(text) {
-            return;
-        }
-        assert!(vm.is_running(), "the VM stopped first: {}", out.text());
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    panic!("no {text:?} on the console within 60 s: {}", out.text());
 }
 
 /// Polls (bounded) until `f` holds.

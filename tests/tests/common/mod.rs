@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod embedded;
 pub mod lossy;
 
 use std::path::{Path, PathBuf};
@@ -274,6 +275,15 @@ impl Captured {
     /// What was written so far, as text.
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
+    }
+
+    /// The probe's JSON result line (panics, showing the console, if there is none).
+    pub fn result_json(&self) -> serde_json::Value {
+        let text = self.text();
+        text.lines()
+            .find(|l| l.starts_with("{\"scenario\""))
+            .and_then(|l| serde_json::from_str(l).ok())
+            .unwrap_or_else(|| panic!("no result line: {text}"))
     }
 }
 
