@@ -47,6 +47,8 @@ pub struct SplitQueue {
     used: *mut u8,
     /// Next available index to publish.
     avail_idx: u16,
+    /// The available index the device was last shown (`avail->idx`).
+    published_idx: u16,
     /// Next used index to consume.
     last_used: u16,
     /// Available index at the last notification decision.
@@ -90,6 +92,7 @@ impl SplitQueue {
             avail,
             used,
             avail_idx: 0,
+            published_idx: 0,
             last_used: 0,
             notified_idx: 0,
             event_idx,
@@ -160,11 +163,17 @@ impl SplitQueue {
         self.avail_idx = self.avail_idx.wrapping_add(1);
     }
 
-    /// Publishes every staged entry: writes the avail index.
+    /// Publishes every staged entry: writes the avail index, unless nothing was staged
+    /// (the net driver calls this once per poll, and a needless store would take the ring's
+    /// cache line from the device polling it).
     pub fn publish(&mut self) {
+        if self.published_idx == self.avail_idx {
+            return;
+        }
         // The descriptors and ring entries must be visible before the index.
         fence(Ordering::Release);
         Self::write_u16(self.avail, 2, self.avail_idx);
+        self.published_idx = self.avail_idx;
     }
 
     /// Makes a chain available: `parts[i]` = (buffer, length, device writes)
@@ -192,9 +201,7 @@ impl SplitQueue {
         let slot = usize::from(self.avail_idx % self.size);
         Self::write_u16(self.avail, 4 + 2 * slot, first % self.size);
         self.avail_idx = self.avail_idx.wrapping_add(1);
-        // The descriptors and ring entry must be visible before the index.
-        fence(Ordering::Release);
-        Self::write_u16(self.avail, 2, self.avail_idx);
+        self.publish();
     }
 
     /// Takes the next used entry: `(descriptor id, bytes written)`. Entries
@@ -327,6 +334,25 @@ mod tests {
         assert!(need_event(2, 3, 0));
         assert!(need_event(65535, 1, 65534), "wraps around");
         assert!(!need_event(0, 0, 0));
+    }
+
+    #[test]
+    fn staged_entries_reach_the_device_only_when_published() {
+        let mut q = SplitQueue::new(8, true).unwrap();
+        let mut dev = FakeDevice {
+            last_avail: 0,
+            used_idx: 0,
+        };
+        q.stage(3, 0x3000, 64, false);
+        q.stage(4, 0x4000, 64, false);
+        assert!(dev.take_avail(&q).is_none(), "staged, not yet published");
+        q.publish();
+        assert_eq!(dev.take_avail(&q).map(|e| e.0), Some(3));
+        assert_eq!(dev.take_avail(&q).map(|e| e.0), Some(4));
+        // Nothing staged: publishing again leaves the index as it is.
+        q.publish();
+        assert!(dev.take_avail(&q).is_none());
+        assert_eq!(SplitQueue::read_u16(q.avail, 2), 2);
     }
 
     #[test]
