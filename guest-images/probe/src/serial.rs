@@ -75,10 +75,7 @@ impl Burst {
         if self.len == 0 {
             return;
         }
-        let mut polls = 0;
-        while inb(LSR) & LSR_THR_EMPTY == 0 && polls < MAX_POLLS {
-            polls += 1;
-        }
+        wait_transmitter_empty();
         for &b in &self.buf[..self.len] {
             outb(COM1, b);
         }
@@ -95,18 +92,20 @@ impl fmt::Write for Burst {
 
 /// Formats to the serial port; used by the `print!` macros.
 pub fn print_fmt(args: fmt::Arguments<'_>) {
-    let mut burst = Burst::new();
-    // Burst::write_str never fails.
-    let _ = fmt::Write::write_fmt(&mut burst, args);
-    burst.flush();
+    print_then(args, b"");
 }
 
 /// Formats a line (`args`, then `\r\n`) to the serial port; used by `println!`.
 pub fn print_line(args: fmt::Arguments<'_>) {
+    print_then(args, b"\n");
+}
+
+/// Formats `args`, then `end`, in FIFO bursts.
+fn print_then(args: fmt::Arguments<'_>, end: &[u8]) {
     let mut burst = Burst::new();
     // Burst::write_str never fails.
     let _ = fmt::Write::write_fmt(&mut burst, args);
-    burst.push_all(b"\n");
+    burst.push_all(end);
     burst.flush();
 }
 
@@ -137,11 +136,17 @@ impl fmt::Write for Direct {
 
 /// Waits for an empty transmitter, then writes `b`.
 fn direct_byte(b: u8) {
+    wait_transmitter_empty();
+    outb(COM1, b);
+}
+
+/// Polls the line status until the transmitter (and its FIFO) is empty, at most
+/// [`MAX_POLLS`] times.
+fn wait_transmitter_empty() {
     let mut polls = 0;
     while inb(LSR) & LSR_THR_EMPTY == 0 && polls < MAX_POLLS {
         polls += 1;
     }
-    outb(COM1, b);
 }
 
 /// Prints to the serial console.

@@ -118,17 +118,23 @@ fn drive(
         if progress != before {
             last_progress = now;
         } else if now - last_progress > idle {
-            let socket = run.stack.sockets.get::<tcp::Socket>(handle);
             return Err(NetError::Other(format!(
-                "{what}: no progress for {} ms after {progress} bytes (TCP state {}, \
-                 {} bytes waiting to be sent, {} received unread)",
+                "{what}: no progress for {} ms after {progress} bytes ({})",
                 run.timeout_ms,
-                socket.state(),
-                socket.send_queue(),
-                socket.recv_queue(),
+                socket_state(run.stack.sockets.get::<tcp::Socket>(handle)),
             )));
         }
     }
+}
+
+/// A socket's state for a stall report: TCP state, bytes unsent, bytes received unread.
+pub(super) fn socket_state(socket: &tcp::Socket<'_>) -> String {
+    format!(
+        "{} unsent {} unread {}",
+        socket.state(),
+        socket.send_queue(),
+        socket.recv_queue()
+    )
 }
 
 pub(super) fn with_run(

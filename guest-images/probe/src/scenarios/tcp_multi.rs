@@ -13,7 +13,9 @@ use smoltcp::socket::tcp::{self, State};
 use super::net_common::{
     endpoint_string, json, peer_endpoint, seconds, NetRun, DEFAULT_TIMEOUT_MS,
 };
-use super::tcp::{follows_pattern, open, pattern, with_run, BUF_BYTES, RECV_BUF_BYTES};
+use super::tcp::{
+    follows_pattern, open, pattern, socket_state, with_run, BUF_BYTES, RECV_BUF_BYTES,
+};
 use super::{Context, Outcome};
 use crate::clock::rdtsc;
 use crate::cmdline::{parse_size, parse_u64};
@@ -85,15 +87,7 @@ fn drive_all(
         } else if now - last_progress > idle {
             let flows: Vec<String> = handles
                 .iter()
-                .map(|h| {
-                    let s = run.stack.sockets.get::<tcp::Socket>(*h);
-                    format!(
-                        "{} unsent {} unread {}",
-                        s.state(),
-                        s.send_queue(),
-                        s.recv_queue()
-                    )
-                })
+                .map(|h| socket_state(run.stack.sockets.get::<tcp::Socket>(*h)))
                 .collect();
             return Err(NetError::Other(format!(
                 "{what}: no progress for {} ms after {progress} bytes; flows: {}",
