@@ -32,8 +32,9 @@
 /// Kernel code segment selector (CPL0, 64-bit).
 pub const KERNEL_CS: u16 = 0x08;
 
-/// Number of IDT entries loaded into IDTR (the CPU exception vectors).
-pub const IDT_ENTRIES: usize = 32;
+/// Number of IDT entries loaded into IDTR: the CPU exception vectors, then the
+/// interrupt vectors of [`crate::apic`] (all below 64).
+pub const IDT_ENTRIES: usize = 64;
 
 /// Value in `rax` that turns a `ud2` at CPL3 into a request for the CPL0 spin
 /// loop (`rcx` iterations). This host's CPL3 cannot enter CPL0 through
@@ -52,6 +53,11 @@ pub const EXCEPTION_STUB_SIZE: usize = 16;
 pub const EXCEPTION_VECTORS: usize = 32;
 
 extern "C" {
+    /// The handler of every external interrupt vector the probe programs (see
+    /// [`crate::apic`]): a bare `iretq`. Interrupts are only ever taken inside the
+    /// idle gate's `sti; hlt`, whose only job is to wake; the end-of-interrupt is
+    /// written at CPL3 afterwards, so CPL0 runs one instruction per interrupt.
+    pub fn interrupt_return();
     /// The IDT (`IDT_ENTRIES` 16-byte gates); IDTR already points at it.
     pub static mut idt_table: [u64; 2 * IDT_ENTRIES];
     /// First of `EXCEPTION_VECTORS` entry stubs, `EXCEPTION_STUB_SIZE` bytes apart.
@@ -109,6 +115,11 @@ long_mode_entry:
     pushq $0x3002                   /* RFLAGS: IOPL=3, IF=0 */
     pushq $0x1b                     /* CS: user code */
     pushq $probe_main
+    iretq
+
+    .balign 16
+    .global interrupt_return
+interrupt_return:
     iretq
 
     /* Exception entry stubs, 16 bytes each. Vectors that push an error code
@@ -196,7 +207,7 @@ gdt_ptr:
     .quad gdt
     .balign 8
 idt_ptr:
-    .word 32 * 16 - 1
+    .word 64 * 16 - 1
     .quad idt_table
     .balign 16
 boot_tss:
@@ -211,7 +222,7 @@ boot_tss:
     .balign 4096
     .global idt_table
 idt_table:
-    .skip 32 * 16
+    .skip 64 * 16
     .balign 4096
 kernel_stack:
     .skip 16384

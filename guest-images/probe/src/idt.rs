@@ -6,7 +6,9 @@
 //! exit with status 0x71, so a crash is reported rather than triple-faulting.
 //! A `ud2` with `rax` = `CPL0_SPIN_MAGIC` is the gate to the CPL0 spin loop
 //! used by `cpl0spin` (software interrupts raise #UD on this host), and with
-//! `CPL0_IDLE_MAGIC` the gate to `sti; hlt` used by `idle`.
+//! `CPL0_IDLE_MAGIC` the gate to `sti; hlt` used by `idle` and by the net
+//! stack's halting wait. The interrupt vectors of [`crate::apic`] go to
+//! `boot::interrupt_return`, a bare `iretq`: an interrupt only has to end the halt.
 
 use crate::boot::{
     self, CPL0_IDLE_MAGIC, CPL0_SPIN_MAGIC, EXCEPTION_STUB_SIZE, EXCEPTION_VECTORS, IDT_ENTRIES,
@@ -30,6 +32,13 @@ pub fn init() {
     let mut table = [0u64; 2 * IDT_ENTRIES];
     for v in 0..EXCEPTION_VECTORS {
         let [lo, hi] = gate(stubs + (v * EXCEPTION_STUB_SIZE) as u64);
+        table[2 * v] = lo;
+        table[2 * v + 1] = hi;
+    }
+    let wake = boot::interrupt_return as *const () as usize as u64;
+    for v in crate::apic::VECTORS {
+        let v = usize::from(v);
+        let [lo, hi] = gate(wake);
         table[2 * v] = lo;
         table[2 * v + 1] = hi;
     }

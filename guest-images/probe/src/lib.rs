@@ -14,6 +14,7 @@
 
 extern crate alloc;
 
+pub mod apic;
 pub mod blk;
 #[cfg(not(test))]
 pub mod boot;

@@ -4,5 +4,6 @@
 pub mod csum_offload;
 pub mod stack;
 pub mod virtio_net;
+pub mod wait;
 
 pub use stack::{NetError, Stack};

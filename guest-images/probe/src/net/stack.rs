@@ -17,6 +17,7 @@ use smoltcp::time::Instant;
 use smoltcp::wire::{DnsQueryType, EthernetAddress, HardwareAddress, IpAddress, IpCidr};
 
 use super::virtio_net::{VirtioNet, DEVICE_ID_NET};
+use super::wait::Waiter;
 use crate::clock::{rdtsc, Clock};
 use crate::cmdline::Cmdline;
 use crate::virtio::candidate_windows;
@@ -124,6 +125,8 @@ pub struct Stack {
     /// TSC ticks spent in polls that moved no frame either way: how long the guest waited
     /// for the device (or the peer) rather than worked.
     pub idle_ticks: u64,
+    /// Whether an idle poll spins on or halts (`probe.wait=`), and how often it halted.
+    pub waiter: Waiter,
     epoch: u64,
     dns: Vec<IpAddress>,
     /// The MTU smoltcp's interface was created with.
@@ -170,6 +173,7 @@ impl Stack {
             }
             None => false,
         };
+        let waiter = Waiter::from_cmdline(cmdline, &clock, dev.irq())?;
         let epoch = rdtsc();
         let iface = new_interface(&mut dev, epoch, Instant::from_micros(0));
         Ok(Stack {
@@ -181,6 +185,7 @@ impl Stack {
             clock,
             polls: 0,
             idle_ticks: 0,
+            waiter,
             epoch,
             dns: Vec::new(),
         })
@@ -195,7 +200,8 @@ impl Stack {
     /// One poll: process received frames, run socket timers, send as much
     /// as the sockets have ready (smoltcp emits one segment per socket per
     /// egress pass, so passes repeat up to `EGRESS_BATCH` times), then kick
-    /// once for the whole batch.
+    /// once for the whole batch. A poll that moved nothing may then halt (see
+    /// [`Waiter`]).
     pub fn poll(&mut self) {
         self.polls += 1;
         let start = rdtsc();
@@ -214,7 +220,13 @@ impl Stack {
         self.dev.flush();
         let after = self.dev.stats();
         if after.rx_frames == before.rx_frames && after.tx_frames == before.tx_frames {
+            if self.waiter.idle(rdtsc()) {
+                let delay = self.iface.poll_delay(self.now(), &self.sockets);
+                self.waiter.sleep(&mut self.dev, delay);
+            }
             self.idle_ticks += rdtsc() - start;
+        } else {
+            self.waiter.busy();
         }
     }
 

@@ -246,6 +246,32 @@ impl VirtioNet {
         self.transport.base()
     }
 
+    /// The transport's interrupt line, when the command line named it.
+    pub fn irq(&self) -> Option<u32> {
+        self.transport.irq()
+    }
+
+    /// Halts (through `apic`) until the device uses a buffer the stack waits for —
+    /// any received frame, or a sent one when every TX descriptor is in flight — or
+    /// about `timeout_ns` pass. Returns `false`, without halting, when such buffers
+    /// are already there. Call after [`VirtioNet::flush`], so nothing is left staged.
+    pub fn sleep_until_used(&mut self, apic: &crate::apic::Apic, timeout_ns: u32) -> bool {
+        let tx_blocked = self.tx.free.is_empty();
+        // Each queue is armed before it is looked at: a buffer used after the look interrupts.
+        let rx_ready = self.rx.queue.arm_interrupt();
+        let tx_ready = tx_blocked && self.tx.queue.arm_interrupt();
+        let slept = !(rx_ready || tx_ready);
+        if slept {
+            apic.sleep(timeout_ns);
+            self.transport.ack_interrupts();
+        }
+        self.rx.queue.suppress_interrupts();
+        if tx_blocked {
+            self.tx.queue.suppress_interrupts();
+        }
+        slept
+    }
+
     /// Counters so far.
     pub fn stats(&self) -> NetStats {
         NetStats {

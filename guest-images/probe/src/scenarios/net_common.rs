@@ -148,6 +148,9 @@ pub fn json(ctx: &Context<'_>, name: &str, ok: bool, run: Option<&NetRun>) -> Js
                 "idle_ms",
                 run.stack.clock.ticks_to_ns(run.stack.idle_ticks) / 1_000_000,
             )
+            .str("wait", &run.stack.waiter.describe())
+            .u64("sleeps", run.stack.waiter.sleeps)
+            .u64("sleeps_skipped", run.stack.waiter.sleeps_skipped)
             .u64("mtu", run.stack.mtu() as u64)
             .str("virtio_base", &format!("{:#x}", run.stack.dev.base()))
             .str(

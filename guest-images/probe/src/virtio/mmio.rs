@@ -18,6 +18,9 @@ const QUEUE_NUM_MAX: u64 = 0x034;
 const QUEUE_NUM: u64 = 0x038;
 const QUEUE_READY: u64 = 0x044;
 const QUEUE_NOTIFY: u64 = 0x050;
+const INTERRUPT_ACK: u64 = 0x064;
+/// InterruptStatus bits: used buffers, configuration change.
+const INTERRUPT_ALL: u32 = 0b11;
 const STATUS: u64 = 0x070;
 const QUEUE_DESC_LOW: u64 = 0x080;
 const QUEUE_DESC_HIGH: u64 = 0x084;
@@ -93,13 +96,17 @@ impl core::fmt::Display for MmioError {
 /// A version 2 virtio-mmio transport.
 pub struct MmioTransport {
     base: u64,
+    irq: Option<u32>,
 }
 
 impl MmioTransport {
     /// Probes `window`: returns the transport if it holds a device of
     /// `device_id`, `Ok(None)` if it holds something else or nothing.
     pub fn probe(window: MmioWindow, device_id: u32) -> Result<Option<MmioTransport>, MmioError> {
-        let t = MmioTransport { base: window.base };
+        let t = MmioTransport {
+            base: window.base,
+            irq: window.irq,
+        };
         if window.size < 0x200 || t.read(MAGIC_VALUE) != MAGIC || t.read(DEVICE_ID) != device_id {
             return Ok(None);
         }
@@ -112,6 +119,11 @@ impl MmioTransport {
     /// Base address of the register block.
     pub fn base(&self) -> u64 {
         self.base
+    }
+
+    /// The interrupt line the command line named for this transport, if any.
+    pub fn irq(&self) -> Option<u32> {
+        self.irq
     }
 
     fn read(&self, offset: u64) -> u32 {
@@ -200,6 +212,13 @@ impl MmioTransport {
             STATUS,
             STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK,
         );
+    }
+
+    /// Acknowledges every interrupt cause (InterruptACK), so a device that keeps its
+    /// line raised while InterruptStatus is non-zero (QEMU's virtio-mmio) can raise
+    /// the next edge.
+    pub fn ack_interrupts(&self) {
+        self.write(INTERRUPT_ACK, INTERRUPT_ALL);
     }
 
     /// Tells the device that queue `index` has new available buffers.

@@ -27,15 +27,23 @@ pub struct MmioWindow {
     pub base: u64,
     /// Size of the window in bytes.
     pub size: u64,
+    /// The interrupt line, when the command line names it (`:IRQ`).
+    pub irq: Option<u32>,
 }
 
 /// Parses one `virtio_mmio.device=SIZE@BASE:IRQ[:ID]` value (Linux syntax).
 pub fn parse_device_token(value: &str) -> Option<MmioWindow> {
     let (size, rest) = value.split_once('@')?;
-    let base = rest.split(':').next()?;
+    let mut fields = rest.split(':');
+    let base = fields.next()?;
+    let irq = match fields.next() {
+        Some(irq) => Some(u32::try_from(parse_u64(irq)?).ok()?),
+        None => None,
+    };
     Some(MmioWindow {
         base: parse_u64(base)?,
         size: parse_size(size)?,
+        irq,
     })
 }
 
@@ -53,6 +61,7 @@ pub fn candidate_windows(cmdline: &Cmdline<'_>) -> Vec<MmioWindow> {
         .map(|i| MmioWindow {
             base: MICROVM_BASE + i * MICROVM_STRIDE,
             size: MICROVM_STRIDE,
+            irq: None,
         })
         .collect()
 }
@@ -64,9 +73,12 @@ mod tests {
     #[test]
     fn device_tokens_use_linux_syntax() {
         let w = parse_device_token("4K@0xd0000000:5").unwrap();
-        assert_eq!((w.base, w.size), (0xd000_0000, 4096));
+        assert_eq!((w.base, w.size, w.irq), (0xd000_0000, 4096, Some(5)));
         let w = parse_device_token("512@0xfeb02e00:12:3").unwrap();
-        assert_eq!((w.base, w.size), (0xfeb0_2e00, 512));
+        assert_eq!((w.base, w.size, w.irq), (0xfeb0_2e00, 512, Some(12)));
+        let w = parse_device_token("4K@0xd0000000").unwrap();
+        assert_eq!((w.base, w.irq), (0xd000_0000, None));
+        assert!(parse_device_token("4K@0xd0000000:x").is_none());
         assert!(parse_device_token("0xd0000000:5").is_none());
         assert!(parse_device_token("4K@zz:5").is_none());
     }

@@ -11,7 +11,8 @@
 //! only when the device has not set VIRTQ_USED_F_NO_NOTIFY. Kicks are decided
 //! once per batch by [`SplitQueue::needs_notify`]. Interrupts are suppressed
 //! (`used_event` kept behind the used index, or VIRTQ_AVAIL_F_NO_INTERRUPT),
-//! because the probe polls with IF=0.
+//! because the probe polls with IF=0, except around a halting wait, which
+//! asks for one interrupt with [`SplitQueue::arm_interrupt`].
 
 use alloc::alloc::{alloc_zeroed, Layout};
 use core::ptr::{read_volatile, write_volatile};
@@ -123,7 +124,23 @@ impl SplitQueue {
         unsafe { read_volatile(base.add(offset) as *const u16) }
     }
 
-    fn suppress_interrupts(&self) {
+    /// Asks the device to interrupt when it next uses a buffer (`used_event` at the
+    /// next used index, or the NO_INTERRUPT flag cleared), then looks whether it
+    /// already has: `true` means used buffers are waiting, so the caller must not
+    /// sleep. The full fence orders the request before the look, as the device
+    /// orders its used-index store before reading the request (virtio 1.2 §2.7.10).
+    pub fn arm_interrupt(&self) -> bool {
+        if self.event_idx {
+            Self::write_u16(self.avail, 4 + 2 * usize::from(self.size), self.last_used);
+        } else {
+            Self::write_u16(self.avail, 0, 0);
+        }
+        fence(Ordering::SeqCst);
+        Self::read_u16(self.used, 2) != self.last_used
+    }
+
+    /// Turns used-buffer interrupts back off (the polling default).
+    pub fn suppress_interrupts(&self) {
         if self.event_idx {
             // used_event sits after the avail ring; keep it just behind.
             Self::write_u16(
@@ -353,6 +370,45 @@ mod tests {
         q.publish();
         assert!(dev.take_avail(&q).is_none());
         assert_eq!(SplitQueue::read_u16(q.avail, 2), 2);
+    }
+
+    /// What the device would decide after using one more buffer: interrupt or not.
+    fn device_would_interrupt(q: &SplitQueue, old_used: u16) -> bool {
+        if q.event_idx {
+            let used_event = SplitQueue::read_u16(q.avail, 4 + 2 * usize::from(q.size));
+            need_event(used_event, old_used.wrapping_add(1), old_used)
+        } else {
+            SplitQueue::read_u16(q.avail, 0) & AVAIL_F_NO_INTERRUPT == 0
+        }
+    }
+
+    #[test]
+    fn an_armed_queue_asks_for_exactly_the_next_interrupt() {
+        for event_idx in [true, false] {
+            let mut q = SplitQueue::new(8, event_idx).unwrap();
+            let mut dev = FakeDevice {
+                last_avail: 0,
+                used_idx: 0,
+            };
+            for id in 0..3 {
+                q.push(id, 0x1000, 64, true);
+            }
+            // Polling: the device is told not to interrupt.
+            assert!(!device_would_interrupt(&q, 0), "event_idx={event_idx}");
+            // Nothing used yet: arming asks for an interrupt and says "sleep".
+            assert!(!q.arm_interrupt());
+            assert!(device_would_interrupt(&q, 0), "event_idx={event_idx}");
+            // The device used a buffer meanwhile: arming says "do not sleep".
+            let (id, ..) = dev.take_avail(&q).unwrap();
+            dev.complete(&q, u32::from(id), 10);
+            assert!(q.arm_interrupt());
+            // Consuming turns interrupts off again, and so does suppressing.
+            assert_eq!(q.pop_used(), Some((id, 10)));
+            assert!(!device_would_interrupt(&q, 1), "event_idx={event_idx}");
+            assert!(!q.arm_interrupt());
+            q.suppress_interrupts();
+            assert!(!device_would_interrupt(&q, 1), "event_idx={event_idx}");
+        }
     }
 
     #[test]
