@@ -11,6 +11,9 @@
 //!                                       # or shared (a Host with one device thread per core),
 //!                                       # or shared:NICE (the same, its threads at nice NICE);
 //!                                       # then optionally the vCPU threads' nice value (0)
+//!                                       # and how idle guests wait: poll (spin, the default)
+//!                                       # or halt (sleep until an interrupt, as Linux does;
+//!                                       # halt:US after US µs of empty polls)
 //! ```
 //!
 //! Every loop is bounded in count and time. RLIMIT_NOFILE is raised to its hard limit first.
@@ -49,7 +52,7 @@ type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
 fn main() -> Res<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: density PROBE_ELF (starts N ROUNDS | hold MAX MEM_MIB | cycles N | net N BYTES PORT [per-vm|shared|shared:NICE [VCPU_NICE]])";
+    let usage = "usage: density PROBE_ELF (starts N ROUNDS | hold MAX MEM_MIB | cycles N | net N BYTES PORT [per-vm|shared|shared:NICE [VCPU_NICE [poll|halt|halt:US]]])";
     let probe = PathBuf::from(args.first().ok_or(usage)?);
     let num = |i: usize| -> Res<usize> {
         let v = args.get(i).ok_or(usage)?;
@@ -75,6 +78,14 @@ fn main() -> Res<()> {
                 None => 0,
                 Some(_) => u8::try_from(num(6)?).map_err(|_| usage)?,
             };
+            let guest_wait = match args.get(7).map(String::as_str) {
+                None | Some("poll") => GuestWait::Poll,
+                Some("halt") => GuestWait::Halt(None),
+                Some(w) => match w.strip_prefix("halt:").and_then(|us| us.parse().ok()) {
+                    Some(us) => GuestWait::Halt(Some(us)),
+                    None => return Err(format!("unknown guest wait {w:?}; {usage}").into()),
+                },
+            };
             let host = HostConfig {
                 device_threads: threads,
                 device_thread_nice: device_nice,
@@ -87,6 +98,7 @@ fn main() -> Res<()> {
                 num(4)?,
                 host,
                 nice,
+                guest_wait,
             )
         }
         _ => Err(usage.into()),
@@ -117,6 +129,38 @@ fn raise_nofile() -> (u64, u64) {
     // SAFETY: as above.
     unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
     (lim.rlim_cur, lim.rlim_max)
+}
+
+/// Console sink that keeps only the last [`TAIL_BYTES`] (where the probe's result line is).
+#[derive(Clone, Default)]
+struct ConsoleTail(Arc<Mutex<Vec<u8>>>);
+
+/// How much of a console [`ConsoleTail`] keeps.
+const TAIL_BYTES: usize = 8192;
+
+impl Write for ConsoleTail {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut tail = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        tail.extend_from_slice(buf);
+        let excess = tail.len().saturating_sub(TAIL_BYTES);
+        tail.drain(..excess);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl ConsoleTail {
+    /// The probe's result line (the last JSON object on the console), if it printed one.
+    fn result(&self) -> Option<serde_json::Value> {
+        let tail = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        String::from_utf8_lossy(&tail)
+            .lines()
+            .rev()
+            .find_map(|l| serde_json::from_str(l.trim()).ok())
+    }
 }
 
 /// Set once when the guest's console shows [`READY`].
@@ -524,10 +568,39 @@ fn cycles(probe: &Path, n: usize) -> Res<()> {
     Ok(())
 }
 
+/// How the guests of `net` wait when a poll finds nothing (the probe's `probe.wait=`).
+#[derive(Clone, Copy, Debug)]
+enum GuestWait {
+    /// Spin on: every vCPU stays busy for the whole transfer.
+    Poll,
+    /// Halt until the device interrupts, as a Linux guest does, after this many µs of
+    /// empty polls (`None`: the probe's default).
+    Halt(Option<u64>),
+}
+
+impl GuestWait {
+    /// The probe's command-line words for this mode.
+    fn cmdline(self) -> String {
+        match self {
+            GuestWait::Poll => "probe.wait=poll".into(),
+            GuestWait::Halt(None) => "probe.wait=halt".into(),
+            GuestWait::Halt(Some(us)) => format!("probe.wait=halt probe.halt_after_us={us}"),
+        }
+    }
+
+    fn name(self) -> String {
+        match self {
+            GuestWait::Poll => "poll".into(),
+            GuestWait::Halt(None) => "halt".into(),
+            GuestWait::Halt(Some(us)) => format!("halt:{us}"),
+        }
+    }
+}
+
 /// `net`: `n` VMs with the user network, each running the probe's `tcp-send` of `bytes` to
 /// `host.ringfence.internal:port` (the host's loopback, allowed by an `allow@host` rule) at
 /// once, started through a [`Host`] set up with `host_config` (a device thread per VM, or
-/// shared ones) and their vCPU threads at nice `vcpu_nice`;
+/// shared ones), their vCPU threads at nice `vcpu_nice` and their guests waiting as `wait`;
 /// the peer (`rf-peer sink --parallel`) measures throughput. Prints this process's CPU over
 /// the whole run, the most threads it had, and how many guests exited 0.
 fn net(
@@ -537,6 +610,7 @@ fn net(
     port: usize,
     host_config: HostConfig,
     vcpu_nice: u8,
+    wait: GuestWait,
 ) -> Res<()> {
     let threads = host_config.device_threads;
     let host = Host::new(host_config).map_err(|e| error_chain(&e))?;
@@ -560,16 +634,20 @@ fn net(
     let cpu0 = self_cpu();
     let t0 = Instant::now();
     let mut vms = Vec::with_capacity(n);
+    let mut tails = Vec::with_capacity(n);
     for _ in 0..n {
         let mut config = VmConfig::new(probe);
         config.cmdline = format!(
-            "probe.scenario=tcp-send probe.peer=host.ringfence.internal:{port} probe.bytes={bytes}"
+            "probe.scenario=tcp-send probe.peer=host.ringfence.internal:{port} probe.bytes={bytes} {}",
+            wait.cmdline()
         );
         config.pass_tsc_khz = true;
         config.legacy_pit = false;
         config.mem_mib = 64;
         config.timeout = Some(Duration::from_secs(300));
-        config.console = Console::Sink(Box::new(std::io::sink()));
+        let tail = ConsoleTail::default();
+        tails.push(tail.clone());
+        config.console = Console::Sink(Box::new(tail));
         config.net.backend = ringfence::net::NetBackendSpec::User;
         config.net.user.policy.rules = vec!["allow@host".into()];
         config.vcpu_nice = vcpu_nice;
@@ -595,12 +673,18 @@ fn net(
     // The sampler itself is one of the threads it counted.
     let threads_max = sampler.join().unwrap_or(0).saturating_sub(1);
     drop(vms);
+    // What the guests said about their waiting, summed over all of them.
+    let results: Vec<serde_json::Value> = tails.iter().filter_map(ConsoleTail::result).collect();
+    let sum = |key: &str| -> u64 { results.iter().filter_map(|r| r[key].as_u64()).sum() };
     emit(json!({
-        "kind": "net", "n": n, "ok": ok, "failures": exits, "wall_s": wall.as_secs_f64(),
+        "kind": "net",
+        "guest_results": results.len(), "guest_sleeps": sum("sleeps"),
+        "guest_polls": sum("polls"), "guest_idle_ms": sum("idle_ms"), "n": n, "ok": ok, "failures": exits, "wall_s": wall.as_secs_f64(),
         "mode": if threads == DeviceThreads::PerVm { "per-vm" } else { "shared" },
         "device_thread_nice": host_config.device_thread_nice,
         "device_threads": host.device_threads(),
         "threads_before": threads_before, "threads_max": threads_max, "vcpu_nice": vcpu_nice,
+        "guest_wait": wait.name(),
         "user_s": (cpu1.0 - cpu1.2) - (cpu0.0 - cpu0.2),
         "sys_s": cpu1.1 - cpu0.1,
         "guest_s": cpu1.2 - cpu0.2,

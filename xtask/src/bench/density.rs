@@ -28,18 +28,38 @@ const ROUND_LIMIT: Duration = Duration::from_secs(900);
 /// VMs streaming to the host peer at once in the network part, and what each uploads (2 GiB
 /// in all either way).
 const NET_SETS: [(usize, &str); 2] = [(8, "256M"), (32, "64M")];
-/// The device-thread settings the network part compares, each with the same VMs: system name
-/// part, the driver's mode, the vCPU threads' nice value. `lib` (a device thread per VM, what
-/// `Vm::start` does) is the baseline of `shared` (a `Host` with one shared device thread per
-/// core) and of `shared-devnice` (the same with the shared threads at nice -10, which needs
-/// root), `lib-nice` of `shared-nice`.
-const NET_MODES: [(&str, &str, u8); 5] = [
-    ("lib", "per-vm", 0),
-    ("shared", "shared", 0),
-    ("shared-devnice", "shared:-10", 0),
-    ("lib-nice", "per-vm", 10),
-    ("shared-nice", "shared", 10),
+/// The settings the network part compares, each with the same VMs: system name part, the
+/// driver's device-thread mode, and how the guests wait when idle (the probe's `probe.wait=`).
+/// `lib` (a device thread per VM, what `Vm::start` does) is the baseline of `shared` (a `Host`
+/// with one shared device thread per core); both with guests that halt when idle, as Linux
+/// guests do. The `-spin` modes run busy-polling guests, which keep every vCPU runnable for
+/// the whole transfer: `lib-spin` is the baseline of `shared-spin` and of
+/// `shared-devnice-spin` (the shared threads at nice -10, which needs root).
+const NET_MODES: [(&str, &str, GuestWait); 5] = [
+    ("lib", "per-vm", GuestWait::Halt),
+    ("shared", "shared", GuestWait::Halt),
+    ("lib-spin", "per-vm", GuestWait::Poll),
+    ("shared-spin", "shared", GuestWait::Poll),
+    ("shared-devnice-spin", "shared:-10", GuestWait::Poll),
 ];
+
+/// How the probe waits when a poll finds nothing (`probe.wait=`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum GuestWait {
+    /// Halt until the device interrupts.
+    Halt,
+    /// Spin.
+    Poll,
+}
+
+impl GuestWait {
+    fn arg(self) -> &'static str {
+        match self {
+            GuestWait::Halt => "halt",
+            GuestWait::Poll => "poll",
+        }
+    }
+}
 /// VMs in the QEMU + passt baseline of the network part.
 const QEMU_VMS: usize = 8;
 /// The probe's ready line.
@@ -186,7 +206,7 @@ fn net_round(
     peer: &Path,
     probe: &Path,
     (vms, bytes): (usize, &str),
-    (mode, vcpu_nice): (&str, u8),
+    (mode, wait): (&str, GuestWait),
 ) -> Result<NetRound> {
     let n = vms.to_string();
     let mut child = Command::new(peer)
@@ -215,8 +235,11 @@ fn net_round(
         let _ = child.wait();
         bail!("rf-peer said {first:?} instead of `listening ADDR`");
     };
-    let nice = vcpu_nice.to_string();
-    let out = driver(driver_bin, probe, &["net", &n, bytes, &port, mode, &nice]);
+    let out = driver(
+        driver_bin,
+        probe,
+        &["net", &n, bytes, &port, mode, "0", wait.arg()],
+    );
     if out.is_err() {
         // The guests will not connect: end the peer now rather than at its timeout.
         let _ = child.kill();
@@ -294,7 +317,7 @@ pub fn run_net(peer: &Path, probe: &Path, runs: usize, report: &mut Report) -> R
         .filter(|(_, mode, _)| root || !mode.contains(':'))
         .collect();
     // Per set and mode: Gbit/s, host CPU/GB, guest CPU/GB, threads added per VM, and (shared
-    // modes) the Gbit/s ratio to the thread-per-VM mode of the same nice in the same round.
+    // modes) the Gbit/s ratio to the thread-per-VM mode with the same guest wait in the same round.
     let mut net: Vec<Vec<[Metric; 5]>> = NET_SETS
         .iter()
         .map(|(vms, _)| {
@@ -316,7 +339,7 @@ pub fn run_net(peer: &Path, probe: &Path, runs: usize, report: &mut Report) -> R
     for round in 0..runs {
         for ((vms, bytes), modes_metrics) in NET_SETS.iter().zip(net.iter_mut()) {
             let mut per_vm_gbps = [f64::NAN; 2];
-            for ((name, mode, nice), [gbps, host, guest, threads, ratio]) in
+            for ((name, mode, wait), [gbps, host, guest, threads, ratio]) in
                 modes.iter().zip(modes_metrics.iter_mut())
             {
                 print!(
@@ -324,12 +347,12 @@ pub fn run_net(peer: &Path, probe: &Path, runs: usize, report: &mut Report) -> R
                     round + 1
                 );
                 let _ = std::io::Write::flush(&mut std::io::stdout());
-                let r = net_round(&bin, peer, probe, (*vms, bytes), (mode, *nice))?;
+                let r = net_round(&bin, peer, probe, (*vms, bytes), (mode, *wait))?;
                 gbps.samples.push(r.gbps);
                 host.samples.push((r.vmm_host_cpu_s + r.peer_cpu_s) / r.gb);
                 guest.samples.push(r.guest_cpu_s / r.gb);
                 threads.samples.push(r.threads_added / *vms as f64);
-                let slot = usize::from(*nice > 0);
+                let slot = usize::from(*wait == GuestWait::Poll);
                 if *mode == "per-vm" {
                     per_vm_gbps[slot] = r.gbps;
                 } else {
@@ -360,8 +383,8 @@ pub fn run_net(peer: &Path, probe: &Path, runs: usize, report: &mut Report) -> R
     );
     report.notes.push(format!(
         "Aggregate network (ringfence-MODE-Nvm): N VMs in the density driver (`--net user`, rule `allow@host`, 64 MiB, 1 vCPU, started through a `Host`) each run the probe's tcp-send to one `rf-peer sink --parallel` on 127.0.0.1 at once, 2 GiB in all ({}); {runs} rounds, every set and mode once per round in the same order. \
-MODE lib = a device thread per VM (`DeviceThreads::PerVm`, what `Vm::start` does), shared = one shared device thread per core (`DeviceThreads::Shared(0)`), shared-devnice = the same with the shared threads at nice -10 (`HostConfig::device_thread_nice`, root only; vCPUs at 0); `-nice` = the vCPU threads at nice 10 (`VmConfig::vcpu_nice`), the same for both. \
-agg_tcp_g2h_gbps = all bytes / (first connection's start → last one's end), measured by rf-peer; host_cpu_s_per_gb = (driver user + system − guest time, plus rf-peer's CPU) / GB; guest_cpu_s_per_gb = the vCPUs' guest time (the probe busy-polls) / GB; threads_per_vm_streaming = (most threads of the driver during the round − before the first start) / N; gbps_ratio_to_thread_per_vm_same_round = shared / lib (or shared-nice / lib-nice) Gbit/s of the same round. \
+MODE lib = a device thread per VM (`DeviceThreads::PerVm`, what `Vm::start` does), shared = one shared device thread per core (`DeviceThreads::Shared(0)`), both with guests that halt when a poll finds nothing for 20 µs (`probe.wait=halt`: sleep until the device's interrupt or the next TCP timer, as a Linux guest does); `-spin` = the same with busy-polling guests (`probe.wait=poll`, every vCPU runnable for the whole transfer); shared-devnice-spin = shared-spin with the shared threads at nice -10 (`HostConfig::device_thread_nice`, root only). \
+agg_tcp_g2h_gbps = all bytes / (first connection's start → last one's end), measured by rf-peer; host_cpu_s_per_gb = (driver user + system − guest time, plus rf-peer's CPU) / GB; guest_cpu_s_per_gb = the vCPUs' guest time / GB (it includes each guest's fixed cost of touching its buffers, ~0.13 s per VM on this host); threads_per_vm_streaming = (most threads of the driver during the round − before the first start) / N; gbps_ratio_to_thread_per_vm_same_round = shared / lib (or shared[-devnice]-spin / lib-spin) Gbit/s of the same round. \
 {}",
         NET_SETS
             .iter()
@@ -370,7 +393,7 @@ agg_tcp_g2h_gbps = all bytes / (first connection's start → last one's end), me
             .join(", "),
         match &qemu {
             Ok(q) => format!(
-                "{}: {QEMU_VMS} QEMU microvm processes ({} MiB, 1 vCPU), each with its own passt over a stream socket, in a throwaway network namespace, the same probe and sink (on the namespace's loopback, reached through passt's gateway mapping), in the same rounds; host CPU = QEMU user + system − guest time + passt + rf-peer (each process's own times, read before it is reaped).",
+                "{}: {QEMU_VMS} QEMU microvm processes ({} MiB, 1 vCPU), each with its own passt over a stream socket, in a throwaway network namespace, the same probe (polling: QEMU microvm names no IRQ for the probe to halt on) and sink (on the namespace's loopback, reached through passt's gateway mapping), in the same rounds; host CPU = QEMU user + system − guest time + passt + rf-peer (each process's own times, read before it is reaped).",
                 q.system(QEMU_VMS),
                 super::boot::GUEST_MEM_MIB
             ),

@@ -162,7 +162,7 @@ pub fn run(args: &[String]) -> Result<()> {
         if suite == "density-net" {
             let runs = runs.unwrap_or(if quick { 2 } else { 5 });
             let t = step(&format!(
-                "density-net: 8 and 32 VMs streaming at once, shared device threads vs a thread per VM, at vCPU nice 0 and 10 ({runs} rounds)"
+                "density-net: 8 and 32 VMs streaming at once, shared device threads vs a thread per VM, with halting and with busy-polling guests ({runs} rounds)"
             ));
             density::run_net(&peer_bin, &probe_elf, runs, &mut report)?;
             done(t);

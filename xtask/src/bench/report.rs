@@ -190,18 +190,21 @@ pub fn baselines_for(system: &str, metric: &str) -> &'static [&'static str] {
 }
 
 /// The density benchmark's shared-device-thread systems are compared with the thread-per-VM
-/// system of the same VMs and vCPU nice value, measured in the same rounds (and, with 8 VMs,
-/// first with 8 QEMU + passt pairs, as are the thread-per-VM systems).
+/// system of the same VMs and guest wait (halting, or `-spin`), measured in the same rounds
+/// (and, with 8 VMs, first with 8 QEMU + passt pairs, as are the thread-per-VM systems).
 fn thread_per_vm_baseline(system: &str) -> Option<&'static [&'static str]> {
     Some(match system {
         "ringfence-shared-8vm" => &["qemu10-passt-8vm", "qemu-passt-8vm", "ringfence-lib-8vm"],
-        "ringfence-lib-8vm" | "ringfence-lib-nice-8vm" => &["qemu10-passt-8vm", "qemu-passt-8vm"],
-        "ringfence-shared-32vm" | "ringfence-shared-devnice-32vm" => &["ringfence-lib-32vm"],
-        "ringfence-shared-devnice-8vm" => {
-            &["qemu10-passt-8vm", "qemu-passt-8vm", "ringfence-lib-8vm"]
+        "ringfence-lib-8vm" | "ringfence-lib-spin-8vm" => &["qemu10-passt-8vm", "qemu-passt-8vm"],
+        "ringfence-shared-32vm" => &["ringfence-lib-32vm"],
+        "ringfence-shared-spin-8vm" | "ringfence-shared-devnice-spin-8vm" => &[
+            "qemu10-passt-8vm",
+            "qemu-passt-8vm",
+            "ringfence-lib-spin-8vm",
+        ],
+        "ringfence-shared-spin-32vm" | "ringfence-shared-devnice-spin-32vm" => {
+            &["ringfence-lib-spin-32vm"]
         }
-        "ringfence-shared-nice-8vm" => &["ringfence-lib-nice-8vm"],
-        "ringfence-shared-nice-32vm" => &["ringfence-lib-nice-32vm"],
         _ => return None,
     })
 }
