@@ -8,31 +8,13 @@ mod common;
 
 use std::io::Write;
 use std::net::TcpListener;
-use std::process::{Command, Output, Stdio};
 use std::thread;
 use std::time::Duration;
 
 use common::*;
 
-/// Runs the probe on `--net user`, allowed to reach the host, with `words` on its command line.
-fn run_user(probe: &std::path::Path, words: &[&str]) -> Output {
-    Command::new(ringfence_bin())
-        .args(["run", "--kernel"])
-        .arg(probe)
-        .args([
-            "--net",
-            "user",
-            "--net-rule",
-            "allow@host",
-            "--timeout",
-            "120",
-        ])
-        .arg("--")
-        .args(words)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run ringfence")
-}
+/// The rule that lets the guest reach the host's loopback.
+const ALLOW_HOST: [&str; 2] = ["--net-rule", "allow@host"];
 
 /// The probe's byte pattern (`i % 251`), `len` bytes from offset 0.
 fn pattern(len: usize) -> Vec<u8> {
@@ -46,6 +28,7 @@ fn a_halting_guest_uploads_intact_and_says_it_halted() {
     let (peer, addr) = host_peer(&["sink", "127.0.0.1:0", "--timeout", "120"]);
     let o = run_user(
         &probe,
+        &ALLOW_HOST,
         &[
             "probe.scenario=tcp-send",
             &format!("probe.peer=host.ringfence.internal:{}", addr.port()),
@@ -85,6 +68,7 @@ fn a_halting_guest_sleeps_through_a_quiet_peer_and_wakes_for_its_data() {
     });
     let o = run_user(
         &probe,
+        &ALLOW_HOST,
         &[
             "probe.scenario=tcp-recv",
             &format!("probe.peer=host.ringfence.internal:{port}"),
@@ -105,6 +89,7 @@ fn a_bad_wait_mode_is_a_usage_error_that_names_the_choices() {
     let probe = require!(kvm_and_probe());
     let o = run_user(
         &probe,
+        &ALLOW_HOST,
         &[
             "probe.scenario=tcp-send",
             "probe.peer=host.ringfence.internal:9",

@@ -20,20 +20,6 @@ fn free_port() -> u16 {
     l.local_addr().expect("local addr").port()
 }
 
-/// Runs the probe on `--net user` with extra ringfence flags and probe words.
-fn run_user(probe: &std::path::Path, flags: &[&str], words: &[&str]) -> Output {
-    Command::new(ringfence_bin())
-        .args(["run", "--kernel"])
-        .arg(probe)
-        .args(["--net", "user", "--timeout", "240"])
-        .args(flags)
-        .arg("--")
-        .args(words)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run ringfence")
-}
-
 #[test]
 fn dhcp_lease_and_the_gateway_answers_ping() {
     let probe = require!(kvm_and_probe());

@@ -13,6 +13,21 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 pub use ringfence_tests::harness::ringfence_bin;
 
+/// Runs the probe under `ringfence run --net user` (the userspace netstack, bounded by a
+/// 240 s timeout) with extra ringfence flags and probe words.
+pub fn run_user(probe: &Path, flags: &[&str], words: &[&str]) -> Output {
+    Command::new(ringfence_bin())
+        .args(["run", "--kernel"])
+        .arg(probe)
+        .args(["--net", "user", "--timeout", "240"])
+        .args(flags)
+        .arg("--")
+        .args(words)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run ringfence")
+}
+
 /// The host-side traffic peer (`benches/src/bin/rf-peer.rs`).
 pub fn peer_bin() -> PathBuf {
     ringfence_bin().with_file_name("rf-peer")
