@@ -387,7 +387,7 @@ impl Asm {
         self.code.extend_from_slice(&[0x0f, 0x0b]);
     }
 
-    /// `repe cmpsb` (compares [esi] with [edi] for ecx bytes).
+    /// `repe cmpsb` (compares the bytes at `esi` with those at `edi`, `ecx` of them).
     pub fn repe_cmpsb(&mut self) {
         self.code.extend_from_slice(&[0xf3, 0xa6]);
     }

@@ -54,7 +54,7 @@ impl TlsProxy {
         Ok((proxy, ProxyWorker { shared, rx }))
     }
 
-    /// Sets what runs when a violation stops the VM ([`ViolationMode::Terminate`]).
+    /// Sets what runs when a violation stops the VM ([`crate::secrets::ViolationMode::Terminate`]).
     pub fn on_terminate(&self, hook: TerminateHook) {
         *self
             .shared

@@ -123,7 +123,7 @@ pub fn parse_mtu(text: &str) -> Result<u16, String> {
     }
 }
 
-/// Parses a `--dns` value: an IP (port 53) or IP:PORT / [IPv6]:PORT.
+/// Parses a `--dns` value: an IP (port 53) or IP:PORT / `[IPv6]:PORT`.
 pub fn parse_dns(text: &str) -> Result<SocketAddr, String> {
     if let Ok(ip) = text.parse::<IpAddr>() {
         return Ok(SocketAddr::new(ip, 53));

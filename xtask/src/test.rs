@@ -40,6 +40,14 @@ pub fn run_all(args: &[String]) -> Result<()> {
             "warnings",
         ]))?;
         done(t);
+
+        // Broken intra-doc links and stray HTML in doc comments fail like clippy's lints.
+        let t = step("cargo doc --workspace --no-deps (warnings are errors)");
+        run(cargo()
+            .current_dir(&root)
+            .env("RUSTDOCFLAGS", "-D warnings")
+            .args(["doc", "--workspace", "--no-deps", "--quiet"]))?;
+        done(t);
     }
 
     let probe_elf = probe::build()?;

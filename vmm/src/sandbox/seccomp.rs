@@ -4,7 +4,7 @@
 //! Each thread installs its own filter when it starts ([`install`]); filters are built with
 //! `seccompiler` from the lists below, which were derived by tracing every thread of the
 //! KVM test suite (`strace -ff`, see docs/security.md). A syscall outside the list does not
-//! run: the kernel raises SIGSYS (SECCOMP_RET_TRAP), and [`on_sigsys`] writes
+//! run: the kernel raises SIGSYS (SECCOMP_RET_TRAP), and `on_sigsys` writes
 //! `ringfence: seccomp: thread <kind> made disallowed syscall N; ...` and exits the whole
 //! process with status 125, the status of every VMM failure. SIGSYS cannot be re-routed
 //! afterwards: no thread may call `rt_sigaction` for it.

@@ -46,7 +46,7 @@ pub struct InterceptArgs {
     #[arg(long)]
     pub trust_host_cas: bool,
     /// A secret the guest never sees: NAME=VALUE@HOST[,HOST...]. The guest's environment gets
-    /// NAME=<placeholder>; on intercepted TLS to a matching host (NAME or *.SUFFIX, with a
+    /// `NAME=<placeholder>`; on intercepted TLS to a matching host (NAME or *.SUFFIX, with a
     /// verified certificate) the placeholder in the request line, headers and body is replaced
     /// by VALUE. Anywhere else it is a violation. The value shows in `ps`: prefer
     /// --secret-file or --secret-env. Repeatable; needs --tls-intercept.
