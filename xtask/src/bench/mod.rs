@@ -2,7 +2,9 @@
 //! report in `target/bench/`. `cargo xtask bench idle` (not in the default set) measures what
 //! an idle VM costs the host; `cargo xtask bench density` (not in the default set either) how
 //! fast VMs start and how many idle ones one process holds; `cargo xtask bench tls` what TLS
-//! interception costs one flow.
+//! interception costs one flow. `cargo xtask bench --linux --nested [--nested-parts
+//! boot,net,idle]` runs the Linux guest's comparisons inside the nested harness's outer VM
+//! (all three parts unless `--nested-parts` picks some).
 
 mod boot;
 mod ceiling;
@@ -10,6 +12,7 @@ mod density;
 mod density_qemu;
 mod idle;
 mod measure;
+mod nested_idle;
 mod nested_linux;
 mod nested_net;
 mod net;
@@ -33,6 +36,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let mut suites = Vec::new();
     let mut only: Option<Vec<String>> = None;
     let (mut linux, mut nested_flag) = (false, false);
+    let mut nested_parts: Vec<String> = Vec::new();
     let mut fetch_baselines = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -77,10 +81,27 @@ pub fn run(args: &[String]) -> Result<()> {
             "density" => suites.push("density"),
             "tls" => suites.push("tls"),
             "density-net" => suites.push("density-net"),
+            "--nested-parts" => {
+                let list = it.next().ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "--nested-parts needs a comma-separated list of {}",
+                        nested_linux::PARTS.join(", ")
+                    )
+                })?;
+                for p in list.split(',').map(str::trim) {
+                    if !nested_linux::PARTS.contains(&p) {
+                        bail!(
+                            "--nested-parts: unknown part {p:?} (known: {})",
+                            nested_linux::PARTS.join(", ")
+                        );
+                    }
+                    nested_parts.push(p.to_string());
+                }
+            }
             "--linux" => linux = true,
             "--nested" => nested_flag = true,
             other => {
-                bail!("unknown bench option {other:?} (try: boot, net, idle, density, density-net, tls, --quick, --runs N, --systems A,B, --baselines latest|cached, --linux [--nested])")
+                bail!("unknown bench option {other:?} (try: boot, net, idle, density, density-net, tls, --quick, --runs N, --systems A,B, --baselines latest|cached, --linux --nested [--nested-parts boot,net,idle])")
             }
         }
     }
@@ -88,6 +109,9 @@ pub fn run(args: &[String]) -> Result<()> {
         (true, true) => suites.push("linux-nested"),
         (true, false) => bail!("{}", linux_refusal()),
         (false, true) => bail!("--nested goes with --linux: cargo xtask bench --linux --nested"),
+        (false, false) if !nested_parts.is_empty() => {
+            bail!("--nested-parts goes with --linux --nested")
+        }
         (false, false) => {}
     }
     if suites.is_empty() {
@@ -113,7 +137,11 @@ pub fn run(args: &[String]) -> Result<()> {
         ..Default::default()
     };
     if suites.contains(&"linux-nested") {
-        nested_linux::run_bench(runs.unwrap_or(if quick { 3 } else { 10 }), &mut report)?;
+        nested_linux::run_bench(
+            runs.unwrap_or(if quick { 3 } else { 10 }),
+            &nested_parts,
+            &mut report,
+        )?;
         suites.retain(|s| *s != "linux-nested");
     }
     if suites.is_empty() {

@@ -2,7 +2,11 @@
 //! both inside one nested-harness outer VM (QEMU TCG with emulated AMD SVM) on a host whose
 //! own KVM cannot run guest kernels at speed.
 //!
-//! Each round boots the image's vmlinux (PVH) with the agent running `true` and no network,
+//! Three parts, each in rounds of its own: the boot (here), the network
+//! ([`super::nested_net`]) and the idle guest's host CPU ([`super::nested_idle`]);
+//! `--nested-parts boot,net,idle` runs some of them only.
+//!
+//! Each boot round boots the image's vmlinux (PVH) with the agent running `true` and no network,
 //! once under `ringfence run` and once under `qemu-system-x86_64 -M microvm -accel kvm`,
 //! alternating which goes first; `rf-nested time` measures process start to exit. Everything
 //! runs under emulation, so only the ratio between the two means anything. Each round is a
@@ -28,16 +32,33 @@ pub(super) const IMAGE: &str = "/root/.cache/ringfence/linux";
 /// the kernel command line, which the image's kernel reads (it has no ACPI).
 pub(super) const QEMU_MICROVM: &str = "qemu-system-x86_64 -M microvm,acpi=off -accel kvm -cpu host -m 256 -smp 1 -nodefaults -no-user-config -display none -serial stdio -no-reboot -device isa-debug-exit,iobase=0xf4,iosize=4 -kernel /root/.cache/ringfence/linux/vmlinux -initrd /root/.cache/ringfence/linux/initramfs.cpio.gz";
 
-/// Builds the benchmark kit, then runs `runs` interleaved rounds of the boot comparison and
-/// of the network comparison ([`super::nested_net`]), adding their metrics to `report`.
-pub fn run_bench(runs: usize, report: &mut Report) -> Result<()> {
+/// The parts of the nested benchmark, in the order they run: the boot comparison, the network
+/// comparison ([`super::nested_net`]) and the idle guest's host CPU ([`super::nested_idle`]).
+/// `--nested-parts` picks some of them.
+pub const PARTS: [&str; 3] = ["boot", "net", "idle"];
+
+/// Builds the benchmark kit, then runs `runs` interleaved rounds of each part in `parts` (names
+/// from [`PARTS`]; all of them when empty), adding their metrics to `report`.
+pub fn run_bench(runs: usize, parts: &[String], report: &mut Report) -> Result<()> {
+    if let Some(bad) = parts.iter().find(|p| !PARTS.contains(&p.as_str())) {
+        bail!("unknown nested part {bad:?} (known: {})", PARTS.join(", "));
+    }
+    let wanted = |part: &str| parts.is_empty() || parts.iter().any(|p| p == part);
     let img = image::build(image::default_jobs())?;
     nested::build_binaries()?;
     // The release ringfence, as users run it; QEMU is Debian's release build too.
     let (release, _) = crate::util::build_release_binaries()?;
     let kit = nested::build_kit_with(&img.dir, Some(&release))?;
-    boot(&kit, runs, report)?;
-    super::nested_net::run(&kit, runs, report)
+    if wanted("boot") {
+        boot(&kit, runs, report)?;
+    }
+    if wanted("net") {
+        super::nested_net::run(&kit, runs, report)?;
+    }
+    if wanted("idle") {
+        super::nested_idle::run(&kit, runs, report)?;
+    }
+    Ok(())
 }
 
 /// Runs each of `scripts` as a scenario of its own in the outer VM booted from `kit` (a
