@@ -34,6 +34,9 @@ commands:
                        and builds passt 2025 (Debian 13 source) into
                        ~/.cache/ringfence/baselines/ (nothing installed, no apt source added)
   bench --linux        the same with the Linux guest (refuses where guest kernels are emulated)
+  bench --linux --nested [--nested-parts boot,net,idle]
+                       the Linux guest inside the nested harness's outer VM: boot, network
+                       and idle cost against QEMU / a busy guest (ratios only: emulated)
   image                build the Linux guest image (kernel 6.1 + initramfs with the agent),
                        cached in ~/.cache/ringfence/linux-<hash>/
   fuzz [TARGET] [--seconds N] [--list]
