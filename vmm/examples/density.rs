@@ -677,14 +677,14 @@ fn net(
     let results: Vec<serde_json::Value> = tails.iter().filter_map(ConsoleTail::result).collect();
     let sum = |key: &str| -> u64 { results.iter().filter_map(|r| r[key].as_u64()).sum() };
     emit(json!({
-        "kind": "net",
-        "guest_results": results.len(), "guest_sleeps": sum("sleeps"),
-        "guest_polls": sum("polls"), "guest_idle_ms": sum("idle_ms"), "n": n, "ok": ok, "failures": exits, "wall_s": wall.as_secs_f64(),
+        "kind": "net", "n": n, "ok": ok, "failures": exits, "wall_s": wall.as_secs_f64(),
         "mode": if threads == DeviceThreads::PerVm { "per-vm" } else { "shared" },
         "device_thread_nice": host_config.device_thread_nice,
         "device_threads": host.device_threads(),
         "threads_before": threads_before, "threads_max": threads_max, "vcpu_nice": vcpu_nice,
-        "guest_wait": wait.name(),
+        "guest_wait": wait.name(), "guest_results": results.len(),
+        "guest_sleeps": sum("sleeps"), "guest_polls": sum("polls"),
+        "guest_idle_ms": sum("idle_ms"),
         "user_s": (cpu1.0 - cpu1.2) - (cpu0.0 - cpu0.2),
         "sys_s": cpu1.1 - cpu0.1,
         "guest_s": cpu1.2 - cpu0.2,

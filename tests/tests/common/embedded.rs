@@ -2,7 +2,7 @@
 //! the probe VM configured as `ringfence run` configures it, and bounded waits on a running VM.
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ringfence::net::NetBackendSpec;
 use ringfence::{Console, Vm, VmConfig, VmExit, VmHandle};
@@ -41,14 +41,18 @@ pub fn wait(vm: &VmHandle) -> VmExit {
         .expect("the VM stops within the test's limit")
 }
 
-/// Waits (bounded) until the guest's console shows `text`.
+/// Waits (bounded by [`WAIT_LIMIT`]) until the guest's console shows `text`.
 pub fn wait_for_console(vm: &VmHandle, out: &Captured, text: &str) {
-    for _ in 0..6000 {
+    let start = Instant::now();
+    while start.elapsed() < WAIT_LIMIT {
         if out.text().contains(text) {
             return;
         }
         assert!(vm.is_running(), "the VM stopped first: {}", out.text());
         std::thread::sleep(Duration::from_millis(10));
     }
-    panic!("no {text:?} on the console within 60 s: {}", out.text());
+    panic!(
+        "no {text:?} on the console within {WAIT_LIMIT:?}: {}",
+        out.text()
+    );
 }

@@ -111,12 +111,15 @@ pub fn assert_exit_ok(o: &Output, what: &str) {
     );
 }
 
+/// The probe's result line in console output `text` (it starts with `{"scenario":`).
+pub fn result_line(text: &str) -> Option<&str> {
+    text.lines().find(|l| l.starts_with("{\"scenario\":"))
+}
+
 /// The probe's JSON result line.
 pub fn result_json(o: &Output) -> serde_json::Value {
     let out = stdout(o);
-    let line = out
-        .lines()
-        .find(|l| l.starts_with("{\"scenario\":"))
+    let line = result_line(&out)
         .unwrap_or_else(|| panic!("no JSON result line in:\n{out}\nstderr:\n{}", stderr(o)));
     serde_json::from_str(line).expect("valid JSON")
 }
@@ -295,8 +298,7 @@ impl Captured {
     /// The probe's JSON result line (panics, showing the console, if there is none).
     pub fn result_json(&self) -> serde_json::Value {
         let text = self.text();
-        text.lines()
-            .find(|l| l.starts_with("{\"scenario\""))
+        result_line(&text)
             .and_then(|l| serde_json::from_str(l).ok())
             .unwrap_or_else(|| panic!("no result line: {text}"))
     }

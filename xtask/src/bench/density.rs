@@ -35,31 +35,13 @@ const NET_SETS: [(usize, &str); 2] = [(8, "256M"), (32, "64M")];
 /// guests do. The `-spin` modes run busy-polling guests, which keep every vCPU runnable for
 /// the whole transfer: `lib-spin` is the baseline of `shared-spin` and of
 /// `shared-devnice-spin` (the shared threads at nice -10, which needs root).
-const NET_MODES: [(&str, &str, GuestWait); 5] = [
-    ("lib", "per-vm", GuestWait::Halt),
-    ("shared", "shared", GuestWait::Halt),
-    ("lib-spin", "per-vm", GuestWait::Poll),
-    ("shared-spin", "shared", GuestWait::Poll),
-    ("shared-devnice-spin", "shared:-10", GuestWait::Poll),
+const NET_MODES: [(&str, &str, &str); 5] = [
+    ("lib", "per-vm", "halt"),
+    ("shared", "shared", "halt"),
+    ("lib-spin", "per-vm", "poll"),
+    ("shared-spin", "shared", "poll"),
+    ("shared-devnice-spin", "shared:-10", "poll"),
 ];
-
-/// How the probe waits when a poll finds nothing (`probe.wait=`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum GuestWait {
-    /// Halt until the device interrupts.
-    Halt,
-    /// Spin.
-    Poll,
-}
-
-impl GuestWait {
-    fn arg(self) -> &'static str {
-        match self {
-            GuestWait::Halt => "halt",
-            GuestWait::Poll => "poll",
-        }
-    }
-}
 /// VMs in the QEMU + passt baseline of the network part.
 const QEMU_VMS: usize = 8;
 /// The probe's ready line.
@@ -206,7 +188,7 @@ fn net_round(
     peer: &Path,
     probe: &Path,
     (vms, bytes): (usize, &str),
-    (mode, wait): (&str, GuestWait),
+    (mode, wait): (&str, &str),
 ) -> Result<NetRound> {
     let n = vms.to_string();
     let mut child = Command::new(peer)
@@ -238,7 +220,7 @@ fn net_round(
     let out = driver(
         driver_bin,
         probe,
-        &["net", &n, bytes, &port, mode, "0", wait.arg()],
+        &["net", &n, bytes, &port, mode, "0", wait],
     );
     if out.is_err() {
         // The guests will not connect: end the peer now rather than at its timeout.
@@ -347,12 +329,12 @@ pub fn run_net(peer: &Path, probe: &Path, runs: usize, report: &mut Report) -> R
                     round + 1
                 );
                 let _ = std::io::Write::flush(&mut std::io::stdout());
-                let r = net_round(&bin, peer, probe, (*vms, bytes), (mode, *wait))?;
+                let r = net_round(&bin, peer, probe, (*vms, bytes), (mode, wait))?;
                 gbps.samples.push(r.gbps);
                 host.samples.push((r.vmm_host_cpu_s + r.peer_cpu_s) / r.gb);
                 guest.samples.push(r.guest_cpu_s / r.gb);
                 threads.samples.push(r.threads_added / *vms as f64);
-                let slot = usize::from(*wait == GuestWait::Poll);
+                let slot = usize::from(*wait == "poll");
                 if *mode == "per-vm" {
                     per_vm_gbps[slot] = r.gbps;
                 } else {

@@ -124,33 +124,40 @@ impl SplitQueue {
         unsafe { read_volatile(base.add(offset) as *const u16) }
     }
 
-    /// Asks the device to interrupt when it next uses a buffer (`used_event` at the
-    /// next used index, or the NO_INTERRUPT flag cleared), then looks whether it
+    /// Offset of `used_event` in the available ring (it follows the ring's entries).
+    fn used_event_offset(&self) -> usize {
+        4 + 2 * usize::from(self.size)
+    }
+
+    /// Tells the device whether to interrupt when it next uses a buffer: `used_event` at
+    /// the next used index or just behind it (EVENT_IDX), else the NO_INTERRUPT flag.
+    fn request_interrupt(&self, wanted: bool) {
+        if self.event_idx {
+            let at = if wanted {
+                self.last_used
+            } else {
+                self.last_used.wrapping_sub(1)
+            };
+            Self::write_u16(self.avail, self.used_event_offset(), at);
+        } else {
+            let flags = if wanted { 0 } else { AVAIL_F_NO_INTERRUPT };
+            Self::write_u16(self.avail, 0, flags);
+        }
+    }
+
+    /// Asks the device to interrupt when it next uses a buffer, then looks whether it
     /// already has: `true` means used buffers are waiting, so the caller must not
     /// sleep. The full fence orders the request before the look, as the device
     /// orders its used-index store before reading the request (virtio 1.2 §2.7.10).
     pub fn arm_interrupt(&self) -> bool {
-        if self.event_idx {
-            Self::write_u16(self.avail, 4 + 2 * usize::from(self.size), self.last_used);
-        } else {
-            Self::write_u16(self.avail, 0, 0);
-        }
+        self.request_interrupt(true);
         fence(Ordering::SeqCst);
         Self::read_u16(self.used, 2) != self.last_used
     }
 
     /// Turns used-buffer interrupts back off (the polling default).
     pub fn suppress_interrupts(&self) {
-        if self.event_idx {
-            // used_event sits after the avail ring; keep it just behind.
-            Self::write_u16(
-                self.avail,
-                4 + 2 * usize::from(self.size),
-                self.last_used.wrapping_sub(1),
-            );
-        } else {
-            Self::write_u16(self.avail, 0, AVAIL_F_NO_INTERRUPT);
-        }
+        self.request_interrupt(false);
     }
 
     /// Makes descriptor `id` (buffer `addr`, `len` bytes) available; the
@@ -375,7 +382,7 @@ mod tests {
     /// What the device would decide after using one more buffer: interrupt or not.
     fn device_would_interrupt(q: &SplitQueue, old_used: u16) -> bool {
         if q.event_idx {
-            let used_event = SplitQueue::read_u16(q.avail, 4 + 2 * usize::from(q.size));
+            let used_event = SplitQueue::read_u16(q.avail, q.used_event_offset());
             need_event(used_event, old_used.wrapping_add(1), old_used)
         } else {
             SplitQueue::read_u16(q.avail, 0) & AVAIL_F_NO_INTERRUPT == 0
